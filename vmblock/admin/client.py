@@ -1,0 +1,82 @@
+"""Client of the admin socket, with the same methods as ``Api``.
+
+Plain ``http.client`` over AF_UNIX: a CLI command pays for neither aiohttp's import nor an event
+loop, and a dead server is detected by a refused connect, not a timeout.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+from vmblock.admin.api import VERBS
+from vmblock.errors import ServerError, VmblockError
+
+TIMEOUT = 60.0
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AdminClient:
+    """Calls the verbs of a running server; ``connect`` returns None when none answers."""
+
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+
+    @classmethod
+    def connect(cls, socket_path: str) -> AdminClient | None:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(socket_path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None   # no socket, or a stale one left by a killed server
+        except OSError as e:
+            raise ServerError(f"cannot reach the server at {socket_path}: {e.strerror}") from None
+        finally:
+            probe.close()
+        return cls(socket_path)
+
+    def call(self, group: str, verb: str, **kwargs):
+        conn = _UnixConnection(self.socket_path, TIMEOUT)
+        try:
+            conn.request("POST", f"/v1/{group}/{verb}", body=json.dumps(kwargs),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise ServerError(f"admin request {group} {verb} failed: {e}") from None
+        finally:
+            conn.close()
+        try:
+            reply = json.loads(body)
+        except ValueError:
+            raise ServerError(f"admin server sent a non-JSON reply ({resp.status})") from None
+        if resp.status != 200:
+            raise VmblockError.from_json(reply)
+        return reply["result"]
+
+
+def _verb(group: str, verb: str):
+    def method(self, **kwargs):
+        return self.call(group, verb, **kwargs)
+    method.__name__ = f"{group}_{verb}"
+    return method
+
+
+for _group, _verb_name in VERBS:
+    setattr(AdminClient, f"{_group}_{_verb_name}", _verb(_group, _verb_name))

@@ -1,0 +1,155 @@
+"""Settings: size strings, portals, the pool's flat config keys and the TOML file of ``serve``.
+
+There is one key space. ``vmblock config set KEY VALUE`` stores a key in the pool; a TOML file
+given to ``serve --config`` is flattened into the same dotted keys and overrides the pool for that
+run only; ``--portal`` overrides both. Every key is checked here, once, whichever way it came in.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from vmblock import DEFAULT_PORTAL
+from vmblock.errors import InvalidArgument
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+# RFC 3720 3.2.6.3.1 / RFC 7143 4.2.7: iqn.YYYY-MM.reversed.domain[:anything], eui.<16 hex>, naa.<16|32 hex>
+_IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[^\s,]+)?"
+                     r"|eui\.[0-9a-f]{16}|naa\.(?:[0-9a-f]{16}|[0-9a-f]{32}))$")
+
+# Operational keys an operator may override (RFC 7143 13); the fabric's negotiation table decides
+# how an override combines with what the initiator offers.
+_NUMERIC_KEYS = {"MaxRecvDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
+                 "MaxConnections", "MaxOutstandingR2T", "DefaultTime2Wait",
+                 "DefaultTime2Retain", "ErrorRecoveryLevel"}
+_BOOLEAN_KEYS = {"InitialR2T", "ImmediateData", "DataPDUInOrder", "DataSequenceInOrder"}
+_DIGEST_KEYS = {"HeaderDigest", "DataDigest"}
+NEGOTIATION_KEYS = _NUMERIC_KEYS | _BOOLEAN_KEYS | _DIGEST_KEYS
+
+_CHAP_FIELDS = ("chap_user", "chap_secret", "mutual_user", "mutual_secret")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from '512M', '1G', '8GiB', '1T' or a plain number; K/M/G/T/P are powers of 1024."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise InvalidArgument(f"bad size {text!r} (use e.g. 512M, 1G, 8GiB, 1T)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def parse_portal(text: str) -> tuple[str, int]:
+    """('host', port) from 'HOST:PORT', '[v6]:PORT' or a bare host (port 3260)."""
+    text = text.strip()
+    host, port = text, "3260"
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise InvalidArgument(f"bad portal {text!r}")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidArgument(f"bad portal {text!r}")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidArgument(f"bad portal {text!r} (use HOST:PORT)")
+    return host, int(port)
+
+
+def format_portal(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_portals(text: str) -> list[tuple[str, int]]:
+    portals = [parse_portal(p) for p in text.split(",") if p.strip()]
+    if not portals:
+        raise InvalidArgument("portal list is empty")
+    return portals
+
+
+def check_iqn(name: str) -> str:
+    if not _IQN_RE.match(name):
+        raise InvalidArgument(f"bad iSCSI name {name!r} (expected iqn.YYYY-MM.domain:id)")
+    return name
+
+
+def parse_iqn_list(text: str) -> list[str]:
+    return [check_iqn(p.strip()) for p in text.split(",") if p.strip()]
+
+
+def _nonneg_float(key: str, value: str) -> None:
+    try:
+        ok = float(value) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidArgument(f"{key} must be a number of seconds >= 0, not {value!r}")
+
+
+def check_key(key: str, value: str) -> str:
+    """Validate one config key and its value; returns the value as stored (a string)."""
+    parts = key.split(".")
+    if key == "iscsi.portals":
+        parse_portals(value)
+    elif key in ("iscsi.nop_interval", "iscsi.nop_timeout"):
+        _nonneg_float(key, value)
+    elif parts[0] == "iscsi" and len(parts) == 2 and parts[1] in NEGOTIATION_KEYS:
+        name = parts[1]
+        if name in _NUMERIC_KEYS and not value.isdigit():
+            raise InvalidArgument(f"{key} must be a non-negative integer, not {value!r}")
+        if name in _BOOLEAN_KEYS and value not in ("Yes", "No"):
+            raise InvalidArgument(f"{key} must be Yes or No, not {value!r}")
+        if name in _DIGEST_KEYS and not all(v in ("None", "CRC32C") for v in value.split(",")):
+            raise InvalidArgument(f"{key} must be a list of None and CRC32C, not {value!r}")
+    elif len(parts) == 3 and parts[:2] == ["auth", "discovery"] and parts[2] in _CHAP_FIELDS:
+        pass
+    elif key.startswith("auth.target.") and key.rsplit(".", 1)[-1] in _CHAP_FIELDS:
+        check_iqn(key[len("auth.target."):key.rindex(".")])
+    elif key.startswith("acl."):
+        check_iqn(key[len("acl."):])
+        parse_iqn_list(value)
+    else:
+        raise InvalidArgument(f"unknown config key {key!r} (see configs/vmblock.toml)")
+    return value
+
+
+def _flatten(prefix: str, table: dict, out: dict[str, str]) -> None:
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            _flatten(f"{key}.", value, out)
+        elif isinstance(value, list):
+            out[key] = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            out[key] = "Yes" if value else "No"
+        else:
+            out[key] = str(value)
+
+
+def load_toml(path: str) -> tuple[str | None, dict[str, str]]:
+    """(pool directory or None, checked config keys) from a ``serve --config`` TOML file."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise InvalidArgument(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f"config file {path}: {e}") from None
+    pool = doc.pop("pool", None)
+    if pool is not None and not isinstance(pool, str):
+        raise InvalidArgument(f"config file {path}: pool must be a string")
+    flat: dict[str, str] = {}
+    _flatten("", doc, flat)
+    for key, value in flat.items():
+        check_key(key, value)
+    return pool, flat
+
+
+def portals_of(settings: dict[str, str]) -> list[tuple[str, int]]:
+    return parse_portals(settings.get("iscsi.portals", DEFAULT_PORTAL))

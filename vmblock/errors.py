@@ -1,0 +1,51 @@
+"""The typed errors of the management plane.
+
+Every user-facing failure is a ``VmblockError``: the CLI prints it as one line and exits 2, the
+admin API sends it as JSON with ``http_status`` and the client raises the same class again from
+``kind``, so a command fails the same way whether or not a server is running.
+"""
+
+from __future__ import annotations
+
+
+class VmblockError(Exception):
+    """Base of every error a user can cause or fix."""
+
+    http_status = 400
+
+    def to_json(self) -> dict:
+        return {"error": str(self), "kind": type(self).__name__}
+
+    @staticmethod
+    def from_json(obj: dict) -> VmblockError:
+        """Rebuild the error the admin server raised, keeping its class."""
+        cls = _KINDS.get(obj.get("kind", ""), VmblockError)
+        return cls(obj.get("error", "unknown error"))
+
+
+class NotFound(VmblockError):
+    http_status = 404
+
+
+class AlreadyExists(VmblockError):
+    http_status = 409
+
+
+class InvalidArgument(VmblockError):
+    http_status = 400
+
+
+class PoolError(VmblockError):
+    """The pool is missing, locked by another process or damaged."""
+
+    http_status = 500
+
+
+class ServerError(VmblockError):
+    """The admin server could not be reached or is needed but not running."""
+
+    http_status = 503
+
+
+_KINDS = {c.__name__: c for c in (VmblockError, NotFound, AlreadyExists, InvalidArgument,
+                                  PoolError, ServerError)}
