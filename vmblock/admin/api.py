@@ -36,6 +36,18 @@ class Api:
         host, port = self.portals()[0]
         return f"iscsi://{format_portal(_WILDCARD.get(host, host), port)}/{disk.target}/{disk.lun}"
 
+    # What a running server must also do after a change; nothing runs to be told without one.
+
+    def vdisk_created(self, disk: Vdisk, new_target: bool) -> None:
+        pass
+
+    def vdisk_deleted(self, disk: Vdisk) -> None:
+        pass
+
+    def config_changed(self, key: str) -> bool:
+        """Apply a changed key to what runs; False when it takes effect at the next start."""
+        return False
+
     def _vdisk_json(self, disk: Vdisk) -> dict:
         d = disk.dump()
         d["vm"] = self.pool.vm_by_uuid(disk.vm).name if disk.vm else None
@@ -64,7 +76,8 @@ class Api:
 
     def vdisk_create(self, name: str, size: str | int, vm: str | None = None,
                      target: str | None = None) -> dict:
-        disk, _ = self.pool.create_vdisk(name, parse_size(size), vm=vm, target=target)
+        disk, new_target = self.pool.create_vdisk(name, parse_size(size), vm=vm, target=target)
+        self.vdisk_created(disk, new_target)
         return self._vdisk_json(disk)
 
     def vdisk_list(self, vm: str | None = None) -> list[dict]:
@@ -74,18 +87,20 @@ class Api:
         return self._vdisk_json(self.pool.vdisk(name))
 
     def vdisk_delete(self, name: str) -> dict:
-        return self.pool.delete_vdisk(name).dump()
+        disk = self.pool.delete_vdisk(name)
+        self.vdisk_deleted(disk)
+        return disk.dump()
 
     def config_get(self, key: str) -> dict:
         return {"key": key, "value": self.pool.config_get(key)}
 
     def config_set(self, key: str, value: str) -> dict:
         self.pool.config_set(key, value)
-        return {"key": key, "value": value, "live": False}
+        return {"key": key, "value": value, "live": self.config_changed(key)}
 
     def config_unset(self, key: str) -> dict:
         self.pool.config_unset(key)
-        return {"key": key, "live": False}
+        return {"key": key, "live": self.config_changed(key)}
 
     def config_list(self) -> dict:
         return self.pool.config()
