@@ -78,7 +78,7 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 def _fields(obj: dict, keys: list[str]) -> None:
     for k in keys:
-        click.echo(f"{k + ":":<18}{'' if obj.get(k) is None else obj[k]}")
+        click.echo(f"{k + ':':<18}{'' if obj.get(k) is None else obj[k]}")
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
