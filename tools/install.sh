@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install vmblock into .venv of this checkout and start it on the embedded default pool
+# (./vmblock-data) with the demo vdisk: VM 'demo', thin 8 GiB, LUN 0 of iqn.2026-11.io.vmblock:default.
+# Idempotent: re-running reinstalls in place and leaves an already running server alone.
+# usage: tools/install.sh [--foreground] [extra `vmblock serve` options, e.g. --portal 0.0.0.0:3260]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+foreground=0
+if [ "${1:-}" = "--foreground" ]; then foreground=1; shift; fi
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv python3-dev
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --upgrade pip
+.venv/bin/python -m pip install -e .
+
+if [ "$foreground" = 1 ]; then
+    exec .venv/bin/vmblock serve --demo "$@"
+fi
+
+mkdir -p vmblock-data
+log=vmblock-data/serve.log
+nohup .venv/bin/vmblock serve --demo "$@" >"$log" 2>&1 </dev/null &
+pid=$!
+for _ in $(seq 600); do
+    if grep -q '^vmblock: serving' "$log"; then
+        grep '^vmblock: serving' "$log"
+        echo "vmblock: pid $pid, log $PWD/$log; stop it with: kill $pid"
+        echo "try: qemu-img info iscsi://127.0.0.1/iqn.2026-11.io.vmblock:default/0"
+        exit 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+        if grep -q 'already running' "$log"; then
+            echo "vmblock: a server is already running on $PWD/vmblock-data"
+            exit 0
+        fi
+        cat "$log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+echo "vmblock: server did not get ready in 60 s; see $PWD/$log" >&2
+exit 1

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install every test dependency (Debian packages + a venv in .venv) and run the whole test suite.
+# Idempotent. Extra arguments go to pytest, e.g. tools/test.sh -m slow, tools/test.sh -k cli.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update
+    # initiators (libiscsi-bin, qemu-*), the peer target (tgt), volume manager tools (lvm2),
+    # and what Debian's PEP 668 Python needs for a venv and native wheels (python3-venv, -dev)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y \
+        libiscsi-bin qemu-utils qemu-block-extra qemu-system-x86 tgt lvm2 python3-venv python3-dev
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install --upgrade pip
+.venv/bin/python -m pip install -e '.[test]'
+exec .venv/bin/python -m pytest "$@"
