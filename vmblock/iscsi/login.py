@@ -1,0 +1,206 @@
+"""The login phase of one connection as a pure state machine (RFC 7143 6.3, 11.12, 11.13).
+
+``LoginNegotiator.step(pdu, data)`` consumes one Login Request and returns a ``LoginReply``:
+the flags, status and text of the Login Response to send. Session binding (TSIH, reinstatement)
+is asked of the registry passed in, so this module does no I/O at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import params
+from .chap import ChapAuthenticator, ChapError, ChapSecrets
+from .pdu import LOGIN_FLAG_CONTINUE, LOGIN_FLAG_TRANSIT
+
+# Login status class/detail (RFC 7143 11.13.5), as one 16-bit value.
+LOGIN_SUCCESS = 0x0000
+LOGIN_INITIATOR_ERROR = 0x0200
+LOGIN_AUTH_FAILED = 0x0201
+LOGIN_AUTHORIZATION_FAILURE = 0x0202
+LOGIN_TARGET_NOT_FOUND = 0x0203
+LOGIN_TARGET_REMOVED = 0x0204
+LOGIN_UNSUPPORTED_VERSION = 0x0205
+LOGIN_TOO_MANY_CONNECTIONS = 0x0206
+LOGIN_MISSING_PARAMETER = 0x0207
+LOGIN_CANT_INCLUDE_IN_SESSION = 0x0208
+LOGIN_SESSION_TYPE_UNSUPPORTED = 0x0209
+LOGIN_SESSION_DOES_NOT_EXIST = 0x020A
+LOGIN_INVALID_DURING_LOGIN = 0x020B
+LOGIN_TARGET_ERROR = 0x0300
+LOGIN_OUT_OF_RESOURCES = 0x0302
+
+STAGE_SECURITY = 0
+STAGE_OPERATIONAL = 1
+STAGE_FULL_FEATURE = 3
+ISCSI_VERSION = 0x00
+MAX_LOGIN_PDUS = 64
+
+CHAP_KEYS = ("CHAP_A", "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C")
+
+
+class LoginFailure(Exception):
+    def __init__(self, status: int, why: str):
+        super().__init__(why)
+        self.status = status
+
+
+@dataclass
+class LoginReply:
+    flags: int = 0
+    status: int = LOGIN_SUCCESS
+    text: list = field(default_factory=list)
+    done: bool = False          # the initiator may enter full feature phase after this reply
+
+
+class LoginNegotiator:
+    """Negotiates one connection's login. ``service`` provides targets, offer and discovery CHAP."""
+
+    def __init__(self, service, registry):
+        self.service = service
+        self.registry = registry
+        self.first = True
+        self.pdus = 0
+        self.stage = STAGE_SECURITY
+        self.pending = bytearray()          # text of Login Requests with the C bit
+        self.isid = self.tsih = self.cid = 0
+        self.initiator = ""
+        self.initiator_alias = ""
+        self.discovery = False
+        self.target = None                  # TargetEntry of a normal session
+        self.auth_required: ChapSecrets | None = None
+        self.authenticated = False
+        self.auth_method = ""
+        self.chap: ChapAuthenticator | None = None
+        self.neg: params.Negotiation | None = None
+
+    def step(self, pdu, data) -> LoginReply:
+        try:
+            return self._step(pdu, data)
+        except LoginFailure as e:
+            return LoginReply(status=e.status, text=[])
+        except ChapError:
+            return LoginReply(status=LOGIN_AUTH_FAILED)
+        except params.NegotiationError:
+            return LoginReply(status=LOGIN_INITIATOR_ERROR)
+
+    def _step(self, pdu, data) -> LoginReply:
+        self.pdus += 1
+        if self.pdus > MAX_LOGIN_PDUS:
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "too many login PDUs")
+        isid, tsih = pdu.lun >> 16, pdu.lun & 0xFFFF
+        cid = pdu.w20 >> 16
+        csg = (pdu.flags >> 2) & 3
+        nsg = pdu.flags & 3
+        transit = bool(pdu.flags & LOGIN_FLAG_TRANSIT)
+        cont = bool(pdu.flags & LOGIN_FLAG_CONTINUE)
+        if self.first:
+            if not pdu.b3 <= ISCSI_VERSION <= pdu.b2:     # VersionMin <= 0 <= VersionMax
+                raise LoginFailure(LOGIN_UNSUPPORTED_VERSION, "unsupported iSCSI version")
+            self.isid, self.tsih, self.cid = isid, tsih, cid
+        elif (isid, tsih, cid) != (self.isid, self.tsih, self.cid):
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "ISID/TSIH/CID changed during login")
+        if cont and transit:
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "T and C bits both set")
+        if csg not in (STAGE_SECURITY, STAGE_OPERATIONAL) or csg < self.stage:
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "bad current stage")
+        if transit and (nsg <= csg or nsg == 2):
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "bad next stage")
+        if len(self.pending) + len(data) > params.MAX_TEXT_BYTES:
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "login text too long")
+        self.pending += data
+        if cont:
+            return LoginReply(flags=csg << 2)       # empty response: send the rest
+        pairs = params.parse_text(bytes(self.pending))
+        self.pending.clear()
+        keys = {}
+        for k, v in pairs:
+            if k in keys:
+                raise LoginFailure(LOGIN_INITIATOR_ERROR, f"key {k} repeated")
+            keys[k] = v
+        reply = LoginReply()
+        if self.first:
+            self._first_pdu(keys, reply)
+            self.first = False
+        self.stage = csg
+        if csg == STAGE_SECURITY:
+            self._security(keys, reply)
+            ready = self.authenticated or self.auth_required is None
+        else:
+            if self.auth_required is not None and not self.authenticated:
+                raise LoginFailure(LOGIN_AUTH_FAILED, "authentication required")
+            ready = True
+        self._operational(keys, reply, csg)
+        if transit and ready:
+            reply.flags = LOGIN_FLAG_TRANSIT | (csg << 2) | nsg
+            if nsg == STAGE_FULL_FEATURE:
+                self.neg.finish()
+                reply.done = True
+        else:
+            reply.flags = csg << 2
+            if transit and self.auth_required is not None and self.chap is None:
+                raise LoginFailure(LOGIN_AUTH_FAILED, "initiator skipped required authentication")
+        return reply
+
+    def _first_pdu(self, keys: dict, reply: LoginReply) -> None:
+        self.initiator = keys.get("InitiatorName", "")
+        if not self.initiator:
+            raise LoginFailure(LOGIN_MISSING_PARAMETER, "InitiatorName missing")
+        self.initiator_alias = keys.get("InitiatorAlias", "")
+        session_type = keys.get("SessionType", "Normal")
+        if session_type == "Discovery":
+            self.discovery = True
+            self.auth_required = self.service.config.discovery_chap
+        elif session_type == "Normal":
+            name = keys.get("TargetName")
+            if not name:
+                raise LoginFailure(LOGIN_MISSING_PARAMETER, "TargetName missing")
+            self.target = self.service.targets.get(name)
+            if self.target is None:
+                raise LoginFailure(LOGIN_TARGET_NOT_FOUND, f"no target {name}")
+            if self.target.acl and self.initiator not in self.target.acl:
+                raise LoginFailure(LOGIN_AUTHORIZATION_FAILURE, "initiator not in ACL")
+            self.auth_required = self.target.chap
+            reply.text.append(("TargetPortalGroupTag", str(self.service.config.tpgt)))
+            if self.target.alias:
+                reply.text.append(("TargetAlias", self.target.alias))
+        else:
+            raise LoginFailure(LOGIN_SESSION_TYPE_UNSUPPORTED, "unknown SessionType")
+        status = self.registry.check_join(self)
+        if status:
+            raise LoginFailure(status, "cannot join session")
+        self.neg = params.Negotiation(self.service.offer, self.discovery)
+
+    def _security(self, keys: dict, reply: LoginReply) -> None:
+        if "AuthMethod" in keys:
+            offered = keys["AuthMethod"].split(",")
+            if self.auth_required is not None:
+                if "CHAP" not in offered:
+                    raise LoginFailure(LOGIN_AUTH_FAILED, "CHAP required")
+                self.auth_method = "CHAP"
+                self.chap = ChapAuthenticator(self.auth_required)
+            elif "None" in offered:
+                self.auth_method = "None"
+            else:
+                self.auth_method = "Reject"
+            reply.text.append(("AuthMethod", self.auth_method))
+        if self.chap is None:
+            if any(k in keys for k in CHAP_KEYS) and self.auth_required is None:
+                raise LoginFailure(LOGIN_INITIATOR_ERROR, "CHAP keys without AuthMethod=CHAP")
+            return
+        if "CHAP_A" in keys:
+            reply.text.extend(self.chap.select(keys["CHAP_A"]))
+        elif "CHAP_R" in keys or "CHAP_N" in keys:
+            reply.text.extend(self.chap.verify(keys))
+            self.authenticated = True
+
+    def _operational(self, keys: dict, reply: LoginReply, csg: int) -> None:
+        phase = "L"
+        for k, v in keys.items():
+            if k in params.DECLARATIONS or k in CHAP_KEYS:
+                continue
+            answer = self.neg.respond(k, v, phase)
+            if answer is not None:
+                reply.text.append((k, answer))
+        if csg == STAGE_OPERATIONAL:
+            reply.text.extend(self.neg.declarations())

@@ -1,0 +1,118 @@
+"""The iSCSI service: portals (listening sockets), the target table and discovery.
+
+The server composition owns ``targets`` (IQN -> TargetEntry) and may change it while the
+service runs; logins and SendTargets read it live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from ..net.interfaces import host_addresses
+from . import params
+from .chap import ChapSecrets
+from .connection import Connection
+from .session import SessionRegistry
+
+log = logging.getLogger("vmblock.iscsi")
+
+WILDCARDS = ("", "0.0.0.0", "::")
+PDU_OVERHEAD = 48 + 1024 + 8      # BHS, largest AHS, two digests
+
+
+@dataclass
+class TargetEntry:
+    name: str
+    scsi: object                                  # vmblock.scsi.target.ScsiTarget
+    acl: list[str] = field(default_factory=list)  # initiator IQNs allowed; empty: everyone
+    chap: ChapSecrets | None = None
+    alias: str = ""
+
+
+@dataclass
+class IscsiConfig:
+    overrides: dict = field(default_factory=dict)  # negotiation keys, e.g. MaxBurstLength
+    discovery_chap: ChapSecrets | None = None
+    nop_interval: float = 30.0                     # ping an idle initiator after this long
+    nop_timeout: float = 30.0                      # drop the connection if it does not answer
+    tpgt: int = 1
+
+
+class IscsiService:
+    def __init__(self, targets: dict[str, TargetEntry], config: IscsiConfig | None = None):
+        self.targets = targets
+        self.registry = SessionRegistry()
+        self.connections: set[Connection] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.bound_portals: list[tuple[str, int]] = []
+        self.reconfigure(config or IscsiConfig())
+
+    def reconfigure(self, config: IscsiConfig) -> None:
+        """New logins use ``config``; running sessions keep what they negotiated."""
+        self.offer = params.validate_offer(config.overrides)
+        self.config = config
+        self.max_pdu = params.parse_number(self.offer["MaxRecvDataSegmentLength"]) + PDU_OVERHEAD
+
+    async def start(self, portals: list[tuple[str, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in portals:
+            bind = None if host in WILDCARDS else host
+            server = await loop.create_server(lambda h=host, p=port: Connection(self, (h, p)),
+                                              bind, port, reuse_address=True, backlog=128)
+            self.servers.append(server)
+            for sock in server.sockets:
+                actual = sock.getsockname()
+                self.bound_portals.append((host if host in WILDCARDS else actual[0], actual[1]))
+        log.info("iSCSI portals: %s", ", ".join(f"{h}:{p}" for h, p in self.bound_portals))
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.terminate("target shutting down")
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()
+
+    def portal_addresses(self) -> list[str]:
+        """TargetAddress values (RFC 7143 13.8): every portal, wildcards expanded."""
+        out = []
+        for host, port in self.bound_portals:
+            if host in WILDCARDS:
+                fam = socket.AF_INET6 if host == "::" else socket.AF_INET
+                hosts = host_addresses(fam)
+            else:
+                hosts = [host]
+            for h in hosts:
+                text = f"[{h}]" if ipaddress.ip_address(h).version == 6 else h
+                addr = f"{text}:{port},{self.config.tpgt}"
+                if addr not in out:
+                    out.append(addr)
+        return out
+
+    def send_targets(self, value: str, session, portal) -> list[tuple[str, str]]:
+        """SendTargets answer: all targets in a discovery session, only the session's own
+        target in a normal one (RFC 7143 Appendix C)."""
+        if session.discovery:
+            if value == "All":
+                names = list(self.targets)
+            else:
+                names = [value] if value in self.targets else []
+        else:
+            own = session.target.name
+            names = [own] if value in ("", "All", own) else []
+        names = [n for n in names
+                 if not self.targets[n].acl or session.initiator in self.targets[n].acl]
+        addrs = self.portal_addresses()
+        out = []
+        for n in names:
+            out.append(("TargetName", n))
+            out.extend(("TargetAddress", a) for a in addrs)
+        return out
+
+    def sessions(self) -> list[dict]:
+        return [s.info() for s in self.registry.all()]

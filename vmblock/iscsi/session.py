@@ -1,0 +1,153 @@
+"""Sessions: the I_T nexus, its command window and its tasks, shared by its connections.
+
+A session is keyed by (initiator, ISID, target) for reinstatement and by TSIH for adding
+connections (RFC 7143 6.3.1, 7.1.5: at ErrorRecoveryLevel 0 recovery is by reinstatement).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from ..scsi.task import Nexus
+from .login import (LOGIN_SESSION_DOES_NOT_EXIST, LOGIN_TOO_MANY_CONNECTIONS,
+                    LOGIN_INITIATOR_ERROR)
+
+SERIAL_HALF = 1 << 31
+CMD_WINDOW = 128            # commands an initiator may have queued per session
+
+
+def sn_lt(a: int, b: int) -> bool:
+    """RFC 1982 serial number arithmetic, 32 bits."""
+    return a != b and ((b - a) & 0xFFFFFFFF) < SERIAL_HALF
+
+
+def sn_gt(a: int, b: int) -> bool:
+    return sn_lt(b, a)
+
+
+class Session:
+    def __init__(self, tsih: int, login, target_entry):
+        self.tsih = tsih
+        self.isid = login.isid
+        self.initiator = login.initiator
+        self.initiator_alias = login.initiator_alias
+        self.discovery = login.discovery
+        self.target = target_entry            # TargetEntry, None for discovery
+        self.params = login.neg
+        target_name = target_entry.name if target_entry else ""
+        self.nexus = Nexus(self.initiator, self.isid, target_name, login.service.config.tpgt)
+        self.connections: dict[int, object] = {}
+        self.tasks: dict[int, object] = {}     # ITT -> TaskState, across connections
+        self.exp_cmdsn = 0
+        self.max_cmdsn = 0
+        self.pending: dict[int, tuple] = {}    # CmdSN -> (connection, pdu, data) arrived early
+
+    @property
+    def key(self):
+        return (self.initiator, self.isid, self.target.name if self.target else "")
+
+    def start_window(self, cmdsn: int) -> None:
+        self.exp_cmdsn = cmdsn
+        self.max_cmdsn = (cmdsn + CMD_WINDOW - 1) & 0xFFFFFFFF
+
+    def window(self) -> tuple[int, int]:
+        """(ExpCmdSN, MaxCmdSN); MaxCmdSN shrinks the window while tasks are outstanding
+        but never moves backwards (RFC 7143 4.2.2.1)."""
+        room = max(CMD_WINDOW - len(self.tasks), 1)
+        want = (self.exp_cmdsn + room - 1) & 0xFFFFFFFF
+        if sn_gt(want, self.max_cmdsn):
+            self.max_cmdsn = want
+        return self.exp_cmdsn, self.max_cmdsn
+
+    def in_window(self, cmdsn: int) -> bool:
+        return not sn_lt(cmdsn, self.exp_cmdsn) and not sn_gt(cmdsn, self.max_cmdsn)
+
+    def info(self) -> dict:
+        return {"tsih": self.tsih, "initiator": self.initiator, "isid": f"{self.isid:012x}",
+                "alias": self.initiator_alias,
+                "target": self.target.name if self.target else None,
+                "type": "discovery" if self.discovery else "normal",
+                "connections": [c.info() for c in self.connections.values()],
+                "tasks": len(self.tasks),
+                "params": dict(self.params.result)}
+
+
+class SessionRegistry:
+    def __init__(self):
+        self.by_tsih: dict[int, Session] = {}
+        self.by_key: dict[tuple, Session] = {}
+        self._tsih = itertools.count(1)
+
+    def check_join(self, login) -> int:
+        """Login status for joining: 0 if the connection may log in."""
+        if login.tsih == 0:
+            return 0
+        sess = self.by_tsih.get(login.tsih)
+        if sess is None:
+            return LOGIN_SESSION_DOES_NOT_EXIST
+        if sess.isid != login.isid or sess.initiator != login.initiator:
+            return LOGIN_INITIATOR_ERROR
+        max_conns = sess.params.number("MaxConnections")
+        if login.cid not in sess.connections and len(sess.connections) >= max_conns:
+            return LOGIN_TOO_MANY_CONNECTIONS
+        return 0
+
+    def bind(self, conn, login, cmdsn: int) -> Session:
+        """Attach a logged-in connection: new session, session reinstatement (same ISID,
+        TSIH 0) or a connection added to / reinstated in an existing session."""
+        if login.tsih:
+            sess = self.by_tsih[login.tsih]
+            old = sess.connections.get(login.cid)
+            if old is not None:                 # connection reinstatement: old one goes
+                old.terminate("connection reinstated")
+        else:
+            key = (login.initiator, login.isid, login.target.name if login.target else "")
+            old_sess = self.by_key.get(key)
+            if old_sess is not None:            # session reinstatement
+                self.close(old_sess, "session reinstated")
+            tsih = self._new_tsih()
+            sess = Session(tsih, login, login.target)
+            sess.start_window(cmdsn)
+            self.by_tsih[tsih] = sess
+            self.by_key[sess.key] = sess
+            if sess.target is not None:
+                sess.target.scsi.nexus_added(sess.nexus)
+        sess.connections[login.cid] = conn
+        return sess
+
+    def _new_tsih(self) -> int:
+        while True:
+            t = next(self._tsih) & 0xFFFF
+            if t and t not in self.by_tsih:
+                return t
+
+    def detach(self, sess: Session, conn) -> None:
+        """A connection is gone; at ERL 0 a session without connections ends with it."""
+        if sess.connections.get(conn.cid) is conn:
+            del sess.connections[conn.cid]
+        if not sess.connections:
+            self._remove(sess)
+
+    def close(self, sess: Session, why: str) -> None:
+        for c in list(sess.connections.values()):
+            c.terminate(why)
+        self._remove(sess)
+
+    def _remove(self, sess: Session) -> None:
+        if self.by_tsih.get(sess.tsih) is not sess:
+            return
+        del self.by_tsih[sess.tsih]
+        if self.by_key.get(sess.key) is sess:
+            del self.by_key[sess.key]
+        for st in list(sess.tasks.values()):
+            st.abort()
+        sess.tasks.clear()
+        sess.pending.clear()
+        if sess.target is not None:
+            sess.target.scsi.nexus_removed(sess.nexus)
+
+    def for_target(self, name: str) -> list[Session]:
+        return [s for s in self.by_tsih.values() if s.target is not None and s.target.name == name]
+
+    def all(self) -> list[Session]:
+        return list(self.by_tsih.values())
