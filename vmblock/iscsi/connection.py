@@ -68,6 +68,9 @@ class TaskState:
     __slots__ = ("conn", "task", "buf", "want", "received", "unsolicited", "next_r2t",
                  "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done")
 
+    # A Data-Out sequence (one R2T, or the unsolicited burst) is [next offset, end, next DataSN];
+    # with DataPDUInOrder=Yes each PDU must continue exactly where the last one ended.
+
     def __init__(self, conn, task, lun_field, cmdsn):
         self.conn = conn
         self.task = task
@@ -76,9 +79,9 @@ class TaskState:
         self.buf = None
         self.want = 0
         self.received = 0
-        self.unsolicited = False
+        self.unsolicited: list | None = None
         self.next_r2t = 0
-        self.r2ts: dict[int, tuple[int, int]] = {}
+        self.r2ts: dict[int, list] = {}
         self.r2tsn = 0
         self.aborted = False
         self.done = False
@@ -420,7 +423,8 @@ class Connection(asyncio.BufferedProtocol):
         n = min(dlen, want)
         st.buf[:n] = data[:n]
         st.received = dlen
-        st.unsolicited = write and not p.final
+        if not p.final:
+            st.unsolicited = [dlen, min(edtl, self.first_burst), 0]
         if st.received >= want:
             self._execute(st)
         elif not st.unsolicited:
@@ -446,22 +450,19 @@ class Connection(asyncio.BufferedProtocol):
         off = p.w40
         n = len(data)
         ttt = p.ttt
-        if off + n > st.task.edtl:
-            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "Data-Out beyond EDTL", bytes(header))
-        if ttt == P.RSVD_TAG:
-            if not st.unsolicited or off + n > self.first_burst:
-                raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "bad unsolicited Data-Out", bytes(header))
-        else:
-            r2t = st.r2ts.get(ttt)
-            if r2t is None or off < r2t[0] or off + n > r2t[0] + r2t[1]:
-                raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "Data-Out outside its R2T", bytes(header))
+        seq = st.unsolicited if ttt == P.RSVD_TAG else st.r2ts.get(ttt)
+        # RFC 7143 11.7.5/11.7.6: DataSN counts from 0 in each sequence; offsets in order.
+        if seq is None or off != seq[0] or off + n > seq[1] or p.w36 != seq[2]:
+            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "Data-Out out of sequence", bytes(header))
+        seq[0] += n
+        seq[2] += 1
         end = min(off + n, st.want)
         if end > off:
             st.buf[off:end] = data[:end - off]
         st.received += n
-        if p.final:
+        if p.final or seq[0] == seq[1]:
             if ttt == P.RSVD_TAG:
-                st.unsolicited = False
+                st.unsolicited = None
                 st.next_r2t = max(st.next_r2t, st.received)
             else:
                 del st.r2ts[ttt]
@@ -475,7 +476,7 @@ class Connection(asyncio.BufferedProtocol):
         while len(st.r2ts) < self.max_r2t and st.next_r2t < st.want:
             length = min(self.max_burst, st.want - st.next_r2t)
             ttt = next(self._ttt) & 0x7FFFFFFF
-            st.r2ts[ttt] = (st.next_r2t, length)
+            st.r2ts[ttt] = [st.next_r2t, st.next_r2t + length, 0]
             self._send(P.build_bhs(P.OP_R2T, P.FLAG_FINAL, 0, 0, 0, st.lun_field, st.task.itt, ttt,
                                    self.statsn, exp, mx, st.r2tsn, st.next_r2t, length))
             st.r2tsn += 1
