@@ -1,12 +1,14 @@
 """The CLI end to end on a temporary pool with no server (click's CliRunner, the real pool)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from vmblock import DEFAULT_TARGET
 from vmblock.cli import cli
+from vmblock.config import check_settings, load_toml
 
 
 @pytest.fixture
@@ -96,7 +98,11 @@ def test_vdisk_on_new_target(run):
     (("vm", "show", "ghost"), "no VM named"),
     (("vdisk", "delete", "ghost"), "no vdisk named"),
     (("config", "set", "no.such.key", "1"), "unknown config key"),
-    (("config", "set", "iscsi.MaxRecvDataSegmentLength", "big"), "non-negative integer"),
+    (("config", "set", "iscsi.MaxRecvDataSegmentLength", "big"), "MaxRecvDataSegmentLength"),
+    (("config", "set", "iscsi.MaxBurstLength", "1"), "outside"),
+    (("config", "set", "iscsi.ImmediateData", "maybe"), "Yes or No"),
+    (("config", "set", "iscsi.TargetName", "x"), "unknown config key"),
+    (("config", "set", "iscsi.FirstBurstLength", "4194304"), "must not exceed MaxBurstLength"),
     (("config", "set", "iscsi.portals", "127.0.0.1:99999"), "bad portal"),
     (("config", "get", "iscsi.portals"), "not set"),
     (("session", "list"), "no server is running"),
@@ -147,3 +153,36 @@ def test_new_vdisk_after_delete_reads_zeros(run):
     run("vdisk", "create", "new", "--size", "1M")
     new_img = next((run.pool / "vdisks").glob("*.img"))
     assert new_img.read_bytes() == bytes(1 << 20)
+
+
+def test_example_config_is_valid():
+    pool, keys = load_toml(str(Path(__file__).parent.parent / "configs" / "vmblock.toml"))
+    assert pool == "./vmblock-data"
+    assert keys["iscsi.portals"] == "127.0.0.1:3260"
+    assert keys["iscsi.HeaderDigest"] == "None,CRC32C"
+    assert keys[f"acl.{DEFAULT_TARGET}"].count(",") == 1
+    check_settings(keys)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[iscsi]\nportals = 'nowhere:port'\n", "bad portal"),
+    ("[iscsi]\nMaxBurstLength = 4096\nFirstBurstLength = 8192\n", "must not exceed"),
+    ("[iscsi]\nMaxBurstLength = 1\n", "outside"),
+    ("[nonsense]\nkey = 1\n", "unknown config key"),
+    ("[iscsi\n", "config file"),
+])
+def test_serve_rejects_bad_config_file_in_one_line(run, tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    assert message in error_line(run("serve", "--config", str(path), code=2))
+
+
+def test_config_file_limits_are_checked_together(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text("[iscsi]\nMaxBurstLength = 8192\nFirstBurstLength = 4096\n")
+    assert load_toml(str(path))[1]["iscsi.MaxBurstLength"] == "8192"
+
+
+def test_serve_rejects_missing_config_file(run, tmp_path):
+    r = run("serve", "--config", str(tmp_path / "missing.toml"), code=2)
+    assert "cannot read config file" in error_line(r)

@@ -12,6 +12,7 @@ import tomllib
 
 from vmblock import DEFAULT_PORTAL
 from vmblock.errors import InvalidArgument
+from vmblock.iscsi import params
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -19,15 +20,6 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 
 # RFC 3720 3.2.6.3.1 / RFC 7143 4.2.7: iqn.YYYY-MM.reversed.domain[:anything], eui.<16 hex>, naa.<16|32 hex>
 _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[^\s,]+)?"
                      r"|eui\.[0-9a-f]{16}|naa\.(?:[0-9a-f]{16}|[0-9a-f]{32}))$")
-
-# Operational keys an operator may override (RFC 7143 13); the fabric's negotiation table decides
-# how an override combines with what the initiator offers.
-_NUMERIC_KEYS = {"MaxRecvDataSegmentLength", "MaxBurstLength", "FirstBurstLength",
-                 "MaxConnections", "MaxOutstandingR2T", "DefaultTime2Wait",
-                 "DefaultTime2Retain", "ErrorRecoveryLevel"}
-_BOOLEAN_KEYS = {"InitialR2T", "ImmediateData", "DataPDUInOrder", "DataSequenceInOrder"}
-_DIGEST_KEYS = {"HeaderDigest", "DataDigest"}
-NEGOTIATION_KEYS = _NUMERIC_KEYS | _BOOLEAN_KEYS | _DIGEST_KEYS
 
 _CHAP_FIELDS = ("chap_user", "chap_secret", "mutual_user", "mutual_secret")
 
@@ -92,6 +84,12 @@ def _nonneg_float(key: str, value: str) -> None:
         raise InvalidArgument(f"{key} must be a number of seconds >= 0, not {value!r}")
 
 
+def negotiation_overrides(settings: dict[str, str]) -> dict[str, str]:
+    """The ``iscsi.<Key>`` settings that change what the target offers at login (RFC 7143 13)."""
+    return {k[6:]: v for k, v in settings.items()
+            if k.startswith("iscsi.") and k[6:] in params.TARGET_OFFER}
+
+
 def check_key(key: str, value: str) -> str:
     """Validate one config key and its value; returns the value as stored (a string)."""
     parts = key.split(".")
@@ -99,14 +97,8 @@ def check_key(key: str, value: str) -> str:
         parse_portals(value)
     elif key in ("iscsi.nop_interval", "iscsi.nop_timeout"):
         _nonneg_float(key, value)
-    elif parts[0] == "iscsi" and len(parts) == 2 and parts[1] in NEGOTIATION_KEYS:
-        name = parts[1]
-        if name in _NUMERIC_KEYS and not value.isdigit():
-            raise InvalidArgument(f"{key} must be a non-negative integer, not {value!r}")
-        if name in _BOOLEAN_KEYS and value not in ("Yes", "No"):
-            raise InvalidArgument(f"{key} must be Yes or No, not {value!r}")
-        if name in _DIGEST_KEYS and not all(v in ("None", "CRC32C") for v in value.split(",")):
-            raise InvalidArgument(f"{key} must be a list of None and CRC32C, not {value!r}")
+    elif parts[0] == "iscsi" and len(parts) == 2 and parts[1] in params.TARGET_OFFER:
+        pass   # values are checked together by check_settings: some limits depend on each other
     elif len(parts) == 3 and parts[:2] == ["auth", "discovery"] and parts[2] in _CHAP_FIELDS:
         pass
     elif key.startswith("auth.target.") and key.rsplit(".", 1)[-1] in _CHAP_FIELDS:
@@ -117,6 +109,14 @@ def check_key(key: str, value: str) -> str:
     else:
         raise InvalidArgument(f"unknown config key {key!r} (see configs/vmblock.toml)")
     return value
+
+
+def check_settings(settings: dict[str, str]) -> None:
+    """Check the whole set a server would run with, by the fabric's own negotiation table."""
+    try:
+        params.validate_offer(negotiation_overrides(settings))
+    except ValueError as e:
+        raise InvalidArgument(f"bad iSCSI negotiation setting: {e}") from None
 
 
 def _flatten(prefix: str, table: dict, out: dict[str, str]) -> None:
@@ -148,6 +148,7 @@ def load_toml(path: str) -> tuple[str | None, dict[str, str]]:
     _flatten("", doc, flat)
     for key, value in flat.items():
         check_key(key, value)
+    check_settings(flat)
     return pool, flat
 
 

@@ -16,7 +16,7 @@ import uvloop
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
-from vmblock.config import NEGOTIATION_KEYS, format_portal, parse_iqn_list
+from vmblock.config import check_settings, format_portal, negotiation_overrides, parse_iqn_list
 from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
@@ -58,8 +58,7 @@ def chap_of(settings: dict[str, str], prefix: str) -> ChapSecrets | None:
 
 def iscsi_config(settings: dict[str, str]) -> IscsiConfig:
     return IscsiConfig(
-        overrides={k.split(".", 1)[1]: v for k, v in settings.items()
-                   if k.startswith("iscsi.") and k.split(".", 1)[1] in NEGOTIATION_KEYS},
+        overrides=negotiation_overrides(settings),
         discovery_chap=chap_of(settings, "auth.discovery."),
         nop_interval=float(settings.get("iscsi.nop_interval", "30")),
         nop_timeout=float(settings.get("iscsi.nop_timeout", "30")),
@@ -79,7 +78,9 @@ class Server:
         self.admin = None
 
     def settings(self) -> dict[str, str]:
-        return {**self.pool.config(), **self.overrides}
+        settings = {**self.pool.config(), **self.overrides}
+        check_settings(settings)
+        return settings
 
     def _entry(self, iqn: str, scsi: ScsiTarget, settings: dict[str, str]) -> TargetEntry:
         return TargetEntry(name=iqn, scsi=scsi, acl=parse_iqn_list(settings.get(f"acl.{iqn}", "")),
@@ -112,7 +113,10 @@ class Server:
             self.add_target(t.iqn)
         for disk in self.pool.vdisks():
             self.add_vdisk(disk)
-        self.service = IscsiService(self.targets, iscsi_config(settings))
+        try:
+            self.service = IscsiService(self.targets, iscsi_config(settings))
+        except ValueError as e:   # the fabric's check of the negotiation overrides
+            raise InvalidArgument(f"iSCSI settings: {e}") from None
         try:
             await self.service.start(self.portals)
         except OSError as e:
@@ -132,7 +136,7 @@ class Server:
         self.stores.clear()
 
     def bound_portals(self) -> list[tuple[str, int]]:
-        return [tuple(p[:2]) for p in self.service.bound_portals]
+        return self.service.bound_portals
 
 
 class LiveApi(Api):
@@ -156,6 +160,12 @@ class LiveApi(Api):
     def config_changed(self, key: str) -> bool:
         if key in self.server.overrides:
             return False
+        if key.startswith(("iscsi.", "auth.discovery.")) and key != "iscsi.portals":
+            try:
+                self.server.service.reconfigure(iscsi_config(self.server.settings()))
+            except InvalidArgument:
+                return False   # e.g. discovery chap_user set, chap_secret not yet
+            return True
         for iqn in self.server.targets:
             if key == f"acl.{iqn}" or key.startswith(f"auth.target.{iqn}."):
                 try:

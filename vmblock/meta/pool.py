@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from vmblock import DEFAULT_TARGET
-from vmblock.config import check_iqn, check_key
+from vmblock.config import check_iqn, check_key, check_settings
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError
 from vmblock.store.sparse import SparseFileStore
 
@@ -328,6 +328,10 @@ class Pool:
 
     def config_set(self, key: str, value: str) -> None:
         check_key(key, value)
+        try:
+            check_settings({**self.config(), key: value})
+        except InvalidArgument as e:
+            raise InvalidArgument(f"cannot set {key} to {value!r}: {e}") from None
         batch = self._batch()
         self._put(batch, f"config/{key}", value)
         self._commit(batch)
