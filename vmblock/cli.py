@@ -299,8 +299,9 @@ def session_list(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _json(sessions)
     else:
-        keys = sorted({k for s in sessions for k in s})
-        _table([[s.get(k, "") for k in keys] for s in sessions], [k.upper() for k in keys])
+        _table([[s["tsih"], s["initiator"], s["target"] or "-", s["type"], len(s["connections"]),
+                 s["tasks"]] for s in sessions],
+               ["TSIH", "INITIATOR", "TARGET", "TYPE", "CONNECTIONS", "TASKS"])
 
 
 @cli.group()
