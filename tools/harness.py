@@ -1,0 +1,77 @@
+"""Shared by the tools: start vmblock on a scratch pool and tgt as the peer, stop them."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = "iqn.2026-11.io.vmblock:default"
+TGT_TARGET = "iqn.2026-11.bench:tgt"     # the names ../shared/tools/peer_bench.py uses
+TGT_PORTAL = "127.0.0.1:3261"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_vmblock(pool: Path, log: Path, vdisk: str, size: str,
+                  python_args: list[str] = ()) -> tuple[subprocess.Popen, str]:
+    """A server on a free port with one vdisk at LUN 0; returns it and the LUN's URL.
+    ``python_args`` go before ``-m vmblock`` (e.g. a profiler)."""
+    cmd = [sys.executable, "-m", "vmblock", "--pool", str(pool)]
+    subprocess.run(cmd + ["vdisk", "create", vdisk, "--size", size], check=True,
+                   capture_output=True)
+    port = free_port()
+    serve = [sys.executable, *python_args, "-m", "vmblock", "--pool", str(pool)]
+    proc = subprocess.Popen(serve + ["serve", "--portal", f"127.0.0.1:{port}"],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if re.search(r"^vmblock: serving", log.read_text(errors="replace"), re.M):
+            return proc, f"iscsi://127.0.0.1:{port}/{TARGET}/0"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit(f"vmblock did not start:\n{log.read_text(errors='replace')}")
+
+
+def start_tgt(workdir: Path) -> subprocess.Popen | None:
+    """tgtd with a 1 GiB file LUN, unless one already answers on the peer portal."""
+    probe = subprocess.run(["iscsi-ls", f"iscsi://{TGT_PORTAL}"], capture_output=True, text=True)
+    if TGT_TARGET in probe.stdout:
+        return None
+    img = workdir / "tgt.img"
+    subprocess.run(["truncate", "-s", "1G", str(img)], check=True)
+    proc = subprocess.Popen(["tgtd", "-f", "--iscsi", f"portal={TGT_PORTAL}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    adm = ["tgtadm", "--lld", "iscsi", "--op"]
+    for _ in range(50):
+        if subprocess.run(adm + ["show", "--mode", "target"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.1)
+    subprocess.run(adm + ["new", "--mode", "target", "--tid", "7", "-T", TGT_TARGET], check=True)
+    subprocess.run(adm + ["new", "--mode", "logicalunit", "--tid", "7", "--lun", "1", "-b", str(img)],
+                   check=True)
+    subprocess.run(adm + ["bind", "--mode", "target", "--tid", "7", "-I", "ALL"], check=True)
+    return proc
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
