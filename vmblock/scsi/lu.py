@@ -1,0 +1,125 @@
+"""A logical unit: one backing store plus the SCSI state that belongs to it.
+
+The state a LUN keeps across commands lives here: pending unit attentions per I_T nexus
+(SPC-4 5.14), reservations (``pr.Reservations``), the changeable mode parameters, and the
+limits reported in VPD page B0, all derived once from the store's declared capabilities.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING
+
+from vmblock.scsi.pr import Reservations
+from vmblock.scsi.sense import SenseReason
+from vmblock.scsi.task import Nexus
+from vmblock.store.backend import CAP_LBA_STATUS, CAP_UNMAP, CAP_WRITE_SAME, BackingStore
+
+if TYPE_CHECKING:
+    from asyncio import Future
+
+    from vmblock.scsi.commands import CommandSpec
+
+# Limits reported in VPD B0 (SBC-3 6.5.3), in bytes so they scale with the block size.
+MAX_TRANSFER_BYTES = 8 * 1024 * 1024
+OPTIMAL_TRANSFER_BYTES = 1024 * 1024
+OPTIMAL_GRANULARITY_BYTES = 4096
+MAX_COMPARE_WRITE_BYTES = 1024 * 1024
+MAX_WRITE_SAME_BYTES = 1024 * 1024 * 1024
+MAX_UNMAP_BYTES = 256 * 1024 * 1024     # VPD B0 MAXIMUM UNMAP LBA COUNT stays <= 2^20 blocks
+MAX_UNMAP_DESCRIPTORS = 256
+# Reads/writes up to this size run inline on the event loop; bigger ones go to the executor.
+SYNC_IO_BYTES = 128 * 1024
+# SPC-4 5.14: the queue of unit attentions per nexus is bounded; older ones are dropped.
+MAX_PENDING_UA = 16
+
+
+class LogicalUnit:
+    """One LUN backed by a ``BackingStore``."""
+
+    def __init__(self, store: BackingStore, name: str, serial: str, naa: int,
+                 vendor: str = "VMBLOCK", product: str = "vdisk", revision: str = "0001",
+                 write_cache: bool = True, executor: Executor | None = None,
+                 sync_io_bytes: int = SYNC_IO_BYTES):
+        from vmblock.scsi.commands import build_table
+
+        self.store = store
+        self.name = name
+        self.serial = serial
+        self.naa = naa
+        self.vendor = vendor
+        self.product = product
+        self.revision = revision
+        self.executor = executor
+        self.sync_io_bytes = sync_io_bytes
+        bs = store.block_size
+        self.block_size = bs
+        self.num_blocks = store.size_bytes // bs
+        caps = store.capabilities
+        self.can_unmap = CAP_UNMAP in caps
+        self.can_write_same = CAP_WRITE_SAME in caps
+        self.can_lba_status = CAP_LBA_STATUS in caps
+        self.max_transfer_blocks = MAX_TRANSFER_BYTES // bs
+        self.optimal_transfer_blocks = OPTIMAL_TRANSFER_BYTES // bs
+        self.optimal_granularity_blocks = max(OPTIMAL_GRANULARITY_BYTES // bs, 1)
+        # the NUMBER OF LOGICAL BLOCKS field of COMPARE AND WRITE is one byte (SBC-3 5.2)
+        self.max_compare_write_blocks = min(MAX_COMPARE_WRITE_BYTES // bs, 255)
+        self.max_write_same_blocks = MAX_WRITE_SAME_BYTES // bs
+        self.max_unmap_blocks = MAX_UNMAP_BYTES // bs if self.can_unmap else 0
+        self.max_unmap_descriptors = MAX_UNMAP_DESCRIPTORS if self.can_unmap else 0
+        # changeable mode parameter (caching page WCE) and its power-on default
+        self.write_cache = write_cache
+        self.default_write_cache = write_cache
+        self.reservations = Reservations()
+        self.nexuses: set[Nexus] = set()
+        self.ua: dict[Nexus, list[SenseReason]] = {}
+        self.pending_writes: set[Future] = set()
+        self.table: list[CommandSpec | None] = build_table(self)
+
+    # -- unit attentions (SPC-4 5.14)
+    def add_ua(self, nexus: Nexus, reason: SenseReason) -> None:
+        queue = self.ua.setdefault(nexus, [])
+        if reason in queue:
+            return
+        if len(queue) >= MAX_PENDING_UA:
+            del queue[0]
+        queue.append(reason)
+
+    def add_ua_all(self, reason: SenseReason, exclude: Nexus | None = None) -> None:
+        for nexus in self.nexuses:
+            if nexus != exclude:
+                self.add_ua(nexus, reason)
+
+    def pop_ua(self, nexus: Nexus) -> SenseReason | None:
+        queue = self.ua.get(nexus)
+        if not queue:
+            return None
+        reason = queue.pop(0)
+        if not queue:
+            del self.ua[nexus]
+        return reason
+
+    # -- I_T nexus bookkeeping, driven by ScsiTarget
+    def nexus_added(self, nexus: Nexus) -> None:
+        self.nexuses.add(nexus)
+        # SAM-5 6.3.1: a new I_T nexus first sees POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+        self.add_ua(nexus, SenseReason.POWER_ON_RESET)
+
+    def nexus_removed(self, nexus: Nexus) -> None:
+        self.nexuses.discard(nexus)
+        self.ua.pop(nexus, None)
+        # SPC-4 5.9.3 / SPC-2 5.5.1: I_T nexus loss releases a RESERVE(6/10) reservation;
+        # persistent registrations survive it.
+        self.reservations.nexus_lost(nexus)
+
+    def reset(self, reason: SenseReason) -> None:
+        """LOGICAL UNIT RESET / target reset (SAM-5 6.3): drop SPC-2 reservations, tell everyone."""
+        self.reservations.reset()
+        self.write_cache = self.default_write_cache
+        self.ua.clear()
+        self.add_ua_all(reason)
+
+    def capacity_changed(self) -> None:
+        """Re-read the store size after a resize (SBC-3 4.10: CAPACITY DATA HAS CHANGED)."""
+        self.num_blocks = self.store.size_bytes // self.block_size
+        self.add_ua_all(SenseReason.CAPACITY_DATA_HAS_CHANGED)

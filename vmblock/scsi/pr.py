@@ -1,0 +1,315 @@
+"""Reservations: SPC-2 RESERVE/RELEASE and SPC-4 persistent reservations (SPC-4 5.9).
+
+``Reservations`` is the per-LU state; ``check`` is the conflict test the common path runs for
+every command (SPC-4 5.9.1 table 60); ``persistent_reserve_in``/``_out`` implement the two
+commands. Registrations belong to an I_T nexus and survive its loss; APTPL is not supported,
+so nothing persists across a restart (REPORT CAPABILITIES says PTPL_C=0).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from vmblock.scsi.constants import PrAccess, PrInAction, PrOutAction, PrType, PROTOCOL_ID_ISCSI
+from vmblock.scsi.sense import ScsiError, SenseReason
+from vmblock.scsi.task import Nexus
+
+if TYPE_CHECKING:
+    from vmblock.scsi.lu import LogicalUnit
+
+# SPC-4 6.16.3: basic PERSISTENT RESERVE OUT parameter list.
+PROUT_PARAM_LEN = 24
+SPEC_I_PT = 0x08
+ALL_TG_PT = 0x04
+APTPL = 0x01
+SCOPE_LU = 0x0
+
+# SPC-4 6.15.4 table 168: REPORT CAPABILITIES.
+REPORT_CAPABILITIES_LEN = 8
+TMV = 0x80
+ALLOW_COMMANDS_SHIFT = 4
+# ALLOW COMMANDS 001b: TEST UNIT READY is allowed under every type, as ``check`` does.
+ALLOW_COMMANDS = 0x1
+PR_TYPE_MASK = {
+    PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS: 0x8000,
+    PrType.EXCLUSIVE_ACCESS_REGISTRANTS_ONLY: 0x4000,
+    PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY: 0x2000,
+    PrType.EXCLUSIVE_ACCESS: 0x0800,
+    PrType.WRITE_EXCLUSIVE: 0x0200,
+    PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS: 0x0001,
+}
+ALL_REGISTRANTS_TYPES = frozenset({PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS,
+                                   PrType.EXCLUSIVE_ACCESS_ALL_REGISTRANTS})
+REGISTRANTS_TYPES = frozenset({PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+                               PrType.EXCLUSIVE_ACCESS_REGISTRANTS_ONLY}) | ALL_REGISTRANTS_TYPES
+WRITE_EXCLUSIVE_TYPES = frozenset({PrType.WRITE_EXCLUSIVE, PrType.WRITE_EXCLUSIVE_REGISTRANTS_ONLY,
+                                   PrType.WRITE_EXCLUSIVE_ALL_REGISTRANTS})
+# SPC-4 6.15.5: R_HOLDER bit of a READ FULL STATUS descriptor.
+R_HOLDER = 0x01
+# SPC-4 7.6.4.6: iSCSI TransportID, format 01b (name + ISID).
+TRANSPORT_ID_ISCSI_WITH_ISID = 0x40 | PROTOCOL_ID_ISCSI
+
+_CONFLICT = ScsiError(SenseReason.RESERVATION_CONFLICT)
+
+
+class Reservations:
+    """Reservation state of one logical unit."""
+
+    __slots__ = ("spc2_holder", "registrations", "generation", "holder", "type", "active")
+
+    def __init__(self) -> None:
+        self.spc2_holder: Nexus | None = None
+        self.registrations: dict[Nexus, int] = {}
+        self.generation = 0
+        self.holder: Nexus | None = None     # None for the all-registrants types
+        self.type: PrType | None = None
+        self.active = False                  # any reservation at all: the hot-path test
+
+    def _update(self) -> None:
+        self.active = self.spc2_holder is not None or self.type is not None
+
+    # -- the conflict test (SPC-4 5.9.1 table 60, SPC-2 5.5.1)
+    def is_holder(self, nexus: Nexus) -> bool:
+        if self.type in ALL_REGISTRANTS_TYPES:
+            return nexus in self.registrations
+        return self.type is not None and nexus == self.holder
+
+    def check(self, nexus: Nexus, access: PrAccess, spc2_allowed: bool) -> None:
+        """Raise RESERVATION CONFLICT if ``nexus`` may not run a command of class ``access``."""
+        if self.spc2_holder is not None:
+            if self.spc2_holder != nexus and not spc2_allowed:
+                raise _CONFLICT
+            return
+        rtype = self.type
+        if rtype is None or access == PrAccess.ALLOWED or access == PrAccess.SPECIAL:
+            return
+        if rtype in REGISTRANTS_TYPES:
+            if nexus in self.registrations:
+                return
+        elif nexus == self.holder:
+            return
+        if access == PrAccess.READ and rtype in WRITE_EXCLUSIVE_TYPES:
+            return
+        raise _CONFLICT
+
+    # -- SPC-2 RESERVE(6/10) / RELEASE(6/10)
+    def reserve_spc2(self, nexus: Nexus) -> None:
+        # SPC-4 5.9.3: RESERVE while persistent registrations exist -> RESERVATION CONFLICT.
+        if self.registrations or self.type is not None:
+            raise _CONFLICT
+        if self.spc2_holder is not None and self.spc2_holder != nexus:
+            raise _CONFLICT
+        self.spc2_holder = nexus
+        self._update()
+
+    def release_spc2(self, nexus: Nexus) -> None:
+        if self.type is not None:
+            raise _CONFLICT
+        # SPC-2 7.21: RELEASE from a nexus that holds nothing is GOOD and changes nothing.
+        if self.spc2_holder == nexus:
+            self.spc2_holder = None
+            self._update()
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        if self.spc2_holder == nexus:
+            self.spc2_holder = None
+            self._update()
+
+    def reset(self) -> None:
+        """SPC-4 5.9.3: a reset releases SPC-2 reservations; persistent ones survive."""
+        self.spc2_holder = None
+        self._update()
+
+    # -- persistent reservations
+    def _release(self, lu: LogicalUnit, nexus: Nexus) -> None:
+        # SPC-4 5.9.11.2: releasing a registrants-only or all-registrants reservation tells
+        # the other registrants RESERVATIONS RELEASED.
+        if self.type in REGISTRANTS_TYPES:
+            for other in self.registrations:
+                if other != nexus:
+                    lu.add_ua(other, SenseReason.RESERVATIONS_RELEASED)
+        self.type = None
+        self.holder = None
+        self._update()
+
+    def _unregister(self, lu: LogicalUnit, nexus: Nexus) -> None:
+        del self.registrations[nexus]
+        if self.type is None:
+            return
+        if self.type in ALL_REGISTRANTS_TYPES:
+            # SPC-4 5.9.11.1: the reservation ends with the last registrant.
+            if not self.registrations:
+                self._release(lu, nexus)
+        elif self.holder == nexus:
+            self._release(lu, nexus)
+
+
+def _registered_key(res: Reservations, nexus: Nexus, key: int) -> None:
+    """SPC-4 5.9.7: RESERVATION KEY must match this nexus's registration."""
+    if res.registrations.get(nexus) != key:
+        raise _CONFLICT
+
+
+def persistent_reserve_out(lu: LogicalUnit, nexus: Nexus, action: int, scope_type: int,
+                           param) -> None:
+    """PERSISTENT RESERVE OUT (SPC-4 6.16) with a basic parameter list already gathered."""
+    res = lu.reservations
+    if res.spc2_holder is not None and res.spc2_holder != nexus:
+        raise _CONFLICT
+    if len(param) != PROUT_PARAM_LEN:
+        raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
+    key, sa_key, flags = struct.unpack_from(">QQ4xB", param, 0)
+    if flags & (SPEC_I_PT | ALL_TG_PT | APTPL):
+        # SPC-4 6.16.3: capabilities REPORT CAPABILITIES declares as unsupported.
+        bit = 3 if flags & SPEC_I_PT else 2 if flags & ALL_TG_PT else 0
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(20, bit),
+                        in_cdb=False)
+    if action in (PrOutAction.REGISTER, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY):
+        _register(lu, res, nexus, key, sa_key, action == PrOutAction.REGISTER)
+        return
+    _registered_key(res, nexus, key)
+    if action == PrOutAction.CLEAR:
+        # SPC-4 5.9.11.6: every other registrant learns RESERVATIONS PREEMPTED.
+        for other in res.registrations:
+            if other != nexus:
+                lu.add_ua(other, SenseReason.RESERVATIONS_PREEMPTED)
+        res.registrations.clear()
+        res.type = None
+        res.holder = None
+        res.generation += 1
+        res._update()
+        return
+    scope, rtype = scope_type >> 4, scope_type & 0xF
+    if scope != SCOPE_LU:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, 7))
+    if rtype not in PR_TYPE_MASK:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, 3))
+    rtype = PrType(rtype)
+    if action == PrOutAction.RESERVE:
+        _reserve(res, nexus, rtype)
+    elif action == PrOutAction.RELEASE:
+        if res.type is None or not res.is_holder(nexus):
+            return          # SPC-4 5.9.11.2: nothing held by this nexus: GOOD
+        if res.type != rtype:
+            raise ScsiError(SenseReason.INVALID_RELEASE_OF_PERSISTENT_RESERVATION)
+        res._release(lu, nexus)
+    elif action in (PrOutAction.PREEMPT, PrOutAction.PREEMPT_AND_ABORT):
+        # PREEMPT AND ABORT also aborts the preempted nexuses' tasks; the fabric runs each
+        # command to completion before the next, so there is nothing queued to abort.
+        _preempt(lu, res, nexus, sa_key, rtype)
+    else:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
+
+
+def _register(lu: LogicalUnit, res: Reservations, nexus: Nexus, key: int, sa_key: int,
+              check_key: bool) -> None:
+    """REGISTER / REGISTER AND IGNORE EXISTING KEY (SPC-4 5.9.7)."""
+    current = res.registrations.get(nexus)
+    if check_key:
+        if current is None and key != 0:
+            raise _CONFLICT
+        if current is not None and key != current:
+            raise _CONFLICT
+    if sa_key == 0:
+        if current is not None:
+            res._unregister(lu, nexus)
+            res.generation += 1
+        return
+    res.registrations[nexus] = sa_key
+    res.generation += 1
+
+
+def _reserve(res: Reservations, nexus: Nexus, rtype: PrType) -> None:
+    """RESERVE (SPC-4 5.9.9): a second RESERVE by the holder with the same type is GOOD."""
+    if res.type is None:
+        res.type = rtype
+        res.holder = None if rtype in ALL_REGISTRANTS_TYPES else nexus
+        res._update()
+        return
+    if res.is_holder(nexus) and res.type == rtype:
+        return
+    raise _CONFLICT
+
+
+def _preempt(lu: LogicalUnit, res: Reservations, nexus: Nexus, sa_key: int,
+             rtype: PrType) -> None:
+    """PREEMPT (SPC-4 5.9.11.4): remove registrations with SERVICE ACTION RESERVATION KEY."""
+    all_registrants = res.type in ALL_REGISTRANTS_TYPES
+    if res.type is not None and (
+            (all_registrants and sa_key == 0)
+            or (not all_registrants and res.registrations.get(res.holder) == sa_key)):
+        # the reservation itself is preempted and taken over with the new type
+        if all_registrants:
+            victims = [n for n in res.registrations if n != nexus]
+        else:
+            victims = [n for n, k in res.registrations.items() if k == sa_key and n != nexus]
+        for victim in victims:
+            del res.registrations[victim]
+            lu.add_ua(victim, SenseReason.REGISTRATIONS_PREEMPTED)
+        if res.type != rtype:
+            for other in res.registrations:
+                if other != nexus:
+                    lu.add_ua(other, SenseReason.RESERVATIONS_RELEASED)
+        res.type = rtype
+        res.holder = None if rtype in ALL_REGISTRANTS_TYPES else nexus
+        res.generation += 1
+        res._update()
+        return
+    if sa_key == 0:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(8, None),
+                        in_cdb=False)
+    victims = [n for n, k in res.registrations.items() if k == sa_key]
+    if not victims:
+        raise _CONFLICT
+    for victim in victims:
+        del res.registrations[victim]
+        if victim != nexus:
+            lu.add_ua(victim, SenseReason.REGISTRATIONS_PREEMPTED)
+    res.generation += 1
+
+
+def persistent_reserve_in(lu: LogicalUnit, action: int) -> bytes:
+    """PERSISTENT RESERVE IN parameter data (SPC-4 6.15), untruncated."""
+    res = lu.reservations
+    if action == PrInAction.READ_KEYS:
+        keys = b"".join(k.to_bytes(8, "big") for k in res.registrations.values())
+        return struct.pack(">II", res.generation, len(keys)) + keys
+    if action == PrInAction.READ_RESERVATION:
+        if res.type is None:
+            return struct.pack(">II", res.generation, 0)
+        # SPC-4 6.15.3.3: the key of an all-registrants reservation reads as zero
+        key = 0 if res.holder is None else res.registrations[res.holder]
+        return struct.pack(">IIQ4xxBxx", res.generation, 16, key, res.type)
+    if action == PrInAction.REPORT_CAPABILITIES:
+        mask = 0
+        for bit in PR_TYPE_MASK.values():
+            mask |= bit
+        return struct.pack(">HBBH2x", REPORT_CAPABILITIES_LEN, 0,
+                           TMV | (ALLOW_COMMANDS << ALLOW_COMMANDS_SHIFT), mask)
+    if action == PrInAction.READ_FULL_STATUS:
+        return _read_full_status(res)
+    raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
+
+
+def transport_id(nexus: Nexus) -> bytes:
+    """iSCSI TransportID of the initiator port (SPC-4 7.6.4.6), padded to 4 bytes."""
+    name = nexus.initiator_port.encode() + b"\0"
+    name += b"\0" * (-len(name) % 4)
+    if len(name) < 20:
+        name += b"\0" * (20 - len(name))
+    return struct.pack(">BxH", TRANSPORT_ID_ISCSI_WITH_ISID, len(name)) + name
+
+
+def _read_full_status(res: Reservations) -> bytes:
+    """READ FULL STATUS (SPC-4 6.15.5): one descriptor per registered I_T nexus."""
+    out = []
+    for nexus, key in res.registrations.items():
+        holder = res.type is not None and res.is_holder(nexus)
+        scope_type = res.type if holder else 0
+        tid = transport_id(nexus)
+        # RELATIVE TARGET PORT IDENTIFIER: the portal group tag names the target port.
+        out.append(struct.pack(">Q4xBB4xHI", key, R_HOLDER if holder else 0, scope_type,
+                               nexus.tpgt, len(tid)) + tid)
+    body = b"".join(out)
+    return struct.pack(">II", res.generation, len(body)) + body

@@ -1,0 +1,332 @@
+"""SBC-3 command handlers: READ, WRITE, VERIFY, WRITE AND VERIFY, COMPARE AND WRITE, WRITE SAME,
+UNMAP, PRE-FETCH, SYNCHRONIZE CACHE, READ CAPACITY, GET LBA STATUS, START STOP UNIT.
+
+Handlers take ``(target, lu, task, lba, blocks, aux)`` with LBA range and transfer length
+already checked by ``ScsiTarget.prepare``. Small I/O runs inline on the event loop; large I/O
+and every flush go to the executor and the handler returns a coroutine instead of ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import TYPE_CHECKING
+
+from vmblock.scsi.cdb import AUX_FUA, AUX_NDOB, AUX_UNMAP, BYTCHK_COMPARE, BYTCHK_NONE
+from vmblock.scsi.constants import LBA_STATUS_DEALLOCATED, LBA_STATUS_MAPPED
+from vmblock.scsi.sense import ScsiError, SenseReason
+from vmblock.scsi.task import ScsiTask
+
+if TYPE_CHECKING:
+    from vmblock.scsi.lu import LogicalUnit
+    from vmblock.scsi.target import ScsiTarget
+
+READ_CAPACITY_10_MAX_LBA = 0xFFFFFFFF
+READ_CAPACITY_16_LEN = 32
+# SBC-3 5.16.2: LBPME / LBPRZ bits of READ CAPACITY(16) byte 14.
+RC16_LBPME = 0x80
+RC16_LBPRZ = 0x40
+# SBC-3 5.8.2: GET LBA STATUS header and descriptor sizes; a bound on descriptors returned.
+LBA_STATUS_HEADER_LEN = 8
+LBA_STATUS_DESCRIPTOR_LEN = 16
+MAX_LBA_STATUS_DESCRIPTORS = 64
+MAX_DESCRIPTOR_BLOCKS = 0xFFFFFFFF
+# SBC-3 5.28.2: UNMAP parameter list header and descriptor.
+UNMAP_HEADER_LEN = 8
+UNMAP_DESCRIPTOR_LEN = 16
+# WRITE SAME without store support writes this many bytes of replicated block per call.
+WRITE_SAME_CHUNK_BYTES = 1024 * 1024
+# START STOP UNIT byte 4.
+START_STOP_NO_FLUSH = 0x04
+START_STOP_START = 0x01
+
+
+def _run(lu: LogicalUnit, fn, *args):
+    """Run blocking store work in the LU's executor (never on the event loop)."""
+    return asyncio.get_running_loop().run_in_executor(lu.executor, fn, *args)
+
+
+async def _flush(lu: LogicalUnit) -> None:
+    await _run(lu, lu.store.flush)
+
+
+# -- READ (SBC-3 5.10 - 5.14)
+def read(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+    nbytes = blocks * lu.block_size
+    if not nbytes:
+        return None
+    buf = bytearray(nbytes)
+    if nbytes <= lu.sync_io_bytes:
+        lu.store.read_into(lba * lu.block_size, memoryview(buf))
+        task.data_in = buf
+        return None
+    return _read_async(lu, task, lba * lu.block_size, buf)
+
+
+async def _read_async(lu: LogicalUnit, task: ScsiTask, offset: int, buf: bytearray) -> None:
+    await _run(lu, lu.store.read_into, offset, memoryview(buf))
+    task.data_in = buf
+
+
+# -- WRITE (SBC-3 5.35 - 5.39)
+def write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+    """Write the Data-Out received (all of it, or the whole blocks of a short transfer).
+
+    FUA, or a write-through LU (WCE=0), makes the data durable before status (SBC-3 4.15).
+    """
+    n = task.data_out_len
+    if not n:
+        return None
+    data = task.data_out[:n]
+    durable = aux & AUX_FUA or not lu.write_cache
+    if n <= lu.sync_io_bytes:
+        lu.store.write(lba * lu.block_size, data)
+        return _flush(lu) if durable else None
+    return _write_async(lu, lba * lu.block_size, data, durable)
+
+
+async def _write_async(lu: LogicalUnit, offset: int, data: memoryview, durable) -> None:
+    fut = _run(lu, lu.store.write, offset, data)
+    lu.pending_writes.add(fut)
+    try:
+        await fut
+    finally:
+        lu.pending_writes.discard(fut)
+    if durable:
+        await _flush(lu)
+
+
+def write_and_verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                     aux: int):
+    """WRITE AND VERIFY (SBC-3 5.40): the verify step is the store accepting the write; a
+    file-backed medium has no separate read-back check, and the data is made durable first
+    so the verified copy is the one on stable storage."""
+    return write(t, lu, task, lba, blocks, AUX_FUA)
+
+
+# -- VERIFY (SBC-3 5.33)
+def _first_mismatch(a: memoryview, b: memoryview) -> int:
+    step = 4096
+    for start in range(0, len(a), step):
+        if a[start:start + step] != b[start:start + step]:
+            for i in range(start, min(start + step, len(a))):
+                if a[i] != b[i]:
+                    return i
+    return -1
+
+
+def verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, bytchk: int):
+    """BYTCHK=0 has nothing to check on a medium without error recovery; BYTCHK=1 compares the
+    Data-Out with the medium, BYTCHK=3 compares one block with every block in the range."""
+    if bytchk == BYTCHK_NONE or not blocks:
+        return None
+    bs = lu.block_size
+    medium = bytearray(blocks * bs)
+    lu.store.read_into(lba * bs, memoryview(medium))
+    expect = task.data_out
+    if bytchk == BYTCHK_COMPARE:
+        offset = _first_mismatch(memoryview(medium), expect[:len(medium)])
+    else:
+        block = bytes(expect[:bs])
+        offset = _first_mismatch(memoryview(medium), memoryview(block * blocks))
+    if offset >= 0:
+        # SBC-3 5.33: INFORMATION = offset of the first miscompared byte in the Data-Out.
+        raise ScsiError(SenseReason.MISCOMPARE_DURING_VERIFY, info=offset)
+    return None
+
+
+# -- COMPARE AND WRITE (SBC-3 5.2)
+def compare_and_write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                      aux: int):
+    """Atomic against other writes: compare and write run with no await in between, and
+    only after every write already handed to the executor has finished."""
+    if not blocks:
+        return None
+    if lu.pending_writes:
+        return _compare_and_write_later(lu, task, lba, blocks, aux)
+    return _compare_and_write_now(lu, task, lba, blocks, aux)
+
+
+async def _compare_and_write_later(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                                   aux: int) -> None:
+    while lu.pending_writes:
+        await asyncio.wait(list(lu.pending_writes))
+    flush = _compare_and_write_now(lu, task, lba, blocks, aux)
+    if flush is not None:
+        await flush
+
+
+def _compare_and_write_now(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+    bs = lu.block_size
+    n = blocks * bs
+    medium = bytearray(n)
+    lu.store.read_into(lba * bs, memoryview(medium))
+    offset = _first_mismatch(memoryview(medium), task.data_out[:n])
+    if offset >= 0:
+        raise ScsiError(SenseReason.MISCOMPARE_DURING_VERIFY, info=offset)
+    lu.store.write(lba * bs, task.data_out[n:2 * n])
+    if aux & AUX_FUA or not lu.write_cache:
+        return _flush(lu)
+    return None
+
+
+# -- WRITE SAME (SBC-3 5.42, 5.43)
+def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+    if not blocks:
+        return None
+    bs = lu.block_size
+    block = bytes(bs) if aux & AUX_NDOB else bytes(task.data_out[:bs])
+    offset, length = lba * bs, blocks * bs
+    durable = not lu.write_cache
+    # SBC-3 5.42: with UNMAP=1 the blocks may be deallocated when that reads back the same
+    # data; LBPRZ=1 makes that true exactly for an all-zero block.
+    if aux & AUX_UNMAP and not any(block):
+        work = (lu.store.unmap, offset, length)
+    elif lu.can_write_same:
+        work = (lu.store.write_same, offset, length, memoryview(block))
+    else:
+        work = (_write_same_by_chunks, lu, offset, length, block)
+    if length <= lu.sync_io_bytes:
+        work[0](*work[1:])
+        return _flush(lu) if durable else None
+    return _write_same_async(lu, work, durable)
+
+
+async def _write_same_async(lu: LogicalUnit, work: tuple, durable: bool) -> None:
+    fut = _run(lu, *work)
+    lu.pending_writes.add(fut)
+    try:
+        await fut
+    finally:
+        lu.pending_writes.discard(fut)
+    if durable:
+        await _flush(lu)
+
+
+def _write_same_by_chunks(lu: LogicalUnit, offset: int, length: int, block: bytes) -> None:
+    per_chunk = max(WRITE_SAME_CHUNK_BYTES // len(block), 1)
+    chunk = memoryview(block * min(per_chunk, length // len(block)))
+    end = offset + length
+    while offset < end:
+        n = min(len(chunk), end - offset)
+        lu.store.write(offset, chunk[:n])
+        offset += n
+
+
+# -- UNMAP (SBC-3 5.28)
+def unmap(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+    """Validate the whole parameter list first, then deallocate every range."""
+    param = task.data_out[:task.data_out_len] if task.data_out is not None else b""
+    if not param:
+        return None
+    if len(param) < UNMAP_HEADER_LEN:
+        raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
+    data_len, desc_len = struct.unpack_from(">HH", param, 0)
+    if data_len > len(param) - 2 or desc_len > len(param) - UNMAP_HEADER_LEN:
+        raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
+    # a trailing partial descriptor is ignored (SBC-3 5.28.2)
+    count = desc_len // UNMAP_DESCRIPTOR_LEN
+    if count > lu.max_unmap_descriptors:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(2, None),
+                        in_cdb=False)
+    ranges = []
+    total = 0
+    for i in range(count):
+        pos = UNMAP_HEADER_LEN + i * UNMAP_DESCRIPTOR_LEN
+        d_lba, d_blocks = struct.unpack_from(">QI", param, pos)
+        if d_lba + d_blocks > lu.num_blocks:
+            raise ScsiError(SenseReason.LBA_OUT_OF_RANGE, info=d_lba)
+        total += d_blocks
+        if total > lu.max_unmap_blocks:
+            raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(pos + 8, None),
+                            in_cdb=False)
+        if d_blocks:
+            ranges.append((d_lba * lu.block_size, d_blocks * lu.block_size))
+    if not ranges:
+        return None
+    return _unmap_async(lu, ranges)
+
+
+async def _unmap_async(lu: LogicalUnit, ranges: list[tuple[int, int]]) -> None:
+    fut = _run(lu, _unmap_ranges, lu, ranges)
+    lu.pending_writes.add(fut)
+    try:
+        await fut
+    finally:
+        lu.pending_writes.discard(fut)
+    if not lu.write_cache:
+        await _flush(lu)
+
+
+def _unmap_ranges(lu: LogicalUnit, ranges: list[tuple[int, int]]) -> None:
+    for offset, length in ranges:
+        lu.store.unmap(offset, length)
+
+
+# -- PRE-FETCH (SBC-3 5.11, 5.12)
+def pre_fetch(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+    """GOOD, not CONDITION MET: the SCSI core has no cache of its own to hold the blocks in
+    (SBC-3 5.11 allows GOOD when the cache cannot hold them)."""
+    return None
+
+
+# -- SYNCHRONIZE CACHE (SBC-3 5.22, 5.23)
+def synchronize_cache(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                      aux: int):
+    """The store flushes as a whole; the range only had to be valid."""
+    return _flush(lu)
+
+
+# -- START STOP UNIT (SBC-3 5.25)
+def start_stop_unit(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                    aux: int):
+    """The medium cannot be stopped or ejected; a stop request still flushes the cache
+    unless NO_FLUSH is set, so a host powering down leaves nothing volatile behind."""
+    flags = task.cdb[4]
+    if flags & START_STOP_START or flags & START_STOP_NO_FLUSH:
+        return None
+    return _flush(lu)
+
+
+# -- READ CAPACITY (SBC-3 5.15, 5.16)
+def read_capacity10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                    aux: int):
+    cdb = task.cdb
+    # SBC-3 5.15: PMI=0 with a non-zero LOGICAL BLOCK ADDRESS -> INVALID FIELD IN CDB.
+    if not cdb[8] & 0x01 and any(cdb[2:6]):
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, None))
+    last = min(lu.num_blocks - 1, READ_CAPACITY_10_MAX_LBA)
+    task.data_in = struct.pack(">II", last, lu.block_size)
+    return None
+
+
+def read_capacity16(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                    alloc: int):
+    flags = (RC16_LBPME | RC16_LBPRZ) if lu.can_unmap else 0
+    data = struct.pack(">QIxxBx16x", lu.num_blocks - 1, lu.block_size, flags)
+    task.data_in = data[:alloc]
+    return None
+
+
+# -- GET LBA STATUS (SBC-3 5.8)
+def get_lba_status(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                   alloc: int):
+    bs = lu.block_size
+    room = max((alloc - LBA_STATUS_HEADER_LEN) // LBA_STATUS_DESCRIPTOR_LEN, 1)
+    room = min(room, MAX_LBA_STATUS_DESCRIPTORS)
+    descs = []
+    while lba < lu.num_blocks and len(descs) < room:
+        if lu.can_lba_status:
+            mapped, length = lu.store.lba_status(lba * bs)
+            run = max(length // bs, 1)
+        else:
+            # without the capability every block is reported mapped, to the end of the LU
+            mapped, run = True, lu.num_blocks - lba
+        run = min(run, lu.num_blocks - lba, MAX_DESCRIPTOR_BLOCKS)
+        status = LBA_STATUS_MAPPED if mapped else LBA_STATUS_DEALLOCATED
+        descs.append(struct.pack(">QIB3x", lba, run, status))
+        lba += run
+    body = b"".join(descs)
+    data = struct.pack(">I4x", len(body) + 4) + body
+    task.data_in = data[:alloc]
+    return None

@@ -1,0 +1,144 @@
+"""Errors as values and the one place sense data is built (SPC-4 4.5).
+
+Handlers raise ``ScsiError(SenseReason.X)``; ``SENSE_TABLE`` maps the reason to status, sense
+key, ASC and ASCQ, and ``build_sense`` lays out fixed-format sense data, like LIO's
+``sense_detail_table``. Nobody else builds sense bytes.
+"""
+
+from __future__ import annotations
+
+from enum import Enum, auto
+
+from vmblock.scsi.constants import SenseKey
+from vmblock.scsi.task import (
+    SAM_STAT_CHECK_CONDITION,
+    SAM_STAT_RESERVATION_CONFLICT,
+    ScsiTask,
+)
+
+# SPC-4 4.5.3: fixed format, current error; VALID bit set when INFORMATION is meaningful.
+SENSE_RESPONSE_FIXED_CURRENT = 0x70
+SENSE_VALID = 0x80
+FIXED_SENSE_LEN = 18
+ADDITIONAL_SENSE_LEN = FIXED_SENSE_LEN - 8
+# SPC-4 4.5.2.4.2: sense key specific field pointer: SKSV, C/D, BPV.
+SKSV = 0x80
+SKS_CD = 0x40
+SKS_BPV = 0x08
+
+
+class SenseReason(Enum):
+    """Why a command did not complete with GOOD status."""
+
+    NO_SENSE = auto()
+    RESERVATION_CONFLICT = auto()
+    INVALID_COMMAND_OPERATION_CODE = auto()
+    INVALID_FIELD_IN_CDB = auto()
+    INVALID_FIELD_IN_PARAMETER_LIST = auto()
+    INVALID_FIELD_IN_INFORMATION_UNIT = auto()
+    PARAMETER_LIST_LENGTH_ERROR = auto()
+    LBA_OUT_OF_RANGE = auto()
+    LOGICAL_UNIT_NOT_SUPPORTED = auto()
+    SAVING_PARAMETERS_NOT_SUPPORTED = auto()
+    INVALID_RELEASE_OF_PERSISTENT_RESERVATION = auto()
+    INSUFFICIENT_REGISTRATION_RESOURCES = auto()
+    MISCOMPARE_DURING_VERIFY = auto()
+    WRITE_ERROR = auto()
+    UNRECOVERED_READ_ERROR = auto()
+    INTERNAL_TARGET_FAILURE = auto()
+    # unit attentions
+    POWER_ON_RESET = auto()
+    BUS_DEVICE_RESET_OCCURRED = auto()
+    I_T_NEXUS_LOSS_OCCURRED = auto()
+    MODE_PARAMETERS_CHANGED = auto()
+    RESERVATIONS_PREEMPTED = auto()
+    RESERVATIONS_RELEASED = auto()
+    REGISTRATIONS_PREEMPTED = auto()
+    CAPACITY_DATA_HAS_CHANGED = auto()
+    REPORTED_LUNS_DATA_HAS_CHANGED = auto()
+
+
+_CC = SAM_STAT_CHECK_CONDITION
+_IR = SenseKey.ILLEGAL_REQUEST
+_UA = SenseKey.UNIT_ATTENTION
+
+# reason -> (status, sense key, ASC, ASCQ); SPC-4 annex D.2 for the codes.
+SENSE_TABLE: dict[SenseReason, tuple[int, int, int, int]] = {
+    SenseReason.NO_SENSE: (_CC, SenseKey.NO_SENSE, 0x00, 0x00),
+    SenseReason.RESERVATION_CONFLICT: (SAM_STAT_RESERVATION_CONFLICT, 0, 0, 0),
+    SenseReason.INVALID_COMMAND_OPERATION_CODE: (_CC, _IR, 0x20, 0x00),
+    SenseReason.INVALID_FIELD_IN_CDB: (_CC, _IR, 0x24, 0x00),
+    SenseReason.INVALID_FIELD_IN_PARAMETER_LIST: (_CC, _IR, 0x26, 0x00),
+    SenseReason.INVALID_FIELD_IN_INFORMATION_UNIT: (_CC, _IR, 0x0E, 0x03),
+    SenseReason.PARAMETER_LIST_LENGTH_ERROR: (_CC, _IR, 0x1A, 0x00),
+    SenseReason.LBA_OUT_OF_RANGE: (_CC, _IR, 0x21, 0x00),
+    SenseReason.LOGICAL_UNIT_NOT_SUPPORTED: (_CC, _IR, 0x25, 0x00),
+    SenseReason.SAVING_PARAMETERS_NOT_SUPPORTED: (_CC, _IR, 0x39, 0x00),
+    SenseReason.INVALID_RELEASE_OF_PERSISTENT_RESERVATION: (_CC, _IR, 0x26, 0x04),
+    SenseReason.INSUFFICIENT_REGISTRATION_RESOURCES: (_CC, _IR, 0x55, 0x04),
+    SenseReason.MISCOMPARE_DURING_VERIFY: (_CC, SenseKey.MISCOMPARE, 0x1D, 0x00),
+    SenseReason.WRITE_ERROR: (_CC, SenseKey.MEDIUM_ERROR, 0x0C, 0x00),
+    SenseReason.UNRECOVERED_READ_ERROR: (_CC, SenseKey.MEDIUM_ERROR, 0x11, 0x00),
+    SenseReason.INTERNAL_TARGET_FAILURE: (_CC, SenseKey.HARDWARE_ERROR, 0x44, 0x00),
+    SenseReason.POWER_ON_RESET: (_CC, _UA, 0x29, 0x00),
+    SenseReason.BUS_DEVICE_RESET_OCCURRED: (_CC, _UA, 0x29, 0x03),
+    SenseReason.I_T_NEXUS_LOSS_OCCURRED: (_CC, _UA, 0x29, 0x07),
+    SenseReason.MODE_PARAMETERS_CHANGED: (_CC, _UA, 0x2A, 0x01),
+    SenseReason.RESERVATIONS_PREEMPTED: (_CC, _UA, 0x2A, 0x03),
+    SenseReason.RESERVATIONS_RELEASED: (_CC, _UA, 0x2A, 0x04),
+    SenseReason.REGISTRATIONS_PREEMPTED: (_CC, _UA, 0x2A, 0x05),
+    SenseReason.CAPACITY_DATA_HAS_CHANGED: (_CC, _UA, 0x2A, 0x09),
+    SenseReason.REPORTED_LUNS_DATA_HAS_CHANGED: (_CC, _UA, 0x3F, 0x0E),
+}
+
+
+class ScsiError(Exception):
+    """A command failed for ``reason``.
+
+    ``info`` fills the INFORMATION field (the LBA or byte offset the error concerns);
+    ``field`` = (byte, bit or None) points at the offending CDB byte, or parameter-list byte
+    when ``in_cdb`` is False (SPC-4 4.5.2.4.2).
+    """
+
+    __slots__ = ("reason", "info", "field", "in_cdb")
+
+    def __init__(self, reason: SenseReason, *, info: int | None = None,
+                 field: tuple[int, int | None] | None = None, in_cdb: bool = True):
+        super().__init__(reason.name)
+        self.reason = reason
+        self.info = info
+        self.field = field
+        self.in_cdb = in_cdb
+
+
+def build_sense(reason: SenseReason, info: int | None = None,
+                field: tuple[int, int | None] | None = None, in_cdb: bool = True) -> bytes:
+    """Fixed-format sense data (SPC-4 4.5.3, table 26) for ``reason``."""
+    _status, key, asc, ascq = SENSE_TABLE[reason]
+    buf = bytearray(FIXED_SENSE_LEN)
+    buf[0] = SENSE_RESPONSE_FIXED_CURRENT
+    buf[2] = key
+    if info is not None:
+        buf[0] |= SENSE_VALID
+        buf[3:7] = (info & 0xFFFFFFFF).to_bytes(4, "big")
+    buf[7] = ADDITIONAL_SENSE_LEN
+    buf[12] = asc
+    buf[13] = ascq
+    if field is not None:
+        byte, bit = field
+        buf[15] = SKSV | (SKS_CD if in_cdb else 0)
+        if bit is not None:
+            buf[15] |= SKS_BPV | (bit & 0x7)
+        buf[16:18] = byte.to_bytes(2, "big")
+    return bytes(buf)
+
+
+def fail(task: ScsiTask, err: ScsiError) -> None:
+    """Record ``err`` as the outcome of ``task``."""
+    status = SENSE_TABLE[err.reason][0]
+    task.status = status
+    task.data_in = None
+    if status == SAM_STAT_CHECK_CONDITION:
+        task.sense = build_sense(err.reason, err.info, err.field, err.in_cdb)
+    else:
+        task.sense = None

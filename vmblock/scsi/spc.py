@@ -1,0 +1,384 @@
+"""SPC-4 command handlers: INQUIRY and its VPD pages, REPORT LUNS, REQUEST SENSE, MODE
+SENSE/SELECT, RESERVE/RELEASE, PERSISTENT RESERVE IN/OUT, REPORT SUPPORTED OPERATION CODES and
+TASK MANAGEMENT FUNCTIONS, TEST UNIT READY.
+
+Every handler has the signature ``(target, lu, task, lba, blocks, aux)`` of
+``commands.CommandSpec.execute``; ``aux`` is what the decoder in ``cdb`` extracted (for the
+data-in commands, the allocation length).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from vmblock.scsi import modepages, pr
+from vmblock.scsi.constants import (
+    ASSOCIATION_LU,
+    ASSOCIATION_TARGET_DEVICE,
+    ASSOCIATION_TARGET_PORT,
+    CODE_SET_ASCII,
+    CODE_SET_BINARY,
+    CODE_SET_UTF8,
+    DESIGNATOR_NAA,
+    DESIGNATOR_RELATIVE_TARGET_PORT,
+    DESIGNATOR_SCSI_NAME_STRING,
+    DESIGNATOR_T10_VENDOR_ID,
+    DESIGNATOR_TARGET_PORT_GROUP,
+    INQUIRY_RESPONSE_DATA_FORMAT,
+    INQUIRY_VERSION_SPC4,
+    PERIPHERAL_DEVICE_TYPE_DISK,
+    PERIPHERAL_NO_LUN,
+    PROTOCOL_ID_ISCSI,
+    PROVISIONING_TYPE_FULL,
+    PROVISIONING_TYPE_THIN,
+    RSOC_ALL,
+    RSOC_ONE_EITHER,
+    RSOC_ONE_OPCODE,
+    RSOC_ONE_SERVICE_ACTION,
+    SELECT_REPORT_ALL,
+    SELECT_REPORT_ALL_LOGICAL_UNITS,
+    SELECT_REPORT_WELL_KNOWN,
+    VERSION_DESCRIPTOR_ISCSI,
+    VERSION_DESCRIPTOR_SAM5,
+    VERSION_DESCRIPTOR_SBC3,
+    VERSION_DESCRIPTOR_SPC4,
+    VpdPage,
+)
+from vmblock.scsi.sense import ScsiError, SenseReason, build_sense
+from vmblock.scsi.task import ScsiTask
+
+if TYPE_CHECKING:
+    from vmblock.scsi.commands import CommandSpec
+    from vmblock.scsi.lu import LogicalUnit
+    from vmblock.scsi.target import ScsiTarget
+
+# SPC-4 6.4.2 standard INQUIRY data.
+STANDARD_INQUIRY_LEN = 74           # through the eight VERSION DESCRIPTOR fields (bytes 58-73)
+INQUIRY_HISUP = 0x10
+INQUIRY_CMDQUE = 0x02
+VERSION_DESCRIPTORS = (VERSION_DESCRIPTOR_SAM5, VERSION_DESCRIPTOR_ISCSI,
+                       VERSION_DESCRIPTOR_SPC4, VERSION_DESCRIPTOR_SBC3)
+INQUIRY_EVPD = 0x01
+INQUIRY_CMDDT = 0x02
+# SPC-4 7.8.6.1: PIV bit of a designation descriptor.
+PIV = 0x80
+# SPC-4 7.8.7: extended INQUIRY data; SIMPSUP = simple task attribute, V_SUP = volatile cache.
+EXTENDED_INQUIRY_SIMPSUP = 0x01
+EXTENDED_INQUIRY_V_SUP = 0x01
+VPD_PAGE_LEN_3C = 0x3C
+# SBC-3 6.5.2: medium rotation rate 0001h = non-rotating medium (solid state).
+NON_ROTATING_MEDIUM = 0x0001
+# SBC-3 6.5.4: logical block provisioning flags.
+LBPU = 0x80
+LBPWS = 0x40
+LBPWS10 = 0x20
+LBPRZ = 0x04
+# SPC-4 6.35.2: command descriptor flags.
+CTDP = 0x02
+SERVACTV = 0x01
+SUPPORT_NOT_SUPPORTED = 0x1
+SUPPORT_STANDARD = 0x3
+RCTD = 0x80
+TIMEOUTS_DESCRIPTOR_LEN = 0x0A
+# SPC-4 6.36: REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS: ABORT TASK, ABORT TASK SET,
+# CLEAR TASK SET, LOGICAL UNIT RESET, TARGET RESET: what the iSCSI fabric carries out.
+TMF_ATS = 0x80
+TMF_ATSS = 0x40
+TMF_CTSS = 0x10
+TMF_LURS = 0x08
+TMF_TRS = 0x02
+# SPC-4 6.27: minimum ALLOCATION LENGTH of REPORT LUNS.
+REPORT_LUNS_MIN_ALLOC = 16
+
+
+def _truncate(task: ScsiTask, data: bytes | bytearray, alloc: int) -> None:
+    """Return at most ALLOCATION LENGTH bytes (SPC-4 4.2.5.6)."""
+    task.data_in = data if len(data) <= alloc else data[:alloc]
+
+
+def _ascii(text: str, width: int) -> bytes:
+    return text.encode("ascii", "replace")[:width].ljust(width)
+
+
+# -- TEST UNIT READY (SPC-4 6.37)
+def test_unit_ready(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+    """The medium is always present: GOOD once UA and reservation checks have passed."""
+
+
+# -- INQUIRY (SPC-4 6.4)
+def inquiry(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks, alloc) -> None:
+    cdb = task.cdb
+    if cdb[1] & INQUIRY_CMDDT:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 1))
+    if not cdb[1] & INQUIRY_EVPD:
+        if cdb[2]:
+            # SPC-4 6.4.1: EVPD=0 with a PAGE CODE -> INVALID FIELD IN CDB.
+            raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, None))
+        _truncate(task, standard_inquiry(lu), alloc)
+        return
+    if lu is None:
+        raise ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
+    build = VPD_PAGES.get(cdb[2])
+    if build is None:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, None))
+    body = build(t, lu, task)
+    _truncate(task, struct.pack(">BBH", PERIPHERAL_DEVICE_TYPE_DISK, cdb[2], len(body)) + body,
+              alloc)
+
+
+def standard_inquiry(lu: LogicalUnit | None) -> bytes:
+    buf = bytearray(STANDARD_INQUIRY_LEN)
+    if lu is None:
+        buf[0] = PERIPHERAL_NO_LUN
+        vendor, product, revision = "", "", ""
+    else:
+        buf[0] = PERIPHERAL_DEVICE_TYPE_DISK
+        vendor, product, revision = lu.vendor, lu.product, lu.revision
+    buf[2] = INQUIRY_VERSION_SPC4
+    buf[3] = INQUIRY_HISUP | INQUIRY_RESPONSE_DATA_FORMAT
+    buf[4] = len(buf) - 5
+    buf[7] = INQUIRY_CMDQUE
+    buf[8:16] = _ascii(vendor, 8)
+    buf[16:32] = _ascii(product, 16)
+    buf[32:36] = _ascii(revision, 4)
+    for i, desc in enumerate(VERSION_DESCRIPTORS):
+        struct.pack_into(">H", buf, 58 + 2 * i, desc)
+    return bytes(buf)
+
+
+def _vpd_supported(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
+    return bytes(sorted(VPD_PAGES))
+
+
+def _vpd_serial(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
+    return lu.serial.encode("ascii")
+
+
+def _designator(code_set: int, assoc: int, dtype: int, value: bytes, piv: bool = False) -> bytes:
+    b0 = (PROTOCOL_ID_ISCSI << 4 if piv else 0) | code_set
+    b1 = (PIV if piv else 0) | (assoc << 4) | dtype
+    return struct.pack(">BBxB", b0, b1, len(value)) + value
+
+
+def _name_string(name: str) -> bytes:
+    # SPC-4 7.8.6.11: null terminated, padded with nulls to a multiple of four bytes
+    raw = name.encode("utf-8") + b"\0"
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _vpd_device_identification(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
+    """SPC-4 7.8.6: NAA and T10 vendor id for the LU; port and device names from the nexus."""
+    naa_len = 16 if lu.naa >> 64 else 8
+    nexus = task.nexus
+    return b"".join((
+        _designator(CODE_SET_BINARY, ASSOCIATION_LU, DESIGNATOR_NAA,
+                    lu.naa.to_bytes(naa_len, "big")),
+        _designator(CODE_SET_ASCII, ASSOCIATION_LU, DESIGNATOR_T10_VENDOR_ID,
+                    _ascii(lu.vendor, 8) + lu.serial.encode("ascii")),
+        _designator(CODE_SET_BINARY, ASSOCIATION_TARGET_PORT, DESIGNATOR_RELATIVE_TARGET_PORT,
+                    struct.pack(">xxH", nexus.tpgt), piv=True),
+        _designator(CODE_SET_BINARY, ASSOCIATION_TARGET_PORT, DESIGNATOR_TARGET_PORT_GROUP,
+                    struct.pack(">xxH", nexus.tpgt), piv=True),
+        _designator(CODE_SET_UTF8, ASSOCIATION_TARGET_PORT, DESIGNATOR_SCSI_NAME_STRING,
+                    _name_string(nexus.target_port), piv=True),
+        _designator(CODE_SET_UTF8, ASSOCIATION_TARGET_DEVICE, DESIGNATOR_SCSI_NAME_STRING,
+                    _name_string(t.name), piv=True),
+    ))
+
+
+def _vpd_extended_inquiry(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
+    body = bytearray(VPD_PAGE_LEN_3C)
+    body[2] = EXTENDED_INQUIRY_SIMPSUP
+    body[3] = EXTENDED_INQUIRY_V_SUP
+    return bytes(body)
+
+
+def _vpd_block_limits(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
+    """SBC-3 6.5.3: the limits the decoders in ``cdb`` enforce."""
+    return struct.pack(
+        ">xBHIIIIIIIQ20x",
+        lu.max_compare_write_blocks,
+        lu.optimal_granularity_blocks,
+        lu.max_transfer_blocks,
+        lu.optimal_transfer_blocks,
+        0,                                      # MAXIMUM PREFETCH LENGTH: no limit
+        lu.max_unmap_blocks,
+        lu.max_unmap_descriptors,
+        lu.optimal_granularity_blocks if lu.can_unmap else 0,
+        0,                                      # UGAVALID=0: no alignment requirement
+        lu.max_write_same_blocks,
+    )
+
+
+def _vpd_block_device_characteristics(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
+    body = bytearray(VPD_PAGE_LEN_3C)
+    struct.pack_into(">H", body, 0, NON_ROTATING_MEDIUM)
+    return bytes(body)
+
+
+def _vpd_logical_block_provisioning(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
+    """SBC-3 6.5.4: what UNMAP / WRITE SAME(UNMAP) do follows from the store's capabilities."""
+    flags = (LBPU | LBPWS | LBPWS10 | LBPRZ) if lu.can_unmap else 0
+    ptype = PROVISIONING_TYPE_THIN if lu.can_unmap else PROVISIONING_TYPE_FULL
+    return struct.pack(">xBBx", flags, ptype)
+
+
+VPD_PAGES = {
+    VpdPage.SUPPORTED_VPD_PAGES: _vpd_supported,
+    VpdPage.UNIT_SERIAL_NUMBER: _vpd_serial,
+    VpdPage.DEVICE_IDENTIFICATION: _vpd_device_identification,
+    VpdPage.EXTENDED_INQUIRY_DATA: _vpd_extended_inquiry,
+    VpdPage.BLOCK_LIMITS: _vpd_block_limits,
+    VpdPage.BLOCK_DEVICE_CHARACTERISTICS: _vpd_block_device_characteristics,
+    VpdPage.LOGICAL_BLOCK_PROVISIONING: _vpd_logical_block_provisioning,
+}
+
+
+# -- REPORT LUNS (SPC-4 6.27)
+def encode_lun(lun: int) -> bytes:
+    """SAM-5 4.7: peripheral device addressing below 256, flat space addressing above."""
+    if lun < 256:
+        return bytes((0, lun, 0, 0, 0, 0, 0, 0))
+    return bytes((0x40 | (lun >> 8), lun & 0xFF, 0, 0, 0, 0, 0, 0))
+
+
+def report_luns(t: ScsiTarget, lu, task: ScsiTask, lba, blocks, alloc) -> None:
+    select = task.cdb[2]
+    if select not in (SELECT_REPORT_ALL_LOGICAL_UNITS, SELECT_REPORT_WELL_KNOWN,
+                      SELECT_REPORT_ALL):
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, None))
+    if alloc < REPORT_LUNS_MIN_ALLOC:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(6, None))
+    luns = [] if select == SELECT_REPORT_WELL_KNOWN else sorted(t.luns)
+    body = b"".join(encode_lun(n) for n in luns)
+    _truncate(task, struct.pack(">I4x", len(body)) + body, alloc)
+
+
+# -- REQUEST SENSE (SPC-4 6.29)
+def request_sense(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks,
+                  alloc) -> None:
+    """Reports (and clears) a pending unit attention, else NO SENSE; always fixed format."""
+    if lu is None:
+        reason = SenseReason.LOGICAL_UNIT_NOT_SUPPORTED
+    else:
+        reason = lu.pop_ua(task.nexus) or SenseReason.NO_SENSE
+    _truncate(task, build_sense(reason), alloc)
+
+
+# -- MODE SENSE / MODE SELECT (SPC-4 6.9 - 6.12)
+def mode_sense6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, alloc) -> None:
+    _truncate(task, modepages.mode_sense(lu, task.cdb, ten=False), alloc)
+
+
+def mode_sense10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, alloc) -> None:
+    _truncate(task, modepages.mode_sense(lu, task.cdb, ten=True), alloc)
+
+
+def _mode_select(lu: LogicalUnit, task: ScsiTask, ten: bool) -> None:
+    param = task.data_out if task.data_out is not None else b""
+    if modepages.mode_select(lu, task.cdb, param, ten):
+        # SPC-4 5.14: other I_T nexuses learn MODE PARAMETERS CHANGED.
+        lu.add_ua_all(SenseReason.MODE_PARAMETERS_CHANGED, exclude=task.nexus)
+
+
+def mode_select6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+    _mode_select(lu, task, ten=False)
+
+
+def mode_select10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+    _mode_select(lu, task, ten=True)
+
+
+# -- RESERVE / RELEASE (SPC-2 7.21, 7.22)
+def reserve(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+    # third-party and extent reservations are not supported (RESERVE(10) 3RDPTY / LONGID)
+    if task.cdb[1] & 0x13:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, None))
+    lu.reservations.reserve_spc2(task.nexus)
+
+
+def release(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+    if task.cdb[1] & 0x13:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, None))
+    lu.reservations.release_spc2(task.nexus)
+
+
+# -- PERSISTENT RESERVE IN / OUT (SPC-4 6.15, 6.16)
+def persistent_reserve_in(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
+                          alloc) -> None:
+    res = lu.reservations
+    if res.spc2_holder is not None and res.spc2_holder != task.nexus:
+        raise ScsiError(SenseReason.RESERVATION_CONFLICT)
+    _truncate(task, pr.persistent_reserve_in(lu, task.cdb[1] & 0x1F), alloc)
+
+
+def persistent_reserve_out(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
+                           aux) -> None:
+    param = task.data_out if task.data_out is not None else b""
+    pr.persistent_reserve_out(lu, task.nexus, task.cdb[1] & 0x1F, task.cdb[2], param)
+
+
+# -- REPORT SUPPORTED OPERATION CODES (SPC-4 6.35)
+def _timeouts() -> bytes:
+    # nominal and recommended timeouts 0: not specified
+    return struct.pack(">HxxII", TIMEOUTS_DESCRIPTOR_LEN, 0, 0)
+
+
+def report_supported_opcodes(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
+                             alloc) -> None:
+    from vmblock.scsi.commands import supported_specs   # the table imports this module
+
+    cdb = task.cdb
+    rctd = bool(cdb[2] & RCTD)
+    option = cdb[2] & 0x07
+    specs = supported_specs(lu.table)
+    if option == RSOC_ALL:
+        descs = []
+        for spec in specs:
+            flags = (CTDP if rctd else 0) | (SERVACTV if spec.service_action is not None else 0)
+            descs.append(struct.pack(">BxHxBH", spec.opcode, spec.service_action or 0, flags,
+                                     len(spec.usage)))
+            if rctd:
+                descs.append(_timeouts())
+        body = b"".join(descs)
+        _truncate(task, struct.pack(">I", len(body)) + body, alloc)
+        return
+    opcode, action = cdb[3], struct.unpack_from(">H", cdb, 4)[0]
+    if option not in (RSOC_ONE_OPCODE, RSOC_ONE_SERVICE_ACTION, RSOC_ONE_EITHER):
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, 2))
+    top = lu.table[opcode]
+    has_actions = top is not None and top.service_actions is not None
+    if option == RSOC_ONE_OPCODE and has_actions:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(3, None))
+    if option == RSOC_ONE_SERVICE_ACTION and top is not None and not has_actions:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(3, None))
+    spec: CommandSpec | None = top
+    if has_actions:
+        spec = top.service_actions.get(action)
+    elif option == RSOC_ONE_EITHER and action:
+        spec = None
+    if spec is None:
+        data = struct.pack(">xBH", SUPPORT_NOT_SUPPORTED, 0)
+    else:
+        data = struct.pack(">xBH", (0x80 if rctd else 0) | SUPPORT_STANDARD,
+                           len(spec.usage)) + spec.usage
+        if rctd:
+            data += _timeouts()
+    _truncate(task, data, alloc)
+
+
+# -- REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 6.36)
+def report_supported_tmfs(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
+                          alloc) -> None:
+    data = bytes((TMF_ATS | TMF_ATSS | TMF_CTSS | TMF_LURS | TMF_TRS, 0, 0, 0))
+    _truncate(task, data, alloc)
+
+
+# -- PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.9)
+def prevent_allow_medium_removal(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
+                                 aux) -> None:
+    """The medium is not removable (RMB=0), so preventing its removal changes nothing;
+    PREVENT values 10b/11b are obsolete for direct-access devices."""
+    if task.cdb[4] & 0x03 > 1:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(4, 1))

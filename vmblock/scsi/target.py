@@ -1,0 +1,187 @@
+"""The SCSI target device the iSCSI fabric talks to: LUN map, parse-then-execute, nexus
+events and task management (SAM-5 4.6, 5.x, 7.x).
+
+``prepare`` is the common path of every command (LIO's ``target_setup_cmd_from_cdb``): LUN,
+opcode, service action, CONTROL byte, pending unit attention, CDB fields, LBA range,
+reservation conflicts, the amount of Data-Out to gather. ``execute`` runs the handler and
+turns a raised ``ScsiError`` into status and sense.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vmblock.scsi.commands import NO_LU_TABLE, CommandSpec, DataRule
+from vmblock.scsi.constants import Direction
+from vmblock.scsi.lu import LogicalUnit
+from vmblock.scsi.sense import ScsiError, SenseReason, fail
+from vmblock.scsi.task import Nexus, ScsiTask
+
+log = logging.getLogger(__name__)
+
+# SAM-5 5.2: the CONTROL byte's NACA bit; ACA is not supported.
+CONTROL_NACA = 0x04
+
+_LU_NOT_SUPPORTED = ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
+_INVALID_OPCODE = ScsiError(SenseReason.INVALID_COMMAND_OPERATION_CODE, field=(0, None))
+_INVALID_ACTION = ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
+_LBA_OUT_OF_RANGE = ScsiError(SenseReason.LBA_OUT_OF_RANGE)
+_SHORT_DATA = ScsiError(SenseReason.INVALID_FIELD_IN_INFORMATION_UNIT)
+
+# Task management functions and the unit attention each leaves behind (SAM-5 7.x).
+TMF_RESETS = {
+    "LUN_RESET": SenseReason.BUS_DEVICE_RESET_OCCURRED,
+    # libiscsi's RESERVE/RELEASE helpers accept only 29h/00h after a target reset
+    "TARGET_WARM_RESET": SenseReason.POWER_ON_RESET,
+    "TARGET_COLD_RESET": SenseReason.POWER_ON_RESET,
+}
+TMF_TASK_SET = ("CLEAR_TASK_SET", "ABORT_TASK_SET")
+
+
+class ScsiTarget:
+    """One SCSI target device: a name, a target portal group tag and its logical units."""
+
+    def __init__(self, name: str, tpgt: int = 1):
+        self.name = name
+        self.tpgt = tpgt
+        self.luns: dict[int, LogicalUnit] = {}
+        self.nexuses: set[Nexus] = set()
+
+    # -- configuration
+    def add_lun(self, lun: int, lu: LogicalUnit) -> None:
+        if lun in self.luns:
+            raise ValueError(f"LUN {lun} is in use")
+        for nexus in self.nexuses:
+            lu.nexuses.add(nexus)
+        self.luns[lun] = lu
+        self._luns_changed()
+
+    def remove_lun(self, lun: int) -> LogicalUnit:
+        lu = self.luns.pop(lun)
+        self._luns_changed()
+        return lu
+
+    def _luns_changed(self) -> None:
+        # SPC-4 6.27: REPORTED LUNS DATA HAS CHANGED for every nexus.
+        for lu in self.luns.values():
+            lu.add_ua_all(SenseReason.REPORTED_LUNS_DATA_HAS_CHANGED)
+
+    # -- I_T nexus events from the fabric
+    def nexus_added(self, nexus: Nexus) -> None:
+        self.nexuses.add(nexus)
+        for lu in self.luns.values():
+            lu.nexus_added(nexus)
+
+    def nexus_removed(self, nexus: Nexus) -> None:
+        self.nexuses.discard(nexus)
+        for lu in self.luns.values():
+            lu.nexus_removed(nexus)
+
+    # -- task management (SAM-5 7.x); aborting tasks in flight is the fabric's job
+    def task_management(self, function: str, nexus: Nexus, lun: int | None) -> bool:
+        reason = TMF_RESETS.get(function)
+        if function == "LUN_RESET":
+            lu = self.luns.get(lun)
+            if lu is None:
+                return False
+            lu.reset(reason)
+            return True
+        if reason is not None:
+            for lu in self.luns.values():
+                lu.reset(reason)
+            return True
+        if function in TMF_TASK_SET:
+            return lun in self.luns
+        raise ValueError(f"unknown task management function {function!r}")
+
+    # -- parse, then execute
+    def prepare(self, task: ScsiTask) -> bool:
+        """Decode and check ``task``; on failure set status/sense and return False."""
+        try:
+            self._prepare(task)
+        except ScsiError as err:
+            fail(task, err)
+            task.data_out_len = 0
+            return False
+        return True
+
+    def _prepare(self, task: ScsiTask) -> None:
+        cdb = task.cdb
+        lu = self.luns.get(task.lun)
+        spec: CommandSpec | None = (NO_LU_TABLE if lu is None else lu.table)[cdb[0]]
+        if spec is None:
+            raise _INVALID_OPCODE if lu is not None else _LU_NOT_SUPPORTED
+        if spec.service_actions is not None:
+            spec = spec.service_actions.get(cdb[1] & 0x1F)
+            if spec is None:
+                raise _INVALID_ACTION
+        n = spec.cdb_len
+        if len(cdb) < n:
+            raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(len(cdb) - 1, None))
+        if cdb[n - 1] & CONTROL_NACA:
+            raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(n - 1, 2))
+        if lu is not None:
+            if lu.ua and not spec.ua_exempt:
+                reason = lu.pop_ua(task.nexus)
+                if reason is not None:
+                    raise ScsiError(reason)
+        lba, blocks, xfer, aux = spec.decode(cdb, lu)
+        if spec.ranged and lba + blocks > lu.num_blocks:
+            raise _LBA_OUT_OF_RANGE
+        if lu is not None and lu.reservations.active:
+            lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
+        task.cdb_xfer_len = xfer
+        if spec.direction == Direction.OUT:
+            task.data_out_len = self._data_out_len(spec, lu, task.edtl, xfer)
+        else:
+            task.data_out_len = 0
+        task.handler = (spec, lu, lba, blocks, aux)
+
+    @staticmethod
+    def _data_out_len(spec: CommandSpec, lu: LogicalUnit, edtl: int, xfer: int) -> int:
+        """Bytes of Data-Out to gather, given what the initiator sends (SAM-5 5.4.2)."""
+        rule = spec.data
+        if edtl >= xfer:
+            if rule == DataRule.EXACT and edtl != xfer:
+                raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB)
+            return xfer
+        if rule == DataRule.BLOCKS:
+            if edtl % lu.block_size:
+                raise _SHORT_DATA
+            return edtl
+        if rule == DataRule.PARAM:
+            return edtl
+        if rule == DataRule.EXACT:
+            raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB)
+        raise _SHORT_DATA
+
+    def execute(self, task: ScsiTask):
+        """Run a prepared task: None when done, or a coroutine the fabric awaits."""
+        spec, lu, lba, blocks, aux = task.handler
+        try:
+            result = spec.execute(self, lu, task, lba, blocks, aux)
+        except ScsiError as err:
+            fail(task, err)
+            return None
+        except OSError as err:
+            self._io_failed(task, spec, err)
+            return None
+        if result is None:
+            return None
+        return self._finish(task, spec, result)
+
+    async def _finish(self, task: ScsiTask, spec: CommandSpec, awaitable) -> None:
+        try:
+            await awaitable
+        except ScsiError as err:
+            fail(task, err)
+        except OSError as err:
+            self._io_failed(task, spec, err)
+
+    @staticmethod
+    def _io_failed(task: ScsiTask, spec: CommandSpec, err: OSError) -> None:
+        log.error("%s on LUN %d failed: %s", spec.name, task.lun, err)
+        reason = (SenseReason.UNRECOVERED_READ_ERROR if spec.direction == Direction.IN
+                  else SenseReason.WRITE_ERROR)
+        fail(task, ScsiError(reason))
+
