@@ -88,6 +88,7 @@ def test_acl_change_applies_to_new_logins(vmblock_server):
 def test_sigterm_stops_cleanly_and_writes_are_durable(vmblock_server):
     qemu("qemu-io", "-f", "raw", "-c", "write -P 0x5c 1048576 4096", vmblock_server.url(0))
     assert vmblock_server.stop() == 0
+    assert not (vmblock_server.pool / "admin.sock").exists()
     pool = Pool(str(vmblock_server.pool))   # the server released the pool's lock
     try:
         store = pool.open_store(pool.vdisk("demo"))

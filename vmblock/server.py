@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -128,6 +129,10 @@ class Server:
         """Stop taking admin calls and logins, end sessions, then make every write durable."""
         if self.admin is not None:
             await self.admin.cleanup()
+            try:
+                os.unlink(self.pool.socket_path)
+            except FileNotFoundError:
+                pass
         if self.service is not None:
             await self.service.stop()
         for store in self.stores.values():
