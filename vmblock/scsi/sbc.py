@@ -175,17 +175,18 @@ def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks:
     if not blocks:
         return None
     bs = lu.block_size
-    block = bytes(bs) if aux & AUX_NDOB else bytes(task.data_out[:bs])
     offset, length = lba * bs, blocks * bs
     durable = not lu.write_cache
-    # SBC-3 5.42: with UNMAP=1 the blocks may be deallocated when that reads back the same
-    # data; LBPRZ=1 makes that true exactly for an all-zero block.
-    if aux & AUX_UNMAP and not any(block):
+    # SBC-3 5.42: UNMAP=1 asks for the range to be unmapped, which reads back as zeros
+    # (LBPRZ=1) whatever the Data-Out block held, as LIO and tgt do too.
+    if aux & AUX_UNMAP:
         work = (lu.store.unmap, offset, length)
-    elif lu.can_write_same:
-        work = (lu.store.write_same, offset, length, memoryview(block))
     else:
-        work = (_write_same_by_chunks, lu, offset, length, block)
+        block = bytes(bs) if aux & AUX_NDOB else bytes(task.data_out[:bs])
+        if lu.can_write_same:
+            work = (lu.store.write_same, offset, length, memoryview(block))
+        else:
+            work = (_write_same_by_chunks, lu, offset, length, block)
     if length <= lu.sync_io_bytes:
         work[0](*work[1:])
         return _flush(lu) if durable else None
