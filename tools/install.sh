@@ -21,6 +21,10 @@ if [ "$foreground" = 1 ]; then
     exec .venv/bin/vmblock serve --demo "$@"
 fi
 
+if .venv/bin/vmblock session list >/dev/null 2>&1; then   # answers only while a server runs
+    echo "vmblock: a server is already running on $PWD/vmblock-data"
+    exit 0
+fi
 mkdir -p vmblock-data
 log=vmblock-data/serve.log
 nohup .venv/bin/vmblock serve --demo "$@" >"$log" 2>&1 </dev/null &
@@ -33,10 +37,6 @@ for _ in $(seq 600); do
         exit 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then
-        if grep -q 'already running' "$log"; then
-            echo "vmblock: a server is already running on $PWD/vmblock-data"
-            exit 0
-        fi
         cat "$log" >&2
         exit 1
     fi
