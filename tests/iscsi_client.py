@@ -207,7 +207,6 @@ class IscsiClient:
         rsp = self.login_exchange(first, 0, 1)
         if rsp.login_status:
             return rsp
-        self.tsih = rsp.lun & 0xFFFF
         if not rsp.flags & P.LOGIN_FLAG_TRANSIT:
             if rsp.text.get("AuthMethod") != "CHAP":
                 raise ClientError(f"target stayed in security stage without CHAP: {rsp.text}")
