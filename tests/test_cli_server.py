@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 from vmblock import DEFAULT_TARGET
 from vmblock.meta import Pool
@@ -60,6 +61,14 @@ def test_errors_through_the_server_are_one_line_exit_2(vmblock_server):
 def test_second_server_on_the_same_pool_is_refused(vmblock_server):
     p = vmblock_server.cli("serve", "--portal", "127.0.0.1:0", check=False, timeout=30)
     assert p.returncode == 2 and "already running" in p.stderr
+
+
+def test_busy_portal_is_a_one_line_error(vmblock_server, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "vmblock", "--pool", str(tmp_path / "other"), "serve",
+                        "--portal", vmblock_server.portal], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        f"vmblock: error: cannot listen on {vmblock_server.portal}")
 
 
 def test_session_list_shows_a_logged_in_initiator(vmblock_server):

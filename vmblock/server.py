@@ -114,10 +114,7 @@ class Server:
             self.add_target(t.iqn)
         for disk in self.pool.vdisks():
             self.add_vdisk(disk)
-        try:
-            self.service = IscsiService(self.targets, iscsi_config(settings))
-        except ValueError as e:   # the fabric's check of the negotiation overrides
-            raise InvalidArgument(f"iSCSI settings: {e}") from None
+        self.service = IscsiService(self.targets, iscsi_config(settings))   # settings are checked
         try:
             await self.service.start(self.portals)
         except OSError as e:
