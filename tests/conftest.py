@@ -52,7 +52,8 @@ class VmblockServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess:
         """Run ``vmblock --pool POOL ARGS...``; with ``check`` a non-zero exit fails the test."""
         p = subprocess.run(vmblock_cmd(self.pool, *args), capture_output=True, text=True,
                            timeout=timeout)

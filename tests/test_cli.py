@@ -75,7 +75,7 @@ def test_vdisk_identity_is_stable_and_unique(run):
     y = json.loads(run("vdisk", "show", "y", "--json").stdout)
     assert (x1["serial"], x1["naa"]) == (x2["serial"], x2["naa"])
     assert x1["serial"] != y["serial"] and x1["naa"] != y["naa"]
-    assert x1["naa"][0] == "6" and len(x1["naa"]) == 16
+    assert x1["naa"].startswith("67a6d62") and len(x1["naa"]) == 32   # NAA 6 + company id
 
 
 def test_vdisk_on_new_target(run):

@@ -64,8 +64,9 @@ def test_second_server_on_the_same_pool_is_refused(vmblock_server):
 
 
 def test_busy_portal_is_a_one_line_error(vmblock_server, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "vmblock", "--pool", str(tmp_path / "other"), "serve",
-                        "--portal", vmblock_server.portal], capture_output=True, text=True, timeout=60)
+    cmd = [sys.executable, "-m", "vmblock", "--pool", str(tmp_path / "other"), "serve",
+           "--portal", vmblock_server.portal]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith(
         f"vmblock: error: cannot listen on {vmblock_server.portal}")

@@ -46,7 +46,10 @@ def make_app(api: Api) -> web.Application:
 
 
 async def start(api: Api, socket_path: str) -> web.AppRunner:
-    """Serve ``api`` on ``socket_path``; the caller holds the pool lock, so a leftover socket is stale."""
+    """Serve ``api`` on ``socket_path``.
+
+    The caller holds the pool's lock, so a socket file already there is a killed server's leftover.
+    """
     if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
         raise PoolError(f"admin socket path {socket_path} is longer than {MAX_SOCKET_PATH} bytes; "
                         f"use a shorter pool path")

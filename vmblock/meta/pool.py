@@ -99,14 +99,16 @@ class Vdisk:
 
     @property
     def naa(self) -> int:
-        """64-bit NAA identifier: NAA 6 nibble, 24-bit company id, 36 bits of the vdisk uuid."""
-        return (0x6 << 60) | (VMBLOCK_CID << 36) | (uuidlib.UUID(self.uuid).int & ((1 << 36) - 1))
+        """NAA IEEE Registered Extended identifier (SPC-4 7.8.6.6.5): 128 bits, because NAA 6 is
+        defined only in the 16-byte form: NAA 6, 24-bit company id, 100 bits of the vdisk uuid."""
+        low = uuidlib.UUID(self.uuid).int & ((1 << 100) - 1)
+        return (0x6 << 124) | (VMBLOCK_CID << 100) | low
 
     def dump(self) -> dict:
         d = asdict(self)
         d["vm_uuid"] = d.pop("vm")
         d["serial"] = self.serial
-        d["naa"] = f"{self.naa:016x}"
+        d["naa"] = f"{self.naa:032x}"
         return d
 
 
