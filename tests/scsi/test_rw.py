@@ -106,7 +106,8 @@ def test_write10_zero_edtl_is_good_and_writes_nothing(rig, store):
 
 
 def test_write10_extra_data_out_gathers_only_the_cdb_length(rig):
-    task = ScsiTask(lun=0, cdb=write10(0, 1).ljust(16, b"\0"), nexus=rig.a, edtl=10000)
+    task = ScsiTask(lun=0, cdb=write10(0, 1).ljust(16, b"\0"), nexus=rig.a, edtl=10000,
+                    write=True)
     assert rig.target.prepare(task)
     assert task.data_out_len == BLOCK
 
@@ -123,7 +124,8 @@ def test_large_read_runs_in_executor(rig, store):
 
 def test_large_write_runs_in_executor(rig, store):
     data = b"\x5a" * (1024 * BLOCK)
-    task = ScsiTask(lun=0, cdb=write16(10, 1024).ljust(16, b"\0"), nexus=rig.a, edtl=len(data))
+    task = ScsiTask(lun=0, cdb=write16(10, 1024).ljust(16, b"\0"), nexus=rig.a, edtl=len(data),
+                    write=True)
     assert rig.target.prepare(task)
     task.data_out = memoryview(data)
     pending = rig.target.execute(task)
@@ -187,3 +189,11 @@ def test_start_stop_unit_stop_flushes(rig, store):
 def test_start_stop_unit_start_is_good(rig, store):
     assert rig.run(bytes([0x1B, 0, 0, 0, 0x01, 0])).status == SAM_STAT_GOOD
     assert store.flushes == 0
+
+
+def test_write_without_w_bit_gathers_no_data_and_writes_nothing(rig, store):
+    task = ScsiTask(lun=0, cdb=write10(0, 1).ljust(16, b"\0"), nexus=rig.a, edtl=BLOCK)
+    assert rig.target.prepare(task)
+    assert task.data_out_len == 0
+    assert rig.target.execute(task) is None
+    assert store.writes == 0

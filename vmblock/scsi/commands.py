@@ -54,10 +54,10 @@ class CommandSpec:
     spc2_allowed: bool = False     # allowed through another nexus's RESERVE(6/10)
     service_action: int | None = None
     service_actions: dict[int, CommandSpec] | None = field(default=None)
+    cdb_len: int = field(init=False)
 
-    @property
-    def cdb_len(self) -> int:
-        return len(self.usage)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cdb_len", len(self.usage))
 
 
 def _u(*masks: int) -> bytes:

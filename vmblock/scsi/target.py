@@ -20,6 +20,7 @@ from vmblock.scsi.task import Nexus, ScsiTask
 log = logging.getLogger(__name__)
 
 # SAM-5 5.2: the CONTROL byte's NACA bit; ACA is not supported.
+_OUT = Direction.OUT
 CONTROL_NACA = 0x04
 
 _LU_NOT_SUPPORTED = ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
@@ -131,8 +132,10 @@ class ScsiTarget:
         if lu is not None and lu.reservations.active:
             lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
         task.cdb_xfer_len = xfer
-        if spec.direction == Direction.OUT:
-            task.data_out_len = self._data_out_len(spec, lu, task.edtl, xfer)
+        if spec.direction == _OUT:
+            # Data-Out only arrives with the W bit (RFC 7143 11.3.1)
+            task.data_out_len = self._data_out_len(spec, lu, task.edtl if task.write else 0,
+                                                   xfer)
         else:
             task.data_out_len = 0
         task.handler = (spec, lu, lba, blocks, aux)
