@@ -204,3 +204,10 @@ def test_reserve6_released_on_lun_reset(rig):
 def test_reserve6_conflicts_while_registrations_exist(rig):
     register(rig, rig.a, K1)
     assert rig.run(bytes([0x16, 0, 0, 0, 0, 0])).status == SAM_STAT_RESERVATION_CONFLICT
+
+
+def test_registrations_are_bounded(rig, monkeypatch):
+    from vmblock.scsi import pr
+    monkeypatch.setattr(pr, "MAX_REGISTRATIONS", 1)
+    register(rig, rig.a, K1)
+    assert sense_of(prout(rig, rig.b, 6, sa_key=K2)) == (ILLEGAL, 0x55, 0x04)

@@ -81,10 +81,11 @@ def _rw(op, name, decode, execute, direction, data, access, flags, size):
     return CommandSpec(op, name, decode, execute, usage, direction, access, data, ranged=True)
 
 
-RW_FLAGS = 0xF8        # RDPROTECT/WRPROTECT, DPO, FUA
-WV_FLAGS = 0xF2        # WRPROTECT, DPO, BYTCHK
-VERIFY_FLAGS = 0xF6    # VRPROTECT, DPO, BYTCHK (two bits)
-IMMED_FLAGS = 0x02
+RW_FLAGS = d.PROTECT_MASK | d.DPO | d.FUA
+WV_FLAGS = d.PROTECT_MASK | d.DPO | d.WRITE_VERIFY_BYTCHK
+VERIFY_FLAGS = d.PROTECT_MASK | d.DPO | d.BYTCHK_MASK
+IMMED_FLAGS = d.IMMED
+WS_FLAGS = d.PROTECT_MASK | d.WRITE_SAME_ANCHOR
 
 
 def _sbc_specs(lu: LogicalUnit) -> list[CommandSpec]:
@@ -127,9 +128,9 @@ def _sbc_specs(lu: LogicalUnit) -> list[CommandSpec]:
                     _u(Opcode.COMPARE_AND_WRITE, RW_FLAGS, *F8, 0, 0, 0, 0xFF, 0, C),
                     OUT, W, X, ranged=True),
         _rw(Opcode.WRITE_SAME_10, "WRITE SAME(10)", d.write_same10, sbc.write_same, OUT, X, W,
-            0xF0 | (0x08 if lu.can_unmap else 0), 10),
+            WS_FLAGS | (d.WRITE_SAME_UNMAP if lu.can_unmap else 0), 10),
         _rw(Opcode.WRITE_SAME_16, "WRITE SAME(16)", d.write_same16, sbc.write_same, OUT, X, W,
-            0xF1 | (0x08 if lu.can_unmap else 0), 16),
+            WS_FLAGS | d.WRITE_SAME_NDOB | (d.WRITE_SAME_UNMAP if lu.can_unmap else 0), 16),
         CommandSpec(Opcode.START_STOP_UNIT, "START STOP UNIT", d.no_data, sbc.start_stop_unit,
                     _u(Opcode.START_STOP_UNIT, 0, 0, 0, 0x07, C)),
         CommandSpec(Opcode.READ_CAPACITY_10, "READ CAPACITY(10)", d.no_data,

@@ -50,6 +50,10 @@ R_HOLDER = 0x01
 # SPC-4 7.6.4.6: iSCSI TransportID, format 01b (name + ISID).
 TRANSPORT_ID_ISCSI_WITH_ISID = 0x40 | PROTOCOL_ID_ISCSI
 
+# Registrations survive I_T nexus loss, so they are bounded (SPC-4 5.9.7: INSUFFICIENT
+# REGISTRATION RESOURCES when the device server cannot keep another one).
+MAX_REGISTRATIONS = 1024
+
 _CONFLICT = ScsiError(SenseReason.RESERVATION_CONFLICT)
 
 
@@ -195,8 +199,8 @@ def persistent_reserve_out(lu: LogicalUnit, nexus: Nexus, action: int, scope_typ
             raise ScsiError(SenseReason.INVALID_RELEASE_OF_PERSISTENT_RESERVATION)
         res._release(lu, nexus)
     elif action in (PrOutAction.PREEMPT, PrOutAction.PREEMPT_AND_ABORT):
-        # PREEMPT AND ABORT also aborts the preempted nexuses' tasks; the fabric runs each
-        # command to completion before the next, so there is nothing queued to abort.
+        # PREEMPT AND ABORT is carried out as PREEMPT: commands of the preempted nexuses
+        # that already passed the reservation check run to completion instead of aborting.
         _preempt(lu, res, nexus, sa_key, rtype)
     else:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
@@ -216,6 +220,8 @@ def _register(lu: LogicalUnit, res: Reservations, nexus: Nexus, key: int, sa_key
             res._unregister(lu, nexus)
             res.generation += 1
         return
+    if current is None and len(res.registrations) >= MAX_REGISTRATIONS:
+        raise ScsiError(SenseReason.INSUFFICIENT_REGISTRATION_RESOURCES)
     res.registrations[nexus] = sa_key
     res.generation += 1
 

@@ -45,11 +45,10 @@ class SenseReason(Enum):
     MISCOMPARE_DURING_VERIFY = auto()
     WRITE_ERROR = auto()
     UNRECOVERED_READ_ERROR = auto()
-    INTERNAL_TARGET_FAILURE = auto()
+    DATA_OFFSET_ERROR = auto()          # iSCSI Data-Out out of sequence (RFC 7143 11.4.7.2)
     # unit attentions
     POWER_ON_RESET = auto()
     BUS_DEVICE_RESET_OCCURRED = auto()
-    I_T_NEXUS_LOSS_OCCURRED = auto()
     MODE_PARAMETERS_CHANGED = auto()
     RESERVATIONS_PREEMPTED = auto()
     RESERVATIONS_RELEASED = auto()
@@ -79,10 +78,9 @@ SENSE_TABLE: dict[SenseReason, tuple[int, int, int, int]] = {
     SenseReason.MISCOMPARE_DURING_VERIFY: (_CC, SenseKey.MISCOMPARE, 0x1D, 0x00),
     SenseReason.WRITE_ERROR: (_CC, SenseKey.MEDIUM_ERROR, 0x0C, 0x00),
     SenseReason.UNRECOVERED_READ_ERROR: (_CC, SenseKey.MEDIUM_ERROR, 0x11, 0x00),
-    SenseReason.INTERNAL_TARGET_FAILURE: (_CC, SenseKey.HARDWARE_ERROR, 0x44, 0x00),
+    SenseReason.DATA_OFFSET_ERROR: (_CC, SenseKey.ABORTED_COMMAND, 0x4B, 0x05),
     SenseReason.POWER_ON_RESET: (_CC, _UA, 0x29, 0x00),
     SenseReason.BUS_DEVICE_RESET_OCCURRED: (_CC, _UA, 0x29, 0x03),
-    SenseReason.I_T_NEXUS_LOSS_OCCURRED: (_CC, _UA, 0x29, 0x07),
     SenseReason.MODE_PARAMETERS_CHANGED: (_CC, _UA, 0x2A, 0x01),
     SenseReason.RESERVATIONS_PREEMPTED: (_CC, _UA, 0x2A, 0x03),
     SenseReason.RESERVATIONS_RELEASED: (_CC, _UA, 0x2A, 0x04),
