@@ -104,6 +104,8 @@ class IscsiClient:
         self.itt = 0x100
         self.params: dict[str, str] = {}
         self.target_mrdsl = 8192
+        self.header_digest = self.data_digest = False     # CRC32C, once in full feature phase
+        self.bad_digests = 0                              # target PDUs whose digests were wrong
 
     # ---- raw I/O ----------------------------------------------------------------------
     def close(self) -> None:
@@ -122,7 +124,19 @@ class IscsiClient:
         self.sock.sendall(data)
 
     def send_pdu(self, header: bytes, data: bytes = b"") -> None:
-        self.sock.sendall(header + data + b"\0" * P.pad_len(len(data)))
+        self.sock.sendall(self.framed(header, data))
+
+    def framed(self, header: bytes, data: bytes = b"") -> bytes:
+        """Header [+ CRC32C], data, padding [+ CRC32C]; digests least-significant byte first."""
+        out = header
+        if self.header_digest:
+            out += struct.pack("<I", P.crc32c(header))
+        if data:
+            padded = data + b"\0" * P.pad_len(len(data))
+            out += padded
+            if self.data_digest:
+                out += struct.pack("<I", P.crc32c(padded))
+        return out
 
     def _recv_exact(self, n: int) -> bytes:
         buf = bytearray()
@@ -138,9 +152,15 @@ class IscsiClient:
         (b0, flags, b2, b3, ahs_dlen, lun, itt, *words) = _RSP.unpack(hdr)
         ahs_len = (ahs_dlen >> 24) * 4
         dlen = ahs_dlen & 0xFFFFFF
-        if ahs_len:
-            self._recv_exact(ahs_len)
-        data = self._recv_exact(dlen + P.pad_len(dlen))[:dlen] if dlen else b""
+        ahs = self._recv_exact(ahs_len) if ahs_len else b""
+        if self.header_digest:
+            (crc,) = struct.unpack("<I", self._recv_exact(4))
+            self.bad_digests += crc != P.crc32c(hdr + ahs)
+        padded = self._recv_exact(dlen + P.pad_len(dlen)) if dlen else b""
+        if dlen and self.data_digest:
+            (crc,) = struct.unpack("<I", self._recv_exact(4))
+            self.bad_digests += crc != P.crc32c(padded)
+        data = padded[:dlen]
         return TargetPdu(b0 & P.OPCODE_MASK, flags, b2, b3, ahs_len, dlen, lun, itt, tuple(words),
                          data)
 
@@ -249,6 +269,8 @@ class IscsiClient:
         self.target_mrdsl = int(self.params.get("MaxRecvDataSegmentLength", "8192"))
         self.tsih = rsp.lun & 0xFFFF
         self.cmdsn = rsp.exp_cmdsn
+        self.header_digest = self.params.get("HeaderDigest") == "CRC32C"
+        self.data_digest = self.params.get("DataDigest") == "CRC32C"
         return rsp
 
     # ---- full feature phase -----------------------------------------------------------
