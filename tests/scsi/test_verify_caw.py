@@ -95,3 +95,56 @@ def test_write_and_verify10_writes_durably(rig, store):
     assert task.status == SAM_STAT_GOOD
     assert store.data[3 * BLOCK:4 * BLOCK] == b"\x77" * BLOCK
     assert store.flushes == 1
+
+
+def orwrite(lba: int, blocks: int, flags: int = 0) -> bytes:
+    return struct.pack(">BBQIxx", 0x8B, flags, lba, blocks)
+
+
+def test_orwrite_ors_data_into_the_medium(rig, store):
+    store.data[:BLOCK] = b"\x0f" * BLOCK
+    assert rig.run(orwrite(0, 1), b"\xa0" * BLOCK).status == SAM_STAT_GOOD
+    assert store.data[:BLOCK] == b"\xaf" * BLOCK
+
+
+def test_orwrite_beyond_eol(rig):
+    assert sense_of(rig.run(orwrite(BLOCKS - 1, 2), bytes(2 * BLOCK))) == (ILLEGAL, 0x21, 0)
+
+
+def test_orwrite_orprotect_is_invalid_field(rig):
+    assert sense_of(rig.run(orwrite(0, 1, flags=0x20), bytes(BLOCK))) == (ILLEGAL, 0x24, 0)
+
+
+def test_orwrite_waits_for_writes_in_the_executor(rig, store):
+    import asyncio
+
+    from vmblock.scsi.task import ScsiTask
+
+    async def scenario():
+        big = b"\x01" * (1024 * BLOCK)
+        w = ScsiTask(lun=0, cdb=struct.pack(">BBQIxx", 0x8A, 0, 0, 1024), nexus=rig.a,
+                     edtl=len(big), write=True)
+        assert rig.target.prepare(w)
+        w.data_out = memoryview(big)
+        write_done = asyncio.ensure_future(rig.target.execute(w))
+        await asyncio.sleep(0)
+        o = ScsiTask(lun=0, cdb=orwrite(0, 1), nexus=rig.b, edtl=BLOCK, write=True)
+        assert rig.target.prepare(o)
+        o.data_out = memoryview(b"\x80" * BLOCK)
+        pending = rig.target.execute(o)
+        assert pending is not None
+        await pending
+        await write_done
+
+    asyncio.run(scenario())
+    assert store.data[:BLOCK] == b"\x81" * BLOCK
+
+
+def test_read_defect_data10_reports_empty_lists(rig):
+    task = rig.run(struct.pack(">BBBxxxxHx", 0x37, 0, 0x18 | 0x05, 32))
+    assert bytes(task.data_in) == bytes([0, 0x1D, 0, 0])
+
+
+def test_read_defect_data12_reports_empty_lists(rig):
+    task = rig.run(struct.pack(">BBIIxx", 0xB7, 0x10, 0, 32))
+    assert bytes(task.data_in) == bytes([0, 0x10]) + bytes(6)

@@ -24,6 +24,7 @@ class Opcode(IntEnum):
     WRITE_10 = 0x2A
     WRITE_AND_VERIFY_10 = 0x2E
     VERIFY_10 = 0x2F
+    READ_DEFECT_DATA_10 = 0x37
     PRE_FETCH_10 = 0x34
     SYNCHRONIZE_CACHE_10 = 0x35
     WRITE_SAME_10 = 0x41
@@ -36,6 +37,7 @@ class Opcode(IntEnum):
     PERSISTENT_RESERVE_OUT = 0x5F
     READ_16 = 0x88
     COMPARE_AND_WRITE = 0x89
+    ORWRITE_16 = 0x8B
     WRITE_16 = 0x8A
     WRITE_AND_VERIFY_16 = 0x8E
     VERIFY_16 = 0x8F
@@ -49,6 +51,7 @@ class Opcode(IntEnum):
     WRITE_12 = 0xAA
     WRITE_AND_VERIFY_12 = 0xAE
     VERIFY_12 = 0xAF
+    READ_DEFECT_DATA_12 = 0xB7
 
 
 class ServiceActionIn16(IntEnum):

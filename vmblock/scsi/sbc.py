@@ -1,5 +1,6 @@
-"""SBC-3 command handlers: READ, WRITE, VERIFY, WRITE AND VERIFY, COMPARE AND WRITE, WRITE SAME,
-UNMAP, PRE-FETCH, SYNCHRONIZE CACHE, READ CAPACITY, GET LBA STATUS, START STOP UNIT.
+"""SBC-3 command handlers: READ, WRITE, VERIFY, WRITE AND VERIFY, COMPARE AND WRITE, ORWRITE,
+WRITE SAME, UNMAP, PRE-FETCH, SYNCHRONIZE CACHE, READ CAPACITY, GET LBA STATUS, READ DEFECT
+DATA, START STOP UNIT.
 
 Handlers take ``(target, lu, task, lba, blocks, aux)`` with LBA range and transfer length
 already checked by ``ScsiTarget.prepare``. Small I/O runs inline on the event loop; large I/O
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import struct
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from vmblock.scsi.cdb import AUX_FUA, AUX_NDOB, AUX_UNMAP, BYTCHK_COMPARE, BYTCHK_NONE
 from vmblock.scsi.constants import LBA_STATUS_DEALLOCATED, LBA_STATUS_MAPPED
@@ -36,6 +39,10 @@ UNMAP_HEADER_LEN = 8
 UNMAP_DESCRIPTOR_LEN = 16
 # WRITE SAME without store support writes this many bytes of replicated block per call.
 WRITE_SAME_CHUNK_BYTES = 1024 * 1024
+# SBC-3 5.17: READ DEFECT DATA REQ_PLIST / REQ_GLIST echo back as PLISTV / GLISTV.
+DEFECT_PLIST = 0x10
+DEFECT_GLIST = 0x08
+DEFECT_FORMAT_MASK = 0x07
 # START STOP UNIT byte 4.
 START_STOP_NO_FLUSH = 0x04
 START_STOP_START = 0x01
@@ -135,28 +142,31 @@ def verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int
     return None
 
 
-# -- COMPARE AND WRITE (SBC-3 5.2)
-def compare_and_write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                      aux: int):
-    """Atomic against other writes: compare and write run with no await in between, and
-    only after every write already handed to the executor has finished."""
-    if not blocks:
-        return None
+# -- COMPARE AND WRITE (SBC-3 5.2) and ORWRITE (SBC-3 5.10): read-modify-write commands
+def _atomically(lu: LogicalUnit, work, *args):
+    """Run ``work`` with no await between its read and its write, and only after every write
+    already handed to the executor has finished: atomic against all other writes."""
     if lu.pending_writes:
-        return _compare_and_write_later(lu, task, lba, blocks, aux)
-    return _compare_and_write_now(lu, task, lba, blocks, aux)
+        return _atomically_later(lu, work, args)
+    return work(lu, *args)
 
 
-async def _compare_and_write_later(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                                   aux: int) -> None:
+async def _atomically_later(lu: LogicalUnit, work, args) -> None:
     while lu.pending_writes:
         await asyncio.wait(list(lu.pending_writes))
-    flush = _compare_and_write_now(lu, task, lba, blocks, aux)
+    flush = work(lu, *args)
     if flush is not None:
         await flush
 
 
-def _compare_and_write_now(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def compare_and_write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                      aux: int):
+    if not blocks:
+        return None
+    return _atomically(lu, _compare_and_write, task, lba, blocks, aux)
+
+
+def _compare_and_write(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
     bs = lu.block_size
     n = blocks * bs
     medium = bytearray(n)
@@ -165,6 +175,25 @@ def _compare_and_write_now(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: in
     if offset >= 0:
         raise ScsiError(SenseReason.MISCOMPARE_DURING_VERIFY, info=offset)
     lu.store.write(lba * bs, task.data_out[n:2 * n])
+    if aux & AUX_FUA or not lu.write_cache:
+        return _flush(lu)
+    return None
+
+
+def orwrite(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+    """ORWRITE(16): each written block is the medium's block OR the Data-Out block."""
+    if not task.data_out_len:
+        return None
+    return _atomically(lu, _orwrite, task, lba, aux)
+
+
+def _orwrite(lu: LogicalUnit, task: ScsiTask, lba: int, aux: int):
+    n = task.data_out_len
+    medium = bytearray(n)
+    lu.store.read_into(lba * lu.block_size, memoryview(medium))
+    merged = np.frombuffer(medium, dtype=np.uint8)
+    np.bitwise_or(merged, np.frombuffer(task.data_out[:n], dtype=np.uint8), out=merged)
+    lu.store.write(lba * lu.block_size, memoryview(medium))
     if aux & AUX_FUA or not lu.write_cache:
         return _flush(lu)
     return None
@@ -330,4 +359,20 @@ def get_lba_status(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blo
     body = b"".join(descs)
     data = struct.pack(">I4x", len(body) + 4) + body
     task.data_in = data[:alloc]
+    return None
+
+
+# -- READ DEFECT DATA (SBC-3 5.17, 5.18)
+def read_defect_data10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                       alloc: int):
+    """A virtual medium has no defects: both lists are valid and empty, in the format asked."""
+    flags = task.cdb[2] & (DEFECT_PLIST | DEFECT_GLIST | DEFECT_FORMAT_MASK)
+    task.data_in = struct.pack(">xBH", flags, 0)[:alloc]
+    return None
+
+
+def read_defect_data12(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                       alloc: int):
+    flags = task.cdb[1] & (DEFECT_PLIST | DEFECT_GLIST | DEFECT_FORMAT_MASK)
+    task.data_in = struct.pack(">xBHI", flags, 0, 0)[:alloc]
     return None
