@@ -61,3 +61,9 @@ def test_adding_a_lun_reports_luns_data_changed(rig, store):
     rig.target.add_lun(1, LogicalUnit(MemoryStore(), name="x", serial="01", naa=0x6001))
     assert sense_of(rig.run(TUR, lun=1)) == (UNIT_ATTENTION, 0x3F, 0x0E)
 
+
+
+def test_unit_attention_comes_before_invalid_opcode(rig):
+    rig.lu.add_ua(rig.a, SenseReason.POWER_ON_RESET)
+    assert sense_of(rig.run(bytes([0xC7, 0, 0, 0, 0, 0])))[0] == UNIT_ATTENTION
+    assert sense_of(rig.run(bytes([0xC7, 0, 0, 0, 0, 0])))[0] == 0x05

@@ -54,7 +54,9 @@ TRANSPORT_ID_ISCSI_WITH_ISID = 0x40 | PROTOCOL_ID_ISCSI
 # REGISTRATION RESOURCES when the device server cannot keep another one).
 MAX_REGISTRATIONS = 1024
 
-_CONFLICT = ScsiError(SenseReason.RESERVATION_CONFLICT)
+
+def _conflict() -> ScsiError:
+    return ScsiError(SenseReason.RESERVATION_CONFLICT)
 
 
 class Reservations:
@@ -83,7 +85,7 @@ class Reservations:
         """Raise RESERVATION CONFLICT if ``nexus`` may not run a command of class ``access``."""
         if self.spc2_holder is not None:
             if self.spc2_holder != nexus and not spc2_allowed:
-                raise _CONFLICT
+                raise _conflict()
             return
         rtype = self.type
         if rtype is None or access == PrAccess.ALLOWED or access == PrAccess.SPECIAL:
@@ -95,21 +97,21 @@ class Reservations:
             return
         if access == PrAccess.READ and rtype in WRITE_EXCLUSIVE_TYPES:
             return
-        raise _CONFLICT
+        raise _conflict()
 
     # -- SPC-2 RESERVE(6/10) / RELEASE(6/10)
     def reserve_spc2(self, nexus: Nexus) -> None:
         # SPC-4 5.9.3: RESERVE while persistent registrations exist -> RESERVATION CONFLICT.
         if self.registrations or self.type is not None:
-            raise _CONFLICT
+            raise _conflict()
         if self.spc2_holder is not None and self.spc2_holder != nexus:
-            raise _CONFLICT
+            raise _conflict()
         self.spc2_holder = nexus
         self._update()
 
     def release_spc2(self, nexus: Nexus) -> None:
         if self.type is not None:
-            raise _CONFLICT
+            raise _conflict()
         # SPC-2 7.21: RELEASE from a nexus that holds nothing is GOOD and changes nothing.
         if self.spc2_holder == nexus:
             self.spc2_holder = None
@@ -152,7 +154,7 @@ class Reservations:
 def _registered_key(res: Reservations, nexus: Nexus, key: int) -> None:
     """SPC-4 5.9.7: RESERVATION KEY must match this nexus's registration."""
     if res.registrations.get(nexus) != key:
-        raise _CONFLICT
+        raise _conflict()
 
 
 def persistent_reserve_out(lu: LogicalUnit, nexus: Nexus, action: int, scope_type: int,
@@ -160,7 +162,7 @@ def persistent_reserve_out(lu: LogicalUnit, nexus: Nexus, action: int, scope_typ
     """PERSISTENT RESERVE OUT (SPC-4 6.16) with a basic parameter list already gathered."""
     res = lu.reservations
     if res.spc2_holder is not None and res.spc2_holder != nexus:
-        raise _CONFLICT
+        raise _conflict()
     if len(param) != PROUT_PARAM_LEN:
         raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
     key, sa_key, flags = struct.unpack_from(">QQ4xB", param, 0)
@@ -212,9 +214,9 @@ def _register(lu: LogicalUnit, res: Reservations, nexus: Nexus, key: int, sa_key
     current = res.registrations.get(nexus)
     if check_key:
         if current is None and key != 0:
-            raise _CONFLICT
+            raise _conflict()
         if current is not None and key != current:
-            raise _CONFLICT
+            raise _conflict()
     if sa_key == 0:
         if current is not None:
             res._unregister(lu, nexus)
@@ -235,7 +237,7 @@ def _reserve(res: Reservations, nexus: Nexus, rtype: PrType) -> None:
         return
     if res.is_holder(nexus) and res.type == rtype:
         return
-    raise _CONFLICT
+    raise _conflict()
 
 
 def _preempt(lu: LogicalUnit, res: Reservations, nexus: Nexus, sa_key: int,
@@ -267,7 +269,7 @@ def _preempt(lu: LogicalUnit, res: Reservations, nexus: Nexus, sa_key: int,
                         in_cdb=False)
     victims = [n for n, k in res.registrations.items() if k == sa_key]
     if not victims:
-        raise _CONFLICT
+        raise _conflict()
     for victim in victims:
         del res.registrations[victim]
         if victim != nexus:

@@ -23,11 +23,6 @@ log = logging.getLogger(__name__)
 _OUT = Direction.OUT
 CONTROL_NACA = 0x04
 
-_LU_NOT_SUPPORTED = ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
-_INVALID_OPCODE = ScsiError(SenseReason.INVALID_COMMAND_OPERATION_CODE, field=(0, None))
-_INVALID_ACTION = ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
-_LBA_OUT_OF_RANGE = ScsiError(SenseReason.LBA_OUT_OF_RANGE)
-_SHORT_DATA = ScsiError(SenseReason.INVALID_FIELD_IN_INFORMATION_UNIT)
 
 # Task management functions and the unit attention each leaves behind (SAM-5 7.x).
 TMF_RESETS = {
@@ -111,24 +106,26 @@ class ScsiTarget:
         lu = self.luns.get(task.lun)
         spec: CommandSpec | None = (NO_LU_TABLE if lu is None else lu.table)[cdb[0]]
         if spec is None:
-            raise _INVALID_OPCODE if lu is not None else _LU_NOT_SUPPORTED
+            if lu is None:
+                raise ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
+            # SAM-5 5.14: a pending unit attention is reported before anything else
+            if lu.ua:
+                self._unit_attention(lu, task)
+            raise ScsiError(SenseReason.INVALID_COMMAND_OPERATION_CODE, field=(0, None))
         if spec.service_actions is not None:
             spec = spec.service_actions.get(cdb[1] & 0x1F)
             if spec is None:
-                raise _INVALID_ACTION
+                raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
         n = spec.cdb_len
         if len(cdb) < n:
             raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(len(cdb) - 1, None))
         if cdb[n - 1] & CONTROL_NACA:
             raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(n - 1, 2))
-        if lu is not None:
-            if lu.ua and not spec.ua_exempt:
-                reason = lu.pop_ua(task.nexus)
-                if reason is not None:
-                    raise ScsiError(reason)
+        if lu is not None and lu.ua and not spec.ua_exempt:
+            self._unit_attention(lu, task)
         lba, blocks, xfer, aux = spec.decode(cdb, lu)
         if spec.ranged and lba + blocks > lu.num_blocks:
-            raise _LBA_OUT_OF_RANGE
+            raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
         if lu is not None and lu.reservations.active:
             lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
         task.cdb_xfer_len = xfer
@@ -141,6 +138,12 @@ class ScsiTarget:
         task.handler = (spec, lu, lba, blocks, aux)
 
     @staticmethod
+    def _unit_attention(lu: LogicalUnit, task: ScsiTask) -> None:
+        reason = lu.pop_ua(task.nexus)
+        if reason is not None:
+            raise ScsiError(reason)
+
+    @staticmethod
     def _data_out_len(spec: CommandSpec, lu: LogicalUnit, edtl: int, xfer: int) -> int:
         """Bytes of Data-Out to gather, given what the initiator sends (SAM-5 5.4.2)."""
         rule = spec.data
@@ -150,13 +153,13 @@ class ScsiTarget:
             return xfer
         if rule == DataRule.BLOCKS:
             if edtl % lu.block_size:
-                raise _SHORT_DATA
+                raise ScsiError(SenseReason.INVALID_FIELD_IN_INFORMATION_UNIT)
             return edtl
         if rule == DataRule.PARAM:
             return edtl
         if rule == DataRule.EXACT:
             raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB)
-        raise _SHORT_DATA
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_INFORMATION_UNIT)
 
     def execute(self, task: ScsiTask):
         """Run a prepared task: None when done, or a coroutine the fabric awaits."""
