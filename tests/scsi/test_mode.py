@@ -99,3 +99,14 @@ def test_mode_select6_wrong_block_length_is_rejected(rig):
     param = bytes([0, 0, 0, 8]) + struct.pack(">II", 0, 4096)
     assert sense_of(rig.run(bytes([0x15, 0x10, 0, 0, len(param), 0]), param)) == \
         (ILLEGAL, 0x26, 0)
+
+
+def test_wce_chosen_by_the_host_survives_a_lun_reset(rig):
+    param = caching_select(rig, wce=False)
+    rig.run(bytes([0x15, 0x10, 0, 0, len(param), 0]), param)
+    rig.target.task_management("LUN_RESET", rig.a, 0)
+    assert rig.lu.write_cache is False
+
+
+def test_mode_select6_empty_parameter_list_changes_nothing(rig):
+    assert rig.run(bytes([0x15, 0x00, 0, 0, 0, 0]), b"").status == SAM_STAT_GOOD

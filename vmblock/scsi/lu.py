@@ -113,9 +113,12 @@ class LogicalUnit:
         self.reservations.nexus_lost(nexus)
 
     def reset(self, reason: SenseReason) -> None:
-        """LOGICAL UNIT RESET / target reset (SAM-5 6.3): drop SPC-2 reservations, tell everyone."""
+        """LOGICAL UNIT RESET / target reset (SAM-5 6.3): drop SPC-2 reservations, tell everyone.
+
+        The current WCE survives the reset: falling back to a write-back default behind the
+        back of a host that chose write-through could lose writes it believes durable.
+        """
         self.reservations.reset()
-        self.write_cache = self.default_write_cache
         self.ua.clear()
         self.add_ua_all(reason)
 

@@ -116,14 +116,14 @@ def mode_sense(lu: LogicalUnit, cdb, ten: bool) -> bytes:
 
 def mode_select(lu: LogicalUnit, cdb, param, ten: bool) -> bool:
     """Apply MODE SELECT(6)/(10) data (SPC-4 6.9, 6.10); True when a parameter changed."""
+    if not param:
+        return False
     if cdb[1] & 0x01:        # SP: no saved pages
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 0))
     if not cdb[1] & 0x10:    # PF=0: vendor-specific page format, which we have none of
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
     hdr_len = 8 if ten else 4
     if len(param) < hdr_len:
-        if not param:
-            return False
         raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
     desc_len = struct.unpack_from(">H", param, 6)[0] if ten else param[3]
     pos = hdr_len + desc_len

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from vmblock.scsi.target import ScsiTarget
 
 READ_CAPACITY_10_MAX_LBA = 0xFFFFFFFF
-READ_CAPACITY_16_LEN = 32
 # SBC-3 5.16.2: LBPME / LBPRZ bits of READ CAPACITY(16) byte 14.
 RC16_LBPME = 0x80
 RC16_LBPRZ = 0x40
@@ -112,14 +111,13 @@ def write_and_verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, b
 
 
 # -- VERIFY (SBC-3 5.33)
-def _first_mismatch(a: memoryview, b: memoryview) -> int:
-    step = 4096
-    for start in range(0, len(a), step):
-        if a[start:start + step] != b[start:start + step]:
-            for i in range(start, min(start + step, len(a))):
-                if a[i] != b[i]:
-                    return i
-    return -1
+def _first_mismatch(medium: bytearray, expect) -> int:
+    """Offset of the first byte where ``expect`` differs from ``medium``, or -1."""
+    if medium == expect:
+        return -1
+    diff = np.flatnonzero(np.frombuffer(medium, dtype=np.uint8)
+                          != np.frombuffer(expect, dtype=np.uint8))
+    return int(diff[0])
 
 
 def verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, bytchk: int):
@@ -132,10 +130,10 @@ def verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int
     lu.store.read_into(lba * bs, memoryview(medium))
     expect = task.data_out
     if bytchk == BYTCHK_COMPARE:
-        offset = _first_mismatch(memoryview(medium), expect[:len(medium)])
+        offset = _first_mismatch(medium, expect[:len(medium)])
     else:
         block = bytes(expect[:bs])
-        offset = _first_mismatch(memoryview(medium), memoryview(block * blocks))
+        offset = _first_mismatch(medium, block * blocks)
     if offset >= 0:
         # SBC-3 5.33: INFORMATION = offset of the first miscompared byte in the Data-Out.
         raise ScsiError(SenseReason.MISCOMPARE_DURING_VERIFY, info=offset)
@@ -171,7 +169,7 @@ def _compare_and_write(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, a
     n = blocks * bs
     medium = bytearray(n)
     lu.store.read_into(lba * bs, memoryview(medium))
-    offset = _first_mismatch(memoryview(medium), task.data_out[:n])
+    offset = _first_mismatch(medium, task.data_out[:n])
     if offset >= 0:
         raise ScsiError(SenseReason.MISCOMPARE_DURING_VERIFY, info=offset)
     lu.store.write(lba * bs, task.data_out[n:2 * n])
