@@ -39,8 +39,8 @@ WRITE_SAME_ANCHOR = 0x10
 WRITE_SAME_NDOB = 0x01
 IMMED = 0x02            # PRE-FETCH / SYNCHRONIZE CACHE
 
-# aux flags of block commands
-AUX_FUA = 0x1
+# aux flags of block commands; AUX_FUA is the CDB's own bit so READ/WRITE pass it through
+AUX_FUA = FUA
 AUX_UNMAP = 0x2
 AUX_NDOB = 0x4
 
@@ -79,25 +79,32 @@ def rw6(cdb, lu: LogicalUnit) -> Decoded:
     return lba, blocks, blocks * lu.block_size, 0
 
 
+# READ/WRITE(10/12/16) are the hot path: the checks of _rw_flags / _check_transfer inline.
 def rw10(cdb, lu: LogicalUnit) -> Decoded:
     flags, lba, blocks = _RW10.unpack_from(cdb, 1)
-    aux = _rw_flags(flags)
-    _check_transfer(lu, blocks, 7)
-    return lba, blocks, blocks * lu.block_size, aux
+    if flags & PROTECT_MASK:
+        raise invalid_cdb(1, 7)
+    if blocks > lu.max_transfer_blocks:
+        raise invalid_cdb(7)
+    return lba, blocks, blocks * lu.block_size, flags & AUX_FUA
 
 
 def rw12(cdb, lu: LogicalUnit) -> Decoded:
     flags, lba, blocks = _RW12.unpack_from(cdb, 1)
-    aux = _rw_flags(flags)
-    _check_transfer(lu, blocks, 6)
-    return lba, blocks, blocks * lu.block_size, aux
+    if flags & PROTECT_MASK:
+        raise invalid_cdb(1, 7)
+    if blocks > lu.max_transfer_blocks:
+        raise invalid_cdb(6)
+    return lba, blocks, blocks * lu.block_size, flags & AUX_FUA
 
 
 def rw16(cdb, lu: LogicalUnit) -> Decoded:
     flags, lba, blocks = _RW16.unpack_from(cdb, 1)
-    aux = _rw_flags(flags)
-    _check_transfer(lu, blocks, 10)
-    return lba, blocks, blocks * lu.block_size, aux
+    if flags & PROTECT_MASK:
+        raise invalid_cdb(1, 7)
+    if blocks > lu.max_transfer_blocks:
+        raise invalid_cdb(10)
+    return lba, blocks, blocks * lu.block_size, flags & AUX_FUA
 
 
 def _verify(flags: int, lba: int, blocks: int, lu: LogicalUnit, len_byte: int) -> Decoded:
