@@ -378,9 +378,6 @@ def test_fuzz_full_feature_pdus_leave_the_server_healthy(vmblock_server, watch):
     assert p.returncode == 0, p.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="connection._scsi_cmd allocates bytearray(data_out_len) (up to "
-                   "8 MiB, zero-filled) per WRITE before any Data-Out arrives; 128 outstanding WRITEs "
-                   "per session, sessions unbounded: RSS grows ~1 GiB per session without sending data")
 def test_outstanding_writes_without_data_do_not_grow_memory(vmblock_server):
     pid = vmblock_server.proc.pid
     with IscsiClient(vmblock_server.host, vmblock_server.port) as c:

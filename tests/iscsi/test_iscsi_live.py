@@ -156,8 +156,6 @@ def _victim_and_open_target(server):
     return victim
 
 
-@pytest.mark.xfail(strict=True, reason="SessionRegistry.check_join does not compare the target: a "
-                   "login to an open target with the TSIH/ISID/name of a CHAP session joins it")
 def test_login_to_an_open_target_cannot_take_over_a_chap_session(vmblock_server):
     victim = _victim_and_open_target(vmblock_server)
     with victim, client(vmblock_server) as attacker:
@@ -166,8 +164,6 @@ def test_login_to_an_open_target_cannot_take_over_a_chap_session(vmblock_server)
         assert rsp.login_status != 0
 
 
-@pytest.mark.xfail(strict=True, reason="SessionRegistry.check_join ignores SessionType: a discovery "
-                   "login with the TSIH/ISID/name of a CHAP session joins it")
 def test_discovery_login_cannot_take_over_a_chap_session(vmblock_server):
     victim = _victim_and_open_target(vmblock_server)
     with victim, client(vmblock_server) as attacker:
@@ -227,9 +223,6 @@ def _rss_mib(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
-@pytest.mark.xfail(strict=True, reason="Connection.__init__ allocates its full-feature receive "
-                   "buffer, 2*(max_pdu+64 KiB) ~ 640 KiB zero-filled, for every TCP connection before "
-                   "any login; idle connections hold it for LOGIN_TIMEOUT (30 s), with no cap")
 def test_idle_connections_before_login_hold_little_memory(vmblock_server):
     pid = vmblock_server.proc.pid
     before = _rss_mib(pid)

@@ -322,9 +322,6 @@ def test_joining_with_another_isid_is_refused():
     assert r.status != 0
 
 
-@pytest.mark.xfail(strict=True, reason="SessionRegistry.check_join compares only ISID and "
-                   "InitiatorName: a connection that logged in to an open target joins (and "
-                   "reinstates the connection of) a session of a CHAP-protected target")
 def test_joining_a_session_of_another_target_is_refused():
     svc = service()
     _victim(svc, SECURE)
@@ -333,8 +330,6 @@ def test_joining_a_session_of_another_target_is_refused():
     assert r.status != 0
 
 
-@pytest.mark.xfail(strict=True, reason="SessionRegistry.check_join ignores SessionType: a discovery "
-                   "login (no target, discovery auth) joins a normal session by its TSIH")
 def test_discovery_login_cannot_join_a_normal_session():
     svc = service()
     _victim(svc, SECURE)

@@ -146,9 +146,6 @@ def test_finish_caps_first_burst_at_max_burst():
     assert n.number("FirstBurstLength") <= n.number("MaxBurstLength") == 4096
 
 
-@pytest.mark.xfail(strict=True, reason="params.Negotiation answers FirstBurstLength by the MIN rule "
-                   "alone; finish() clamps the result later, so the answer sent to the initiator "
-                   "exceeds the MaxBurstLength answered in the same PDU")
 def test_first_burst_answer_never_exceeds_max_burst_answer():
     n = neg()
     answers = {}

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 import struct
 import time
 
+from ..scsi.sense import ScsiError, SenseReason, fail
 from ..scsi.task import SAM_STAT_GOOD, ScsiTask
 from . import params, pdu as P
 from .login import LoginNegotiator, LOGIN_SUCCESS
@@ -24,6 +26,7 @@ log = logging.getLogger("vmblock.iscsi")
 LOGIN_MRDSL = 8192                  # RFC 7143 13.12 default until negotiated
 MAX_AHS = 1020
 MAX_WRITE_BUFFER = 64 << 20         # largest Data-Out we gather for one command
+WRITE_BUDGET = 32 << 20             # Data-Out buffers one connection may hold before R2Ts wait
 LOGIN_TIMEOUT = 30.0
 MIN_READ_ROOM = 65536
 
@@ -66,7 +69,7 @@ class TaskState:
     """Fabric-side state of one SCSI command: Data-Out collection and R2Ts."""
 
     __slots__ = ("conn", "task", "buf", "want", "received", "unsolicited", "next_r2t",
-                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done")
+                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged")
 
     # A Data-Out sequence (one R2T, or the unsolicited burst) is [next offset, end, next DataSN];
     # with DataPDUInOrder=Yes each PDU must continue exactly where the last one ended.
@@ -85,10 +88,13 @@ class TaskState:
         self.r2tsn = 0
         self.aborted = False
         self.done = False
+        self.charged = 0                # bytes of the connection's write budget it holds
 
     def abort(self) -> None:
         self.aborted = True
         self.task.aborted = True
+        self.buf = None
+        self.conn._release(self)
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -99,7 +105,7 @@ class Connection(asyncio.BufferedProtocol):
         self.portal = portal
         self.transport = None
         self.peer = ("?", 0)
-        self.rbuf = bytearray(2 * (service.max_pdu + MIN_READ_ROOM))
+        self.rbuf = bytearray(2 * (LOGIN_MRDSL + 2048) + MIN_READ_ROOM)   # grown after login
         self.rview = memoryview(self.rbuf)
         self.rstart = self.rend = 0
         self.rx_limit = LOGIN_MRDSL
@@ -122,6 +128,8 @@ class Connection(asyncio.BufferedProtocol):
         self.text_ttt = P.RSVD_TAG
         self.text_rest = b""
         self.text_pending = bytearray()
+        self.write_bytes = 0            # Data-Out buffer bytes held by admitted tasks
+        self.write_waiting: deque[TaskState] = deque()
         self.handlers = {
             P.OP_NOP_OUT: self._nop_out,
             P.OP_SCSI_CMD: self._scsi_cmd,
@@ -134,6 +142,12 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peer = transport.get_extra_info("peername") or ("?", 0)
+        if len(self.service.connections) >= self.service.max_connections:
+            log.warning("%s: refused, %d connections open", self.peer[0], len(self.service.connections))
+            self.closing = True
+            transport.abort()
+            return
+        self.portal = transport.get_extra_info("sockname") or self.portal
         self.service.connections.add(self)
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(LOGIN_TIMEOUT, self._login_timeout)
@@ -180,8 +194,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- framing -----------------------------------------------------------------------
     def _process_input(self) -> None:
-        view = self.rview
         while not self.closing:
+            view = self.rview                      # replaced once, when login completes
             start = self.rstart
             avail = self.rend - start
             if avail < P.BHS_LEN:
@@ -333,6 +347,11 @@ class Connection(asyncio.BufferedProtocol):
         self.data_digest = neg.value("DataDigest") == "CRC32C"
         self.peer_mrdsl = neg.number("MaxRecvDataSegmentLength")
         self.rx_limit = neg.target_mrdsl
+        pending = self.rview[self.rstart:self.rend]
+        self.rbuf = bytearray(2 * (self.service.max_pdu + MIN_READ_ROOM))
+        self.rbuf[:len(pending)] = pending
+        self.rview = memoryview(self.rbuf)
+        self.rstart, self.rend = 0, len(pending)
         self.max_burst = neg.number("MaxBurstLength")
         self.first_burst = neg.number("FirstBurstLength")
         self.max_r2t = neg.number("MaxOutstandingR2T")
@@ -418,17 +437,48 @@ class Connection(asyncio.BufferedProtocol):
         if want == 0:
             self._execute(st)
             return
-        st.buf = bytearray(want)
         st.want = want
-        n = min(dlen, want)
-        st.buf[:n] = data[:n]
         st.received = dlen
+        st.next_r2t = dlen
         if not p.final:
             st.unsolicited = [dlen, min(edtl, self.first_burst), 0]
-        if st.received >= want:
+        # Data the initiator sends unasked must have room now; the rest is solicited only
+        # while the connection's write budget allows, so idle WRITEs cannot pin memory.
+        early = min(want, st.unsolicited[1] if st.unsolicited else dlen)
+        if early < want and self.write_bytes and self.write_bytes + want > WRITE_BUDGET:
+            st.buf = bytearray(early)
+            self.write_waiting.append(st)
+        else:
+            self._admit(st)
+        n = min(dlen, want)
+        st.buf[:n] = data[:n]
+        self._write_progress(st)
+
+    def _admit(self, st: TaskState) -> None:
+        """Give ``st`` its whole Data-Out buffer, charged to the write budget."""
+        if st.buf is None:
+            st.buf = bytearray(st.want)
+        elif len(st.buf) < st.want:
+            st.buf[len(st.buf):] = bytes(st.want - len(st.buf))
+        st.charged = st.want
+        self.write_bytes += st.want
+
+    def _release(self, st: TaskState) -> None:
+        """Return ``st``'s budget and let waiting WRITEs be solicited."""
+        if st.charged:
+            self.write_bytes -= st.charged
+            st.charged = 0
+        while self.write_waiting and (not self.write_bytes or
+                                      self.write_bytes + self.write_waiting[0].want <= WRITE_BUDGET):
+            nxt = self.write_waiting.popleft()
+            if not (nxt.done or nxt.aborted):
+                self._admit(nxt)
+                self._write_progress(nxt)
+
+    def _write_progress(self, st: TaskState) -> None:
+        if st.received >= st.want:
             self._execute(st)
-        elif not st.unsolicited:
-            st.next_r2t = st.received
+        elif st.charged and not st.unsolicited:
             self._send_r2ts(st)
 
     def _extended_cdb(self, cdb: bytes, ahs: bytes, header) -> bytes:
@@ -452,11 +502,16 @@ class Connection(asyncio.BufferedProtocol):
         ttt = p.ttt
         seq = st.unsolicited if ttt == P.RSVD_TAG else st.r2ts.get(ttt)
         # RFC 7143 11.7.5/11.7.6: DataSN counts from 0 in each sequence; offsets in order.
+        # At ERL 0 a sequence error ends the task, not the connection (RFC 7143 7.1.4.1).
         if seq is None or off != seq[0] or off + n > seq[1] or p.w36 != seq[2]:
-            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "Data-Out out of sequence", bytes(header))
+            log.warning("%s: Data-Out out of sequence for ITT %#x", self.peer[0], p.itt)
+            st.buf = None
+            fail(st.task, ScsiError(SenseReason.DATA_OFFSET_ERROR))
+            self._complete(st)
+            return
         seq[0] += n
         seq[2] += 1
-        end = min(off + n, st.want)
+        end = min(off + n, len(st.buf))
         if end > off:
             st.buf[off:end] = data[:end - off]
         st.received += n
@@ -466,10 +521,7 @@ class Connection(asyncio.BufferedProtocol):
                 st.next_r2t = max(st.next_r2t, st.received)
             else:
                 del st.r2ts[ttt]
-        if st.received >= st.want:
-            self._execute(st)
-        elif not st.unsolicited:
-            self._send_r2ts(st)
+        self._write_progress(st)
 
     def _send_r2ts(self, st: TaskState) -> None:
         exp, mx = self._window()
@@ -507,6 +559,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _complete(self, st: TaskState, failed: bool = False) -> None:
         st.done = True
+        self._release(st)
         task = st.task
         sess = self.session
         if sess is not None and sess.tasks.get(task.itt) is st:
@@ -663,7 +716,7 @@ class Connection(asyncio.BufferedProtocol):
         neg = self.session.params
         for key, value in pairs:
             if key == "SendTargets":
-                out.extend(self.service.send_targets(value, self.session, self.portal))
+                out.extend(self.service.send_targets(value, self.session))
                 continue
             if key in params.DECLARATIONS:
                 out.append((key, params.REJECT))

@@ -134,7 +134,6 @@ class LoginNegotiator:
         if transit and ready:
             reply.flags = LOGIN_FLAG_TRANSIT | (csg << 2) | nsg
             if nsg == STAGE_FULL_FEATURE:
-                self.neg.finish()
                 reply.done = True
         else:
             reply.flags = csg << 2
@@ -202,5 +201,9 @@ class LoginNegotiator:
             answer = self.neg.respond(k, v, phase)
             if answer is not None:
                 reply.text.append((k, answer))
+        self.neg.finish()
+        # RFC 7143 13.14: FirstBurstLength never exceeds MaxBurstLength, in the answer too.
+        reply.text = [(k, self.neg.value(k) if k == "FirstBurstLength" and v not in
+                       (params.REJECT, params.IRRELEVANT) else v) for k, v in reply.text]
         if csg == STAGE_OPERATIONAL:
             reply.text.extend(self.neg.declarations())

@@ -189,6 +189,8 @@ class Negotiation:
                 return REJECT
             mine = parse_number(ours)
             res = min(n, mine) if rule == NUM_MIN else max(n, mine)
+            if key == "FirstBurstLength":           # RFC 7143 13.14: never above MaxBurstLength
+                res = min(res, int(self.result["MaxBurstLength"]))
             self.result[key] = str(res)
             return str(res)
         if rule in (BOOL_OR, BOOL_AND):

@@ -22,6 +22,7 @@ log = logging.getLogger("vmblock.iscsi")
 
 WILDCARDS = ("", "0.0.0.0", "::")
 PDU_OVERHEAD = 48 + 1024 + 8      # BHS, largest AHS, two digests
+MAX_CONNECTIONS = 256             # bounds memory: each holds ~2 PDUs of receive buffer
 
 
 @dataclass
@@ -49,6 +50,7 @@ class IscsiService:
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.bound_portals: list[tuple[str, int]] = []
+        self.max_connections = MAX_CONNECTIONS
         self.reconfigure(config or IscsiConfig())
 
     def reconfigure(self, config: IscsiConfig) -> None:
@@ -94,7 +96,7 @@ class IscsiService:
                     out.append(addr)
         return out
 
-    def send_targets(self, value: str, session, portal) -> list[tuple[str, str]]:
+    def send_targets(self, value: str, session) -> list[tuple[str, str]]:
         """SendTargets answer: all targets in a discovery session, only the session's own
         target in a normal one (RFC 7143 Appendix C)."""
         if session.discovery:

@@ -87,6 +87,9 @@ class SessionRegistry:
             return LOGIN_SESSION_DOES_NOT_EXIST
         if sess.isid != login.isid or sess.initiator != login.initiator:
             return LOGIN_INITIATOR_ERROR
+        # A connection joins only the session it authenticated for: same type, same target.
+        if sess.discovery != login.discovery or sess.target is not login.target:
+            return LOGIN_INITIATOR_ERROR
         max_conns = sess.params.number("MaxConnections")
         if login.cid not in sess.connections and len(sess.connections) >= max_conns:
             return LOGIN_TOO_MANY_CONNECTIONS
