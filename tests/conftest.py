@@ -68,6 +68,7 @@ class VmblockServer:
             if m:
                 return m.group(1), int(m.group(2))
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"vmblock serve exited {self.proc.returncode} before it was "
                                    f"ready:\n{self.log()}")
             time.sleep(0.05)
