@@ -1,0 +1,42 @@
+"""libiscsi's conformance suite (iscsi-test-cu) against a live vmblock LUN.
+
+The suite runs every SCSI and iSCSI test it has (-d allows tests that overwrite data). CUnit's
+own verdict decides: every test that ran must pass. tools/conformance prints the side-by-side
+score against tgt with ../shared/tools/cu_score.py.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+SUMMARY_RE = re.compile(r"^\s+tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", re.MULTILINE)
+TEST_RE = re.compile(r"^Suite: (\S+)|^  Test: (\S+) \.\.\.", re.MULTILINE)
+
+
+def failed_tests(output: str) -> list[str]:
+    """Names of the tests whose CUnit verdict is FAILED (the line after their log)."""
+    failed, suite, current = [], "", None
+    for line in output.splitlines():
+        m = TEST_RE.match(line)
+        if m and m.group(1):
+            suite = m.group(1)
+        elif m:
+            current = f"{suite}.{m.group(2)}"
+        if current and (line == "FAILED" or line.endswith("...FAILED")):
+            failed.append(current)
+    return failed
+
+
+@pytest.mark.timeout(900)
+def test_iscsi_test_cu_has_no_failures(vmblock_server):
+    p = subprocess.run(["iscsi-test-cu", "-d", "-t", "ALL", vmblock_server.url()],
+                       capture_output=True, text=True, timeout=880)
+    out = p.stdout + p.stderr
+    m = SUMMARY_RE.search(out)
+    assert m, f"no CUnit summary in iscsi-test-cu output:\n{out[-3000:]}"
+    total, ran, passed, failed, inactive = map(int, m.groups())
+    assert ran > 200, f"only {ran} of {total} tests ran"
+    assert failed == 0, f"{failed} tests failed: {failed_tests(out)}"
