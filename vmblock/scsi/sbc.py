@@ -88,11 +88,13 @@ def write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
     if n <= lu.sync_io_bytes:
         lu.store.write(lba * lu.block_size, data)
         return _flush(lu) if durable else None
-    return _write_async(lu, lba * lu.block_size, data, durable)
+    return _write_async(lu, (lu.store.write, lba * lu.block_size, data), durable)
 
 
-async def _write_async(lu: LogicalUnit, offset: int, data: memoryview, durable) -> None:
-    fut = _run(lu, lu.store.write, offset, data)
+async def _write_async(lu: LogicalUnit, work: tuple, durable: bool) -> None:
+    """Run a store write ``work`` = (fn, *args) in the executor, tracked so COMPARE AND
+    WRITE can wait for it; flush afterwards when the write must be durable."""
+    fut = _run(lu, *work)
     lu.pending_writes.add(fut)
     try:
         await fut
@@ -217,18 +219,7 @@ def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks:
     if length <= lu.sync_io_bytes:
         work[0](*work[1:])
         return _flush(lu) if durable else None
-    return _write_same_async(lu, work, durable)
-
-
-async def _write_same_async(lu: LogicalUnit, work: tuple, durable: bool) -> None:
-    fut = _run(lu, *work)
-    lu.pending_writes.add(fut)
-    try:
-        await fut
-    finally:
-        lu.pending_writes.discard(fut)
-    if durable:
-        await _flush(lu)
+    return _write_async(lu, work, durable)
 
 
 def _write_same_by_chunks(lu: LogicalUnit, offset: int, length: int, block: bytes) -> None:
