@@ -106,6 +106,7 @@ class IscsiClient:
         self.target_mrdsl = 8192
         self.header_digest = self.data_digest = False     # CRC32C, once in full feature phase
         self.bad_digests = 0                              # target PDUs whose digests were wrong
+        self.stray: list[TargetPdu] = []                  # PDUs ``tmf`` read past
 
     # ---- raw I/O ----------------------------------------------------------------------
     def close(self) -> None:
@@ -353,6 +354,43 @@ class IscsiClient:
         self.send_pdu(P.build_initiator_pdu(P.OP_LOGOUT_REQ, P.FLAG_FINAL, immediate=True, itt=itt,
                                             words=(0, self.cmdsn, self.exp_statsn, 0, 0, 0, 0)))
         return self.recv_skip_nops()
+
+    def text_all(self, pairs) -> list[TargetPdu]:
+        """A Text Request and its continuations: while the target answers with the C bit, send
+        an empty Text Request with the same ITT and the target's TTT (RFC 7143 11.10.2, 11.11.4).
+        Returns every Text Response, in order; the caller joins their data."""
+        itt = self.next_itt()
+        data, ttt, out = text_bytes(pairs), P.RSVD_TAG, []
+        for _ in range(1024):                        # bound a target that never stops
+            self.send_pdu(P.build_initiator_pdu(P.OP_TEXT_REQ, P.FLAG_FINAL, dlen=len(data), itt=itt,
+                                                words=(ttt, self.cmdsn, self.exp_statsn,
+                                                       0, 0, 0, 0)), data)
+            self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
+            rsp = self.recv_skip_nops()
+            if rsp.opcode != P.OP_TEXT_RSP or rsp.itt != itt:
+                raise ClientError(f"expected a Text Response for {itt:#x}, got opcode {rsp.opcode:#x}")
+            self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
+            out.append(rsp)
+            if not rsp.flags & P.TEXT_FLAG_CONTINUE:
+                return out
+            data, ttt = b"", rsp.ttt
+        raise ClientError("Text Response continued more than 1024 times")
+
+    def tmf(self, function: int, ref_itt: int = P.RSVD_TAG, ref_cmdsn: int = 0,
+            lun: int = 0) -> TargetPdu:
+        """Send an immediate Task Management Function Request (RFC 7143 11.5) and return its
+        response; PDUs for other ITTs that arrive first are kept in ``self.stray``."""
+        itt = self.next_itt()
+        self.send_pdu(P.build_initiator_pdu(P.OP_TMF_REQ, P.FLAG_FINAL | function, immediate=True,
+                                            lun=P.encode_lun(lun), itt=itt,
+                                            words=(ref_itt, self.cmdsn, self.exp_statsn, ref_cmdsn,
+                                                   0, 0, 0)))
+        while True:
+            rsp = self.recv_skip_nops()
+            if rsp.opcode == P.OP_TMF_RSP and rsp.itt == itt:
+                self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
+                return rsp
+            self.stray.append(rsp)
 
 
 def read10(lba: int, blocks: int) -> bytes:
