@@ -29,6 +29,7 @@ MAX_WRITE_BUFFER = 64 << 20         # largest Data-Out we gather for one command
 WRITE_BUDGET = 32 << 20             # Data-Out buffers one connection may hold before R2Ts wait
 LOGIN_TIMEOUT = 30.0
 MIN_READ_ROOM = 65536
+NOP_SLACK = 0.01                    # seconds a NOP timer may fire early and still count
 
 # Task management functions (RFC 7143 11.5.1) and responses (11.6.1)
 TMF_ABORT_TASK = 1
@@ -385,21 +386,32 @@ class Connection(asyncio.BufferedProtocol):
         self._send(hdr, echo)
 
     def _nop_check(self) -> None:
+        """Ping once the connection has been idle ``nop_interval``; drop it ``nop_timeout`` after
+        an unanswered ping. The timer is set for the exact deadline, and a check up to NOP_SLACK
+        early counts as due: loop timers may fire a millisecond early, and a strict compare then
+        put the ping or the drop off by a whole interval."""
         if self.closing:
             return
         cfg = self.service.config
         now = time.monotonic()
-        if self.nop_ttt is not None and now - self.nop_sent >= cfg.nop_timeout:
-            self.terminate("initiator did not answer NOP-In")
+        if self.nop_ttt is not None:
+            left = self.nop_sent + cfg.nop_timeout - now
+            if left <= NOP_SLACK:
+                self.terminate("initiator did not answer NOP-In")
+                return
+        elif cfg.nop_interval <= 0:                 # pings switched off since this connection began
+            self.timer = None
             return
-        if self.nop_ttt is None and now - self.last_rx >= cfg.nop_interval:
-            self.nop_ttt = next(self._ttt) & 0x7FFFFFFF
-            self.nop_sent = now
-            exp, mx = self._window()
-            self._send(P.build_bhs(P.OP_NOP_IN, P.FLAG_FINAL, 0, 0, 0, 0, P.RSVD_TAG, self.nop_ttt,
-                                   self.statsn, exp, mx))
-        delay = min(cfg.nop_interval, cfg.nop_timeout) if self.nop_ttt is not None else cfg.nop_interval
-        self.timer = asyncio.get_running_loop().call_later(max(delay, 0.1), self._nop_check)
+        else:
+            left = self.last_rx + cfg.nop_interval - now
+            if left <= NOP_SLACK:
+                self.nop_ttt = next(self._ttt) & 0x7FFFFFFF
+                self.nop_sent = now
+                exp, mx = self._window()
+                self._send(P.build_bhs(P.OP_NOP_IN, P.FLAG_FINAL, 0, 0, 0, 0, P.RSVD_TAG, self.nop_ttt,
+                                       self.statsn, exp, mx))
+                left = cfg.nop_timeout
+        self.timer = asyncio.get_running_loop().call_later(max(left, NOP_SLACK), self._nop_check)
 
     # ---- SCSI commands -----------------------------------------------------------------
     def _scsi_cmd(self, p, data, header) -> None:
