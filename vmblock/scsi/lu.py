@@ -62,6 +62,10 @@ class LogicalUnit:
         self.max_transfer_blocks = MAX_TRANSFER_BYTES // bs
         self.optimal_transfer_blocks = OPTIMAL_TRANSFER_BYTES // bs
         self.optimal_granularity_blocks = max(OPTIMAL_GRANULARITY_BYTES // bs, 1)
+        # VPD B0 OPTIMAL UNMAP GRANULARITY: the store's allocation unit when it has one
+        self.unmap_granularity_blocks = (max(store.unmap_granularity // bs, 1)
+                                         if store.unmap_granularity else
+                                         self.optimal_granularity_blocks)
         # the NUMBER OF LOGICAL BLOCKS field of COMPARE AND WRITE is one byte (SBC-3 5.2)
         self.max_compare_write_blocks = min(MAX_COMPARE_WRITE_BYTES // bs, 255)
         self.max_write_same_blocks = MAX_WRITE_SAME_BYTES // bs

@@ -46,6 +46,7 @@ class SenseReason(Enum):
     WRITE_ERROR = auto()
     UNRECOVERED_READ_ERROR = auto()
     DATA_OFFSET_ERROR = auto()          # iSCSI Data-Out out of sequence (RFC 7143 11.4.7.2)
+    SPACE_ALLOCATION_FAILED_WRITE_PROTECT = auto()   # thin pool full (SBC-3 4.7.3.7)
     # unit attentions
     POWER_ON_RESET = auto()
     BUS_DEVICE_RESET_OCCURRED = auto()
@@ -55,6 +56,7 @@ class SenseReason(Enum):
     REGISTRATIONS_PREEMPTED = auto()
     CAPACITY_DATA_HAS_CHANGED = auto()
     REPORTED_LUNS_DATA_HAS_CHANGED = auto()
+    MEDIUM_MAY_HAVE_CHANGED = auto()    # the LU's data was replaced (snapshot revert)
 
 
 _CC = SAM_STAT_CHECK_CONDITION
@@ -79,6 +81,7 @@ SENSE_TABLE: dict[SenseReason, tuple[int, int, int, int]] = {
     SenseReason.WRITE_ERROR: (_CC, SenseKey.MEDIUM_ERROR, 0x0C, 0x00),
     SenseReason.UNRECOVERED_READ_ERROR: (_CC, SenseKey.MEDIUM_ERROR, 0x11, 0x00),
     SenseReason.DATA_OFFSET_ERROR: (_CC, SenseKey.ABORTED_COMMAND, 0x4B, 0x05),
+    SenseReason.SPACE_ALLOCATION_FAILED_WRITE_PROTECT: (_CC, SenseKey.DATA_PROTECT, 0x27, 0x07),
     SenseReason.POWER_ON_RESET: (_CC, _UA, 0x29, 0x00),
     SenseReason.BUS_DEVICE_RESET_OCCURRED: (_CC, _UA, 0x29, 0x03),
     SenseReason.MODE_PARAMETERS_CHANGED: (_CC, _UA, 0x2A, 0x01),
@@ -87,6 +90,7 @@ SENSE_TABLE: dict[SenseReason, tuple[int, int, int, int]] = {
     SenseReason.REGISTRATIONS_PREEMPTED: (_CC, _UA, 0x2A, 0x05),
     SenseReason.CAPACITY_DATA_HAS_CHANGED: (_CC, _UA, 0x2A, 0x09),
     SenseReason.REPORTED_LUNS_DATA_HAS_CHANGED: (_CC, _UA, 0x3F, 0x0E),
+    SenseReason.MEDIUM_MAY_HAVE_CHANGED: (_CC, _UA, 0x28, 0x00),
 }
 
 

@@ -205,7 +205,7 @@ def _vpd_block_limits(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
         0,                                      # MAXIMUM PREFETCH LENGTH: no limit
         lu.max_unmap_blocks,
         lu.max_unmap_descriptors,
-        lu.optimal_granularity_blocks if lu.can_unmap else 0,
+        lu.unmap_granularity_blocks if lu.can_unmap else 0,
         0,                                      # UGAVALID=0: no alignment requirement
         lu.max_write_same_blocks,
     )

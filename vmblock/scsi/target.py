@@ -9,6 +9,7 @@ turns a raised ``ScsiError`` into status and sense.
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from vmblock.scsi.commands import NO_LU_TABLE, CommandSpec, DataRule
@@ -186,6 +187,12 @@ class ScsiTarget:
 
     @staticmethod
     def _io_failed(task: ScsiTask, spec: CommandSpec, err: OSError) -> None:
+        if err.errno == errno.ENOSPC and spec.direction != Direction.IN:
+            # a thin store out of space (store.backend.SpaceExhausted, or a full host file
+            # system under a file tier): SBC-3 4.7.3.7, the data already written is intact
+            log.warning("%s on LUN %d: %s", spec.name, task.lun, err)
+            fail(task, ScsiError(SenseReason.SPACE_ALLOCATION_FAILED_WRITE_PROTECT))
+            return
         log.error("%s on LUN %d failed: %s", spec.name, task.lun, err)
         reason = (SenseReason.UNRECOVERED_READ_ERROR if spec.direction == Direction.IN
                   else SenseReason.WRITE_ERROR)

@@ -8,9 +8,20 @@ OPERATION CODES from that one set. Offsets and lengths are in bytes and always m
 
 from __future__ import annotations
 
+import errno
+
 CAP_UNMAP = "unmap"            # unmap(): deallocate, later reads return zeros
 CAP_WRITE_SAME = "write_same"  # write_same(): replicate one block over a range
 CAP_LBA_STATUS = "lba_status"  # lba_status(): report mapped / deallocated extents
+
+
+class SpaceExhausted(OSError):
+    """A write needed space the store does not have. The SCSI core answers DATA PROTECT,
+    SPACE ALLOCATION FAILED WRITE PROTECT (27h/07h); nothing already written is affected.
+    It is an ``OSError`` with ENOSPC, like a full host file system under a file tier."""
+
+    def __init__(self, message: str = "no space left in the pool"):
+        super().__init__(errno.ENOSPC, message)
 
 
 class BackingStore:
@@ -18,6 +29,9 @@ class BackingStore:
 
     block_size: int = 512
     capabilities: frozenset[str] = frozenset()
+    # Bytes an UNMAP must cover, aligned, to deallocate anything (VPD B0 OPTIMAL UNMAP
+    # GRANULARITY); 0 = the LU's optimal transfer granularity.
+    unmap_granularity: int = 0
 
     @property
     def size_bytes(self) -> int:
