@@ -1,0 +1,14 @@
+"""vmblock.cache: the flash-cache directory (grouped S3-FIFO), eviction groups and trace replay.
+
+``CacheDirectory`` keeps which capacity-tier blocks live in which flash slot; its per-block work
+runs in ``vmblock.native.cache`` kernels over preallocated numpy arrays, in batches. The trace
+replayer (``tools/replay.py``) drives the very same kernels.
+"""
+
+from .directory import COUNTERS, DEFAULT_BLOCK_SIZE, CacheDirectory
+from .errors import CacheError, TraceError
+from .groups import GroupSpec, parse_group, validate_groups
+from .params import S3FIFO_DEFAULTS, parse_params
+
+__all__ = ["COUNTERS", "DEFAULT_BLOCK_SIZE", "CacheDirectory", "CacheError", "TraceError",
+           "GroupSpec", "parse_group", "validate_groups", "S3FIFO_DEFAULTS", "parse_params"]

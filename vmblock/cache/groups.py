@@ -1,0 +1,90 @@
+"""Eviction groups: a named policy shared by a set of vdisks (and so VMs).
+
+``NAME:priority=P,min=F,max=F,promote=read|write|never,pinned=0|1`` — ``min`` and ``max`` are
+fractions of the cache (``0.1`` or ``10%``). Priority: a higher number is kept longer.
+Promotion: ``read`` admits blocks on read misses, ``write`` on read and write misses,
+``never`` admits nothing (the group only serves what is already cached or preloaded).
+A pinned group is never evicted from (it still cannot grow past ``max``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import CacheError
+
+PROMOTE = {"never": 0, "read": 1, "write": 2}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    priority: int = 0
+    min: float = 0.0
+    max: float = 1.0
+    promote: str = "write"
+    pinned: bool = False
+
+    def check(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise CacheError(f"invalid group name {self.name!r}")
+        if not 0.0 <= self.min <= 1.0 or not 0.0 <= self.max <= 1.0:
+            raise CacheError(f"group {self.name}: min and max must be between 0 and 100%")
+        if self.min > self.max:
+            raise CacheError(f"group {self.name}: min {self.min:.0%} is above max {self.max:.0%}")
+        if self.promote not in PROMOTE:
+            raise CacheError(f"group {self.name}: promote must be one of {', '.join(PROMOTE)}")
+
+
+def _fraction(name: str, key: str, text: str) -> float:
+    t = text.strip()
+    try:
+        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        raise CacheError(f"group {name}: {key}={text!r} is not a fraction or percentage") from None
+
+
+def parse_group(text: str) -> GroupSpec:
+    """``NAME[:key=value,...]`` -> checked ``GroupSpec``."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    kw: dict = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise CacheError(f"group {name}: {item!r} is not key=value")
+        if key == "priority":
+            try:
+                kw["priority"] = int(value)
+            except ValueError:
+                raise CacheError(f"group {name}: priority={value!r} is not an integer") from None
+        elif key in ("min", "max"):
+            kw[key] = _fraction(name, key, value)
+        elif key == "promote":
+            kw["promote"] = value.strip()
+        elif key == "pinned":
+            if value.strip() not in ("0", "1", "true", "false"):
+                raise CacheError(f"group {name}: pinned={value!r} is not 0/1")
+            kw["pinned"] = value.strip() in ("1", "true")
+        else:
+            raise CacheError(f"group {name}: unknown setting {key!r} "
+                             "(known: priority, min, max, promote, pinned)")
+    spec = GroupSpec(name, **kw)
+    spec.check()
+    return spec
+
+
+def validate_groups(specs: list[GroupSpec]) -> None:
+    """Each group valid, names unique, minimum reservations not over 100% in total."""
+    seen = set()
+    for s in specs:
+        s.check()
+        if s.name in seen:
+            raise CacheError(f"group {s.name} defined twice")
+        seen.add(s.name)
+    total = sum(s.min for s in specs)
+    if total > 1.0 + 1e-9:
+        raise CacheError(f"minimum reservations sum to {total:.0%}, over 100% of the cache")

@@ -1,0 +1,46 @@
+"""Cache parameters parsed from a defaults string (libCacheSim style, ``key=value,...``).
+
+The defaults are the S3-FIFO paper's: a small FIFO of 10% of the group's blocks, a ghost FIFO
+remembering 90% as many keys, and a block moves from small to main after 2 hits while in small
+(``move-to-main-threshold``, as libCacheSim's S3FIFO). ``idle-window`` is the number of accesses
+without a request after which a group loses the protection of its minimum reservation
+(0 = as many accesses as the cache has slots). Unknown keys are rejected.
+"""
+
+from __future__ import annotations
+
+from .errors import CacheError
+
+S3FIFO_DEFAULTS = "small-size-ratio=0.10,ghost-size-ratio=0.90,move-to-main-threshold=2,idle-window=0"
+
+_TYPES = {"small-size-ratio": float, "ghost-size-ratio": float, "move-to-main-threshold": int,
+          "idle-window": int}
+_RANGES = {"small-size-ratio": (0.0, 1.0), "ghost-size-ratio": (0.0, 4.0),
+           "move-to-main-threshold": (1, 3), "idle-window": (0, 1 << 62)}
+
+
+def _parse_into(out: dict, text: str) -> None:
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise CacheError(f"cache parameter {item!r} is not key=value")
+        if key not in _TYPES:
+            raise CacheError(f"unknown cache parameter {key!r} (known: {', '.join(_TYPES)})")
+        try:
+            v = _TYPES[key](value.strip())
+        except ValueError:
+            raise CacheError(f"cache parameter {key}={value!r} is not a number") from None
+        lo, hi = _RANGES[key]
+        if not lo <= v <= hi:
+            raise CacheError(f"cache parameter {key}={v} out of range [{lo}, {hi}]")
+        out[key] = v
+
+
+def parse_params(text: str | None = None) -> dict:
+    """The defaults overridden by ``text``; raises ``CacheError`` for unknown keys or bad values."""
+    out: dict = {}
+    _parse_into(out, S3FIFO_DEFAULTS)
+    if text:
+        _parse_into(out, text)
+    return out
