@@ -165,17 +165,66 @@ def vm_show(ctx: click.Context, name: str, as_json: bool) -> None:
         _json(v)
         return
     _fields(v, ["name", "uuid", "guest_os", "active", "meta_stale", "created"])
+    click.echo(f"{'used:':<18}{_size(v['used_bytes'])}")
+    parent = v["lineage"]["parent"]
+    if parent:
+        how = "live" if parent["live"] else f"snapshot {parent['snapshot_name']}"
+        click.echo(f"{'cloned from:':<18}{parent['vm_name']} ({how})")
     for d in v["vdisks"]:
-        click.echo(f"vdisk:            {d['name']}  {_size(d['size_bytes'])}  {d['url']}")
+        click.echo(f"vdisk:            {d['name']}  {_size(d['size_bytes'])}  "
+                   f"used {_size(d['used_bytes'])}  {d['url']}")
+    for s in v["snapshots"]:
+        click.echo(f"snapshot:         {s['name']}  {s['kind']}  {s['created']}")
+    for c in v["lineage"]["clones"]:
+        click.echo(f"clone:            {c['name']}")
 
 
 @vm.command("delete")
 @click.argument("name")
+@click.option("--purge", is_flag=True, help="Also delete its vdisks (and their data).")
 @click.pass_context
-def vm_delete(ctx: click.Context, name: str) -> None:
-    """Delete a VM that has no vdisks left."""
-    _api(ctx).vm_delete(name=name)
-    click.echo(f"deleted VM {name}")
+def vm_delete(ctx: click.Context, name: str, purge: bool) -> None:
+    """Delete a VM and its snapshots; it must have no vdisks left unless --purge."""
+    r = _api(ctx).vm_delete(name=name, purge=purge)
+    gone = f" and vdisks {', '.join(r['vdisks_deleted'])}" if r["vdisks_deleted"] else ""
+    click.echo(f"deleted VM {name}{gone}")
+
+
+@vm.command("snapshot")
+@click.argument("name")
+@click.option("--name", "snapshot", required=True, metavar="SNAPSHOT", help="Snapshot name.")
+@click.pass_context
+def vm_snapshot(ctx: click.Context, name: str, snapshot: str) -> None:
+    """Snapshot every vdisk of a VM at one instant (crash-consistent, metadata only)."""
+    s = _api(ctx).vm_snapshot(name=name, snapshot=snapshot)
+    click.echo(f"snapshot {s['name']} of VM {name}: {len(s['disks'])} vdisk(s)")
+
+
+@vm.command("clone")
+@click.argument("name")
+@click.option("--name", "new_name", required=True, metavar="NEW", help="Name of the new VM.")
+@click.option("--snapshot", metavar="SNAPSHOT", help="Clone this snapshot of the VM.")
+@click.option("--live", is_flag=True, help="Clone the VM's current state instead.")
+@click.pass_context
+def vm_clone(ctx: click.Context, name: str, new_name: str, snapshot: str | None,
+             live: bool) -> None:
+    """Create a new VM whose vdisks (new LUNs) share the source's blocks copy-on-write."""
+    v = _api(ctx).vm_clone(name=name, new_name=new_name, snapshot=snapshot, live=live)
+    for d in v["vdisks"]:
+        click.echo(f"created vdisk {d['name']} ({_size(d['size_bytes'])}) at {d['url']}")
+    click.echo(f"cloned VM {name} to {new_name}")
+
+
+@vm.command("revert")
+@click.argument("name")
+@click.option("--snapshot", required=True, metavar="SNAPSHOT")
+@click.option("--force", is_flag=True,
+              help="Revert even while iSCSI sessions use the LUNs (they get a unit attention).")
+@click.pass_context
+def vm_revert(ctx: click.Context, name: str, snapshot: str, force: bool) -> None:
+    """Revert every vdisk of a VM to a snapshot; writes since then are gone."""
+    r = _api(ctx).vm_revert(name=name, snapshot=snapshot, force=force)
+    click.echo(f"reverted {', '.join(d['name'] for d in r['vdisks'])} to {snapshot}")
 
 
 # --- vdisk -------------------------------------------------------------------------------------
@@ -234,6 +283,72 @@ def vdisk_delete(ctx: click.Context, name: str) -> None:
     """Delete a vdisk and its data; a running server drops the LUN at once."""
     _api(ctx).vdisk_delete(name=name)
     click.echo(f"deleted vdisk {name}")
+
+
+@vdisk.command("resize")
+@click.argument("name")
+@click.option("--size", required=True, help="New size (it can only grow).")
+@click.pass_context
+def vdisk_resize(ctx: click.Context, name: str, size: str) -> None:
+    """Grow a vdisk; initiators see CAPACITY DATA HAS CHANGED."""
+    d = _api(ctx).vdisk_resize(name=name, size=size)
+    click.echo(f"vdisk {name} is now {_size(d['size_bytes'])}")
+
+
+@vdisk.command("snapshot")
+@click.argument("name")
+@click.option("--name", "snapshot", required=True, metavar="SNAPSHOT", help="Snapshot name.")
+@click.pass_context
+def vdisk_snapshot(ctx: click.Context, name: str, snapshot: str) -> None:
+    """Snapshot one vdisk (metadata only)."""
+    _api(ctx).vdisk_snapshot(name=name, snapshot=snapshot)
+    click.echo(f"snapshot {snapshot} of vdisk {name}")
+
+
+@vdisk.command("revert")
+@click.argument("name")
+@click.option("--snapshot", required=True, metavar="SNAPSHOT")
+@click.option("--force", is_flag=True,
+              help="Revert even while iSCSI sessions use the LUN (they get a unit attention).")
+@click.pass_context
+def vdisk_revert(ctx: click.Context, name: str, snapshot: str, force: bool) -> None:
+    """Revert one vdisk to one of its snapshots."""
+    _api(ctx).vdisk_revert(name=name, snapshot=snapshot, force=force)
+    click.echo(f"reverted {name} to {snapshot}")
+
+
+# --- snapshot ----------------------------------------------------------------------------------
+
+@cli.group()
+def snapshot() -> None:
+    """Snapshots of VMs and vdisks."""
+
+
+@snapshot.command("list")
+@click.option("--vm", "vm_name", metavar="VM", help="Only this VM's snapshots.")
+@json_option
+@click.pass_context
+def snapshot_list(ctx: click.Context, vm_name: str | None, as_json: bool) -> None:
+    """List snapshots, oldest first."""
+    snaps = _api(ctx).snapshot_list(vm=vm_name)
+    if as_json:
+        _json(snaps)
+    else:
+        _table([[s["name"], s["kind"], s["vm_name"] or "-", s["vdisk_name"] or "-",
+                 ",".join(d["name"] for d in s["disks"]), _size(s["used_bytes"]), s["created"]]
+                for s in snaps], ["NAME", "KIND", "VM", "VDISK", "DISKS", "USED", "CREATED"])
+
+
+@snapshot.command("delete")
+@click.argument("name")
+@click.option("--vm", "vm_name", metavar="VM", help="The VM the snapshot belongs to.")
+@click.option("--vdisk", "vdisk_name", metavar="VDISK", help="Or the vdisk, for a vdisk snapshot.")
+@click.pass_context
+def snapshot_delete(ctx: click.Context, name: str, vm_name: str | None,
+                    vdisk_name: str | None) -> None:
+    """Delete a snapshot; blocks no one else shares go back to the pool."""
+    _api(ctx).snapshot_delete(name=name, vm=vm_name, vdisk=vdisk_name)
+    click.echo(f"deleted snapshot {name}")
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -319,10 +434,49 @@ def pool_show(ctx: click.Context, as_json: bool) -> None:
         _json(tree)
         return
     click.echo(f"pool: {tree['path']}")
+    st = tree["store"]
+    click.echo(f"capacity: {_size(st['used_bytes'])} used of {_size(st['capacity_bytes'])} "
+               f"({st['used_pct']}%), allocation unit {_size(st['au_size'])}")
     for t in tree["targets"]:
         click.echo(f"target {t['iqn']}: {len(t['luns'])} LUN(s)")
     click.echo(f"{len(tree['vms'])} VM(s), {len(tree['vdisks'])} vdisk(s), "
-               f"{len(tree['config'])} config key(s)")
+               f"{len(tree['snapshots'])} snapshot(s), {len(tree['config'])} config key(s)")
+    for e in tree["events"][-5:]:
+        click.echo(f"event: {e['kind']} at {e.get('used_pct')}% used")
+
+
+@pool.command("check")
+@json_option
+@click.pass_context
+def pool_check(ctx: click.Context, as_json: bool) -> None:
+    """Check the pool (fsck): every AU owned as its reference count says, no leaks, no
+    sharing across unrelated VMs, maps within their vdisk sizes. Exit 1 if not clean."""
+    r = _api(ctx).pool_check()
+    if as_json:
+        _json(r)
+    else:
+        for e in r["errors"]:
+            click.echo(f"error: {e}")
+        click.echo(f"{'clean' if r['ok'] else 'NOT CLEAN'}: {r['vdisks']} vdisk(s), "
+                   f"{r['snapshots']} snapshot(s), {r['extents']} extent(s), "
+                   f"{r['used_aus']} of {r['aus']} AUs used, {r['shared_aus']} shared")
+    if not r["ok"]:
+        sys.exit(1)
+
+
+@cli.command("events")
+@click.option("--limit", default=100, show_default=True, help="Newest N events (0: all).")
+@json_option
+@click.pass_context
+def events(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Events recorded by the pool (low space, pool full), oldest first."""
+    evs = _api(ctx).event_list(limit=limit)
+    if as_json:
+        _json(evs)
+    else:
+        for e in evs:
+            click.echo(f"{e['time']:.0f}  {e['kind']}  {e.get('used_pct')}% used "
+                       f"(threshold {e.get('threshold_pct')}%)")
 
 
 def main() -> None:

@@ -91,10 +91,46 @@ def negotiation_overrides(settings: dict[str, str]) -> dict[str, str]:
             if k.startswith("iscsi.") and k[6:] in params.TARGET_OFFER}
 
 
+# The extent store's keys (vmblock.store.extent) and their defaults. Tier sizes apply when the
+# pool is opened: a file tier grows to its size (never shrinks); a *_path names a file or block
+# device to use instead of POOL/capacity, POOL/flash.
+STORE_DEFAULTS = {
+    "capacity_size": "64G",
+    "capacity_path": "",
+    "flash_size": "1G",
+    "flash_path": "",
+    "low_space_thresholds": "80,90,95",   # percent used; an event each time one is crossed
+    "commit_interval": "5",               # seconds between background metadata commits
+}
+
+
+def _check_store_key(name: str, value: str) -> None:
+    if name in ("capacity_size", "flash_size"):
+        if parse_size(value) <= 0:
+            raise InvalidArgument(f"store.{name} must be a positive size")
+    elif name == "low_space_thresholds":
+        try:
+            pcts = [int(t) for t in value.split(",") if t.strip()]
+        except ValueError:
+            pcts = [-1]
+        if not all(0 < p <= 100 for p in pcts):
+            raise InvalidArgument(f"store.low_space_thresholds must be percentages 1-100 "
+                                  f"separated by commas, not {value!r}")
+    elif name == "commit_interval":
+        _nonneg_float("store.commit_interval", value)
+
+
+def store_settings(settings: dict[str, str]) -> dict[str, str]:
+    """The store.* settings with defaults filled in, keys without the prefix."""
+    return {k: settings.get(f"store.{k}", v) for k, v in STORE_DEFAULTS.items()}
+
+
 def check_key(key: str, value: str) -> str:
     """Validate one config key and its value; returns the value as stored (a string)."""
     parts = key.split(".")
-    if key == "iscsi.portals":
+    if len(parts) == 2 and parts[0] == "store" and parts[1] in STORE_DEFAULTS:
+        _check_store_key(parts[1], value)
+    elif key == "iscsi.portals":
         parse_portals(value)
     elif key in ("iscsi.nop_interval", "iscsi.nop_timeout"):
         _nonneg_float(key, value)

@@ -17,12 +17,20 @@ import uvloop
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
-from vmblock.config import check_settings, format_portal, negotiation_overrides, parse_iqn_list
+from vmblock.config import (
+    check_settings,
+    format_portal,
+    negotiation_overrides,
+    parse_iqn_list,
+    store_settings,
+)
 from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk
+from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
+from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.store.backend import BackingStore
 
@@ -77,6 +85,8 @@ class Server:
         self.stores: dict[str, BackingStore] = {}   # vdisk uuid -> open store
         self.service: IscsiService | None = None
         self.admin = None
+        self.committer: asyncio.Task | None = None
+        pool.overrides = overrides
 
     def settings(self) -> dict[str, str]:
         settings = {**self.pool.config(), **self.overrides}
@@ -108,8 +118,28 @@ class Server:
         store.flush()
         store.close()
 
+    def lu(self, disk: Vdisk) -> LogicalUnit | None:
+        entry = self.targets.get(disk.target)
+        return entry.scsi.luns.get(disk.lun) if entry is not None else None
+
+    async def _commit_loop(self, interval: float) -> None:
+        """Group commit in the background: map keys of writes no flush has covered yet
+        become durable within ``interval`` seconds (data first, as every commit)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await loop.run_in_executor(None, self.pool.store.flush)
+            except OSError as e:
+                log.error("background commit failed: %s", e)
+
     async def start(self) -> None:
         settings = self.settings()
+        extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
+        self.pool.store           # maps loaded and refcounts rebuilt before the ready line
+        interval = float(store_settings(settings)["commit_interval"])
+        if interval > 0:
+            self.committer = asyncio.create_task(self._commit_loop(interval))
         for t in self.pool.targets():
             self.add_target(t.iqn)
         for disk in self.pool.vdisks():
@@ -132,6 +162,8 @@ class Server:
                 pass
         if self.service is not None:
             await self.service.stop()
+        if self.committer is not None:
+            self.committer.cancel()
         for store in self.stores.values():
             store.flush()
             store.close()
@@ -157,7 +189,82 @@ class LiveApi(Api):
         self.server.add_vdisk(disk)
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
-        self.server.remove_vdisk(disk)   # already unlinked; the open fd keeps in-flight I/O valid
+        if disk.uuid in self.server.stores:
+            self.server.remove_vdisk(disk)
+
+    def vdisk_resized(self, disk: Vdisk) -> None:
+        lu = self.server.lu(disk)
+        if lu is not None:
+            lu.capacity_changed()
+
+    # Verbs that change extent maps under a LUN: wait until the writes the LU has handed to
+    # the executor have finished, then run the change synchronously on the event loop, so no
+    # new write starts in between (small writes run inline on the loop). A VM snapshot is
+    # crash-consistent across its vdisks: all drained, then one batch.
+
+    async def _drain(self, disks: list[Vdisk]) -> list[LogicalUnit]:
+        lus = [lu for lu in map(self.server.lu, disks) if lu is not None]
+        while any(lu.pending_writes for lu in lus):
+            await asyncio.wait([f for lu in lus for f in lu.pending_writes])
+        return lus
+
+    async def vm_snapshot(self, name: str, snapshot: str) -> dict:
+        await self._drain(self.pool.vdisks(vm=name))
+        return super().vm_snapshot(name, snapshot)
+
+    async def vdisk_snapshot(self, name: str, snapshot: str) -> dict:
+        await self._drain([self.pool.vdisk(name)])
+        return super().vdisk_snapshot(name, snapshot)
+
+    async def vm_clone(self, name: str, new_name: str, snapshot: str | None = None,
+                       live: bool = False) -> dict:
+        if live:
+            await self._drain(self.pool.vdisks(vm=name))
+        return super().vm_clone(name, new_name, snapshot=snapshot, live=live)
+
+    async def _revert(self, disks: list[Vdisk], force: bool, work) -> dict:
+        """Revert under a LUN in use is refused unless ``force``; forced, every nexus gets a
+        unit attention (MEDIUM MAY HAVE CHANGED, or CAPACITY DATA HAS CHANGED) so initiators
+        drop what they cached of the old data."""
+        busy = [d.name for d in disks if (lu := self.server.lu(d)) is not None and lu.nexuses]
+        if busy and not force:
+            raise InvalidArgument(f"vdisks {', '.join(busy)} are in use by iSCSI sessions; "
+                                  f"log them out first or revert with --force")
+        await self._drain(disks)
+        result = work()
+        for entry in result["vdisks"]:
+            disk = self.pool.vdisk(entry["name"])
+            lu = self.server.lu(disk)
+            if lu is None:
+                continue
+            if entry["size_changed"]:
+                lu.capacity_changed()
+            lu.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED)
+        return result
+
+    async def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+        return await self._revert(self.pool.vdisks(vm=name), force,
+                                  lambda: super(LiveApi, self).vm_revert(name, snapshot))
+
+    async def vdisk_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+        return await self._revert([self.pool.vdisk(name)], force,
+                                  lambda: super(LiveApi, self).vdisk_revert(name, snapshot))
+
+    async def _unserve(self, disks: list[Vdisk]) -> None:
+        """Take LUNs out of service (no new commands), drain, flush, before their maps go."""
+        await self._drain(disks)
+        for disk in disks:
+            if disk.uuid in self.server.stores:
+                self.server.remove_vdisk(disk)
+
+    async def vdisk_delete(self, name: str) -> dict:
+        await self._unserve([self.pool.vdisk(name)])
+        return super().vdisk_delete(name)
+
+    async def vm_delete(self, name: str, purge: bool = False) -> dict:
+        if purge:
+            await self._unserve(self.pool.vdisks(vm=name))
+        return super().vm_delete(name, purge=purge)
 
     def config_changed(self, key: str) -> bool:
         if key in self.server.overrides:

@@ -8,15 +8,19 @@ targets. Methods take and return plain JSON values so the two paths cannot drift
 from __future__ import annotations
 
 from vmblock.config import format_portal, parse_size, portals_of
-from vmblock.errors import ServerError
+from vmblock.errors import InvalidArgument, ServerError
 from vmblock.meta import Pool, Vdisk
+from vmblock.meta.pool import Snapshot
 
 # (group, verb) pairs the admin socket serves; the method is ``<group>_<verb>``.
 VERBS = (
     ("vm", "create"), ("vm", "list"), ("vm", "show"), ("vm", "delete"),
+    ("vm", "snapshot"), ("vm", "clone"), ("vm", "revert"),
     ("vdisk", "create"), ("vdisk", "list"), ("vdisk", "show"), ("vdisk", "delete"),
+    ("vdisk", "resize"), ("vdisk", "snapshot"), ("vdisk", "revert"),
+    ("snapshot", "list"), ("snapshot", "delete"),
     ("config", "get"), ("config", "set"), ("config", "unset"), ("config", "list"),
-    ("session", "list"), ("pool", "show"),
+    ("session", "list"), ("pool", "show"), ("pool", "check"), ("event", "list"),
 )
 
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -44,6 +48,9 @@ class Api:
     def vdisk_deleted(self, disk: Vdisk) -> None:
         pass
 
+    def vdisk_resized(self, disk: Vdisk) -> None:
+        pass
+
     def config_changed(self, key: str) -> bool:
         """Apply a changed key to what runs; False when it takes effect at the next start."""
         return False
@@ -52,7 +59,18 @@ class Api:
         d = disk.dump()
         d["vm"] = self.pool.vm_by_uuid(disk.vm).name if disk.vm else None
         d["url"] = self.url(disk)
-        d["allocated_bytes"] = self.pool.allocated_bytes(disk)
+        d["used_bytes"] = d["allocated_bytes"] = self.pool.used_bytes(disk)
+        return d
+
+    def _snapshot_json(self, snap: Snapshot) -> dict:
+        d = snap.dump()
+        d["kind"] = "vdisk" if snap.vdisk else "vm"
+        try:
+            d["vm_name"] = self.pool.vm_by_uuid(snap.vm).name if snap.vm else None
+        except Exception:   # the VM is gone (its snapshots normally go with it)
+            d["vm_name"] = None
+        d["vdisk_name"] = snap.disks[0]["name"] if snap.vdisk else None
+        d["used_bytes"] = sum(e["used_bytes"] for e in snap.disks)
         return d
 
     def vm_create(self, name: str, guest_os: str = "") -> dict:
@@ -60,19 +78,84 @@ class Api:
 
     def vm_list(self) -> list[dict]:
         disks: dict[str, list[str]] = {}
+        used: dict[str, int] = {}
         for d in self.pool.vdisks():
             if d.vm:
                 disks.setdefault(d.vm, []).append(d.name)
-        return [dict(vm.dump(), vdisks=disks.get(vm.uuid, [])) for vm in self.pool.vms()]
+                used[d.vm] = used.get(d.vm, 0) + self.pool.used_bytes(d)
+        return [dict(vm.dump(), vdisks=disks.get(vm.uuid, []), used_bytes=used.get(vm.uuid, 0))
+                for vm in self.pool.vms()]
 
     def vm_show(self, name: str) -> dict:
+        """The VM with its vdisks (name, url, size, used), snapshots and lineage."""
         vm = self.pool.vm(name)
-        return dict(vm.dump(), vdisks=[
-            {"name": d.name, "uuid": d.uuid, "url": self.url(d), "size_bytes": d.size_bytes,
-             "lun": d.lun, "target": d.target} for d in self.pool.vdisks(vm=name)])
+        disks = [{"name": d.name, "uuid": d.uuid, "url": self.url(d),
+                  "size_bytes": d.size_bytes, "used_bytes": self.pool.used_bytes(d),
+                  "lun": d.lun, "target": d.target, "parent": d.parent}
+                 for d in self.pool.vdisks(vm=name)]
+        clones = [{"name": v.name, "uuid": v.uuid, "snapshot": v.parent.get("snapshot_name"),
+                   "live": v.parent.get("live")}
+                  for v in self.pool.vms() if v.parent and v.parent.get("vm") == vm.uuid]
+        return dict(vm.dump(), vdisks=disks,
+                    used_bytes=sum(d["used_bytes"] for d in disks),
+                    snapshots=[self._snapshot_json(s) for s in self.pool.snapshots(vm=name)],
+                    lineage={"parent": vm.parent, "clones": clones})
 
-    def vm_delete(self, name: str) -> dict:
-        return self.pool.delete_vm(name).dump()
+    def vm_delete(self, name: str, purge: bool = False) -> dict:
+        vm, disks = self.pool.delete_vm(name, purge=purge)
+        for disk in disks:
+            self.vdisk_deleted(disk)
+        return dict(vm.dump(), vdisks_deleted=[d.name for d in disks])
+
+    def vm_snapshot(self, name: str, snapshot: str) -> dict:
+        return self._snapshot_json(self.pool.snapshot_vm(name, snapshot))
+
+    def vm_clone(self, name: str, new_name: str, snapshot: str | None = None,
+                 live: bool = False) -> dict:
+        vm, disks, new_targets = self.pool.clone_vm(name, new_name, snapshot=snapshot,
+                                                    live=live)
+        for disk in disks:
+            self.vdisk_created(disk, disk.target in new_targets)
+            if disk.target in new_targets:
+                new_targets.remove(disk.target)
+        return self.vm_show(vm.name)
+
+    def _revert_json(self, snap: Snapshot, done: list) -> dict:
+        return {"snapshot": self._snapshot_json(snap),
+                "vdisks": [{"name": d.name, "size_bytes": d.size_bytes,
+                            "size_changed": changed} for d, changed in done]}
+
+    def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+        snap = self.pool.snapshot(snapshot, vm=name)
+        if snap.vdisk is not None:
+            raise InvalidArgument(f"{snapshot!r} is a snapshot of vdisk "
+                                  f"{snap.disks[0]['name']}; use vdisk revert")
+        return self._revert_json(snap, self.pool.revert(snap))
+
+    def vdisk_snapshot(self, name: str, snapshot: str) -> dict:
+        return self._snapshot_json(self.pool.snapshot_vdisk(name, snapshot))
+
+    def vdisk_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+        snap = self.pool.snapshot(snapshot, vdisk=name)
+        return self._revert_json(snap, self.pool.revert(snap))
+
+    def vdisk_resize(self, name: str, size: str | int) -> dict:
+        disk = self.pool.resize_vdisk(name, parse_size(size))
+        self.vdisk_resized(disk)
+        return self._vdisk_json(disk)
+
+    def snapshot_list(self, vm: str | None = None) -> list[dict]:
+        return [self._snapshot_json(s) for s in self.pool.snapshots(vm=vm)]
+
+    def snapshot_delete(self, name: str, vm: str | None = None,
+                        vdisk: str | None = None) -> dict:
+        return self._snapshot_json(self.pool.delete_snapshot(name, vm=vm, vdisk=vdisk))
+
+    def pool_check(self) -> dict:
+        return self.pool.check()
+
+    def event_list(self, limit: int = 100) -> list[dict]:
+        return self.pool.events(limit)
 
     def vdisk_create(self, name: str, size: str | int, vm: str | None = None,
                      target: str | None = None) -> dict:

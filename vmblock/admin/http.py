@@ -6,6 +6,7 @@ HTTP status, so the client can raise the same error class the server did.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
@@ -34,6 +35,8 @@ def make_app(api: Api) -> web.Application:
                 result = getattr(api, f"{group}_{verb}")(**kwargs)
             except TypeError as e:
                 raise InvalidArgument(f"{group} {verb}: {e}") from None
+            if inspect.isawaitable(result):   # verbs that drain a running LU first
+                result = await result
         except VmblockError as e:
             return web.json_response(e.to_json(), status=e.http_status)
         except ValueError as e:   # body is not JSON

@@ -1,26 +1,36 @@
-"""The pool: a directory with the meta DB (RocksDB) and the vdisks' data.
+"""The pool: a directory with the meta DB (RocksDB), the tiers and the admin socket.
 
 Layout on disk::
 
     POOL/meta/              RocksDB, opened by one process at a time (the server while it runs)
-    POOL/vdisks/<uuid>.img  one sparse file per vdisk (until the extent store replaces it)
+    POOL/capacity           capacity tier: a sparse file (or the block device store.capacity_path)
+    POOL/flash              flash tier for the cache (store.flash_path / store.flash_size)
     POOL/admin.sock         the running server's admin API
 
-Key layout of the meta DB (keys are UTF-8, values JSON; every atomic change is one WriteBatch,
-written with sync so an acknowledged change survives a crash)::
+Key layout of the meta DB. Text keys (UTF-8, values JSON) are the model tree; every atomic
+change is one WriteBatch, written with sync so an acknowledged change survives a crash::
 
-    pool/version                 1
+    pool/version                 2
+    pool/au_size                 65536                              allocation unit, fixed
+    pool/next_map                next extent-map id (u32)
     target/<iqn>                 {"iqn", "alias", "created"}
-    vm/<uuid>                    {"uuid", "name", "guest_os", "active", "created", "meta_stale"}
+    vm/<uuid>                    {"uuid", "name", "guest_os", "active", "created", "meta_stale",
+                                  "parent"}                          parent: clone lineage
     vmname/<name>                "<vm uuid>"                       unique VM names
     vdisk/<uuid>                 {"uuid", "name", "vm", "size_bytes", "target", "lun",
-                                  "block_size", "created"}          vm is a uuid or null
+                                  "block_size", "created", "map_id", "parent"}
     vdiskname/<name>             "<vdisk uuid>"                    unique vdisk names
     lun/<iqn>/<lun:05d>          "<vdisk uuid>"                    LUN map of each target
+    snapshot/<uuid>              {"uuid", "name", "vm", "vdisk", "created",
+                                  "disks": [{"vdisk", "name", "map_id", "src_map",
+                                             "size_bytes", "used_bytes"}]}
+    snapname/<scope>/<name>      "<snapshot uuid>"   scope: VM uuid (VM snapshot) or vdisk uuid
+    event/<usec:020d>/<kind>     {"time", "kind", ...}             low-space events etc.
     config/<dotted.key>          "<value>"                          see vmblock.config.check_key
 
-Data is created before the metadata that points at it and deleted after it, so a crash leaves
-at worst an unreferenced image file, never a vdisk without its data.
+Binary keys ``M<map id><vAU>`` hold the extent maps; their layout is documented in
+``vmblock.store.extent``, which owns them. A vdisk record and its map keys change in the same
+batch, so a crash never leaves a vdisk without its map or a map without its owner.
 """
 
 from __future__ import annotations
@@ -28,17 +38,17 @@ from __future__ import annotations
 import json
 import os
 import uuid as uuidlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from vmblock import DEFAULT_TARGET
-from vmblock.config import check_iqn, check_key, check_settings
+from vmblock.config import check_iqn, check_key, check_settings, parse_size, store_settings
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError
-from vmblock.store.sparse import SparseFileStore
+from vmblock.store.extent import AU_SIZE, ExtentStore, PoolStore, Tier
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_LUN = 16383            # SAM-5 flat space addressing
 BLOCK_SIZE = 512
 # 24-bit company id in IEEE CID form (second-lowest bit of the first octet set: locally assigned,
@@ -76,6 +86,7 @@ class Vm:
     active: bool = False
     created: str = ""
     meta_stale: bool = False
+    parent: dict | None = None      # clone lineage: source VM and snapshot
 
     def dump(self) -> dict:
         return asdict(self)
@@ -91,6 +102,8 @@ class Vdisk:
     lun: int
     block_size: int = BLOCK_SIZE
     created: str = ""
+    map_id: int = 0                 # its live extent map (vmblock.store.extent)
+    parent: dict | None = None      # clone lineage: source vdisk, snapshot and map
 
     @property
     def serial(self) -> str:
@@ -112,20 +125,39 @@ class Vdisk:
         return d
 
 
+@dataclass
+class Snapshot:
+    uuid: str
+    name: str
+    vm: str | None              # VM uuid: the VM snapshotted, or the owner of the vdisk
+    vdisk: str | None           # vdisk uuid for a one-vdisk snapshot, None for a VM snapshot
+    disks: list[dict] = field(default_factory=list)
+    created: str = ""
+
+    @property
+    def scope(self) -> str:
+        return self.vdisk or self.vm or ""
+
+    def dump(self) -> dict:
+        return asdict(self)
+
+
 class Pool:
     """An open pool. Holds RocksDB's lock: one process (CLI command or server) at a time."""
 
     def __init__(self, path: str, create: bool = False):
         self.path = os.path.abspath(path)
         self.meta_path = os.path.join(self.path, "meta")
-        self.vdisk_dir = os.path.join(self.path, "vdisks")
         self.socket_path = os.path.join(self.path, "admin.sock")
+        self._store: PoolStore | None = None
+        # settings that win over the pool's config keys for this process (serve --config)
+        self.overrides: dict[str, str] = {}
         exists = os.path.exists(os.path.join(self.meta_path, "CURRENT"))
         if not exists and not create:
             raise PoolError(f"no pool at {self.path} (create one with `vmblock serve` "
                             f"or `vmblock vm create`)")
         try:
-            os.makedirs(self.vdisk_dir, exist_ok=True)
+            os.makedirs(self.path, exist_ok=True)
         except OSError as e:
             raise PoolError(f"cannot create pool {self.path}: {e.strerror}") from None
         opts = Options(raw_mode=True)
@@ -141,15 +173,23 @@ class Pool:
         self._sync.sync = True
         version = self._get("pool/version")
         if version is None:
+            try:
+                self._open_tiers()[0].close()   # the tier files are part of a new pool
+            except BaseException:
+                self._db.close()
+                raise
             batch = self._batch()
             self._put(batch, "pool/version", SCHEMA_VERSION)
+            self._put(batch, "pool/au_size", AU_SIZE)
+            self._put(batch, "pool/next_map", 1)
             self._put(batch, f"target/{DEFAULT_TARGET}",
                       Target(DEFAULT_TARGET, created=_now()).dump())
             self._commit(batch)
         elif version != SCHEMA_VERSION:
             self._db.close()
             raise PoolError(f"pool {self.path} has schema {version}, this vmblock knows "
-                            f"{SCHEMA_VERSION}")
+                            f"{SCHEMA_VERSION} (pools of the sparse-file store are not "
+                            f"converted: copy the vdisks out with qemu-img convert)")
 
     # --- raw access -------------------------------------------------------------------------
 
@@ -181,7 +221,52 @@ class Pool:
         self._db.write(batch, self._sync)
 
     def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self._db.close()
+
+    # --- the extent store ---------------------------------------------------------------------
+
+    def _settings(self) -> dict[str, str]:
+        return store_settings({**self.config(), **self.overrides})
+
+    def _open_tiers(self) -> tuple[Tier, Tier]:
+        st = self._settings()
+        cap = Tier("capacity", st["capacity_path"] or os.path.join(self.path, "capacity"),
+                   parse_size(st["capacity_size"]))
+        try:
+            flash = Tier("flash", st["flash_path"] or os.path.join(self.path, "flash"),
+                         parse_size(st["flash_size"]))
+        except BaseException:
+            cap.close()
+            raise
+        return cap, flash
+
+    @property
+    def store(self) -> PoolStore:
+        """The pool's extent store, opened (maps loaded, refcounts rebuilt) on first use."""
+        if self._store is None:
+            cap, flash = self._open_tiers()
+            try:
+                live = {d.map_id: d.size_bytes for d in self.vdisks()}
+                thresholds = tuple(int(t) for t in self._settings()["low_space_thresholds"]
+                                   .split(",") if t.strip())
+                self._store = PoolStore(self._db, cap, flash, live, thresholds,
+                                        au=self._get("pool/au_size") or AU_SIZE)
+            except BaseException:
+                cap.close()
+                flash.close()
+                raise
+        return self._store
+
+    def _next_map(self, batch: WriteBatch, count: int = 1) -> list[int]:
+        """``count`` new extent-map ids, reserved in ``batch``; ids are never reused."""
+        first = self._get("pool/next_map") or 1
+        if first + count > 0xFFFFFFFF:
+            raise PoolError("extent map ids exhausted")
+        self._put(batch, "pool/next_map", first + count)
+        return list(range(first, first + count))
 
     # --- targets ----------------------------------------------------------------------------
 
@@ -226,17 +311,26 @@ class Pool:
         self._commit(batch)
         return vm
 
-    def delete_vm(self, name: str) -> Vm:
+    def delete_vm(self, name: str, purge: bool = False) -> tuple[Vm, list[Vdisk]]:
+        """Delete a VM and its snapshots; with ``purge`` also its vdisks (one batch).
+        Returns the VM and the vdisks deleted with it."""
         vm = self.vm(name)
         disks = self.vdisks(vm=name)
-        if disks:
+        if disks and not purge:
             raise InvalidArgument(f"VM {name!r} still has vdisks "
-                                  f"{', '.join(d.name for d in disks)}; delete them first")
+                                  f"{', '.join(d.name for d in disks)}; delete them first "
+                                  f"(or use --purge)")
+        # one-vdisk snapshots go with their vdisk (_drop_vdisk), VM snapshots with the VM
+        snaps = [s for s in self.snapshots() if s.vm == vm.uuid and s.vdisk is None]
         batch = self._batch()
-        self._delete(batch, f"vm/{vm.uuid}")
-        self._delete(batch, f"vmname/{name}")
-        self._commit(batch)
-        return vm
+        with self.store.transaction(batch) as txn:
+            for snap in snaps:
+                self._drop_snapshot(batch, txn, snap)
+            for disk in disks:
+                self._drop_vdisk(batch, txn, disk)
+            self._delete(batch, f"vm/{vm.uuid}")
+            self._delete(batch, f"vmname/{name}")
+        return vm, disks
 
     # --- vdisks -----------------------------------------------------------------------------
 
@@ -253,9 +347,6 @@ class Pool:
             raise NotFound(f"no vdisk named {name!r}")
         return Vdisk(**self._get(f"vdisk/{uid}"))
 
-    def image_path(self, vdisk: Vdisk) -> str:
-        return os.path.join(self.vdisk_dir, f"{vdisk.uuid}.img")
-
     def create_vdisk(self, name: str, size_bytes: int, vm: str | None = None,
                      target: str | None = None) -> tuple[Vdisk, bool]:
         """Create a vdisk at the lowest free LUN of ``target`` (created if new).
@@ -271,51 +362,292 @@ class Pool:
             raise AlreadyExists(f"a vdisk named {name!r} already exists")
         owner = self.vm(vm).uuid if vm is not None else None
         new_target = self._get(f"target/{iqn}") is None
-        used = self.luns(iqn)
-        lun = next((n for n in range(MAX_LUN + 1) if n not in used), None)
-        if lun is None:
-            raise InvalidArgument(f"target {iqn} has no free LUN")
-        disk = Vdisk(str(uuidlib.uuid4()), name, owner, size_bytes, iqn, lun, created=_now())
-        path = self.image_path(disk)
-        try:
-            SparseFileStore(path, size_bytes, BLOCK_SIZE).close()
-        except OSError as e:
-            raise PoolError(f"cannot create {path}: {e.strerror}") from None
+        lun = self._free_luns(iqn, 1)[0]
         batch = self._batch()
-        if new_target:
-            self._put(batch, f"target/{iqn}", Target(iqn, created=_now()).dump())
-        self._put(batch, f"vdisk/{disk.uuid}", asdict(disk))
-        self._put(batch, f"vdiskname/{name}", disk.uuid)
-        self._put(batch, f"lun/{iqn}/{lun:05d}", disk.uuid)
-        try:
-            self._commit(batch)
-        except BaseException:
-            os.unlink(path)
-            raise
+        with self.store.transaction(batch) as txn:
+            mid = self._next_map(batch)[0]
+            disk = Vdisk(str(uuidlib.uuid4()), name, owner, size_bytes, iqn, lun,
+                         created=_now(), map_id=mid)
+            if new_target:
+                self._put(batch, f"target/{iqn}", Target(iqn, created=_now()).dump())
+            self._put_vdisk(batch, disk)
+            txn.new_empty(mid, size_bytes)
         return disk, new_target
 
+    def _free_luns(self, iqn: str, count: int) -> list[int]:
+        used = self.luns(iqn)
+        free = [n for n in range(MAX_LUN + 1) if n not in used][:count]
+        if len(free) < count:
+            raise InvalidArgument(f"target {iqn} has no free LUN")
+        return free
+
+    def _put_vdisk(self, batch: WriteBatch, disk: Vdisk) -> None:
+        self._put(batch, f"vdisk/{disk.uuid}", asdict(disk))
+        self._put(batch, f"vdiskname/{disk.name}", disk.uuid)
+        self._put(batch, f"lun/{disk.target}/{disk.lun:05d}", disk.uuid)
+
+    def _drop_vdisk(self, batch: WriteBatch, txn, disk: Vdisk) -> None:
+        """Records, map and one-vdisk snapshots of ``disk`` into ``batch``."""
+        for snap in self.snapshots():
+            if snap.vdisk == disk.uuid:
+                self._drop_snapshot(batch, txn, snap)
+        self._delete(batch, f"vdisk/{disk.uuid}")
+        self._delete(batch, f"vdiskname/{disk.name}")
+        self._delete(batch, f"lun/{disk.target}/{disk.lun:05d}")
+        txn.drop_map(disk.map_id)
+
     def delete_vdisk(self, name: str) -> Vdisk:
+        """Delete a vdisk, its extent map and its one-vdisk snapshots in one batch; its AUs
+        go back to the allocator unless a VM snapshot or a clone still shares them."""
         disk = self.vdisk(name)
         batch = self._batch()
-        self._delete(batch, f"vdisk/{disk.uuid}")
-        self._delete(batch, f"vdiskname/{name}")
-        self._delete(batch, f"lun/{disk.target}/{disk.lun:05d}")
-        self._commit(batch)
-        try:
-            os.unlink(self.image_path(disk))
-        except FileNotFoundError:
-            pass
+        with self.store.transaction(batch) as txn:
+            self._drop_vdisk(batch, txn, disk)
         return disk
 
-    def open_store(self, disk: Vdisk) -> SparseFileStore:
-        return SparseFileStore(self.image_path(disk), disk.size_bytes, disk.block_size)
+    def resize_vdisk(self, name: str, size_bytes: int) -> Vdisk:
+        disk = self.vdisk(name)
+        if size_bytes % disk.block_size or size_bytes <= 0:
+            raise InvalidArgument(f"size must be a positive multiple of {disk.block_size} "
+                                  f"bytes, not {size_bytes}")
+        if size_bytes < disk.size_bytes:
+            raise InvalidArgument(f"a vdisk can only grow ({disk.size_bytes} -> "
+                                  f"{size_bytes} bytes would cut off data)")
+        if size_bytes == disk.size_bytes:
+            return disk
+        disk.size_bytes = size_bytes
+        batch = self._batch()
+        with self.store.transaction(batch) as txn:
+            self._put(batch, f"vdisk/{disk.uuid}", asdict(disk))
+            txn.resize(disk.map_id, size_bytes)
+        return disk
 
-    def allocated_bytes(self, disk: Vdisk) -> int:
-        """Bytes the vdisk's data really occupies (st_blocks), not its nominal size."""
-        try:
-            return os.stat(self.image_path(disk)).st_blocks * 512
-        except FileNotFoundError:
-            return 0
+    def open_store(self, disk: Vdisk) -> ExtentStore:
+        return ExtentStore(self.store, disk.map_id, disk.block_size)
+
+    def used_bytes(self, disk: Vdisk) -> int:
+        """Bytes of the pool the vdisk maps (AUs written and not unmapped), shared or not."""
+        return self.store.map_used_bytes(disk.map_id)
+
+    allocated_bytes = used_bytes
+
+    # --- snapshots, clones, revert ------------------------------------------------------------
+
+    def snapshots(self, vm: str | None = None) -> list[Snapshot]:
+        snaps = [Snapshot(**v) for _, v in self._scan("snapshot/")]
+        if vm is not None:
+            owner = self.vm(vm).uuid
+            snaps = [s for s in snaps if s.vm == owner]
+        return sorted(snaps, key=lambda s: (s.created, s.name))
+
+    def snapshot(self, name: str, vm: str | None = None, vdisk: str | None = None) -> Snapshot:
+        """A snapshot by name within its VM (VM snapshots) or vdisk (one-vdisk snapshots)."""
+        if (vm is None) == (vdisk is None):
+            raise InvalidArgument("name the snapshot's VM or vdisk (exactly one)")
+        scope = self.vm(vm).uuid if vm is not None else self.vdisk(vdisk).uuid
+        uid = self._get(f"snapname/{scope}/{name}")
+        if uid is None:
+            raise NotFound(f"no snapshot {name!r} of {'VM' if vm else 'vdisk'} "
+                           f"{vm or vdisk!r}")
+        return Snapshot(**self._get(f"snapshot/{uid}"))
+
+    def _snapshot_disks(self, disks: list[Vdisk], mids: list[int]) -> list[dict]:
+        return [{"vdisk": d.uuid, "name": d.name, "map_id": m, "src_map": d.map_id,
+                 "size_bytes": d.size_bytes, "used_bytes": 0} for d, m in zip(disks, mids)]
+
+    def _take_snapshot(self, name: str, vm: Vm | None, vdisk: Vdisk | None,
+                       disks: list[Vdisk]) -> Snapshot:
+        _check_name("snapshot", name)
+        scope = vdisk.uuid if vdisk is not None else vm.uuid
+        if self._get(f"snapname/{scope}/{name}") is not None:
+            raise AlreadyExists(f"a snapshot named {name!r} already exists there")
+        batch = self._batch()
+        with self.store.transaction(batch) as txn:
+            mids = self._next_map(batch, len(disks))
+            snap = Snapshot(str(uuidlib.uuid4()), name, vm.uuid if vm else None,
+                            vdisk.uuid if vdisk else None,
+                            self._snapshot_disks(disks, mids), created=_now())
+            for d, entry in zip(disks, snap.disks):
+                entry["used_bytes"] = txn.copy_map(d.map_id, entry["map_id"])
+            self._put(batch, f"snapshot/{snap.uuid}", snap.dump())
+            self._put(batch, f"snapname/{scope}/{name}", snap.uuid)
+        return snap
+
+    def snapshot_vm(self, vm_name: str, name: str) -> Snapshot:
+        """Freeze every vdisk of a VM in one batch (the server drains their writes first)."""
+        vm = self.vm(vm_name)
+        disks = self.vdisks(vm=vm_name)
+        if not disks:
+            raise InvalidArgument(f"VM {vm_name!r} has no vdisks to snapshot")
+        return self._take_snapshot(name, vm, None, disks)
+
+    def snapshot_vdisk(self, vdisk_name: str, name: str) -> Snapshot:
+        disk = self.vdisk(vdisk_name)
+        vm = self.vm_by_uuid(disk.vm) if disk.vm else None
+        return self._take_snapshot(name, vm, disk, [disk])
+
+    def _drop_snapshot(self, batch: WriteBatch, txn, snap: Snapshot) -> None:
+        for d in snap.disks:
+            txn.drop_map(d["map_id"])
+        self._delete(batch, f"snapshot/{snap.uuid}")
+        self._delete(batch, f"snapname/{snap.scope}/{snap.name}")
+
+    def delete_snapshot(self, name: str, vm: str | None = None,
+                        vdisk: str | None = None) -> Snapshot:
+        snap = self.snapshot(name, vm=vm, vdisk=vdisk)
+        batch = self._batch()
+        with self.store.transaction(batch) as txn:
+            self._drop_snapshot(batch, txn, snap)
+        return snap
+
+    def revert(self, snap: Snapshot) -> list[tuple[Vdisk, bool]]:
+        """Make each still-existing vdisk of ``snap`` its frozen map again, in one batch.
+        Returns (vdisk, size changed) per reverted vdisk."""
+        done = []
+        batch = self._batch()
+        with self.store.transaction(batch) as txn:
+            for entry in snap.disks:
+                raw = self._get(f"vdisk/{entry['vdisk']}")
+                if raw is None:
+                    continue     # deleted since: a clone of the snapshot can bring it back
+                disk = Vdisk(**raw)
+                changed = disk.size_bytes != entry["size_bytes"]
+                disk.size_bytes = entry["size_bytes"]
+                txn.drop_map(disk.map_id)
+                txn.copy_map(entry["map_id"], disk.map_id, dst_size=disk.size_bytes)
+                self._put(batch, f"vdisk/{disk.uuid}", asdict(disk))
+                done.append((disk, changed))
+        return done
+
+    def clone_name(self, src_vm: str, new_vm: str, vdisk_name: str) -> str:
+        if vdisk_name == src_vm or vdisk_name.startswith(src_vm + "-"):
+            return new_vm + vdisk_name[len(src_vm):]
+        return f"{new_vm}-{vdisk_name}"
+
+    def clone_vm(self, src_name: str, new_name: str, snapshot: str | None = None,
+                 live: bool = False) -> tuple[Vm, list[Vdisk], list[str]]:
+        """A new VM whose vdisks share every AU of a snapshot of ``src_name`` (or of its
+        live vdisks: the server drains them first), as new LUNs of the same targets; metadata
+        only, one batch. Returns the VM, its vdisks and the targets that had to be created."""
+        if (snapshot is None) == (not live):
+            raise InvalidArgument("clone from --snapshot NAME or --live (exactly one)")
+        _check_name("VM", new_name)
+        src = self.vm(src_name)
+        if self._get(f"vmname/{new_name}") is not None:
+            raise AlreadyExists(f"a VM named {new_name!r} already exists")
+        if live:
+            snap = None
+            sources = [{"vdisk": d.uuid, "name": d.name, "map_id": d.map_id,
+                        "size_bytes": d.size_bytes, "target": d.target,
+                        "block_size": d.block_size} for d in self.vdisks(vm=src_name)]
+        else:
+            snap = self.snapshot(snapshot, vm=src_name)
+            sources = []
+            for entry in snap.disks:
+                raw = self._get(f"vdisk/{entry['vdisk']}")
+                sources.append(dict(entry, target=raw["target"] if raw else DEFAULT_TARGET,
+                                    block_size=raw["block_size"] if raw else BLOCK_SIZE))
+        names = [self.clone_name(src_name, new_name, s["name"]) for s in sources]
+        for n in names:
+            _check_name("vdisk", n)
+            if self._get(f"vdiskname/{n}") is not None:
+                raise AlreadyExists(f"a vdisk named {n!r} already exists")
+        luns: dict[str, list[int]] = {}
+        for s in sources:
+            luns.setdefault(s["target"], [])
+        for iqn in luns:
+            luns[iqn] = self._free_luns(iqn, sum(1 for s in sources if s["target"] == iqn))
+        new_targets = [iqn for iqn in luns if self._get(f"target/{iqn}") is None]
+        when = _now()
+        lineage = {"vm": src.uuid, "vm_name": src.name, "live": live, "created": when,
+                   "snapshot": snap.uuid if snap else None,
+                   "snapshot_name": snap.name if snap else None}
+        vm = Vm(str(uuidlib.uuid4()), new_name, guest_os=src.guest_os, created=when,
+                parent=lineage)
+        disks = []
+        batch = self._batch()
+        with self.store.transaction(batch) as txn:
+            mids = self._next_map(batch, len(sources))
+            for iqn in new_targets:
+                self._put(batch, f"target/{iqn}", Target(iqn, created=when).dump())
+            self._put(batch, f"vm/{vm.uuid}", vm.dump())
+            self._put(batch, f"vmname/{new_name}", vm.uuid)
+            for s, n, mid in zip(sources, names, mids):
+                disk = Vdisk(str(uuidlib.uuid4()), n, vm.uuid, s["size_bytes"], s["target"],
+                             luns[s["target"]].pop(0), block_size=s["block_size"],
+                             created=when, map_id=mid,
+                             parent={"vdisk": s["vdisk"], "vdisk_name": s["name"],
+                                     "map_id": s["map_id"], "live": live,
+                                     "snapshot": snap.uuid if snap else None,
+                                     "snapshot_name": snap.name if snap else None})
+                txn.copy_map(s["map_id"], mid, dst_size=disk.size_bytes)
+                self._put_vdisk(batch, disk)
+                disks.append(disk)
+        return vm, disks, new_targets
+
+    # --- events -------------------------------------------------------------------------------
+
+    def events(self, limit: int = 100) -> list[dict]:
+        """Recorded events, oldest first, with those not yet committed at the end."""
+        evs = [v for _, v in self._scan("event/")]
+        if self._store is not None:
+            with self._store.lock:
+                evs += list(self._store.events)
+        return evs[-limit:] if limit else evs
+
+    # --- fsck ---------------------------------------------------------------------------------
+
+    def check(self) -> dict:
+        """``vmblock pool check``: records against each other, then every extent-map key
+        against the records, the tier and the in-memory refcounts (PoolStore.check)."""
+        errors: list[str] = []
+        vdisks = self.vdisks()
+        snaps = self.snapshots()
+        maps_info: dict[int, dict] = {}
+        parent: dict[int, int] = {}
+
+        def find(x: int) -> int:
+            while parent.get(x, x) != x:
+                x = parent[x]
+            return x
+
+        def union(a: int, b: int) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+
+        for d in vdisks:
+            if d.map_id in maps_info:
+                errors.append(f"vdisk {d.name}: map id {d.map_id} is used twice")
+            maps_info[d.map_id] = {"what": f"vdisk {d.name}", "size_bytes": d.size_bytes,
+                                   "live": True}
+            if self._get(f"vdiskname/{d.name}") != d.uuid:
+                errors.append(f"vdisk {d.name}: name index does not point at it")
+            if self._get(f"lun/{d.target}/{d.lun:05d}") != d.uuid:
+                errors.append(f"vdisk {d.name}: LUN {d.lun} of {d.target} is not it")
+            if d.vm and self._get(f"vm/{d.vm}") is None:
+                errors.append(f"vdisk {d.name}: owner VM {d.vm} does not exist")
+            if d.parent:
+                union(d.map_id, d.parent["map_id"])
+        for s in snaps:
+            if self._get(f"snapname/{s.scope}/{s.name}") != s.uuid:
+                errors.append(f"snapshot {s.name}: name index does not point at it")
+            for e in s.disks:
+                if e["map_id"] in maps_info:
+                    errors.append(f"snapshot {s.name}: map id {e['map_id']} is used twice")
+                maps_info[e["map_id"]] = {"what": f"snapshot {s.name} of {e['name']}",
+                                          "size_bytes": e["size_bytes"], "live": False}
+                union(e["map_id"], e["src_map"])
+        for iqn in [t.iqn for t in self.targets()]:
+            for lun, uid in self.luns(iqn).items():
+                if self._get(f"vdisk/{uid}") is None:
+                    errors.append(f"LUN {lun} of {iqn} points at a missing vdisk")
+        result = self.store.check(maps_info, {m: find(m) for m in maps_info})
+        result["errors"] = errors + result["errors"]
+        result["ok"] = not result["errors"]
+        result["vdisks"] = len(vdisks)
+        result["snapshots"] = len(snaps)
+        return result
 
     # --- config -----------------------------------------------------------------------------
 
@@ -352,6 +684,9 @@ class Pool:
             "targets": [dict(t.dump(), luns={str(k): v for k, v in self.luns(t.iqn).items()})
                         for t in self.targets()],
             "vms": [vm.dump() for vm in self.vms()],
-            "vdisks": [d.dump() for d in self.vdisks()],
+            "vdisks": [dict(d.dump(), used_bytes=self.used_bytes(d)) for d in self.vdisks()],
+            "snapshots": [s.dump() for s in self.snapshots()],
             "config": self.config(),
+            "store": self.store.usage(),
+            "events": self.events(20),
         }

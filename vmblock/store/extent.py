@@ -1,0 +1,884 @@
+"""The VM-aware extent store: tiers, allocator, per-vdisk extent maps, crash-safe commit order.
+
+One ``PoolStore`` per pool owns the tier files (``capacity``, ``flash``), the reference counts of
+the capacity tier's allocation units (AUs, 64 KiB), every live vdisk's extent map (a dense
+``uint32`` array vAU -> physical AU, see ``vmblock.native.extent``) and the not-yet-durable
+part of the metadata. ``ExtentStore`` is the ``BackingStore`` one LUN sees: a view of one map.
+
+Key layout in the meta DB (binary keys, beside the pool's lowercase JSON keys, so ``M`` cannot
+collide with them; big-endian numbers so one map's keys sort by vAU)::
+
+    b"M" + map_id:u32be + vau:u32be   ->  struct "<IB": physical AU, flags (bits 0-1: tier)
+
+A *map id* names one extent map: the live map of a vdisk (``map_id`` in its JSON record) or the
+frozen map of a snapshot (``map_id`` of each disk in a snapshot record). Every key is tagged
+with its map, so with the vdisk and VM that own it. Reference counts and free space are not
+stored: ``PoolStore.open`` rebuilds them from the maps (an AU is used iff some map points at
+it), which is crash-consistent by construction: there is no second structure to disagree.
+
+Commit order (DESIGN rules 1 and 2):
+
+* A write to an unmapped AU allocates a new AU, writes the *whole* AU (data plus zeros around
+  it), updates the in-memory map at once (reads see it) and queues the map key in ``pending``.
+* ``flush`` (SYNCHRONIZE CACHE, FUA, the periodic commit, any metadata change) takes the
+  pending keys, ``fdatasync``s the tier and only then writes them in one synced WriteBatch: a
+  mapping never becomes durable before its data. After a crash an AU whose mapping was not
+  committed is simply free again; it is rewritten whole before it is ever mapped again.
+* An overwrite of a mapped AU referenced once goes in place; an AU shared with a snapshot or
+  clone (refcount > 1) is copied to a new AU first (copy-on-write), the old one keeps its data.
+* A freed AU (UNMAP, snapshot or vdisk deletion, COW of the last reference) is *held*: not
+  reusable until the batch that frees it is durable *and* every I/O that could still have looked
+  it up has finished (a generation count of in-flight I/O). Otherwise a crash could bring back
+  the old mapping over another VM's data, or a racing read could return it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import logging
+import os
+import stat
+import struct
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+
+import numpy as np
+from rocksdict import WriteBatch, WriteOptions
+
+from vmblock.errors import InvalidArgument, PoolError
+from vmblock.native import extent as kx
+from vmblock.store.backend import (
+    CAP_LBA_STATUS,
+    CAP_UNMAP,
+    CAP_WRITE_SAME,
+    BackingStore,
+    SpaceExhausted,
+)
+
+log = logging.getLogger(__name__)
+
+AU_SIZE = 64 * 1024
+TIER_CAPACITY = 0
+TIER_FLASH = 1
+TIER_NAMES = ("capacity", "flash")
+UNMAPPED = int(kx.UNMAPPED)
+
+KEY_MAP = b"M"
+_KEY = struct.Struct(">cII")
+_VAL = struct.Struct("<IB")
+_KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("vau", ">u4")])
+_VAL_DT = np.dtype([("pau", "<u4"), ("flags", "u1")])
+
+# Pending map keys after which a writer commits by itself (bounds memory and replay loss).
+PENDING_LIMIT = 16384
+# AUs handled under the lock in one step (scratch arrays are this long): 256 MiB.
+CHUNK_AUS = 4096
+ZERO_BYTES = 1 << 20
+IOV_MAX = 1024
+RECLAIM_WAIT = 2.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+_PUNCH = 0x02 | 0x01   # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def map_key(mid: int, vau: int) -> bytes:
+    return _KEY.pack(KEY_MAP, mid, vau)
+
+
+def map_prefix(mid: int) -> bytes:
+    return KEY_MAP + mid.to_bytes(4, "big")
+
+
+def map_value(pau: int, tier: int = TIER_CAPACITY) -> bytes:
+    return _VAL.pack(pau, tier)
+
+
+def scan_maps(db, mid: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(map ids, vAUs, physical AUs) of every map key, or of one map's, in key order."""
+    prefix = KEY_MAP if mid is None else map_prefix(mid)
+    keys, vals = [], []
+    for k, v in db.items(from_key=prefix):
+        if not k.startswith(prefix):
+            break
+        keys.append(k)
+        vals.append(v)
+    if not keys:
+        e = np.empty(0, dtype=np.uint32)
+        return e, e.copy(), e.copy()
+    kb, vb = b"".join(keys), b"".join(vals)
+    if len(kb) != len(keys) * _KEY_DT.itemsize or len(vb) != len(vals) * _VAL_DT.itemsize:
+        raise PoolError("meta DB holds extent-map records of the wrong size")
+    k = np.frombuffer(kb, dtype=_KEY_DT)
+    v = np.frombuffer(vb, dtype=_VAL_DT)
+    return (k["mid"].astype(np.uint32), k["vau"].astype(np.uint32),
+            v["pau"].astype(np.uint32))
+
+
+def n_vaus(size_bytes: int, au: int = AU_SIZE) -> int:
+    return -(-size_bytes // au)
+
+
+class Tier:
+    """One tier's backing file or block device, opened for the pool's life."""
+
+    def __init__(self, name: str, path: str, size_bytes: int, au: int = AU_SIZE):
+        self.name = name
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise PoolError(f"cannot open {name} tier {path}: {e.strerror}") from None
+        st = os.fstat(self.fd)
+        self.is_file = stat.S_ISREG(st.st_mode)
+        self.au = au
+        self.punch_ok = self.is_file
+        if self.is_file:
+            # the configured size, applied by PoolStore once it knows the highest used AU
+            self.want_aus = size_bytes // au
+            self.n_aus = max(st.st_size // au, self.want_aus)
+            if st.st_size < self.n_aus * au:
+                os.ftruncate(self.fd, self.n_aus * au)
+        else:
+            self.n_aus = self.want_aus = os.lseek(self.fd, 0, os.SEEK_END) // au
+
+    @property
+    def size_bytes(self) -> int:
+        return self.n_aus * self.au
+
+    def set_aus(self, n: int) -> None:
+        """Shrink or grow a file tier to ``n`` AUs (the caller checked nothing is in use)."""
+        if self.is_file:
+            os.ftruncate(self.fd, n * self.au)
+            self.n_aus = n
+
+    def punch(self, paus: np.ndarray) -> None:
+        """Give freed AUs' space back to the host file system (file tiers only)."""
+        if not self.punch_ok or not len(paus):
+            return
+        paus = np.sort(paus)
+        breaks = np.flatnonzero(np.diff(paus.astype(np.int64)) != 1) + 1
+        for run in np.split(paus, breaks):
+            off, n = int(run[0]) * self.au, len(run) * self.au
+            if _fallocate(self.fd, _PUNCH, off, n) != 0:
+                err = ctypes.get_errno()
+                if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    self.punch_ok = False
+                    return
+                log.warning("%s: cannot punch %d bytes at %d: %s", self.path, n, off,
+                            os.strerror(err))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _pwritev_all(fd: int, bufs: list, pos: int) -> None:
+    total = sum(len(b) for b in bufs)
+    done = os.pwritev(fd, bufs, pos)
+    while done < total:   # short write: finish byte-wise from where it stopped
+        flat = memoryview(b"".join(bytes(b) for b in bufs))
+        done += os.pwrite(fd, flat[done:], pos + done)
+
+
+def _preadv_all(fd: int, buf: memoryview, pos: int) -> None:
+    done = 0
+    n = len(buf)
+    while done < n:
+        got = os.preadv(fd, [buf[done:]], pos + done)
+        if got == 0:
+            buf[done:] = bytes(n - done)
+            return
+        done += got
+
+
+class PoolStore:
+    """Allocator, reference counts and live extent maps of one pool; thread-safe.
+
+    ``lock`` guards the in-memory state (maps, refcounts, pending keys); data I/O on AUs that
+    are mapped and owned runs outside it. ``flush_lock`` orders commits and metadata changes.
+    """
+
+    def __init__(self, db, capacity: Tier, flash: Tier, live: dict[int, int],
+                 thresholds: tuple[int, ...] = (80, 90, 95), au: int = AU_SIZE):
+        self.db = db
+        self.au = au
+        self.capacity = capacity
+        self.flash = flash
+        self.thresholds = tuple(sorted(thresholds))
+        self.lock = threading.Lock()
+        self.flush_lock = threading.Lock()
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        self.maps: dict[int, np.ndarray] = {}
+        self.sizes: dict[int, int] = {}
+        self.pending: dict[tuple[int, int], int | None] = {}
+        self.frees: list[np.ndarray] = []
+        self.waiting: deque[tuple[int, np.ndarray]] = deque()
+        self.events: list[dict] = []
+        self.gen = 0
+        self.active: dict[int, int] = {}
+        self.dirty = False
+        self.closed = False
+        self.commits = 0
+        self._zero = memoryview(bytes(max(ZERO_BYTES, au)))
+        self._paus = np.empty(CHUNK_AUS + 1, dtype=np.uint32)
+        self._kinds = np.empty(CHUNK_AUS + 1, dtype=np.uint8)
+        self._starts = np.empty(CHUNK_AUS + 1, dtype=np.int64)
+        self._lens = np.empty(CHUNK_AUS + 1, dtype=np.int64)
+        self._load(live)
+
+    # --- open: rebuild everything derived from the maps ---------------------------------------
+
+    def _load(self, live: dict[int, int]) -> None:
+        mids, vaus, paus = scan_maps(self.db)
+        top = int(paus.max()) + 1 if len(paus) else 0
+        if top > self.capacity.n_aus:
+            raise PoolError(f"capacity tier {self.capacity.path} is smaller than its maps "
+                            f"(AU {top - 1} is mapped)")
+        if self.capacity.want_aus != self.capacity.n_aus:
+            if top > self.capacity.want_aus:
+                log.warning("capacity tier: AUs up to %d are in use, cannot shrink to %d "
+                            "bytes; keeping %d", top, self.capacity.want_aus * self.au,
+                            top * self.au)
+            self.capacity.set_aus(max(top, self.capacity.want_aus))
+        self.refcount = np.zeros(self.capacity.n_aus, dtype=kx.REF_DTYPE)
+        self.held = np.zeros(self.capacity.n_aus, dtype=np.uint8)
+        np.add.at(self.refcount, paus.astype(np.int64), 1)
+        for mid, size in live.items():
+            amap = kx.new_map(n_vaus(size, self.au))
+            sel = mids == mid
+            v, p = vaus[sel], paus[sel]
+            keep = v < len(amap)
+            amap[v[keep]] = p[keep]
+            self.maps[mid] = amap
+            self.sizes[mid] = size
+        self.used_aus = int(np.count_nonzero(self.refcount))
+        self.free_aus = self.capacity.n_aus - self.used_aus
+        self.cursor = 0
+        self.level = self._level()
+
+    # --- accounting and events ----------------------------------------------------------------
+
+    def _level(self) -> int:
+        pct = 100.0 * self.used_aus / max(self.capacity.n_aus, 1)
+        return max((t for t in self.thresholds if pct >= t), default=0)
+
+    def _check_level(self) -> None:
+        """Record a low-space event when usage crosses a threshold upwards (under lock)."""
+        level = self._level()
+        if level > self.level:
+            pct = 100.0 * self.used_aus / max(self.capacity.n_aus, 1)
+            self._event("low_space", threshold_pct=level, used_pct=round(pct, 2))
+            log.warning("capacity tier %.1f%% used (threshold %d%%)", pct, level)
+        self.level = level
+
+    def _event(self, kind: str, **fields) -> None:
+        self.events.append(dict(time=time.time(), kind=kind,
+                                used_bytes=self.used_aus * self.au,
+                                capacity_bytes=self.capacity.size_bytes, **fields))
+
+    def usage(self) -> dict:
+        with self.lock:
+            held = int(np.count_nonzero(self.held))
+            return {
+                "au_size": self.au,
+                "capacity_bytes": self.capacity.size_bytes,
+                "used_bytes": self.used_aus * self.au,
+                "free_bytes": self.free_aus * self.au,
+                "held_bytes": held * self.au,
+                "used_pct": round(100.0 * self.used_aus / max(self.capacity.n_aus, 1), 2),
+                "shared_aus": int(np.count_nonzero(self.refcount > 1)),
+                "pending_keys": len(self.pending),
+                "tiers": {t.name: {"path": t.path, "size_bytes": t.size_bytes,
+                                   "au_count": t.n_aus, "device": not t.is_file}
+                          for t in (self.capacity, self.flash)},
+            }
+
+    def map_used_bytes(self, mid: int) -> int:
+        amap = self.maps.get(mid)
+        return 0 if amap is None else kx.count_mapped(amap) * self.au
+
+    # --- in-flight I/O generations ------------------------------------------------------------
+
+    def _enter(self) -> int:
+        g = self.gen
+        self.active[g] = self.active.get(g, 0) + 1
+        return g
+
+    def _leave(self, g: int, wrote: bool) -> None:
+        with self.lock:
+            c = self.active[g] - 1
+            if c:
+                self.active[g] = c
+            else:
+                del self.active[g]
+                if self.waiting:
+                    self._release()
+            if wrote:
+                self.dirty = True
+
+    def _release(self) -> None:
+        """Make held AUs allocatable once no I/O older than their freeing commit runs."""
+        oldest = min(self.active) if self.active else self.gen + 1
+        while self.waiting and self.waiting[0][0] < oldest:
+            _, paus = self.waiting.popleft()
+            self.held[paus] = 0
+            self.free_aus += len(paus)
+
+    # --- data path ----------------------------------------------------------------------------
+
+    def _map(self, mid: int) -> np.ndarray:
+        amap = self.maps.get(mid)
+        if amap is None:    # the vdisk was deleted under a command already dispatched
+            raise OSError(errno.ENODEV, f"extent map {mid} is gone")
+        return amap
+
+    def read(self, mid: int, offset: int, buf: memoryview) -> None:
+        n = len(buf)
+        if not n:
+            return
+        au = self.au
+        first = offset // au
+        count = (offset + n - 1) // au - first + 1
+        if count > CHUNK_AUS:
+            step = CHUNK_AUS * au - offset % au
+            self.read(mid, offset, buf[:step])
+            self.read(mid, offset + step, buf[step:])
+            return
+        fd = self.capacity.fd
+        with self.lock:
+            amap = self._map(mid)
+            if count == 1:
+                p = int(amap[first])
+                g = self._enter()
+                plan = None
+            else:
+                # kernels called directly: the arrays are ours, checked when they were made
+                kx._lookup_batch(amap, np.arange(first, first + count, dtype=np.int64),
+                                 self._paus)
+                runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
+                plan = [(int(self._starts[r]), int(self._lens[r]),
+                         int(self._paus[self._starts[r]])) for r in range(runs)]
+                g = self._enter()
+        try:
+            if plan is None:
+                if p == UNMAPPED:
+                    self._zero_fill(buf, 0, n)
+                else:
+                    _preadv_all(fd, buf, p * au + offset - first * au)
+                return
+            base = first * au
+            for s, length, p in plan:
+                a = max(offset, base + s * au) - offset
+                b = min(offset + n, base + (s + length) * au) - offset
+                if p == UNMAPPED:
+                    self._zero_fill(buf, a, b)
+                else:
+                    _preadv_all(fd, buf[a:b], p * au + (a + offset - (base + s * au)))
+        finally:
+            self._leave(g, False)
+
+    def _zero_fill(self, buf: memoryview, a: int, b: int) -> None:
+        z = self._zero
+        while a < b:
+            k = min(len(z), b - a)
+            buf[a:a + k] = z[:k]
+            a += k
+
+    def write(self, mid: int, offset: int, data: memoryview) -> None:
+        n = len(data)
+        if not n:
+            return
+        au = self.au
+        first = offset // au
+        count = (offset + n - 1) // au - first + 1
+        if count > CHUNK_AUS:
+            step = CHUNK_AUS * au - offset % au
+            self.write(mid, offset, data[:step])
+            self.write(mid, offset + step, data[step:])
+            return
+        fd = self.capacity.fd
+        with self.lock:
+            amap = self._map(mid)
+            if count == 1:
+                p = int(amap[first])
+                fast = p != UNMAPPED and self.refcount[p] == 1
+                plan = None
+            else:
+                need = kx._classify(amap, self.refcount, first, count, self._paus, self._kinds)
+                fast = need == 0
+                if fast:
+                    runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
+                    plan = [(int(self._starts[r]), int(self._lens[r]),
+                             int(self._paus[self._starts[r]])) for r in range(runs)]
+            if fast:
+                g = self._enter()
+        if not fast:
+            self._write_alloc(mid, offset, data)
+            return
+        try:
+            if plan is None:
+                _pwritev_all(fd, [data], p * au + offset - first * au)
+            else:
+                base = first * au
+                for s, length, p in plan:
+                    a = max(offset, base + s * au) - offset
+                    b = min(offset + n, base + (s + length) * au) - offset
+                    _pwritev_all(fd, [data[a:b]], p * au + (a + offset - (base + s * au)))
+        finally:
+            self._leave(g, True)
+
+    def _write_alloc(self, mid: int, offset: int, data: memoryview) -> None:
+        """Write that needs new AUs (first write or copy-on-write), under the lock throughout:
+        allocation, data I/O, then map update, so no one sees a mapping before its data."""
+        deadline = None
+        while True:
+            with self.lock:
+                if self._write_alloc_locked(mid, offset, data):
+                    commit = len(self.pending) > PENDING_LIMIT
+                    break
+                reclaimable = bool(self.frees or self.waiting)
+                if not reclaimable or (deadline is not None and time.monotonic() > deadline):
+                    if self.level < 100:
+                        self._event("pool_full", threshold_pct=100, used_pct=100.0)
+                        self.level = 100
+                    raise SpaceExhausted(f"capacity tier full ({self.capacity.n_aus} AUs)")
+            if deadline is None:
+                deadline = time.monotonic() + RECLAIM_WAIT
+                self.flush()     # frees become reusable once durable and drained
+            else:
+                time.sleep(0.01)
+        if commit:
+            self.flush()
+
+    def _write_alloc_locked(self, mid: int, offset: int, data: memoryview) -> bool:
+        au = self.au
+        n = len(data)
+        first = offset // au
+        count = (offset + n - 1) // au - first + 1
+        amap = self._map(mid)
+        paus, kinds = self._paus, self._kinds
+        need = kx._classify(amap, self.refcount, first, count, paus, kinds)
+        if need > self.free_aus:
+            return False
+        new = np.empty(need, dtype=np.int64)
+        found, self.cursor = kx._alloc_scan(self.refcount, self.held, self.cursor, need, new)
+        if found < need:    # free_aus said otherwise: accounting bug, refuse to write
+            raise PoolError(f"allocator found {found} of {need} free AUs")
+        fd = self.capacity.fd
+        z = self._zero
+        segs: list[tuple[int, list]] = []     # (tier offset, buffers), merged when adjacent
+        changes = []
+        j = 0
+        end = offset + n
+        for i in range(count):
+            v = first + i
+            lo, hi = v * au, (v + 1) * au
+            a, b = max(offset, lo), min(end, hi)
+            piece = data[a - offset:b - offset]
+            kind = int(kinds[i])
+            if kind == kx.KIND_OWNED:
+                pos, bufs = int(paus[i]) * au + (a - lo), [piece]
+            elif kind == kx.KIND_UNMAPPED:
+                q = int(new[j])
+                j += 1
+                bufs = [b_ for b_ in (z[:a - lo], piece, z[:hi - b]) if len(b_)]
+                pos = q * au
+                changes.append((v, q, UNMAPPED))
+            else:   # shared: copy the old AU, lay the new data over it
+                q = int(new[j])
+                j += 1
+                old = bytearray(au)
+                _preadv_all(fd, memoryview(old), int(paus[i]) * au)
+                old[a - lo:b - lo] = piece
+                bufs = [memoryview(old)]
+                pos = q * au
+                changes.append((v, q, int(paus[i])))
+            if segs and segs[-1][0] + sum(len(x) for x in segs[-1][1]) == pos \
+                    and len(segs[-1][1]) + len(bufs) <= IOV_MAX:
+                segs[-1][1].extend(bufs)
+            else:
+                segs.append((pos, bufs))
+        for pos, bufs in segs:
+            _pwritev_all(fd, bufs, pos)
+        # the data is written (not yet durable): now the map, refcounts and pending keys
+        for v, q, old in changes:
+            amap[v] = q
+            self.refcount[q] = 1
+            if old != UNMAPPED:
+                self.refcount[old] -= 1
+                if self.refcount[old] == 0:   # cannot happen for a shared AU; keep it exact
+                    self._hold(np.array([old], dtype=np.uint32))
+            self.pending[(mid, v)] = q
+        self.free_aus -= need
+        self.used_aus += need
+        self.dirty = True
+        if need:
+            self._check_level()
+        return True
+
+    def _hold(self, paus: np.ndarray) -> None:
+        """AUs whose last reference went away in not-yet-durable metadata (under lock)."""
+        if len(paus):
+            self.held[paus] = 1
+            self.used_aus -= len(paus)
+            self.frees.append(paus.astype(np.uint32))
+
+    def unmap(self, mid: int, offset: int, length: int) -> None:
+        """Deallocate whole AUs; zero the partial AUs at the ends if they are mapped."""
+        au = self.au
+        end = offset + length
+        lo_full = -(-offset // au)
+        hi_full = end // au
+        if hi_full <= lo_full:   # inside one AU (or two partial ones)
+            self._zero_if_mapped(mid, offset, end)
+            return
+        if offset < lo_full * au:
+            self._zero_if_mapped(mid, offset, lo_full * au)
+        if end > hi_full * au:
+            self._zero_if_mapped(mid, hi_full * au, end)
+        with self.lock:
+            amap = self._map(mid)
+            hi = min(hi_full, len(amap))
+            seg = amap[lo_full:hi]
+            idx = np.flatnonzero(seg != kx.UNMAPPED)
+            if not len(idx):
+                return
+            paus = seg[idx].copy()
+            seg[idx] = kx.UNMAPPED
+            for v in (idx + lo_full).tolist():
+                self.pending[(mid, v)] = None
+            zeroed = kx._add_refs(self.refcount, paus, -1)
+            self._hold(paus[:zeroed])
+            commit = len(self.pending) > PENDING_LIMIT
+        if commit:
+            self.flush()
+
+    def _zero_if_mapped(self, mid: int, a: int, b: int) -> None:
+        au = self.au
+        while a < b:
+            nxt = min(b, (a // au + 1) * au)
+            with self.lock:
+                mapped = self._map(mid)[a // au] != kx.UNMAPPED
+            if mapped:
+                self.write(mid, a, self._zero[:nxt - a])
+            a = nxt
+
+    def write_same(self, mid: int, offset: int, length: int, block: memoryview) -> None:
+        bs = len(block)
+        reps = max(1, min(length, ZERO_BYTES) // bs)
+        pattern = memoryview(bytes(block) * reps)
+        end = offset + length
+        while offset < end:
+            k = min(len(pattern), end - offset)
+            self.write(mid, offset, pattern[:k])
+            offset += k
+
+    def lba_status(self, mid: int, offset: int, size: int) -> tuple[bool, int]:
+        au = self.au
+        with self.lock:
+            amap = self._map(mid)
+            v = offset // au
+            mapped, run = kx.run_length(amap, v, len(amap))
+        return mapped, min((v + run) * au, size) - offset
+
+    # --- commit -------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Make every completed write durable: data (fdatasync) first, then the map keys."""
+        with self.flush_lock:
+            self._commit()
+
+    def _commit(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+            frees, self.frees = self.frees, []
+            events, self.events = self.events, []
+            dirty, self.dirty = self.dirty, False
+        try:
+            if dirty or pending:
+                os.fdatasync(self.capacity.fd)
+            if pending or events:
+                batch = WriteBatch(raw_mode=True)
+                for (mid, vau), pau in pending.items():
+                    if pau is None:
+                        batch.delete(map_key(mid, vau))
+                    else:
+                        batch.put(map_key(mid, vau), map_value(pau))
+                for ev in events:
+                    put_event(batch, ev)
+                self.db.write(batch, self._sync)
+        except BaseException:
+            with self.lock:     # keep everything for the next attempt; newer keys win
+                for k, val in pending.items():
+                    self.pending.setdefault(k, val)
+                self.frees[:0] = frees
+                self.events[:0] = events
+                self.dirty = True
+            raise
+        self.commits += 1
+        if frees:
+            self._retire(np.concatenate(frees))
+
+    def _retire(self, paus: np.ndarray) -> None:
+        """Durably freed AUs: punch them, then release them once older I/O has drained."""
+        self.capacity.punch(paus)
+        with self.lock:
+            self.waiting.append((self.gen, paus))
+            self.gen += 1
+            self._release()
+
+    @contextmanager
+    def transaction(self, batch: WriteBatch):
+        """A metadata change as one synced batch, after every pending write is durable.
+
+        The caller adds its records to ``batch`` and map operations through the yielded
+        ``MapTxn``; on a clean exit the batch is written and the in-memory state follows.
+        """
+        with self.flush_lock:
+            self._commit()
+            txn = MapTxn(self, batch)
+            yield txn
+            with self.lock:
+                events, self.events = self.events, []
+            for ev in events:
+                put_event(batch, ev)
+            self.db.write(batch, self._sync)
+            txn.apply()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self.capacity.close()
+        self.flash.close()
+
+    # --- maps as a whole (snapshots, clones, revert, delete, resize) --------------------------
+
+    def entries(self, mid: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vAUs, physical AUs) of one map: the live array if it is live, else the DB."""
+        amap = self.maps.get(mid)
+        if amap is not None:
+            v = np.flatnonzero(amap != kx.UNMAPPED)
+            return v.astype(np.uint32), amap[v].copy()
+        _, v, p = scan_maps(self.db, mid)
+        return v, p
+
+    # --- fsck ---------------------------------------------------------------------------------
+
+    def check(self, maps_info: dict[int, dict], families: dict[int, int]) -> dict:
+        """Check every map key against the records and the in-memory state.
+
+        ``maps_info``: map id -> {"what": description, "size_bytes": n, "live": bool};
+        ``families``: map id -> lineage family id (maps that may share AUs have the same one).
+        """
+        errors: list[str] = []
+        with self.flush_lock:
+            self._commit()
+            with self.lock:
+                mids, vaus, paus = scan_maps(self.db)
+                refcount = self.refcount.copy()
+                held = self.held.copy()
+                live = {m: a.copy() for m, a in self.maps.items()}
+                free_aus, used_aus = self.free_aus, self.used_aus
+        n = self.capacity.n_aus
+        known = np.array(sorted(maps_info), dtype=np.int64)
+        orphan = ~np.isin(mids, known)
+        if orphan.any():
+            errors.append(f"{int(orphan.sum())} map keys belong to no vdisk or snapshot "
+                          f"(map ids {sorted(set(mids[orphan].tolist()))[:8]})")
+        out = paus >= n
+        if out.any():
+            errors.append(f"{int(out.sum())} map keys point past the capacity tier ({n} AUs)")
+        for mid, info in maps_info.items():
+            sel = mids == mid
+            limit = n_vaus(info["size_bytes"], self.au)
+            beyond = vaus[sel] >= limit
+            if beyond.any():
+                errors.append(f"{info['what']}: {int(beyond.sum())} extents beyond its size")
+            p = paus[sel]
+            if len(np.unique(p)) != len(p):
+                errors.append(f"{info['what']}: a physical AU is mapped twice in one map")
+            if info.get("live"):
+                arr = live.get(mid)
+                want = kx.new_map(limit)
+                keep = vaus[sel] < limit
+                want[vaus[sel][keep]] = p[keep]
+                if arr is None or len(arr) != len(want) or not np.array_equal(arr, want):
+                    errors.append(f"{info['what']}: in-memory map differs from the meta DB")
+        ok = ~orphan & ~out
+        rebuilt = np.zeros(n, dtype=np.int64)
+        np.add.at(rebuilt, paus[ok].astype(np.int64), 1)
+        diff = np.flatnonzero(rebuilt != refcount.astype(np.int64))
+        if len(diff):
+            errors.append(f"{len(diff)} AUs have a reference count that differs from their "
+                          f"references (e.g. AU {int(diff[0])}: {int(refcount[diff[0]])} vs "
+                          f"{int(rebuilt[diff[0]])})")
+        bad_held = np.flatnonzero(held.astype(bool) & (rebuilt > 0))
+        if len(bad_held):
+            errors.append(f"{len(bad_held)} AUs are both referenced and held as freed")
+        in_use = int(np.count_nonzero(rebuilt))
+        if in_use != used_aus or free_aus + used_aus + int(np.count_nonzero(held)) != n:
+            errors.append(f"space accounting: {used_aus} used + {free_aus} free + "
+                          f"{int(np.count_nonzero(held))} held != {n} AUs, or {in_use} "
+                          f"referenced != {used_aus} used (leak)")
+        # sharing only inside one lineage family: no AU of one VM readable from an unrelated one
+        fam = np.array([families.get(int(m), -1 - int(m)) for m in mids[ok]], dtype=np.int64)
+        order = np.argsort(paus[ok], kind="stable")
+        sp, sf = paus[ok][order], fam[order]
+        same = sp[1:] == sp[:-1]
+        cross = same & (sf[1:] != sf[:-1])
+        if cross.any():
+            errors.append(f"{int(cross.sum())} AUs are shared between maps with no common "
+                          f"lineage (e.g. AU {int(sp[1:][cross][0])})")
+        return {
+            "ok": not errors,
+            "errors": errors,
+            "maps": len(maps_info),
+            "extents": int(len(mids)),
+            "aus": n,
+            "used_aus": in_use,
+            "shared_aus": int(np.count_nonzero(rebuilt > 1)),
+            "held_aus": int(np.count_nonzero(held)),
+        }
+
+
+class MapTxn:
+    """Map operations of one metadata transaction; applied in memory after the batch is
+    durable (so a failed write leaves memory as it was)."""
+
+    def __init__(self, store: PoolStore, batch: WriteBatch):
+        self.store = store
+        self.batch = batch
+        self.ref_add: list[np.ndarray] = []
+        self.ref_sub: list[np.ndarray] = []
+        self.new_live: dict[int, tuple[np.ndarray, int]] = {}
+        self.drop_live: set[int] = set()
+
+    def copy_map(self, src: int, dst: int, dst_size: int | None = None) -> int:
+        """Copy map ``src`` to the new map ``dst``; with ``dst_size`` it becomes a live vdisk
+        map of that size. Returns the bytes mapped in the copy."""
+        vaus, paus = self.store.entries(src)
+        if dst_size is not None:
+            keep = vaus < n_vaus(dst_size, self.store.au)
+            vaus, paus = vaus[keep], paus[keep]
+        put = self.batch.put
+        for v, p in zip(vaus.tolist(), paus.tolist()):
+            put(map_key(dst, v), map_value(p))
+        self.ref_add.append(paus)
+        if dst_size is not None:
+            amap = kx.new_map(n_vaus(dst_size, self.store.au))
+            amap[vaus] = paus
+            self.new_live[dst] = (amap, dst_size)
+        return len(paus) * self.store.au
+
+    def drop_map(self, mid: int) -> None:
+        if mid in self.drop_live:
+            return
+        vaus, paus = self.store.entries(mid)
+        delete = self.batch.delete
+        for v in vaus.tolist():
+            delete(map_key(mid, v))
+        self.ref_sub.append(paus)
+        self.drop_live.add(mid)
+
+    def new_empty(self, mid: int, size: int) -> None:
+        self.new_live[mid] = (kx.new_map(n_vaus(size, self.store.au)), size)
+
+    def resize(self, mid: int, size: int) -> None:
+        """Grow a live map (shrinking is refused by the caller)."""
+        old = self.store.maps[mid]
+        amap = kx.new_map(n_vaus(size, self.store.au))
+        amap[:len(old)] = old
+        self.new_live[mid] = (amap, size)
+
+    def apply(self) -> None:
+        s = self.store
+        zeroed_all = []
+        with s.lock:
+            for paus in self.ref_add:
+                kx.add_refs(s.refcount, paus.astype(np.uint32), 1)
+            for paus in self.ref_sub:
+                p = paus.astype(np.uint32)
+                z = kx.add_refs(s.refcount, p, -1)
+                if z:
+                    zeroed_all.append(p[:z].copy())
+            for mid in self.drop_live:
+                s.maps.pop(mid, None)
+                s.sizes.pop(mid, None)
+                for key in [k for k in s.pending if k[0] == mid]:
+                    del s.pending[key]
+            for mid, (amap, size) in self.new_live.items():
+                s.maps[mid] = amap
+                s.sizes[mid] = size
+            if zeroed_all:
+                z = np.concatenate(zeroed_all)
+                s.held[z] = 1
+                s.used_aus -= len(z)
+            s.level = min(s.level, s._level())
+        if zeroed_all:
+            s._retire(np.concatenate(zeroed_all))
+
+
+def put_event(batch: WriteBatch, event: dict) -> None:
+    """``event/<microseconds:020d>/<kind>`` -> JSON, so events list in time order."""
+    key = f"event/{int(event['time'] * 1e6):020d}/{event['kind']}"
+    batch.put(key.encode(), json.dumps(event).encode())
+
+
+class ExtentStore(BackingStore):
+    """One vdisk's blocks: a view of one live extent map of a ``PoolStore``."""
+
+    capabilities = frozenset({CAP_UNMAP, CAP_WRITE_SAME, CAP_LBA_STATUS})
+
+    def __init__(self, pool: PoolStore, map_id: int, block_size: int = 512):
+        if map_id not in pool.maps:
+            raise PoolError(f"no live extent map {map_id}")
+        self.pool = pool
+        self.map_id = map_id
+        self.block_size = block_size
+        self.unmap_granularity = pool.au
+        # bound methods for the hot path
+        self._read = pool.read
+        self._write = pool.write
+
+    @property
+    def size_bytes(self) -> int:
+        return self.pool.sizes[self.map_id]
+
+    @property
+    def used_bytes(self) -> int:
+        return self.pool.map_used_bytes(self.map_id)
+
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        self._read(self.map_id, offset, buf)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self._write(self.map_id, offset, data)
+
+    def flush(self) -> None:
+        self.pool.flush()
+
+    def unmap(self, offset: int, length: int) -> None:
+        self.pool.unmap(self.map_id, offset, length)
+
+    def write_same(self, offset: int, length: int, block: memoryview) -> None:
+        self.pool.write_same(self.map_id, offset, length, block)
+
+    def lba_status(self, offset: int) -> tuple[bool, int]:
+        return self.pool.lba_status(self.map_id, offset, self.size_bytes)
+
+    def resize(self, size_bytes: int) -> None:
+        raise InvalidArgument("resize a vdisk through the pool (vmblock vdisk resize)")
+
+    def close(self) -> None:
+        """The pool's tiers stay open for the other vdisks; nothing per vdisk to release."""
