@@ -15,7 +15,8 @@ Formats (see ``../shared/traces/README.md``):
 CSV and vscsi requests are split into the ``block_size`` blocks they cover; commands other than
 READ/WRITE (6/10/12/16) and zero-length requests carry no data and are skipped.
 Synthetic traces: ``zipf:alpha=1.0,blocks=N,requests=R[,seed=S]`` (rank 1 most popular, ranks
-shuffled over the block range) and ``scan:blocks=N,requests=R[,start=B]`` (sequential, wrapping).
+shuffled over the block range) and ``scan:blocks=N,requests=R[,start=B]`` (sequential, wrapping);
+both take ``rate=X`` (X requests per time unit, default 1) for interleaving with other traces.
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ def read_trace(path: str, block_size: int, fmt: str | None = None) -> Blocks:
 
 # -- synthetic -------------------------------------------------------------------------------------
 
-_SYNTH = {"zipf": {"alpha": float, "blocks": int, "requests": int, "seed": int},
-          "scan": {"blocks": int, "requests": int, "start": int}}
+_SYNTH = {"zipf": {"alpha": float, "blocks": int, "requests": int, "seed": int, "rate": float},
+          "scan": {"blocks": int, "requests": int, "start": int, "rate": float}}
 
 
 def is_synthetic(spec: str) -> bool:
@@ -204,7 +205,7 @@ def synthetic(spec: str) -> Blocks:
     kind, _, rest = spec.partition(":")
     if kind not in _SYNTH:
         raise TraceError(f"unknown synthetic trace {kind!r} (known: {', '.join(_SYNTH)})")
-    kw: dict = {"seed": 1, "start": 0, "alpha": 1.0}
+    kw: dict = {"seed": 1, "start": 0, "alpha": 1.0, "rate": 1.0}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in _SYNTH[kind]:
@@ -218,6 +219,8 @@ def synthetic(spec: str) -> Blocks:
         if key not in kw or not 0 < kw[key] <= 1 << 34:
             raise TraceError(f"{kind}: {key}= must be given, between 1 and 2^34")
     n, r = kw["blocks"], kw["requests"]
+    if not 0 < kw["rate"] <= 1e6:
+        raise TraceError(f"{kind}: rate must be in (0, 1e6]")
     if kind == "zipf":
         if not 0 < kw["alpha"] <= 5:
             raise TraceError("zipf: alpha must be in (0, 5]")
@@ -229,7 +232,7 @@ def synthetic(spec: str) -> Blocks:
         block = rng.permutation(n).astype(np.int64)[rank]
     else:
         block = kw["start"] + np.arange(r, dtype=np.int64) % n
-    return Blocks(np.arange(r, dtype=np.float64), block, np.zeros(r, np.bool_), r)
+    return Blocks(np.arange(r, dtype=np.float64) / kw["rate"], block, np.zeros(r, np.bool_), r)
 
 
 def write_oracle(path: str, ids: np.ndarray, obj_size: int) -> None:
