@@ -7,8 +7,9 @@
    vmblock's ``access`` call over the whole block stream (JIT warm-up and trace loading
    excluded), libcachesim's ``process_trace`` over the same stream in an oracleGeneral file.
 2. Isolation: VM A (zipf working set, high-priority group) shares the cache with VM B (sequential
-   scan over 10x the cache at 32 blocks per A request, low-priority group). A's hit ratio alone, with groups, in one shared
-   S3-FIFO without groups, and in one shared LRU (libcachesim, per-request, to count A's hits).
+   scan over 10x the cache at 32 blocks per A request, low-priority group). A's hit ratio alone,
+   with groups, in one shared S3-FIFO without groups, and in one shared LRU (libcachesim,
+   request by request, to count A's hits).
 
     .venv/bin/python tools/bench_cache.py [--repeats 5] [--quick] [--json out.json]
 """
