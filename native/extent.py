@@ -99,6 +99,8 @@ def _alloc_scan(refcount, held, cursor, count, out):
     n = refcount.shape[0]
     found = 0
     i = cursor
+    if count <= 0 or count > out.shape[0]:
+        return 0, cursor
     for _ in range(n):
         if i >= n:
             i = 0

@@ -264,6 +264,7 @@ class PoolStore:
         self.free_aus = self.capacity.n_aus - self.used_aus
         self.cursor = 0
         self.level = self._level()
+        self.full = False
 
     # --- accounting and events ----------------------------------------------------------------
 
@@ -447,9 +448,12 @@ class PoolStore:
                     break
                 reclaimable = bool(self.frees or self.waiting)
                 if not reclaimable or (deadline is not None and time.monotonic() > deadline):
-                    if self.level < 100:
-                        self._event("pool_full", threshold_pct=100, used_pct=100.0)
-                        self.level = 100
+                    if not self.full:
+                        self._event("pool_full", threshold_pct=100,
+                                    used_pct=round(100.0 * self.used_aus
+                                                   / max(self.capacity.n_aus, 1), 2))
+                        log.warning("capacity tier full: failing writes that need space")
+                        self.full = True
                     raise SpaceExhausted(f"capacity tier full ({self.capacity.n_aus} AUs)")
             if deadline is None:
                 deadline = time.monotonic() + RECLAIM_WAIT
@@ -470,7 +474,10 @@ class PoolStore:
         if need > self.free_aus:
             return False
         new = np.empty(need, dtype=np.int64)
-        found, self.cursor = kx._alloc_scan(self.refcount, self.held, self.cursor, need, new)
+        found = 0
+        if need:    # another writer may have mapped these AUs since the caller looked
+            found, self.cursor = kx._alloc_scan(self.refcount, self.held, self.cursor, need,
+                                                new)
         if found < need:    # free_aus said otherwise: accounting bug, refuse to write
             raise PoolError(f"allocator found {found} of {need} free AUs")
         fd = self.capacity.fd
@@ -523,6 +530,7 @@ class PoolStore:
         self.dirty = True
         if need:
             self._check_level()
+        self.full = False
         return True
 
     def _hold(self, paus: np.ndarray) -> None:
