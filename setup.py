@@ -21,6 +21,6 @@ setup(
     install_requires=[
         "numpy", "numba", "rocksdict", "pyroute2", "click", "aiohttp", "uvloop", "crc32c",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim"]},
     entry_points={"console_scripts": ["vmblock = vmblock.cli:main"]},
 )
