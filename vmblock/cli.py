@@ -114,6 +114,7 @@ def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
     from vmblock import server   # the fabric and SCSI core load only for serve
 
     pool = Pool(pool_dir, create=True)
+    pool.overrides = overrides    # store.* keys of --config apply to the tiers opened below
     try:
         if demo:
             server.ensure_demo(pool)
