@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Extent store benchmarks: map lookups (in process) and the data path against the sparse-file
+store it replaced (two real servers, one run).
+
+usage: tools/bench_extent.py [--lookup] [--datapath] [--rounds 5] [--baseline REV] [--record]
+
+--lookup (default when neither is given): a 1 M-extent map (a live map of 1,048,576 AUs, every
+  one mapped, physical AUs shuffled), batched lookups of 1 M random vAUs through the public
+  wrapper and through the kernel, and single lookups from Python (wrapper, kernel, plain numpy
+  indexing); median of --rounds repeats, JIT compile done before timing.
+--datapath: `vmblock serve` of this checkout (extent store) and of --baseline (default: the
+  parent of the commit that introduced the extent store, i.e. the sparse-file store), each on a
+  scratch pool with a 1 GiB thin vdisk, same machine, same qemu-img bench workloads as
+  ../shared/tools/peer_bench.py (4K QD32 read and write), alternating rounds, medians, ratio.
+  Both vdisks are first written once over the benchmarked range, so reads hit data (an
+  unwritten extent would read as zeros without any I/O and flatter the extent store).
+--record appends the figures, with the machine, to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import REPO, start_vmblock, stop  # noqa: E402
+
+WORKLOADS = [
+    ("read4k_qd32_seq", ["-c", "60000", "-d", "32", "-s", "4096"]),
+    ("write4k_qd32_seq", ["-w", "-c", "30000", "-d", "32", "-s", "4096"]),
+]
+
+
+def machine() -> str:
+    import platform
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 30
+    return (f"{os.cpu_count()} cores ({cpu}), {mem} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def bench_lookup(rounds: int) -> str:
+    from vmblock.native import extent as kx
+    n = 1 << 20
+    rng = np.random.default_rng(7)
+    amap = rng.permutation(n).astype(np.uint32)      # 1 M mapped AUs, scattered physically
+    vaus = rng.integers(0, n, size=n)
+    out = np.empty(n, dtype=np.uint32)
+    vaus64 = vaus.astype(np.int64)
+    kx.lookup_batch(amap, vaus64, out)               # compile / load from cache first
+    kx._lookup_one(amap, 5)
+    assert np.array_equal(out, amap[vaus])
+
+    def rate(fn) -> float:
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return n / statistics.median(times)
+
+    batched_wrapper = rate(lambda: kx.lookup_batch(amap, vaus64, out))
+    batched_kernel = rate(lambda: kx._lookup_batch(amap, vaus64, out))
+
+    singles = vaus[:100_000].tolist()
+
+    def per_call(fn) -> float:
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for v in singles:
+                fn(amap, v)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) / len(singles) * 1e6
+
+    single_wrapper = per_call(kx.lookup)
+    single_kernel = per_call(kx._lookup_one)
+    single_numpy = per_call(lambda a, v: int(a[v]))
+    return (f"map: 1,048,576 extents (one per 64 KiB AU, all mapped); median of {rounds}\n"
+            f"batched lookup, 1 M random vAUs, lookup_batch() wrapper: "
+            f"{batched_wrapper / 1e6:8.1f} M lookups/s\n"
+            f"batched lookup, 1 M random vAUs, kernel _lookup_batch:   "
+            f"{batched_kernel / 1e6:8.1f} M lookups/s\n"
+            f"single lookup from Python, lookup() wrapper:  {single_wrapper:6.3f} us\n"
+            f"single lookup from Python, kernel _lookup_one: {single_kernel:6.3f} us\n"
+            f"single lookup from Python, numpy a[v] (data path): {single_numpy:6.3f} us")
+
+
+def baseline_rev(rev: str | None) -> str:
+    if rev:
+        return rev
+    out = subprocess.run(["git", "-C", str(REPO), "log", "--format=%H", "-1", "--grep",
+                          "^store: VM-aware extent store replaces the sparse-file store"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    if not out:
+        sys.exit("bench_extent: cannot find the extent store's first commit; pass --baseline")
+    return out + "^"
+
+
+def qemu_bench(url: str, args: list[str]) -> float:
+    p = subprocess.run(["qemu-img", "bench", "-f", "raw", "-t", "none", *args, url],
+                       capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr.strip() or p.stdout.strip())
+    secs = float(re.search(r"completed in ([\d.]+) seconds", p.stdout).group(1))
+    return int(args[args.index("-c") + 1]) / secs
+
+
+def bench_datapath(rounds: int, rev: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="vmblock-bench-extent-") as tmp:
+        work = Path(tmp)
+        tree = work / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
+                       check=True, capture_output=True)
+        servers = []
+        try:
+            old_env = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = str(tree)
+            try:
+                base, base_url = start_vmblock(work / "pool-sparse", work / "sparse.log",
+                                               "bench", "1G")
+            finally:
+                if old_env is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = old_env
+            servers.append(base)
+            ours, ours_url = start_vmblock(work / "pool-extent", work / "extent.log",
+                                           "bench", "1G")
+            servers.append(ours)
+            for url in (base_url, ours_url):     # map / allocate the benchmarked range once
+                qemu_bench(url, WORKLOADS[1][1])
+            lines = [f"{'workload':<18} {'extent IOPS':>12} {'sparse IOPS':>12} {'ratio':>6}"]
+            for name, args in WORKLOADS:
+                e, s, r = [], [], []
+                for _ in range(rounds):
+                    a = qemu_bench(ours_url, args)
+                    b = qemu_bench(base_url, args)
+                    e.append(a)
+                    s.append(b)
+                    r.append(a / b)
+                lines.append(f"{name:<18} {statistics.median(e):>12.0f} "
+                             f"{statistics.median(s):>12.0f} {statistics.median(r):>6.2f}")
+        finally:
+            for srv in servers:
+                stop(srv)
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                           capture_output=True)
+    return (f"baseline {rev} (sparse-file store) vs this checkout (extent store); "
+            f"median of {rounds} alternating rounds\n" + "\n".join(lines))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--lookup", action="store_true")
+    ap.add_argument("--datapath", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--baseline", default=None)
+    ap.add_argument("--record", action="store_true")
+    a = ap.parse_args()
+    if not (a.lookup or a.datapath):
+        a.lookup = True
+    parts = []
+    if a.lookup:
+        parts.append(("Extent map lookups (`tools/bench_extent.py --lookup`)",
+                      bench_lookup(a.rounds)))
+        print(parts[-1][1], flush=True)
+    if a.datapath:
+        rev = baseline_rev(a.baseline)
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        parts.append((f"Data path, extent store ({head}) vs sparse-file store "
+                      f"(`tools/bench_extent.py --datapath`)", bench_datapath(a.rounds, rev)))
+        print(parts[-1][1], flush=True)
+    if a.record:
+        when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        with open(REPO / "docs" / "benchmarks.md", "a") as f:
+            for title, text in parts:
+                f.write(f"\n### {title}, {when}\n\nMachine: {machine()}.\n\n```\n{text}\n```\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
