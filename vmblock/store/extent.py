@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import json
 import logging
 import os
@@ -212,6 +213,7 @@ class PoolStore:
         self.au = au
         self.capacity = capacity
         self.flash = flash
+        self.fd = capacity.fd
         self.thresholds = tuple(sorted(thresholds))
         self.lock = threading.Lock()
         self.flush_lock = threading.Lock()
@@ -221,11 +223,16 @@ class PoolStore:
         self.sizes: dict[int, int] = {}
         self.pending: dict[tuple[int, int], int | None] = {}
         self.frees: list[np.ndarray] = []
-        self.waiting: deque[tuple[int, np.ndarray]] = deque()
+        self.waiting: deque[tuple[set[int], np.ndarray]] = deque()
         self.events: list[dict] = []
-        self.gen = 0
-        self.active: dict[int, int] = {}
-        self.dirty = False
+        # Data I/O in progress outside the lock, by unique token (itertools.count and set
+        # add/discard are atomic in CPython, so the 4 KiB path takes no lock at all).
+        self.tokens = itertools.count(1)
+        self.inflight: set[int] = set()
+        # Written-but-maybe-not-synced: a completed write stores its token here; a commit
+        # fdatasyncs when it differs from the token its last sync saw.
+        self.last_write = 0
+        self.synced = 0
         self.closed = False
         self.commits = 0
         self._zero = memoryview(bytes(max(ZERO_BYTES, au)))
@@ -307,29 +314,13 @@ class PoolStore:
         amap = self.maps.get(mid)
         return 0 if amap is None else kx.count_mapped(amap) * self.au
 
-    # --- in-flight I/O generations ------------------------------------------------------------
-
-    def _enter(self) -> int:
-        g = self.gen
-        self.active[g] = self.active.get(g, 0) + 1
-        return g
-
-    def _leave(self, g: int, wrote: bool) -> None:
-        with self.lock:
-            c = self.active[g] - 1
-            if c:
-                self.active[g] = c
-            else:
-                del self.active[g]
-                if self.waiting:
-                    self._release()
-            if wrote:
-                self.dirty = True
+    # --- held frees ----------------------------------------------------------------------------
 
     def _release(self) -> None:
-        """Make held AUs allocatable once no I/O older than their freeing commit runs."""
-        oldest = min(self.active) if self.active else self.gen + 1
-        while self.waiting and self.waiting[0][0] < oldest:
+        """Make durably freed AUs allocatable once every I/O that was in flight when they were
+        retired has finished (it may have looked them up before they were unmapped).
+        Called under the lock."""
+        while self.waiting and self.waiting[0][0].isdisjoint(self.inflight):
             _, paus = self.waiting.popleft()
             self.held[paus] = 0
             self.free_aus += len(paus)
@@ -355,21 +346,21 @@ class PoolStore:
             self.read(mid, offset + step, buf[step:])
             return
         fd = self.capacity.fd
-        with self.lock:
-            amap = self._map(mid)
-            if count == 1:
-                p = int(amap[first])
-                g = self._enter()
-                plan = None
-            else:
-                # kernels called directly: the arrays are ours, checked when they were made
-                kx._lookup_batch(amap, np.arange(first, first + count, dtype=np.int64),
-                                 self._paus)
-                runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
-                plan = [(int(self._starts[r]), int(self._lens[r]),
-                         int(self._paus[self._starts[r]])) for r in range(runs)]
-                g = self._enter()
+        tok = next(self.tokens)
+        self.inflight.add(tok)     # before the lookup: a free retired after it waits for us
         try:
+            with self.lock:
+                amap = self._map(mid)
+                if count == 1:
+                    p = amap.item(first)
+                    plan = None
+                else:
+                    # kernels called directly: the arrays are ours, checked when made
+                    kx._lookup_batch(amap, np.arange(first, first + count, dtype=np.int64),
+                                     self._paus)
+                    runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
+                    plan = [(int(self._starts[r]), int(self._lens[r]),
+                             int(self._paus[self._starts[r]])) for r in range(runs)]
             if plan is None:
                 if p == UNMAPPED:
                     self._zero_fill(buf, 0, n)
@@ -385,7 +376,7 @@ class PoolStore:
                 else:
                     _preadv_all(fd, buf[a:b], p * au + (a + offset - (base + s * au)))
         finally:
-            self._leave(g, False)
+            self.inflight.discard(tok)
 
     def _zero_fill(self, buf: memoryview, a: int, b: int) -> None:
         z = self._zero
@@ -407,35 +398,37 @@ class PoolStore:
             self.write(mid, offset + step, data[step:])
             return
         fd = self.capacity.fd
-        with self.lock:
-            amap = self._map(mid)
-            if count == 1:
-                p = int(amap[first])
-                fast = p != UNMAPPED and self.refcount[p] == 1
-                plan = None
-            else:
-                need = kx._classify(amap, self.refcount, first, count, self._paus, self._kinds)
-                fast = need == 0
-                if fast:
-                    runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
-                    plan = [(int(self._starts[r]), int(self._lens[r]),
-                             int(self._paus[self._starts[r]])) for r in range(runs)]
+        tok = next(self.tokens)
+        self.inflight.add(tok)     # before the lookup: a free retired after it waits for us
+        try:
+            with self.lock:
+                amap = self._map(mid)
+                if count == 1:
+                    p = amap.item(first)
+                    fast = p != UNMAPPED and self.refcount.item(p) == 1
+                    plan = None
+                else:
+                    need = kx._classify(amap, self.refcount, first, count, self._paus,
+                                        self._kinds)
+                    fast = need == 0
+                    if fast:
+                        runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
+                        plan = [(int(self._starts[r]), int(self._lens[r]),
+                                 int(self._paus[self._starts[r]])) for r in range(runs)]
             if fast:
-                g = self._enter()
+                if plan is None:
+                    _pwritev_all(fd, [data], p * au + offset - first * au)
+                else:
+                    base = first * au
+                    for s, length, p in plan:
+                        a = max(offset, base + s * au) - offset
+                        b = min(offset + n, base + (s + length) * au) - offset
+                        _pwritev_all(fd, [data[a:b]], p * au + (a + offset - (base + s * au)))
+                self.last_write = tok
+        finally:
+            self.inflight.discard(tok)
         if not fast:
             self._write_alloc(mid, offset, data)
-            return
-        try:
-            if plan is None:
-                _pwritev_all(fd, [data], p * au + offset - first * au)
-            else:
-                base = first * au
-                for s, length, p in plan:
-                    a = max(offset, base + s * au) - offset
-                    b = min(offset + n, base + (s + length) * au) - offset
-                    _pwritev_all(fd, [data[a:b]], p * au + (a + offset - (base + s * au)))
-        finally:
-            self._leave(g, True)
 
     def _write_alloc(self, mid: int, offset: int, data: memoryview) -> None:
         """Write that needs new AUs (first write or copy-on-write), under the lock throughout:
@@ -460,6 +453,8 @@ class PoolStore:
                 self.flush()     # frees become reusable once durable and drained
             else:
                 time.sleep(0.01)
+                with self.lock:
+                    self._release()
         if commit:
             self.flush()
 
@@ -527,7 +522,7 @@ class PoolStore:
             self.pending[(mid, v)] = q
         self.free_aus -= need
         self.used_aus += need
-        self.dirty = True
+        self.last_write = next(self.tokens)
         if need:
             self._check_level()
         self.full = False
@@ -610,10 +605,13 @@ class PoolStore:
             pending, self.pending = self.pending, {}
             frees, self.frees = self.frees, []
             events, self.events = self.events, []
-            dirty, self.dirty = self.dirty, False
+            written = self.last_write      # one load: a later write changes it again
+            if self.waiting:
+                self._release()
         try:
-            if dirty or pending:
+            if written != self.synced or pending:
                 os.fdatasync(self.capacity.fd)
+                self.synced = written
             if pending or events:
                 batch = WriteBatch(raw_mode=True)
                 for (mid, vau), pau in pending.items():
@@ -630,7 +628,6 @@ class PoolStore:
                     self.pending.setdefault(k, val)
                 self.frees[:0] = frees
                 self.events[:0] = events
-                self.dirty = True
             raise
         self.commits += 1
         if frees:
@@ -640,8 +637,7 @@ class PoolStore:
         """Durably freed AUs: punch them, then release them once older I/O has drained."""
         self.capacity.punch(paus)
         with self.lock:
-            self.waiting.append((self.gen, paus))
-            self.gen += 1
+            self.waiting.append((self.inflight.copy(), paus))
             self._release()
 
     @contextmanager
@@ -867,10 +863,55 @@ class ExtentStore(BackingStore):
     def used_bytes(self) -> int:
         return self.pool.map_used_bytes(self.map_id)
 
+    # The one-AU cases (every 4 KiB I/O) inline and without the pool lock: one array load
+    # (atomic under the GIL), the in-flight token that keeps a concurrently freed AU from
+    # being reused under us, one syscall. Everything else goes through PoolStore.
+
     def read_into(self, offset: int, buf: memoryview) -> None:
+        pool = self.pool
+        n = len(buf)
+        au = pool.au
+        first = offset // au
+        if n and (offset + n - 1) // au == first:
+            tok = next(pool.tokens)
+            inflight = pool.inflight
+            inflight.add(tok)
+            try:
+                amap = pool.maps.get(self.map_id)
+                if amap is not None:
+                    p = amap.item(first)
+                    if p == UNMAPPED:
+                        buf[:] = pool._zero[:n]
+                    else:
+                        pos = p * au + offset - first * au
+                        if os.preadv(pool.fd, [buf], pos) != n:
+                            _preadv_all(pool.fd, buf, pos)
+                    return
+            finally:
+                inflight.discard(tok)
         self._read(self.map_id, offset, buf)
 
     def write(self, offset: int, data: memoryview) -> None:
+        pool = self.pool
+        n = len(data)
+        au = pool.au
+        first = offset // au
+        if n and (offset + n - 1) // au == first:
+            tok = next(pool.tokens)
+            inflight = pool.inflight
+            inflight.add(tok)
+            try:
+                amap = pool.maps.get(self.map_id)
+                if amap is not None:
+                    p = amap.item(first)
+                    if p != UNMAPPED and pool.refcount.item(p) == 1:   # owned: in place
+                        pos = p * au + offset - first * au
+                        if os.pwrite(pool.fd, data, pos) != n:
+                            _pwritev_all(pool.fd, [data], pos)
+                        pool.last_write = tok
+                        return
+            finally:
+                inflight.discard(tok)
         self._write(self.map_id, offset, data)
 
     def flush(self) -> None:
