@@ -249,6 +249,29 @@ class CacheDirectory:
         self._load_group(g, spec)
         return self.shrink()
 
+    def set_groups(self, specs: list[GroupSpec]) -> int:
+        """Replace every group's settings at once (same number of groups, validated as a set,
+        so moving reservation from one group to another never fails half-way). Vdisks keep
+        their group index; returns blocks evicted to honour lowered maximums."""
+        specs = list(specs)
+        if len(specs) != len(self.groups):
+            raise CacheError(f"expected {len(self.groups)} groups, got {len(specs)}")
+        validate_groups(specs)
+        self.groups = specs
+        self.group_index = {s.name: i for i, s in enumerate(specs)}
+        for i, spec in enumerate(specs):
+            self._load_group(i, spec)
+        return self.shrink()
+
+    def reset_vdisk(self, vdisk: int) -> int:
+        """Forget a vdisk id for reuse: its blocks, counters, pin and group (back to 0)."""
+        v = self._vdisk_id(vdisk)
+        removed = self.remove_vdisk(v)
+        self.vd_cnt[v] = 0
+        self.vdt[v, K.V_PINNED] = 0
+        self.vdt[v, K.V_GROUP] = 0
+        return removed
+
     def shrink(self) -> int:
         """Evict from groups over their maximum share until none is."""
         return int(K._shrink(self.lists, self.grp, self.vdt, self.ht, self.s_key, self.s_i32,
