@@ -97,7 +97,7 @@ def group_delete(ctx, name) -> None:
 @click.pass_context
 def group_assign(ctx, target, group_name, kind) -> None:
     """Put a VM (all its vdisks) or one vdisk in a group; a VM wins if both are named TARGET."""
-    r = _api(ctx).group_assign(target=target, group=group_name, kind=kind)
+    r = _api(ctx).group_assign(target=target, to=group_name, kind=kind)
     click.echo(f"{r['kind']} {target} is in group {group_name}")
 
 

@@ -258,8 +258,8 @@ class CacheApi:
         self._apply_groups()
         return {"name": name, "reassigned": len(moved)}
 
-    def group_assign(self, target: str, group: str, kind: str | None = None) -> dict:
-        r = self._groups().assign(target, group, kind)
+    def group_assign(self, target: str, to: str, kind: str | None = None) -> dict:
+        r = self._groups().assign(target, to, kind)
         self._apply_groups()
         return r
 
