@@ -14,6 +14,8 @@ usage: tools/bench_extent.py [--lookup] [--datapath] [--rounds 5] [--baseline RE
   ../shared/tools/peer_bench.py (4K QD32 read and write), alternating rounds, medians, ratio.
   Both vdisks are first written once over the benchmarked range, so reads hit data (an
   unwritten extent would read as zeros without any I/O and flatter the extent store).
+--candidate REV runs the extent-store server from a worktree of REV instead of this checkout
+  (so uncommitted changes in the working tree do not leak into the figures).
 --record appends the figures, with the machine, to docs/benchmarks.md.
 """
 
@@ -121,27 +123,37 @@ def qemu_bench(url: str, args: list[str]) -> float:
     return int(args[args.index("-c") + 1]) / secs
 
 
-def bench_datapath(rounds: int, rev: str) -> str:
+def _start_from(tree: Path | None, pool: Path, log: Path):
+    """start_vmblock with ``tree`` (a worktree) first on PYTHONPATH, or this checkout."""
+    old_env = os.environ.get("PYTHONPATH")
+    if tree is not None:
+        os.environ["PYTHONPATH"] = str(tree)
+    try:
+        return start_vmblock(pool, log, "bench", "1G")
+    finally:
+        if old_env is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old_env
+
+
+def bench_datapath(rounds: int, rev: str, candidate: str | None = None) -> str:
     with tempfile.TemporaryDirectory(prefix="vmblock-bench-extent-") as tmp:
         work = Path(tmp)
-        tree = work / "baseline"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev],
-                       check=True, capture_output=True)
+        trees = {"baseline": rev, "candidate": candidate}
+        made = []
         servers = []
         try:
-            old_env = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = str(tree)
-            try:
-                base, base_url = start_vmblock(work / "pool-sparse", work / "sparse.log",
-                                               "bench", "1G")
-            finally:
-                if old_env is None:
-                    del os.environ["PYTHONPATH"]
-                else:
-                    os.environ["PYTHONPATH"] = old_env
+            for name, r in trees.items():
+                if r:
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach",
+                                    str(work / name), r], check=True, capture_output=True)
+                    made.append(work / name)
+            base, base_url = _start_from(work / "baseline", work / "pool-sparse",
+                                         work / "sparse.log")
             servers.append(base)
-            ours, ours_url = start_vmblock(work / "pool-extent", work / "extent.log",
-                                           "bench", "1G")
+            ours, ours_url = _start_from(work / "candidate" if candidate else None,
+                                         work / "pool-extent", work / "extent.log")
             servers.append(ours)
             for url in (base_url, ours_url):     # map / allocate the benchmarked range once
                 qemu_bench(url, WORKLOADS[1][1])
@@ -159,10 +171,11 @@ def bench_datapath(rounds: int, rev: str) -> str:
         finally:
             for srv in servers:
                 stop(srv)
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
-                           capture_output=True)
-    return (f"baseline {rev} (sparse-file store) vs this checkout (extent store); "
-            f"median of {rounds} alternating rounds\n" + "\n".join(lines))
+            for tree in made:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
+                                str(tree)], capture_output=True)
+    return (f"baseline {rev} (sparse-file store) vs {candidate or 'this checkout'} (extent "
+            f"store); median of {rounds} alternating rounds\n" + "\n".join(lines))
 
 
 def main() -> int:
@@ -171,6 +184,7 @@ def main() -> int:
     ap.add_argument("--datapath", action="store_true")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--baseline", default=None)
+    ap.add_argument("--candidate", default=None)
     ap.add_argument("--record", action="store_true")
     a = ap.parse_args()
     if not (a.lookup or a.datapath):
@@ -182,10 +196,12 @@ def main() -> int:
         print(parts[-1][1], flush=True)
     if a.datapath:
         rev = baseline_rev(a.baseline)
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short",
+                               a.candidate or "HEAD"],
                               capture_output=True, text=True).stdout.strip()
         parts.append((f"Data path, extent store ({head}) vs sparse-file store "
-                      f"(`tools/bench_extent.py --datapath`)", bench_datapath(a.rounds, rev)))
+                      f"(`tools/bench_extent.py --datapath`)",
+                      bench_datapath(a.rounds, rev, a.candidate)))
         print(parts[-1][1], flush=True)
     if a.record:
         when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
