@@ -480,5 +480,11 @@ def events(ctx: click.Context, limit: int, as_json: bool) -> None:
                        f"(threshold {e.get('threshold_pct')}%)")
 
 
+# group, cache and vdisk pin/unpin: the flash cache's commands live with it
+from vmblock.cache import commands as _cache_commands  # noqa: E402
+
+_cache_commands.register(cli, vdisk)
+
+
 def main() -> None:
     cli()

@@ -120,6 +120,39 @@ def _check_store_key(name: str, value: str) -> None:
         _nonneg_float("store.commit_interval", value)
 
 
+# The flash cache's keys (vmblock.cache.tier). cache.size: bytes of the flash tier used as cache
+# slots, or a percentage of the flash tier ("0" turns the cache off); the rest of the flash tier is
+# left to flash-tier AUs. cache.block_size: a power of two between 4K and 1M (docs/cache.md).
+CACHE_DEFAULTS = {
+    "size": "50%",
+    "block_size": "64K",
+}
+
+
+def _check_cache_key(name: str, value: str) -> None:
+    if name == "size":
+        v = value.strip()
+        if v.endswith("%"):
+            try:
+                ok = 0 <= float(v[:-1]) <= 100
+            except ValueError:
+                ok = False
+            if not ok:
+                raise InvalidArgument(f"cache.size {value!r}: a percentage must be 0-100%")
+        else:
+            parse_size(v)
+    elif name == "block_size":
+        bs = parse_size(value)
+        if bs < 4096 or bs > 1 << 20 or bs & (bs - 1):
+            raise InvalidArgument(f"cache.block_size must be a power of two from 4K to 1M, "
+                                  f"not {value!r}")
+
+
+def cache_settings(settings: dict[str, str]) -> dict[str, str]:
+    """The cache.* settings with defaults filled in, keys without the prefix."""
+    return {k: settings.get(f"cache.{k}", v) for k, v in CACHE_DEFAULTS.items()}
+
+
 def store_settings(settings: dict[str, str]) -> dict[str, str]:
     """The store.* settings with defaults filled in, keys without the prefix."""
     return {k: settings.get(f"store.{k}", v) for k, v in STORE_DEFAULTS.items()}
@@ -130,6 +163,8 @@ def check_key(key: str, value: str) -> str:
     parts = key.split(".")
     if len(parts) == 2 and parts[0] == "store" and parts[1] in STORE_DEFAULTS:
         _check_store_key(parts[1], value)
+    elif len(parts) == 2 and parts[0] == "cache" and parts[1] in CACHE_DEFAULTS:
+        _check_cache_key(parts[1], value)
     elif key == "iscsi.portals":
         parse_portals(value)
     elif key in ("iscsi.nop_interval", "iscsi.nop_timeout"):

@@ -17,6 +17,8 @@ import uvloop
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
+from vmblock.cache import manager as cache_manager
+from vmblock.cache import tier as cache_tier
 from vmblock.config import (
     check_settings,
     format_portal,
@@ -86,6 +88,7 @@ class Server:
         self.service: IscsiService | None = None
         self.admin = None
         self.committer: asyncio.Task | None = None
+        self.cache = None               # vmblock.cache.tier.FlashCache, None when cache.size is 0
         pool.overrides = overrides
 
     def settings(self) -> dict[str, str]:
@@ -107,6 +110,8 @@ class Server:
 
     def add_vdisk(self, disk: Vdisk) -> None:
         store = self.pool.open_store(disk)
+        if self.cache is not None:
+            store = cache_manager.cached_store(self.cache, self.pool, disk, store)
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
                          vendor="VMBLOCK", product="vdisk", write_cache=True)
@@ -117,6 +122,8 @@ class Server:
         store = self.stores.pop(disk.uuid)
         store.flush()
         store.close()
+        if self.cache is not None:
+            self.cache.detach(disk.uuid)
 
     def lu(self, disk: Vdisk) -> LogicalUnit | None:
         entry = self.targets.get(disk.target)
@@ -136,7 +143,9 @@ class Server:
     async def start(self) -> None:
         settings = self.settings()
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
+        cache_tier.warm()
         self.pool.store           # maps loaded and refcounts rebuilt before the ready line
+        self.cache = cache_manager.open_cache(self.pool, settings)   # cold: RAM only
         interval = float(store_settings(settings)["commit_interval"])
         if interval > 0:
             self.committer = asyncio.create_task(self._commit_loop(interval))
@@ -193,6 +202,8 @@ class LiveApi(Api):
             self.server.remove_vdisk(disk)
 
     def vdisk_resized(self, disk: Vdisk) -> None:
+        if self.server.cache is not None:
+            self.server.cache.invalidate_vdisk(disk.uuid)
         lu = self.server.lu(disk)
         if lu is not None:
             lu.capacity_changed()
@@ -234,6 +245,8 @@ class LiveApi(Api):
         result = work()
         for entry in result["vdisks"]:
             disk = self.pool.vdisk(entry["name"])
+            if self.server.cache is not None:
+                self.server.cache.invalidate_vdisk(disk.uuid)
             lu = self.server.lu(disk)
             if lu is None:
                 continue

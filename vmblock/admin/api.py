@@ -7,6 +7,7 @@ targets. Methods take and return plain JSON values so the two paths cannot drift
 
 from __future__ import annotations
 
+from vmblock.cache.manager import CacheApi
 from vmblock.config import format_portal, parse_size, portals_of
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.meta import Pool, Vdisk
@@ -21,13 +22,16 @@ VERBS = (
     ("snapshot", "list"), ("snapshot", "delete"),
     ("config", "get"), ("config", "set"), ("config", "unset"), ("config", "list"),
     ("session", "list"), ("pool", "show"), ("pool", "check"), ("event", "list"),
+    ("group", "create"), ("group", "list"), ("group", "show"), ("group", "set"),
+    ("group", "delete"), ("group", "assign"), ("vdisk", "pin"), ("vdisk", "unpin"),
+    ("cache", "show"), ("cache", "preload"),
 )
 
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-class Api:
-    """Management verbs on a pool opened by this process."""
+class Api(CacheApi):
+    """Management verbs on a pool opened by this process (cache verbs: ``CacheApi``)."""
 
     def __init__(self, pool: Pool):
         self.pool = pool

@@ -291,8 +291,14 @@ class CacheApi:
         store = self.server.stores.get(disk.uuid)
         if store is None or not hasattr(store, "preload"):
             raise ServerError(f"vdisk {vdisk} is not served")
-        blocks = store.preload()
-        return {"name": vdisk, "cached_blocks": blocks, "cached_bytes": blocks * cache.bs}
+        return self._preload(store, vdisk, cache.bs)
+
+    async def _preload(self, store, vdisk: str, bs: int) -> dict:
+        import asyncio
+
+        # capacity reads: in the executor, the event loop keeps serving I/O meanwhile
+        blocks = await asyncio.get_running_loop().run_in_executor(None, store.preload)
+        return {"name": vdisk, "cached_blocks": blocks, "cached_bytes": blocks * bs}
 
     def cache_show(self) -> dict:
         """Configuration, occupancy and hit accounting per vdisk, per VM and per group."""

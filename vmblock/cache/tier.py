@@ -159,6 +159,9 @@ class FlashCache:
         full += [unused_group(i) for i in range(len(full), MAX_GROUPS)]
         with self.lock:
             d = self.dir
+            for i, spec in enumerate(full):
+                if d.groups[i].name != spec.name:   # a row reused by another group
+                    d.grp_cnt[i] = 0
             evicted = d.set_groups(full)
             for uuid, (group, pinned) in members.items():
                 vid = self.ids.get(uuid)
