@@ -499,3 +499,22 @@ def _shrink(lists, grp, vdt, ht, s_key, s_i32, g_key, g_i32, free_slots, free_gh
                 break
             evicted += 1
     return evicted
+
+
+@jit(**KERNEL)
+def _access_one(key, vd, write, nb, k1, v1, w1, n1, h1, s1, ht, s_key, s_i32, g_key, g_i32,
+                lists, grp, vdt, free_slots, free_ghosts, sc, ipar, fpar, vd_cnt, grp_cnt, shift,
+                block_size):
+    """``_access`` of one block, with scalars in and one code out (the data path's common
+    case: no numpy item writes in Python): the slot of a hit, ``-2 - slot`` for an admitted
+    miss, -1 for a miss that was not admitted."""
+    k1[0] = key
+    v1[0] = vd
+    w1[0] = write
+    n1[0] = nb
+    _access(k1, v1, w1, n1, h1, s1, ht, s_key, s_i32, g_key, g_i32, lists, grp, vdt,
+            free_slots, free_ghosts, sc, ipar, fpar, vd_cnt, grp_cnt, shift, block_size)
+    s = s1[0]
+    if h1[0]:
+        return s
+    return -2 - s if s >= 0 else -1

@@ -120,6 +120,8 @@ class FlashCache:
         self._local = threading.local()
         d = self.dir
         self._state = d._state()
+        self._one = (self._k1, self._v1, self._w1, self._n1, self._h1, self._s1) + self._state \
+            + (block_size,)
 
     # --- vdisks ---------------------------------------------------------------------------------
 
@@ -239,7 +241,9 @@ class FlashCache:
         fd, base, valid, epoch = self.fd, self.base, self.valid, self.epoch
         if count == 1:      # the common case, without the general path's lists
             with self.lock:
-                (hit,), (s,) = self._access(vid, first, 1, offset, n, False)
+                code = K._access_one(first, vid, False, n, *self._one)
+                hit = code >= 0
+                s = code if hit else -2 - code
                 if hit and valid[s]:
                     pos = base + s * bs + offset - first * bs
                     if os.preadv(fd, [buf], pos) != n:
@@ -548,6 +552,7 @@ def warm() -> None:
         c.attach("u", "v", None)
         c.dir.access(np.arange(6), np.zeros(6, np.int32), np.zeros(6, np.bool_))
         c._access(0, 0, 2, 0, 8192, False)
+        K._access_one(0, 0, False, 4096, *c._one)
         c.dir.find(np.arange(2), np.zeros(2, np.int32))
         c.dir.remove(np.arange(1), np.zeros(1, np.int32))
         c.dir.assign(0, 0)
