@@ -337,6 +337,44 @@ class FlashCache:
             self.write(vid, inner_write, inner_read, size, offset + step, data[step:])
             return
         valid, epoch = self.valid, self.epoch
+        if count == 1:      # the common case, same steps as below without the lists
+            with self.lock:
+                code = K._access_one(first, vid, True, n, *self._one)
+                if code != -1:
+                    hit = code >= 0
+                    s = code if hit else -2 - code
+                    was_valid = hit and valid[s]
+                    if hit and not was_valid:
+                        self._not_valid_hit(vid, s, n, True)
+                    elif not hit:
+                        self.admit_seq += 1
+                    epoch[s] += 1
+                    valid[s] = 0
+                    e = epoch[s]
+                seq = self.admit_seq
+            inner_write(offset, data)
+            if code == -1:
+                if self.admit_seq != seq:     # someone admitted meanwhile: maybe this block
+                    with self.lock:
+                        self._invalidate_locked(vid, first, first + 1)
+                return
+            start = first * bs
+            end = min(start + bs, size)
+            at = 0
+            if offset == start and n == end - start:
+                piece = data
+            elif was_valid:
+                piece, at = data, offset - start
+            else:
+                piece = self._scratch(0)[:end - start]
+                inner_read(start, piece)
+            with self.lock:
+                if epoch[s] == e:
+                    _pwrite_all(self.fd, piece, self.base + s * bs + at)
+                    valid[s] = 1
+                else:
+                    self._invalidate_locked(vid, first, first + 1)
+            return
         regs = []
         with self.lock:
             hits, slots = self._access(vid, first, count, offset, n, True)
