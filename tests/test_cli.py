@@ -48,6 +48,18 @@ def test_vm_create_list_show_delete(run):
     assert json.loads(run("vm", "list", "--json").stdout) == []
 
 
+def test_vm_meta_fields_are_kept_and_editable(run):
+    run("vm", "create", "db1", "--guest-os", "rhel9", "--location", "hv-a:/datastore1")
+    run("vm", "set", "db1", "--location", "hv-b:/datastore2", "--active")
+    shown = json.loads(run("vm", "show", "db1", "--json").stdout)
+    assert (shown["guest_os"], shown["location"], shown["active"], shown["policies"]) == \
+        ("rhel9", "hv-b:/datastore2", True, {})
+    run("vm", "set", "db1", "--inactive")
+    assert json.loads(run("vm", "show", "db1", "--json").stdout)["active"] is False
+    assert "nothing to set" in error_line(run("vm", "set", "db1", code=2))
+    assert "no VM" in error_line(run("vm", "set", "ghost", "--active", code=2))
+
+
 def test_vdisk_gets_lowest_free_lun_and_url(run):
     run("vm", "create", "db")
     run("vdisk", "create", "a", "--size", "512M", "--vm", "db")

@@ -135,11 +135,29 @@ def vm() -> None:
 @vm.command("create")
 @click.argument("name")
 @click.option("--guest-os", default="", help="Guest operating system, free text.")
+@click.option("--location", default="", help="Hypervisor host or datastore it runs on.")
 @click.pass_context
-def vm_create(ctx: click.Context, name: str, guest_os: str) -> None:
+def vm_create(ctx: click.Context, name: str, guest_os: str, location: str) -> None:
     """Create a VM (creates the pool if new)."""
-    v = _api(ctx, create=True).vm_create(name=name, guest_os=guest_os)
+    v = _api(ctx, create=True).vm_create(name=name, guest_os=guest_os, location=location)
     click.echo(f"created VM {v['name']} ({v['uuid']})")
+
+
+@vm.command("set")
+@click.argument("name")
+@click.option("--guest-os", help="Guest operating system, free text.")
+@click.option("--location", help="Hypervisor host or datastore it runs on.")
+@click.option("--active/--inactive", default=None, help="Whether the VM is running.")
+@click.pass_context
+def vm_set(ctx: click.Context, name: str, guest_os: str | None, location: str | None,
+           active: bool | None) -> None:
+    """Change a VM's guest OS, location or active flag."""
+    fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
+                                ("active", active)) if v is not None}
+    if not fields:
+        raise click.UsageError("nothing to set: give --guest-os, --location or --active/--inactive")
+    v = _api(ctx).vm_set(name=name, **fields)
+    click.echo(f"updated VM {v['name']}")
 
 
 @vm.command("list")
@@ -165,7 +183,7 @@ def vm_show(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         _json(v)
         return
-    _fields(v, ["name", "uuid", "guest_os", "active", "meta_stale", "created"])
+    _fields(v, ["name", "uuid", "guest_os", "location", "active", "meta_stale", "created"])
     click.echo(f"{'used:':<18}{_size(v['used_bytes'])}")
     parent = v["lineage"]["parent"]
     if parent:

@@ -15,7 +15,7 @@ from vmblock.meta.pool import Snapshot
 
 # (group, verb) pairs the admin socket serves; the method is ``<group>_<verb>``.
 VERBS = (
-    ("vm", "create"), ("vm", "list"), ("vm", "show"), ("vm", "delete"),
+    ("vm", "create"), ("vm", "list"), ("vm", "show"), ("vm", "set"), ("vm", "delete"),
     ("vm", "snapshot"), ("vm", "clone"), ("vm", "revert"),
     ("vdisk", "create"), ("vdisk", "list"), ("vdisk", "show"), ("vdisk", "delete"),
     ("vdisk", "resize"), ("vdisk", "snapshot"), ("vdisk", "revert"),
@@ -77,8 +77,11 @@ class Api(CacheApi):
         d["used_bytes"] = sum(e["used_bytes"] for e in snap.disks)
         return d
 
-    def vm_create(self, name: str, guest_os: str = "") -> dict:
-        return self.pool.create_vm(name, guest_os).dump()
+    def vm_create(self, name: str, guest_os: str = "", location: str = "") -> dict:
+        return self.pool.create_vm(name, guest_os, location).dump()
+
+    def vm_set(self, name: str, **fields) -> dict:
+        return self.pool.update_vm(name, **fields).dump()
 
     def vm_list(self) -> list[dict]:
         disks: dict[str, list[str]] = {}

@@ -87,6 +87,10 @@ class Vm:
     created: str = ""
     meta_stale: bool = False
     parent: dict | None = None      # clone lineage: source VM and snapshot
+    location: str = ""              # where it runs: hypervisor host / datastore reference
+    policies: dict = field(default_factory=dict)   # named policies (QoS, quota) by kind
+
+    EDITABLE = ("guest_os", "location", "active")
 
     def dump(self) -> dict:
         return asdict(self)
@@ -300,14 +304,26 @@ class Pool:
             raise NotFound(f"no VM with uuid {uid}")
         return Vm(**v)
 
-    def create_vm(self, name: str, guest_os: str = "") -> Vm:
+    def create_vm(self, name: str, guest_os: str = "", location: str = "") -> Vm:
         _check_name("VM", name)
         if self._get(f"vmname/{name}") is not None:
             raise AlreadyExists(f"a VM named {name!r} already exists")
-        vm = Vm(str(uuidlib.uuid4()), name, guest_os=guest_os, created=_now())
+        vm = Vm(str(uuidlib.uuid4()), name, guest_os=guest_os, location=location, created=_now())
         batch = self._batch()
         self._put(batch, f"vm/{vm.uuid}", vm.dump())
         self._put(batch, f"vmname/{name}", vm.uuid)
+        self._commit(batch)
+        return vm
+
+    def update_vm(self, name: str, **fields) -> Vm:
+        """Change a VM's descriptive fields (``Vm.EDITABLE``) in one batch."""
+        vm = self.vm(name)
+        for key, value in fields.items():
+            if key not in Vm.EDITABLE:
+                raise InvalidArgument(f"VM field {key!r} cannot be set")
+            setattr(vm, key, value)
+        batch = self._batch()
+        self._put(batch, f"vm/{vm.uuid}", vm.dump())
         self._commit(batch)
         return vm
 
