@@ -153,6 +153,17 @@ def cache_settings(settings: dict[str, str]) -> dict[str, str]:
     return {k: settings.get(f"cache.{k}", v) for k, v in CACHE_DEFAULTS.items()}
 
 
+def cache_bytes_wanted(settings: dict[str, str], flash_bytes: int) -> int:
+    """Bytes at the start of the flash tier that ``cache.size`` asks for (the one place that
+    reads it). The extent store turns this into the flash split (``PoolStore.cache_bytes``:
+    rounded up to an AU, never over a flash-tier AU in use) and the cache takes its slots
+    from that, so cache slots and flash-tier AUs never overlap."""
+    text = cache_settings(settings)["size"].strip()
+    if text.endswith("%"):
+        return int(flash_bytes * float(text[:-1]) / 100)
+    return parse_size(text)
+
+
 def store_settings(settings: dict[str, str]) -> dict[str, str]:
     """The store.* settings with defaults filled in, keys without the prefix."""
     return {k: settings.get(f"store.{k}", v) for k, v in STORE_DEFAULTS.items()}

@@ -41,6 +41,12 @@ class PoolError(VmblockError):
     http_status = 500
 
 
+class NoSpace(VmblockError):
+    """A tier has too few free allocation units for the change asked for."""
+
+    http_status = 507
+
+
 class ServerError(VmblockError):
     """The admin server could not be reached or is needed but not running."""
 
@@ -48,4 +54,4 @@ class ServerError(VmblockError):
 
 
 _KINDS = {c.__name__: c for c in (VmblockError, NotFound, AlreadyExists, InvalidArgument,
-                                  PoolError, ServerError)}
+                                  PoolError, NoSpace, ServerError)}

@@ -18,7 +18,9 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
                                   "parent"}                          parent: clone lineage
     vmname/<name>                "<vm uuid>"                       unique VM names
     vdisk/<uuid>                 {"uuid", "name", "vm", "size_bytes", "target", "lun",
-                                  "block_size", "created", "map_id", "parent"}
+                                  "block_size", "created", "map_id", "parent", "tier"}
+                                                     tier: "capacity" | "flash", where new
+                                                     allocations go (vdisk move)
     vdiskname/<name>             "<vdisk uuid>"                    unique vdisk names
     lun/<iqn>/<lun:05d>          "<vdisk uuid>"                    LUN map of each target
     snapshot/<uuid>              {"uuid", "name", "vm", "vdisk", "created",
@@ -44,9 +46,16 @@ from datetime import datetime, timezone
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from vmblock import DEFAULT_TARGET
-from vmblock.config import check_iqn, check_key, check_settings, parse_size, store_settings
+from vmblock.config import (
+    cache_bytes_wanted,
+    check_iqn,
+    check_key,
+    check_settings,
+    parse_size,
+    store_settings,
+)
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError
-from vmblock.store.extent import AU_SIZE, ExtentStore, PoolStore, Tier
+from vmblock.store.extent import AU_SIZE, TIER_NAMES, ExtentStore, PoolStore, Tier
 
 SCHEMA_VERSION = 2
 MAX_LUN = 16383            # SAM-5 flat space addressing
@@ -108,6 +117,7 @@ class Vdisk:
     created: str = ""
     map_id: int = 0                 # its live extent map (vmblock.store.extent)
     parent: dict | None = None      # clone lineage: source vdisk, snapshot and map
+    tier: str = "capacity"          # where its new AUs go; `vdisk move` relocates the rest
 
     @property
     def serial(self) -> str:
@@ -253,11 +263,19 @@ class Pool:
         if self._store is None:
             cap, flash = self._open_tiers()
             try:
-                live = {d.map_id: d.size_bytes for d in self.vdisks()}
+                disks = self.vdisks()
+                live = {d.map_id: d.size_bytes for d in disks}
+                tiers = {d.map_id: TIER_NAMES.index(d.tier) for d in disks}
                 thresholds = tuple(int(t) for t in self._settings()["low_space_thresholds"]
                                    .split(",") if t.strip())
+                try:
+                    cache = cache_bytes_wanted({**self.config(), **self.overrides},
+                                               flash.size_bytes)
+                except InvalidArgument:
+                    cache = flash.size_bytes    # the server refuses it; keep slots safe
                 self._store = PoolStore(self._db, cap, flash, live, thresholds,
-                                        au=self._get("pool/au_size") or AU_SIZE)
+                                        au=self._get("pool/au_size") or AU_SIZE,
+                                        tiers=tiers, cache_bytes=cache)
             except BaseException:
                 cap.close()
                 flash.close()
@@ -447,6 +465,27 @@ class Pool:
 
     allocated_bytes = used_bytes
 
+    def tier_bytes(self, disk: Vdisk) -> dict[str, int]:
+        """Bytes the vdisk maps on each tier (a partly done move leaves some on both)."""
+        return self.store.map_tier_bytes(disk.map_id)
+
+    def move_vdisk(self, name: str, tier: str) -> dict:
+        """Relocate the vdisk's live map to ``tier`` (vmblock vdisk move): new allocations go
+        there from the start, every mapped AU elsewhere is copied and remapped chunk by chunk
+        (PoolStore.move: crash-safe, live), then the vdisk record names the tier. Snapshots
+        keep their AUs. Not enough free AUs on ``tier``: NoSpace, nothing changed."""
+        if tier not in TIER_NAMES:
+            raise InvalidArgument(f"tier must be one of {', '.join(TIER_NAMES)}, not {tier!r}")
+        disk = self.vdisk(name)
+        result = self.store.move(disk.map_id, TIER_NAMES.index(tier))
+        disk = self.vdisk(name)     # re-read: a resize may have run meanwhile
+        if disk.tier != tier:
+            disk.tier = tier
+            batch = self._batch()
+            with self.store.transaction(batch):
+                self._put(batch, f"vdisk/{disk.uuid}", asdict(disk))
+        return dict(result, name=name, tier_bytes=self.tier_bytes(disk))
+
     # --- snapshots, clones, revert ------------------------------------------------------------
 
     def snapshots(self, vm: str | None = None) -> list[Snapshot]:
@@ -555,14 +594,16 @@ class Pool:
             snap = None
             sources = [{"vdisk": d.uuid, "name": d.name, "map_id": d.map_id,
                         "size_bytes": d.size_bytes, "target": d.target,
-                        "block_size": d.block_size} for d in self.vdisks(vm=src_name)]
+                        "block_size": d.block_size, "tier": d.tier}
+                       for d in self.vdisks(vm=src_name)]
         else:
             snap = self.snapshot(snapshot, vm=src_name)
             sources = []
             for entry in snap.disks:
                 raw = self._get(f"vdisk/{entry['vdisk']}")
                 sources.append(dict(entry, target=raw["target"] if raw else DEFAULT_TARGET,
-                                    block_size=raw["block_size"] if raw else BLOCK_SIZE))
+                                    block_size=raw["block_size"] if raw else BLOCK_SIZE,
+                                    tier=raw.get("tier", "capacity") if raw else "capacity"))
         names = [self.clone_name(src_name, new_name, s["name"]) for s in sources]
         for n in names:
             _check_name("vdisk", n)
@@ -595,8 +636,10 @@ class Pool:
                              parent={"vdisk": s["vdisk"], "vdisk_name": s["name"],
                                      "map_id": s["map_id"], "live": live,
                                      "snapshot": snap.uuid if snap else None,
-                                     "snapshot_name": snap.name if snap else None})
+                                     "snapshot_name": snap.name if snap else None},
+                             tier=s["tier"])
                 txn.copy_map(s["map_id"], mid, dst_size=disk.size_bytes)
+                txn.set_tier(mid, TIER_NAMES.index(disk.tier))
                 self._put_vdisk(batch, disk)
                 disks.append(disk)
         return vm, disks, new_targets

@@ -50,7 +50,7 @@ from contextlib import contextmanager
 import numpy as np
 from rocksdict import WriteBatch, WriteOptions
 
-from vmblock.errors import InvalidArgument, PoolError
+from vmblock.errors import InvalidArgument, NoSpace, PoolError
 from vmblock.native import extent as kx
 from vmblock.store.backend import (
     CAP_LBA_STATUS,
@@ -80,6 +80,10 @@ PENDING_LIMIT = 16384
 CHUNK_AUS = 4096
 ZERO_BYTES = 1 << 20
 IOV_MAX = 1024
+# vdisk move: AUs copied per step (one commit each), and the reference-count bias that holds
+# a step's old AUs: in-place writes see them as shared and take the locked path.
+MOVE_CHUNK_AUS = 128
+MOVE_BIAS = 1 << 28
 RECLAIM_WAIT = 2.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -101,8 +105,10 @@ def map_value(pau: int, tier: int = TIER_CAPACITY) -> bytes:
     return _VAL.pack(pau, tier)
 
 
-def scan_maps(db, mid: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(map ids, vAUs, physical AUs) of every map key, or of one map's, in key order."""
+def scan_maps(db, mid: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(map ids, vAUs, physical AUs in their tier, tiers) of every map key, or of one map's,
+    in key order."""
     prefix = KEY_MAP if mid is None else map_prefix(mid)
     keys, vals = [], []
     for k, v in db.items(from_key=prefix):
@@ -112,14 +118,14 @@ def scan_maps(db, mid: int | None = None) -> tuple[np.ndarray, np.ndarray, np.nd
         vals.append(v)
     if not keys:
         e = np.empty(0, dtype=np.uint32)
-        return e, e.copy(), e.copy()
+        return e, e.copy(), e.copy(), np.empty(0, dtype=np.uint8)
     kb, vb = b"".join(keys), b"".join(vals)
     if len(kb) != len(keys) * _KEY_DT.itemsize or len(vb) != len(vals) * _VAL_DT.itemsize:
         raise PoolError("meta DB holds extent-map records of the wrong size")
     k = np.frombuffer(kb, dtype=_KEY_DT)
     v = np.frombuffer(vb, dtype=_VAL_DT)
     return (k["mid"].astype(np.uint32), k["vau"].astype(np.uint32),
-            v["pau"].astype(np.uint32))
+            v["pau"].astype(np.uint32), (v["flags"] & 3).astype(np.uint8))
 
 
 def n_vaus(size_bytes: int, au: int = AU_SIZE) -> int:
@@ -208,12 +214,18 @@ class PoolStore:
     """
 
     def __init__(self, db, capacity: Tier, flash: Tier, live: dict[int, int],
-                 thresholds: tuple[int, ...] = (80, 90, 95), au: int = AU_SIZE):
+                 thresholds: tuple[int, ...] = (80, 90, 95), au: int = AU_SIZE,
+                 tiers: dict[int, int] | None = None, cache_bytes: int = 0):
         self.db = db
         self.au = au
         self.capacity = capacity
         self.flash = flash
         self.fd = capacity.fd
+        self.ffd = flash.fd
+        # new allocations of a live map go to its vdisk's tier (TIER_CAPACITY when absent)
+        self.tiers: dict[int, int] = dict(tiers or {})
+        self.move_lock = threading.Lock()
+        self._biased: np.ndarray | None = None     # AUs a move holds (see move)
         self.thresholds = tuple(sorted(thresholds))
         self.lock = threading.Lock()
         self.flush_lock = threading.Lock()
@@ -240,13 +252,24 @@ class PoolStore:
         self._kinds = np.empty(CHUNK_AUS + 1, dtype=np.uint8)
         self._starts = np.empty(CHUNK_AUS + 1, dtype=np.int64)
         self._lens = np.empty(CHUNK_AUS + 1, dtype=np.int64)
-        self._load(live)
+        self._load(live, cache_bytes)
 
     # --- open: rebuild everything derived from the maps ---------------------------------------
 
-    def _load(self, live: dict[int, int]) -> None:
-        mids, vaus, paus = scan_maps(self.db)
-        top = int(paus.max()) + 1 if len(paus) else 0
+    def _load(self, live: dict[int, int], cache_bytes: int) -> None:
+        """Rebuild reference counts and free space from the maps, and fix the flash split.
+
+        Physical AUs are numbered in one *global* space in memory: capacity AU ``p`` is ``p``,
+        flash AU ``f`` (its AU index in the flash tier file) is ``f + fshift``. The flash
+        tier's AUs start at ``flash_lo``: after the cache's slots (``cache_bytes``, rounded up
+        to an AU), or lower if a flash AU below that is already mapped (the cache then gets
+        less: it must never overlap data). The meta DB stores (AU in its tier, tier)."""
+        mids, vaus, lpaus, tiers = scan_maps(self.db)
+        if len(tiers) and int(tiers.max()) > TIER_FLASH:
+            raise PoolError("meta DB holds extent-map records with an unknown tier")
+        on_cap = tiers == TIER_CAPACITY
+        cap_p, fl_p = lpaus[on_cap], lpaus[~on_cap]
+        top = int(cap_p.max()) + 1 if len(cap_p) else 0
         if top > self.capacity.n_aus:
             raise PoolError(f"capacity tier {self.capacity.path} is smaller than its maps "
                             f"(AU {top - 1} is mapped)")
@@ -256,8 +279,32 @@ class PoolStore:
                             "bytes; keeping %d", top, self.capacity.want_aus * self.au,
                             top * self.au)
             self.capacity.set_aus(max(top, self.capacity.want_aus))
-        self.refcount = np.zeros(self.capacity.n_aus, dtype=kx.REF_DTYPE)
-        self.held = np.zeros(self.capacity.n_aus, dtype=np.uint8)
+        ftop = int(fl_p.max()) + 1 if len(fl_p) else 0
+        if ftop > self.flash.n_aus:
+            raise PoolError(f"flash tier {self.flash.path} is smaller than its maps "
+                            f"(AU {ftop - 1} is mapped)")
+        if self.flash.want_aus != self.flash.n_aus:     # as the capacity tier
+            if ftop > self.flash.want_aus:
+                log.warning("flash tier: AUs up to %d are in use, cannot shrink to %d bytes",
+                            ftop, self.flash.want_aus * self.au)
+            self.flash.set_aus(max(ftop, self.flash.want_aus))
+        nf = self.flash.n_aus
+        lo = min(-(-max(cache_bytes, 0) // self.au), nf)
+        if len(fl_p) and int(fl_p.min()) < lo:
+            log.warning("flash tier: AU %d is mapped, the cache gets %d bytes, not %d",
+                        int(fl_p.min()), int(fl_p.min()) * self.au, cache_bytes)
+            lo = int(fl_p.min())
+        self.flash_lo = lo
+        self.cache_bytes = min(max(cache_bytes, 0), lo * self.au)
+        self.ncap = ncap = self.capacity.n_aus
+        self.fshift = ncap - lo
+        n = ncap + nf - lo
+        self.bounds = ((0, ncap), (ncap, n))
+        paus = lpaus.astype(np.int64)
+        paus[~on_cap] += self.fshift
+        paus = paus.astype(np.uint32)
+        self.refcount = np.zeros(n, dtype=kx.REF_DTYPE)
+        self.held = np.zeros(n, dtype=np.uint8)
         np.add.at(self.refcount, paus.astype(np.int64), 1)
         for mid, size in live.items():
             amap = kx.new_map(n_vaus(size, self.au))
@@ -267,52 +314,148 @@ class PoolStore:
             amap[v[keep]] = p[keep]
             self.maps[mid] = amap
             self.sizes[mid] = size
-        self.used_aus = int(np.count_nonzero(self.refcount))
-        self.free_aus = self.capacity.n_aus - self.used_aus
-        self.cursor = 0
+        used = self.refcount != 0
+        self.t_used = [int(np.count_nonzero(used[:ncap])), int(np.count_nonzero(used[ncap:]))]
+        self.t_free = [ncap - self.t_used[0], n - ncap - self.t_used[1]]
+        self.cursors = [0, 0]
         self.level = self._level()
         self.full = False
 
+    # --- tiers: global AU numbers <-> (tier, AU in the tier file) ------------------------------
+
+    @property
+    def used_aus(self) -> int:
+        return self.t_used[0] + self.t_used[1]
+
+    @property
+    def free_aus(self) -> int:
+        return self.t_free[0] + self.t_free[1]
+
+    @property
+    def n_aus(self) -> int:
+        return self.bounds[1][1]
+
+    def tier_of(self, p: int) -> int:
+        return TIER_CAPACITY if p < self.ncap else TIER_FLASH
+
+    def _pos(self, p: int) -> tuple[int, int]:
+        """(fd, byte offset) of global AU ``p``."""
+        if p < self.ncap:
+            return self.fd, p * self.au
+        return self.ffd, (p - self.fshift) * self.au
+
+    def _value(self, p: int) -> bytes:
+        """The meta DB value of a mapping to global AU ``p``."""
+        if p < self.ncap:
+            return _VAL.pack(p, TIER_CAPACITY)
+        return _VAL.pack(p - self.fshift, TIER_FLASH)
+
+    def _split_tiers(self, paus: np.ndarray) -> tuple[int, int]:
+        """How many of ``paus`` are capacity AUs, how many flash AUs."""
+        nf = int(np.count_nonzero(paus >= self.ncap))
+        return len(paus) - nf, nf
+
+    def _plan(self, count: int) -> list[tuple[int, int, int]]:
+        """Runs of the looked-up ``self._paus``, split where a run would cross from the last
+        capacity AU to the first flash AU (global numbers are contiguous there, files not)."""
+        runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
+        ncap = self.ncap
+        plan = []
+        for r in range(runs):
+            s, length = int(self._starts[r]), int(self._lens[r])
+            p = int(self._paus[s])
+            if p < ncap < p + length and p != UNMAPPED:
+                k = ncap - p
+                plan.append((s, k, p))
+                plan.append((s + k, length - k, ncap))
+            else:
+                plan.append((s, length, p))
+        return plan
+
+    def scan(self, mid: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(map ids, vAUs, global physical AUs) of the meta DB's map keys."""
+        mids, vaus, lpaus, tiers = scan_maps(self.db, mid)
+        paus = lpaus.astype(np.int64)
+        paus[tiers == TIER_FLASH] += self.fshift
+        return mids, vaus, paus.astype(np.uint32)
+
     # --- accounting and events ----------------------------------------------------------------
 
+    # Low-space thresholds and events are about the capacity tier; a full flash tier fails
+    # the writes of flash vdisks that need new AUs the same way (27h/07h).
+
     def _level(self) -> int:
-        pct = 100.0 * self.used_aus / max(self.capacity.n_aus, 1)
+        pct = 100.0 * self.t_used[0] / max(self.ncap, 1)
         return max((t for t in self.thresholds if pct >= t), default=0)
 
     def _check_level(self) -> None:
         """Record a low-space event when usage crosses a threshold upwards (under lock)."""
         level = self._level()
         if level > self.level:
-            pct = 100.0 * self.used_aus / max(self.capacity.n_aus, 1)
+            pct = 100.0 * self.t_used[0] / max(self.ncap, 1)
             self._event("low_space", threshold_pct=level, used_pct=round(pct, 2))
             log.warning("capacity tier %.1f%% used (threshold %d%%)", pct, level)
         self.level = level
 
     def _event(self, kind: str, **fields) -> None:
         self.events.append(dict(time=time.time(), kind=kind,
-                                used_bytes=self.used_aus * self.au,
+                                used_bytes=self.t_used[0] * self.au,
                                 capacity_bytes=self.capacity.size_bytes, **fields))
 
     def usage(self) -> dict:
+        """The capacity tier at the top level (as before flash-tier AUs existed), each tier's
+        AUs under ``tiers``."""
+        au = self.au
         with self.lock:
-            held = int(np.count_nonzero(self.held))
+            refs = self._refs()
+            held = [int(np.count_nonzero(self.held[lo:hi])) for lo, hi in self.bounds]
+            tiers = {}
+            for t, tier in enumerate((self.capacity, self.flash)):
+                lo, hi = self.bounds[t]
+                tiers[tier.name] = {
+                    "path": tier.path, "size_bytes": tier.size_bytes, "au_count": tier.n_aus,
+                    "device": not tier.is_file,
+                    "au_bytes": (hi - lo) * au,          # room for AUs of the extent store
+                    "used_bytes": self.t_used[t] * au, "free_bytes": self.t_free[t] * au,
+                    "held_bytes": held[t] * au,
+                    "used_pct": round(100.0 * self.t_used[t] / max(hi - lo, 1), 2),
+                    "shared_aus": int(np.count_nonzero(refs[lo:hi] > 1)),
+                }
+            tiers["flash"]["cache_bytes"] = self.cache_bytes
+            tiers["flash"]["au_offset_bytes"] = self.flash_lo * au
             return {
-                "au_size": self.au,
+                "au_size": au,
                 "capacity_bytes": self.capacity.size_bytes,
-                "used_bytes": self.used_aus * self.au,
-                "free_bytes": self.free_aus * self.au,
-                "held_bytes": held * self.au,
-                "used_pct": round(100.0 * self.used_aus / max(self.capacity.n_aus, 1), 2),
-                "shared_aus": int(np.count_nonzero(self.refcount > 1)),
+                "used_bytes": self.t_used[0] * au,
+                "free_bytes": self.t_free[0] * au,
+                "held_bytes": held[0] * au,
+                "used_pct": round(100.0 * self.t_used[0] / max(self.ncap, 1), 2),
+                "shared_aus": int(np.count_nonzero(refs > 1)),
                 "pending_keys": len(self.pending),
-                "tiers": {t.name: {"path": t.path, "size_bytes": t.size_bytes,
-                                   "au_count": t.n_aus, "device": not t.is_file}
-                          for t in (self.capacity, self.flash)},
+                "tiers": tiers,
             }
+
+    def _refs(self) -> np.ndarray:
+        """Reference counts without a running move's hold on its AUs (under the lock)."""
+        if self._biased is None:
+            return self.refcount
+        refs = self.refcount.astype(np.int64)
+        np.subtract.at(refs, self._biased.astype(np.int64), MOVE_BIAS)
+        return refs
 
     def map_used_bytes(self, mid: int) -> int:
         amap = self.maps.get(mid)
         return 0 if amap is None else kx.count_mapped(amap) * self.au
+
+    def map_tier_bytes(self, mid: int) -> dict[str, int]:
+        """Bytes a live map holds on each tier."""
+        amap = self.maps.get(mid)
+        if amap is None:
+            return {name: 0 for name in TIER_NAMES}
+        mapped = amap != kx.UNMAPPED
+        fl = int(np.count_nonzero(mapped & (amap >= self.ncap)))
+        return {"capacity": (int(np.count_nonzero(mapped)) - fl) * self.au,
+                "flash": fl * self.au}
 
     # --- held frees ----------------------------------------------------------------------------
 
@@ -323,7 +466,9 @@ class PoolStore:
         while self.waiting and self.waiting[0][0].isdisjoint(self.inflight):
             _, paus = self.waiting.popleft()
             self.held[paus] = 0
-            self.free_aus += len(paus)
+            c, f = self._split_tiers(paus)
+            self.t_free[0] += c
+            self.t_free[1] += f
 
     # --- data path ----------------------------------------------------------------------------
 
@@ -345,7 +490,6 @@ class PoolStore:
             self.read(mid, offset, buf[:step])
             self.read(mid, offset + step, buf[step:])
             return
-        fd = self.capacity.fd
         tok = next(self.tokens)
         self.inflight.add(tok)     # before the lookup: a free retired after it waits for us
         try:
@@ -358,14 +502,13 @@ class PoolStore:
                     # kernels called directly: the arrays are ours, checked when made
                     kx._lookup_batch(amap, np.arange(first, first + count, dtype=np.int64),
                                      self._paus)
-                    runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
-                    plan = [(int(self._starts[r]), int(self._lens[r]),
-                             int(self._paus[self._starts[r]])) for r in range(runs)]
+                    plan = self._plan(count)
             if plan is None:
                 if p == UNMAPPED:
                     self._zero_fill(buf, 0, n)
                 else:
-                    _preadv_all(fd, buf, p * au + offset - first * au)
+                    fd, pos = self._pos(p)
+                    _preadv_all(fd, buf, pos + offset - first * au)
                 return
             base = first * au
             for s, length, p in plan:
@@ -374,7 +517,8 @@ class PoolStore:
                 if p == UNMAPPED:
                     self._zero_fill(buf, a, b)
                 else:
-                    _preadv_all(fd, buf[a:b], p * au + (a + offset - (base + s * au)))
+                    fd, pos = self._pos(p)
+                    _preadv_all(fd, buf[a:b], pos + (a + offset - (base + s * au)))
         finally:
             self.inflight.discard(tok)
 
@@ -397,7 +541,6 @@ class PoolStore:
             self.write(mid, offset, data[:step])
             self.write(mid, offset + step, data[step:])
             return
-        fd = self.capacity.fd
         tok = next(self.tokens)
         self.inflight.add(tok)     # before the lookup: a free retired after it waits for us
         try:
@@ -412,18 +555,18 @@ class PoolStore:
                                         self._kinds)
                     fast = need == 0
                     if fast:
-                        runs = kx._phys_runs(self._paus, count, self._starts, self._lens)
-                        plan = [(int(self._starts[r]), int(self._lens[r]),
-                                 int(self._paus[self._starts[r]])) for r in range(runs)]
+                        plan = self._plan(count)
             if fast:
                 if plan is None:
-                    _pwritev_all(fd, [data], p * au + offset - first * au)
+                    fd, pos = self._pos(p)
+                    _pwritev_all(fd, [data], pos + offset - first * au)
                 else:
                     base = first * au
                     for s, length, p in plan:
                         a = max(offset, base + s * au) - offset
                         b = min(offset + n, base + (s + length) * au) - offset
-                        _pwritev_all(fd, [data[a:b]], p * au + (a + offset - (base + s * au)))
+                        fd, pos = self._pos(p)
+                        _pwritev_all(fd, [data[a:b]], pos + (a + offset - (base + s * au)))
                 self.last_write = tok
         finally:
             self.inflight.discard(tok)
@@ -441,13 +584,16 @@ class PoolStore:
                     break
                 reclaimable = bool(self.frees or self.waiting)
                 if not reclaimable or (deadline is not None and time.monotonic() > deadline):
+                    t = self.tiers.get(mid, TIER_CAPACITY)
+                    lo, hi = self.bounds[t]
                     if not self.full:
-                        self._event("pool_full", threshold_pct=100,
-                                    used_pct=round(100.0 * self.used_aus
-                                                   / max(self.capacity.n_aus, 1), 2))
-                        log.warning("capacity tier full: failing writes that need space")
+                        self._event("pool_full", threshold_pct=100, tier=TIER_NAMES[t],
+                                    used_pct=round(100.0 * self.t_used[t]
+                                                   / max(hi - lo, 1), 2))
+                        log.warning("%s tier full: failing writes that need space",
+                                    TIER_NAMES[t])
                         self.full = True
-                    raise SpaceExhausted(f"capacity tier full ({self.capacity.n_aus} AUs)")
+                    raise SpaceExhausted(f"{TIER_NAMES[t]} tier full ({hi - lo} AUs)")
             if deadline is None:
                 deadline = time.monotonic() + RECLAIM_WAIT
                 self.flush()     # frees become reusable once durable and drained
@@ -466,18 +612,12 @@ class PoolStore:
         amap = self._map(mid)
         paus, kinds = self._paus, self._kinds
         need = kx._classify(amap, self.refcount, first, count, paus, kinds)
-        if need > self.free_aus:
+        t = self.tiers.get(mid, TIER_CAPACITY)
+        if need > self.t_free[t]:
             return False
-        new = np.empty(need, dtype=np.int64)
-        found = 0
-        if need:    # another writer may have mapped these AUs since the caller looked
-            found, self.cursor = kx._alloc_scan(self.refcount, self.held, self.cursor, need,
-                                                new)
-        if found < need:    # free_aus said otherwise: accounting bug, refuse to write
-            raise PoolError(f"allocator found {found} of {need} free AUs")
-        fd = self.capacity.fd
+        new = self._alloc(t, need)
         z = self._zero
-        segs: list[tuple[int, list]] = []     # (tier offset, buffers), merged when adjacent
+        segs: list[tuple[int, int, list]] = []   # (fd, offset, buffers), merged when adjacent
         changes = []
         j = 0
         end = offset + n
@@ -488,28 +628,31 @@ class PoolStore:
             piece = data[a - offset:b - offset]
             kind = int(kinds[i])
             if kind == kx.KIND_OWNED:
-                pos, bufs = int(paus[i]) * au + (a - lo), [piece]
+                fd, pos = self._pos(int(paus[i]))
+                pos, bufs = pos + (a - lo), [piece]
             elif kind == kx.KIND_UNMAPPED:
                 q = int(new[j])
                 j += 1
                 bufs = [b_ for b_ in (z[:a - lo], piece, z[:hi - b]) if len(b_)]
-                pos = q * au
+                fd, pos = self._pos(q)
                 changes.append((v, q, UNMAPPED))
             else:   # shared: copy the old AU, lay the new data over it
                 q = int(new[j])
                 j += 1
                 old = bytearray(au)
-                _preadv_all(fd, memoryview(old), int(paus[i]) * au)
+                ofd, opos = self._pos(int(paus[i]))
+                _preadv_all(ofd, memoryview(old), opos)
                 old[a - lo:b - lo] = piece
                 bufs = [memoryview(old)]
-                pos = q * au
+                fd, pos = self._pos(q)
                 changes.append((v, q, int(paus[i])))
-            if segs and segs[-1][0] + sum(len(x) for x in segs[-1][1]) == pos \
-                    and len(segs[-1][1]) + len(bufs) <= IOV_MAX:
-                segs[-1][1].extend(bufs)
+            if segs and segs[-1][0] == fd \
+                    and segs[-1][1] + sum(len(x) for x in segs[-1][2]) == pos \
+                    and len(segs[-1][2]) + len(bufs) <= IOV_MAX:
+                segs[-1][2].extend(bufs)
             else:
-                segs.append((pos, bufs))
-        for pos, bufs in segs:
+                segs.append((fd, pos, bufs))
+        for fd, pos, bufs in segs:
             _pwritev_all(fd, bufs, pos)
         # the data is written (not yet durable): now the map, refcounts and pending keys
         for v, q, old in changes:
@@ -520,19 +663,36 @@ class PoolStore:
                 if self.refcount[old] == 0:   # cannot happen for a shared AU; keep it exact
                     self._hold(np.array([old], dtype=np.uint32))
             self.pending[(mid, v)] = q
-        self.free_aus -= need
-        self.used_aus += need
+        self.t_free[t] -= need
+        self.t_used[t] += need
         self.last_write = next(self.tokens)
         if need:
             self._check_level()
         self.full = False
         return True
 
+    def _alloc(self, t: int, need: int) -> np.ndarray:
+        """``need`` free AUs of tier ``t`` (global numbers), next-fit; the caller checked
+        ``t_free`` and accounts for them (under lock)."""
+        new = np.empty(need, dtype=np.int64)
+        if not need:
+            return new
+        lo, hi = self.bounds[t]
+        found, self.cursors[t] = kx._alloc_scan(self.refcount[lo:hi], self.held[lo:hi],
+                                                self.cursors[t], need, new)
+        if found < need:    # t_free said otherwise: accounting bug, refuse to write
+            raise PoolError(f"allocator found {found} of {need} free AUs on the "
+                            f"{TIER_NAMES[t]} tier")
+        new += lo
+        return new
+
     def _hold(self, paus: np.ndarray) -> None:
         """AUs whose last reference went away in not-yet-durable metadata (under lock)."""
         if len(paus):
             self.held[paus] = 1
-            self.used_aus -= len(paus)
+            c, f = self._split_tiers(paus)
+            self.t_used[0] -= c
+            self.t_used[1] -= f
             self.frees.append(paus.astype(np.uint32))
 
     def unmap(self, mid: int, offset: int, length: int) -> None:
@@ -606,19 +766,25 @@ class PoolStore:
             frees, self.frees = self.frees, []
             events, self.events = self.events, []
             written = self.last_write      # one load: a later write changes it again
+            # a pending flash mapping is counted in t_used[1]; without flash AUs in use the
+            # flash file holds only cache slots, which need no durability
+            flash = self.t_used[1] > 0
             if self.waiting:
                 self._release()
         try:
             if written != self.synced or pending:
                 os.fdatasync(self.capacity.fd)
+                if flash:
+                    os.fdatasync(self.flash.fd)
                 self.synced = written
             if pending or events:
                 batch = WriteBatch(raw_mode=True)
+                value = self._value
                 for (mid, vau), pau in pending.items():
                     if pau is None:
                         batch.delete(map_key(mid, vau))
                     else:
-                        batch.put(map_key(mid, vau), map_value(pau))
+                        batch.put(map_key(mid, vau), value(pau))
                 for ev in events:
                     put_event(batch, ev)
                 self.db.write(batch, self._sync)
@@ -635,7 +801,9 @@ class PoolStore:
 
     def _retire(self, paus: np.ndarray) -> None:
         """Durably freed AUs: punch them, then release them once older I/O has drained."""
-        self.capacity.punch(paus)
+        on_cap = paus < self.ncap
+        self.capacity.punch(paus[on_cap])
+        self.flash.punch((paus[~on_cap].astype(np.int64) - self.fshift).astype(np.uint32))
         with self.lock:
             self.waiting.append((self.inflight.copy(), paus))
             self._release()
@@ -666,6 +834,130 @@ class PoolStore:
         self.capacity.close()
         self.flash.close()
 
+    # --- moving a live map between tiers (vmblock vdisk move) ---------------------------------
+
+    def _outside(self, amap: np.ndarray, tier: int) -> np.ndarray:
+        lo, hi = self.bounds[tier]
+        return (amap != kx.UNMAPPED) & ((amap < lo) | (amap >= hi))
+
+    def move(self, mid: int, tier: int, chunk_aus: int = MOVE_CHUNK_AUS) -> dict:
+        """Relocate every AU of the live map ``mid`` that is not on ``tier`` to it, while I/O
+        goes on; new allocations of the map go to ``tier`` from the start. Snapshot maps keep
+        their AUs (a shared AU gets a copy for the live map; the snapshot's stays).
+
+        Per step of ``chunk_aus`` vAUs: under the lock, reserve new AUs (held, so no one else
+        allocates them) and add ``MOVE_BIAS`` to the old AUs' reference counts: from then on
+        every writer sees them as shared and takes the locked copy-on-write path (which
+        allocates on ``tier`` too) instead of writing in place. Wait until every I/O that was
+        in flight at that moment has finished (an in-place write may have looked the AU up
+        before the bias), copy old -> new outside the lock (the old AUs cannot change now),
+        then under the lock remap each vAU that still points at its old AU (one that was
+        rewritten or unmapped meanwhile keeps what that write gave it), drop the bias, free
+        old AUs whose last reference went (held until durable, as every free) and commit:
+        fdatasync of the tiers, then the remapped keys in one batch. A crash at any point
+        leaves each vAU on its old or its new AU with the same data.
+
+        Refuses up front (``NoSpace``, nothing changed) when the tier lacks the free AUs."""
+        with self.move_lock:
+            t0 = time.monotonic()
+            with self.lock:
+                need = int(np.count_nonzero(self._outside(self._map(mid), tier)))
+                free = self.t_free[tier]
+            if need > free:
+                self.flush()     # frees of that tier become free once durable and drained
+                with self.lock:
+                    self._release()
+                    free = self.t_free[tier]
+            if need > free:
+                raise NoSpace(f"not enough free space on the {TIER_NAMES[tier]} tier: the "
+                              f"move needs {need * self.au} bytes ({need} AUs), "
+                              f"{free * self.au} are free; nothing was moved")
+            old_policy = self.tiers.get(mid, TIER_CAPACITY)
+            self.tiers[mid] = tier
+            moved = raced = steps = 0
+            try:
+                for _ in range(3):      # a revert during the move can bring AUs back
+                    found = False
+                    start = 0
+                    while True:
+                        with self.lock:
+                            amap = self._map(mid)
+                            if start >= len(amap):
+                                break
+                        m, r = self._move_step(mid, tier, start, chunk_aus)
+                        found |= m + r > 0
+                        moved += m
+                        raced += r
+                        steps += m > 0
+                        start += chunk_aus
+                    if not found:
+                        break
+            except BaseException:
+                if mid in self.maps:
+                    self.tiers[mid] = old_policy
+                else:
+                    self.tiers.pop(mid, None)
+                raise
+            return {"tier": TIER_NAMES[tier], "moved_aus": moved,
+                    "moved_bytes": moved * self.au, "raced_aus": raced, "steps": steps,
+                    "seconds": round(time.monotonic() - t0, 3)}
+
+    def _move_step(self, mid: int, tier: int, start: int, chunk_aus: int) -> tuple[int, int]:
+        """One step of ``move``: returns (AUs remapped, AUs rewritten or unmapped meanwhile)."""
+        with self.lock:
+            seg = self._map(mid)[start:start + chunk_aus]
+            idx = np.flatnonzero(self._outside(seg, tier))
+            if not len(idx):
+                return 0, 0
+            if len(idx) > self.t_free[tier]:
+                raise NoSpace(f"the {TIER_NAMES[tier]} tier filled up during the move "
+                              f"(other writes); the vdisk is partly moved, consistent: free "
+                              f"space and run the move again")
+            vs = idx + start
+            olds = seg[idx].copy()
+            news = self._alloc(tier, len(idx))
+            self.held[news] = 1            # reserved: allocated to no one else
+            self.t_free[tier] -= len(news)
+            kx._add_refs(self.refcount, olds, MOVE_BIAS)
+            self._biased = olds
+            drain = self.inflight.copy()
+        ok = False
+        try:
+            while not drain.isdisjoint(self.inflight):   # in-place writers that saw no bias
+                time.sleep(0.0002)
+            buf = memoryview(bytearray(self.au))
+            for o, q in zip(olds.tolist(), news.tolist()):
+                ofd, opos = self._pos(o)
+                _preadv_all(ofd, buf, opos)
+                fd, pos = self._pos(q)
+                _pwritev_all(fd, [buf], pos)
+            ok = True
+        finally:
+            with self.lock:
+                unbias = olds.copy()
+                z = kx._add_refs(self.refcount, unbias, -MOVE_BIAS)
+                self._hold(unbias[:z])      # rewritten or unmapped meanwhile: last ref gone
+                self._biased = None
+                amap = self.maps.get(mid)
+                keep = np.zeros(len(vs), dtype=bool)
+                if ok and amap is not None:
+                    inside = vs < len(amap)
+                    keep[inside] = amap[vs[inside]] == olds[inside]
+                kv, kn, ko = vs[keep], news[keep], olds[keep].copy()
+                self.held[news] = 0
+                if len(kv):
+                    amap[kv] = kn
+                    self.refcount[kn] = 1
+                    self.t_used[tier] += len(kv)
+                    for v, q in zip(kv.tolist(), kn.tolist()):
+                        self.pending[(mid, v)] = q
+                    z = kx._add_refs(self.refcount, ko, -1)
+                    self._hold(ko[:z])
+                    self.last_write = next(self.tokens)
+                self.t_free[tier] += int(np.count_nonzero(~keep))
+        self.flush()
+        return int(len(kv)), int(np.count_nonzero(~keep))
+
     # --- maps as a whole (snapshots, clones, revert, delete, resize) --------------------------
 
     def entries(self, mid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -674,7 +966,7 @@ class PoolStore:
         if amap is not None:
             v = np.flatnonzero(amap != kx.UNMAPPED)
             return v.astype(np.uint32), amap[v].copy()
-        _, v, p = scan_maps(self.db, mid)
+        _, v, p = self.scan(mid)
         return v, p
 
     # --- fsck ---------------------------------------------------------------------------------
@@ -689,20 +981,35 @@ class PoolStore:
         with self.flush_lock:
             self._commit()
             with self.lock:
-                mids, vaus, paus = scan_maps(self.db)
-                refcount = self.refcount.copy()
+                mids, vaus, lpaus, tiers = scan_maps(self.db)
+                refcount = self._refs().copy()
                 held = self.held.copy()
                 live = {m: a.copy() for m, a in self.maps.items()}
-                free_aus, used_aus = self.free_aus, self.used_aus
-        n = self.capacity.n_aus
+                t_free, t_used = list(self.t_free), list(self.t_used)
+        n = self.n_aus
         known = np.array(sorted(maps_info), dtype=np.int64)
         orphan = ~np.isin(mids, known)
         if orphan.any():
             errors.append(f"{int(orphan.sum())} map keys belong to no vdisk or snapshot "
                           f"(map ids {sorted(set(mids[orphan].tolist()))[:8]})")
-        out = paus >= n
-        if out.any():
-            errors.append(f"{int(out.sum())} map keys point past the capacity tier ({n} AUs)")
+        on_cap = tiers == TIER_CAPACITY
+        on_flash = tiers == TIER_FLASH
+        bad_tier = ~(on_cap | on_flash)
+        if bad_tier.any():
+            errors.append(f"{int(bad_tier.sum())} map keys name an unknown tier")
+        out = bad_tier | (on_cap & (lpaus >= self.ncap))
+        if (on_cap & (lpaus >= self.ncap)).any():
+            errors.append(f"{int((on_cap & (lpaus >= self.ncap)).sum())} map keys point past "
+                          f"the capacity tier ({self.ncap} AUs)")
+        fl_out = on_flash & ((lpaus < self.flash_lo) | (lpaus >= self.flash.n_aus))
+        if fl_out.any():
+            errors.append(f"{int(fl_out.sum())} map keys point outside the flash tier's AU "
+                          f"region (AUs {self.flash_lo}-{self.flash.n_aus - 1}; the cache "
+                          f"slots are below)")
+        out |= fl_out
+        paus = lpaus.astype(np.int64)
+        paus[on_flash] += self.fshift
+        paus = np.where(out, 0, paus).astype(np.uint32)
         for mid, info in maps_info.items():
             sel = mids == mid
             limit = n_vaus(info["size_bytes"], self.au)
@@ -731,10 +1038,15 @@ class PoolStore:
         if len(bad_held):
             errors.append(f"{len(bad_held)} AUs are both referenced and held as freed")
         in_use = int(np.count_nonzero(rebuilt))
-        if in_use != used_aus or free_aus + used_aus + int(np.count_nonzero(held)) != n:
-            errors.append(f"space accounting: {used_aus} used + {free_aus} free + "
-                          f"{int(np.count_nonzero(held))} held != {n} AUs, or {in_use} "
-                          f"referenced != {used_aus} used (leak)")
+        per_tier = {}
+        for t, (lo, hi) in enumerate(self.bounds):
+            used_t = int(np.count_nonzero(rebuilt[lo:hi]))
+            held_t = int(np.count_nonzero(held[lo:hi]))
+            per_tier[TIER_NAMES[t]] = {"aus": hi - lo, "used_aus": used_t, "held_aus": held_t}
+            if used_t != t_used[t] or t_free[t] + t_used[t] + held_t != hi - lo:
+                errors.append(f"space accounting on the {TIER_NAMES[t]} tier: {t_used[t]} "
+                              f"used + {t_free[t]} free + {held_t} held != {hi - lo} AUs, or "
+                              f"{used_t} referenced != {t_used[t]} used (leak)")
         # sharing only inside one lineage family: no AU of one VM readable from an unrelated one
         fam = np.array([families.get(int(m), -1 - int(m)) for m in mids[ok]], dtype=np.int64)
         order = np.argsort(paus[ok], kind="stable")
@@ -753,6 +1065,7 @@ class PoolStore:
             "used_aus": in_use,
             "shared_aus": int(np.count_nonzero(rebuilt > 1)),
             "held_aus": int(np.count_nonzero(held)),
+            "tiers": per_tier,
         }
 
 
@@ -767,6 +1080,11 @@ class MapTxn:
         self.ref_sub: list[np.ndarray] = []
         self.new_live: dict[int, tuple[np.ndarray, int]] = {}
         self.drop_live: set[int] = set()
+        self.new_tiers: dict[int, int] = {}
+
+    def set_tier(self, mid: int, tier: int) -> None:
+        """The tier new allocations of live map ``mid`` go to."""
+        self.new_tiers[mid] = tier
 
     def copy_map(self, src: int, dst: int, dst_size: int | None = None) -> int:
         """Copy map ``src`` to the new map ``dst``; with ``dst_size`` it becomes a live vdisk
@@ -776,8 +1094,9 @@ class MapTxn:
             keep = vaus < n_vaus(dst_size, self.store.au)
             vaus, paus = vaus[keep], paus[keep]
         put = self.batch.put
+        value = self.store._value
         for v, p in zip(vaus.tolist(), paus.tolist()):
-            put(map_key(dst, v), map_value(p))
+            put(map_key(dst, v), value(p))
         self.ref_add.append(paus)
         if dst_size is not None:
             amap = kx.new_map(n_vaus(dst_size, self.store.au))
@@ -819,15 +1138,20 @@ class MapTxn:
             for mid in self.drop_live:
                 s.maps.pop(mid, None)
                 s.sizes.pop(mid, None)
+                if mid not in self.new_live:
+                    s.tiers.pop(mid, None)
                 for key in [k for k in s.pending if k[0] == mid]:
                     del s.pending[key]
             for mid, (amap, size) in self.new_live.items():
                 s.maps[mid] = amap
                 s.sizes[mid] = size
+            s.tiers.update(self.new_tiers)
             if zeroed_all:
                 z = np.concatenate(zeroed_all)
                 s.held[z] = 1
-                s.used_aus -= len(z)
+                c, f = s._split_tiers(z)
+                s.t_used[0] -= c
+                s.t_used[1] -= f
             s.level = min(s.level, s._level())
         if zeroed_all:
             s._retire(np.concatenate(zeroed_all))
@@ -883,9 +1207,12 @@ class ExtentStore(BackingStore):
                     if p == UNMAPPED:
                         buf[:] = pool._zero[:n]
                     else:
-                        pos = p * au + offset - first * au
-                        if os.preadv(pool.fd, [buf], pos) != n:
-                            _preadv_all(pool.fd, buf, pos)
+                        if p < pool.ncap:
+                            fd, pos = pool.fd, (p - first) * au + offset
+                        else:
+                            fd, pos = pool.ffd, (p - pool.fshift - first) * au + offset
+                        if os.preadv(fd, [buf], pos) != n:
+                            _preadv_all(fd, buf, pos)
                     return
             finally:
                 inflight.discard(tok)
@@ -905,9 +1232,12 @@ class ExtentStore(BackingStore):
                 if amap is not None:
                     p = amap.item(first)
                     if p != UNMAPPED and pool.refcount.item(p) == 1:   # owned: in place
-                        pos = p * au + offset - first * au
-                        if os.pwrite(pool.fd, data, pos) != n:
-                            _pwritev_all(pool.fd, [data], pos)
+                        if p < pool.ncap:
+                            fd, pos = pool.fd, (p - first) * au + offset
+                        else:
+                            fd, pos = pool.ffd, (p - pool.fshift - first) * au + offset
+                        if os.pwrite(fd, data, pos) != n:
+                            _pwritev_all(fd, [data], pos)
                         pool.last_write = tok
                         return
             finally:
