@@ -291,8 +291,9 @@ def vdisk_show(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         _json(d)
     else:
-        _fields(d, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "block_size",
-                    "target", "lun", "url", "serial", "naa", "created"])
+        _fields(d, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "tier",
+                    "tier_bytes", "block_size", "target", "lun", "url", "serial", "naa",
+                    "created"])
 
 
 @vdisk.command("delete")
@@ -312,6 +313,24 @@ def vdisk_resize(ctx: click.Context, name: str, size: str) -> None:
     """Grow a vdisk; initiators see CAPACITY DATA HAS CHANGED."""
     d = _api(ctx).vdisk_resize(name=name, size=size)
     click.echo(f"vdisk {name} is now {_size(d['size_bytes'])}")
+
+
+@vdisk.command("move")
+@click.argument("name")
+@click.option("--tier", required=True, type=click.Choice(["flash", "capacity"]),
+              help="The tier to move the vdisk's blocks to.")
+@json_option
+@click.pass_context
+def vdisk_move(ctx: click.Context, name: str, tier: str, as_json: bool) -> None:
+    """Move a vdisk's blocks to another tier, live (snapshots keep theirs); new writes go
+    there too. Refused, with nothing changed, if the tier lacks the space."""
+    r = _api(ctx).vdisk_move(name=name, tier=tier)
+    if as_json:
+        _json(r)
+    else:
+        m = r["move"]
+        click.echo(f"vdisk {name} is on the {tier} tier: moved {_size(m['moved_bytes'])} "
+                   f"in {m['seconds']} s")
 
 
 @vdisk.command("snapshot")
@@ -456,6 +475,9 @@ def pool_show(ctx: click.Context, as_json: bool) -> None:
     st = tree["store"]
     click.echo(f"capacity: {_size(st['used_bytes'])} used of {_size(st['capacity_bytes'])} "
                f"({st['used_pct']}%), allocation unit {_size(st['au_size'])}")
+    fl = st["tiers"]["flash"]
+    click.echo(f"flash: {_size(fl['cache_bytes'])} cache, {_size(fl['used_bytes'])} of "
+               f"{_size(fl['au_bytes'])} for flash-tier vdisks used")
     for t in tree["targets"]:
         click.echo(f"target {t['iqn']}: {len(t['luns'])} LUN(s)")
     click.echo(f"{len(tree['vms'])} VM(s), {len(tree['vdisks'])} vdisk(s), "

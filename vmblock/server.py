@@ -112,6 +112,7 @@ class Server:
         store = self.pool.open_store(disk)
         if self.cache is not None:
             store = cache_manager.cached_store(self.cache, self.pool, disk, store)
+            store.bypass = disk.tier == "flash"     # flash-tier data needs no cache
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
                          vendor="VMBLOCK", product="vdisk", write_cache=True)
@@ -262,6 +263,30 @@ class LiveApi(Api):
     async def vdisk_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
         return await self._revert([self.pool.vdisk(name)], force,
                                   lambda: super(LiveApi, self).vdisk_revert(name, snapshot))
+
+    async def vdisk_move(self, name: str, tier: str) -> dict:
+        """Move live, in the executor (the event loop keeps serving; PoolStore.move keeps
+        racing writes). Towards flash the cache is bypassed and emptied first; back on
+        capacity it is emptied again (a fill racing with the switch may have left a block)
+        and used again."""
+        disk = self.pool.vdisk(name)
+        store = self.server.stores.get(disk.uuid)
+        cache = self.server.cache if hasattr(store, "bypass") else None
+        if cache is not None and tier == "flash":
+            store.bypass = True
+            cache.invalidate_vdisk(disk.uuid)
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(None, super().vdisk_move, name, tier)
+        except BaseException:
+            if cache is not None and self.pool.vdisk(name).tier != "flash":
+                cache.invalidate_vdisk(disk.uuid)     # bypassed writes did not update it
+                store.bypass = False
+            raise
+        if cache is not None and tier == "capacity":
+            cache.invalidate_vdisk(disk.uuid)
+            store.bypass = False
+        return result
 
     async def _unserve(self, disks: list[Vdisk]) -> None:
         """Take LUNs out of service (no new commands), drain, flush, before their maps go."""

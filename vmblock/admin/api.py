@@ -18,7 +18,7 @@ VERBS = (
     ("vm", "create"), ("vm", "list"), ("vm", "show"), ("vm", "set"), ("vm", "delete"),
     ("vm", "snapshot"), ("vm", "clone"), ("vm", "revert"),
     ("vdisk", "create"), ("vdisk", "list"), ("vdisk", "show"), ("vdisk", "delete"),
-    ("vdisk", "resize"), ("vdisk", "snapshot"), ("vdisk", "revert"),
+    ("vdisk", "resize"), ("vdisk", "snapshot"), ("vdisk", "revert"), ("vdisk", "move"),
     ("snapshot", "list"), ("snapshot", "delete"),
     ("config", "get"), ("config", "set"), ("config", "unset"), ("config", "list"),
     ("session", "list"), ("pool", "show"), ("pool", "check"), ("event", "list"),
@@ -64,6 +64,7 @@ class Api(CacheApi):
         d["vm"] = self.pool.vm_by_uuid(disk.vm).name if disk.vm else None
         d["url"] = self.url(disk)
         d["used_bytes"] = d["allocated_bytes"] = self.pool.used_bytes(disk)
+        d["tier_bytes"] = self.pool.tier_bytes(disk)    # used bytes on each tier
         return d
 
     def _snapshot_json(self, snap: Snapshot) -> dict:
@@ -150,6 +151,10 @@ class Api(CacheApi):
         disk = self.pool.resize_vdisk(name, parse_size(size))
         self.vdisk_resized(disk)
         return self._vdisk_json(disk)
+
+    def vdisk_move(self, name: str, tier: str) -> dict:
+        r = self.pool.move_vdisk(name, tier)
+        return dict(self._vdisk_json(self.pool.vdisk(name)), move=r)
 
     def snapshot_list(self, vm: str | None = None) -> list[dict]:
         return [self._snapshot_json(s) for s in self.pool.snapshots(vm=vm)]

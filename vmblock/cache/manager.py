@@ -284,6 +284,8 @@ class CacheApi:
     def cache_preload(self, vdisk: str) -> dict:
         cache = self._flash_cache()
         disk = self.pool.vdisk(vdisk)
+        if disk.tier == "flash":
+            raise InvalidArgument(f"vdisk {vdisk} lives on the flash tier; the cache skips it")
         if cache is None:
             raise ServerError("cache preload needs a running server (the cache lives in it)"
                               if getattr(self, "server", None) is None else
@@ -370,18 +372,19 @@ def open_cache(pool, settings: dict[str, str]):
 
     The cache takes the first ``cache.size`` bytes of the flash tier (slot s at s * block
     size); the rest of the tier is left for flash-tier AUs of the extent store."""
-    from vmblock.config import cache_settings, parse_size
+    from vmblock.config import cache_bytes_wanted, cache_settings, parse_size
 
     from .tier import FlashCache
 
     cs = cache_settings(settings)
     flash = pool.store.flash
     total = flash.size_bytes
-    text = cs["size"].strip()
-    size = int(total * float(text[:-1]) / 100) if text.endswith("%") else parse_size(text)
+    size = cache_bytes_wanted(settings, total)
     if size > total:
-        raise InvalidArgument(f"cache.size {text} is larger than the flash tier "
+        raise InvalidArgument(f"cache.size {cs['size'].strip()} is larger than the flash tier "
                               f"({total} bytes, store.flash_size)")
+    # the extent store owns the split: its flash-tier AUs start at cache_bytes
+    size = min(size, pool.store.cache_bytes)
     bs = parse_size(cs["block_size"])
     nslots = size // bs
     if nslots == 0:

@@ -525,6 +525,9 @@ class CachedStore(BackingStore):
         self.block_size = inner.block_size
         self.capabilities = inner.capabilities
         self.unmap_granularity = inner.unmap_granularity
+        # True while the vdisk lives on the flash tier (or moves there): its data is already
+        # on flash, so every call goes straight to the extent store (docs/cache.md)
+        self.bypass = False
 
     @property
     def size_bytes(self) -> int:
@@ -536,10 +539,14 @@ class CachedStore(BackingStore):
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         inner = self.inner
+        if self.bypass:
+            return inner.read_into(offset, buf)
         self.cache.read(self.vid, inner.read_into, inner.size_bytes, offset, buf)
 
     def write(self, offset: int, data: memoryview) -> None:
         inner = self.inner
+        if self.bypass:
+            return inner.write(offset, data)
         self.cache.write(self.vid, inner.write, inner.read_into, inner.size_bytes, offset,
                          data)
 
@@ -548,11 +555,13 @@ class CachedStore(BackingStore):
 
     def unmap(self, offset: int, length: int) -> None:
         self.inner.unmap(offset, length)
-        self.cache.invalidate(self.vid, offset, length)
+        if not self.bypass:
+            self.cache.invalidate(self.vid, offset, length)
 
     def write_same(self, offset: int, length: int, block: memoryview) -> None:
         self.inner.write_same(offset, length, block)
-        self.cache.invalidate(self.vid, offset, length)
+        if not self.bypass:
+            self.cache.invalidate(self.vid, offset, length)
 
     def lba_status(self, offset: int) -> tuple[bool, int]:
         return self.inner.lba_status(offset)
