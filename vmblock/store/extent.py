@@ -84,6 +84,9 @@ IOV_MAX = 1024
 # a step's old AUs: in-place writes see them as shared and take the locked path.
 MOVE_CHUNK_AUS = 128
 MOVE_BIAS = 1 << 28
+# Tests only: seconds each move step waits between its copy and its remap, so that writes
+# racing with a move in a live test surely land in that window (0: off).
+MOVE_PAUSE = float(os.environ.get("VMBLOCK_TEST_MOVE_PAUSE") or 0)
 RECLAIM_WAIT = 2.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -931,6 +934,8 @@ class PoolStore:
                 _preadv_all(ofd, buf, opos)
                 fd, pos = self._pos(q)
                 _pwritev_all(fd, [buf], pos)
+            if MOVE_PAUSE:
+                time.sleep(MOVE_PAUSE)
             ok = True
         finally:
             with self.lock:
