@@ -182,6 +182,8 @@ def test_flash_tier_full_fails_writes_of_flash_vdisks(pool):
 def test_writes_racing_with_a_move_are_never_lost(pool):
     s = store_of(pool)
     image = fill(s, seed=7)
+    frozen = bytes(image)
+    pool.snapshot_vdisk("d1", "frozen")     # the writers' first writes copy on write
     lock = threading.Lock()
     stop = threading.Event()
     errors = []
@@ -213,4 +215,7 @@ def test_writes_racing_with_a_move_are_never_lost(pool):
         for t in threads:
             t.join()
     assert read(s, 0, s.size_bytes) == bytes(image)
+    # the snapshot's AUs (shared with the live map until rewritten) were never written
+    pool.revert(pool.snapshot("frozen", vdisk="d1"))
+    assert read(s, 0, s.size_bytes) == frozen
     clean(pool)

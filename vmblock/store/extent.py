@@ -228,6 +228,7 @@ class PoolStore:
         # new allocations of a live map go to its vdisk's tier (TIER_CAPACITY when absent)
         self.tiers: dict[int, int] = dict(tiers or {})
         self.move_lock = threading.Lock()
+        self.step_lock = threading.Lock()
         self._biased: np.ndarray | None = None     # AUs a move holds (see move)
         self.thresholds = tuple(sorted(thresholds))
         self.lock = threading.Lock()
@@ -906,7 +907,14 @@ class PoolStore:
                     "seconds": round(time.monotonic() - t0, 3)}
 
     def _move_step(self, mid: int, tier: int, start: int, chunk_aus: int) -> tuple[int, int]:
-        """One step of ``move``: returns (AUs remapped, AUs rewritten or unmapped meanwhile)."""
+        """One step of ``move``: returns (AUs remapped, AUs rewritten or unmapped meanwhile).
+        Under ``step_lock``, which ``check`` takes too: between its locked phases a step's
+        refcounts and accounting are in flux."""
+        with self.step_lock:
+            return self._move_step_locked(mid, tier, start, chunk_aus)
+
+    def _move_step_locked(self, mid: int, tier: int, start: int,
+                          chunk_aus: int) -> tuple[int, int]:
         with self.lock:
             seg = self._map(mid)[start:start + chunk_aus]
             idx = np.flatnonzero(self._outside(seg, tier))
@@ -938,11 +946,10 @@ class PoolStore:
                 time.sleep(MOVE_PAUSE)
             ok = True
         finally:
+            # Remap with the bias still on: the 4 KiB path reads the map and then the
+            # refcount without the lock, so a writer that read a vAU's old AU just before the
+            # remap must still find it "shared" when it checks (and go round the lock).
             with self.lock:
-                unbias = olds.copy()
-                z = kx._add_refs(self.refcount, unbias, -MOVE_BIAS)
-                self._hold(unbias[:z])      # rewritten or unmapped meanwhile: last ref gone
-                self._biased = None
                 amap = self.maps.get(mid)
                 keep = np.zeros(len(vs), dtype=bool)
                 if ok and amap is not None:
@@ -951,15 +958,25 @@ class PoolStore:
                 kv, kn, ko = vs[keep], news[keep], olds[keep].copy()
                 self.held[news] = 0
                 if len(kv):
-                    amap[kv] = kn
                     self.refcount[kn] = 1
+                    amap[kv] = kn
                     self.t_used[tier] += len(kv)
                     for v, q in zip(kv.tolist(), kn.tolist()):
                         self.pending[(mid, v)] = q
-                    z = kx._add_refs(self.refcount, ko, -1)
-                    self._hold(ko[:z])
+                    kx._add_refs(self.refcount, ko, -1)     # biased: none reaches 0 here
                     self.last_write = next(self.tokens)
                 self.t_free[tier] += int(np.count_nonzero(~keep))
+                drain = self.inflight.copy()
+            # ... and only once every I/O that may have read the old mapping has finished,
+            # the bias goes (an old AU still shared with a snapshot must never look owned to a
+            # writer that looked it up before the remap)
+            while not drain.isdisjoint(self.inflight):
+                time.sleep(0.0002)
+            with self.lock:
+                unbias = olds.copy()
+                z = kx._add_refs(self.refcount, unbias, -MOVE_BIAS)
+                self._hold(unbias[:z])      # last reference gone: remapped, rewritten, unmapped
+                self._biased = None
         self.flush()
         return int(len(kv)), int(np.count_nonzero(~keep))
 
@@ -983,7 +1000,7 @@ class PoolStore:
         ``families``: map id -> lineage family id (maps that may share AUs have the same one).
         """
         errors: list[str] = []
-        with self.flush_lock:
+        with self.step_lock, self.flush_lock:
             self._commit()
             with self.lock:
                 mids, vaus, lpaus, tiers = scan_maps(self.db)
