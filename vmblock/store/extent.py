@@ -1253,7 +1253,11 @@ class ExtentStore(BackingStore):
                 amap = pool.maps.get(self.map_id)
                 if amap is not None:
                     p = amap.item(first)
-                    if p != UNMAPPED and pool.refcount.item(p) == 1:   # owned: in place
+                    # owned: in place. The map is read again after the refcount: a
+                    # copy-on-write (or a move) remaps first and drops the old AU's count
+                    # after, so a count of 1 read after that drop comes with the new map.
+                    if p != UNMAPPED and pool.refcount.item(p) == 1 \
+                            and amap.item(first) == p:
                         if p < pool.ncap:
                             fd, pos = pool.fd, (p - first) * au + offset
                         else:
