@@ -291,6 +291,8 @@ def vdisk_show(ctx: click.Context, name: str, as_json: bool) -> None:
     if as_json:
         _json(d)
     else:
+        tb = d["tier_bytes"]
+        d["tier_bytes"] = f"capacity {_size(tb['capacity'])}, flash {_size(tb['flash'])}"
         _fields(d, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "tier",
                     "tier_bytes", "block_size", "target", "lun", "url", "serial", "naa",
                     "created"])
