@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import REPO, start_vmblock, stop  # noqa: E402
+from harness import REPO, machine, start_vmblock, stop  # noqa: E402
 
 WORKLOADS = [
     ("read4k_qd32_seq", ["-c", "60000", "-d", "32", "-s", "4096"]),
@@ -43,16 +43,6 @@ WORKLOADS = [
 ]
 
 
-def machine() -> str:
-    import platform
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 30
-    return (f"{os.cpu_count()} cores ({cpu}), {mem} GiB, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
 
 
 def bench_lookup(rounds: int) -> str:

@@ -23,22 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, start_vmblock, stop
+from harness import REPO, machine, start_vmblock, stop
 
 sys.path.insert(0, str(REPO / "tools"))
 
 
-def machine() -> str:
-    import os
-    import platform
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 30
-    return (f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem} GiB, "
-            f"Linux {platform.release()}, Python {platform.python_version()}")
 
 
 def bench(url: str, args: list[str]) -> float:

@@ -1,6 +1,7 @@
 """Shared by the tools: start vmblock on a scratch pool and tgt as the peer, stop them."""
 
 import os
+import platform
 import re
 import signal
 import socket
@@ -75,3 +76,15 @@ def stop(proc: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def machine() -> str:
+    """The line benchmarks record with their figures: cores, CPU, memory, kernel, Python."""
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") >> 30
+    return (f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem} GiB, "
+            f"Linux {platform.release()}, Python {platform.python_version()}")
