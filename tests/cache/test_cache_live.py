@@ -4,13 +4,13 @@ from flash with exact accounting, live group changes, byte-identical data throug
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
 
+import clients
 import pytest
+from clients import cli_json as js
 
 MiB = 1 << 20
 
@@ -19,18 +19,7 @@ pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
 
 
 def qemu_io(url: str, *cmds: str, check: bool = True) -> str:
-    args = ["qemu-io", "-f", "raw", "-t", "none"]
-    for c in cmds:
-        args += ["-c", c]
-    p = subprocess.run(args + [url], capture_output=True, text=True, timeout=120)
-    out = p.stdout + p.stderr
-    if check:
-        assert p.returncode == 0 and "fail" not in out.lower(), out
-    return out
-
-
-def js(server, *args):
-    return json.loads(server.cli(*args, "--json").stdout)
+    return clients.qemu_io(url, *cmds, cache="none", check=check)
 
 
 def make_vdisk(s, name: str, size: str = "64M", vm: str | None = None) -> str:

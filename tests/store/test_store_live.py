@@ -12,6 +12,8 @@ import subprocess
 import time
 
 import pytest
+from clients import cli_json as js
+from clients import qemu_io
 from iscsi_client import IscsiClient, write10
 
 from vmblock import DEFAULT_TARGET
@@ -22,21 +24,6 @@ AU = 64 * 1024
 pytestmark = pytest.mark.skipif(
     not (shutil.which("qemu-io") and shutil.which("iscsi-test-cu")),
     reason="needs qemu-io (qemu-utils, qemu-block-extra) and iscsi-test-cu (libiscsi-bin)")
-
-
-def qemu_io(url: str, *cmds: str, cache: str | None = None, check: bool = True) -> str:
-    args = ["qemu-io", "-f", "raw"] + (["-t", cache] if cache else [])
-    for c in cmds:
-        args += ["-c", c]
-    p = subprocess.run(args + [url], capture_output=True, text=True, timeout=120)
-    out = p.stdout + p.stderr
-    if check:
-        assert p.returncode == 0 and "fail" not in out.lower(), out
-    return out
-
-
-def js(server, *args):
-    return json.loads(server.cli(*args, "--json").stdout)
 
 
 def used(server, vdisk: str) -> int:

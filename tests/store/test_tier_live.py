@@ -6,32 +6,29 @@ same way. A move that does not fit is refused with nothing changed."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
 
+import clients
 import pytest
+
+
+def qemu_io_args(url: str, cmds: list[str]) -> list[str]:
+    return clients.qemu_io_args(url, cmds, cache="none")
+
+
+def qemu_io(url: str, *cmds: str) -> str:
+    return clients.qemu_io(url, *cmds, cache="none", timeout=180)
+
+
+def js(server, *args):
+    return clients.cli_json(server, *args, timeout=180)
 
 MiB = 1 << 20
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
                                 reason="needs qemu-io (qemu-utils, qemu-block-extra)")
-
-
-def qemu_io_args(url: str, cmds: list[str]) -> list[str]:
-    args = ["qemu-io", "-f", "raw", "-t", "none"]
-    for c in cmds:
-        args += ["-c", c]
-    return args + [url]
-
-
-def qemu_io(url: str, *cmds: str) -> str:
-    p = subprocess.run(qemu_io_args(url, list(cmds)), capture_output=True, text=True,
-                       timeout=180)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0 and "fail" not in out.lower() and "error" not in out.lower(), out
-    return out
 
 
 @pytest.fixture
@@ -46,10 +43,6 @@ def server(tmp_path, request, monkeypatch):
         yield s
     finally:
         s.stop()
-
-
-def js(server, *args):
-    return json.loads(server.cli(*args, "--json", timeout=180).stdout)
 
 
 BASE = [(0, 24 * MiB, 0x11), (24 * MiB, 64 * 1024, 0x22), (30 * MiB, 3 * MiB + 4096, 0x33)]
