@@ -65,6 +65,34 @@ def test_wrong_chap_secret_login_is_0201(vmblock_server):
         assert c.closed_by_peer()
 
 
+def set_discovery_chap(server):
+    server.cli("config", "set", "auth.discovery.chap_user", USER)
+    server.cli("config", "set", "auth.discovery.chap_secret", SECRET)
+
+
+def test_discovery_chap_refuses_a_wrong_secret_and_a_missing_one(vmblock_server):
+    set_discovery_chap(vmblock_server)
+    with client(vmblock_server) as c:
+        assert c.login(None, chap=(USER, "not-the-secret"),
+                       session_type="Discovery").login_status == 0x0201
+    with client(vmblock_server) as c:
+        assert c.login(None, session_type="Discovery").login_status == 0x0201
+
+
+def test_discovery_chap_with_the_right_secret_lists_targets(vmblock_server):
+    set_discovery_chap(vmblock_server)
+    with client(vmblock_server) as c:
+        assert c.login(None, chap=(USER, SECRET), session_type="Discovery").login_status == 0
+        assert DEFAULT_TARGET in c.text({"SendTargets": "All"}).text.get("TargetName", "")
+    portal = f"{vmblock_server.host}:{vmblock_server.port}"
+    p = subprocess.run(["iscsi-ls", f"iscsi://{USER}%{SECRET}@{portal}"], capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0 and DEFAULT_TARGET in p.stdout, p.stdout + p.stderr
+    p = subprocess.run(["iscsi-ls", f"iscsi://{USER}%wrong-secret@{portal}"], capture_output=True,
+                       text=True, timeout=30)
+    assert DEFAULT_TARGET not in p.stdout
+
+
 def test_right_chap_secret_login_succeeds(vmblock_server):
     set_chap(vmblock_server)
     with client(vmblock_server) as c:
