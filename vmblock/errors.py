@@ -7,6 +7,8 @@ admin API sends it as JSON with ``http_status`` and the client raises the same c
 
 from __future__ import annotations
 
+import errno
+
 
 class VmblockError(Exception):
     """Base of every error a user can cause or fix."""
@@ -51,6 +53,13 @@ class ServerError(VmblockError):
     """The admin server could not be reached or is needed but not running."""
 
     http_status = 503
+
+
+def io_failure(e: OSError) -> VmblockError:
+    """The management-plane error for a change whose commit failed (nothing was changed)."""
+    cls = NoSpace if e.errno == errno.ENOSPC else PoolError
+    return cls(f"{e.strerror or e}; nothing was changed (the pool recovers by itself once "
+               f"its file system has space and works again)")
 
 
 _KINDS = {c.__name__: c for c in (VmblockError, NotFound, AlreadyExists, InvalidArgument,

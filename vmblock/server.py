@@ -40,6 +40,7 @@ log = logging.getLogger("vmblock")
 
 DEMO_NAME = "demo"
 DEMO_SIZE = 8 << 30
+FAULT_RETRY = 1.0      # seconds between commit attempts while the meta DB or a tier fails
 
 
 def ensure_demo(pool: Pool) -> None:
@@ -132,14 +133,17 @@ class Server:
 
     async def _commit_loop(self, interval: float) -> None:
         """Group commit in the background: map keys of writes no flush has covered yet
-        become durable within ``interval`` seconds (data first, as every commit)."""
+        become durable within ``interval`` seconds (data first, as every commit). While a
+        commit fails (a full or failing meta DB or tier) it retries every FAULT_RETRY
+        seconds: the first one that succeeds ends the fault, with no restart."""
         loop = asyncio.get_running_loop()
+        store = self.pool.store
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval if store.fault is None else min(interval, FAULT_RETRY))
             try:
-                await loop.run_in_executor(None, self.pool.store.flush)
-            except OSError as e:
-                log.error("background commit failed: %s", e)
+                await loop.run_in_executor(None, store.flush)
+            except Exception as e:     # logged once by the store when the fault began
+                log.debug("background commit failed: %s", e)
 
     async def start(self) -> None:
         settings = self.settings()
@@ -174,9 +178,13 @@ class Server:
             await self.service.stop()
         if self.committer is not None:
             self.committer.cancel()
-        for store in self.stores.values():
-            store.flush()
-            store.close()
+        try:
+            for store in self.stores.values():
+                store.flush()
+                store.close()
+        except OSError as e:
+            log.error("final commit failed, writes since the last good SYNCHRONIZE CACHE "
+                      "may be lost: %s", e)
         self.stores.clear()
 
     def bound_portals(self) -> list[tuple[str, int]]:

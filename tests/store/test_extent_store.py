@@ -214,7 +214,7 @@ def test_deleting_vdisks_snapshots_and_vms_returns_every_au(pool):
     pool.delete_vdisk("d1")
     pool.store.flush()
     assert pool.store.usage()["used_bytes"] == 0
-    assert not any(k.startswith(b"M") for k in pool._db.keys(from_key=b"M"))
+    assert not any(k.startswith(b"M") for k in pool._db.raw.keys(from_key=b"M"))
     assert_clean(pool)
 
 
@@ -298,8 +298,8 @@ def test_check_finds_a_map_key_without_owner_and_a_cross_vm_share(pool):
     theirs = pool.vdisk("other").map_id
     p = pau(pool, "d1", 0)
     from vmblock.store.extent import map_key, map_value
-    pool._db.put(map_key(theirs, 3), map_value(p))         # another vdisk points at d1's AU
-    pool._db.put(map_key(999, 0), map_value(p + 1))         # a map nobody owns
+    pool._db.raw.put(map_key(theirs, 3), map_value(p))         # another vdisk points at d1's AU
+    pool._db.raw.put(map_key(999, 0), map_value(p + 1))         # a map nobody owns
     r = pool.check()
     text = " ".join(r["errors"])
     assert not r["ok"]
@@ -321,10 +321,10 @@ def test_meta_db_bytes_per_mapped_au(tmp_path):
         for i in range(7):                            # 8 maps of 2048 keys each
             p.snapshot_vm("v", f"s{i}")
         s.flush()
-        p._db.flush()
-        p._db.compact_range(None, None)
-        sst = p._db.property_int_value("rocksdb.total-sst-files-size")
-        keys = sum(1 for k in p._db.keys(from_key=b"M") if k.startswith(b"M"))
+        p._db.raw.flush()
+        p._db.raw.compact_range(None, None)
+        sst = p._db.raw.property_int_value("rocksdb.total-sst-files-size")
+        keys = sum(1 for k in p._db.raw.keys(from_key=b"M") if k.startswith(b"M"))
         assert keys == 8 * 2048
         per_au = sst / keys
         print(f"meta DB: {sst} bytes of SST for {keys} map keys = {per_au:.1f} B per mapped AU")

@@ -37,6 +37,7 @@ cache is cold and can never return what the flash file held before.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from array import array
@@ -55,6 +56,8 @@ MAX_GROUPS = 32          # groups the directory is built with; unused ones have 
 MAX_VDISKS = 4096        # vdisk ids of the directory (recycled when a vdisk goes)
 BATCH = 256              # cache blocks per kernel call (a command is split beyond that)
 _UNUSED = ".free-{}"
+
+log = logging.getLogger(__name__)
 
 
 def unused_group(i: int) -> GroupSpec:
@@ -102,6 +105,7 @@ class FlashCache:
         self.names: dict[int, tuple[str, str | None]] = {}   # id -> (vdisk name, VM name)
         self.preloaded = np.zeros(max_vdisks, np.int64)
         self.invalid_hits = 0
+        self.flash_errors = 0       # flash reads/writes that failed (the I/O went to capacity)
         # batch scratch, used under the lock only
         self._keys = np.empty(BATCH, np.int64)
         self._vds = np.empty(BATCH, np.int32)
@@ -216,6 +220,35 @@ class FlashCache:
             row[mb] += nb
         self.invalid_hits += 1
 
+    def _put_slot(self, s: int, data: memoryview, pos: int) -> bool:
+        """Write ``data`` into slot ``s`` at flash offset ``pos`` and mark it valid (under
+        the lock). A flash write that fails leaves the slot invalid: the command has its
+        data from the capacity tier already, so the cache is skipped, never the I/O."""
+        try:
+            _pwrite_all(self.fd, data, pos)
+        except OSError as e:
+            self._flash_failed(e)
+            return False
+        self.valid[s] = 1
+        return True
+
+    def _get_slot(self, s: int, buf: memoryview, pos: int) -> bool:
+        """Read a valid slot (under the lock); on a flash read error the slot is dropped
+        and the caller reads the capacity tier instead."""
+        try:
+            _pread_all(self.fd, buf, pos)
+        except OSError as e:
+            self._flash_failed(e)
+            self.valid[s] = 0
+            self.epoch[s] += 1
+            return False
+        return True
+
+    def _flash_failed(self, e: OSError) -> None:
+        if not self.flash_errors:
+            log.error("flash cache I/O failed, serving from the capacity tier: %s", e)
+        self.flash_errors += 1
+
     def _scratch(self, i: int) -> memoryview:
         """A block-sized buffer of this thread (two: the first and last block of a command)."""
         bufs = getattr(self._local, "bufs", None)
@@ -238,16 +271,14 @@ class FlashCache:
             self.read(vid, inner, size, offset, buf[:step])
             self.read(vid, inner, size, offset + step, buf[step:])
             return
-        fd, base, valid, epoch = self.fd, self.base, self.valid, self.epoch
+        base, valid, epoch = self.base, self.valid, self.epoch
         if count == 1:      # the common case, without the general path's lists
             with self.lock:
                 code = K._access_one(first, vid, False, n, *self._one)
                 hit = code >= 0
                 s = code if hit else -2 - code
-                if hit and valid[s]:
-                    pos = base + s * bs + offset - first * bs
-                    if os.preadv(fd, [buf], pos) != n:
-                        _pread_all(fd, buf, pos)
+                if hit and valid[s] and self._get_slot(s, buf, base + s * bs + offset
+                                                       - first * bs):
                     return
                 if s >= 0:
                     if hit:
@@ -271,8 +302,7 @@ class FlashCache:
                 buf[:] = data[offset - start:offset - start + n]
             with self.lock:
                 if epoch[s] == e:
-                    _pwrite_all(fd, data, base + s * bs)
-                    valid[s] = 1
+                    self._put_slot(s, data, base + s * bs)
             return
         claims = None
         cap = None
@@ -282,8 +312,8 @@ class FlashCache:
                 s = slots[i]
                 lo = max(offset, (first + i) * bs)
                 hi = min(offset + n, (first + i + 1) * bs)
-                if hits[i] and valid[s]:
-                    _pread_all(fd, buf[lo - offset:hi - offset], base + s * bs + lo % bs)
+                if hits[i] and valid[s] and self._get_slot(s, buf[lo - offset:hi - offset],
+                                                           base + s * bs + lo % bs):
                     continue
                 if cap is None:
                     cap = []
@@ -320,8 +350,7 @@ class FlashCache:
         with self.lock:
             for s, e, data in fills:
                 if epoch[s] == e:
-                    _pwrite_all(fd, data, base + s * bs)
-                    valid[s] = 1
+                    self._put_slot(s, data, base + s * bs)
 
     def write(self, vid: int, inner_write, inner_read, size: int, offset: int,
               data: memoryview) -> None:
@@ -370,8 +399,7 @@ class FlashCache:
                 inner_read(start, piece)
             with self.lock:
                 if epoch[s] == e:
-                    _pwrite_all(self.fd, piece, self.base + s * bs + at)
-                    valid[s] = 1
+                    self._put_slot(s, piece, self.base + s * bs + at)
                 else:
                     self._invalidate_locked(vid, first, first + 1)
             return
@@ -408,14 +436,13 @@ class FlashCache:
                 scratch = self._scratch(0 if j == 0 else 1)[:end - start]
                 inner_read(start, scratch)
                 updates.append((s, e, blk, scratch, 0))
-        fd, base = self.fd, self.base
+        base = self.base
         with self.lock:
             done = set()
             for s, e, blk, piece, at in updates:
                 done.add(blk)
                 if epoch[s] == e:
-                    _pwrite_all(fd, piece, base + s * bs + at)
-                    valid[s] = 1
+                    self._put_slot(s, piece, base + s * bs + at)
                 else:
                     self._invalidate_locked(vid, blk, blk + 1)
             if self.admit_seq != seq and len(done) < count:
@@ -491,9 +518,7 @@ class FlashCache:
                 fills.append((s, e, piece))
             with self.lock:
                 for s, e, piece in fills:
-                    if self.epoch[s] == e:
-                        _pwrite_all(self.fd, piece, self.base + s * bs)
-                        self.valid[s] = 1
+                    if self.epoch[s] == e and self._put_slot(s, piece, self.base + s * bs):
                         loaded += 1
                         self.preloaded[vid] += 1
         return loaded
@@ -512,6 +537,7 @@ class FlashCache:
                 "groups": list(d.groups), "names": dict(self.names),
                 "used": d.used(), "directory_bytes": d.nbytes,
                 "preloaded": self.preloaded.copy(), "invalid_hits": self.invalid_hits,
+                "flash_errors": self.flash_errors,
             }
 
 

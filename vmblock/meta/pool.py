@@ -43,7 +43,7 @@ import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import WriteBatch
 
 from vmblock import DEFAULT_TARGET
 from vmblock.config import (
@@ -54,7 +54,8 @@ from vmblock.config import (
     parse_size,
     store_settings,
 )
-from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError
+from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
+from vmblock.meta.db import MetaDB, MetaIOError
 from vmblock.store.extent import AU_SIZE, TIER_NAMES, ExtentStore, PoolStore, Tier
 
 SCHEMA_VERSION = 2
@@ -174,17 +175,13 @@ class Pool:
             os.makedirs(self.path, exist_ok=True)
         except OSError as e:
             raise PoolError(f"cannot create pool {self.path}: {e.strerror}") from None
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(create)
         try:
-            self._db = Rdict(self.meta_path, opts)
+            self._db = MetaDB(self.meta_path, create)
         except Exception as e:   # rocksdict raises a bare Exception for every RocksDB error
             if "lock" in str(e).lower():
                 raise PoolError(f"pool {self.path} is in use by another process "
                                 f"(is its server starting or stopping?)") from None
             raise PoolError(f"cannot open pool {self.path}: {e}") from None
-        self._sync = WriteOptions()
-        self._sync.sync = True
         version = self._get("pool/version")
         if version is None:
             try:
@@ -214,9 +211,7 @@ class Pool:
     def _scan(self, prefix: str):
         """(key suffix, value) of every key starting with ``prefix``, in key order."""
         p = prefix.encode()
-        for k, v in self._db.items(from_key=p):
-            if not k.startswith(p):
-                break
+        for k, v in self._db.scan(p):
             yield k[len(p):].decode(), json.loads(v)
 
     @staticmethod
@@ -232,13 +227,18 @@ class Pool:
         batch.delete(key.encode())
 
     def _commit(self, batch: WriteBatch) -> None:
-        self._db.write(batch, self._sync)
+        try:
+            self._db.write(batch)
+        except MetaIOError as e:
+            raise io_failure(e) from None
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        self._db.close()
+        try:
+            if self._store is not None:
+                store, self._store = self._store, None
+                store.close()
+        finally:
+            self._db.close()
 
     # --- the extent store ---------------------------------------------------------------------
 

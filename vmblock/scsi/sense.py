@@ -47,6 +47,7 @@ class SenseReason(Enum):
     UNRECOVERED_READ_ERROR = auto()
     DATA_OFFSET_ERROR = auto()          # iSCSI Data-Out out of sequence (RFC 7143 11.4.7.2)
     SPACE_ALLOCATION_FAILED_WRITE_PROTECT = auto()   # thin pool full (SBC-3 4.7.3.7)
+    INTERNAL_TARGET_FAILURE = auto()    # a fault of the target itself, not of the medium
     # unit attentions
     POWER_ON_RESET = auto()
     BUS_DEVICE_RESET_OCCURRED = auto()
@@ -82,6 +83,7 @@ SENSE_TABLE: dict[SenseReason, tuple[int, int, int, int]] = {
     SenseReason.UNRECOVERED_READ_ERROR: (_CC, SenseKey.MEDIUM_ERROR, 0x11, 0x00),
     SenseReason.DATA_OFFSET_ERROR: (_CC, SenseKey.ABORTED_COMMAND, 0x4B, 0x05),
     SenseReason.SPACE_ALLOCATION_FAILED_WRITE_PROTECT: (_CC, SenseKey.DATA_PROTECT, 0x27, 0x07),
+    SenseReason.INTERNAL_TARGET_FAILURE: (_CC, SenseKey.HARDWARE_ERROR, 0x44, 0x00),
     SenseReason.POWER_ON_RESET: (_CC, _UA, 0x29, 0x00),
     SenseReason.BUS_DEVICE_RESET_OCCURRED: (_CC, _UA, 0x29, 0x03),
     SenseReason.MODE_PARAMETERS_CHANGED: (_CC, _UA, 0x2A, 0x01),

@@ -173,6 +173,9 @@ class ScsiTarget:
         except OSError as err:
             self._io_failed(task, spec, err)
             return None
+        except Exception:
+            self._internal_failure(task, spec)
+            return None
         if result is None:
             return None
         return self._finish(task, spec, result)
@@ -184,6 +187,15 @@ class ScsiTarget:
             fail(task, err)
         except OSError as err:
             self._io_failed(task, spec, err)
+        except Exception:
+            self._internal_failure(task, spec)
+
+    @staticmethod
+    def _internal_failure(task: ScsiTask, spec: CommandSpec) -> None:
+        """A bug or an unexpected error below: the initiator gets sense, never a transport
+        failure, and the connection and its other commands go on."""
+        log.exception("%s on LUN %d failed inside the target", spec.name, task.lun)
+        fail(task, ScsiError(SenseReason.INTERNAL_TARGET_FAILURE))
 
     @staticmethod
     def _io_failed(task: ScsiTask, spec: CommandSpec, err: OSError) -> None:

@@ -48,9 +48,9 @@ from collections import deque
 from contextlib import contextmanager
 
 import numpy as np
-from rocksdict import WriteBatch, WriteOptions
+from rocksdict import WriteBatch
 
-from vmblock.errors import InvalidArgument, NoSpace, PoolError
+from vmblock.errors import InvalidArgument, NoSpace, PoolError, io_failure
 from vmblock.native import extent as kx
 from vmblock.store.backend import (
     CAP_LBA_STATUS,
@@ -113,17 +113,12 @@ def scan_maps(db, mid: int | None = None
     """(map ids, vAUs, physical AUs in their tier, tiers) of every map key, or of one map's,
     in key order."""
     prefix = KEY_MAP if mid is None else map_prefix(mid)
-    keys, vals = [], []
-    for k, v in db.items(from_key=prefix):
-        if not k.startswith(prefix):
-            break
-        keys.append(k)
-        vals.append(v)
-    if not keys:
+    items = db.scan(prefix)
+    if not items:
         e = np.empty(0, dtype=np.uint32)
         return e, e.copy(), e.copy(), np.empty(0, dtype=np.uint8)
-    kb, vb = b"".join(keys), b"".join(vals)
-    if len(kb) != len(keys) * _KEY_DT.itemsize or len(vb) != len(vals) * _VAL_DT.itemsize:
+    kb, vb = b"".join(k for k, _ in items), b"".join(v for _, v in items)
+    if len(kb) != len(items) * _KEY_DT.itemsize or len(vb) != len(items) * _VAL_DT.itemsize:
         raise PoolError("meta DB holds extent-map records of the wrong size")
     k = np.frombuffer(kb, dtype=_KEY_DT)
     v = np.frombuffer(vb, dtype=_VAL_DT)
@@ -209,6 +204,17 @@ def _preadv_all(fd: int, buf: memoryview, pos: int) -> None:
         done += got
 
 
+class StoreFault:
+    """Where a commit failed (``meta`` or a tier name), the latest error, and since when."""
+
+    __slots__ = ("where", "error", "since")
+
+    def __init__(self, where: str, error: OSError):
+        self.where = where
+        self.error = error
+        self.since = time.time()
+
+
 class PoolStore:
     """Allocator, reference counts and live extent maps of one pool; thread-safe.
 
@@ -233,8 +239,8 @@ class PoolStore:
         self.thresholds = tuple(sorted(thresholds))
         self.lock = threading.Lock()
         self.flush_lock = threading.Lock()
-        self._sync = WriteOptions()
-        self._sync.sync = True
+        # the commit that failed and is not recovered from yet (see StoreFault)
+        self.fault: StoreFault | None = None
         self.maps: dict[int, np.ndarray] = {}
         self.sizes: dict[int, int] = {}
         self.pending: dict[tuple[int, int], int | None] = {}
@@ -537,6 +543,8 @@ class PoolStore:
         n = len(data)
         if not n:
             return
+        if self.fault is not None:
+            self.check_writable(False)
         au = self.au
         first = offset // au
         count = (offset + n - 1) // au - first + 1
@@ -580,6 +588,7 @@ class PoolStore:
     def _write_alloc(self, mid: int, offset: int, data: memoryview) -> None:
         """Write that needs new AUs (first write or copy-on-write), under the lock throughout:
         allocation, data I/O, then map update, so no one sees a mapping before its data."""
+        self.check_writable(True)
         deadline = None
         while True:
             with self.lock:
@@ -712,6 +721,7 @@ class PoolStore:
             self._zero_if_mapped(mid, offset, lo_full * au)
         if end > hi_full * au:
             self._zero_if_mapped(mid, hi_full * au, end)
+        self.check_writable(True)
         with self.lock:
             amap = self._map(mid)
             hi = min(hi_full, len(amap))
@@ -775,12 +785,16 @@ class PoolStore:
             flash = self.t_used[1] > 0
             if self.waiting:
                 self._release()
+        where = "meta"
         try:
-            if written != self.synced or pending:
+            if written != self.synced or pending or self.fault is not None:
+                where = "capacity"
                 os.fdatasync(self.capacity.fd)
                 if flash:
+                    where = "flash"
                     os.fdatasync(self.flash.fd)
                 self.synced = written
+            where = "meta"
             if pending or events:
                 batch = WriteBatch(raw_mode=True)
                 value = self._value
@@ -791,17 +805,54 @@ class PoolStore:
                         batch.put(map_key(mid, vau), value(pau))
                 for ev in events:
                     put_event(batch, ev)
-                self.db.write(batch, self._sync)
-        except BaseException:
+                self.db.write(batch)
+        except BaseException as e:
             with self.lock:     # keep everything for the next attempt; newer keys win
                 for k, val in pending.items():
                     self.pending.setdefault(k, val)
                 self.frees[:0] = frees
                 self.events[:0] = events
+                if isinstance(e, OSError):
+                    self._fault_seen(where, e)
             raise
         self.commits += 1
+        if self.fault is not None:
+            self._fault_cleared()
         if frees:
             self._retire(np.concatenate(frees))
+
+    # --- faults: a commit that failed ---------------------------------------------------------
+
+    def _fault_seen(self, where: str, err: OSError) -> None:
+        """A commit failed on ``where`` (the meta DB or a tier): refuse the writes that could
+        not be made durable until a commit succeeds again (under the lock)."""
+        if self.fault is not None:
+            self.fault.error = err
+            return
+        self.fault = StoreFault(where, err)
+        kind = "meta_fault" if where == "meta" else "tier_fault"
+        self._event(kind, where=where, errno=errno.errorcode.get(err.errno, str(err.errno)),
+                    error=str(err.strerror or err))
+        log.error("%s commit failed, refusing writes that need it until it works again: %s",
+                  where, err.strerror or err)
+
+    def _fault_cleared(self) -> None:
+        with self.lock:
+            fault, self.fault = self.fault, None
+            if fault is None:
+                return
+            kind = "meta_recovered" if fault.where == "meta" else "tier_recovered"
+            self._event(kind, where=fault.where, fault_s=round(time.time() - fault.since, 3))
+        log.warning("%s works again after %.1f s: commits and writes resume", fault.where,
+                    time.time() - fault.since)
+
+    def check_writable(self, allocating: bool) -> None:
+        """Raise the fault's error for a write that cannot be made durable now: every write
+        while a tier cannot sync; with a meta DB fault, only writes that change maps."""
+        fault = self.fault
+        if fault is not None and (allocating or fault.where != "meta"):
+            raise OSError(fault.error.errno, f"{fault.where}: {fault.error.strerror} "
+                          f"(since {time.time() - fault.since:.0f} s; retried every commit)")
 
     def _retire(self, paus: np.ndarray) -> None:
         """Durably freed AUs: punch them, then release them once older I/O has drained."""
@@ -820,23 +871,34 @@ class PoolStore:
         ``MapTxn``; on a clean exit the batch is written and the in-memory state follows.
         """
         with self.flush_lock:
-            self._commit()
+            try:
+                self._commit()
+            except OSError as e:
+                raise io_failure(e) from None
             txn = MapTxn(self, batch)
             yield txn
             with self.lock:
                 events, self.events = self.events, []
             for ev in events:
                 put_event(batch, ev)
-            self.db.write(batch, self._sync)
+            try:
+                self.db.write(batch)
+            except OSError as e:
+                with self.lock:
+                    self.events[:0] = events
+                    self._fault_seen("meta", e)
+                raise io_failure(e) from None
             txn.apply()
 
     def close(self) -> None:
         if self.closed:
             return
-        self.flush()
-        self.closed = True
-        self.capacity.close()
-        self.flash.close()
+        try:
+            self.flush()
+        finally:
+            self.closed = True
+            self.capacity.close()
+            self.flash.close()
 
     # --- moving a live map between tiers (vmblock vdisk move) ---------------------------------
 
@@ -1245,7 +1307,7 @@ class ExtentStore(BackingStore):
         n = len(data)
         au = pool.au
         first = offset // au
-        if n and (offset + n - 1) // au == first:
+        if n and (offset + n - 1) // au == first and pool.fault is None:
             tok = next(pool.tokens)
             inflight = pool.inflight
             inflight.add(tok)
