@@ -7,6 +7,8 @@ no sector of one VM holds the other's pattern, and ``vmblock pool check`` after 
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,9 +21,9 @@ TOOL = Path(__file__).resolve().parents[2] / "tools" / "crashtest"
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-io")
 
 
-def run_crashtest(tmp_path, cycles: int, seed: int, timeout: float):
+def run_crashtest(tmp_path, cycles: int, seed: int, timeout: float, *extra: str):
     p = subprocess.run([sys.executable, str(TOOL), "--cycles", str(cycles), "--seed",
-                        str(seed), "--pool", str(tmp_path / "crash")],
+                        str(seed), "--pool", str(tmp_path / "crash"), *extra],
                        capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{p.stdout[-4000:]}\n{p.stderr[-4000:]}"
     assert "PASS" in p.stdout
@@ -39,3 +41,14 @@ def test_a_few_sigkill_cycles_lose_no_completed_write(tmp_path):
 def test_fifty_sigkill_cycles_lose_no_completed_write(tmp_path):
     out = run_crashtest(tmp_path, cycles=50, seed=50, timeout=1750)
     assert "cycle 50/50" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
+@pytest.mark.timeout(300)
+def test_full_file_system_cycles_lose_nothing_and_recover_without_restart(tmp_path):
+    """``--fault enospc``: the pool's tmpfs is filled while the writers run; writes fail, then
+    (in the cycles not killed during the fault) complete again once space is back."""
+    out = run_crashtest(tmp_path, 4, 7, 280, "--fault", "enospc")
+    assert "cycle 4/4" in out
+    m = re.search(r"(\d+) faults \((\d+) recovered without a restart", out)
+    assert m and int(m.group(2)) > 0, out[-2000:]

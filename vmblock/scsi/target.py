@@ -17,6 +17,7 @@ from vmblock.scsi.constants import Direction
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import Nexus, ScsiTask
+from vmblock.store.backend import WriteRefused
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +200,16 @@ class ScsiTarget:
 
     @staticmethod
     def _io_failed(task: ScsiTask, spec: CommandSpec, err: OSError) -> None:
+        quiet = isinstance(err, WriteRefused)      # the store logged its fault once
         if err.errno == errno.ENOSPC and spec.direction != Direction.IN:
             # a thin store out of space (store.backend.SpaceExhausted, or a full host file
             # system under a file tier): SBC-3 4.7.3.7, the data already written is intact
-            log.warning("%s on LUN %d: %s", spec.name, task.lun, err)
+            if not quiet:
+                log.warning("%s on LUN %d: %s", spec.name, task.lun, err)
             fail(task, ScsiError(SenseReason.SPACE_ALLOCATION_FAILED_WRITE_PROTECT))
             return
-        log.error("%s on LUN %d failed: %s", spec.name, task.lun, err)
+        if not quiet:
+            log.error("%s on LUN %d failed: %s", spec.name, task.lun, err)
         reason = (SenseReason.UNRECOVERED_READ_ERROR if spec.direction == Direction.IN
                   else SenseReason.WRITE_ERROR)
         fail(task, ScsiError(reason))

@@ -24,6 +24,11 @@ class SpaceExhausted(OSError):
         super().__init__(errno.ENOSPC, message)
 
 
+class WriteRefused(OSError):
+    """The store refuses a write it could not make durable now (a failed commit not yet
+    recovered from); it logged the fault once, so the SCSI core answers without logging."""
+
+
 class BackingStore:
     """Base class: subclasses override the operations they list in ``capabilities``."""
 

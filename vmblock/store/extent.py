@@ -58,6 +58,7 @@ from vmblock.store.backend import (
     CAP_WRITE_SAME,
     BackingStore,
     SpaceExhausted,
+    WriteRefused,
 )
 
 log = logging.getLogger(__name__)
@@ -814,6 +815,8 @@ class PoolStore:
                 self.events[:0] = events
                 if isinstance(e, OSError):
                     self._fault_seen(where, e)
+            if where == "meta" and not pending and isinstance(e, OSError):
+                return      # only events waited: every completed write is durable anyway
             raise
         self.commits += 1
         if self.fault is not None:
@@ -851,8 +854,9 @@ class PoolStore:
         while a tier cannot sync; with a meta DB fault, only writes that change maps."""
         fault = self.fault
         if fault is not None and (allocating or fault.where != "meta"):
-            raise OSError(fault.error.errno, f"{fault.where}: {fault.error.strerror} "
-                          f"(since {time.time() - fault.since:.0f} s; retried every commit)")
+            raise WriteRefused(fault.error.errno, f"{fault.where}: {fault.error.strerror} "
+                               f"(since {time.time() - fault.since:.0f} s; retried every "
+                               f"commit)")
 
     def _retire(self, paus: np.ndarray) -> None:
         """Durably freed AUs: punch them, then release them once older I/O has drained."""
