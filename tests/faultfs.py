@@ -4,7 +4,7 @@ usage: python tests/faultfs.py BACKING MOUNTPOINT      (foreground; unmount: fus
 
 It mirrors BACKING at MOUNTPOINT (files, directories, sparse files of any size, pread/pwrite at
 offsets, ftruncate, fallocate incl. punch hole, fsync, rename, unlink, statfs: what the store's
-tier files and RocksDB use) and prints ``faultfs: mounted`` once the kernel has mounted it.
+tier files and RocksDB use; mknod, so a whole pool with its admin.sock can live on it) and prints ``faultfs: mounted`` once the kernel has mounted it.
 This kernel has no device-mapper ``error``/``flakey`` targets and no fault injection, but FUSE.
 
 Faults are switched live through the control file ``MOUNTPOINT/.faultfs`` (not in BACKING, not
@@ -153,6 +153,9 @@ def serve(backing: str, mountpoint: str) -> None:
             return {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree",
                                                 "f_bavail", "f_files", "f_ffree", "f_favail",
                                                 "f_flag", "f_namemax")}
+
+        def mknod(self, path, mode, dev):
+            os.mknod(self._real(path), mode, dev)      # a unix socket bound in it (admin.sock)
 
         def mkdir(self, path, mode):
             os.mkdir(self._real(path), mode)

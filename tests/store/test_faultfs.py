@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -78,6 +79,15 @@ def test_data_passes_through_at_offsets_in_a_sparse_64_gib_file(faultfs):
     assert (faultfs.backing / "meta" / "CURRENT").read_bytes() == b"manifest"
     os.unlink(faultfs.mount / "meta" / "CURRENT")
     os.rmdir(faultfs.mount / "meta")
+    with socket.socket(socket.AF_UNIX) as srv, socket.socket(socket.AF_UNIX) as cli:
+        srv.bind(str(faultfs.mount / "admin.sock"))       # mknod: a whole pool can live on it
+        srv.listen()
+        cli.connect(str(faultfs.mount / "admin.sock"))
+        conn, _ = srv.accept()
+        with conn:
+            cli.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+    os.unlink(faultfs.mount / "admin.sock")
     assert os.statvfs(faultfs.mount).f_blocks == os.statvfs(faultfs.backing).f_blocks
 
 
