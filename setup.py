@@ -21,6 +21,6 @@ setup(
     install_requires=[
         "numpy", "numba", "rocksdict", "pyroute2", "click", "aiohttp", "uvloop", "crc32c",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy"]},
     entry_points={"console_scripts": ["vmblock = vmblock.cli:main"]},
 )

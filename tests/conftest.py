@@ -101,6 +101,25 @@ def vmblock_server(tmp_path, request):
             sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()}\n")
 
 
+@pytest.fixture
+def faultfs(tmp_path, request):
+    """A faultfs (tests/faultfs.py) mounted at ``tmp_path/faultfs`` over ``tmp_path/backing``:
+    ``.mount``, ``.fail(glob, op, errno)``, ``.heal()``. Always unmounted at teardown (a
+    fixture that uses the mount and is set up after this one is torn down before it)."""
+    from faultfs import FaultFs
+
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("needs /dev/fuse (a kernel with FUSE)")
+    fs = FaultFs(tmp_path / "backing", tmp_path / "faultfs")
+    try:
+        yield fs
+    finally:
+        fs.unmount()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            sys.stderr.write(f"\n--- faultfs log ---\n{fs.log()}\n")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the item so fixtures can tell whether the test failed."""

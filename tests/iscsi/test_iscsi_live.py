@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -251,12 +252,24 @@ def _rss_mib(pid: int) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
+def _sockets(pid: int) -> int:
+    """Sockets the process holds open."""
+    fds = os.listdir(f"/proc/{pid}/fd")
+    return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+               for fd in fds if os.path.exists(f"/proc/{pid}/fd/{fd}"))
+
+
 def test_idle_connections_before_login_hold_little_memory(vmblock_server):
+    """RSS is read once the server has accepted all 100 connections (it holds their sockets),
+    not after a guessed pause: on a loaded machine it may not have accepted them yet."""
     pid = vmblock_server.proc.pid
-    before = _rss_mib(pid)
+    before, held = _rss_mib(pid), _sockets(pid)
     socks = [socket.create_connection((vmblock_server.host, vmblock_server.port)) for _ in range(100)]
     try:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 60        # a safety net: it returns once they are held
+        while _sockets(pid) < held + 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _sockets(pid) >= held + 100, "the server did not accept 100 connections"
         grown = _rss_mib(pid) - before
     finally:
         for s in socks:

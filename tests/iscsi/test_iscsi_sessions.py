@@ -30,6 +30,9 @@ KiB, MiB = 1 << 10, 1 << 20
 OTHER = "iqn.2026-11.io.vmblock.test:other"
 HIDDEN = "iqn.2026-11.io.vmblock:hidden"
 NOP_INTERVAL, NOP_TIMEOUT = 1.0, 2.0
+# Longest wait for sessions to show up in or leave ``session list``: a safety net (the polls end
+# as soon as they do), long enough for logins and logouts on a loaded machine.
+SESSION_WAIT = 60
 
 # RFC 7143 11.5.1 / 11.6.1 (TMF), 11.14.1 / 11.15.1 (logout), 11.13.5 (login status)
 ABORT_TASK, LUN_RESET = 1, 5
@@ -208,7 +211,7 @@ def test_four_qemu_initiators_write_and_read_their_own_regions_at_once(vmblock_s
             procs.append(p)
             p.stdin.write(f"write -P {pat:#04x} {off} {n}\n")
             p.stdin.flush()
-        seen, deadline = [], time.monotonic() + 20
+        seen, deadline = [], time.monotonic() + SESSION_WAIT
         while time.monotonic() < deadline:
             seen = [s for s in sessions(vmblock_server) if s["type"] == "normal"]
             if sorted(s["initiator"] for s in seen) == names:
@@ -237,7 +240,7 @@ def test_four_qemu_initiators_write_and_read_their_own_regions_at_once(vmblock_s
                        stdin=subprocess.DEVNULL)
     assert p.returncode == 0 and "Pattern verification failed" not in p.stdout, p.stdout + p.stderr
     assert p.stdout.count("read ") == 3 * len(regions), p.stdout
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + SESSION_WAIT
     while [s for s in sessions(vmblock_server) if s["type"] == "normal"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [s for s in sessions(vmblock_server) if s["type"] == "normal"]
@@ -360,11 +363,16 @@ def test_unanswered_ping_closes_the_connection(nop_server):
 
 def test_nop_interval_set_to_0_through_the_cli_stops_pings_on_open_connections(vmblock_server):
     """``vmblock config set iscsi.nop_interval`` reaches the running server: logins after it
-    are pinged, and setting it back to 0 ("no pings") silences connections already open."""
-    vmblock_server.cli("config", "set", "iscsi.nop_timeout", "2")
+    are pinged, and setting it back to 0 ("no pings") silences connections already open.
+    A ping the server sent before the change reached it (the CLI takes its time on a loaded
+    machine) is answered by the NOP round trip that follows the change (NopTimeout 30 s: that
+    ping waits for its answer however long the CLI takes); from then on, none."""
+    vmblock_server.cli("config", "set", "iscsi.nop_timeout", "30")
     vmblock_server.cli("config", "set", "iscsi.nop_interval", "2")
     with logged_in(vmblock_server) as c:
+        nop_out_answer(c, wait_ping(c, 30))        # pinged (30 s: a safety net, not a bound)
         vmblock_server.cli("config", "set", "iscsi.nop_interval", "0")
+        c.nop(b"after the change")      # answers any ping sent before it, in TCP order
         got = quiet_for(c, 3.0)
         assert not got, [(hex(p.opcode), hex(p.itt)) for p in got]
         assert_reads(c)
@@ -465,7 +473,7 @@ def test_logout_closing_the_session_answers_0_and_closes_the_connection(vmblock_
         rsp = logout(c, LOGOUT_SESSION)
         assert rsp.b2 == LOGOUT_OK and rsp.flags & P.FLAG_FINAL
         assert c.closed_by_peer(timeout=5)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + SESSION_WAIT
     while [s for s in sessions(vmblock_server) if s["type"] == "normal"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [s for s in sessions(vmblock_server) if s["type"] == "normal"]

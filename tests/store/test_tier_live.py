@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
+import threading
 
 import clients
 import pytest
@@ -31,11 +31,15 @@ pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
                                 reason="needs qemu-io (qemu-utils, qemu-block-extra)")
 
 
+RACE = (40 * MiB, 8 * MiB)     # rewritten 4 KiB at a time, in scattered order, during moves
+
+
 @pytest.fixture
 def server(tmp_path, request, monkeypatch):
-    """A server whose move steps pause 50 ms between copy and remap (VMBLOCK_TEST_MOVE_PAUSE),
-    so the racing qemu-io surely writes into AUs that are being moved."""
-    monkeypatch.setenv("VMBLOCK_TEST_MOVE_PAUSE", "0.05")
+    """A server whose move steps that move AUs of RACE wait between copy and remap until a
+    write has landed in them (VMBLOCK_TEST_MOVE_AWAIT_WRITE): the racing qemu-io writes into
+    AUs that are being moved for sure, however slow or loaded the machine is."""
+    monkeypatch.setenv("VMBLOCK_TEST_MOVE_AWAIT_WRITE", f"{RACE[0]}:{RACE[1]}")
     VmblockServer = next(p.VmblockServer for p in request.config.pluginmanager.get_plugins()
                          if hasattr(p, "VmblockServer"))
     s = VmblockServer(tmp_path / "pool")
@@ -48,32 +52,54 @@ def server(tmp_path, request, monkeypatch):
 BASE = [(0, 24 * MiB, 0x11), (24 * MiB, 64 * 1024, 0x22), (30 * MiB, 3 * MiB + 4096, 0x33)]
 
 
-RACE = (40 * MiB, 8 * MiB)     # rewritten 4 KiB at a time, in scattered order, during moves
-
-
-def racing_writes(pattern: int) -> list[str]:
-    """One 4 KiB write to every 4 KiB of RACE, in a scattered order: afterwards the whole
-    range holds ``pattern``; a write lost in a move leaves the old pattern there."""
+def racing_pass(pattern: int) -> str:
+    """One 4 KiB write to every 4 KiB of RACE, in a scattered order, as qemu-io commands:
+    afterwards the whole range holds ``pattern``; a write lost in a move leaves the old one."""
     base, size = RACE
     n = size // 4096
-    cmds = []
-    for i in range(n):      # ~3 s in all, so the whole move happens while it writes
-        cmds.append(f"write -P {pattern:#x} {base + (i * 7919 % n) * 4096} 4096")
-        cmds.append("sleep 1")
-    return cmds
+    return "".join(f"write -P {pattern:#x} {base + (i * 7919 % n) * 4096} 4096\n"
+                   for i in range(n))
 
 
-def wait_until_sending(pid: int, nbytes: int) -> None:
-    """Until the process has written ``nbytes`` to its sockets (qemu-io is past its login and
-    writing data): /proc/PID/io counts every byte of write/send calls."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/io") as f:
-            io = dict(line.split(": ") for line in f.read().splitlines())
-        if int(io["wchar"]) >= nbytes:
-            return
-        time.sleep(0.01)
-    raise AssertionError("qemu-io did not start writing")
+class RacingWriter:
+    """An interactive qemu-io that rewrites RACE with ``pattern``, pass after pass, until
+    ``finish``: it writes for as long as the move runs, whatever either's speed."""
+
+    def __init__(self, url: str, pattern: int):
+        self.proc = subprocess.Popen(
+            ["qemu-io", "-f", "raw", "-t", "none", url], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.stop = threading.Event()
+        self.passes = 0
+        self.out = ""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.feeder = threading.Thread(target=self._feed, args=(racing_pass(pattern),),
+                                       daemon=True)
+        self.reader.start()
+        self.feeder.start()
+
+    def _read(self) -> None:
+        with self.proc.stdout:
+            self.out = self.proc.stdout.read()
+
+    def _feed(self, commands: str) -> None:
+        try:
+            while not self.stop.is_set():       # the first pass always goes in whole
+                self.proc.stdin.write(commands)
+                self.proc.stdin.flush()
+                self.passes += 1
+        finally:
+            self.proc.stdin.close()     # qemu-io runs what it has read, then quits
+
+    def finish(self) -> str:
+        self.stop.set()
+        self.feeder.join(180)
+        self.proc.wait(180)
+        self.reader.join(180)
+        assert self.proc.returncode == 0 and self.passes >= 1, self.out[-2000:]
+        low = self.out.lower()
+        assert "fail" not in low and "error" not in low, self.out[-2000:]
+        return self.out
 
 
 def verify(url: str, race_pattern: int) -> None:
@@ -85,16 +111,14 @@ def move_while_writing(s, url: str, tier: str, old: int, pattern: int) -> dict:
     """``vdisk move`` while a qemu-io rewrites RACE (its AUs are mapped and owned: the writes
     go in place on the lock-free path, the hazard a move has to handle)."""
     verify(url, old)
-    w = subprocess.Popen(qemu_io_args(url, racing_writes(pattern)), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    wait_until_sending(w.pid, 256 * 1024)
-    r = js(s, "vdisk", "move", "d", "--tier", tier)
-    still_writing = w.poll() is None
-    out, _ = w.communicate(timeout=180)
-    assert w.returncode == 0 and "fail" not in out.lower(), out
+    w = RacingWriter(url, pattern)
+    try:
+        r = js(s, "vdisk", "move", "d", "--tier", tier)
+    finally:
+        w.finish()
     assert r["tier"] == tier and r["move"]["moved_bytes"] > 0, r
-    assert still_writing, "the writer ended before the move did: nothing raced"
-    # writes into AUs being moved took the locked copy-on-write path to the new tier
+    # the step moving RACE waited for a write into its AUs: it took the locked copy-on-write
+    # path to the new tier
     assert r["move"]["raced_aus"] > 0, r
     verify(url, pattern)
     return r

@@ -85,9 +85,22 @@ IOV_MAX = 1024
 # a step's old AUs: in-place writes see them as shared and take the locked path.
 MOVE_CHUNK_AUS = 128
 MOVE_BIAS = 1 << 28
-# Tests only: seconds each move step waits between its copy and its remap, so that writes
-# racing with a move in a live test surely land in that window (0: off).
-MOVE_PAUSE = float(os.environ.get("VMBLOCK_TEST_MOVE_PAUSE") or 0)
+
+
+def _byte_range(text: str | None) -> tuple[int, int] | None:
+    """``"OFFSET:LENGTH"`` (bytes) -> (start, end), or None when unset."""
+    if not text:
+        return None
+    offset, length = (int(x) for x in text.split(":"))
+    return offset, offset + length
+
+
+# Tests only: "OFFSET:LENGTH" in bytes of a vdisk. A move step that moves AUs of that range
+# waits between its copy and its remap until a write has landed in one of them (it took the
+# copy-on-write path: the race a move must survive happens for sure, on any machine speed).
+MOVE_AWAIT_WRITE = _byte_range(os.environ.get("VMBLOCK_TEST_MOVE_AWAIT_WRITE"))
+# ... and gives up waiting after this long (a safety net: the test then sees no race).
+MOVE_AWAIT_TIMEOUT = 60.0
 RECLAIM_WAIT = 2.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -1008,8 +1021,8 @@ class PoolStore:
                 _preadv_all(ofd, buf, opos)
                 fd, pos = self._pos(q)
                 _pwritev_all(fd, [buf], pos)
-            if MOVE_PAUSE:
-                time.sleep(MOVE_PAUSE)
+            if MOVE_AWAIT_WRITE:
+                self._await_write_in_step(mid, vs, olds)
             ok = True
         finally:
             # Remap with the bias still on: the 4 KiB path reads the map and then the
@@ -1045,6 +1058,25 @@ class PoolStore:
                 self._biased = None
         self.flush()
         return int(len(kv)), int(np.count_nonzero(~keep))
+
+    def _await_write_in_step(self, mid: int, vs: np.ndarray, olds: np.ndarray) -> None:
+        """Test hook (``VMBLOCK_TEST_MOVE_AWAIT_WRITE``): block until one of this step's vAUs
+        inside the hook's byte range no longer points at its old AU (a write went round the
+        bias), or ``MOVE_AWAIT_TIMEOUT``. Steps with no vAU in the range go on at once."""
+        lo, hi = MOVE_AWAIT_WRITE
+        sel = (vs * self.au < hi) & ((vs + 1) * self.au > lo)
+        if not sel.any():
+            return
+        vs, olds = vs[sel], olds[sel]
+        deadline = time.monotonic() + MOVE_AWAIT_TIMEOUT
+        while time.monotonic() < deadline:
+            with self.lock:
+                amap = self.maps.get(mid)
+                if amap is None or vs[-1] >= len(amap) or (amap[vs] != olds).any():
+                    return
+            time.sleep(0.001)
+        log.warning("test hook: no write landed in the moving AUs of map %d within %.0f s",
+                    mid, MOVE_AWAIT_TIMEOUT)
 
     # --- maps as a whole (snapshots, clones, revert, delete, resize) --------------------------
 
