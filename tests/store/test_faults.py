@@ -1,13 +1,16 @@
 """A full or failing disk under a live server: sense to the initiator, nothing acknowledged as
 durable lost, recovery without a restart.
 
-The file systems are real: a small tmpfs mounted by the test (ENOSPC as the kernel gives it).
+The file systems are real: a small tmpfs mounted by the test (ENOSPC as the kernel gives it),
+and faultfs (tests/faultfs.py: a FUSE pass-through whose files fail with EIO on command, the
+``faultfs`` fixture), since this kernel has no device-mapper error/flakey targets.
 The raw initiator shows the exact status and sense of every command, so a transport failure
 (iSCSI response 0x01) cannot pass for a CHECK CONDITION.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -24,6 +27,7 @@ SAM_STAT_GOOD = 0x00
 SAM_STAT_CHECK_CONDITION = 0x02
 SENSE_KEY_UNIT_ATTENTION = 0x06
 SPACE_ALLOCATION_FAILED = (0x07, 0x27, 0x07)     # DATA PROTECT, 27h/07h (SBC-3 4.7.3.7)
+WRITE_ERROR = (0x03, 0x0C, 0x00)                 # MEDIUM ERROR, WRITE ERROR
 SYNCHRONIZE_CACHE_10 = bytes([0x35]) + bytes(9)
 
 
@@ -224,6 +228,69 @@ def test_pool_file_system_full_other_vdisks_go_on_and_nothing_good_is_lost(
         assert two.read(0, 2 * MiB) == pattern(0x21, MiB) + pattern(0x20, MiB)
         one.close()
         two.close()
+        check = js(s, "pool", "check")
+        assert check["ok"], check["errors"]
+    finally:
+        s.stop()
+
+
+@pytest.mark.timeout(240)
+def test_capacity_tier_eio_gives_sense_other_tier_goes_on_and_heals(tmp_path, faultfs, request):
+    """The tiers on faultfs (a FUSE pass-through failing on command): a write the capacity
+    file refuses with EIO gets 03/0C/00 and changes nothing, a vdisk on the flash tier keeps
+    writing; a failed fdatasync fails SYNCHRONIZE CACHE and refuses writes until a sync
+    works again, then everything GOOD is committed; kill -9 and restart lose none of it."""
+    cfg = tmp_path / "tiers.toml"
+    cfg.write_text(f'[store]\ncapacity_path = "{faultfs.mount / "capacity"}"\n'
+                   f'flash_path = "{faultfs.mount / "flash"}"\ncapacity_size = "1G"\n'
+                   f'flash_size = "256M"\ncommit_interval = "0"\n')
+    server_cls = _server_class(request)
+    pool = tmp_path / "pool"
+    s = server_cls(pool, ("--config", str(cfg)))
+    try:
+        s.cli("vdisk", "create", "d1", "--size", "64M")
+        s.cli("vdisk", "create", "d2", "--size", "16M")
+        s.cli("vdisk", "move", "d2", "--tier", "flash")
+        one = Initiator(s, js(s, "vdisk", "show", "d1")["lun"])
+        two = Initiator(s, js(s, "vdisk", "show", "d2")["lun"])
+        a, x = pattern(0x41, MiB), pattern(0x58, MiB)
+        assert good(one.write(0, a)) and good(two.write(0, x)) and good(one.sync())
+        faultfs.fail("capacity", "write", errno.EIO)
+        for off in (8 * MiB, 0):                        # a new AU, then in place
+            r = one.write(off, pattern(0x42, MiB))
+            assert r.status == SAM_STAT_CHECK_CONDITION and r.response == 0, r
+            assert sense(r) == WRITE_ERROR, r.sense
+        assert one.read(0, MiB) == a and one.read(8 * MiB, MiB) == bytes(MiB)
+        x2 = pattern(0x59, MiB)
+        assert good(two.write(MiB, x2)) and good(two.sync())   # the flash tier goes on
+        faultfs.heal()
+        faultfs.fail("capacity", "fsync", errno.EIO)
+        b = pattern(0x43, MiB)
+        assert good(one.write(16 * MiB, b))             # write-back: not yet durable
+        r = one.sync()
+        assert r.status == SAM_STAT_CHECK_CONDITION and sense(r) == WRITE_ERROR, r
+        r = one.write(24 * MiB, b)                      # durability cannot be promised
+        assert r.status == SAM_STAT_CHECK_CONDITION and sense(r) == WRITE_ERROR, r
+        assert one.read(16 * MiB, MiB) == b
+        kinds = [e["kind"] for e in js(s, "events")]
+        assert "tier_fault" in kinds, kinds
+        faultfs.heal()
+        assert good(one.sync())                         # healed: the next commit works
+        assert good(one.write(24 * MiB, b)) and good(one.sync())
+        one.close()
+        two.close()
+        os.killpg(s.proc.pid, signal.SIGKILL)
+        s.stop()
+        s = server_cls(pool, ("--config", str(cfg)))
+        one = Initiator(s, js(s, "vdisk", "show", "d1")["lun"])
+        two = Initiator(s, js(s, "vdisk", "show", "d2")["lun"])
+        assert one.read(0, MiB) == a and one.read(8 * MiB, MiB) == bytes(MiB)
+        assert one.read(16 * MiB, MiB) == b and one.read(24 * MiB, MiB) == b
+        assert two.read(0, 2 * MiB) == x + x2
+        one.close()
+        two.close()
+        kinds = [e["kind"] for e in js(s, "events")]
+        assert "tier_fault" in kinds and "tier_recovered" in kinds, kinds
         check = js(s, "pool", "check")
         assert check["ok"], check["errors"]
     finally:
