@@ -52,3 +52,14 @@ def test_full_file_system_cycles_lose_nothing_and_recover_without_restart(tmp_pa
     assert "cycle 4/4" in out
     m = re.search(r"(\d+) faults \((\d+) recovered without a restart", out)
     assert m and int(m.group(2)) > 0, out[-2000:]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse (faultfs)")
+@pytest.mark.timeout(300)
+def test_failing_disk_cycles_lose_nothing_and_recover_without_restart(tmp_path):
+    """``--fault eio``: the pool on faultfs; the capacity tier's writes or syncs, or the meta
+    DB's writes, fail with EIO for a while; completed writes survive every kill."""
+    out = run_crashtest(tmp_path, 4, 3, 280, "--fault", "eio")
+    assert "cycle 4/4" in out
+    m = re.search(r"(\d+) faults \((\d+) recovered without a restart", out)
+    assert m and int(m.group(2)) > 0, out[-2000:]
