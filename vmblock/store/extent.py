@@ -9,6 +9,7 @@ Key layout in the meta DB (binary keys, beside the pool's lowercase JSON keys, s
 collide with them; big-endian numbers so one map's keys sort by vAU)::
 
     b"M" + map_id:u32be + vau:u32be   ->  struct "<IB": physical AU, flags (bits 0-1: tier)
+    b"T"                               ->  16 random bytes: the last transaction's marker
 
 A *map id* names one extent map: the live map of a vdisk (``map_id`` in its JSON record) or the
 frozen map of a snapshot (``map_id`` of each disk in a snapshot record). Every key is tagged
@@ -70,6 +71,7 @@ TIER_NAMES = ("capacity", "flash")
 UNMAPPED = int(kx.UNMAPPED)
 
 KEY_MAP = b"M"
+KEY_TXN = b"T"      # a random marker, rewritten by every transaction (see _resolve_txn)
 _KEY = struct.Struct(">cII")
 _VAL = struct.Struct("<IB")
 _KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("vau", ">u4")])
@@ -255,6 +257,8 @@ class PoolStore:
         self.flush_lock = threading.Lock()
         # the commit that failed and is not recovered from yet (see StoreFault)
         self.fault: StoreFault | None = None
+        # (marker, MapTxn, events) of a transaction whose synced write failed
+        self.in_doubt: tuple[bytes, MapTxn, list[dict]] | None = None
         self.maps: dict[int, np.ndarray] = {}
         self.sizes: dict[int, int] = {}
         self.pending: dict[tuple[int, int], int | None] = {}
@@ -832,6 +836,8 @@ class PoolStore:
                 return      # only events waited: every completed write is durable anyway
             raise
         self.commits += 1
+        if self.in_doubt is not None:
+            self._resolve_txn()
         if self.fault is not None:
             self._fault_cleared()
         if frees:
@@ -898,14 +904,32 @@ class PoolStore:
                 events, self.events = self.events, []
             for ev in events:
                 put_event(batch, ev)
+            marker = os.urandom(16)
+            batch.put(KEY_TXN, marker)
             try:
                 self.db.write(batch)
             except OSError as e:
                 with self.lock:
                     self.events[:0] = events
                     self._fault_seen("meta", e)
+                    # A write whose WAL record landed but whose sync failed comes back
+                    # when RocksDB reopens: the first good commit looks (_resolve_txn).
+                    self.in_doubt = (marker, txn, events)
                 raise io_failure(e) from None
             txn.apply()
+
+    def _resolve_txn(self) -> None:
+        """After a good commit: apply the in-memory side of a failed transaction if its batch
+        came back with the reopened meta DB (its marker is there), else forget it."""
+        marker, txn, events = self.in_doubt
+        self.in_doubt = None
+        if self.db.get(KEY_TXN) != marker:
+            return
+        log.warning("a metadata change reported as failed was committed after all "
+                    "(its WAL record survived the failed sync); applying it")
+        with self.lock:
+            self.events = [ev for ev in self.events if not any(ev is e for e in events)]
+        txn.apply()
 
     def close(self) -> None:
         if self.closed:
