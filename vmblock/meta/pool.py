@@ -237,6 +237,9 @@ class Pool:
             if self._store is not None:
                 store, self._store = self._store, None
                 store.close()
+        except OSError as e:
+            raise PoolError(f"final commit failed ({e.strerror or e}): writes no SYNCHRONIZE "
+                            f"CACHE covered are not durable") from None
         finally:
             self._db.close()
 
