@@ -15,7 +15,7 @@ import click
 
 from vmblock import DEFAULT_POOL, __version__
 from vmblock.admin.api import Api
-from vmblock.admin.client import AdminClient
+from vmblock.admin.client import AdminClient, LocalClient
 from vmblock.config import load_toml, parse_portal, portals_of
 from vmblock.errors import ServerError, VmblockError
 from vmblock.meta import Pool
@@ -48,7 +48,7 @@ def _pool_dir(ctx: click.Context) -> str:
     return ctx.find_root().params["pool"] or DEFAULT_POOL
 
 
-def _api(ctx: click.Context, create: bool = False) -> Api | AdminClient:
+def _api(ctx: click.Context, create: bool = False) -> AdminClient | LocalClient:
     """The running server's admin API if one answers, else the pool itself (created if asked)."""
     pool_dir = _pool_dir(ctx)
     client = AdminClient.connect(os.path.join(pool_dir, "admin.sock"))
@@ -56,7 +56,7 @@ def _api(ctx: click.Context, create: bool = False) -> Api | AdminClient:
         return client
     pool = Pool(pool_dir, create=create)
     ctx.call_on_close(pool.close)
-    return Api(pool)
+    return LocalClient(Api(pool))
 
 
 def _json(value) -> None:
@@ -201,10 +201,12 @@ def vm_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @vm.command("delete")
 @click.argument("name")
 @click.option("--purge", is_flag=True, help="Also delete its vdisks (and their data).")
+@click.option("--force", is_flag=True,
+              help="Purge even while iSCSI sessions use the vdisks (their commands then fail).")
 @click.pass_context
-def vm_delete(ctx: click.Context, name: str, purge: bool) -> None:
+def vm_delete(ctx: click.Context, name: str, purge: bool, force: bool) -> None:
     """Delete a VM and its snapshots; it must have no vdisks left unless --purge."""
-    r = _api(ctx).vm_delete(name=name, purge=purge)
+    r = _api(ctx).vm_delete(name=name, purge=purge, force=force)
     gone = f" and vdisks {', '.join(r['vdisks_deleted'])}" if r["vdisks_deleted"] else ""
     click.echo(f"deleted VM {name}{gone}")
 
@@ -300,10 +302,13 @@ def vdisk_show(ctx: click.Context, name: str, as_json: bool) -> None:
 
 @vdisk.command("delete")
 @click.argument("name")
+@click.option("--force", is_flag=True,
+              help="Delete even while iSCSI sessions use the LUN (their commands then fail).")
 @click.pass_context
-def vdisk_delete(ctx: click.Context, name: str) -> None:
-    """Delete a vdisk and its data; a running server drops the LUN at once."""
-    _api(ctx).vdisk_delete(name=name)
+def vdisk_delete(ctx: click.Context, name: str, force: bool) -> None:
+    """Delete a vdisk and its data; a running server drops the LUN at once (refused while
+    iSCSI sessions use it, unless --force)."""
+    _api(ctx).vdisk_delete(name=name, force=force)
     click.echo(f"deleted vdisk {name}")
 
 

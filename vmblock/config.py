@@ -14,7 +14,7 @@ from vmblock import DEFAULT_PORTAL
 from vmblock.errors import InvalidArgument
 from vmblock.iscsi import params
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d{1,20})\s*([kmgtp]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 # RFC 3720 3.2.6.3.1, RFC 7143 4.2.7: iqn.YYYY-MM.reversed.domain[:anything], eui.<16 hex>,
@@ -24,15 +24,44 @@ _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[
 
 _CHAP_FIELDS = ("chap_user", "chap_secret", "mutual_user", "mutual_secret")
 
+# The largest sizes the pool describes (vmblock.store.extent keeps its tables in RAM, dense, at
+# one 64 KiB allocation unit per entry). A vdisk's extent map takes 4 bytes per AU and every
+# process that opens the pool builds it: 4 TiB costs 256 MiB. A tier takes 5 bytes per AU
+# (reference count and hold flag): 16 TiB costs 1.25 GiB, and both tiers' AU numbers stay far
+# inside the 32 bits the maps store.
+MAX_VDISK_BYTES = 4 << 40
+MAX_TIER_BYTES = 16 << 40
 
-def parse_size(text: str | int) -> int:
-    """Bytes from '512M', '1G', '8GiB', '1T' or a plain number; K/M/G/T/P are powers of 1024."""
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` for an error message, cut short so a huge value cannot flood it."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def format_size(n: int) -> str:
+    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def parse_size(text: str | int, what: str = "size", limit: int | None = None) -> int:
+    """Bytes from '512M', '1G', '8GiB', '1T' or a plain number; K/M/G/T/P are powers of 1024.
+    Over ``limit`` is refused, naming the value as ``what``."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise InvalidArgument(f"{what} must be a size such as 1G or a number of bytes, "
+                              f"not {type(text).__name__}")
     if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise InvalidArgument(f"bad size {text!r} (use e.g. 512M, 1G, 8GiB, 1T)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+        n = text
+    else:
+        m = _SIZE_RE.match(text)
+        if not m:
+            raise InvalidArgument(f"bad {what} {_shown(text)} (use e.g. 512M, 1G, 8GiB, 1T)")
+        n = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    if limit is not None and n > limit:
+        raise InvalidArgument(f"{what} {_shown(str(text))} is over the largest the pool "
+                              f"describes, {format_size(limit)}")
+    return n
 
 
 def parse_portal(text: str) -> tuple[str, int]:
@@ -106,7 +135,7 @@ STORE_DEFAULTS = {
 
 def _check_store_key(name: str, value: str) -> None:
     if name in ("capacity_size", "flash_size"):
-        if parse_size(value) <= 0:
+        if parse_size(value, f"store.{name}", MAX_TIER_BYTES) <= 0:
             raise InvalidArgument(f"store.{name} must be a positive size")
     elif name == "low_space_thresholds":
         try:
@@ -140,9 +169,9 @@ def _check_cache_key(name: str, value: str) -> None:
             if not ok:
                 raise InvalidArgument(f"cache.size {value!r}: a percentage must be 0-100%")
         else:
-            parse_size(v)
+            parse_size(v, "cache.size", MAX_TIER_BYTES)
     elif name == "block_size":
-        bs = parse_size(value)
+        bs = parse_size(value, "cache.block_size")
         if bs < 4096 or bs > 1 << 20 or bs & (bs - 1):
             raise InvalidArgument(f"cache.block_size must be a power of two from 4K to 1M, "
                                   f"not {value!r}")
@@ -194,12 +223,25 @@ def check_key(key: str, value: str) -> str:
     return value
 
 
+def _check_cache_fits(settings: dict[str, str]) -> None:
+    """A cache.size in bytes larger than a file flash tier would stop the next server start."""
+    cache = cache_settings(settings)["size"].strip()
+    store = store_settings(settings)
+    if cache.endswith("%") or store["flash_path"]:
+        return
+    flash = parse_size(store["flash_size"], "store.flash_size", MAX_TIER_BYTES)
+    if parse_size(cache, "cache.size", MAX_TIER_BYTES) > flash:
+        raise InvalidArgument(f"cache.size {_shown(cache)} is larger than the flash tier "
+                              f"(store.flash_size {_shown(store['flash_size'])})")
+
+
 def check_settings(settings: dict[str, str]) -> None:
     """Check the whole set a server would run with, by the fabric's own negotiation table."""
     try:
         params.validate_offer(negotiation_overrides(settings))
     except ValueError as e:
         raise InvalidArgument(f"bad iSCSI negotiation setting: {e}") from None
+    _check_cache_fits(settings)
 
 
 def _flatten(prefix: str, table: dict, out: dict[str, str]) -> None:

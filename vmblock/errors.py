@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import errno
 
+# class name -> class of every VmblockError, filled as the classes are defined
+_KINDS: dict[str, type[VmblockError]] = {}
+
 
 class VmblockError(Exception):
     """Base of every error a user can cause or fix."""
 
     http_status = 400
+
+    def __init_subclass__(cls, **kwargs):
+        """Register every subclass by name, wherever it is defined, so it round-trips."""
+        super().__init_subclass__(**kwargs)
+        _KINDS[cls.__name__] = cls
 
     def to_json(self) -> dict:
         return {"error": str(self), "kind": type(self).__name__}
@@ -55,6 +63,12 @@ class ServerError(VmblockError):
     http_status = 503
 
 
+class InternalError(VmblockError):
+    """A bug: an exception the server did not expect, answered as JSON and logged."""
+
+    http_status = 500
+
+
 def io_failure(e: OSError) -> VmblockError:
     """The management-plane error for a change whose commit failed (nothing was changed)."""
     cls = NoSpace if e.errno == errno.ENOSPC else PoolError
@@ -62,5 +76,4 @@ def io_failure(e: OSError) -> VmblockError:
                f"its file system has space and works again)")
 
 
-_KINDS = {c.__name__: c for c in (VmblockError, NotFound, AlreadyExists, InvalidArgument,
-                                  PoolError, NoSpace, ServerError)}
+_KINDS[VmblockError.__name__] = VmblockError

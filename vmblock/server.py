@@ -242,14 +242,18 @@ class LiveApi(Api):
             await self._drain(self.pool.vdisks(vm=name))
         return super().vm_clone(name, new_name, snapshot=snapshot, live=live)
 
+    def _refuse_in_use(self, disks: list[Vdisk], force: bool, verb: str) -> None:
+        """Refuse a change that pulls data from under logged-in initiators unless ``force``."""
+        busy = [d.name for d in disks if (lu := self.server.lu(d)) is not None and lu.nexuses]
+        if busy and not force:
+            raise InvalidArgument(f"vdisks {', '.join(busy)} are in use by iSCSI sessions; "
+                                  f"log them out first or {verb} with --force")
+
     async def _revert(self, disks: list[Vdisk], force: bool, work) -> dict:
         """Revert under a LUN in use is refused unless ``force``; forced, every nexus gets a
         unit attention (MEDIUM MAY HAVE CHANGED, or CAPACITY DATA HAS CHANGED) so initiators
         drop what they cached of the old data."""
-        busy = [d.name for d in disks if (lu := self.server.lu(d)) is not None and lu.nexuses]
-        if busy and not force:
-            raise InvalidArgument(f"vdisks {', '.join(busy)} are in use by iSCSI sessions; "
-                                  f"log them out first or revert with --force")
+        self._refuse_in_use(disks, force, "revert")
         await self._drain(disks)
         result = work()
         for entry in result["vdisks"]:
@@ -303,13 +307,17 @@ class LiveApi(Api):
             if disk.uuid in self.server.stores:
                 self.server.remove_vdisk(disk)
 
-    async def vdisk_delete(self, name: str) -> dict:
-        await self._unserve([self.pool.vdisk(name)])
+    async def vdisk_delete(self, name: str, force: bool = False) -> dict:
+        disks = [self.pool.vdisk(name)]
+        self._refuse_in_use(disks, force, "delete")
+        await self._unserve(disks)
         return super().vdisk_delete(name)
 
-    async def vm_delete(self, name: str, purge: bool = False) -> dict:
+    async def vm_delete(self, name: str, purge: bool = False, force: bool = False) -> dict:
         if purge:
-            await self._unserve(self.pool.vdisks(vm=name))
+            disks = self.pool.vdisks(vm=name)
+            self._refuse_in_use(disks, force, "delete")
+            await self._unserve(disks)
         return super().vm_delete(name, purge=purge)
 
     def config_changed(self, key: str) -> bool:

@@ -81,7 +81,10 @@ class Api(CacheApi):
     def vm_create(self, name: str, guest_os: str = "", location: str = "") -> dict:
         return self.pool.create_vm(name, guest_os, location).dump()
 
-    def vm_set(self, name: str, **fields) -> dict:
+    def vm_set(self, name: str, guest_os: str | None = None, location: str | None = None,
+               active: bool | None = None) -> dict:
+        fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
+                                    ("active", active)) if v is not None}
         return self.pool.update_vm(name, **fields).dump()
 
     def vm_list(self) -> list[dict]:
@@ -109,7 +112,8 @@ class Api(CacheApi):
                     snapshots=[self._snapshot_json(s) for s in self.pool.snapshots(vm=name)],
                     lineage={"parent": vm.parent, "clones": clones})
 
-    def vm_delete(self, name: str, purge: bool = False) -> dict:
+    def vm_delete(self, name: str, purge: bool = False, force: bool = False) -> dict:
+        """``force``: purge even while iSCSI sessions use the vdisks (only a server has any)."""
         vm, disks = self.pool.delete_vm(name, purge=purge)
         for disk in disks:
             self.vdisk_deleted(disk)
@@ -181,7 +185,8 @@ class Api(CacheApi):
     def vdisk_show(self, name: str) -> dict:
         return self._vdisk_json(self.pool.vdisk(name))
 
-    def vdisk_delete(self, name: str) -> dict:
+    def vdisk_delete(self, name: str, force: bool = False) -> dict:
+        """``force``: delete even while iSCSI sessions use it (only a server has any)."""
         disk = self.pool.delete_vdisk(name)
         self.vdisk_deleted(disk)
         return disk.dump()

@@ -1,7 +1,9 @@
-"""Client of the admin socket, with the same methods as ``Api``.
+"""Clients of the verbs, with the same methods as ``Api``: ``AdminClient`` over the admin
+socket of a running server, ``LocalClient`` on a pool this process opened.
 
 Plain ``http.client`` over AF_UNIX: a CLI command pays for neither aiohttp's import nor an event
-loop, and a dead server is detected by a refused connect, not a timeout.
+loop, and a dead server is detected by a refused connect, not a timeout. Both check arguments by
+the same schema (vmblock.admin.schema), so a command fails alike with or without a server.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import http.client
 import json
 import socket
 
-from vmblock.admin.api import VERBS
+from vmblock.admin import schema
+from vmblock.admin.api import VERBS, Api
 from vmblock.errors import ServerError, VmblockError
 
 TIMEOUT = 60.0
@@ -66,9 +69,20 @@ class AdminClient:
             reply = json.loads(body)
         except ValueError:
             raise ServerError(f"admin server sent a non-JSON reply ({resp.status})") from None
-        if resp.status != 200:
-            raise VmblockError.from_json(reply)
+        if resp.status != 200 or not isinstance(reply, dict) or "result" not in reply:
+            raise VmblockError.from_json(reply if isinstance(reply, dict) else {})
         return reply["result"]
+
+
+class LocalClient:
+    """The verbs on a pool opened by this process, arguments checked as the admin socket
+    checks them."""
+
+    def __init__(self, api: Api):
+        self.api = api
+
+    def call(self, group: str, verb: str, **kwargs):
+        return schema.call(self.api, group, verb, kwargs)
 
 
 def _verb(group: str, verb: str):
@@ -80,3 +94,4 @@ def _verb(group: str, verb: str):
 
 for _group, _verb_name in VERBS:
     setattr(AdminClient, f"{_group}_{_verb_name}", _verb(_group, _verb_name))
+    setattr(LocalClient, f"{_group}_{_verb_name}", _verb(_group, _verb_name))

@@ -1,7 +1,9 @@
 """The admin socket: ``POST /v1/<group>/<verb>`` with the verb's keyword arguments as JSON.
 
 Replies are ``{"result": ...}`` or, for a VmblockError, ``{"error", "kind"}`` with the error's
-HTTP status, so the client can raise the same error class the server did.
+HTTP status, so the client can raise the same error class the server did. Arguments are checked
+against the verb's schema (vmblock.admin.schema) before the verb runs; every other failure is a
+JSON reply too (``InternalError``, 500, logged).
 """
 
 from __future__ import annotations
@@ -12,13 +14,31 @@ import os
 
 from aiohttp import web
 
+from vmblock.admin import schema
 from vmblock.admin.api import VERBS, Api
-from vmblock.errors import InvalidArgument, PoolError, VmblockError
+from vmblock.errors import InternalError, InvalidArgument, PoolError, VmblockError
 
 log = logging.getLogger(__name__)
 
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL
 MAX_SOCKET_PATH = 107
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler):
+    """Every error reply is JSON with a message: aiohttp's own (no such path, wrong method,
+    body too large) and any exception nobody expected (logged, then a 500)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        err = InvalidArgument(f"{e.reason}: {request.method} {request.path}")
+        return web.json_response(err.to_json(), status=e.status)
+    except Exception as e:
+        log.exception("admin request %s %s failed", request.method, request.path)
+        err = InternalError(f"internal error: {type(e).__name__}: {e} (see the server log)")
+        return web.json_response(err.to_json(), status=err.http_status)
 
 
 def make_app(api: Api) -> web.Application:
@@ -29,21 +49,19 @@ def make_app(api: Api) -> web.Application:
             return web.json_response(err.to_json(), status=404)
         try:
             kwargs = await request.json() if request.can_read_body else {}
+        except (ValueError, RecursionError) as e:   # not JSON, not UTF-8, nested too deep
+            return web.json_response(InvalidArgument(f"bad request: {e}").to_json(), status=400)
+        try:
             if not isinstance(kwargs, dict):
                 raise InvalidArgument("request body must be a JSON object")
-            try:
-                result = getattr(api, f"{group}_{verb}")(**kwargs)
-            except TypeError as e:
-                raise InvalidArgument(f"{group} {verb}: {e}") from None
+            result = schema.call(api, group, verb, kwargs)
             if inspect.isawaitable(result):   # verbs that drain a running LU first
                 result = await result
         except VmblockError as e:
             return web.json_response(e.to_json(), status=e.http_status)
-        except ValueError as e:   # body is not JSON
-            return web.json_response(InvalidArgument(f"bad request: {e}").to_json(), status=400)
         return web.json_response({"result": result})
 
-    app = web.Application()
+    app = web.Application(middlewares=[_json_errors])
     app.router.add_post("/v1/{group}/{verb}", call)
     return app
 

@@ -47,10 +47,13 @@ from rocksdict import WriteBatch
 
 from vmblock import DEFAULT_TARGET
 from vmblock.config import (
+    MAX_TIER_BYTES,
+    MAX_VDISK_BYTES,
     cache_bytes_wanted,
     check_iqn,
     check_key,
     check_settings,
+    format_size,
     parse_size,
     store_settings,
 )
@@ -69,6 +72,18 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_size(size_bytes: int, block_size: int = BLOCK_SIZE) -> None:
+    """A vdisk size the pool can describe: whole blocks, above 0, at most MAX_VDISK_BYTES."""
+    if isinstance(size_bytes, bool) or not isinstance(size_bytes, int):
+        raise InvalidArgument(f"size must be a number of bytes, not {type(size_bytes).__name__}")
+    if size_bytes <= 0 or size_bytes % block_size:
+        raise InvalidArgument(f"size must be a positive multiple of {block_size} bytes, "
+                              f"not {size_bytes}")
+    if size_bytes > MAX_VDISK_BYTES:
+        raise InvalidArgument(f"size {format_size(size_bytes)} is over the largest vdisk, "
+                              f"{format_size(MAX_VDISK_BYTES)} (its extent map lives in RAM)")
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -250,11 +265,13 @@ class Pool:
 
     def _open_tiers(self) -> tuple[Tier, Tier]:
         st = self._settings()
+        cap_size = parse_size(st["capacity_size"], "store.capacity_size", MAX_TIER_BYTES)
+        flash_size = parse_size(st["flash_size"], "store.flash_size", MAX_TIER_BYTES)
         cap = Tier("capacity", st["capacity_path"] or os.path.join(self.path, "capacity"),
-                   parse_size(st["capacity_size"]))
+                   cap_size)
         try:
             flash = Tier("flash", st["flash_path"] or os.path.join(self.path, "flash"),
-                         parse_size(st["flash_size"]))
+                         flash_size)
         except BaseException:
             cap.close()
             raise
@@ -391,9 +408,7 @@ class Pool:
         Returns the vdisk and whether its target is new, so a live server can publish it.
         """
         _check_name("vdisk", name)
-        if size_bytes <= 0 or size_bytes % BLOCK_SIZE:
-            raise InvalidArgument(f"size must be a positive multiple of {BLOCK_SIZE} bytes, "
-                                  f"not {size_bytes}")
+        _check_size(size_bytes)
         iqn = check_iqn(target or DEFAULT_TARGET)
         if self._get(f"vdiskname/{name}") is not None:
             raise AlreadyExists(f"a vdisk named {name!r} already exists")
@@ -444,9 +459,7 @@ class Pool:
 
     def resize_vdisk(self, name: str, size_bytes: int) -> Vdisk:
         disk = self.vdisk(name)
-        if size_bytes % disk.block_size or size_bytes <= 0:
-            raise InvalidArgument(f"size must be a positive multiple of {disk.block_size} "
-                                  f"bytes, not {size_bytes}")
+        _check_size(size_bytes, disk.block_size)
         if size_bytes < disk.size_bytes:
             raise InvalidArgument(f"a vdisk can only grow ({disk.size_bytes} -> "
                                   f"{size_bytes} bytes would cut off data)")
