@@ -7,7 +7,9 @@ run only; ``--portal`` overrides both. Every key is checked here, once, whicheve
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 
 from vmblock import DEFAULT_PORTAL
@@ -105,13 +107,19 @@ def parse_iqn_list(text: str) -> list[str]:
     return [check_iqn(p.strip()) for p in text.split(",") if p.strip()]
 
 
+# The longest interval a seconds key takes: a day (an infinite or huge one would overflow the
+# event loop's timer when the server starts).
+MAX_SECONDS = 86400
+
+
 def _nonneg_float(key: str, value: str) -> None:
     try:
-        ok = float(value) >= 0
+        ok = 0 <= float(value) <= MAX_SECONDS
     except ValueError:
         ok = False
     if not ok:
-        raise InvalidArgument(f"{key} must be a number of seconds >= 0, not {value!r}")
+        raise InvalidArgument(f"{key} must be a number of seconds from 0 to {MAX_SECONDS}, "
+                              f"not {_shown(value)}")
 
 
 def negotiation_overrides(settings: dict[str, str]) -> dict[str, str]:
@@ -133,10 +141,24 @@ STORE_DEFAULTS = {
 }
 
 
+def _is_tier_device(path: str) -> bool:
+    """An absolute path to a regular file or block device (a relative one would depend on the
+    server's working directory; a missing one would be created anywhere a typo points)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return os.path.isabs(path) and (stat.S_ISREG(mode) or stat.S_ISBLK(mode))
+
+
 def _check_store_key(name: str, value: str) -> None:
     if name in ("capacity_size", "flash_size"):
         if parse_size(value, f"store.{name}", MAX_TIER_BYTES) <= 0:
             raise InvalidArgument(f"store.{name} must be a positive size")
+    elif name in ("capacity_path", "flash_path"):
+        if value and not _is_tier_device(value):
+            raise InvalidArgument(f"store.{name} must be empty or the absolute path of an "
+                                  f"existing file or block device, not {_shown(value)}")
     elif name == "low_space_thresholds":
         try:
             pcts = [int(t) for t in value.split(",") if t.strip()]

@@ -737,6 +737,8 @@ class Pool:
 
     def config_set(self, key: str, value: str) -> None:
         check_key(key, value)
+        if key in ("store.capacity_path", "store.flash_path"):
+            self._check_tier_swap(key, value)
         try:
             check_settings({**self.config(), key: value})
         except InvalidArgument as e:
@@ -745,8 +747,21 @@ class Pool:
         self._put(batch, f"config/{key}", value)
         self._commit(batch)
 
+    def _check_tier_swap(self, key: str, value: str) -> None:
+        """A tier holding AUs cannot be pointed at another file or device: its data would be
+        gone at the next start."""
+        tier = key[len("store."):-len("_path")]
+        if value == self._settings()[f"{tier}_path"]:
+            return
+        used = self.store.usage()["tiers"][tier]["used_bytes"]
+        if used:
+            raise InvalidArgument(f"{key} cannot change while the {tier} tier holds data "
+                                  f"({used} bytes in use)")
+
     def config_unset(self, key: str) -> None:
         self.config_get(key)
+        if key in ("store.capacity_path", "store.flash_path"):
+            self._check_tier_swap(key, "")
         batch = self._batch()
         self._delete(batch, f"config/{key}")
         self._commit(batch)

@@ -1,0 +1,243 @@
+"""Bad input through the management doors: sizes, argument types and lengths, error replies.
+
+Each case is driven through the real door it came in by: the CLI on a pool with no server (click's
+CliRunner), the admin socket of an ``Api`` served in this process (raw HTTP over the unix socket,
+so bodies the client would never send can be sent), and a real ``vmblock serve``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import json
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from test_admin import served  # noqa: F401  (fixture)
+from vmblock.admin import schema
+from vmblock.admin.api import VERBS, Api
+from vmblock.admin.client import AdminClient, LocalClient
+from vmblock.cache.errors import CacheError, TraceError
+from vmblock.cli import cli
+from vmblock.config import MAX_TIER_BYTES, MAX_VDISK_BYTES
+from vmblock.errors import InvalidArgument, VmblockError
+from vmblock.meta import Pool
+from vmblock.server import LiveApi
+
+ACL_KEY = "acl.iqn.2026-11.io.vmblock:default"
+CHAP_KEY = "auth.target.iqn.2026-11.io.vmblock:default.chap_secret"
+
+
+@pytest.fixture
+def run(tmp_path):
+    pool = tmp_path / "pool"
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        r = runner.invoke(cli, ["--pool", str(pool), *args], catch_exceptions=False)
+        assert r.exit_code == code, (args, r.output, r.stderr)
+        return r
+    invoke.pool = pool
+    return invoke
+
+
+def error_line(r) -> str:
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vmblock: error: "), r.stderr
+    return lines[0]
+
+
+def post(sock_path: str, url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
+    """One raw HTTP request on the admin socket; the reply must be JSON whatever the status."""
+    conn = http.client.HTTPConnection("localhost")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sock_path)
+    conn.sock = sock
+    try:
+        conn.request(method, url, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        pytest.fail(f"{method} {url}: non-JSON reply ({resp.status}): {raw[:200]!r}")
+    assert resp.status == 200 or reply.get("error"), (resp.status, reply)
+    return resp.status, reply
+
+
+# ---- sizes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size, message", [
+    ("16T", "over the largest vdisk, 4 TiB"),
+    ("1P", "over the largest vdisk, 4 TiB"),
+    ("999999999P", "over the largest vdisk, 4 TiB"),
+    ("99999999999999999999999P", "bad size"),
+    ("0", "positive multiple of 512"),
+    ("1000", "positive multiple of 512"),
+    ("-1G", "bad size"),
+])
+def test_vdisk_sizes_the_pool_cannot_describe_are_one_line(run, size, message):
+    r = run("vdisk", "create", "big", "--size", size, code=2)
+    assert message in error_line(r)
+    run("vdisk", "create", "small", "--size", "1M")
+    assert "no vdisk named 'big'" in error_line(run("vdisk", "show", "big", code=2))
+    assert "over the largest vdisk" in error_line(
+        run("vdisk", "resize", "small", "--size", "16T", code=2))
+    assert json.loads(run("vdisk", "show", "small", "--json").stdout)["size_bytes"] == 1 << 20
+
+
+def test_largest_vdisk_is_accepted(run):
+    run("vdisk", "create", "max", "--size", "4T")
+    assert json.loads(run("vdisk", "show", "max", "--json").stdout)["size_bytes"] == \
+        MAX_VDISK_BYTES
+    assert "over the largest vdisk" in error_line(
+        run("vdisk", "resize", "max", "--size", str(MAX_VDISK_BYTES + 512), code=2))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("store.capacity_size", "1P", "store.capacity_size '1P' is over the largest"),
+    ("store.flash_size", "17T", "store.flash_size '17T' is over the largest"),
+    ("cache.size", "999999999P", "cache.size '999999999P' is over the largest"),
+    ("cache.size", "2G", "larger than the flash tier"),
+])
+def test_tier_and_cache_sizes_are_capped(run, key, value, message):
+    run("vm", "create", "v")
+    assert message in error_line(run("config", "set", key, value, code=2))
+    run("pool", "show")      # nothing stored that the next open trips on
+
+
+def test_tier_size_cap_holds_the_default_flash_for_the_cache(run):
+    run("config", "set", "cache.size", "512M")
+    assert "larger than the flash tier" in error_line(
+        run("config", "set", "store.flash_size", "256M", code=2))
+    run("config", "set", "store.capacity_size", "16T")
+    assert MAX_TIER_BYTES == 16 << 40
+
+
+def test_sizes_over_the_server_are_one_line_exit_2(vmblock_server):
+    for size in ("1P", "16T", "999999999P"):
+        p = vmblock_server.cli("vdisk", "create", "x", "--size", size, check=False)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.startswith("vmblock: error: size ") and \
+            "over the largest vdisk" in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+    p = vmblock_server.cli("vdisk", "resize", "demo", "--size", "1P", check=False)
+    assert p.returncode == 2 and "over the largest vdisk" in p.stderr, p.stderr
+    p = vmblock_server.cli("config", "set", "store.capacity_size", "1P", check=False)
+    assert p.returncode == 2 and "over the largest" in p.stderr, p.stderr
+
+
+# ---- types and lengths through the admin socket -------------------------------------------
+
+BAD_CALLS = [
+    ("config", "set", {"key": "iscsi.portals", "value": 123}, "value must be a string"),
+    ("config", "set", {"key": ACL_KEY, "value": ["iqn.2026-11.x:a"]},
+     "value must be a string, not an array"),
+    ("config", "set", {"key": CHAP_KEY, "value": 123456789012345}, "value must be a string"),
+    ("config", "set", {"key": "iscsi.portals", "value": "127.0.0.1:3260\n"}, "control characters"),
+    ("vm", "set", {"name": "web", "guest_os": {"nested": [1, 2]}}, "guest_os must be a string"),
+    ("vm", "set", {"name": "web", "location": 5}, "location must be a string, not a number"),
+    ("vm", "set", {"name": "web", "active": "no"}, "active must be true or false"),
+    ("vm", "set", {"name": "web", "active": 0}, "active must be true or false"),
+    ("vm", "set", {"name": "web", "guest_os": "x" * 500_000}, "over the 256 allowed"),
+    ("vm", "create", {"name": "n", "guest_os": "\ud800"}, "not valid Unicode"),
+    ("vm", "create", {"name": ["web"]}, "name must be a string"),
+    ("vm", "create", {"name": "n", "colour": "red"}, "unknown argument 'colour'"),
+    ("vm", "delete", {"name": "web", "purge": "yes"}, "purge must be true or false"),
+    ("vdisk", "create", {"name": "d"}, "missing argument 'size'"),
+    ("vdisk", "create", {"name": "d", "size": True}, "size must be a size"),
+    ("vdisk", "create", {"name": "d", "size": 1.5e9}, "size must be a size"),
+    ("vdisk", "create", {"name": "d", "size": -512}, "positive multiple of 512"),
+    ("vdisk", "create", {"name": "d", "size": 1 << 60}, "over the largest vdisk"),
+    ("vdisk", "move", {"name": "d", "tier": "tape"}, "tier must be one of capacity, flash"),
+    ("event", "list", {"limit": -1}, "limit must be from 0"),
+    ("event", "list", {"limit": 1 << 70}, "limit must be from 0"),
+    ("group", "create", {"name": "g", "priority": 1 << 64}, "priority must be from"),
+    ("group", "create", {"name": "g", "pinned": "no"}, "pinned must be true or false"),
+    ("config", "get", {"key": None}, "key must be a string, not null"),
+]
+
+
+@pytest.mark.parametrize("group, verb, kwargs, message", BAD_CALLS)
+def test_bad_argument_is_a_json_400_and_nothing_is_stored(served, group, verb, kwargs, message):
+    c = AdminClient(served.socket_path)
+    c.vm_create(name="web")
+    status, reply = post(served.socket_path, f"/v1/{group}/{verb}",
+                         json.dumps(kwargs).encode())
+    assert (status, reply["kind"]) == (400, "InvalidArgument"), reply
+    assert message in reply["error"] and len(reply["error"]) < 300, reply["error"]
+    vm = c.vm_show(name="web")
+    assert (vm["guest_os"], vm["location"], vm["active"]) == ("", "", False)
+    assert c.config_list() == {}
+    assert [v["name"] for v in c.vm_list()] == ["web"]
+
+
+@pytest.mark.parametrize("group, verb, kwargs, message", BAD_CALLS)
+def test_bad_argument_is_refused_alike_without_a_server(tmp_path, group, verb, kwargs, message):
+    pool = Pool(str(tmp_path / "pool"), create=True)
+    try:
+        c = LocalClient(Api(pool))
+        c.vm_create(name="web")
+        with pytest.raises(InvalidArgument) as e:
+            c.call(group, verb, **kwargs)
+        assert message in str(e.value)
+        assert pool.config() == {} and pool.vm("web").guest_os == ""
+    finally:
+        pool.close()
+
+
+def test_every_error_reply_is_json(served):
+    sock = served.socket_path
+    assert post(sock, "/v1/vm/list", b"", method="GET")[0] == 405
+    assert post(sock, "/nowhere", b"{}")[0] == 404
+    assert post(sock, "/v1/vm/explode", b"{}")[0] == 404
+    assert post(sock, "/v1/vm/list", b"\xff\xfe")[0] == 400
+    assert post(sock, "/v1/vm/list", b"[" * 100_000 + b"]" * 100_000)[0] == 400
+    status, reply = post(sock, "/v1/vm/create", json.dumps({"name": "x" * (2 << 20)}).encode())
+    assert status == 413 and reply["error"]
+    assert post(sock, "/v1/vm/list", b"{}")[0] == 200
+
+
+def test_unexpected_failure_is_a_logged_json_500(served, caplog):
+    """A damaged record (a VM without a name) is a server-side failure, not a bad request."""
+    batch = served._batch()
+    served._put(batch, "vm/broken", {"uuid": "broken"})
+    served._commit(batch)
+    status, reply = post(served.socket_path, "/v1/vm/list", b"{}")
+    assert (status, reply["kind"]) == (500, "InternalError"), reply
+    assert "TypeError" in reply["error"] and "server log" in reply["error"]
+    assert any("admin request POST /v1/vm/list failed" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_every_error_class_round_trips(served):
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+    kinds = set(subclasses(VmblockError))
+    assert {CacheError, TraceError} <= kinds
+    for cls in kinds:
+        again = VmblockError.from_json(cls("x").to_json())
+        assert type(again) is cls and str(again) == "x"
+    c = AdminClient(served.socket_path)
+    with pytest.raises(CacheError, match="not between 0% and 100%"):
+        c.group_create(name="g", min="200%")
+
+
+def test_schema_matches_every_verb():
+    """Each verb's schema names exactly its parameters: required ones have no default, the
+    ones that may be null default to None (also in the server's overrides)."""
+    assert set(schema.VERB_ARGS) == set(VERBS)
+    for (group, verb), table in schema.VERB_ARGS.items():
+        for cls in (Api, LiveApi):
+            params = dict(inspect.signature(getattr(cls, f"{group}_{verb}")).parameters)
+            params.pop("self")
+            assert set(params) == set(table), (cls.__name__, group, verb)
+            for name, p in params.items():
+                assert table[name].required == (p.default is p.empty), (group, verb, name)
+                if table[name].null:
+                    assert p.default is None, (group, verb, name)
