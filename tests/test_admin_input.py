@@ -241,3 +241,35 @@ def test_schema_matches_every_verb():
                 assert table[name].required == (p.default is p.empty), (group, verb, name)
                 if table[name].null:
                     assert p.default is None, (group, verb, name)
+
+
+def test_tier_path_must_exist_and_cannot_move_a_tier_with_data(run, tmp_path):
+    other = tmp_path / "other-capacity"
+    other.write_bytes(b"")
+    run("vdisk", "create", "d", "--size", "1M")
+    for bad in ("relative/capacity", str(tmp_path), str(tmp_path / "missing")):
+        assert "existing file or block device" in error_line(
+            run("config", "set", "store.capacity_path", bad, code=2))
+    run("config", "set", "store.flash_path", str(other))      # the flash tier holds nothing
+    run("config", "unset", "store.flash_path")
+    pool = Pool(str(run.pool))
+    try:
+        disk = pool.vdisk("d")
+        store = pool.open_store(disk)
+        store.write(0, memoryview(b"\x01" * 512))
+        store.flush()
+    finally:
+        pool.close()
+    assert "cannot change while the capacity tier holds data" in error_line(
+        run("config", "set", "store.capacity_path", str(other), code=2))
+    assert run("config", "list", "--json").stdout.strip() == "{}"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("store.commit_interval", "inf"), ("store.commit_interval", "1e308"),
+    ("iscsi.nop_interval", "nan"), ("iscsi.nop_timeout", "86401"),
+])
+def test_seconds_keys_are_finite_and_at_most_a_day(run, key, value):
+    run("vm", "create", "v")
+    assert "number of seconds from 0 to 86400" in error_line(
+        run("config", "set", key, value, code=2))

@@ -37,7 +37,8 @@ async def _json_errors(request: web.Request, handler):
         return web.json_response(err.to_json(), status=e.status)
     except Exception as e:
         log.exception("admin request %s %s failed", request.method, request.path)
-        err = InternalError(f"internal error: {type(e).__name__}: {e} (see the server log)")
+        err = InternalError(f"internal error: {type(e).__name__}: {str(e)[:200]} "
+                            f"(see the server log)")
         return web.json_response(err.to_json(), status=err.http_status)
 
 

@@ -117,7 +117,6 @@ EVENT_LIMIT = Int(0, 1 << 31)
 
 _name = Arg(NAME, required=True)
 _flag = Arg(Flag())
-_snapshot = Arg(NAME, required=True)
 
 VERB_ARGS: dict[tuple[str, str], dict[str, Arg]] = {
     ("vm", "create"): {"name": _name, "guest_os": Arg(GUEST_OS), "location": Arg(LOCATION)},
@@ -126,18 +125,18 @@ VERB_ARGS: dict[tuple[str, str], dict[str, Arg]] = {
     ("vm", "set"): {"name": _name, "guest_os": Arg(GUEST_OS, null=True),
                     "location": Arg(LOCATION, null=True), "active": Arg(Flag(), null=True)},
     ("vm", "delete"): {"name": _name, "purge": _flag, "force": _flag},
-    ("vm", "snapshot"): {"name": _name, "snapshot": _snapshot},
+    ("vm", "snapshot"): {"name": _name, "snapshot": _name},
     ("vm", "clone"): {"name": _name, "new_name": _name, "snapshot": Arg(NAME, null=True),
                       "live": _flag},
-    ("vm", "revert"): {"name": _name, "snapshot": _snapshot, "force": _flag},
+    ("vm", "revert"): {"name": _name, "snapshot": _name, "force": _flag},
     ("vdisk", "create"): {"name": _name, "size": Arg(Size(), required=True),
                           "vm": Arg(NAME, null=True), "target": Arg(IQN, null=True)},
     ("vdisk", "list"): {"vm": Arg(NAME, null=True)},
     ("vdisk", "show"): {"name": _name},
     ("vdisk", "delete"): {"name": _name, "force": _flag},
     ("vdisk", "resize"): {"name": _name, "size": Arg(Size(), required=True)},
-    ("vdisk", "snapshot"): {"name": _name, "snapshot": _snapshot},
-    ("vdisk", "revert"): {"name": _name, "snapshot": _snapshot, "force": _flag},
+    ("vdisk", "snapshot"): {"name": _name, "snapshot": _name},
+    ("vdisk", "revert"): {"name": _name, "snapshot": _name, "force": _flag},
     ("vdisk", "move"): {"name": _name, "tier": Arg(OneOf(TIER_NAMES), required=True)},
     ("snapshot", "list"): {"vm": Arg(NAME, null=True)},
     ("snapshot", "delete"): {"name": _name, "vm": Arg(NAME, null=True),
