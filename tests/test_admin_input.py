@@ -247,10 +247,11 @@ def test_tier_path_must_exist_and_cannot_move_a_tier_with_data(run, tmp_path):
     other = tmp_path / "other-capacity"
     other.write_bytes(b"")
     run("vdisk", "create", "d", "--size", "1M")
-    for bad in ("relative/capacity", str(tmp_path), str(tmp_path / "missing")):
-        assert "existing file or block device" in error_line(
+    for bad in ("relative/capacity", str(tmp_path), str(tmp_path / "no-dir" / "capacity")):
+        assert "absolute path of a file or block device" in error_line(
             run("config", "set", "store.capacity_path", bad, code=2))
     run("config", "set", "store.flash_path", str(other))      # the flash tier holds nothing
+    run("config", "set", "store.flash_path", str(tmp_path / "new-flash"))   # created at start
     run("config", "unset", "store.flash_path")
     pool = Pool(str(run.pool))
     try:

@@ -142,13 +142,17 @@ STORE_DEFAULTS = {
 
 
 def _is_tier_device(path: str) -> bool:
-    """An absolute path to a regular file or block device (a relative one would depend on the
-    server's working directory; a missing one would be created anywhere a typo points)."""
+    """An absolute path (a relative one would depend on the server's working directory) to a
+    regular file or block device, or to a file to create in an existing directory."""
+    if not os.path.isabs(path):
+        return False
     try:
         mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return os.path.isdir(os.path.dirname(path))
     except (OSError, ValueError):
         return False
-    return os.path.isabs(path) and (stat.S_ISREG(mode) or stat.S_ISBLK(mode))
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
 
 
 def _check_store_key(name: str, value: str) -> None:
@@ -157,8 +161,9 @@ def _check_store_key(name: str, value: str) -> None:
             raise InvalidArgument(f"store.{name} must be a positive size")
     elif name in ("capacity_path", "flash_path"):
         if value and not _is_tier_device(value):
-            raise InvalidArgument(f"store.{name} must be empty or the absolute path of an "
-                                  f"existing file or block device, not {_shown(value)}")
+            raise InvalidArgument(f"store.{name} must be empty or the absolute path of a file "
+                                  f"or block device (or of a file to create in an existing "
+                                  f"directory), not {_shown(value)}")
     elif name == "low_space_thresholds":
         try:
             pcts = [int(t) for t in value.split(",") if t.strip()]
