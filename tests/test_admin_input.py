@@ -10,7 +10,10 @@ from __future__ import annotations
 import http.client
 import inspect
 import json
+import resource
 import socket
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -21,7 +24,7 @@ from vmblock.admin.api import VERBS, Api
 from vmblock.admin.client import AdminClient, LocalClient
 from vmblock.cache.errors import CacheError, TraceError
 from vmblock.cli import cli
-from vmblock.config import MAX_TIER_BYTES, MAX_VDISK_BYTES
+from vmblock.config import MAX_VDISK_BYTES
 from vmblock.errors import InvalidArgument, VmblockError
 from vmblock.meta import Pool
 from vmblock.server import LiveApi
@@ -110,12 +113,42 @@ def test_tier_and_cache_sizes_are_capped(run, key, value, message):
     run("pool", "show")      # nothing stored that the next open trips on
 
 
-def test_tier_size_cap_holds_the_default_flash_for_the_cache(run):
+def test_flash_tier_cannot_shrink_below_an_absolute_cache_size(run):
     run("config", "set", "cache.size", "512M")
     assert "larger than the flash tier" in error_line(
         run("config", "set", "store.flash_size", "256M", code=2))
-    run("config", "set", "store.capacity_size", "16T")
-    assert MAX_TIER_BYTES == 16 << 40
+
+
+def cli_with_file_size_limit(pool, limit: int | None, *args) -> subprocess.CompletedProcess:
+    """The real CLI in a process whose largest file is ``limit`` bytes (RLIMIT_FSIZE), as on a
+    file system with a smaller largest file (ext4 with 4 KiB blocks: 4 KiB short of 16 TiB)."""
+    def cap() -> None:
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return subprocess.run([sys.executable, "-m", "vmblock", "--pool", str(pool), *args],
+                          capture_output=True, text=True, timeout=60, preexec_fn=cap)
+
+
+def test_tier_size_must_fit_the_file_system(tmp_path):
+    pool = tmp_path / "pool"
+    assert cli_with_file_size_limit(pool, None, "config", "set", "store.capacity_size",
+                                    "1G").returncode == 0
+    assert cli_with_file_size_limit(pool, None, "pool", "show").returncode == 0  # 1G now
+    p = cli_with_file_size_limit(pool, 2 << 30, "config", "set", "store.capacity_size", "4G")
+    assert p.returncode == 2 and p.stderr == (
+        f"vmblock: error: cannot set store.capacity_size: the capacity tier cannot be 4 GiB on "
+        f"the file system of {pool}/capacity: File too large\n"), p.stderr
+    assert not [f.name for f in pool.iterdir() if "probe" in f.name]
+    p = cli_with_file_size_limit(pool, 2 << 30, "config", "set", "store.capacity_size", "2G")
+    assert p.returncode == 0, p.stderr
+    assert cli_with_file_size_limit(pool, 2 << 30, "pool", "show").returncode == 0
+    # a size stored where it fitted: the pool refuses to open in one line, no traceback
+    assert cli_with_file_size_limit(pool, None, "config", "set", "store.capacity_size",
+                                    "4G").returncode == 0
+    p = cli_with_file_size_limit(pool, 2 << 30, "pool", "show")
+    assert p.returncode == 2 and p.stderr == (
+        f"vmblock: error: cannot make the capacity tier {pool}/capacity 4 GiB "
+        f"(store.capacity_size): File too large\n"), p.stderr
 
 
 def test_sizes_over_the_server_are_one_line_exit_2(vmblock_server):

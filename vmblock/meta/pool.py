@@ -267,15 +267,24 @@ class Pool:
         st = self._settings()
         cap_size = parse_size(st["capacity_size"], "store.capacity_size", MAX_TIER_BYTES)
         flash_size = parse_size(st["flash_size"], "store.flash_size", MAX_TIER_BYTES)
-        cap = Tier("capacity", st["capacity_path"] or os.path.join(self.path, "capacity"),
-                   cap_size)
+        cap = self._tier("capacity", st["capacity_path"], cap_size)
         try:
-            flash = Tier("flash", st["flash_path"] or os.path.join(self.path, "flash"),
-                         flash_size)
+            flash = self._tier("flash", st["flash_path"], flash_size)
         except BaseException:
             cap.close()
             raise
         return cap, flash
+
+    def _tier_path(self, tier: str, path: str) -> str:
+        return path or os.path.join(self.path, tier)
+
+    def _tier(self, tier: str, path: str, size_bytes: int) -> Tier:
+        path = self._tier_path(tier, path)
+        try:
+            return Tier(tier, path, size_bytes)
+        except OSError as e:    # e.g. EFBIG: larger than its file system's largest file
+            raise PoolError(f"cannot make the {tier} tier {path} {format_size(size_bytes)} "
+                            f"(store.{tier}_size): {e.strerror}") from None
 
     @property
     def store(self) -> PoolStore:
@@ -739,6 +748,8 @@ class Pool:
         check_key(key, value)
         if key in ("store.capacity_path", "store.flash_path"):
             self._check_tier_swap(key, value)
+        if key.startswith("store.") and key.endswith(("_path", "_size")):
+            self._check_tier_fits(key, value)
         try:
             check_settings({**self.config(), key: value})
         except InvalidArgument as e:
@@ -757,6 +768,32 @@ class Pool:
         if used:
             raise InvalidArgument(f"{key} cannot change while the {tier} tier holds data "
                                   f"({used} bytes in use)")
+
+    def _check_tier_fits(self, key: str, value: str) -> None:
+        """A file tier's size must fit its file system (ext4 with 4 KiB blocks stops 4 KiB short
+        of 16 TiB): try it on a sparse file beside the tier, as the next start would."""
+        tier = key[len("store."):key.rindex("_")]
+        st = self._settings()
+        st[key[len("store."):]] = value
+        path = self._tier_path(tier, st[f"{tier}_path"])
+        if os.path.exists(path) and not os.path.isfile(path):
+            return      # a block device: its size is the device's
+        size = parse_size(st[f"{tier}_size"], f"store.{tier}_size", MAX_TIER_BYTES)
+        probe = os.path.join(os.path.dirname(path), f".{tier}-size-probe")
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise InvalidArgument(f"cannot set {key}: cannot create files in "
+                                  f"{os.path.dirname(path)}: {e.strerror}") from None
+        try:
+            os.ftruncate(fd, size)
+        except OSError as e:
+            raise InvalidArgument(f"cannot set {key}: the {tier} tier cannot be "
+                                  f"{format_size(size)} on the file system of {path}: "
+                                  f"{e.strerror}") from None
+        finally:
+            os.close(fd)
+            os.unlink(probe)
 
     def config_unset(self, key: str) -> None:
         self.config_get(key)
