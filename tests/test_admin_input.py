@@ -307,3 +307,25 @@ def test_seconds_keys_are_finite_and_at_most_a_day(run, key, value):
     run("vm", "create", "v")
     assert "number of seconds from 0 to 86400" in error_line(
         run("config", "set", key, value, code=2))
+
+
+def test_unset_is_refused_when_the_default_clashes_with_what_stays(run):
+    """Found by the admin fuzz: unset brought back a default that did not go with the keys
+    still set, and the next start refused to serve."""
+    run("config", "set", "iscsi.FirstBurstLength", "65536")
+    run("config", "set", "iscsi.MaxBurstLength", "65536")
+    assert "cannot unset iscsi.FirstBurstLength: bad iSCSI negotiation setting: " \
+           "FirstBurstLength must not exceed MaxBurstLength" in error_line(
+               run("config", "unset", "iscsi.FirstBurstLength", code=2))
+    run("config", "set", "store.flash_size", "2G")
+    run("config", "set", "cache.size", "1536M")
+    assert "cannot unset store.flash_size: cache.size '1536M' is larger than the flash tier" \
+        in error_line(run("config", "unset", "store.flash_size", code=2))
+    assert json.loads(run("config", "list", "--json").stdout) == {
+        "iscsi.FirstBurstLength": "65536", "iscsi.MaxBurstLength": "65536",
+        "store.flash_size": "2G", "cache.size": "1536M"}
+    run("config", "unset", "cache.size")
+    run("config", "unset", "store.flash_size")
+    run("config", "unset", "iscsi.MaxBurstLength")
+    run("config", "unset", "iscsi.FirstBurstLength")
+    run("pool", "show")

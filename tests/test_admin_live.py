@@ -94,8 +94,9 @@ KEY_VALUES = {
     "cache.size": ["0", "50%", "100%", "150%", "512M", "2G", "999999999P", "nan%"],
     "cache.block_size": ["4K", "64K", "1M", "3K", "2M"],
     f"acl.{FUZZ_IQN}": ["iqn.2026-11.x:y", "iqn.2026-11.x:y,iqn.2026-11.x:z", "bad name"],
-    f"auth.target.{FUZZ_IQN}.chap_user": ["user", ""],
 }
+# auth.* keys are left out: a CHAP user stored without its secret (allowed, to set the pair in
+# two steps) makes the next start refuse to serve, by design of the CHAP part of issue 8.
 KEYS = list(KEY_VALUES)
 VALUES = ["", "0", "-1", "1", "1M", "64K", "16M", "16T", "1P", "999999999P", "50%", "150%",
           "nan", "inf", "1e308", "127.0.0.1:3260", "[::1]:0", "iqn.2026-11.x:y", "/dev/null",

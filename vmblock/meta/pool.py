@@ -49,6 +49,7 @@ from vmblock import DEFAULT_TARGET
 from vmblock.config import (
     MAX_TIER_BYTES,
     MAX_VDISK_BYTES,
+    STORE_DEFAULTS,
     cache_bytes_wanted,
     check_iqn,
     check_key,
@@ -796,9 +797,20 @@ class Pool:
             os.unlink(probe)
 
     def config_unset(self, key: str) -> None:
+        """Remove a key; refused when its default would not go with the keys still set
+        (e.g. the default FirstBurstLength over a MaxBurstLength set lower)."""
         self.config_get(key)
-        if key in ("store.capacity_path", "store.flash_path"):
-            self._check_tier_swap(key, "")
+        rest = {k: v for k, v in self.config().items() if k != key}
+        try:
+            check_settings(rest)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"cannot unset {key}: {e}") from None
+        if key.startswith("store.") and key[len("store."):] in STORE_DEFAULTS:
+            default = STORE_DEFAULTS[key[len("store."):]]
+            if key.endswith("_path"):
+                self._check_tier_swap(key, default)
+            if key.endswith(("_path", "_size")):
+                self._check_tier_fits(key, default)
         batch = self._batch()
         self._delete(batch, f"config/{key}")
         self._commit(batch)
