@@ -4,7 +4,8 @@ usage: python tests/faultfs.py BACKING MOUNTPOINT      (foreground; unmount: fus
 
 It mirrors BACKING at MOUNTPOINT (files, directories, sparse files of any size, pread/pwrite at
 offsets, ftruncate, fallocate incl. punch hole, fsync, rename, unlink, statfs: what the store's
-tier files and RocksDB use; mknod, so a whole pool with its admin.sock can live on it) and prints ``faultfs: mounted`` once the kernel has mounted it.
+tier files and RocksDB use; mknod, so a whole pool with its admin.sock can live on it) and
+prints ``faultfs: mounted`` once the kernel has mounted it.
 This kernel has no device-mapper ``error``/``flakey`` targets and no fault injection, but FUSE.
 
 Faults are switched live through the control file ``MOUNTPOINT/.faultfs`` (not in BACKING, not

@@ -207,8 +207,9 @@ def test_a_pool_with_its_capacity_tier_on_faultfs_serves_qemu(faultfs, tmp_path,
                          if hasattr(p, "VmblockServer"))
     pool = tmp_path / "pool"
     cap = faultfs.mount / "capacity"
-    p = subprocess.run([sys.executable, "-m", "vmblock", "--pool", str(pool), "config", "set", "store.capacity_path",
-                        str(cap)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-m", "vmblock", "--pool", str(pool), "config", "set",
+                        "store.capacity_path", str(cap)], capture_output=True, text=True,
+                       timeout=60)
     assert p.returncode == 0, p.stderr
     s = VmblockServer(pool)
     try:
