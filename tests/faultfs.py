@@ -248,6 +248,21 @@ def serve(backing: str, mountpoint: str) -> None:
                  fsname="faultfs", subtype="faultfs", use_ino=True)
 
 
+def mounted(path: Path) -> bool:
+    """Whether a file system is mounted at ``path``, from /proc/self/mounts: unlike
+    os.path.ismount, also true for a FUSE mount whose process is gone (stat gives ENOTCONN)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point = line.split(" ")[1]
+            for esc, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"),
+                            ("\\134", "\\")):
+                point = point.replace(esc, ch)
+            if point == target:
+                return True
+    return False
+
+
 class FaultFs:
     """A faultfs process mounted at ``mount`` over ``backing``, driven from a test."""
 
@@ -298,7 +313,7 @@ class FaultFs:
         """Unmount and end the process, whatever state either is in: ``fusermount3 -u``; if
         the mount is busy, end the process (pending requests fail, nothing can hang on it)
         and detach the mount lazily."""
-        if os.path.ismount(self.mount) or self.proc.poll() is None:
+        if mounted(self.mount) or self.proc.poll() is None:
             p = subprocess.run(["fusermount3", "-u", str(self.mount)], capture_output=True,
                                timeout=30)
             if p.returncode != 0:
