@@ -4,7 +4,8 @@ usage: python tests/faultfs.py BACKING MOUNTPOINT      (foreground; unmount: fus
 
 It mirrors BACKING at MOUNTPOINT (files, directories, sparse files of any size, pread/pwrite at
 offsets, ftruncate, fallocate incl. punch hole, fsync, rename, unlink, statfs: what the store's
-tier files and RocksDB use; mknod, so a whole pool with its admin.sock can live on it) and prints ``faultfs: mounted`` once the kernel has mounted it.
+tier files and RocksDB use; mknod, so a whole pool with its admin.sock can live on it) and
+prints ``faultfs: mounted`` once the kernel has mounted it.
 This kernel has no device-mapper ``error``/``flakey`` targets and no fault injection, but FUSE.
 
 Faults are switched live through the control file ``MOUNTPOINT/.faultfs`` (not in BACKING, not
@@ -247,6 +248,21 @@ def serve(backing: str, mountpoint: str) -> None:
                  fsname="faultfs", subtype="faultfs", use_ino=True)
 
 
+def mounted(path: Path) -> bool:
+    """Whether a file system is mounted at ``path``, from /proc/self/mounts: unlike
+    os.path.ismount, also true for a FUSE mount whose process is gone (stat gives ENOTCONN)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point = line.split(" ")[1]
+            for esc, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"),
+                            ("\\134", "\\")):
+                point = point.replace(esc, ch)
+            if point == target:
+                return True
+    return False
+
+
 class FaultFs:
     """A faultfs process mounted at ``mount`` over ``backing``, driven from a test."""
 
@@ -297,7 +313,7 @@ class FaultFs:
         """Unmount and end the process, whatever state either is in: ``fusermount3 -u``; if
         the mount is busy, end the process (pending requests fail, nothing can hang on it)
         and detach the mount lazily."""
-        if os.path.ismount(self.mount) or self.proc.poll() is None:
+        if mounted(self.mount) or self.proc.poll() is None:
             p = subprocess.run(["fusermount3", "-u", str(self.mount)], capture_output=True,
                                timeout=30)
             if p.returncode != 0:
