@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from vmblock.iscsi import params
@@ -166,6 +169,38 @@ def test_validate_offer_refuses_bad_overrides(overrides):
         params.validate_offer(overrides)
 
 
+@pytest.mark.parametrize("key,value", [
+    ("ErrorRecoveryLevel", "1"), ("ErrorRecoveryLevel", "2"), ("DataPDUInOrder", "No"),
+    ("DataSequenceInOrder", "No"), ("IFMarker", "Yes"), ("OFMarker", "Yes"),
+    ("HeaderDigest", "CRC32C,SHA1"), ("DataDigest", "None,"), ("TaskReporting", "FastAbort"),
+    ("iSCSIProtocolLevel", "2"),
+])
+def test_validate_offer_refuses_what_the_target_cannot_honour(key, value):
+    """ERL 0 only, in-order Data-Out only, no markers, CRC32C digests: an offer past that
+    would be agreed to at login and then broken."""
+    with pytest.raises(ValueError, match="not supported"):
+        params.validate_offer({key: value})
+
+
+@pytest.mark.parametrize("key,value", [
+    ("ErrorRecoveryLevel", "0"), ("HeaderDigest", "CRC32C"), ("DataDigest", "None,CRC32C"),
+    ("DataPDUInOrder", "Yes"), ("iSCSIProtocolLevel", "0"), ("MaxConnections", "4"),
+])
+def test_validate_offer_keeps_what_the_target_can_honour(key, value):
+    assert params.validate_offer({key: value})[key] == value
+
+
+@pytest.mark.parametrize("key,value,answer", [
+    ("ErrorRecoveryLevel", "2", "0"), ("ErrorRecoveryLevel", "1", "0"),
+    ("DataPDUInOrder", "No", "Yes"), ("DataSequenceInOrder", "No", "Yes"),
+    ("IFMarker", "Yes", "No"), ("iSCSIProtocolLevel", "31", "1"),
+])
+def test_initiator_asking_for_more_than_the_target_honours_gets_what_it_can(key, value, answer):
+    n = neg()
+    assert n.respond(key, value, "L") == answer
+    assert n.value(key) == answer
+
+
 def test_validate_offer_does_not_edit_the_spec_defaults():
     before = dict(TARGET_OFFER)
     params.validate_offer({"MaxBurstLength": "65536", "FirstBurstLength": "4096"})
@@ -191,3 +226,28 @@ def test_parse_text_refuses_malformed_pairs(raw):
 def test_encode_text_inverts_parse_text():
     pairs = [("HeaderDigest", "None"), ("TargetAlias", "a b")]
     assert params.parse_text(params.encode_text(pairs)) == pairs
+
+
+# ---- the same limits through the CLI ------------------------------------------------------
+def _vmblock(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "vmblock", "--pool", str(tmp_path / "pool"), *args],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("key,value", [("iscsi.ErrorRecoveryLevel", "2"),
+                                       ("iscsi.DataSequenceInOrder", "No")])
+def test_config_set_of_a_value_the_target_cannot_honour_is_one_line_exit_2(tmp_path, key, value):
+    p = _vmblock(tmp_path, "config", "set", key, value)
+    assert p.returncode == 2
+    assert p.stderr.startswith("vmblock: error: ") and p.stderr.count("\n") == 1, p.stderr
+    assert "not supported" in p.stderr
+    assert value not in _vmblock(tmp_path, "config", "get", key).stdout
+
+
+def test_serve_with_a_config_file_asking_for_erl_2_is_one_line_exit_2(tmp_path):
+    cfg = tmp_path / "erl.toml"
+    cfg.write_text("[iscsi]\nErrorRecoveryLevel = 2\n")
+    p = _vmblock(tmp_path, "serve", "--portal", "127.0.0.1:0", "--config", str(cfg))
+    assert p.returncode == 2
+    assert p.stderr.startswith("vmblock: error: ") and p.stderr.count("\n") == 1, p.stderr
+    assert "ErrorRecoveryLevel=2 is not supported" in p.stderr

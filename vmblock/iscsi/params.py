@@ -92,6 +92,24 @@ TARGET_OFFER = {
 }
 
 
+# What this target implements, where the spec allows more: an offer beyond it would be
+# negotiated and then not honoured. Numbers: the highest value; Yes/No: the only value;
+# lists: the values we can do. ERL 0 only (recovery is session reinstatement, RFC 7143 7.1.5);
+# Data-Out is checked in order (11.7.5); no markers (RFC 7143 dropped them); RFC 7143 is
+# iSCSIProtocolLevel 1 (RFC 7144 would be 2).
+TARGET_LIMITS = {
+    "ErrorRecoveryLevel": 0,
+    "iSCSIProtocolLevel": 1,
+    "DataPDUInOrder": "Yes",
+    "DataSequenceInOrder": "Yes",
+    "IFMarker": "No",
+    "OFMarker": "No",
+    "HeaderDigest": ("None", "CRC32C"),
+    "DataDigest": ("None", "CRC32C"),
+    "TaskReporting": ("RFC3720",),
+}
+
+
 class NegotiationError(Exception):
     """The initiator broke the negotiation rules; login fails with Initiator Error."""
 
@@ -145,10 +163,28 @@ def validate_offer(overrides: dict) -> dict:
                 raise ValueError(f"{name}={value} outside {key.lo}..{key.hi}")
         elif key.rule in (BOOL_OR, BOOL_AND) and value not in ("Yes", "No"):
             raise ValueError(f"{name} must be Yes or No")
+        _check_honoured(name, value)
         offer[name] = value
     if parse_number(offer["FirstBurstLength"]) > parse_number(offer["MaxBurstLength"]):
         raise ValueError("FirstBurstLength must not exceed MaxBurstLength")
     return offer
+
+
+def _check_honoured(name: str, value: str) -> None:
+    """Refuse an offer the target could agree to but not carry out (TARGET_LIMITS)."""
+    limit = TARGET_LIMITS.get(name)
+    if limit is None:
+        return
+    if isinstance(limit, int):
+        if parse_number(value) > limit:
+            raise ValueError(f"{name}={value} is not supported (at most {limit})")
+    elif isinstance(limit, str):
+        if value != limit:
+            raise ValueError(f"{name}={value} is not supported (only {limit})")
+    else:
+        choices = value.split(",")
+        if not all(choices) or any(c not in limit for c in choices):
+            raise ValueError(f"{name}={value} is not supported (choose from {','.join(limit)})")
 
 
 class Negotiation:
