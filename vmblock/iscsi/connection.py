@@ -18,12 +18,11 @@ import time
 from ..scsi.sense import ScsiError, SenseReason, fail
 from ..scsi.task import SAM_STAT_GOOD, ScsiTask
 from . import params, pdu as P
-from .login import LoginNegotiator, LOGIN_SUCCESS
+from .login import LOGIN_MRDSL, LOGIN_SUCCESS, LoginNegotiator
 from .session import sn_lt
 
 log = logging.getLogger("vmblock.iscsi")
 
-LOGIN_MRDSL = 8192                  # RFC 7143 13.12 default until negotiated
 MAX_AHS = 1020
 MAX_WRITE_BUFFER = 64 << 20         # largest Data-Out we gather for one command
 WRITE_BUDGET = 32 << 20             # Data-Out buffers one connection may hold before R2Ts wait
@@ -328,7 +327,7 @@ class Connection(asyncio.BufferedProtocol):
                 sess = self.service.registry.by_tsih.get(lg.tsih)
                 if sess is not None:
                     exp, mx = sess.window()
-        text = params.encode_text(reply.text)
+        text = reply.data
         status = reply.status
         hdr = P.build_bhs(P.OP_LOGIN_RSP, reply.flags, 0, 0, len(text), (lg.isid << 16) | tsih, p.itt, 0, self._next_statsn(), exp, mx,
                           ((status >> 8) << 24) | ((status & 0xFF) << 16))

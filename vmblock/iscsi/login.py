@@ -35,6 +35,7 @@ STAGE_OPERATIONAL = 1
 STAGE_FULL_FEATURE = 3
 ISCSI_VERSION = 0x00
 MAX_LOGIN_PDUS = 64
+LOGIN_MRDSL = 8192          # RFC 7143 13.12: the default holds for Login PDUs, both ways
 
 CHAP_KEYS = ("CHAP_A", "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C")
 
@@ -51,6 +52,7 @@ class LoginReply:
     status: int = LOGIN_SUCCESS
     text: list = field(default_factory=list)
     done: bool = False          # the initiator may enter full feature phase after this reply
+    data: bytes = b""           # the data segment to send: ``text`` encoded, or a piece of it
 
 
 class LoginNegotiator:
@@ -73,10 +75,14 @@ class LoginNegotiator:
         self.auth_method = ""
         self.chap: ChapAuthenticator | None = None
         self.neg: params.Negotiation | None = None
+        self.held: LoginReply | None = None  # an answer longer than LOGIN_MRDSL being sent
+        self.held_rest = b""                # its text not sent yet
 
     def step(self, pdu, data) -> LoginReply:
         try:
-            return self._step(pdu, data)
+            if self.held is not None:
+                return self._continue_answer(pdu, data)
+            return self._split(self._step(pdu, data))
         except LoginFailure as e:
             return LoginReply(status=e.status, text=[])
         except ChapError:
@@ -84,10 +90,39 @@ class LoginNegotiator:
         except params.NegotiationError:
             return LoginReply(status=LOGIN_INITIATOR_ERROR)
 
-    def _step(self, pdu, data) -> LoginReply:
+    def _split(self, reply: LoginReply) -> LoginReply:
+        """An answer longer than LOGIN_MRDSL goes out in pieces with the C bit and T clear
+        (RFC 7143 11.13.3); the initiator asks for each next piece with an empty request."""
+        body = params.encode_text(reply.text)
+        if len(body) <= LOGIN_MRDSL:
+            reply.data = body
+            return reply
+        self.held, self.held_rest = reply, body[LOGIN_MRDSL:]
+        csg = (reply.flags >> 2) & 3
+        return LoginReply(flags=LOGIN_FLAG_CONTINUE | (csg << 2), data=body[:LOGIN_MRDSL])
+
+    def _continue_answer(self, pdu, data) -> LoginReply:
+        self._count_and_check_ids(pdu)
+        if data or pdu.flags & LOGIN_FLAG_CONTINUE:
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "text sent while the target's answer continues")
+        piece, self.held_rest = self.held_rest[:LOGIN_MRDSL], self.held_rest[LOGIN_MRDSL:]
+        if self.held_rest:
+            csg = (self.held.flags >> 2) & 3
+            return LoginReply(flags=LOGIN_FLAG_CONTINUE | (csg << 2), data=piece)
+        reply, self.held = self.held, None
+        reply.data = piece
+        return reply
+
+    def _count_and_check_ids(self, pdu) -> None:
         self.pdus += 1
         if self.pdus > MAX_LOGIN_PDUS:
             raise LoginFailure(LOGIN_INITIATOR_ERROR, "too many login PDUs")
+        if not self.first and (pdu.lun >> 16, pdu.lun & 0xFFFF, pdu.w20 >> 16) != \
+                (self.isid, self.tsih, self.cid):
+            raise LoginFailure(LOGIN_INITIATOR_ERROR, "ISID/TSIH/CID changed during login")
+
+    def _step(self, pdu, data) -> LoginReply:
+        self._count_and_check_ids(pdu)
         isid, tsih = pdu.lun >> 16, pdu.lun & 0xFFFF
         cid = pdu.w20 >> 16
         csg = (pdu.flags >> 2) & 3
@@ -98,8 +133,6 @@ class LoginNegotiator:
             if not pdu.b3 <= ISCSI_VERSION <= pdu.b2:     # VersionMin <= 0 <= VersionMax
                 raise LoginFailure(LOGIN_UNSUPPORTED_VERSION, "unsupported iSCSI version")
             self.isid, self.tsih, self.cid = isid, tsih, cid
-        elif (isid, tsih, cid) != (self.isid, self.tsih, self.cid):
-            raise LoginFailure(LOGIN_INITIATOR_ERROR, "ISID/TSIH/CID changed during login")
         if cont and transit:
             raise LoginFailure(LOGIN_INITIATOR_ERROR, "T and C bits both set")
         if csg not in (STAGE_SECURITY, STAGE_OPERATIONAL) or csg < self.stage:
