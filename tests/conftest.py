@@ -32,12 +32,13 @@ def vmblock_cmd(pool: Path, *args: str) -> list[str]:
 class VmblockServer:
     """A running server; ``cli`` runs the real command against its pool."""
 
-    def __init__(self, pool: Path, args: tuple[str, ...] = ()):
+    def __init__(self, pool: Path, args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
+        """``prefix`` runs the server under another command, e.g. ``ip netns exec NAME``."""
         self.pool = pool
         self.log_path = pool.parent / "server.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            vmblock_cmd(pool, "serve", "--demo", "--portal", "127.0.0.1:0", *args),
+            [*prefix, *vmblock_cmd(pool, "serve", "--demo", "--portal", "127.0.0.1:0", *args)],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
         self.host, self.port = self._wait_ready()

@@ -12,7 +12,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from ..net.interfaces import host_addresses
+from ..net.interfaces import AddressWatch
 from . import params
 from .chap import ChapSecrets
 from .connection import Connection
@@ -20,7 +20,7 @@ from .session import SessionRegistry
 
 log = logging.getLogger("vmblock.iscsi")
 
-WILDCARDS = ("", "0.0.0.0", "::")
+WILDCARDS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6}   # each binds its family only
 PDU_OVERHEAD = 48 + 1024 + 8      # BHS, largest AHS, two digests
 MAX_CONNECTIONS = 256             # bounds memory: each holds ~2 PDUs of receive buffer
 
@@ -50,6 +50,7 @@ class IscsiService:
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.bound_portals: list[tuple[str, int]] = []
+        self.addresses: AddressWatch | None = None     # started when a portal is a wildcard
         self.max_connections = MAX_CONNECTIONS
         self.reconfigure(config or IscsiConfig())
 
@@ -61,10 +62,14 @@ class IscsiService:
 
     async def start(self, portals: list[tuple[str, int]]) -> None:
         loop = asyncio.get_running_loop()
+        if any(host in WILDCARDS for host, _ in portals):
+            self.addresses = AddressWatch()
+            await loop.run_in_executor(None, self.addresses.start)
         for host, port in portals:
-            bind = None if host in WILDCARDS else host
+            # An explicit host, never None: None would bind every family, so 0.0.0.0 would
+            # take [::] too. create_server sets IPV6_V6ONLY on "::".
             server = await loop.create_server(lambda h=host, p=port: Connection(self, (h, p)),
-                                              bind, port, reuse_address=True, backlog=128)
+                                              host, port, reuse_address=True, backlog=128)
             self.servers.append(server)
             for sock in server.sockets:
                 actual = sock.getsockname()
@@ -79,14 +84,16 @@ class IscsiService:
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
+        if self.addresses is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.addresses.stop)
+            self.addresses = None
 
     def portal_addresses(self) -> list[str]:
         """TargetAddress values (RFC 7143 13.8): every portal, wildcards expanded."""
         out = []
         for host, port in self.bound_portals:
             if host in WILDCARDS:
-                fam = socket.AF_INET6 if host == "::" else socket.AF_INET
-                hosts = host_addresses(fam)
+                hosts = self.addresses.addresses(WILDCARDS[host])
             else:
                 hosts = [host]
             for h in hosts:
