@@ -122,6 +122,55 @@ def _nonneg_float(key: str, value: str) -> None:
                               f"not {_shown(value)}")
 
 
+# The fabric's limits (vmblock.iscsi.portal.IscsiConfig): what initiators, hostile or broken,
+# can hold of the server. Connections: all of them, per source address, and how many may be
+# still logging in (the rest is headroom for logged-in sessions); seconds until the first
+# Login Request and until login must be done; bytes of initiator data held (immediate data,
+# Data-Out buffers, READ data not yet taken by the initiator), all together and per address.
+FABRIC_DEFAULTS = {
+    "max_connections": "256",
+    "max_connections_per_host": "64",
+    "max_login_connections": "64",
+    "first_pdu_timeout": "5",
+    "login_timeout": "30",
+    "data_budget": "256M",
+    "data_budget_per_host": "64M",
+}
+MIN_DATA_BUDGET = 16 << 20      # the largest single command's data (FirstBurstLength) must fit
+
+
+def _check_fabric_key(name: str, value: str) -> None:
+    key = f"iscsi.{name}"
+    if name.endswith("_timeout"):
+        try:
+            ok = 0 < float(value) <= 3600
+        except ValueError:
+            ok = False
+        if not ok:
+            raise InvalidArgument(f"{key} must be a number of seconds above 0 (at most 3600), "
+                                  f"not {value!r}")
+    elif name.startswith("data_budget"):
+        if parse_size(value) < MIN_DATA_BUDGET:
+            raise InvalidArgument(f"{key} must be at least 16M, not {value!r}")
+    elif not (value.strip().isdigit() and 1 <= int(value) <= 65535):
+        raise InvalidArgument(f"{key} must be a whole number from 1 to 65535, not {value!r}")
+
+
+def fabric_settings(settings: dict[str, str]) -> dict[str, str]:
+    """The fabric limit settings with defaults filled in, keys without the prefix."""
+    return {k: settings.get(f"iscsi.{k}", v) for k, v in FABRIC_DEFAULTS.items()}
+
+
+def _check_fabric_limits(settings: dict[str, str]) -> None:
+    f = fabric_settings(settings)
+    if int(f["max_login_connections"]) > int(f["max_connections"]):
+        raise InvalidArgument("iscsi.max_login_connections must not exceed iscsi.max_connections")
+    if float(f["first_pdu_timeout"]) > float(f["login_timeout"]):
+        raise InvalidArgument("iscsi.first_pdu_timeout must not exceed iscsi.login_timeout")
+    if parse_size(f["data_budget_per_host"]) > parse_size(f["data_budget"]):
+        raise InvalidArgument("iscsi.data_budget_per_host must not exceed iscsi.data_budget")
+
+
 def negotiation_overrides(settings: dict[str, str]) -> dict[str, str]:
     """The ``iscsi.<Key>`` settings that change what the target offers at login (RFC 7143 13)."""
     return {k[6:]: v for k, v in settings.items()
@@ -236,6 +285,8 @@ def check_key(key: str, value: str) -> str:
         parse_portals(value)
     elif key in ("iscsi.nop_interval", "iscsi.nop_timeout"):
         _nonneg_float(key, value)
+    elif len(parts) == 2 and parts[0] == "iscsi" and parts[1] in FABRIC_DEFAULTS:
+        _check_fabric_key(parts[1], value)
     elif parts[0] == "iscsi" and len(parts) == 2 and parts[1] in params.TARGET_OFFER:
         pass   # values are checked together by check_settings: some limits depend on each other
     elif len(parts) == 3 and parts[:2] == ["auth", "discovery"] and parts[2] in _CHAP_FIELDS:
@@ -269,6 +320,7 @@ def check_settings(settings: dict[str, str]) -> None:
     except ValueError as e:
         raise InvalidArgument(f"bad iSCSI negotiation setting: {e}") from None
     _check_cache_fits(settings)
+    _check_fabric_limits(settings)
 
 
 def _flatten(prefix: str, table: dict, out: dict[str, str]) -> None:

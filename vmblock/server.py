@@ -21,9 +21,11 @@ from vmblock.cache import manager as cache_manager
 from vmblock.cache import tier as cache_tier
 from vmblock.config import (
     check_settings,
+    fabric_settings,
     format_portal,
     negotiation_overrides,
     parse_iqn_list,
+    parse_size,
     store_settings,
 )
 from vmblock.errors import InvalidArgument, NotFound, ServerError
@@ -69,11 +71,19 @@ def chap_of(settings: dict[str, str], prefix: str) -> ChapSecrets | None:
 
 
 def iscsi_config(settings: dict[str, str]) -> IscsiConfig:
+    fabric = fabric_settings(settings)
     return IscsiConfig(
         overrides=negotiation_overrides(settings),
         discovery_chap=chap_of(settings, "auth.discovery."),
         nop_interval=float(settings.get("iscsi.nop_interval", "30")),
         nop_timeout=float(settings.get("iscsi.nop_timeout", "30")),
+        max_connections=int(fabric["max_connections"]),
+        max_connections_per_host=int(fabric["max_connections_per_host"]),
+        max_login_connections=int(fabric["max_login_connections"]),
+        first_pdu_timeout=float(fabric["first_pdu_timeout"]),
+        login_timeout=float(fabric["login_timeout"]),
+        data_budget=parse_size(fabric["data_budget"]),
+        data_budget_per_host=parse_size(fabric["data_budget_per_host"]),
     )
 
 

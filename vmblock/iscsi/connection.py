@@ -16,7 +16,7 @@ import struct
 import time
 
 from ..scsi.sense import ScsiError, SenseReason, fail
-from ..scsi.task import SAM_STAT_GOOD, ScsiTask
+from ..scsi.task import SAM_STAT_GOOD, SAM_STAT_TASK_SET_FULL, ScsiTask
 from . import params, pdu as P
 from .login import LOGIN_MRDSL, LOGIN_SUCCESS, LoginNegotiator
 from .session import sn_lt
@@ -25,8 +25,6 @@ log = logging.getLogger("vmblock.iscsi")
 
 MAX_AHS = 1020
 MAX_WRITE_BUFFER = 64 << 20         # largest Data-Out we gather for one command
-WRITE_BUDGET = 32 << 20             # Data-Out buffers one connection may hold before R2Ts wait
-LOGIN_TIMEOUT = 30.0
 MIN_READ_ROOM = 65536
 NOP_SLACK = 0.01                    # seconds a NOP timer may fire early and still count
 
@@ -69,7 +67,7 @@ class TaskState:
     """Fabric-side state of one SCSI command: Data-Out collection and R2Ts."""
 
     __slots__ = ("conn", "task", "buf", "want", "received", "unsolicited", "next_r2t",
-                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged")
+                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged", "read_len")
 
     # A Data-Out sequence (one R2T, or the unsolicited burst) is [next offset, end, next DataSN];
     # with DataPDUInOrder=Yes each PDU must continue exactly where the last one ended.
@@ -88,7 +86,8 @@ class TaskState:
         self.r2tsn = 0
         self.aborted = False
         self.done = False
-        self.charged = 0                # bytes of the connection's write budget it holds
+        self.charged = 0                # bytes of the data budget it holds
+        self.read_len = 0               # READ data it will hold, charged before it executes
 
     def abort(self) -> None:
         self.aborted = True
@@ -105,6 +104,7 @@ class Connection(asyncio.BufferedProtocol):
         self.portal = portal
         self.transport = None
         self.peer = ("?", 0)
+        self.host = "?"                 # source address: the key of per-address limits
         self.rbuf = bytearray(2 * (LOGIN_MRDSL + 2048) + MIN_READ_ROOM)   # grown after login
         self.rview = memoryview(self.rbuf)
         self.rstart = self.rend = 0
@@ -128,8 +128,10 @@ class Connection(asyncio.BufferedProtocol):
         self.text_ttt = P.RSVD_TAG
         self.text_rest = b""
         self.text_pending = bytearray()
-        self.write_bytes = 0            # Data-Out buffer bytes held by admitted tasks
-        self.write_waiting: deque[TaskState] = deque()
+        self.budget_waiting: deque[TaskState] = deque()   # tasks whose data has no budget yet
+        self.out_charged = 0            # budget of READ data sent, until the socket takes it
+        self.writing_paused = False
+        self.started = 0.0
         self.handlers = {
             P.OP_NOP_OUT: self._nop_out,
             P.OP_SCSI_CMD: self._scsi_cmd,
@@ -142,27 +144,49 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peer = transport.get_extra_info("peername") or ("?", 0)
-        if len(self.service.connections) >= self.service.max_connections:
-            log.warning("%s: refused, %d connections open", self.peer[0], len(self.service.connections))
+        self.host = self.peer[0]
+        if not self.service.admit(self):
+            log.warning("%s: refused, connection limits reached (%d open, %d from this address)",
+                        self.host, len(self.service.connections), self.service.per_host[self.host])
             self.closing = True
             transport.abort()
             return
         self.portal = transport.get_extra_info("sockname") or self.portal
-        self.service.connections.add(self)
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(LOGIN_TIMEOUT, self._login_timeout)
+        self.started = loop.time()
+        self.timer = loop.call_later(self.service.config.first_pdu_timeout, self._login_timeout,
+                                     "no Login Request in iscsi.first_pdu_timeout")
 
     def connection_lost(self, exc) -> None:
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
-        self.service.connections.discard(self)
+        self.service.release(self)
+        budget = self.service.budget
+        budget.forget(self)
+        self.budget_waiting.clear()
         if self.session is not None:
             for st in list(self.session.tasks.values()):
                 if st.conn is self:
                     st.abort()
                     self.session.tasks.pop(st.task.itt, None)
             self.service.registry.detach(self.session, self)
+        budget.give(self.host, self.out_charged)
+        self.out_charged = 0
+
+    def pause_writing(self) -> None:
+        """The socket is not taking what we send: read no more requests until it does, so an
+        initiator that does not read cannot make responses pile up here."""
+        self.writing_paused = True
+        if not self.closing:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self.service.budget.give(self.host, self.out_charged)
+        self.out_charged = 0
+        if not self.closing:
+            self.transport.resume_reading()
 
     def get_buffer(self, sizehint: int):
         if len(self.rbuf) - self.rend < MIN_READ_ROOM:
@@ -252,12 +276,40 @@ class Connection(asyncio.BufferedProtocol):
             sess.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
             handler(p, data, header)
             while sess.pending and sess.exp_cmdsn in sess.pending:
-                conn, q, qdata, qheader = sess.pending.pop(sess.exp_cmdsn)
+                conn, q, qdata, qheader, charged = sess.pending.pop(sess.exp_cmdsn)
                 sess.exp_cmdsn = (sess.exp_cmdsn + 1) & 0xFFFFFFFF
-                conn.handlers[q.opcode](q, qdata, qheader)
+                conn.dispatch_parked(q, qdata, qheader, charged)
         elif sess.in_window(cmdsn) and cmdsn not in sess.pending:
-            sess.pending[cmdsn] = (self, p, bytes(data), bytes(header))    # wait for the gap
+            self._park(p, data, header)
         # else: outside the window or a duplicate: silently ignored (RFC 7143 4.2.2.1)
+
+    def _park(self, p, data, header) -> None:
+        """Keep a command that arrived before a CmdSN gap was filled. Its immediate data is
+        checked now and copied only within the data budget; a SCSI command beyond the budget
+        is kept without its data and answered TASK SET FULL when its turn comes."""
+        sess = self.session
+        if p.opcode == P.OP_SCSI_CMD:
+            self._check_unsolicited(p, len(data), header)
+        if self.service.budget.take(self.host, len(data)):
+            sess.pending[p.cmdsn] = (self, p, bytes(data), bytes(header), len(data))
+        elif p.opcode == P.OP_SCSI_CMD:
+            sess.pending[p.cmdsn] = (self, p, None, bytes(header), 0)
+        else:
+            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "out-of-order request beyond the "
+                                    "data budget", bytes(header))
+
+    def dispatch_parked(self, p, data, header, charged: int) -> None:
+        """Run a parked command now that its CmdSN is due (see ``_park``)."""
+        self.service.budget.give(self.host, charged)
+        if self.closing:
+            return
+        if data is None:
+            exp, mx = self._window()
+            self._send(P.build_bhs(P.OP_SCSI_RSP, P.FLAG_FINAL, P.ISCSI_RSP_COMPLETED,
+                                   SAM_STAT_TASK_SET_FULL, 0, 0, p.itt, 0, self._next_statsn(),
+                                   exp, mx))
+            return
+        self.handlers[p.opcode](p, data, header)
 
     # ---- output ------------------------------------------------------------------------
     def _send(self, header: bytes, data=b"") -> None:
@@ -271,6 +323,9 @@ class Connection(asyncio.BufferedProtocol):
         if self.out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(self.out)
         self.out.clear()
+        if self.out_charged and not self.writing_paused:
+            self.service.budget.give(self.host, self.out_charged)    # the socket took it
+            self.out_charged = 0
 
     def _next_statsn(self) -> int:
         sn = self.statsn
@@ -314,6 +369,10 @@ class Connection(asyncio.BufferedProtocol):
         lg = self.login
         if lg.pdus == 0:
             self.statsn = p.exp_statsn          # the initiator's guess is as good as any start
+            self.timer.cancel()
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_at(self.started + self.service.config.login_timeout,
+                                      self._login_timeout, "login not done in iscsi.login_timeout")
         reply = lg.step(p, data)
         tsih = 0
         if reply.status == LOGIN_SUCCESS and reply.done:
@@ -358,6 +417,7 @@ class Connection(asyncio.BufferedProtocol):
         self.immediate_data = neg.flag("ImmediateData")
         self.initial_r2t = neg.flag("InitialR2T")
         self.login = None
+        self.service.logged_in(self)
         if self.timer is not None:
             self.timer.cancel()
         interval = self.service.config.nop_interval
@@ -366,9 +426,9 @@ class Connection(asyncio.BufferedProtocol):
         log.info("%s: %s session %s tsih %d", self.peer[0], "discovery" if self.session.discovery
                  else "normal", self.session.initiator, self.session.tsih)
 
-    def _login_timeout(self) -> None:
+    def _login_timeout(self, why: str) -> None:
         if self.session is None and not self.closing:
-            self.terminate("login timed out")
+            self.terminate(why)
 
     # ---- NOP ---------------------------------------------------------------------------
     def _nop_out(self, p, data, header) -> None:
@@ -422,10 +482,7 @@ class Connection(asyncio.BufferedProtocol):
         write = bool(flags & P.CMD_FLAG_WRITE)
         edtl = p.w20
         dlen = len(data)
-        if dlen and (not write or not self.immediate_data or dlen > edtl or dlen > self.first_burst):
-            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "bad immediate data", bytes(header))
-        if write and not p.final and (self.initial_r2t or dlen >= min(edtl, self.first_burst)):
-            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "unsolicited data not allowed", bytes(header))
+        self._check_unsolicited(p, dlen, header)
         if p.itt in sess.tasks or p.itt == P.RSVD_TAG:
             self._send_reject(P.REJECT_TASK_IN_PROGRESS if p.itt != P.RSVD_TAG
                               else P.REJECT_INVALID_PDU_FIELD, bytes(header))
@@ -446,6 +503,11 @@ class Connection(asyncio.BufferedProtocol):
             raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, f"write of {want} bytes too large",
                                     bytes(header))
         if want == 0:
+            st.read_len = task.cdb_xfer_len if task.read else 0
+            if st.read_len and (self.budget_waiting or not self._take(st.read_len)):
+                self._wait_for_budget(st)          # in order behind what waits already
+                return
+            st.charged = st.read_len
             self._execute(st)
             return
         st.want = want
@@ -453,43 +515,83 @@ class Connection(asyncio.BufferedProtocol):
         st.next_r2t = dlen
         if not p.final:
             st.unsolicited = [dlen, min(edtl, self.first_burst), 0]
-        # Data the initiator sends unasked must have room now; the rest is solicited only
-        # while the connection's write budget allows, so idle WRITEs cannot pin memory.
+        # Data the initiator may send unasked needs room now: without budget for it the
+        # command ends TASK SET FULL (the initiator retries) rather than the server holding
+        # more. The rest is solicited (R2T) only once the budget grants the whole buffer.
         early = min(want, st.unsolicited[1] if st.unsolicited else dlen)
-        if early < want and self.write_bytes and self.write_bytes + want > WRITE_BUDGET:
-            st.buf = bytearray(early)
-            self.write_waiting.append(st)
+        if not self.budget_waiting and self._take(want):
+            st.buf, st.charged = bytearray(want), want
+        elif self._take(early):
+            st.buf, st.charged = bytearray(early), early
+            self._wait_for_budget(st)
         else:
-            self._admit(st)
+            log.info("%s: data budget spent, WRITE ITT %#x answered TASK SET FULL",
+                     self.host, p.itt)
+            task.status = SAM_STAT_TASK_SET_FULL
+            self._complete(st)
+            return
         n = min(dlen, want)
         st.buf[:n] = data[:n]
         self._write_progress(st)
 
-    def _admit(self, st: TaskState) -> None:
-        """Give ``st`` its whole Data-Out buffer, charged to the write budget."""
-        if st.buf is None:
-            st.buf = bytearray(st.want)
-        elif len(st.buf) < st.want:
+    def _check_unsolicited(self, p, dlen: int, header) -> None:
+        """Immediate and unsolicited data within what was negotiated (RFC 7143 13.10-13.14)."""
+        write = bool(p.flags & P.CMD_FLAG_WRITE)
+        edtl = p.w20
+        if dlen and (not write or not self.immediate_data or dlen > edtl or dlen > self.first_burst):
+            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "bad immediate data", bytes(header))
+        if write and not p.final and (self.initial_r2t or dlen >= min(edtl, self.first_burst)):
+            raise ProtocolViolation(P.REJECT_PROTOCOL_ERROR, "unsolicited data not allowed", bytes(header))
+
+    def _take(self, n: int) -> bool:
+        return self.service.budget.take(self.host, n)
+
+    def _wait_for_budget(self, st: TaskState) -> None:
+        self.budget_waiting.append(st)
+        self.service.budget.wait(self)
+
+    def _grant(self, st: TaskState) -> bool:
+        """Charge what ``st`` still lacks: a WRITE's whole Data-Out buffer, a READ's data."""
+        need = (st.want or st.read_len) - st.charged
+        if not self._take(need):
+            return False
+        st.charged += need
+        if st.want:
             st.buf[len(st.buf):] = bytes(st.want - len(st.buf))
-        st.charged = st.want
-        self.write_bytes += st.want
+        return True
+
+    def budget_freed(self) -> bool:
+        """Start waiting tasks, oldest first, while the budget grants them; True once none
+        is left waiting (``DataBudget`` stops calling back)."""
+        if self.closing:
+            return True
+        self.corked = True
+        try:
+            while self.budget_waiting:
+                st = self.budget_waiting[0]
+                if not (st.done or st.aborted):
+                    if not self._grant(st):
+                        return False
+                    if st.want:
+                        self._write_progress(st)
+                    else:
+                        self._execute(st)
+                self.budget_waiting.popleft()
+            return True
+        finally:
+            self.corked = False
+            self._flush()
 
     def _release(self, st: TaskState) -> None:
-        """Return ``st``'s budget and let waiting WRITEs be solicited."""
+        """Return ``st``'s budget."""
         if st.charged:
-            self.write_bytes -= st.charged
+            self.service.budget.give(self.host, st.charged)
             st.charged = 0
-        while self.write_waiting and (not self.write_bytes or
-                                      self.write_bytes + self.write_waiting[0].want <= WRITE_BUDGET):
-            nxt = self.write_waiting.popleft()
-            if not (nxt.done or nxt.aborted):
-                self._admit(nxt)
-                self._write_progress(nxt)
 
     def _write_progress(self, st: TaskState) -> None:
         if st.received >= st.want:
             self._execute(st)
-        elif st.charged and not st.unsolicited:
+        elif st.charged >= st.want and not st.unsolicited:
             self._send_r2ts(st)
 
     def _extended_cdb(self, cdb: bytes, ahs: bytes, header) -> bytes:
@@ -570,6 +672,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _complete(self, st: TaskState, failed: bool = False) -> None:
         st.done = True
+        if st.read_len and not (st.aborted or self.closing):
+            self.out_charged += st.charged          # held until the socket takes the data
+            st.charged = 0
         self._release(st)
         task = st.task
         sess = self.session

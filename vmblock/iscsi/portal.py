@@ -10,10 +10,12 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..net.interfaces import AddressWatch
 from . import params
+from .budget import DataBudget
 from .chap import ChapSecrets
 from .connection import Connection
 from .session import SessionRegistry
@@ -22,7 +24,6 @@ log = logging.getLogger("vmblock.iscsi")
 
 WILDCARDS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6}   # each binds its family only
 PDU_OVERHEAD = 48 + 1024 + 8      # BHS, largest AHS, two digests
-MAX_CONNECTIONS = 256             # bounds memory: each holds ~2 PDUs of receive buffer
 
 
 @dataclass
@@ -41,6 +42,14 @@ class IscsiConfig:
     nop_interval: float = 30.0                     # ping an idle initiator after this long
     nop_timeout: float = 30.0                      # drop the connection if it does not answer
     tpgt: int = 1
+    # Limits on what initiators can hold (vmblock.config.FABRIC_DEFAULTS says why each).
+    max_connections: int = 256            # each holds ~2 PDUs of receive buffer
+    max_connections_per_host: int = 64
+    max_login_connections: int = 64       # of max_connections, for connections still logging in
+    first_pdu_timeout: float = 5.0        # seconds from accept to a whole first Login Request
+    login_timeout: float = 30.0           # seconds from accept to full feature phase
+    data_budget: int = 256 << 20          # bytes of initiator data held, all connections
+    data_budget_per_host: int = 64 << 20  # the same, all connections of one source address
 
 
 class IscsiService:
@@ -51,14 +60,70 @@ class IscsiService:
         self.servers: list[asyncio.base_events.Server] = []
         self.bound_portals: list[tuple[str, int]] = []
         self.addresses: AddressWatch | None = None     # started when a portal is a wildcard
-        self.max_connections = MAX_CONNECTIONS
+        self.per_host: Counter[str] = Counter()        # open connections per source address
+        self.in_login: dict[str, dict[Connection, None]] = {}   # per address, oldest first
+        self.in_login_count = 0
+        self.budget = DataBudget(0, 0)
         self.reconfigure(config or IscsiConfig())
 
     def reconfigure(self, config: IscsiConfig) -> None:
-        """New logins use ``config``; running sessions keep what they negotiated."""
+        """New logins use ``config``; running sessions keep what they negotiated. New limits
+        apply to the next connection and the next charge (nothing open is cut)."""
         self.offer = params.validate_offer(config.overrides)
         self.config = config
         self.max_pdu = params.parse_number(self.offer["MaxRecvDataSegmentLength"]) + PDU_OVERHEAD
+        self.budget.total, self.budget.per_host = config.data_budget, config.data_budget_per_host
+
+    # ---- connection slots ----------------------------------------------------------------
+    def admit(self, conn: Connection) -> bool:
+        """Take ``conn`` (accepted, not logged in) if the limits allow, making room by closing
+        the oldest connection still logging in: of the same address when that address is at
+        its limit, else of the address with the most of them. Logged-in connections are never
+        closed for room, so a flood of connections that never log in can neither lock real
+        logins out nor take the slots of running sessions."""
+        cfg, host = self.config, conn.host
+        if self.per_host[host] >= cfg.max_connections_per_host and not self._evict(host):
+            return False
+        if (self.in_login_count >= cfg.max_login_connections
+                or len(self.connections) >= cfg.max_connections) and not self._evict(None):
+            return False
+        self.connections.add(conn)
+        self.per_host[host] += 1
+        self.in_login.setdefault(host, {})[conn] = None
+        self.in_login_count += 1
+        return True
+
+    def _evict(self, host: str | None) -> bool:
+        if host is None:
+            if not self.in_login:
+                return False
+            host = max(self.in_login, key=lambda h: len(self.in_login[h]))
+        waiting = self.in_login.get(host)
+        if not waiting:
+            return False
+        victim = next(iter(waiting))
+        self.release(victim)
+        victim.terminate("room for a newer connection (limits in iscsi.max_*connections*)")
+        return True
+
+    def logged_in(self, conn: Connection) -> None:
+        """``conn`` reached full feature phase: it no longer counts as logging in."""
+        waiting = self.in_login.get(conn.host)
+        if waiting is not None and conn in waiting:
+            del waiting[conn]
+            self.in_login_count -= 1
+            if not waiting:
+                del self.in_login[conn.host]
+
+    def release(self, conn: Connection) -> None:
+        """Give back ``conn``'s slot; called once it closes (or is chosen to close)."""
+        if conn not in self.connections:
+            return
+        self.logged_in(conn)
+        self.connections.discard(conn)
+        self.per_host[conn.host] -= 1
+        if not self.per_host[conn.host]:
+            del self.per_host[conn.host]
 
     async def start(self, portals: list[tuple[str, int]]) -> None:
         loop = asyncio.get_running_loop()

@@ -40,7 +40,9 @@ class Session:
         self.tasks: dict[int, object] = {}     # ITT -> TaskState, across connections
         self.exp_cmdsn = 0
         self.max_cmdsn = 0
-        self.pending: dict[int, tuple] = {}    # CmdSN -> (connection, pdu, data) arrived early
+        # CmdSN -> (connection, pdu, data or None, header, bytes of data budget it holds):
+        # commands that arrived before a CmdSN gap was filled (Connection._park)
+        self.pending: dict[int, tuple] = {}
 
     @property
     def key(self):
@@ -145,6 +147,8 @@ class SessionRegistry:
         for st in list(sess.tasks.values()):
             st.abort()
         sess.tasks.clear()
+        for conn, _pdu, _data, _header, charged in sess.pending.values():
+            conn.service.budget.give(conn.host, charged)
         sess.pending.clear()
         if sess.target is not None:
             sess.target.scsi.nexus_removed(sess.nexus)

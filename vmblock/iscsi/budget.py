@@ -1,0 +1,60 @@
+"""One byte budget for the initiator data the target holds, drawn on by every connection.
+
+It covers immediate and unsolicited data of commands not yet executed (also of commands parked
+for a CmdSN gap), the Data-Out buffers of WRITEs (granted before their R2Ts go out), and READ
+data a connection holds until its socket takes it. With the receive buffers (a fixed size per
+connection) and the connection limits, this bounds what initiators can make the server hold,
+whatever they send: the RSS bound in configs/vmblock.toml.
+
+A charge is granted only while both the total and the charging source address stay within
+their limits; the per-address limit keeps one host from taking it all. Nothing waits inside
+this class: a connection that is refused asks to be called back (``wait``) and tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+
+class DataBudget:
+    def __init__(self, total: int, per_host: int):
+        self.total = total
+        self.per_host = per_host
+        self.used = 0
+        self.by_host: Counter[str] = Counter()
+        self.waiting: dict = {}          # connections to call back, in the order they asked
+        self._wake_scheduled = False
+
+    def take(self, host: str, n: int) -> bool:
+        if n <= 0:
+            return True
+        if self.used + n > self.total or self.by_host[host] + n > self.per_host:
+            return False
+        self.used += n
+        self.by_host[host] += n
+        return True
+
+    def give(self, host: str, n: int) -> None:
+        if n <= 0:
+            return
+        self.used -= n
+        self.by_host[host] -= n
+        if not self.by_host[host]:
+            del self.by_host[host]
+        if self.waiting and not self._wake_scheduled:
+            self._wake_scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake)
+
+    def wait(self, conn) -> None:
+        """Call ``conn.budget_freed()`` when bytes come back."""
+        self.waiting[conn] = None
+
+    def forget(self, conn) -> None:
+        self.waiting.pop(conn, None)
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        for conn in list(self.waiting):
+            if conn.budget_freed():
+                self.waiting.pop(conn, None)
