@@ -94,8 +94,10 @@ def text_bytes(pairs) -> bytes:
 
 
 class IscsiClient:
-    def __init__(self, host: str, port: int, timeout: float = 10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 10.0, source: str | None = None):
+        """``source``: the local address to connect from (e.g. another 127.x address)."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.isid = 0x400000000000 | int.from_bytes(os.urandom(3), "big")
         self.tsih = 0

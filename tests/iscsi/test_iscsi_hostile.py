@@ -6,10 +6,16 @@ Every wait is bounded and waits for an event (a PDU, a close), never for time to
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
+import subprocess
+import sys
+
 import pytest
 
 from conftest import VmblockServer
-from iscsi_client import INITIATOR, IscsiClient, inquiry, text_bytes, tur
+from iscsi_client import INITIATOR, IscsiClient, inquiry, read10, text_bytes, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu as P
 
@@ -62,3 +68,210 @@ def test_login_answer_longer_than_8192_bytes_comes_in_continued_responses(vmbloc
         assert b"VMBLOCK" in c.scsi(inquiry(), read_len=96).data
         c.scsi(tur())                                   # may report the power-on unit attention
         assert c.scsi(tur()).status == 0
+
+
+# ---- connections that never log in ------------------------------------------------------------
+def serve_with(tmp_path, start, **iscsi) -> VmblockServer:
+    """A server whose [iscsi] table has ``iscsi`` (through ``serve --config``)."""
+    cfg = tmp_path / "hostile.toml"
+    cfg.write_text("[iscsi]\n" + "".join(f"{k} = {v!r}\n" for k, v in iscsi.items()))
+    return start("--config", str(cfg))
+
+
+@pytest.fixture
+def start_server(tmp_path, request):
+    servers = []
+
+    def start(*args: str) -> VmblockServer:
+        server = VmblockServer(tmp_path / f"pool{len(servers)}", args)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for server in servers:
+                sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()[-20000:]}\n")
+
+
+def idle_connections(server, sources: list[str], each: int) -> list[socket.socket]:
+    out = []
+    for src in sources:
+        for _ in range(each):
+            out.append(socket.create_connection((server.host, server.port), timeout=30,
+                                                source_address=(src, 0)))
+    return out
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed ``sock`` (it never sent anything on these), without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def wait_closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_real_logins_succeed_while_hundreds_of_connections_never_log_in(tmp_path, start_server):
+    """300 connections from ten addresses that never send a byte (the deadline for the first
+    PDU is far off, so only the limits can make room): iscsi-inq logs in at once, 20 sessions
+    log in and stay (more than the 16 slots for connections still logging in: logged-in
+    sessions have headroom), and the server keeps at most 16 of the idle ones."""
+    server = serve_with(tmp_path, start_server, max_connections=64, max_connections_per_host=24,
+                        max_login_connections=16, first_pdu_timeout=600, login_timeout=600)
+    idle = idle_connections(server, [f"127.0.0.{i}" for i in range(2, 12)], 30)
+    try:
+        p = subprocess.run(["iscsi-inq", server.url()], capture_output=True, text=True,
+                           timeout=30, stdin=subprocess.DEVNULL)
+        assert p.returncode == 0 and "VMBLOCK" in p.stdout, p.stderr
+        sessions = []
+        try:
+            for _ in range(20):
+                c = IscsiClient(server.host, server.port)
+                sessions.append(c)
+                assert c.login(DEFAULT_TARGET).login_status == 0
+            for c in sessions:
+                assert c.nop().opcode == P.OP_NOP_IN
+        finally:
+            for c in sessions:
+                c.close()
+        still_open = sum(not closed_by_server(s) for s in idle)
+        assert still_open <= 16, f"{still_open} connections that never logged in are kept"
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_connections_without_a_login_request_are_closed_at_the_first_pdu_deadline(tmp_path,
+                                                                                  start_server):
+    server = serve_with(tmp_path, start_server, first_pdu_timeout=1, login_timeout=600)
+    idle = idle_connections(server, ["127.0.0.1"], 10)
+    partial = socket.create_connection((server.host, server.port), timeout=30)
+    partial.sendall(bytes([P.OP_LOGIN_REQ | 0x40]) + bytes(20))     # a third of a header
+    try:
+        for s in idle + [partial]:
+            assert wait_closed_by_server(s, within=60), "still open after the first-PDU deadline"
+        with IscsiClient(server.host, server.port) as c:   # a prompt login is unaffected
+            assert c.login(DEFAULT_TARGET).login_status == 0
+            assert c.nop().opcode == P.OP_NOP_IN
+    finally:
+        for s in idle + [partial]:
+            s.close()
+    assert "no Login Request in iscsi.first_pdu_timeout" in server.log()
+
+
+# ---- sessions that try to pin the server's memory --------------------------------------------
+MiB = 1 << 20
+DATA_BUDGET, DATA_BUDGET_PER_HOST = 32 * MiB, 16 * MiB
+TARGET_MRDSL = 262144                   # the target's MaxRecvDataSegmentLength (its offer)
+RECEIVE_BUFFER = 2 * (TARGET_MRDSL + 1080 + 65536)   # per logged-in connection (connection.py)
+SLACK = 32 * MiB                        # interpreter, allocator and per-session objects
+HOSTILE_SESSIONS = 8
+WRITE_16, READ_CAPACITY_10 = 0x8A, 0x25
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in f)
+                if k in ("VmRSS", "VmHWM")}
+
+
+def hostile_login(server) -> IscsiClient:
+    c = IscsiClient(server.host, server.port, timeout=30)
+    assert c.login(DEFAULT_TARGET, operational={
+        "FirstBurstLength": "262144", "MaxBurstLength": "1048576", "InitialR2T": "No",
+        "MaxRecvDataSegmentLength": "262144"}).login_status == 0
+    return c
+
+
+def send_cmd(c: IscsiClient, cdb: bytes, edtl: int, cmdsn: int, data: bytes = b"",
+             write: bool = True) -> None:
+    flags = P.FLAG_FINAL | 1 | (P.CMD_FLAG_WRITE if write else P.CMD_FLAG_READ)
+    c.send_pdu(P.build_scsi_cmd(flags, 0, c.next_itt(), edtl, cmdsn, c.exp_statsn, cdb,
+                                dlen=len(data)), data)
+
+
+def synced(c: IscsiClient) -> None:
+    """An immediate NOP-Out answered: the target has dealt with everything sent before it."""
+    itt = c.next_itt()
+    c.send_pdu(P.build_initiator_pdu(P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=itt,
+                                     words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
+    for _ in range(10000):
+        rsp = c.recv_pdu()
+        if rsp.opcode == P.OP_NOP_IN and rsp.itt == itt:
+            return
+    raise AssertionError("no NOP-In")
+
+
+def test_hostile_sessions_cannot_grow_the_server_past_the_data_budget(tmp_path, start_server):
+    """Eight sessions each park 127 out-of-order WRITEs with 256 KiB of immediate data (32 MiB
+    asked), send six 8 MiB WRITE(16)s and never their Data-Out (48 MiB), and one more asks for
+    sixty-four 8 MiB READs and never reads the answers (512 MiB): ~1.1 GiB of initiator data.
+    The server's peak RSS stays within what it had before + iscsi.data_budget + a receive
+    buffer per connection + slack, and a bystander from another address writes and reads."""
+    server = serve_with(tmp_path, start_server, data_budget="32M", data_budget_per_host="16M",
+                        FirstBurstLength=262144, MaxRecvDataSegmentLength=TARGET_MRDSL)
+    pid = server.proc.pid
+    pattern = os.urandom(MiB)
+    with IscsiClient(server.host, server.port, source="127.0.0.2") as bystander:
+        assert bystander.login(DEFAULT_TARGET).login_status == 0
+        bystander.scsi(tur())
+        block = int.from_bytes(bystander.scsi(bytes([READ_CAPACITY_10]) + bytes(9),
+                                              read_len=8).data[4:8], "big")
+        blocks = MiB // block
+        assert bystander.scsi(write10(0, blocks), write=pattern).status == 0
+        assert bystander.scsi(read10(0, blocks), read_len=MiB).data == pattern
+        before = memory_kib(pid)["VmRSS"]
+        hostile = []
+        try:
+            for i in range(HOSTILE_SESSIONS):
+                c = hostile_login(server)
+                hostile.append(c)
+                big = 8 * MiB // block
+                for n in range(6):                      # in order, Data-Out never sent
+                    lba = (1 + i * 6 + n) * big
+                    send_cmd(c, struct.pack(">BBQIBB", WRITE_16, 0, lba, big, 0, 0), 8 * MiB,
+                             c.cmdsn)
+                    c.cmdsn += 1
+                gap = c.cmdsn                           # never sent: the rest waits for it
+                imm = os.urandom(256 * 1024)
+                for n in range(1, 128):
+                    send_cmd(c, write10(n * 512, 256 * 1024 // block), 256 * 1024, gap + n, imm)
+                synced(c)
+            reader = hostile_login(server)
+            hostile.append(reader)
+            for n in range(64):                         # answers never read
+                send_cmd(reader, read10(n * 16384, 8 * MiB // block), 8 * MiB, reader.cmdsn,
+                         write=False)
+                reader.cmdsn += 1
+            # the bystander still writes and reads back
+            other = os.urandom(MiB)
+            assert bystander.scsi(write10(blocks, blocks), write=other).status == 0
+            assert bystander.scsi(read10(blocks, blocks), read_len=MiB).data == other
+            assert bystander.scsi(read10(0, blocks), read_len=MiB).data == pattern
+            peak = memory_kib(pid)
+        finally:
+            for c in hostile:
+                c.close()
+    conns = HOSTILE_SESSIONS + 2
+    bound = DATA_BUDGET + conns * RECEIVE_BUFFER + SLACK
+    grown = max(peak["VmHWM"], peak["VmRSS"]) - before
+    print(f"RSS before {before / MiB:.0f} MiB, peak {peak['VmHWM'] / MiB:.0f} MiB, "
+          f"grew {grown / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB")
+    assert grown < bound, f"the server grew {grown / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB)"
