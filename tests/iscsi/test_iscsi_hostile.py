@@ -197,6 +197,7 @@ def hostile_login(server) -> IscsiClient:
     assert c.login(DEFAULT_TARGET, operational={
         "FirstBurstLength": "262144", "MaxBurstLength": "1048576", "InitialR2T": "No",
         "MaxRecvDataSegmentLength": "262144"}).login_status == 0
+    c.scsi(tur())                       # takes the power-on unit attention of the new nexus
     return c
 
 
@@ -275,3 +276,93 @@ def test_hostile_sessions_cannot_grow_the_server_past_the_data_budget(tmp_path, 
     print(f"RSS before {before / MiB:.0f} MiB, peak {peak['VmHWM'] / MiB:.0f} MiB, "
           f"grew {grown / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB")
     assert grown < bound, f"the server grew {grown / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB)"
+
+
+TASK_SET_FULL = 0x28
+ABORT_TASK = 1
+
+
+def block_size(c: IscsiClient) -> int:
+    return int.from_bytes(c.scsi(bytes([READ_CAPACITY_10]) + bytes(9), read_len=8).data[4:8], "big")
+
+
+def responses_until_synced(c: IscsiClient) -> list:
+    """Every PDU the target sends before answering an immediate NOP-Out."""
+    itt = c.next_itt()
+    c.send_pdu(P.build_initiator_pdu(P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=itt,
+                                     words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
+    out = []
+    while True:
+        rsp = c.recv_pdu()
+        if rsp.opcode == P.OP_NOP_IN and rsp.itt == itt:
+            return out
+        out.append(rsp)
+
+
+def pin_host_budget(server, block: int) -> IscsiClient:
+    """A session from 127.0.0.1 holding all of its address's 16 MiB: two 8 MiB WRITEs whose
+    R2Ts it never answers."""
+    c = hostile_login(server)
+    big = 8 * MiB // block
+    for n in range(2):
+        send_cmd(c, write10(n * big, big), 8 * MiB, c.cmdsn)
+        c.cmdsn += 1
+    assert sum(r.opcode == P.OP_R2T for r in responses_until_synced(c)) == 2
+    return c
+
+
+def test_a_write_without_budget_waits_for_its_r2t_and_immediate_data_gets_task_set_full(
+        tmp_path, start_server):
+    server = serve_with(tmp_path, start_server, data_budget="32M", data_budget_per_host="16M",
+                        FirstBurstLength=262144)
+    with hostile_login(server) as c:
+        block = block_size(c)
+        pinner = pin_host_budget(server, block)
+        try:
+            # immediate data has nowhere to go: TASK SET FULL, the initiator may retry
+            r = c.scsi(write10(0, 65536 // block), write=os.urandom(65536))
+            assert r.status == TASK_SET_FULL and not r.sense
+            # out of order beyond the budget: answered TASK SET FULL once the gap is filled
+            send_cmd(c, write10(0, 65536 // block), 65536, c.cmdsn + 1, os.urandom(65536))
+            assert responses_until_synced(c) == []
+            assert c.scsi(tur()).status == 0             # fills the gap
+            late = c.recv_pdu()
+            assert late.opcode == P.OP_SCSI_RSP and late.b3 == TASK_SET_FULL
+            c.cmdsn += 1
+            # a WRITE without immediate data waits for budget: no R2T yet
+            data = os.urandom(MiB)
+            itt = c.itt + 1
+            send_cmd(c, write10(64, MiB // block), MiB, c.cmdsn)
+            c.cmdsn += 1
+            assert responses_until_synced(c) == []
+        finally:
+            pinner.close()                               # gives its 16 MiB back
+        sent = 0
+        while True:
+            rsp = c.recv_pdu()
+            assert rsp.itt == itt, rsp
+            if rsp.opcode == P.OP_SCSI_RSP:
+                assert rsp.b3 == 0 and sent == MiB
+                break
+            assert rsp.opcode == P.OP_R2T
+            off, length = rsp.words[5], rsp.words[6]
+            for piece in range(off, off + length, 262144):
+                n = min(262144, off + length - piece)
+                c.send_pdu(P.build_initiator_pdu(
+                    P.OP_DATA_OUT, P.FLAG_FINAL if piece + n == off + length else 0, dlen=n,
+                    itt=itt, words=(rsp.ttt, 0, c.exp_statsn, 0, (piece - off) // 262144, piece, 0)),
+                    data[piece:piece + n])
+                sent += n
+        assert c.scsi(read10(64, MiB // block), read_len=MiB).data == data
+
+
+def test_out_of_order_immediate_data_above_first_burst_length_is_refused_before_parking(
+        tmp_path, start_server):
+    server = serve_with(tmp_path, start_server, FirstBurstLength=65536)
+    with hostile_login(server) as c:
+        block = block_size(c)
+        assert c.params.get("FirstBurstLength") == "65536"
+        send_cmd(c, write10(0, 131072 // block), 131072, c.cmdsn + 1, os.urandom(131072))
+        rsp = c.recv_pdu()
+        assert rsp.opcode == P.OP_REJECT and rsp.b2 == P.REJECT_PROTOCOL_ERROR
+        assert c.closed_by_peer(timeout=30)
