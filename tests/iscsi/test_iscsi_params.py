@@ -251,3 +251,27 @@ def test_serve_with_a_config_file_asking_for_erl_2_is_one_line_exit_2(tmp_path):
     assert p.returncode == 2
     assert p.stderr.startswith("vmblock: error: ") and p.stderr.count("\n") == 1, p.stderr
     assert "ErrorRecoveryLevel=2 is not supported" in p.stderr
+
+
+@pytest.mark.parametrize("key,value,why", [
+    ("iscsi.max_connections", "0", "whole number from 1"),
+    ("iscsi.max_connections_per_host", "lots", "whole number from 1"),
+    ("iscsi.first_pdu_timeout", "0", "above 0"),
+    ("iscsi.login_timeout", "never", "above 0"),
+    ("iscsi.data_budget", "1M", "at least 16M"),
+    ("iscsi.data_budget_per_host", "512M", "must not exceed iscsi.data_budget"),
+    ("iscsi.max_login_connections", "300", "must not exceed iscsi.max_connections"),
+    ("iscsi.first_pdu_timeout", "60", "must not exceed iscsi.login_timeout"),
+])
+def test_config_set_of_a_bad_fabric_limit_is_one_line_exit_2(tmp_path, key, value, why):
+    p = _vmblock(tmp_path, "config", "set", key, value)
+    assert p.returncode == 2
+    assert p.stderr.startswith("vmblock: error: ") and p.stderr.count("\n") == 1, p.stderr
+    assert why in p.stderr
+
+
+def test_config_set_of_fabric_limits_is_stored(tmp_path):
+    for key, value in (("iscsi.data_budget", "1G"), ("iscsi.max_connections", "512"),
+                       ("iscsi.first_pdu_timeout", "2.5")):
+        assert _vmblock(tmp_path, "config", "set", key, value).returncode == 0
+        assert value in _vmblock(tmp_path, "config", "get", key).stdout
