@@ -366,3 +366,24 @@ def test_out_of_order_immediate_data_above_first_burst_length_is_refused_before_
         rsp = c.recv_pdu()
         assert rsp.opcode == P.OP_REJECT and rsp.b2 == P.REJECT_PROTOCOL_ERROR
         assert c.closed_by_peer(timeout=30)
+
+
+def test_an_aborted_write_that_waited_for_budget_does_not_hold_up_later_commands(tmp_path,
+                                                                                start_server):
+    """A WRITE waiting for budget (nothing charged yet) is aborted; a READ that fits in the
+    budget then runs at once instead of queueing behind the aborted WRITE for good."""
+    server = serve_with(tmp_path, start_server, data_budget="32M", data_budget_per_host="20M",
+                        nop_interval=0)       # no ping drops the pinner and frees its budget
+    with hostile_login(server) as c:
+        block = block_size(c)
+        pinner = pin_host_budget(server, block)          # 16 of the address's 20 MiB
+        try:
+            itt = c.itt + 1
+            send_cmd(c, write10(0, 8 * MiB // block), 8 * MiB, c.cmdsn)
+            c.cmdsn += 1
+            assert responses_until_synced(c) == []        # waits: no R2T
+            assert c.tmf(ABORT_TASK, ref_itt=itt, ref_cmdsn=c.cmdsn - 1).b2 == 0
+            r = c.scsi(read10(0, 4096 // block), read_len=4096)
+            assert r.status == 0 and len(r.data) == 4096
+        finally:
+            pinner.close()

@@ -504,7 +504,7 @@ class Connection(asyncio.BufferedProtocol):
                                     bytes(header))
         if want == 0:
             st.read_len = task.cdb_xfer_len if task.read else 0
-            if st.read_len and (self.budget_waiting or not self._take(st.read_len)):
+            if st.read_len and (self._tasks_wait_for_budget() or not self._take(st.read_len)):
                 self._wait_for_budget(st)          # in order behind what waits already
                 return
             st.charged = st.read_len
@@ -519,7 +519,7 @@ class Connection(asyncio.BufferedProtocol):
         # command ends TASK SET FULL (the initiator retries) rather than the server holding
         # more. The rest is solicited (R2T) only once the budget grants the whole buffer.
         early = min(want, st.unsolicited[1] if st.unsolicited else dlen)
-        if not self.budget_waiting and self._take(want):
+        if not self._tasks_wait_for_budget() and self._take(want):
             st.buf, st.charged = bytearray(want), want
         elif self._take(early):
             st.buf, st.charged = bytearray(early), early
@@ -545,6 +545,14 @@ class Connection(asyncio.BufferedProtocol):
 
     def _take(self, n: int) -> bool:
         return self.service.budget.take(self.host, n)
+
+    def _tasks_wait_for_budget(self) -> bool:
+        """Whether live tasks wait for budget (a new one queues behind them); finished or
+        aborted ones at the head are dropped here, as nothing gives budget back for them."""
+        q = self.budget_waiting
+        while q and (q[0].done or q[0].aborted):
+            q.popleft()
+        return bool(q)
 
     def _wait_for_budget(self, st: TaskState) -> None:
         self.budget_waiting.append(st)
