@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import VmblockServer
 from iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu as P
@@ -259,12 +260,26 @@ def _sockets(pid: int) -> int:
                for fd in fds if os.path.exists(f"/proc/{pid}/fd/{fd}"))
 
 
-def test_idle_connections_before_login_hold_little_memory(vmblock_server):
+@pytest.fixture
+def roomy_server(tmp_path):
+    """A server that keeps 100 connections from one address that have not logged in, for as
+    long as the test needs (the defaults keep 64 and close them after 5 s)."""
+    cfg = tmp_path / "roomy.toml"
+    cfg.write_text("[iscsi]\nmax_connections_per_host = 128\nmax_login_connections = 128\n"
+                   "first_pdu_timeout = 600\nlogin_timeout = 600\n")
+    server = VmblockServer(tmp_path / "pool", ("--config", str(cfg)))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_idle_connections_before_login_hold_little_memory(roomy_server):
     """RSS is read once the server has accepted all 100 connections (it holds their sockets),
     not after a guessed pause: on a loaded machine it may not have accepted them yet."""
-    pid = vmblock_server.proc.pid
+    pid = roomy_server.proc.pid
     before, held = _rss_mib(pid), _sockets(pid)
-    socks = [socket.create_connection((vmblock_server.host, vmblock_server.port)) for _ in range(100)]
+    socks = [socket.create_connection((roomy_server.host, roomy_server.port)) for _ in range(100)]
     try:
         deadline = time.monotonic() + 60        # a safety net: it returns once they are held
         while _sockets(pid) < held + 100 and time.monotonic() < deadline:
