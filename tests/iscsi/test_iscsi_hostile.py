@@ -387,3 +387,26 @@ def test_an_aborted_write_that_waited_for_budget_does_not_hold_up_later_commands
             assert r.status == 0 and len(r.data) == 4096
         finally:
             pinner.close()
+
+
+def test_an_initiator_that_never_reads_cannot_pile_up_answers(tmp_path, start_server):
+    """NOP-Out pings with 256 KiB of data each, and the echoes never read: once its socket is
+    full the server stops reading that connection (flow control), so the pings stop going in
+    (our send times out) instead of the server queueing up to 512 MiB of echoes."""
+    server = serve_with(tmp_path, start_server, MaxRecvDataSegmentLength=TARGET_MRDSL)
+    pid = server.proc.pid
+    with hostile_login(server) as c:
+        before = memory_kib(pid)["VmRSS"]
+        payload = os.urandom(256 * 1024)
+        c.sock.settimeout(10)
+        sent = 0
+        with pytest.raises(TimeoutError):
+            for _ in range(2048):
+                c.send_pdu(P.build_initiator_pdu(
+                    P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, dlen=len(payload),
+                    itt=c.next_itt(), words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)),
+                    payload)
+                sent += 1
+        grown = max(memory_kib(pid).values()) - before
+    assert sent < 2048
+    assert grown < RECEIVE_BUFFER + SLACK, f"grew {grown / MiB:.0f} MiB after {sent} pings"
