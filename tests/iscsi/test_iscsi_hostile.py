@@ -6,6 +6,7 @@ Every wait is bounded and waits for an event (a PDU, a close), never for time to
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -410,3 +411,22 @@ def test_an_initiator_that_never_reads_cannot_pile_up_answers(tmp_path, start_se
         grown = max(memory_kib(pid).values()) - before
     assert sent < 2048
     assert grown < RECEIVE_BUFFER + SLACK, f"grew {grown / MiB:.0f} MiB after {sent} pings"
+
+
+def test_immediate_commands_cannot_grow_a_session_past_its_task_limit(tmp_path, start_server):
+    """Immediate commands bypass the CmdSN window (RFC 7143 3.2.2.1): 1000 immediate 8 MiB
+    WRITEs whose Data-Out never comes. The session keeps at most 2 x 128 tasks (the window's
+    and as many immediate ones); the rest end TASK SET FULL at once."""
+    server = serve_with(tmp_path, start_server, data_budget="32M", data_budget_per_host="16M")
+    with hostile_login(server) as c:
+        block = block_size(c)
+        big = 8 * MiB // block
+        for n in range(1000):
+            c.send_pdu(P.build_scsi_cmd(P.FLAG_FINAL | P.CMD_FLAG_WRITE | 1, 0, c.next_itt(),
+                                        8 * MiB, c.cmdsn, c.exp_statsn, write10(n * big, big),
+                                        immediate=True))
+        answers = responses_until_synced(c)
+        full = [r for r in answers if r.opcode == P.OP_SCSI_RSP and r.b3 == TASK_SET_FULL]
+        assert len(full) == 1000 - 256, len(full)
+        tasks = json.loads(server.cli("session", "list", "--json").stdout)
+        assert [s["tasks"] for s in tasks if s["type"] == "normal"] == [256]

@@ -19,7 +19,7 @@ from ..scsi.sense import ScsiError, SenseReason, fail
 from ..scsi.task import SAM_STAT_GOOD, SAM_STAT_TASK_SET_FULL, ScsiTask
 from . import params, pdu as P
 from .login import LOGIN_MRDSL, LOGIN_SUCCESS, LoginNegotiator
-from .session import sn_lt
+from .session import MAX_SESSION_TASKS, sn_lt
 
 log = logging.getLogger("vmblock.iscsi")
 
@@ -304,12 +304,15 @@ class Connection(asyncio.BufferedProtocol):
         if self.closing:
             return
         if data is None:
-            exp, mx = self._window()
-            self._send(P.build_bhs(P.OP_SCSI_RSP, P.FLAG_FINAL, P.ISCSI_RSP_COMPLETED,
-                                   SAM_STAT_TASK_SET_FULL, 0, 0, p.itt, 0, self._next_statsn(),
-                                   exp, mx))
+            self._answer_task_set_full(p.itt)
             return
         self.handlers[p.opcode](p, data, header)
+
+    def _answer_task_set_full(self, itt: int) -> None:
+        """End a command that gets no task: the initiator may retry it (SAM-5 5.3.1)."""
+        exp, mx = self._window()
+        self._send(P.build_bhs(P.OP_SCSI_RSP, P.FLAG_FINAL, P.ISCSI_RSP_COMPLETED,
+                               SAM_STAT_TASK_SET_FULL, 0, 0, itt, 0, self._next_statsn(), exp, mx))
 
     # ---- output ------------------------------------------------------------------------
     def _send(self, header: bytes, data=b"") -> None:
@@ -486,6 +489,9 @@ class Connection(asyncio.BufferedProtocol):
         if p.itt in sess.tasks or p.itt == P.RSVD_TAG:
             self._send_reject(P.REJECT_TASK_IN_PROGRESS if p.itt != P.RSVD_TAG
                               else P.REJECT_INVALID_PDU_FIELD, bytes(header))
+            return
+        if len(sess.tasks) >= MAX_SESSION_TASKS:
+            self._answer_task_set_full(p.itt)
             return
         cdb = p.cdb
         if p.ahs:

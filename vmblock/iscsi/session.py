@@ -14,6 +14,9 @@ from .login import (LOGIN_SESSION_DOES_NOT_EXIST, LOGIN_TOO_MANY_CONNECTIONS,
 
 SERIAL_HALF = 1 << 31
 CMD_WINDOW = 128            # commands an initiator may have queued per session
+# Tasks a session may hold: the window's, plus as many immediate commands (they bypass the
+# window, RFC 7143 3.2.2.1, so only this bounds them); beyond it: TASK SET FULL.
+MAX_SESSION_TASKS = 2 * CMD_WINDOW
 
 
 def sn_lt(a: int, b: int) -> bool:
