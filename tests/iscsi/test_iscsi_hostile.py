@@ -430,3 +430,27 @@ def test_immediate_commands_cannot_grow_a_session_past_its_task_limit(tmp_path, 
         assert len(full) == 1000 - 256, len(full)
         tasks = json.loads(server.cli("session", "list", "--json").stdout)
         assert [s["tasks"] for s in tasks if s["type"] == "normal"] == [256]
+
+
+def test_a_flood_of_discovery_sessions_does_not_take_the_room_of_normal_sessions(tmp_path,
+                                                                                 start_server):
+    """80 discovery sessions (no auth needed, held open) from four addresses: they share the
+    16 login slots, the oldest closed for newer ones, and 40 normal sessions still log in."""
+    server = serve_with(tmp_path, start_server, max_connections=64, max_connections_per_host=48,
+                        max_login_connections=16)
+    flood, sessions = [], []
+    try:
+        for i in range(80):
+            c = IscsiClient(server.host, server.port, source=f"127.0.0.{2 + i % 4}")
+            flood.append(c)
+            assert c.login(None, session_type="Discovery").login_status == 0
+        for _ in range(40):
+            c = IscsiClient(server.host, server.port)
+            sessions.append(c)
+            assert c.login(DEFAULT_TARGET).login_status == 0
+        for c in sessions:
+            assert c.nop().opcode == P.OP_NOP_IN
+        assert sum(not closed_by_server(c.sock) for c in flood) <= 16
+    finally:
+        for c in flood + sessions:
+            c.close()

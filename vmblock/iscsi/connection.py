@@ -420,7 +420,9 @@ class Connection(asyncio.BufferedProtocol):
         self.immediate_data = neg.flag("ImmediateData")
         self.initial_r2t = neg.flag("InitialR2T")
         self.login = None
-        self.service.logged_in(self)
+        if not self.session.discovery:      # discovery sessions stay in the login slots: they
+            self.service.logged_in(self)    # are short and need no auth, so a flood of them
+                                            # must not take the room of normal sessions
         if self.timer is not None:
             self.timer.cancel()
         interval = self.service.config.nop_interval

@@ -77,10 +77,10 @@ class IscsiService:
     # ---- connection slots ----------------------------------------------------------------
     def admit(self, conn: Connection) -> bool:
         """Take ``conn`` (accepted, not logged in) if the limits allow, making room by closing
-        the oldest connection still logging in: of the same address when that address is at
-        its limit, else of the address with the most of them. Logged-in connections are never
-        closed for room, so a flood of connections that never log in can neither lock real
-        logins out nor take the slots of running sessions."""
+        the oldest connection still logging in (or in a discovery session): of the same
+        address when that address is at its limit, else of the address with the most of them.
+        Normal sessions are never closed for room, so a flood of connections that never log in
+        can neither lock real logins out nor take the slots of running sessions."""
         cfg, host = self.config, conn.host
         if self.per_host[host] >= cfg.max_connections_per_host and not self._evict(host):
             return False
@@ -107,7 +107,8 @@ class IscsiService:
         return True
 
     def logged_in(self, conn: Connection) -> None:
-        """``conn`` reached full feature phase: it no longer counts as logging in."""
+        """``conn`` reached full feature phase in a normal session: it no longer counts as
+        logging in."""
         waiting = self.in_login.get(conn.host)
         if waiting is not None and conn in waiting:
             del waiting[conn]
