@@ -2,12 +2,14 @@
 
 ``vmblock_server`` starts the server with ``--demo`` (8 GiB thin vdisk ``demo`` at LUN 0 of the
 default target) on 127.0.0.1 port 0, waits for its ready line, and always stops it: SIGTERM, then
-SIGKILL if it does not exit. Its output goes to ``server.log`` next to the pool and is printed
+SIGKILL if it does not exit. Its pool is new, so its targets ask for CHAP: ``url`` carries the
+credentials (as ``vdisk show --json`` does) and ``chap`` gives them to the raw test client. Its output goes to ``server.log`` next to the pool and is printed
 when a test fails, so a failing end-to-end test shows what the server said.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -35,6 +37,7 @@ class VmblockServer:
     def __init__(self, pool: Path, args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
         """``prefix`` runs the server under another command, e.g. ``ip netns exec NAME``."""
         self.pool = pool
+        self.insecure = "--insecure" in args
         self.log_path = pool.parent / "server.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -47,8 +50,21 @@ class VmblockServer:
     def portal(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def chap(self, target: str = DEFAULT_TARGET) -> tuple[str, str] | None:
+        """(user, secret) the target asks for, read from the pool's keys (as root may);
+        None when it asks for none."""
+        if self.insecure:
+            return None
+        keys = json.loads(self.cli("config", "list", "--json").stdout)
+        user = keys.get(f"auth.target.{target}.chap_user")
+        secret = keys.get(f"auth.target.{target}.chap_secret")
+        return (user, secret) if user and secret else None
+
     def url(self, lun: int = 0, target: str = DEFAULT_TARGET) -> str:
-        return f"iscsi://{self.portal}/{target}/{lun}"
+        """The LUN's URL with the target's credentials, in libiscsi's user%secret@ form."""
+        chap = self.chap(target)
+        creds = f"{chap[0]}%{chap[1]}@" if chap else ""
+        return f"iscsi://{creds}{self.portal}/{target}/{lun}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -60,6 +60,10 @@ def test_vm_meta_fields_are_kept_and_editable(run):
     assert "no VM" in error_line(run("vm", "set", "ghost", "--active", code=2))
 
 
+def config_of(run, field: str, target: str = DEFAULT_TARGET) -> str:
+    return run("config", "get", f"auth.target.{target}.{field}").stdout.strip()
+
+
 def test_vdisk_gets_lowest_free_lun_and_url(run):
     run("vm", "create", "db")
     run("vdisk", "create", "a", "--size", "512M", "--vm", "db")
@@ -71,12 +75,13 @@ def test_vdisk_gets_lowest_free_lun_and_url(run):
     assert {n: d["lun"] for n, d in disks.items()} == {"a": 0, "c": 2, "d": 1}
     assert disks["a"]["size_bytes"] == 512 << 20 and disks["d"]["size_bytes"] == 1 << 40
     d = json.loads(run("vdisk", "show", "d", "--json").stdout)
-    assert d["url"] == f"iscsi://127.0.0.1:3260/{DEFAULT_TARGET}/1"
+    creds = f"{config_of(run, 'chap_user')}%{config_of(run, 'chap_secret')}@"
+    assert d["url"] == f"iscsi://{creds}127.0.0.1:3260/{DEFAULT_TARGET}/1"
     assert d["vm"] is None and d["block_size"] == 512 and d["allocated_bytes"] == 0
     shown = json.loads(run("vm", "show", "db", "--json").stdout)
     assert [(v["name"], v["size_bytes"]) for v in shown["vdisks"]] == \
         [("a", 512 << 20), ("c", 8 << 30)]
-    assert all(v["url"].startswith("iscsi://127.0.0.1:3260/") for v in shown["vdisks"])
+    assert all(v["url"].startswith(f"iscsi://{creds}127.0.0.1:3260/") for v in shown["vdisks"])
 
 
 def test_vdisk_identity_is_stable_and_unique(run):
@@ -142,10 +147,15 @@ def test_config_set_get_list_unset(run):
     keys = json.loads(run("config", "list", "--json").stdout)
     assert keys == {"iscsi.portals": "127.0.0.1:3270,[::1]:3270",
                     f"acl.{DEFAULT_TARGET}": "iqn.1994-05.com.redhat:a1",
-                    "auth.discovery.chap_user": "alice"}
+                    "auth.discovery.chap_user": "alice",
+                    # what every new pool has: its targets ask for CHAP
+                    "auth.new_target_chap": "Yes",
+                    f"auth.target.{DEFAULT_TARGET}.chap_user": "vmblock",
+                    f"auth.target.{DEFAULT_TARGET}.chap_secret": config_of(run, "chap_secret")}
     run("vdisk", "create", "p", "--size", "1M")
     assert json.loads(run("vdisk", "show", "p", "--json").stdout)["url"].startswith(
-        "iscsi://127.0.0.1:3270/")
+        "iscsi://vmblock%")
+    assert "@127.0.0.1:3270/" in json.loads(run("vdisk", "show", "p", "--json").stdout)["url"]
     run("config", "unset", "iscsi.portals")
     assert "iscsi.portals" not in json.loads(run("config", "list", "--json").stdout)
 

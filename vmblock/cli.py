@@ -19,6 +19,7 @@ from vmblock.admin.client import AdminClient, LocalClient
 from vmblock.config import load_toml, parse_portal, portals_of
 from vmblock.errors import ServerError, VmblockError
 from vmblock.meta import Pool
+from vmblock.meta.pool import OWNER_ONLY_UMASK
 
 EXIT_USAGE = 2
 
@@ -54,6 +55,8 @@ def _api(ctx: click.Context, create: bool = False) -> AdminClient | LocalClient:
     client = AdminClient.connect(os.path.join(pool_dir, "admin.sock"))
     if client is not None:
         return client
+    umask = os.umask(OWNER_ONLY_UMASK)    # what RocksDB writes into the pool is owner-only
+    ctx.call_on_close(lambda: os.umask(umask))
     pool = Pool(pool_dir, create=create)
     ctx.call_on_close(pool.close)
     return LocalClient(Api(pool))
@@ -103,16 +106,23 @@ def cli(pool: str | None) -> None:
               help="TOML file whose keys override the pool's for this run (configs/vmblock.toml).")
 @click.option("--demo", is_flag=True,
               help="Also create VM 'demo' with a thin 8 GiB vdisk 'demo' if they are missing.")
+@click.option("--insecure", is_flag=True,
+              help="Serve every target without CHAP: whoever reaches a portal can read and "
+                   "write its vdisks.")
 @click.pass_context
 def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
-          demo: bool) -> None:
-    """Run the target in the foreground until SIGTERM or Ctrl-C (creates the pool if new)."""
+          demo: bool, insecure: bool) -> None:
+    """Run the target in the foreground until SIGTERM or Ctrl-C (creates the pool if new).
+
+    Targets of a new pool ask for CHAP; `vmblock vdisk show NAME --json` gives the URL with
+    the credentials."""
     file_pool, overrides = load_toml(config_file) if config_file else (None, {})
     pool_dir = ctx.find_root().params["pool"] or file_pool or DEFAULT_POOL
     if AdminClient.connect(os.path.join(pool_dir, "admin.sock")) is not None:
         raise ServerError(f"a server is already running on pool {os.path.abspath(pool_dir)}")
     from vmblock import server   # the fabric and SCSI core load only for serve
 
+    os.umask(OWNER_ONLY_UMASK)    # the whole server: RocksDB's files, the admin socket
     pool = Pool(pool_dir, create=True)
     pool.overrides = overrides    # store.* keys of --config apply to the tiers opened below
     try:
@@ -122,7 +132,7 @@ def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
     except BaseException:
         pool.close()
         raise
-    server.serve(pool, overrides, listen)
+    server.serve(pool, overrides, listen, insecure)
 
 
 # --- vm ----------------------------------------------------------------------------------------

@@ -25,6 +25,17 @@ _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[
                      r"|eui\.[0-9a-f]{16}|naa\.(?:[0-9a-f]{16}|[0-9a-f]{32}))$")
 
 _CHAP_FIELDS = ("chap_user", "chap_secret", "mutual_user", "mutual_secret")
+# CHAP over a channel without IPsec is open to an offline dictionary attack on what one login
+# exchange shows (RFC 7143 9.2.1): refuse secrets shorter than 96 bits, the least the Microsoft
+# initiator accepts there.
+MIN_CHAP_SECRET_BYTES = 12
+# libiscsi's iscsi:// URL, which QEMU's iscsi driver parses too, takes CHAP credentials as
+# user%secret@ and decodes neither part: it cuts the URL at the first '?', the credentials at the
+# first '@' and the user at the first '%'. Credentials with these characters could not be written
+# into a vdisk's URL.
+_URL_UNSAFE = {"chap_user": "%@?", "chap_secret": "@?"}
+# What pools created from now on store: every new target gets random CHAP credentials.
+NEW_TARGET_CHAP_KEY = "auth.new_target_chap"
 
 # The largest sizes the pool describes (vmblock.store.extent keeps its tables in RAM, dense, at
 # one 64 KiB allocation unit per entry). A vdisk's extent map takes 4 bytes per AU and every
@@ -289,6 +300,9 @@ def check_key(key: str, value: str) -> str:
         _check_fabric_key(parts[1], value)
     elif parts[0] == "iscsi" and len(parts) == 2 and parts[1] in params.TARGET_OFFER:
         pass   # values are checked together by check_settings: some limits depend on each other
+    elif key == NEW_TARGET_CHAP_KEY:
+        if value not in ("Yes", "No"):
+            raise InvalidArgument(f"{key} must be Yes or No, not {value!r}")
     elif len(parts) == 3 and parts[:2] == ["auth", "discovery"] and parts[2] in _CHAP_FIELDS:
         pass
     elif key.startswith("auth.target.") and key.rsplit(".", 1)[-1] in _CHAP_FIELDS:
@@ -313,14 +327,42 @@ def _check_cache_fits(settings: dict[str, str]) -> None:
                               f"(store.flash_size {_shown(store['flash_size'])})")
 
 
+def _check_chap(settings: dict[str, str]) -> None:
+    """Secrets long enough, credentials a URL can carry, no secret used both ways. Messages
+    name the key, never the secret."""
+    for key, value in settings.items():
+        if not key.startswith(("auth.target.", "auth.discovery.")):
+            continue
+        field = key.rsplit(".", 1)[-1]
+        if field in ("chap_secret", "mutual_secret") and \
+                len(value.encode()) < MIN_CHAP_SECRET_BYTES:
+            raise InvalidArgument(f"{key} is {len(value.encode())} bytes; CHAP secrets must "
+                                  f"be at least {MIN_CHAP_SECRET_BYTES} bytes")
+        bad = sorted(set(value) & set(_URL_UNSAFE.get(field, "")))
+        if bad:
+            raise InvalidArgument(f"{key} must not contain {' or '.join(map(repr, bad))}: "
+                                  f"an iscsi:// URL (libiscsi, QEMU) cannot carry it")
+        if field == "mutual_secret":
+            prefix = key[:-len(field)]
+            if value == settings.get(prefix + "chap_secret"):
+                # RFC 7143 9.2.1, 12.1.3: a secret that authenticates the initiator must not
+                # authenticate the target, or the target's own challenge reflected back by
+                # an impostor proves nothing
+                raise InvalidArgument(f"{key} must differ from {prefix}chap_secret: one "
+                                      f"secret must not authenticate both ways (RFC 7143)")
+
+
 def check_settings(settings: dict[str, str]) -> None:
-    """Check the whole set a server would run with, by the fabric's own negotiation table."""
+    """Check the whole set a server would run with: the fabric's own negotiation table and
+    limits, the cache against the flash tier and the CHAP credentials, wherever they came
+    from (pool, --config file, a key an older vmblock stored)."""
     try:
         params.validate_offer(negotiation_overrides(settings))
     except ValueError as e:
         raise InvalidArgument(f"bad iSCSI negotiation setting: {e}") from None
     _check_cache_fits(settings)
     _check_fabric_limits(settings)
+    _check_chap(settings)
 
 
 def _flatten(prefix: str, table: dict, out: dict[str, str]) -> None:

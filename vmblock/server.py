@@ -8,6 +8,7 @@ which the iSCSI service reads live (a new vdisk is a new LUN at once, a new targ
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -87,13 +88,22 @@ def iscsi_config(settings: dict[str, str]) -> IscsiConfig:
     )
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:          # a wildcard ("") or a name: reachable from elsewhere
+        return False
+
+
 class Server:
     """One running target: built from the pool, changed through ``LiveApi``, stopped once."""
 
-    def __init__(self, pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]]):
+    def __init__(self, pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
+                 insecure: bool = False):
         self.pool = pool
         self.overrides = overrides      # from --config; win over the pool's keys for this run
         self.portals = portals
+        self.insecure = insecure        # serve --insecure: no target asks for CHAP
         self.targets: dict[str, TargetEntry] = {}
         self.stores: dict[str, BackingStore] = {}   # vdisk uuid -> open store
         self.service: IscsiService | None = None
@@ -108,12 +118,23 @@ class Server:
         return settings
 
     def _entry(self, iqn: str, scsi: ScsiTarget, settings: dict[str, str]) -> TargetEntry:
+        chap = None if self.insecure else chap_of(settings, f"auth.target.{iqn}.")
         return TargetEntry(name=iqn, scsi=scsi, acl=parse_iqn_list(settings.get(f"acl.{iqn}", "")),
-                           chap=chap_of(settings, f"auth.target.{iqn}."),
-                           alias=self.pool.target(iqn).alias)
+                           chap=chap, alias=self.pool.target(iqn).alias)
 
     def add_target(self, iqn: str) -> None:
         self.targets[iqn] = self._entry(iqn, ScsiTarget(iqn), self.settings())
+        if self.service is not None:
+            self.warn_open([iqn])
+
+    def warn_open(self, iqns: list[str]) -> None:
+        """Say which of ``iqns`` anyone reaching a non-loopback portal can log in to."""
+        exposed = [format_portal(h, p) for h, p in self.bound_portals() if not _is_loopback(h)]
+        open_targets = [iqn for iqn in iqns if self.targets[iqn].chap is None]
+        if exposed and open_targets:
+            print(f"vmblock: warning: {', '.join(open_targets)} served without CHAP on "
+                  f"{', '.join(exposed)}: anyone who reaches these portals can read and "
+                  f"write their vdisks", file=sys.stderr, flush=True)
 
     def refresh_target(self, iqn: str) -> None:
         """Re-read a target's ACL and CHAP; new logins see them, running sessions keep theirs."""
@@ -174,6 +195,7 @@ class Server:
         except OSError as e:
             where = ", ".join(format_portal(h, p) for h, p in self.portals)
             raise ServerError(f"cannot listen on {where}: {e.strerror or e}") from None
+        self.warn_open(list(self.targets))
         self.admin = await admin_http.start(LiveApi(self), self.pool.socket_path)
 
     async def stop(self) -> None:
@@ -210,6 +232,10 @@ class LiveApi(Api):
 
     def portals(self) -> list[tuple[str, int]]:
         return self.server.bound_portals()
+
+    def chap(self, iqn: str) -> ChapSecrets | None:
+        entry = self.server.targets.get(iqn)
+        return entry.chap if entry is not None else None
 
     def vdisk_created(self, disk: Vdisk, new_target: bool) -> None:
         if new_target:
@@ -352,8 +378,9 @@ class LiveApi(Api):
         return self.server.service.sessions()
 
 
-async def _serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]]) -> None:
-    server = Server(pool, overrides, portals)
+async def _serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
+                 insecure: bool) -> None:
+    server = Server(pool, overrides, portals, insecure)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -368,11 +395,12 @@ async def _serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str,
         await server.stop()
 
 
-def serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]]) -> None:
+def serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
+          insecure: bool = False) -> None:
     """Run until SIGTERM/SIGINT; the pool is closed on the way out, whatever happens."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        uvloop.run(_serve(pool, overrides, portals))
+        uvloop.run(_serve(pool, overrides, portals, insecure))
     finally:
         pool.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from vmblock.cache.manager import CacheApi
 from vmblock.config import format_portal, parse_size, portals_of
 from vmblock.errors import InvalidArgument, ServerError
+from vmblock.iscsi.chap import ChapSecrets
 from vmblock.meta import Pool, Vdisk
 from vmblock.meta.pool import Snapshot
 
@@ -40,9 +41,22 @@ class Api(CacheApi):
         """Where initiators reach the targets; without a server, what the next one will use."""
         return portals_of(self.pool.config())
 
+    def chap(self, iqn: str) -> ChapSecrets | None:
+        """The CHAP credentials an initiator must give ``iqn``; without a server, those the
+        pool stores (the server's subclass answers what the running target asks)."""
+        settings = {**self.pool.config(), **self.pool.overrides}
+        user = settings.get(f"auth.target.{iqn}.chap_user")
+        secret = settings.get(f"auth.target.{iqn}.chap_secret")
+        return ChapSecrets(user, secret) if user and secret else None
+
     def url(self, disk: Vdisk) -> str:
+        """``iscsi://[user%secret@]host:port/iqn/lun``, libiscsi's syntax (QEMU's too), so
+        the URL works as it is; config.check_settings keeps out what it cannot carry."""
         host, port = self.portals()[0]
-        return f"iscsi://{format_portal(_WILDCARD.get(host, host), port)}/{disk.target}/{disk.lun}"
+        chap = self.chap(disk.target)
+        creds = f"{chap.user}%{chap.secret}@" if chap else ""
+        return (f"iscsi://{creds}{format_portal(_WILDCARD.get(host, host), port)}/"
+                f"{disk.target}/{disk.lun}")
 
     # What a running server must also do after a change; nothing runs to be told without one.
 

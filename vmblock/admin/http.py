@@ -11,12 +11,14 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import socket
 
 from aiohttp import web
 
 from vmblock.admin import schema
 from vmblock.admin.api import VERBS, Api
 from vmblock.errors import InternalError, InvalidArgument, PoolError, VmblockError
+from vmblock.meta.pool import OWNER_ONLY_UMASK
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,23 @@ async def start(api: Api, socket_path: str) -> web.AppRunner:
         os.unlink(socket_path)
     except FileNotFoundError:
         pass
+    sock = bind_owner_only(socket_path)
     runner = web.AppRunner(make_app(api), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.UnixSite(runner, socket_path).start()
-    os.chmod(socket_path, 0o600)
+    await web.SockSite(runner, sock).start()
     return runner
+
+
+def bind_owner_only(socket_path: str) -> socket.socket:
+    """A unix socket bound under umask 077: bind creates the file, so it is owner-only from
+    its first instant (a chmod after listening leaves a window for anyone to connect)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(OWNER_ONLY_UMASK)
+    try:
+        sock.bind(socket_path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock

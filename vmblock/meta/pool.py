@@ -7,6 +7,10 @@ Layout on disk::
     POOL/flash              flash tier for the cache (store.flash_path / store.flash_size)
     POOL/admin.sock         the running server's admin API
 
+The pool holds CHAP secrets, so it is owner-only: the directory and ``meta/`` 0700, every file
+0600. Opening a pool makes it so (pools made before were 0755/0644); processes that write
+into it run under umask 077 so the files RocksDB adds later are born that way.
+
 Key layout of the meta DB. Text keys (UTF-8, values JSON) are the model tree; every atomic
 change is one WriteBatch, written with sync so an acknowledged change survives a crash::
 
@@ -39,6 +43,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import stat
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +55,7 @@ from vmblock import DEFAULT_TARGET
 from vmblock.config import (
     MAX_TIER_BYTES,
     MAX_VDISK_BYTES,
+    NEW_TARGET_CHAP_KEY,
     STORE_DEFAULTS,
     cache_bytes_wanted,
     check_iqn,
@@ -69,6 +76,13 @@ BLOCK_SIZE = 512
 # not an IEEE-registered OUI) placed in the NAA designator of every vdisk.
 VMBLOCK_CID = 0x7A6D62
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+OWNER_ONLY_DIR = 0o700
+OWNER_ONLY_FILE = 0o600
+OWNER_ONLY_UMASK = 0o077      # of processes that write into a pool (the server, the CLI)
+# A new target's CHAP credentials: this user, and a secret of this many random bytes
+# (URL-safe base64: 24 characters, nothing an iscsi:// URL must escape).
+TARGET_CHAP_USER = "vmblock"
+TARGET_CHAP_SECRET_BYTES = 18
 
 
 def _now() -> str:
@@ -85,6 +99,23 @@ def _check_size(size_bytes: int, block_size: int = BLOCK_SIZE) -> None:
     if size_bytes > MAX_VDISK_BYTES:
         raise InvalidArgument(f"size {format_size(size_bytes)} is over the largest vdisk, "
                               f"{format_size(MAX_VDISK_BYTES)} (its extent map lives in RAM)")
+
+
+def _make_owner_only(path: str) -> None:
+    """chmod the pool directory, its subdirectories and files to owner-only; symlinks and
+    what they point at (a tier on a block device) are left alone."""
+    for root, dirs, files in os.walk(path):
+        for name, mode in [(None, OWNER_ONLY_DIR)] + [(d, OWNER_ONLY_DIR) for d in dirs] + \
+                [(f, OWNER_ONLY_FILE) for f in files]:
+            p = root if name is None else os.path.join(root, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) == mode:
+                continue
+            try:
+                os.chmod(p, mode)
+            except PermissionError:
+                raise PoolError(f"cannot make pool {path} owner-only ({p} belongs to uid "
+                                f"{st.st_uid}); run vmblock as the pool's owner") from None
 
 
 def _check_name(kind: str, name: str) -> str:
@@ -183,14 +214,18 @@ class Pool:
         self._store: PoolStore | None = None
         # settings that win over the pool's config keys for this process (serve --config)
         self.overrides: dict[str, str] = {}
+        if os.path.isdir(self.path) and not os.access(self.path, os.R_OK | os.W_OK | os.X_OK):
+            raise PoolError(f"pool {self.path} belongs to uid {os.stat(self.path).st_uid} and "
+                            f"holds CHAP secrets: run vmblock as its owner or root")
         exists = os.path.exists(os.path.join(self.meta_path, "CURRENT"))
         if not exists and not create:
             raise PoolError(f"no pool at {self.path} (create one with `vmblock serve` "
                             f"or `vmblock vm create`)")
         try:
-            os.makedirs(self.path, exist_ok=True)
+            os.makedirs(self.path, mode=OWNER_ONLY_DIR, exist_ok=True)
         except OSError as e:
             raise PoolError(f"cannot create pool {self.path}: {e.strerror}") from None
+        _make_owner_only(self.path)
         try:
             self._db = MetaDB(self.meta_path, create)
         except Exception as e:   # rocksdict raises a bare Exception for every RocksDB error
@@ -209,9 +244,10 @@ class Pool:
             self._put(batch, "pool/version", SCHEMA_VERSION)
             self._put(batch, "pool/au_size", AU_SIZE)
             self._put(batch, "pool/next_map", 1)
-            self._put(batch, f"target/{DEFAULT_TARGET}",
-                      Target(DEFAULT_TARGET, created=_now()).dump())
+            self._put(batch, f"config/{NEW_TARGET_CHAP_KEY}", "Yes")
+            self._put_target(batch, Target(DEFAULT_TARGET, created=_now()), chap=True)
             self._commit(batch)
+            _make_owner_only(self.path)     # what RocksDB and the tiers made before the batch
         elif version != SCHEMA_VERSION:
             self._db.close()
             raise PoolError(f"pool {self.path} has schema {version}, this vmblock knows "
@@ -331,6 +367,18 @@ class Pool:
             raise NotFound(f"no target {iqn}")
         return Target(**v)
 
+    def _put_target(self, batch: WriteBatch, target: Target, chap: bool | None = None) -> None:
+        """A new target's record and, when the pool gives new targets CHAP (``chap`` None:
+        as ``auth.new_target_chap`` says), its random CHAP credentials."""
+        if chap is None:
+            chap = {**self.config(), **self.overrides}.get(NEW_TARGET_CHAP_KEY) == "Yes"
+        self._put(batch, f"target/{target.iqn}", target.dump())
+        if chap:
+            prefix = f"config/auth.target.{target.iqn}."
+            self._put(batch, prefix + "chap_user", TARGET_CHAP_USER)
+            self._put(batch, prefix + "chap_secret",
+                      secrets.token_urlsafe(TARGET_CHAP_SECRET_BYTES))
+
     def luns(self, iqn: str) -> dict[int, str]:
         """LUN -> vdisk uuid of one target."""
         return {int(k): v for k, v in self._scan(f"lun/{iqn}/")}
@@ -431,7 +479,7 @@ class Pool:
             disk = Vdisk(str(uuidlib.uuid4()), name, owner, size_bytes, iqn, lun,
                          created=_now(), map_id=mid)
             if new_target:
-                self._put(batch, f"target/{iqn}", Target(iqn, created=_now()).dump())
+                self._put_target(batch, Target(iqn, created=_now()))
             self._put_vdisk(batch, disk)
             txn.new_empty(mid, size_bytes)
         return disk, new_target
@@ -652,7 +700,7 @@ class Pool:
         with self.store.transaction(batch) as txn:
             mids = self._next_map(batch, len(sources))
             for iqn in new_targets:
-                self._put(batch, f"target/{iqn}", Target(iqn, created=when).dump())
+                self._put_target(batch, Target(iqn, created=when))
             self._put(batch, f"vm/{vm.uuid}", vm.dump())
             self._put(batch, f"vmname/{new_name}", vm.uuid)
             for s, n, mid in zip(sources, names, mids):
@@ -754,7 +802,8 @@ class Pool:
         try:
             check_settings({**self.config(), key: value})
         except InvalidArgument as e:
-            raise InvalidArgument(f"cannot set {key} to {value!r}: {e}") from None
+            shown = "" if key.endswith("secret") else f" to {value!r}"   # never echo a secret
+            raise InvalidArgument(f"cannot set {key}{shown}: {e}") from None
         batch = self._batch()
         self._put(batch, f"config/{key}", value)
         self._commit(batch)
