@@ -1,5 +1,6 @@
 """Shared by the tools: start vmblock on a scratch pool and tgt as the peer, stop them."""
 
+import json
 import os
 import platform
 import re
@@ -11,7 +12,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET = "iqn.2026-11.io.vmblock:default"
 TGT_TARGET = "iqn.2026-11.bench:tgt"     # the names ../shared/tools/peer_bench.py uses
 TGT_PORTAL = "127.0.0.1:3261"
 
@@ -24,7 +24,8 @@ def free_port() -> int:
 
 def start_vmblock(pool: Path, log: Path, vdisk: str, size: str,
                   python_args: list[str] = ()) -> tuple[subprocess.Popen, str]:
-    """A server on a free port with one vdisk at LUN 0; returns it and the LUN's URL.
+    """A server on a free port with one vdisk at LUN 0; returns it and the LUN's URL as
+    ``vdisk show --json`` gives it (with the target's CHAP credentials, in a new pool).
     ``python_args`` go before ``-m vmblock`` (e.g. a profiler)."""
     cmd = [sys.executable, "-m", "vmblock", "--pool", str(pool)]
     subprocess.run(cmd + ["vdisk", "create", vdisk, "--size", size], check=True,
@@ -37,7 +38,9 @@ def start_vmblock(pool: Path, log: Path, vdisk: str, size: str,
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if re.search(r"^vmblock: serving", log.read_text(errors="replace"), re.M):
-            return proc, f"iscsi://127.0.0.1:{port}/{TARGET}/0"
+            shown = subprocess.run(cmd + ["vdisk", "show", vdisk, "--json"], check=True,
+                                   capture_output=True, text=True).stdout
+            return proc, json.loads(shown)["url"]
         if proc.poll() is not None:
             break
         time.sleep(0.1)

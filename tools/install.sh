@@ -25,15 +25,17 @@ if .venv/bin/vmblock session list >/dev/null 2>&1; then   # answers only while a
     echo "vmblock: a server is already running on $PWD/vmblock-data"
     exit 0
 fi
-mkdir -p vmblock-data
+mkdir -p -m 700 vmblock-data      # the pool holds CHAP secrets: owner-only
 log=vmblock-data/serve.log
+(umask 077; : >>"$log")
 nohup .venv/bin/vmblock serve --demo "$@" >"$log" 2>&1 </dev/null &
 pid=$!
 for _ in $(seq 600); do
     if grep -q '^vmblock: serving' "$log"; then
         grep '^vmblock: serving' "$log"
         echo "vmblock: pid $pid, log $PWD/$log; stop it with: kill $pid"
-        echo "try: qemu-img info iscsi://127.0.0.1/iqn.2026-11.io.vmblock:default/0"
+        echo "the demo target asks for CHAP; its URL carries the credentials:"
+        echo "try: qemu-img info \"\$(.venv/bin/vmblock vdisk show demo --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"url\"])')\""
         exit 0
     fi
     if ! kill -0 "$pid" 2>/dev/null; then

@@ -218,9 +218,9 @@ def do_prelogin(server, action) -> None:
         drain(c)
 
 
-def do_ffp(server, actions) -> None:
+def do_ffp(server, actions, chap: tuple[str, str]) -> None:
     with IscsiClient(server.host, server.port, timeout=5) as c:
-        rsp = c.login(DEFAULT_TARGET, initiator=FUZZER)
+        rsp = c.login(DEFAULT_TARGET, initiator=FUZZER, chap=chap)
         assert rsp.login_status == 0
         for kind, arg in actions:
             try:
@@ -309,8 +309,10 @@ class Watch:
     def __init__(self, server):
         self.server = server
         self.pid = server.proc.pid
+        self.chap = server.chap()       # read once: the pool's CLI is too slow per example
         self.bystander = IscsiClient(server.host, server.port, timeout=10)
-        assert self.bystander.login(DEFAULT_TARGET, initiator=BYSTANDER).login_status == 0
+        rsp = self.bystander.login(DEFAULT_TARGET, initiator=BYSTANDER, chap=self.chap)
+        assert rsp.login_status == 0
         self.bystander.scsi(tur())                          # eat the power-on unit attention
         assert self.bystander.scsi(write10(1000, 1), write=PATTERN).status == 0
         self.examples = 0
@@ -320,7 +322,7 @@ class Watch:
 
     def probe(self) -> None:
         with IscsiClient(self.server.host, self.server.port, timeout=10) as c:
-            assert c.login(DEFAULT_TARGET, initiator=PROBE).login_status == 0
+            assert c.login(DEFAULT_TARGET, initiator=PROBE, chap=self.chap).login_status == 0
             for _ in range(2):                              # first may carry a unit attention
                 if c.scsi(tur()).status == 0:
                     break
@@ -370,7 +372,7 @@ def test_fuzz_full_feature_pdus_leave_the_server_healthy(vmblock_server, watch):
     @FUZZ
     @given(actions=st.lists(ffp_action(), min_size=1, max_size=4))
     def run(actions):
-        do_ffp(vmblock_server, actions)
+        do_ffp(vmblock_server, actions, watch.chap)
         watch.check()
 
     run()
@@ -383,7 +385,8 @@ def test_fuzz_full_feature_pdus_leave_the_server_healthy(vmblock_server, watch):
 def test_outstanding_writes_without_data_do_not_grow_memory(vmblock_server):
     pid = vmblock_server.proc.pid
     with IscsiClient(vmblock_server.host, vmblock_server.port) as c:
-        assert c.login(DEFAULT_TARGET, initiator=FUZZER).login_status == 0
+        assert c.login(DEFAULT_TARGET, initiator=FUZZER,
+                       chap=vmblock_server.chap()).login_status == 0
         c.scsi(tur())
         before = rss_mib(pid)
         for i in range(32):                 # 32 x 8 MiB WRITE(10), no data ever sent

@@ -38,9 +38,9 @@ def libiscsi(tool, url, *args, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([tool, *args, url], capture_output=True, text=True, timeout=30, env=env)
 
 
-def test_login_without_auth_reaches_full_feature_and_reads(vmblock_server):
+def test_login_with_the_new_pools_credentials_reaches_full_feature_and_reads(vmblock_server):
     with client(vmblock_server) as c:
-        assert c.login(DEFAULT_TARGET).login_status == 0
+        assert c.login(DEFAULT_TARGET, chap=vmblock_server.chap()).login_status == 0
         c.scsi(tur())                                   # may carry the power-on unit attention
         r = c.scsi(read10(0, 8), read_len=4096)
         assert r.status == 0 and r.data == bytes(4096)
@@ -140,7 +140,7 @@ def test_libiscsi_inq_with_wrong_chap_secret_fails(vmblock_server):
 
 def test_libiscsi_inq_without_credentials_on_a_chap_target_fails(vmblock_server):
     set_chap(vmblock_server)
-    p = libiscsi("iscsi-inq", vmblock_server.url())
+    p = libiscsi("iscsi-inq", f"iscsi://{vmblock_server.portal}/{DEFAULT_TARGET}/0")
     assert p.returncode != 0
 
 
@@ -172,7 +172,7 @@ def test_libiscsi_mutual_chap_via_environment_succeeds(vmblock_server):
     set_chap(vmblock_server, mutual=True)
     env = dict(os.environ, LIBISCSI_CHAP_USERNAME=USER, LIBISCSI_CHAP_PASSWORD=SECRET,
                LIBISCSI_CHAP_TARGET_USERNAME=M_USER, LIBISCSI_CHAP_TARGET_PASSWORD=M_SECRET)
-    p = libiscsi("iscsi-inq", vmblock_server.url(), env=env)
+    p = libiscsi("iscsi-inq", f"iscsi://{vmblock_server.portal}/{DEFAULT_TARGET}/0", env=env)
     assert p.returncode == 0, p.stderr
 
 
@@ -208,7 +208,8 @@ DIGESTS = {"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"}
 
 def test_crc32c_digests_are_negotiated_and_correct_both_ways(vmblock_server):
     with client(vmblock_server) as c:
-        assert c.login(DEFAULT_TARGET, operational=DIGESTS).login_status == 0
+        rsp = c.login(DEFAULT_TARGET, chap=vmblock_server.chap(), operational=DIGESTS)
+        assert rsp.login_status == 0
         assert c.header_digest and c.data_digest
         assert c.nop(b"digest me").data == b"digest me"
         c.scsi(tur())
@@ -220,7 +221,8 @@ def test_crc32c_digests_are_negotiated_and_correct_both_ways(vmblock_server):
 
 def test_bad_header_digest_drops_the_connection(vmblock_server):
     with client(vmblock_server) as c:
-        assert c.login(DEFAULT_TARGET, operational=DIGESTS).login_status == 0
+        rsp = c.login(DEFAULT_TARGET, chap=vmblock_server.chap(), operational=DIGESTS)
+        assert rsp.login_status == 0
         pdu = bytearray(c.framed(P.build_initiator_pdu(
             P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=c.next_itt(),
             words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0))))
@@ -231,7 +233,8 @@ def test_bad_header_digest_drops_the_connection(vmblock_server):
 
 def test_bad_data_digest_gets_a_reject(vmblock_server):
     with client(vmblock_server) as c:
-        assert c.login(DEFAULT_TARGET, operational=DIGESTS).login_status == 0
+        rsp = c.login(DEFAULT_TARGET, chap=vmblock_server.chap(), operational=DIGESTS)
+        assert rsp.login_status == 0
         pdu = bytearray(c.framed(P.build_initiator_pdu(
             P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=c.next_itt(), dlen=8,
             words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)), b"payload!"))

@@ -92,7 +92,7 @@ def client(server, cid: int = 0) -> CidClient:
 
 def logged_in(server, **kw) -> CidClient:
     c = client(server)
-    assert c.login(DEFAULT_TARGET, **kw).login_status == 0
+    assert c.login(DEFAULT_TARGET, chap=server.chap(), **kw).login_status == 0
     c.scsi(tur())                       # takes the power-on unit attention, if any
     return c
 
@@ -191,8 +191,9 @@ needs_qemu = pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-
 
 
 def qemu_opts(server, initiator: str) -> str:
+    user, secret = server.chap()
     return (f"driver=iscsi,transport=tcp,portal={server.portal},target={DEFAULT_TARGET},lun=0,"
-            f"initiator-name={initiator}")
+            f"initiator-name={initiator},user={user},password={secret}")
 
 
 @needs_qemu
@@ -254,7 +255,7 @@ def test_login_with_same_isid_and_tsih_0_reinstates_the_session(vmblock_server):
     old = logged_in(vmblock_server)
     with old, client(vmblock_server) as new:
         new.isid = old.isid
-        assert new.login(DEFAULT_TARGET).login_status == 0
+        assert new.login(DEFAULT_TARGET, chap=vmblock_server.chap()).login_status == 0
         assert new.tsih != old.tsih
         assert old.closed_by_peer(timeout=5)
         new.scsi(tur())
@@ -269,7 +270,8 @@ def test_same_isid_from_another_initiator_is_a_separate_session(vmblock_server):
     first = logged_in(vmblock_server)
     with first, client(vmblock_server) as second:
         second.isid = first.isid
-        assert second.login(DEFAULT_TARGET, initiator=OTHER).login_status == 0
+        rsp = second.login(DEFAULT_TARGET, initiator=OTHER, chap=vmblock_server.chap())
+        assert rsp.login_status == 0
         second.scsi(tur())
         assert_reads(second)
         assert_reads(first)
@@ -283,7 +285,7 @@ def test_login_with_same_tsih_and_cid_reinstates_the_connection(vmblock_server):
     old = logged_in(vmblock_server)
     with old, client(vmblock_server, cid=0) as new:
         new.isid, new.tsih = old.isid, old.tsih
-        assert new.login(DEFAULT_TARGET).login_status == 0
+        assert new.login(DEFAULT_TARGET, chap=vmblock_server.chap()).login_status == 0
         assert new.tsih == old.tsih
         assert old.closed_by_peer(timeout=5)
         assert_reads(new)
@@ -297,7 +299,8 @@ def test_second_cid_beyond_max_connections_1_is_0206(vmblock_server):
     first = logged_in(vmblock_server)
     with first, client(vmblock_server, cid=1) as extra:
         extra.isid, extra.tsih = first.isid, first.tsih
-        assert extra.login(DEFAULT_TARGET).login_status == LOGIN_TOO_MANY_CONNECTIONS
+        rsp = extra.login(DEFAULT_TARGET, chap=vmblock_server.chap())
+        assert rsp.login_status == LOGIN_TOO_MANY_CONNECTIONS
         assert extra.closed_by_peer(timeout=5)
         assert_reads(first)
 
@@ -305,7 +308,8 @@ def test_second_cid_beyond_max_connections_1_is_0206(vmblock_server):
 def test_joining_a_tsih_that_does_not_exist_is_020a(vmblock_server):
     with client(vmblock_server) as c:
         c.tsih = 0x7A5A
-        assert c.login(DEFAULT_TARGET).login_status == LOGIN_SESSION_DOES_NOT_EXIST
+        rsp = c.login(DEFAULT_TARGET, chap=vmblock_server.chap())
+        assert rsp.login_status == LOGIN_SESSION_DOES_NOT_EXIST
         assert c.closed_by_peer(timeout=5)
 
 

@@ -131,7 +131,7 @@ def test_full_pool_answers_space_allocation_failed_and_keeps_data(small_pool_ser
     assert "No space left on device" in out, out
     # the sense data itself, as a raw initiator sees it: DATA PROTECT, 27h/07h
     with IscsiClient(s.host, s.port) as c:
-        assert c.login(DEFAULT_TARGET).login_status == 0
+        assert c.login(DEFAULT_TARGET, chap=s.chap()).login_status == 0
         r = c.scsi(write10(40 * 1024 * 2, 16), write=b"\x63" * 8192, lun=d["lun"])
         for _ in range(3):        # unit attentions first (power on, LUNs changed)
             if r.status == 0x02 and (r.sense[2] & 0x0F) == 0x06:
