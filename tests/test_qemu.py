@@ -94,9 +94,12 @@ def qemu_io(url: str, script: Script, *, cache: str | None = None) -> subprocess
 
 
 def image_opts(server, lun: int = 0, **extra: str) -> str:
-    """A ``--image-opts`` string for QEMU's iscsi block driver (block/iscsi.c runtime opts)."""
+    """A ``--image-opts`` string for QEMU's iscsi block driver (block/iscsi.c runtime opts),
+    with the target's CHAP credentials."""
+    user, secret = server.chap()
     opts = {"driver": "iscsi", "transport": "tcp", "portal": server.portal,
-            "target": DEFAULT_TARGET, "lun": str(lun), **extra}
+            "target": DEFAULT_TARGET, "lun": str(lun), "user": user, "password": secret,
+            **extra}
     return ",".join(f"{k}={v}" for k, v in opts.items())
 
 

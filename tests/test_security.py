@@ -160,9 +160,12 @@ def test_targets_without_chap_on_a_wildcard_portal_are_named_in_a_warning(start_
     assert f"vmblock: warning: {OTHER_TARGET} served without CHAP on 0.0.0.0:" in server.log()
 
 
-def test_targets_with_chap_on_a_wildcard_portal_give_no_warning(start_server):
+def test_a_target_on_a_wildcard_portal_warns_once_its_chap_keys_are_unset(start_server):
     server = start_server("--portal", "0.0.0.0:0")
     assert "warning" not in server.log()
+    server.cli("config", "unset", SECRET_KEY)
+    server.cli("config", "unset", f"auth.target.{DEFAULT_TARGET}.chap_user")
+    assert f"vmblock: warning: {DEFAULT_TARGET} served without CHAP on 0.0.0.0:" in server.log()
 
 
 # --- owner-only pool ----------------------------------------------------------------------------

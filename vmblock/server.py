@@ -21,6 +21,7 @@ from vmblock.admin.api import Api
 from vmblock.cache import manager as cache_manager
 from vmblock.cache import tier as cache_tier
 from vmblock.config import (
+    NEW_TARGET_CHAP_KEY,
     check_settings,
     fabric_settings,
     format_portal,
@@ -138,7 +139,10 @@ class Server:
 
     def refresh_target(self, iqn: str) -> None:
         """Re-read a target's ACL and CHAP; new logins see them, running sessions keep theirs."""
+        had_chap = self.targets[iqn].chap is not None
         self.targets[iqn] = self._entry(iqn, self.targets[iqn].scsi, self.settings())
+        if had_chap:
+            self.warn_open([iqn])      # its CHAP keys were just unset
 
     def add_vdisk(self, disk: Vdisk) -> None:
         store = self.pool.open_store(disk)
@@ -359,6 +363,8 @@ class LiveApi(Api):
     def config_changed(self, key: str) -> bool:
         if key in self.server.overrides:
             return False
+        if key == NEW_TARGET_CHAP_KEY:
+            return True        # read when a target is created
         if key.startswith(("iscsi.", "auth.discovery.")) and key != "iscsi.portals":
             try:
                 self.server.service.reconfigure(iscsi_config(self.server.settings()))
