@@ -76,7 +76,7 @@ class Initiator:
 
     def __init__(self, server, lun: int):
         self.client = IscsiClient(server.host, server.port)
-        assert self.client.login(DEFAULT_TARGET).login_status == 0
+        assert self.client.login(DEFAULT_TARGET, chap=server.chap()).login_status == 0
         self.lun = lun
 
     def cmd(self, cdb: bytes, **kw):
