@@ -49,7 +49,7 @@ def test_delete_under_a_logged_in_initiator_needs_force(vmblock_server):
     s.cli("vdisk", "create", "busy-0", "--size", "1M", "--vm", "busy")    # LUN 1
     s.cli("vdisk", "create", "lone", "--size", "1M")                      # LUN 2
     with IscsiClient(s.host, s.port) as c:
-        assert c.login(DEFAULT_TARGET).login_status == 0
+        assert c.login(DEFAULT_TARGET, chap=s.chap()).login_status == 0
         assert tur_past_unit_attentions(c, 1) == GOOD    # in full feature phase, LUN 1 seen
         for args, busy in ((("vm", "delete", "busy", "--purge"), "busy-0"),
                            (("vdisk", "delete", "busy-0"), "busy-0"),
