@@ -26,11 +26,12 @@ LOGIN_MRDSL = 8192                  # RFC 7143 13.12: Login PDUs carry at most t
 
 
 # ---- a login answer longer than a Login PDU may carry ----------------------------------------
-def test_login_answer_longer_than_8192_bytes_comes_in_continued_responses(vmblock_server):
+def test_login_answer_longer_than_8192_bytes_comes_in_continued_responses(start_server):
     """1000 unknown keys each get NotUnderstood: ~38 KB of answer. RFC 7143 11.13.3: it comes
     in Login Responses of at most 8192 bytes, C set and T clear on all but the last; the
-    initiator asks for each next piece with an empty Login Request; the login then completes."""
-    s = vmblock_server
+    initiator asks for each next piece with an empty Login Request; the login then completes.
+    (``--insecure``: the exchange is written without a security stage.)"""
+    s = start_server("--insecure")
     with IscsiClient(s.host, s.port) as c:
         rsp = c.login_exchange({"InitiatorName": INITIATOR, "SessionType": "Normal",
                                 "TargetName": DEFAULT_TARGET, "AuthMethod": "None"}, 0, 1)
@@ -73,10 +74,12 @@ def test_login_answer_longer_than_8192_bytes_comes_in_continued_responses(vmbloc
 
 # ---- connections that never log in ------------------------------------------------------------
 def serve_with(tmp_path, start, **iscsi) -> VmblockServer:
-    """A server whose [iscsi] table has ``iscsi`` (through ``serve --config``)."""
+    """A server whose [iscsi] table has ``iscsi`` (through ``serve --config``); ``--insecure``,
+    as these tests are about limits, not authentication (a hostile initiator may well hold
+    the credentials)."""
     cfg = tmp_path / "hostile.toml"
     cfg.write_text("[iscsi]\n" + "".join(f"{k} = {v!r}\n" for k, v in iscsi.items()))
-    return start("--config", str(cfg))
+    return start("--config", str(cfg), "--insecure")
 
 
 @pytest.fixture
