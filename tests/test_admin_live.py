@@ -15,7 +15,7 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import VmblockServer
+from vmblock_server import VmblockServer
 from iscsi_client import IscsiClient, read10, tur, write10
 from test_admin_input import post
 from vmblock import DEFAULT_TARGET

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from conftest import VmblockServer, vmblock_cmd
+from vmblock_server import VmblockServer, vmblock_cmd
 from iscsi_client import IscsiClient, read10, tur
 from vmblock import DEFAULT_TARGET
 from vmblock.admin.http import bind_owner_only

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import VmblockServer
+from vmblock_server import VmblockServer
 from iscsi_client import INITIATOR, IscsiClient, inquiry, read10, text_bytes, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu as P

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import VmblockServer
+from vmblock_server import VmblockServer
 from iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu as P

@@ -17,7 +17,7 @@ import uuid
 import pytest
 from pyroute2 import NetNS, netns
 
-from conftest import VmblockServer
+from vmblock_server import VmblockServer
 from vmblock import DEFAULT_TARGET
 from vmblock.net.interfaces import host_addresses
 

@@ -17,6 +17,7 @@ import sys
 
 import pytest
 from faultfs import FaultFs, mounted
+from vmblock_server import VmblockServer
 
 import clients
 
@@ -200,11 +201,9 @@ def test_rocksdb_lives_on_it(faultfs):
 
 @pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img (qemu-utils)")
 @pytest.mark.timeout(180)
-def test_a_pool_with_its_capacity_tier_on_faultfs_serves_qemu(faultfs, tmp_path, request):
+def test_a_pool_with_its_capacity_tier_on_faultfs_serves_qemu(faultfs, tmp_path):
     """``store.capacity_path`` on the FUSE mount, meta on the normal disk: a 64 GiB sparse
     tier file, qemu-img writes through the server and reads back, ``pool check`` clean."""
-    VmblockServer = next(p.VmblockServer for p in request.config.pluginmanager.get_plugins()
-                         if hasattr(p, "VmblockServer"))
     pool = tmp_path / "pool"
     cap = faultfs.mount / "capacity"
     p = subprocess.run([sys.executable, "-m", "vmblock", "--pool", str(pool), "config", "set",

@@ -18,6 +18,7 @@ import subprocess
 import pytest
 from clients import cli_json as js
 from iscsi_client import IscsiClient, read10, write10
+from vmblock_server import VmblockServer
 
 from vmblock import DEFAULT_TARGET
 
@@ -29,12 +30,6 @@ SENSE_KEY_UNIT_ATTENTION = 0x06
 SPACE_ALLOCATION_FAILED = (0x07, 0x27, 0x07)     # DATA PROTECT, 27h/07h (SBC-3 4.7.3.7)
 WRITE_ERROR = (0x03, 0x0C, 0x00)                 # MEDIUM ERROR, WRITE ERROR
 SYNCHRONIZE_CACHE_10 = bytes([0x35]) + bytes(9)
-
-
-def _server_class(request):
-    # the root conftest's server class (``import conftest`` may find tests/scsi's instead)
-    return next(p.VmblockServer for p in request.config.pluginmanager.get_plugins()
-                if hasattr(p, "VmblockServer"))
 
 
 @pytest.fixture
@@ -116,7 +111,7 @@ def pattern(byte: int, n: int) -> bytes:
 
 @pytest.mark.timeout(180)
 def test_meta_db_full_gives_sense_recovers_without_restart_and_loses_nothing(
-        tmp_path, tmpfs, request):
+        tmp_path, tmpfs):
     """The meta DB on a full file system (tiers elsewhere): the flush that cannot commit and
     the writes that need new mappings get 07/27/07, overwrites in place go on, and once space
     is back the next SYNCHRONIZE CACHE commits everything, with no restart; after kill -9
@@ -125,9 +120,8 @@ def test_meta_db_full_gives_sense_recovers_without_restart_and_loses_nothing(
     cfg.write_text(f'[store]\ncapacity_path = "{tmp_path / "capacity"}"\n'
                    f'flash_path = "{tmp_path / "flash"}"\ncapacity_size = "1G"\n'
                    f'commit_interval = "0"\n')
-    server_cls = _server_class(request)
     pool = tmpfs / "pool"
-    s = server_cls(pool, ("--config", str(cfg)))
+    s = VmblockServer(pool, ("--config", str(cfg)))
     try:
         s.cli("vdisk", "create", "d", "--size", "256M")
         lun = js(s, "vdisk", "show", "d")["lun"]
@@ -158,7 +152,7 @@ def test_meta_db_full_gives_sense_recovers_without_restart_and_loses_nothing(
         ini.close()
         os.killpg(s.proc.pid, signal.SIGKILL)
         s.stop()
-        s = server_cls(pool, ("--config", str(cfg)))
+        s = VmblockServer(pool, ("--config", str(cfg)))
         ini = Initiator(s, lun)
         assert ini.read(0, MiB) == a2
         for i in range(4):
@@ -175,14 +169,13 @@ def test_meta_db_full_gives_sense_recovers_without_restart_and_loses_nothing(
 
 @pytest.mark.timeout(240)
 def test_pool_file_system_full_other_vdisks_go_on_and_nothing_good_is_lost(
-        tmp_path, tmpfs, request):
+        tmp_path, tmpfs):
     """The whole default pool (meta DB, capacity and flash files) on a full file system:
     writes that need space get 07/27/07, overwrites and reads of every vdisk go on, and once
     space is back the next SYNCHRONIZE CACHE commits every write that got GOOD; after kill -9
     they all read back, the refused ones read as zeros, and ``pool check`` is clean."""
-    server_cls = _server_class(request)
     pool = tmpfs / "pool"
-    s = server_cls(pool)
+    s = VmblockServer(pool)
     try:
         s.cli("vdisk", "create", "d1", "--size", "64M")
         s.cli("vdisk", "create", "d2", "--size", "16M")
@@ -218,7 +211,7 @@ def test_pool_file_system_full_other_vdisks_go_on_and_nothing_good_is_lost(
         two.close()
         os.killpg(s.proc.pid, signal.SIGKILL)
         s.stop()
-        s = server_cls(pool)
+        s = VmblockServer(pool)
         one = Initiator(s, js(s, "vdisk", "show", "d1")["lun"])
         two = Initiator(s, js(s, "vdisk", "show", "d2")["lun"])
         for i, byte in acked.items():
@@ -235,7 +228,7 @@ def test_pool_file_system_full_other_vdisks_go_on_and_nothing_good_is_lost(
 
 
 @pytest.mark.timeout(240)
-def test_capacity_tier_eio_gives_sense_other_tier_goes_on_and_heals(tmp_path, faultfs, request):
+def test_capacity_tier_eio_gives_sense_other_tier_goes_on_and_heals(tmp_path, faultfs):
     """The tiers on faultfs (a FUSE pass-through failing on command): a write the capacity
     file refuses with EIO gets 03/0C/00 and changes nothing, a vdisk on the flash tier keeps
     writing; a failed fdatasync fails SYNCHRONIZE CACHE and refuses writes until a sync
@@ -244,9 +237,8 @@ def test_capacity_tier_eio_gives_sense_other_tier_goes_on_and_heals(tmp_path, fa
     cfg.write_text(f'[store]\ncapacity_path = "{faultfs.mount / "capacity"}"\n'
                    f'flash_path = "{faultfs.mount / "flash"}"\ncapacity_size = "1G"\n'
                    f'flash_size = "256M"\ncommit_interval = "0"\n')
-    server_cls = _server_class(request)
     pool = tmp_path / "pool"
-    s = server_cls(pool, ("--config", str(cfg)))
+    s = VmblockServer(pool, ("--config", str(cfg)))
     try:
         s.cli("vdisk", "create", "d1", "--size", "64M")
         s.cli("vdisk", "create", "d2", "--size", "16M")
@@ -281,7 +273,7 @@ def test_capacity_tier_eio_gives_sense_other_tier_goes_on_and_heals(tmp_path, fa
         two.close()
         os.killpg(s.proc.pid, signal.SIGKILL)
         s.stop()
-        s = server_cls(pool, ("--config", str(cfg)))
+        s = VmblockServer(pool, ("--config", str(cfg)))
         one = Initiator(s, js(s, "vdisk", "show", "d1")["lun"])
         two = Initiator(s, js(s, "vdisk", "show", "d2")["lun"])
         assert one.read(0, MiB) == a and one.read(8 * MiB, MiB) == bytes(MiB)
@@ -298,15 +290,14 @@ def test_capacity_tier_eio_gives_sense_other_tier_goes_on_and_heals(tmp_path, fa
 
 
 @pytest.mark.timeout(240)
-def test_snapshot_whose_meta_sync_failed_is_resolved_after_recovery(tmp_path, faultfs, request):
+def test_snapshot_whose_meta_sync_failed_is_resolved_after_recovery(tmp_path, faultfs):
     """The meta DB's fsync fails while a snapshot is taken: the command fails with one line,
     but the WAL record got written, so the batch is back when RocksDB reopens. The first good
     commit finds the transaction's marker and applies it in memory too: the snapshot's AUs
     are shared, a write to the live vdisk copies on write, and ``pool check`` (which compares
     the in-memory reference counts with the meta DB) is clean, before and after a restart."""
-    server_cls = _server_class(request)
     pool = faultfs.mount / "pool"
-    s = server_cls(pool, ("--config", str(_no_committer(tmp_path))))
+    s = VmblockServer(pool, ("--config", str(_no_committer(tmp_path))))
     try:
         s.cli("vm", "create", "v")
         s.cli("vdisk", "create", "d", "--size", "16M", "--vm", "v")
@@ -327,7 +318,7 @@ def test_snapshot_whose_meta_sync_failed_is_resolved_after_recovery(tmp_path, fa
         ini.close()
         os.killpg(s.proc.pid, signal.SIGKILL)
         s.stop()
-        s = server_cls(pool, ("--config", str(_no_committer(tmp_path))))
+        s = VmblockServer(pool, ("--config", str(_no_committer(tmp_path))))
         s.cli("vm", "clone", "v", "--snapshot", "s1", "--name", "w")
         clone = Initiator(s, js(s, "vdisk", "show", "w-d")["lun"])
         assert clone.read(0, MiB) == a                  # the snapshot kept the old data

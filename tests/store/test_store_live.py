@@ -15,6 +15,7 @@ import pytest
 from clients import cli_json as js
 from clients import qemu_io
 from iscsi_client import IscsiClient, write10
+from vmblock_server import VmblockServer
 
 from vmblock import DEFAULT_TARGET
 
@@ -103,9 +104,6 @@ def test_snapshot_clone_revert_contents_through_qemu(vmblock_server):
 
 @pytest.fixture
 def small_pool_server(tmp_path, request):
-    # the root conftest's server class (``import conftest`` may find tests/scsi's instead)
-    VmblockServer = next(p.VmblockServer for p in request.config.pluginmanager.get_plugins()
-                         if hasattr(p, "VmblockServer"))
     cfg = tmp_path / "small.toml"
     cfg.write_text('[store]\ncapacity_size = "16M"\nlow_space_thresholds = "50,90"\n')
     server = VmblockServer(tmp_path / "pool", ("--config", str(cfg)))

@@ -12,6 +12,7 @@ import threading
 
 import clients
 import pytest
+from vmblock_server import VmblockServer
 
 
 def qemu_io_args(url: str, cmds: list[str]) -> list[str]:
@@ -40,8 +41,6 @@ def server(tmp_path, request, monkeypatch):
     write has landed in them (VMBLOCK_TEST_MOVE_AWAIT_WRITE): the racing qemu-io writes into
     AUs that are being moved for sure, however slow or loaded the machine is."""
     monkeypatch.setenv("VMBLOCK_TEST_MOVE_AWAIT_WRITE", f"{RACE[0]}:{RACE[1]}")
-    VmblockServer = next(p.VmblockServer for p in request.config.pluginmanager.get_plugins()
-                         if hasattr(p, "VmblockServer"))
     s = VmblockServer(tmp_path / "pool")
     try:
         yield s
