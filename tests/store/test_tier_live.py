@@ -36,7 +36,7 @@ RACE = (40 * MiB, 8 * MiB)     # rewritten 4 KiB at a time, in scattered order, 
 
 
 @pytest.fixture
-def server(tmp_path, request, monkeypatch):
+def server(tmp_path, monkeypatch):
     """A server whose move steps that move AUs of RACE wait between copy and remap until a
     write has landed in them (VMBLOCK_TEST_MOVE_AWAIT_WRITE): the racing qemu-io writes into
     AUs that are being moved for sure, however slow or loaded the machine is."""
