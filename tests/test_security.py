@@ -320,3 +320,25 @@ def test_a_weak_secret_stored_by_an_older_vmblock_stops_the_server_in_one_line(p
         db[f"config/{SECRET_KEY}".encode()] = json.dumps("abc").encode()
     line = one_error_line(pool_cli("serve", "--portal", "127.0.0.1:0"))
     assert f"{SECRET_KEY} is 3 bytes; CHAP secrets must be at least 12 bytes" in line
+
+
+# --- half-set CHAP keys: the next start serves, the target refuses every login -----------------
+
+def test_half_set_chap_keys_lock_the_target_instead_of_stopping_the_server(pool_cli,
+                                                                             start_server):
+    """CHAP keys are set one at a time, so a user without its secret can be stored; the next
+    start must neither fail (one stored key would stop the whole target) nor let anyone in
+    without CHAP: that target and discovery refuse every login (0x0201) until completed."""
+    prefix = f"auth.target.{DEFAULT_TARGET}."
+    assert pool_cli("vm", "create", "x").returncode == 0
+    assert pool_cli("config", "unset", prefix + "chap_secret").returncode == 0
+    assert pool_cli("config", "set", "auth.discovery.chap_user", "disco").returncode == 0
+    server = start_server(pool=pool_cli.pool)
+    assert "refusing every login until the CHAP keys are complete" in server.log()
+    with IscsiClient(server.host, server.port) as c:
+        assert c.login(DEFAULT_TARGET).login_status == LOGIN_AUTH_FAILURE
+    with IscsiClient(server.host, server.port) as c:
+        assert c.login(None, session_type="Discovery").login_status == LOGIN_AUTH_FAILURE
+    server.cli("config", "set", prefix + "chap_secret", "a-complete-secret")
+    with IscsiClient(server.host, server.port) as c:          # completed live: CHAP again
+        assert c.login(DEFAULT_TARGET, chap=server.chap()).login_status == 0

@@ -72,11 +72,23 @@ def chap_of(settings: dict[str, str], prefix: str) -> ChapSecrets | None:
     return ChapSecrets(user, secret, m_user or None, m_secret or None)
 
 
+def chap_or_locked(settings: dict[str, str], prefix: str) -> tuple[ChapSecrets | None, str]:
+    """(secrets, "") or, when only half of a CHAP pair is stored (it is set one key at a time),
+    (None, why): then every login there is refused, never let in without CHAP."""
+    try:
+        return chap_of(settings, prefix), ""
+    except InvalidArgument as e:
+        log.warning("%s: refusing every login until the CHAP keys are complete", e)
+        return None, f"incomplete CHAP keys: {e}"
+
+
 def iscsi_config(settings: dict[str, str]) -> IscsiConfig:
     fabric = fabric_settings(settings)
+    discovery_chap, discovery_locked = chap_or_locked(settings, "auth.discovery.")
     return IscsiConfig(
         overrides=negotiation_overrides(settings),
-        discovery_chap=chap_of(settings, "auth.discovery."),
+        discovery_chap=discovery_chap,
+        discovery_locked=discovery_locked,
         nop_interval=float(settings.get("iscsi.nop_interval", "30")),
         nop_timeout=float(settings.get("iscsi.nop_timeout", "30")),
         max_connections=int(fabric["max_connections"]),
@@ -119,9 +131,10 @@ class Server:
         return settings
 
     def _entry(self, iqn: str, scsi: ScsiTarget, settings: dict[str, str]) -> TargetEntry:
-        chap = None if self.insecure else chap_of(settings, f"auth.target.{iqn}.")
+        chap, locked = ((None, "") if self.insecure else
+                        chap_or_locked(settings, f"auth.target.{iqn}."))
         return TargetEntry(name=iqn, scsi=scsi, acl=parse_iqn_list(settings.get(f"acl.{iqn}", "")),
-                           chap=chap, alias=self.pool.target(iqn).alias)
+                           chap=chap, alias=self.pool.target(iqn).alias, locked=locked)
 
     def add_target(self, iqn: str) -> None:
         self.targets[iqn] = self._entry(iqn, ScsiTarget(iqn), self.settings())
@@ -369,14 +382,14 @@ class LiveApi(Api):
             try:
                 self.server.service.reconfigure(iscsi_config(self.server.settings()))
             except InvalidArgument:
-                return False   # e.g. discovery chap_user set, chap_secret not yet
+                return False   # the set as a whole is refused: the next start says why
             return True
         for iqn in self.server.targets:
             if key == f"acl.{iqn}" or key.startswith(f"auth.target.{iqn}."):
                 try:
                     self.server.refresh_target(iqn)
                 except InvalidArgument:
-                    return False   # e.g. chap_user set, chap_secret not yet: keep the old entry
+                    return False   # keep the old entry; the next start says why
                 return True
         return False
 

@@ -182,6 +182,8 @@ class LoginNegotiator:
         session_type = keys.get("SessionType", "Normal")
         if session_type == "Discovery":
             self.discovery = True
+            if self.service.config.discovery_locked:
+                raise LoginFailure(LOGIN_AUTH_FAILED, self.service.config.discovery_locked)
             self.auth_required = self.service.config.discovery_chap
         elif session_type == "Normal":
             name = keys.get("TargetName")
@@ -190,6 +192,8 @@ class LoginNegotiator:
             self.target = self.service.targets.get(name)
             if self.target is None:
                 raise LoginFailure(LOGIN_TARGET_NOT_FOUND, f"no target {name}")
+            if self.target.locked:
+                raise LoginFailure(LOGIN_AUTH_FAILED, self.target.locked)
             if self.target.acl and self.initiator not in self.target.acl:
                 raise LoginFailure(LOGIN_AUTHORIZATION_FAILURE, "initiator not in ACL")
             self.auth_required = self.target.chap

@@ -33,12 +33,14 @@ class TargetEntry:
     acl: list[str] = field(default_factory=list)  # initiator IQNs allowed; empty: everyone
     chap: ChapSecrets | None = None
     alias: str = ""
+    locked: str = ""      # why every login is refused (half-set CHAP keys), "" when open
 
 
 @dataclass
 class IscsiConfig:
     overrides: dict = field(default_factory=dict)  # negotiation keys, e.g. MaxBurstLength
     discovery_chap: ChapSecrets | None = None
+    discovery_locked: str = ""                     # why discovery logins are refused, if
     nop_interval: float = 30.0                     # ping an idle initiator after this long
     nop_timeout: float = 30.0                      # drop the connection if it does not answer
     tpgt: int = 1
