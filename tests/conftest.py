@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from vmblock_server import VmblockServer
@@ -26,6 +27,29 @@ def vmblock_server(tmp_path, request):
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()}\n")
+
+
+@pytest.fixture
+def start_server(tmp_path, request):
+    """``start_server(*serve_args, pool=None, prefix=())``: servers with extra ``serve``
+    arguments (each on a new pool under tmp_path unless ``pool`` is given; ``prefix`` runs it
+    under e.g. ``ip netns exec NAME``), always stopped; their logs printed if the test fails."""
+    servers = []
+
+    def start(*args: str, pool: Path | None = None, prefix: tuple[str, ...] = ()):
+        server = VmblockServer(pool or tmp_path / f"pool{len(servers)}", args, prefix=prefix)
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for server in servers:
+                sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()[-20000:]}\n")
 
 
 @pytest.fixture

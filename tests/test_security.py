@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from vmblock_server import VmblockServer, vmblock_cmd
+from vmblock_server import vmblock_cmd
 from iscsi_client import IscsiClient, read10, tur
 from vmblock import DEFAULT_TARGET
 from vmblock.admin.http import bind_owner_only
@@ -37,25 +37,6 @@ NOBODY = 65534
 SECRET_KEY = f"auth.target.{DEFAULT_TARGET}.chap_secret"
 OTHER_TARGET = "iqn.2026-11.io.vmblock:other"
 URL_RE = re.compile(r"^iscsi://([^%@/]+)%([^@]+)@(127\.0\.0\.1:\d+)/(\S+)/(\d+)$")
-
-
-@pytest.fixture
-def start_server(tmp_path, request):
-    """``start_server(*serve_args, pool=...)``: a server, always stopped; its log printed
-    when the test fails."""
-    servers = []
-
-    def start(*args: str, pool: Path | None = None) -> VmblockServer:
-        server = VmblockServer(pool or tmp_path / f"pool{len(servers)}", args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()}\n")
 
 
 def run(*cmd: str) -> subprocess.CompletedProcess:

@@ -10,14 +10,13 @@ examples every run.
 from __future__ import annotations
 
 import socket
-import struct
 import subprocess
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from iscsi_client import (ClientError, IscsiClient, read10, text_bytes, tur, write10)
+from iscsi_client import (IscsiClient, read10, text_bytes, tur, write10)
 from vmblock import DEFAULT_TARGET
 from vmblock.config import FABRIC_DEFAULTS, parse_size
 from vmblock.iscsi import pdu as P

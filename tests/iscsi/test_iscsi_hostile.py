@@ -11,7 +11,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 
 import pytest
 
@@ -80,26 +79,6 @@ def serve_with(tmp_path, start, **iscsi) -> VmblockServer:
     cfg = tmp_path / "hostile.toml"
     cfg.write_text("[iscsi]\n" + "".join(f"{k} = {v!r}\n" for k, v in iscsi.items()))
     return start("--config", str(cfg), "--insecure")
-
-
-@pytest.fixture
-def start_server(tmp_path, request):
-    servers = []
-
-    def start(*args: str) -> VmblockServer:
-        server = VmblockServer(tmp_path / f"pool{len(servers)}", args)
-        servers.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            for server in servers:
-                sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()[-20000:]}\n")
 
 
 def idle_connections(server, sources: list[str], each: int) -> list[socket.socket]:

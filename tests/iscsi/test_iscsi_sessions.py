@@ -14,12 +14,10 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-from vmblock_server import VmblockServer
 from iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu as P
@@ -43,29 +41,6 @@ LOGIN_TOO_MANY_CONNECTIONS, LOGIN_SESSION_DOES_NOT_EXIST = 0x0206, 0x020A
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-@pytest.fixture
-def start_server(tmp_path, request):
-    """``start_server(*serve_args)``: a server with extra ``serve`` arguments, always stopped;
-    its log is printed when the test fails."""
-    servers = []
-
-    def start(*args: str) -> VmblockServer:
-        pool = tmp_path / f"pool{len(servers)}"
-        server = VmblockServer(pool, args)
-        servers.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            for server in servers:
-                sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()}\n")
-
 
 @pytest.fixture
 def nop_server(start_server, tmp_path):

@@ -10,14 +10,12 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 from pyroute2 import NetNS, netns
 
-from vmblock_server import VmblockServer
 from vmblock import DEFAULT_TARGET
 from vmblock.net.interfaces import host_addresses
 
@@ -28,26 +26,6 @@ NS_V6 = "2001:db8::1"                       # RFC 3849
 NS_ADDED = "198.51.100.7"
 IFA_F_NODAD = 0x02
 APPEAR_WITHIN = 30.0                        # generous bound on the netlink event reaching us
-
-
-@pytest.fixture
-def start_server(tmp_path, request):
-    servers = []
-
-    def start(*args: str, prefix: tuple[str, ...] = ()) -> VmblockServer:
-        server = VmblockServer(tmp_path / f"pool{len(servers)}", args, prefix=prefix)
-        servers.append(server)
-        return server
-
-    try:
-        yield start
-    finally:
-        for server in servers:
-            server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            for server in servers:
-                sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()}\n")
 
 
 def wildcard_port(server, host: str) -> int:
