@@ -97,6 +97,13 @@ class Initiator:
         self.client.close()
 
 
+def kill_and_restart(server, args: tuple[str, ...] = ()):
+    """SIGKILL the server (nothing gets flushed on the way out), then serve its pool again."""
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.stop()
+    return VmblockServer(server.pool, args)
+
+
 def sense(r) -> tuple[int, int, int]:
     return r.sense[2] & 0x0F, r.sense[12], r.sense[13]
 
@@ -150,9 +157,7 @@ def test_meta_db_full_gives_sense_recovers_without_restart_and_loses_nothing(
         assert good(ini.sync())                         # the pool recovered by itself
         assert good(ini.write(128 * MiB, c)) and good(ini.sync())
         ini.close()
-        os.killpg(s.proc.pid, signal.SIGKILL)
-        s.stop()
-        s = VmblockServer(pool, ("--config", str(cfg)))
+        s = kill_and_restart(s, ("--config", str(cfg)))
         ini = Initiator(s, lun)
         assert ini.read(0, MiB) == a2
         for i in range(4):
@@ -209,9 +214,7 @@ def test_pool_file_system_full_other_vdisks_go_on_and_nothing_good_is_lost(
         assert good(one.sync()) and good(two.sync())
         one.close()
         two.close()
-        os.killpg(s.proc.pid, signal.SIGKILL)
-        s.stop()
-        s = VmblockServer(pool)
+        s = kill_and_restart(s)
         one = Initiator(s, js(s, "vdisk", "show", "d1")["lun"])
         two = Initiator(s, js(s, "vdisk", "show", "d2")["lun"])
         for i, byte in acked.items():
@@ -271,9 +274,7 @@ def test_capacity_tier_eio_gives_sense_other_tier_goes_on_and_heals(tmp_path, fa
         assert good(one.write(24 * MiB, b)) and good(one.sync())
         one.close()
         two.close()
-        os.killpg(s.proc.pid, signal.SIGKILL)
-        s.stop()
-        s = VmblockServer(pool, ("--config", str(cfg)))
+        s = kill_and_restart(s, ("--config", str(cfg)))
         one = Initiator(s, js(s, "vdisk", "show", "d1")["lun"])
         two = Initiator(s, js(s, "vdisk", "show", "d2")["lun"])
         assert one.read(0, MiB) == a and one.read(8 * MiB, MiB) == bytes(MiB)
@@ -316,9 +317,7 @@ def test_snapshot_whose_meta_sync_failed_is_resolved_after_recovery(tmp_path, fa
         assert check["ok"], check["errors"]
         assert check["shared_aus"] == 0                 # the write copied the shared AUs
         ini.close()
-        os.killpg(s.proc.pid, signal.SIGKILL)
-        s.stop()
-        s = VmblockServer(pool, ("--config", str(_no_committer(tmp_path))))
+        s = kill_and_restart(s, ("--config", str(_no_committer(tmp_path))))
         s.cli("vm", "clone", "v", "--snapshot", "s1", "--name", "w")
         clone = Initiator(s, js(s, "vdisk", "show", "w-d")["lun"])
         assert clone.read(0, MiB) == a                  # the snapshot kept the old data
