@@ -29,3 +29,11 @@ def qemu_io(url: str, *cmds: str, cache: str | None = None, check: bool = True,
 def cli_json(server, *args: str, timeout: float = 60):
     """``vmblock ARGS --json`` against ``server``'s pool, parsed."""
     return json.loads(server.cli(*args, "--json", timeout=timeout).stdout)
+
+
+def error_line(r) -> str:
+    """The one ``vmblock: error:`` line a failed CLI run (click's CliRunner) printed."""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vmblock: error: "), r.stderr
+    assert "Traceback" not in r.output
+    return lines[0]

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real ``vmblock serve`` subprocess on a temporary pool, a faultfs mount.
+"""Shared fixtures: a real ``vmblock serve`` subprocess on a temporary pool, the CLI and the
+admin socket on a pool with no server, a faultfs mount.
 
 ``vmblock_server`` starts ``vmblock_server.VmblockServer`` with ``--demo`` (8 GiB thin vdisk
 ``demo`` at LUN 0 of the default target) and always stops it. Its output goes to
@@ -8,12 +9,20 @@ test shows what the server said.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from vmblock_server import VmblockServer
+
+from vmblock.admin import http as admin_http
+from vmblock.admin.api import Api
+from vmblock.cli import cli
+from vmblock.meta import Pool
 
 
 @pytest.fixture
@@ -27,6 +36,40 @@ def vmblock_server(tmp_path, request):
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()}\n")
+
+
+@pytest.fixture
+def run(tmp_path):
+    """``run(*args, code=0)``: the CLI (click's CliRunner) on ``run.pool``, a pool under
+    tmp_path with no server; the exit code must be ``code``."""
+    pool = tmp_path / "pool"
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        r = runner.invoke(cli, ["--pool", str(pool), *args], catch_exceptions=False)
+        assert r.exit_code == code, (args, r.output, r.stderr)
+        return r
+    invoke.pool = pool
+    return invoke
+
+
+@pytest.fixture
+def served(tmp_path):
+    """An Api on a real pool, served on the pool's admin socket from a background loop."""
+    pool = Pool(str(tmp_path / "pool"), create=True)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = asyncio.run_coroutine_threadsafe(
+        admin_http.start(Api(pool), pool.socket_path), loop).result(10)
+    try:
+        yield pool
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+        pool.close()
 
 
 @pytest.fixture

@@ -1,37 +1,13 @@
 """The admin socket: the real aiohttp server on a unix socket, the real http.client client."""
 
-import asyncio
 import http.client
 import json
 import socket
-import threading
 
 import pytest
 
-from vmblock.admin import http as admin_http
-from vmblock.admin.api import Api
 from vmblock.admin.client import AdminClient
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, ServerError
-from vmblock.meta import Pool
-
-
-@pytest.fixture
-def served(tmp_path):
-    """An Api on a real pool, served on the pool's admin socket from a background loop."""
-    pool = Pool(str(tmp_path / "pool"), create=True)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner = asyncio.run_coroutine_threadsafe(
-        admin_http.start(Api(pool), pool.socket_path), loop).result(10)
-    try:
-        yield pool
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-        pool.close()
 
 
 def test_connect_finds_no_server_without_socket(tmp_path):

@@ -16,14 +16,12 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from test_admin import served  # noqa: F401  (fixture)
+from clients import error_line
 from vmblock.admin import schema
 from vmblock.admin.api import VERBS, Api
 from vmblock.admin.client import AdminClient, LocalClient
 from vmblock.cache.errors import CacheError, TraceError
-from vmblock.cli import cli
 from vmblock.config import MAX_VDISK_BYTES
 from vmblock.errors import InvalidArgument, VmblockError
 from vmblock.meta import Pool
@@ -41,25 +39,6 @@ def set_keys(run) -> dict:
     """``config list`` less the keys every new pool starts with."""
     keys = json.loads(run("config", "list", "--json").stdout)
     return {k: v for k, v in keys.items() if k not in NEW_POOL_KEYS}
-
-
-@pytest.fixture
-def run(tmp_path):
-    pool = tmp_path / "pool"
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        r = runner.invoke(cli, ["--pool", str(pool), *args], catch_exceptions=False)
-        assert r.exit_code == code, (args, r.output, r.stderr)
-        return r
-    invoke.pool = pool
-    return invoke
-
-
-def error_line(r) -> str:
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vmblock: error: "), r.stderr
-    return lines[0]
 
 
 def post(sock_path: str, url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:

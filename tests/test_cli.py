@@ -5,30 +5,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from clients import error_line
 
 from vmblock import DEFAULT_TARGET
 from vmblock.cli import cli
 from vmblock.config import check_settings, load_toml
-
-
-@pytest.fixture
-def run(tmp_path):
-    pool = tmp_path / "pool"
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        r = runner.invoke(cli, ["--pool", str(pool), *args], catch_exceptions=False)
-        assert r.exit_code == code, (args, r.output, r.stderr)
-        return r
-    invoke.pool = pool
-    return invoke
-
-
-def error_line(r) -> str:
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vmblock: error: "), r.stderr
-    assert "Traceback" not in r.output
-    return lines[0]
 
 
 def test_read_command_without_pool_is_one_line_error(run):
