@@ -26,16 +26,9 @@ from vmblock.meta import Pool
 
 
 @pytest.fixture
-def vmblock_server(tmp_path, request):
-    """A fresh server on a temporary pool, stopped after the test whatever happens."""
-    server = VmblockServer(tmp_path / "pool")
-    try:
-        yield server
-    finally:
-        server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            sys.stderr.write(f"\n--- vmblock server log ---\n{server.log()}\n")
+def vmblock_server(tmp_path, start_server):
+    """A fresh server on ``tmp_path/pool``, stopped after the test whatever happens."""
+    return start_server(pool=tmp_path / "pool")
 
 
 @pytest.fixture

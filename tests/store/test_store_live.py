@@ -15,7 +15,6 @@ import pytest
 from clients import cli_json as js
 from clients import qemu_io
 from iscsi_client import IscsiClient, write10
-from vmblock_server import VmblockServer
 
 from vmblock import DEFAULT_TARGET
 
@@ -103,17 +102,10 @@ def test_snapshot_clone_revert_contents_through_qemu(vmblock_server):
 
 
 @pytest.fixture
-def small_pool_server(tmp_path, request):
+def small_pool_server(tmp_path, start_server):
     cfg = tmp_path / "small.toml"
     cfg.write_text('[store]\ncapacity_size = "16M"\nlow_space_thresholds = "50,90"\n')
-    server = VmblockServer(tmp_path / "pool", ("--config", str(cfg)))
-    try:
-        yield server
-    finally:
-        server.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(f"\n--- vmblock server log ---\n{server.log()}")
+    return start_server("--config", str(cfg), pool=tmp_path / "pool")
 
 
 @pytest.mark.timeout(120)
