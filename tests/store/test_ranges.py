@@ -20,8 +20,8 @@ def test_units_matches_every_byte(offset, length, unit):
        st.integers(1, 5))
 def test_pieces_cover_the_range_within_the_limit(offset, length, unit, max_units):
     got = list(pieces(offset, length, unit, max_units))
-    assert [a for a, _ in got] == [0] + [b for _, b in got][:-1]
-    assert (got[-1][1] if got else 0) == length
+    bounds = [0] + [b for _, b in got]
+    assert [a for a, _ in got] == bounds[:-1] and bounds[-1] == length
     for a, b in got:
         assert a < b and units(offset + a, b - a, unit)[1] <= max_units
         if b < length:
