@@ -43,6 +43,11 @@ def test_parse_fraction_refuses(text):
         parse_fraction(text, "--min")
 
 
+def test_a_bare_percentage_says_how_to_write_it():
+    with pytest.raises(InvalidArgument, match="write 10% for a percentage"):
+        parse_fraction("10")
+
+
 @pytest.mark.parametrize("text,v", [("30", 30.0), ("1.5", 1.5), ("250ms", 0.25), ("2s", 2.0),
                                     ("5m", 300.0), ("1h", 3600.0), (0, 0.0)])
 def test_parse_seconds(text, v):

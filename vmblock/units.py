@@ -79,6 +79,9 @@ def parse_fraction(text: str | float, what: str = "fraction") -> float:
         raise InvalidArgument(f"{what} {shown(t)} is not a fraction (write 10% or 0.1)") from None
     if percent:
         v /= 100.0
+    elif 1.0 < v <= 100.0:
+        raise InvalidArgument(f"{what} {shown(t)} is over 1: write {t}% for a percentage, "
+                              f"or a fraction such as 0.1")
     if not (math.isfinite(v) and 0.0 <= v <= 1.0):
         raise InvalidArgument(f"{what} {shown(t)} is not between 0 and 1 (0% and 100%)")
     return v
