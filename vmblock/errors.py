@@ -45,6 +45,14 @@ class InvalidArgument(VmblockError):
     http_status = 400
 
 
+class CacheError(InvalidArgument):
+    """Invalid cache or eviction-group setting (a user error: one line, exit 2)."""
+
+
+class TraceError(InvalidArgument):
+    """A trace file that is missing, truncated, corrupt or of an unknown format."""
+
+
 class PoolError(VmblockError):
     """The pool is missing, locked by another process or damaged."""
 
