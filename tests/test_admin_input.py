@@ -21,9 +21,9 @@ from clients import error_line
 from vmblock.admin.api import VERBS, Api
 from vmblock.admin.cache import CacheVerbs
 from vmblock.admin.client import AdminClient, LocalClient
-from vmblock.errors import CacheError, TraceError
+from vmblock.cache.groups import parse_group
 from vmblock.config import MAX_VDISK_BYTES
-from vmblock.errors import InvalidArgument, VmblockError
+from vmblock.errors import CacheError, InvalidArgument, TraceError, VmblockError
 from vmblock.meta import Pool
 from vmblock.server import LiveApi
 
@@ -227,9 +227,7 @@ def test_every_error_reply_is_json(served):
 
 def test_unexpected_failure_is_a_logged_json_500(served, caplog):
     """A damaged record (a VM without a name) is a server-side failure, not a bad request."""
-    batch = served._batch()
-    served._put(batch, "vm/broken", {"uuid": "broken"})
-    served._commit(batch)
+    served.write_records({"vm/broken": {"uuid": "broken"}})
     status, reply = post(served.socket_path, "/v1/vm/list", b"{}")
     assert (status, reply["kind"]) == (500, "InternalError"), reply
     assert "TypeError" in reply["error"] and "server log" in reply["error"]
@@ -276,6 +274,22 @@ def test_every_error_class_round_trips_in_a_process_that_imported_only_errors():
                        text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == [f"{kind} x" for kind in kinds]
+
+
+def test_group_shares_have_one_meaning(run):
+    """``--min 0.1`` and ``--min 10%`` are both a tenth of the cache, as ``min=0.1`` is in a
+    replay ``--group``; ``--min 10`` is refused rather than read as 10% or as 1000%."""
+    run("group", "create", "a", "--min", "0.1", "--max", "60%")
+    run("group", "create", "b", "--min", "10%", "--max", "0.6")
+    shown = {g["name"]: (g["min_pct"], g["max_pct"])
+             for g in json.loads(run("group", "list", "--json").stdout)}
+    assert shown["a"] == shown["b"] == (10.0, 60.0)
+    for args in (["create", "c", "--min", "10"], ["set", "a", "--max", "60"]):
+        assert "not between 0 and 1 (0% and 100%)" in error_line(run("group", *args, code=2))
+    assert "write 10% or 0.1" in error_line(run("group", "create", "c", "--min", "ten", code=2))
+    assert parse_group("c:min=0.1").min == parse_group("c:min=10%").min == 0.1
+    with pytest.raises(CacheError, match="not between 0 and 1"):
+        parse_group("c:min=10")
 
 
 def test_schema_matches_every_verb():

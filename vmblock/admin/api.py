@@ -65,13 +65,13 @@ class Api:
     # What a running server must also do after a change; nothing runs to be told without one.
 
     def vdisk_created(self, disk: Vdisk, new_target: bool) -> None:
-        pass
+        """Serve a new vdisk (and its target if new)."""
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
-        pass
+        """Stop serving a deleted vdisk."""
 
     def vdisk_resized(self, disk: Vdisk) -> None:
-        pass
+        """Tell initiators a vdisk grew."""
 
     def config_changed(self, key: str) -> bool:
         """Apply a changed key to what runs; False when it takes effect at the next start."""

@@ -44,6 +44,7 @@ class AdminClient:
 
     @classmethod
     def connect(cls, socket_path: str) -> AdminClient | None:
+        """A client of the server listening on ``socket_path``, None when nothing answers."""
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(socket_path)
@@ -56,6 +57,7 @@ class AdminClient:
         return cls(socket_path)
 
     def call(self, group: str, verb: str, **kwargs):
+        """Run a verb on the server; its VmblockError is raised here again, same class."""
         conn = _UnixConnection(self.socket_path, TIMEOUT)
         try:
             conn.request("POST", f"/v1/{group}/{verb}", body=json.dumps(kwargs),
@@ -83,6 +85,7 @@ class LocalClient:
         self.api = api
 
     def call(self, group: str, verb: str, **kwargs):
+        """Run a verb on the pool, arguments checked as the server checks them."""
         return run_verb(self.api, group, verb, kwargs)
 
 

@@ -44,6 +44,7 @@ async def _json_errors(request: web.Request, handler):
 
 
 def make_app(api: Api) -> web.Application:
+    """The aiohttp application answering every verb of ``VERBS`` on ``api``."""
     async def answer(request: web.Request) -> web.Response:
         group, verb = request.match_info["group"], request.match_info["verb"]
         if (group, verb) not in VERBS:

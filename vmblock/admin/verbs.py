@@ -32,6 +32,7 @@ class Verb:
 
     @property
     def method(self) -> str:
+        """The method's name: ``<noun>_<verb>``."""
         return f"{self.noun}_{self.name}"
 
     def bound(self, api):

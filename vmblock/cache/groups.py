@@ -22,6 +22,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 @dataclass(frozen=True)
 class GroupSpec:
+    """One eviction group's settings: priority, min/max share of the cache (0..1), what it
+    admits on, and whether its blocks are pinned."""
+
     name: str
     priority: int = 0
     min: float = 0.0
@@ -30,6 +33,7 @@ class GroupSpec:
     pinned: bool = False
 
     def check(self) -> None:
+        """Refuse, as a CacheError, a name or setting the cache cannot use."""
         if not _NAME_RE.match(self.name):
             raise CacheError(f"invalid group name {self.name!r}")
         if not 0.0 <= self.min <= 1.0 or not 0.0 <= self.max <= 1.0:

@@ -59,5 +59,5 @@ for _command in (serve.serve, vm.vm, vdisk.vdisk, snapshot.snapshot, config.conf
 
 
 def main() -> None:
-    """The console script ``vmblock``."""
+    """The console script ``vmblock`` (setup.py's entry point, ``python -m vmblock``)."""
     cli()

@@ -60,8 +60,10 @@ def verb_command(parent: click.Group | None, name: str, verb: tuple[str, str] | 
         @click.pass_context
         @functools.wraps(function)
         def command(ctx: click.Context, **options):
+            opened = functools.cache(lambda: open_api(ctx, create))    # once, when first used
+
             def call(**verb_args):
-                return getattr(open_api(ctx, create), method)(**verb_args)
+                return getattr(opened(), method)(**verb_args)
             return function(call, **options)
         cmd = (parent.command(name) if parent is not None else click.command(name))(command)
         cmd.verb = noun_verb
