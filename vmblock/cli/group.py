@@ -51,8 +51,8 @@ def group_create(call, name, priority, min_, max_, promote, pinned, as_json) -> 
 @verb_command(group, "set")
 @click.argument("name")
 @click.option("--priority", type=int, default=None)
-@click.option("--min", "min_", default=None, help=f"e.g. 10% ({SHARE_HELP})")
-@click.option("--max", "max_", default=None, help=f"e.g. 60% ({SHARE_HELP})")
+@click.option("--min", "min_", default=None, help=f"Reserved share of the cache ({SHARE_HELP}).")
+@click.option("--max", "max_", default=None, help=f"Largest share of the cache ({SHARE_HELP}).")
 @click.option("--promote", default=None, help="read, write or never")
 @click.option("--pinned/--unpinned", default=None)
 @json_option
