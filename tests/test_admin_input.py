@@ -18,12 +18,12 @@ import sys
 import pytest
 
 from clients import error_line
-from vmblock.admin import schema
 from vmblock.admin.api import VERBS, Api
+from vmblock.admin.cache import CacheVerbs
 from vmblock.admin.client import AdminClient, LocalClient
-from vmblock.cache.errors import CacheError, TraceError
+from vmblock.cache.groups import parse_group
 from vmblock.config import MAX_VDISK_BYTES
-from vmblock.errors import InvalidArgument, VmblockError
+from vmblock.errors import CacheError, InvalidArgument, TraceError, VmblockError
 from vmblock.meta import Pool
 from vmblock.server import LiveApi
 
@@ -227,9 +227,7 @@ def test_every_error_reply_is_json(served):
 
 def test_unexpected_failure_is_a_logged_json_500(served, caplog):
     """A damaged record (a VM without a name) is a server-side failure, not a bad request."""
-    batch = served._batch()
-    served._put(batch, "vm/broken", {"uuid": "broken"})
-    served._commit(batch)
+    served.write_records({"vm/broken": {"uuid": "broken"}})
     status, reply = post(served.socket_path, "/v1/vm/list", b"{}")
     assert (status, reply["kind"]) == (500, "InternalError"), reply
     assert "TypeError" in reply["error"] and "server log" in reply["error"]
@@ -248,17 +246,59 @@ def test_every_error_class_round_trips(served):
         again = VmblockError.from_json(cls("x").to_json())
         assert type(again) is cls and str(again) == "x"
     c = AdminClient(served.socket_path)
-    with pytest.raises(CacheError, match="not between 0% and 100%"):
+    with pytest.raises(CacheError, match=r"not between 0 and 1 \(0% and 100%\)"):
         c.group_create(name="g", min="200%")
+
+
+def test_every_error_class_round_trips_in_a_process_that_imported_only_errors():
+    """A client that never imported the module raising an error (a CLI command does not load
+    the cache) still rebuilds its class from the server's reply: all of them are defined in
+    vmblock.errors. Every subclass the whole package defines is tried."""
+    import vmblock.cli  # noqa: F401  (and so admin, meta, cache, ...: every error class)
+    import vmblock.server  # noqa: F401
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+    kinds = sorted({c.__name__ for c in subclasses(VmblockError)} | {"VmblockError"})
+    script = ("import json, sys\n"
+              "from vmblock.errors import VmblockError\n"
+              "for kind in json.loads(sys.argv[1]):\n"
+              "    e = VmblockError.from_json(VmblockError.from_json("
+              "{'kind': kind, 'error': 'x'}).to_json())\n"
+              "    print(type(e).__name__, str(e))\n"
+              "assert not [m for m in sys.modules if m.startswith(('vmblock.cache', "
+              "'vmblock.admin', 'vmblock.meta'))]\n")
+    p = subprocess.run([sys.executable, "-c", script, json.dumps(kinds)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [f"{kind} x" for kind in kinds]
+
+
+def test_group_shares_have_one_meaning(run):
+    """``--min 0.1`` and ``--min 10%`` are both a tenth of the cache, as ``min=0.1`` is in a
+    replay ``--group``; ``--min 10`` is refused rather than read as 10% or as 1000%."""
+    run("group", "create", "a", "--min", "0.1", "--max", "60%")
+    run("group", "create", "b", "--min", "10%", "--max", "0.6")
+    shown = {g["name"]: (g["min_pct"], g["max_pct"])
+             for g in json.loads(run("group", "list", "--json").stdout)}
+    assert shown["a"] == shown["b"] == (10.0, 60.0)
+    for args in (["create", "c", "--min", "10"], ["set", "a", "--max", "60"]):
+        assert "not between 0 and 1 (0% and 100%)" in error_line(run("group", *args, code=2))
+    assert "write 10% or 0.1" in error_line(run("group", "create", "c", "--min", "ten", code=2))
+    assert parse_group("c:min=0.1").min == parse_group("c:min=10%").min == 0.1
+    with pytest.raises(CacheError, match="not between 0 and 1"):
+        parse_group("c:min=10")
 
 
 def test_schema_matches_every_verb():
     """Each verb's schema names exactly its parameters: required ones have no default, the
     ones that may be null default to None (also in the server's overrides)."""
-    assert set(schema.VERB_ARGS) == set(VERBS)
-    for (group, verb), table in schema.VERB_ARGS.items():
-        for cls in (Api, LiveApi):
-            params = dict(inspect.signature(getattr(cls, f"{group}_{verb}")).parameters)
+    for (group, verb), v in VERBS.items():
+        table = v.args
+        for cls in ((Api, LiveApi) if not v.part else (CacheVerbs,)):
+            params = dict(inspect.signature(getattr(cls, v.method)).parameters)
             params.pop("self")
             assert set(params) == set(table), (cls.__name__, group, verb)
             for name, p in params.items():

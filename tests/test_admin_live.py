@@ -19,7 +19,6 @@ from vmblock_server import VmblockServer
 from iscsi_client import IscsiClient, read10, tur, write10
 from test_admin_input import post
 from vmblock import DEFAULT_TARGET
-from vmblock.admin import schema
 from vmblock.admin.api import VERBS
 from vmblock.config import MAX_VDISK_BYTES
 
@@ -155,7 +154,7 @@ def requests(draw) -> tuple[str, bytes]:
         return f"/v1/{group}/{verb}", draw(st.binary(max_size=64))
     if body_kind == "not-object":
         return f"/v1/{group}/{verb}", json.dumps(draw(ANY_JSON)).encode()
-    table = schema.VERB_ARGS.get((group, verb), {})
+    table = VERBS[(group, verb)].args if (group, verb) in VERBS else {}
     # a wild call has values of any JSON type and foreign arguments; a tame one has values of
     # the right kind (some bad all the same) and mostly its required arguments, so it gets
     # past the type checks and changes the pool

@@ -24,6 +24,7 @@ class VmblockError(Exception):
         _KINDS[cls.__name__] = cls
 
     def to_json(self) -> dict:
+        """The admin socket's error reply: the message and the class name."""
         return {"error": str(self), "kind": type(self).__name__}
 
     @staticmethod
@@ -34,15 +35,29 @@ class VmblockError(Exception):
 
 
 class NotFound(VmblockError):
+    """The VM, vdisk, snapshot, group or key named does not exist."""
+
     http_status = 404
 
 
 class AlreadyExists(VmblockError):
+    """The name asked for is taken."""
+
     http_status = 409
 
 
 class InvalidArgument(VmblockError):
+    """A value the command cannot use (the message says which and why)."""
+
     http_status = 400
+
+
+class CacheError(InvalidArgument):
+    """Invalid cache or eviction-group setting (a user error: one line, exit 2)."""
+
+
+class TraceError(InvalidArgument):
+    """A trace file that is missing, truncated, corrupt or of an unknown format."""
 
 
 class PoolError(VmblockError):

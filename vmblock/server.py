@@ -18,10 +18,11 @@ import uvloop
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
-from vmblock.cache import manager as cache_manager
 from vmblock.cache import tier as cache_tier
 from vmblock.config import (
     NEW_TARGET_CHAP_KEY,
+    cache_bytes_wanted,
+    cache_settings,
     check_settings,
     fabric_settings,
     format_portal,
@@ -101,6 +102,40 @@ def iscsi_config(settings: dict[str, str]) -> IscsiConfig:
     )
 
 
+def open_cache(pool: Pool, settings: dict[str, str]) -> cache_tier.FlashCache | None:
+    """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0.
+
+    The cache takes the first ``cache.size`` bytes of the flash tier (slot s at s * block
+    size); the rest of the tier is left for flash-tier AUs of the extent store."""
+    cs = cache_settings(settings)
+    flash = pool.store.flash
+    total = flash.size_bytes
+    size = cache_bytes_wanted(settings, total)
+    if size > total:
+        raise InvalidArgument(f"cache.size {cs['size'].strip()} is larger than the flash tier "
+                              f"({total} bytes, store.flash_size)")
+    # the extent store owns the split: its flash-tier AUs start at cache_bytes
+    size = min(size, pool.store.cache_bytes)
+    bs = parse_size(cs["block_size"])
+    nslots = size // bs
+    if nslots == 0:
+        return None
+    cache = cache_tier.FlashCache(flash.fd, 0, nslots, bs)
+    cache.set_groups(pool.eviction_groups.slot_table(), {})
+    return cache
+
+
+def cached_store(cache: cache_tier.FlashCache, pool: Pool, disk: Vdisk,
+                 store: BackingStore) -> cache_tier.CachedStore:
+    """Put the cache in front of one vdisk's store, in its group with its pin."""
+    vm = pool.vm_by_uuid(disk.vm).name if disk.vm else None
+    vid = cache.attach(disk.uuid, disk.name, vm)
+    groups = pool.eviction_groups
+    cache.set_groups(groups.slot_table(), {disk.uuid: (groups.group_of(disk),
+                                                       groups.pinned(disk))})
+    return cache_tier.CachedStore(cache, store, vid)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -160,7 +195,7 @@ class Server:
     def add_vdisk(self, disk: Vdisk) -> None:
         store = self.pool.open_store(disk)
         if self.cache is not None:
-            store = cache_manager.cached_store(self.cache, self.pool, disk, store)
+            store = cached_store(self.cache, self.pool, disk, store)
             store.bypass = disk.tier == "flash"     # flash-tier data needs no cache
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
@@ -174,6 +209,10 @@ class Server:
         store.close()
         if self.cache is not None:
             self.cache.detach(disk.uuid)
+
+    def store_of(self, vdisk_uuid: str) -> BackingStore | None:
+        """The store a served vdisk's LUN uses (vmblock.admin.cache.Runtime)."""
+        return self.stores.get(vdisk_uuid)
 
     def lu(self, disk: Vdisk) -> LogicalUnit | None:
         entry = self.targets.get(disk.target)
@@ -198,7 +237,7 @@ class Server:
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
         cache_tier.warm()
         self.pool.store           # maps loaded and refcounts rebuilt before the ready line
-        self.cache = cache_manager.open_cache(self.pool, settings)   # cold: RAM only
+        self.cache = open_cache(self.pool, settings)   # cold: RAM only
         interval = float(store_settings(settings)["commit_interval"])
         if interval > 0:
             self.committer = asyncio.create_task(self._commit_loop(interval))
@@ -244,7 +283,7 @@ class LiveApi(Api):
     """The verbs as the running server answers them: pool first, then the live targets."""
 
     def __init__(self, server: Server):
-        super().__init__(server.pool)
+        super().__init__(server.pool, runtime=server)
         self.server = server
 
     def portals(self) -> list[tuple[str, int]]:

@@ -4,8 +4,9 @@ priority decides who gives up space, pinning, live changes, and invalid settings
 import numpy as np
 import pytest
 
-from vmblock.cache import CacheDirectory, CacheError, GroupSpec, parse_group, validate_groups
+from vmblock.cache import CacheDirectory, GroupSpec, parse_group, validate_groups
 from vmblock.cache.params import parse_params
+from vmblock.errors import CacheError
 
 
 def _run(d, keys, vd, step=50, each=None):

@@ -3,39 +3,43 @@
 The CLI calls an ``Api`` directly when no server runs and an ``AdminClient`` (same methods, over
 the admin socket) when one does; the server's subclass also applies each change to the live
 targets. Methods take and return plain JSON values so the two paths cannot drift apart.
+
+The verbs are the methods marked ``@verb`` here and in ``CacheVerbs``; ``VERBS`` is derived from
+them (vmblock.admin.verbs) and ``run_verb`` is the one way in, arguments checked first.
 """
 
 from __future__ import annotations
 
-from vmblock.cache.manager import CacheApi
+from vmblock.admin.cache import CacheVerbs, Runtime
+from vmblock.admin.schema import (
+    EventLimit,
+    GuestOs,
+    Iqn,
+    Key,
+    Location,
+    Name,
+    SizeText,
+    TierName,
+    Value,
+    check_args,
+)
+from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.config import format_portal, parse_size, portals_of
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.meta import Pool, Vdisk
 from vmblock.meta.pool import Snapshot
 
-# (group, verb) pairs the admin socket serves; the method is ``<group>_<verb>``.
-VERBS = (
-    ("vm", "create"), ("vm", "list"), ("vm", "show"), ("vm", "set"), ("vm", "delete"),
-    ("vm", "snapshot"), ("vm", "clone"), ("vm", "revert"),
-    ("vdisk", "create"), ("vdisk", "list"), ("vdisk", "show"), ("vdisk", "delete"),
-    ("vdisk", "resize"), ("vdisk", "snapshot"), ("vdisk", "revert"), ("vdisk", "move"),
-    ("snapshot", "list"), ("snapshot", "delete"),
-    ("config", "get"), ("config", "set"), ("config", "unset"), ("config", "list"),
-    ("session", "list"), ("pool", "show"), ("pool", "check"), ("event", "list"),
-    ("group", "create"), ("group", "list"), ("group", "show"), ("group", "set"),
-    ("group", "delete"), ("group", "assign"), ("vdisk", "pin"), ("vdisk", "unpin"),
-    ("cache", "show"), ("cache", "preload"),
-)
-
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-class Api(CacheApi):
-    """Management verbs on a pool opened by this process (cache verbs: ``CacheApi``)."""
+class Api:
+    """Management verbs on a pool opened by this process; the group and cache verbs are its
+    part ``cache`` (``CacheVerbs``), live on ``runtime`` when a server runs."""
 
-    def __init__(self, pool: Pool):
+    def __init__(self, pool: Pool, runtime: Runtime | None = None):
         self.pool = pool
+        self.cache = CacheVerbs(pool, runtime)
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""
@@ -61,13 +65,13 @@ class Api(CacheApi):
     # What a running server must also do after a change; nothing runs to be told without one.
 
     def vdisk_created(self, disk: Vdisk, new_target: bool) -> None:
-        pass
+        """Serve a new vdisk (and its target if new)."""
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
-        pass
+        """Stop serving a deleted vdisk."""
 
     def vdisk_resized(self, disk: Vdisk) -> None:
-        pass
+        """Tell initiators a vdisk grew."""
 
     def config_changed(self, key: str) -> bool:
         """Apply a changed key to what runs; False when it takes effect at the next start."""
@@ -92,16 +96,22 @@ class Api(CacheApi):
         d["used_bytes"] = sum(e["used_bytes"] for e in snap.disks)
         return d
 
-    def vm_create(self, name: str, guest_os: str = "", location: str = "") -> dict:
+    @verb
+    def vm_create(self, name: Name, guest_os: GuestOs = "", location: Location = "") -> dict:
+        """Create a VM (a pool is created for it if new)."""
         return self.pool.create_vm(name, guest_os, location).dump()
 
-    def vm_set(self, name: str, guest_os: str | None = None, location: str | None = None,
-               active: bool | None = None) -> dict:
+    @verb
+    def vm_set(self, name: Name, guest_os: GuestOs | None = None,
+               location: Location | None = None, active: bool | None = None) -> dict:
+        """Change a VM's guest OS, location or active flag (None keeps one)."""
         fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
                                     ("active", active)) if v is not None}
         return self.pool.update_vm(name, **fields).dump()
 
+    @verb
     def vm_list(self) -> list[dict]:
+        """Every VM with the names of its vdisks and the bytes they use."""
         disks: dict[str, list[str]] = {}
         used: dict[str, int] = {}
         for d in self.pool.vdisks():
@@ -111,7 +121,8 @@ class Api(CacheApi):
         return [dict(vm.dump(), vdisks=disks.get(vm.uuid, []), used_bytes=used.get(vm.uuid, 0))
                 for vm in self.pool.vms()]
 
-    def vm_show(self, name: str) -> dict:
+    @verb
+    def vm_show(self, name: Name) -> dict:
         """The VM with its vdisks (name, url, size, used), snapshots and lineage."""
         vm = self.pool.vm(name)
         disks = [{"name": d.name, "uuid": d.uuid, "url": self.url(d),
@@ -126,18 +137,25 @@ class Api(CacheApi):
                     snapshots=[self._snapshot_json(s) for s in self.pool.snapshots(vm=name)],
                     lineage={"parent": vm.parent, "clones": clones})
 
-    def vm_delete(self, name: str, purge: bool = False, force: bool = False) -> dict:
-        """``force``: purge even while iSCSI sessions use the vdisks (only a server has any)."""
+    @verb
+    def vm_delete(self, name: Name, purge: bool = False, force: bool = False) -> dict:
+        """Delete a VM and its snapshots (``purge``: its vdisks too). ``force``: purge even
+        while iSCSI sessions use the vdisks (only a server has any)."""
         vm, disks = self.pool.delete_vm(name, purge=purge)
         for disk in disks:
             self.vdisk_deleted(disk)
         return dict(vm.dump(), vdisks_deleted=[d.name for d in disks])
 
-    def vm_snapshot(self, name: str, snapshot: str) -> dict:
+    @verb
+    def vm_snapshot(self, name: Name, snapshot: Name) -> dict:
+        """Snapshot every vdisk of a VM at one instant (crash-consistent, metadata only)."""
         return self._snapshot_json(self.pool.snapshot_vm(name, snapshot))
 
-    def vm_clone(self, name: str, new_name: str, snapshot: str | None = None,
+    @verb
+    def vm_clone(self, name: Name, new_name: Name, snapshot: Name | None = None,
                  live: bool = False) -> dict:
+        """A new VM whose vdisks (new LUNs) share a snapshot's (or, ``live``, the current)
+        blocks copy-on-write."""
         vm, disks, new_targets = self.pool.clone_vm(name, new_name, snapshot=snapshot,
                                                     live=live)
         for disk in disks:
@@ -151,77 +169,130 @@ class Api(CacheApi):
                 "vdisks": [{"name": d.name, "size_bytes": d.size_bytes,
                             "size_changed": changed} for d, changed in done]}
 
-    def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+    @verb
+    def vm_revert(self, name: Name, snapshot: Name, force: bool = False) -> dict:
+        """Revert every vdisk of a VM to a VM snapshot. ``force``: even while iSCSI sessions
+        use the LUNs (only a server has any; they get a unit attention)."""
         snap = self.pool.snapshot(snapshot, vm=name)
         if snap.vdisk is not None:
             raise InvalidArgument(f"{snapshot!r} is a snapshot of vdisk "
                                   f"{snap.disks[0]['name']}; use vdisk revert")
         return self._revert_json(snap, self.pool.revert(snap))
 
-    def vdisk_snapshot(self, name: str, snapshot: str) -> dict:
+    @verb
+    def vdisk_snapshot(self, name: Name, snapshot: Name) -> dict:
+        """Snapshot one vdisk (metadata only)."""
         return self._snapshot_json(self.pool.snapshot_vdisk(name, snapshot))
 
-    def vdisk_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+    @verb
+    def vdisk_revert(self, name: Name, snapshot: Name, force: bool = False) -> dict:
+        """Revert one vdisk to one of its snapshots. ``force``: as for ``vm_revert``."""
         snap = self.pool.snapshot(snapshot, vdisk=name)
         return self._revert_json(snap, self.pool.revert(snap))
 
-    def vdisk_resize(self, name: str, size: str | int) -> dict:
+    @verb
+    def vdisk_resize(self, name: Name, size: SizeText) -> dict:
+        """Grow a vdisk (it cannot shrink); a running server tells initiators."""
         disk = self.pool.resize_vdisk(name, parse_size(size))
         self.vdisk_resized(disk)
         return self._vdisk_json(disk)
 
-    def vdisk_move(self, name: str, tier: str) -> dict:
+    @verb
+    def vdisk_move(self, name: Name, tier: TierName) -> dict:
+        """Move a vdisk's blocks to another tier (its snapshots keep theirs); ``move`` says
+        how much moved and how long it took."""
         r = self.pool.move_vdisk(name, tier)
         return dict(self._vdisk_json(self.pool.vdisk(name)), move=r)
 
-    def snapshot_list(self, vm: str | None = None) -> list[dict]:
+    @verb
+    def snapshot_list(self, vm: Name | None = None) -> list[dict]:
+        """Snapshots (of one VM if ``vm``), oldest first."""
         return [self._snapshot_json(s) for s in self.pool.snapshots(vm=vm)]
 
-    def snapshot_delete(self, name: str, vm: str | None = None,
-                        vdisk: str | None = None) -> dict:
+    @verb
+    def snapshot_delete(self, name: Name, vm: Name | None = None,
+                        vdisk: Name | None = None) -> dict:
+        """Delete a snapshot of a VM or of a vdisk (name exactly one)."""
         return self._snapshot_json(self.pool.delete_snapshot(name, vm=vm, vdisk=vdisk))
 
+    @verb
     def pool_check(self) -> dict:
+        """Check the pool (fsck); ``ok`` is false and ``errors`` says why if it is not clean."""
         return self.pool.check()
 
-    def event_list(self, limit: int = 100) -> list[dict]:
+    @verb
+    def event_list(self, limit: EventLimit = 100) -> list[dict]:
+        """The newest ``limit`` events (0: all), oldest first."""
         return self.pool.events(limit)
 
-    def vdisk_create(self, name: str, size: str | int, vm: str | None = None,
-                     target: str | None = None) -> dict:
+    @verb
+    def vdisk_create(self, name: Name, size: SizeText, vm: Name | None = None,
+                     target: Iqn | None = None) -> dict:
+        """Create a thin vdisk at the lowest free LUN of ``target`` (created if new)."""
         disk, new_target = self.pool.create_vdisk(name, parse_size(size), vm=vm, target=target)
         self.vdisk_created(disk, new_target)
         return self._vdisk_json(disk)
 
-    def vdisk_list(self, vm: str | None = None) -> list[dict]:
+    @verb
+    def vdisk_list(self, vm: Name | None = None) -> list[dict]:
+        """Every vdisk (of one VM if ``vm``) with its URL and used bytes."""
         return [self._vdisk_json(d) for d in self.pool.vdisks(vm=vm)]
 
-    def vdisk_show(self, name: str) -> dict:
+    @verb
+    def vdisk_show(self, name: Name) -> dict:
+        """One vdisk with the iscsi:// URL initiators use and its bytes on each tier."""
         return self._vdisk_json(self.pool.vdisk(name))
 
-    def vdisk_delete(self, name: str, force: bool = False) -> dict:
-        """``force``: delete even while iSCSI sessions use it (only a server has any)."""
+    @verb
+    def vdisk_delete(self, name: Name, force: bool = False) -> dict:
+        """Delete a vdisk and its data. ``force``: even while iSCSI sessions use it (only a
+        server has any)."""
         disk = self.pool.delete_vdisk(name)
         self.vdisk_deleted(disk)
         return disk.dump()
 
-    def config_get(self, key: str) -> dict:
+    @verb
+    def config_get(self, key: Key) -> dict:
+        """One config key's value."""
         return {"key": key, "value": self.pool.config_get(key)}
 
-    def config_set(self, key: str, value: str) -> dict:
+    @verb
+    def config_set(self, key: Key, value: Value) -> dict:
+        """Set a config key; ``live``: whether the running server applied it at once."""
         self.pool.config_set(key, value)
         return {"key": key, "value": value, "live": self.config_changed(key)}
 
-    def config_unset(self, key: str) -> dict:
+    @verb
+    def config_unset(self, key: Key) -> dict:
+        """Remove a config key (back to its default); ``live`` as for ``config_set``."""
         self.pool.config_unset(key)
         return {"key": key, "live": self.config_changed(key)}
 
+    @verb
     def config_list(self) -> dict:
+        """Every config key set in the pool."""
         return self.pool.config()
 
+    @verb
     def session_list(self) -> list[dict]:
+        """The logged-in iSCSI sessions; only a running server has any."""
         raise ServerError(f"no server is running on pool {self.pool.path}; "
                           f"sessions exist only while `vmblock serve` runs")
 
+    @verb
     def pool_show(self) -> dict:
+        """The whole model tree: targets and LUNs, VMs, vdisks, snapshots, config, store
+        usage, recent events and eviction groups."""
         return self.pool.dump()
+
+# (noun, verb) -> Verb of every admin verb: Api's own and those of its part ``cache``
+VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs})
+
+
+def run_verb(api: Api, noun: str, name: str, kwargs: dict):
+    """Run a verb on ``api`` with checked arguments; an awaitable for the server's slow verbs."""
+    v = VERBS.get((noun, name))
+    if v is None:
+        raise InvalidArgument(f"unknown admin verb {noun} {name}")
+    check_args(noun, name, v.args, kwargs)
+    return v.bound(api)(**kwargs)

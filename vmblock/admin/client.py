@@ -3,7 +3,8 @@ socket of a running server, ``LocalClient`` on a pool this process opened.
 
 Plain ``http.client`` over AF_UNIX: a CLI command pays for neither aiohttp's import nor an event
 loop, and a dead server is detected by a refused connect, not a timeout. Both check arguments by
-the same schema (vmblock.admin.schema), so a command fails alike with or without a server.
+the same schema (vmblock.admin.schema), so a command fails alike with or without a server. Their
+verb methods are made from the one verb table, ``vmblock.admin.api.VERBS``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import http.client
 import json
 import socket
 
-from vmblock.admin import schema
-from vmblock.admin.api import VERBS, Api
+from vmblock.admin.api import VERBS, Api, run_verb
+from vmblock.admin.verbs import Verb
 from vmblock.errors import ServerError, VmblockError
 
 TIMEOUT = 60.0
@@ -43,6 +44,7 @@ class AdminClient:
 
     @classmethod
     def connect(cls, socket_path: str) -> AdminClient | None:
+        """A client of the server listening on ``socket_path``, None when nothing answers."""
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(socket_path)
@@ -55,6 +57,7 @@ class AdminClient:
         return cls(socket_path)
 
     def call(self, group: str, verb: str, **kwargs):
+        """Run a verb on the server; its VmblockError is raised here again, same class."""
         conn = _UnixConnection(self.socket_path, TIMEOUT)
         try:
             conn.request("POST", f"/v1/{group}/{verb}", body=json.dumps(kwargs),
@@ -82,16 +85,18 @@ class LocalClient:
         self.api = api
 
     def call(self, group: str, verb: str, **kwargs):
-        return schema.call(self.api, group, verb, kwargs)
+        """Run a verb on the pool, arguments checked as the server checks them."""
+        return run_verb(self.api, group, verb, kwargs)
 
 
-def _verb(group: str, verb: str):
+def _client_method(v: Verb):
     def method(self, **kwargs):
-        return self.call(group, verb, **kwargs)
-    method.__name__ = f"{group}_{verb}"
+        return self.call(v.noun, v.name, **kwargs)
+    method.__name__ = v.method
+    method.__doc__ = v.function.__doc__
     return method
 
 
-for _group, _verb_name in VERBS:
-    setattr(AdminClient, f"{_group}_{_verb_name}", _verb(_group, _verb_name))
-    setattr(LocalClient, f"{_group}_{_verb_name}", _verb(_group, _verb_name))
+for _v in VERBS.values():
+    setattr(AdminClient, _v.method, _client_method(_v))
+    setattr(LocalClient, _v.method, _client_method(_v))

@@ -2,7 +2,7 @@
 
 Replies are ``{"result": ...}`` or, for a VmblockError, ``{"error", "kind"}`` with the error's
 HTTP status, so the client can raise the same error class the server did. Arguments are checked
-against the verb's schema (vmblock.admin.schema) before the verb runs; every other failure is a
+against the verb's signature (vmblock.admin.schema) before the verb runs; every other failure is a
 JSON reply too (``InternalError``, 500, logged).
 """
 
@@ -15,8 +15,7 @@ import socket
 
 from aiohttp import web
 
-from vmblock.admin import schema
-from vmblock.admin.api import VERBS, Api
+from vmblock.admin.api import VERBS, Api, run_verb
 from vmblock.errors import InternalError, InvalidArgument, PoolError, VmblockError
 from vmblock.meta.pool import OWNER_ONLY_UMASK
 
@@ -45,7 +44,8 @@ async def _json_errors(request: web.Request, handler):
 
 
 def make_app(api: Api) -> web.Application:
-    async def call(request: web.Request) -> web.Response:
+    """The aiohttp application answering every verb of ``VERBS`` on ``api``."""
+    async def answer(request: web.Request) -> web.Response:
         group, verb = request.match_info["group"], request.match_info["verb"]
         if (group, verb) not in VERBS:
             err = InvalidArgument(f"unknown admin verb {group} {verb}")
@@ -57,7 +57,7 @@ def make_app(api: Api) -> web.Application:
         try:
             if not isinstance(kwargs, dict):
                 raise InvalidArgument("request body must be a JSON object")
-            result = schema.call(api, group, verb, kwargs)
+            result = run_verb(api, group, verb, kwargs)
             if inspect.isawaitable(result):   # verbs that drain a running LU first
                 result = await result
         except VmblockError as e:
@@ -65,7 +65,7 @@ def make_app(api: Api) -> web.Application:
         return web.json_response({"result": result})
 
     app = web.Application(middlewares=[_json_errors])
-    app.router.add_post("/v1/{group}/{verb}", call)
+    app.router.add_post("/v1/{group}/{verb}", answer)
     return app
 
 

@@ -1,15 +1,19 @@
 """The arguments each admin verb takes: name, JSON type, length or range, whether it may be null.
 
-Checked in one place, ``call``, before the ``Api`` method runs: by the admin socket for every
-request and by the CLI's ``LocalClient`` when no server runs. A value that passes here has the
+The table of each verb is derived from its signature (``args_of``) and checked in one place,
+``vmblock.admin.api.run_verb``, before the verb runs: by the admin socket for every request and by
+the CLI's ``LocalClient`` when no server runs. A value that passes here has the
 type the verb expects and a bounded size; what it means (a size, a name, a config key) is still
 checked where it is used (vmblock.config, vmblock.meta.pool), which gives the detailed message.
 """
 
 from __future__ import annotations
 
+import inspect
 import unicodedata
 from dataclasses import dataclass
+from types import UnionType
+from typing import Annotated, Union, get_args, get_origin, get_type_hints
 
 from vmblock.cache.groups import PROMOTE
 from vmblock.errors import InvalidArgument
@@ -72,6 +76,8 @@ class Flag:
 
 @dataclass(frozen=True)
 class OneOf:
+    """One of a few words (a tier, a promotion policy)."""
+
     choices: tuple[str, ...]
 
     def check(self, where: str, value) -> None:
@@ -96,6 +102,8 @@ class Size:
 
 @dataclass(frozen=True)
 class Arg:
+    """One argument of a verb: its type, and whether it is required or may be null."""
+
     type: Text | Int | Flag | OneOf | Size
     required: bool = False     # else absent means the verb's default
     null: bool = False         # JSON null allowed: the verb's default of None
@@ -115,64 +123,55 @@ FRACTION = Text(32)
 PRIORITY = Int(-(1 << 30) + 1, (1 << 30) - 1)
 EVENT_LIMIT = Int(0, 1 << 31)
 
-_name = Arg(NAME, required=True)
-_flag = Arg(Flag())
-
-VERB_ARGS: dict[tuple[str, str], dict[str, Arg]] = {
-    ("vm", "create"): {"name": _name, "guest_os": Arg(GUEST_OS), "location": Arg(LOCATION)},
-    ("vm", "list"): {},
-    ("vm", "show"): {"name": _name},
-    ("vm", "set"): {"name": _name, "guest_os": Arg(GUEST_OS, null=True),
-                    "location": Arg(LOCATION, null=True), "active": Arg(Flag(), null=True)},
-    ("vm", "delete"): {"name": _name, "purge": _flag, "force": _flag},
-    ("vm", "snapshot"): {"name": _name, "snapshot": _name},
-    ("vm", "clone"): {"name": _name, "new_name": _name, "snapshot": Arg(NAME, null=True),
-                      "live": _flag},
-    ("vm", "revert"): {"name": _name, "snapshot": _name, "force": _flag},
-    ("vdisk", "create"): {"name": _name, "size": Arg(Size(), required=True),
-                          "vm": Arg(NAME, null=True), "target": Arg(IQN, null=True)},
-    ("vdisk", "list"): {"vm": Arg(NAME, null=True)},
-    ("vdisk", "show"): {"name": _name},
-    ("vdisk", "delete"): {"name": _name, "force": _flag},
-    ("vdisk", "resize"): {"name": _name, "size": Arg(Size(), required=True)},
-    ("vdisk", "snapshot"): {"name": _name, "snapshot": _name},
-    ("vdisk", "revert"): {"name": _name, "snapshot": _name, "force": _flag},
-    ("vdisk", "move"): {"name": _name, "tier": Arg(OneOf(TIER_NAMES), required=True)},
-    ("snapshot", "list"): {"vm": Arg(NAME, null=True)},
-    ("snapshot", "delete"): {"name": _name, "vm": Arg(NAME, null=True),
-                             "vdisk": Arg(NAME, null=True)},
-    ("config", "get"): {"key": Arg(KEY, required=True)},
-    ("config", "set"): {"key": Arg(KEY, required=True), "value": Arg(VALUE, required=True)},
-    ("config", "unset"): {"key": Arg(KEY, required=True)},
-    ("config", "list"): {},
-    ("session", "list"): {},
-    ("pool", "show"): {},
-    ("pool", "check"): {},
-    ("event", "list"): {"limit": Arg(EVENT_LIMIT)},
-    ("group", "create"): {"name": Arg(GROUP, required=True), "priority": Arg(PRIORITY),
-                          "min": Arg(FRACTION), "max": Arg(FRACTION),
-                          "promote": Arg(OneOf(tuple(PROMOTE))), "pinned": _flag},
-    ("group", "list"): {},
-    ("group", "show"): {"name": Arg(GROUP, required=True)},
-    ("group", "set"): {"name": Arg(GROUP, required=True), "priority": Arg(PRIORITY, null=True),
-                       "min": Arg(FRACTION, null=True), "max": Arg(FRACTION, null=True),
-                       "promote": Arg(OneOf(tuple(PROMOTE)), null=True),
-                       "pinned": Arg(Flag(), null=True)},
-    ("group", "delete"): {"name": Arg(GROUP, required=True)},
-    ("group", "assign"): {"target": _name, "to": Arg(GROUP, required=True),
-                          "kind": Arg(OneOf(("vm", "vdisk")), null=True)},
-    ("vdisk", "pin"): {"name": _name},
-    ("vdisk", "unpin"): {"name": _name},
-    ("cache", "show"): {},
-    ("cache", "preload"): {"vdisk": _name},
-}
+# The types of verb parameters: a verb's signature says which one each parameter is
+# (``name: Name``); a bool parameter is a Flag. Whether an argument is required or may be null
+# comes from its default (none, or None).
+Name = Annotated[str, NAME]
+Iqn = Annotated[str, IQN]
+GroupName = Annotated[str, GROUP]
+Key = Annotated[str, KEY]
+Value = Annotated[str, VALUE]
+GuestOs = Annotated[str, GUEST_OS]
+Location = Annotated[str, LOCATION]
+Share = Annotated[str, FRACTION]
+Priority = Annotated[int, PRIORITY]
+EventLimit = Annotated[int, EVENT_LIMIT]
+SizeText = Annotated[str | int, Size()]
+TierName = Annotated[str, OneOf(TIER_NAMES)]
+Promotion = Annotated[str, OneOf(tuple(PROMOTE))]
+MemberKind = Annotated[str, OneOf(("vm", "vdisk"))]
 
 
-def check_args(group: str, verb: str, kwargs: dict) -> None:
+def _arg_type(hint) -> Text | Int | Flag | OneOf | Size | None:
+    """The checker in an ``Annotated`` hint (also inside ``X | None``); Flag for a bool."""
+    if get_origin(hint) is Annotated:
+        return hint.__metadata__[0]
+    if hint is bool:
+        return Flag()
+    if get_origin(hint) in (Union, UnionType):
+        found = [t for t in map(_arg_type, get_args(hint)) if t is not None]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def args_of(function) -> dict[str, Arg]:
+    """The arguments a verb takes, from its signature: the type each parameter is annotated
+    with, required when it has no default, null allowed when its default is None."""
+    hints = get_type_hints(function, include_extras=True)
+    table = {}
+    for name, p in inspect.signature(function).parameters.items():
+        if name == "self":
+            continue
+        arg_type = _arg_type(hints.get(name))
+        if arg_type is None:
+            raise TypeError(f"{function.__qualname__}: parameter {name!r} has no admin type "
+                            f"(annotate it with one of vmblock.admin.schema's)")
+        table[name] = Arg(arg_type, required=p.default is p.empty, null=p.default is None)
+    return table
+
+
+def check_args(group: str, verb: str, table: dict[str, Arg], kwargs: dict) -> None:
     """Refuse, in one line, an argument the verb does not take, lacks or cannot use."""
-    table = VERB_ARGS.get((group, verb))
-    if table is None:
-        raise InvalidArgument(f"unknown admin verb {group} {verb}")
     for name in kwargs:
         if name not in table:
             shown = name if len(name) <= 40 else name[:40] + "..."
@@ -187,9 +186,3 @@ def check_args(group: str, verb: str, kwargs: dict) -> None:
         if value is None and arg.null:
             continue
         arg.type.check(f"{group} {verb}: {name}", value)
-
-
-def call(api, group: str, verb: str, kwargs: dict):
-    """Run a verb on ``api`` with checked arguments; an awaitable for the server's slow verbs."""
-    check_args(group, verb, kwargs)
-    return getattr(api, f"{group}_{verb}")(**kwargs)

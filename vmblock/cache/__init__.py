@@ -6,9 +6,8 @@ replayer (``tools/replay.py``) drives the very same kernels.
 """
 
 from .directory import COUNTERS, DEFAULT_BLOCK_SIZE, CacheDirectory
-from .errors import CacheError, TraceError
 from .groups import GroupSpec, parse_group, validate_groups
 from .params import S3FIFO_DEFAULTS, parse_params
 
-__all__ = ["COUNTERS", "DEFAULT_BLOCK_SIZE", "CacheDirectory", "CacheError", "TraceError",
-           "GroupSpec", "parse_group", "validate_groups", "S3FIFO_DEFAULTS", "parse_params"]
+__all__ = ["COUNTERS", "DEFAULT_BLOCK_SIZE", "CacheDirectory", "GroupSpec", "parse_group",
+           "validate_groups", "S3FIFO_DEFAULTS", "parse_params"]

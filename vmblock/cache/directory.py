@@ -50,9 +50,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from vmblock.errors import CacheError
 from vmblock.native import cache as K
 
-from .errors import CacheError
 from .groups import PROMOTE, GroupSpec, validate_groups
 from .params import parse_params
 

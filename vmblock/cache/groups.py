@@ -1,7 +1,8 @@
 """Eviction groups: a named policy shared by a set of vdisks (and so VMs).
 
 ``NAME:priority=P,min=F,max=F,promote=read|write|never,pinned=0|1`` — ``min`` and ``max`` are
-fractions of the cache (``0.1`` or ``10%``). Priority: a higher number is kept longer.
+shares of the cache, ``10%`` or ``0.1`` (``vmblock.units.parse_fraction``: a bare number above 1
+is refused, not read as a percentage). Priority: a higher number is kept longer.
 Promotion: ``read`` admits blocks on read misses, ``write`` on read and write misses,
 ``never`` admits nothing (the group only serves what is already cached or preloaded).
 A pinned group is never evicted from (it still cannot grow past ``max``).
@@ -12,7 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import CacheError
+from vmblock.errors import CacheError, InvalidArgument
+from vmblock.units import parse_fraction
 
 PROMOTE = {"never": 0, "read": 1, "write": 2}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -20,6 +22,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 @dataclass(frozen=True)
 class GroupSpec:
+    """One eviction group's settings: priority, min/max share of the cache (0..1), what it
+    admits on, and whether its blocks are pinned."""
+
     name: str
     priority: int = 0
     min: float = 0.0
@@ -28,6 +33,7 @@ class GroupSpec:
     pinned: bool = False
 
     def check(self) -> None:
+        """Refuse, as a CacheError, a name or setting the cache cannot use."""
         if not _NAME_RE.match(self.name):
             raise CacheError(f"invalid group name {self.name!r}")
         if not 0.0 <= self.min <= 1.0 or not 0.0 <= self.max <= 1.0:
@@ -38,12 +44,13 @@ class GroupSpec:
             raise CacheError(f"group {self.name}: promote must be one of {', '.join(PROMOTE)}")
 
 
-def _fraction(name: str, key: str, text: str) -> float:
-    t = text.strip()
+def parse_share(text: str, what: str) -> float:
+    """A group's ``min`` or ``max`` share ('10%' or '0.1', as ``units.parse_fraction`` reads
+    every fraction) with a bad one reported as a ``CacheError``, the cache's user error."""
     try:
-        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
-    except ValueError:
-        raise CacheError(f"group {name}: {key}={text!r} is not a fraction or percentage") from None
+        return parse_fraction(text, what)
+    except InvalidArgument as e:
+        raise CacheError(str(e)) from None
 
 
 def parse_group(text: str) -> GroupSpec:
@@ -62,7 +69,7 @@ def parse_group(text: str) -> GroupSpec:
             except ValueError:
                 raise CacheError(f"group {name}: priority={value!r} is not an integer") from None
         elif key in ("min", "max"):
-            kw[key] = _fraction(name, key, value)
+            kw[key] = parse_share(value, f"group {name}: {key}")
         elif key == "promote":
             kw["promote"] = value.strip()
         elif key == "pinned":

@@ -9,7 +9,7 @@ without a request after which a group loses the protection of its minimum reserv
 
 from __future__ import annotations
 
-from .errors import CacheError
+from vmblock.errors import CacheError
 
 S3FIFO_DEFAULTS = "small-size-ratio=0.10,ghost-size-ratio=0.90,move-to-main-threshold=2,idle-window=0"
 

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmblock.errors import VmblockError
+from vmblock.errors import CacheError, TraceError, VmblockError
 
 from .directory import CacheDirectory
-from .errors import CacheError, TraceError
 from .groups import GroupSpec, parse_group, validate_groups
 from .trace import FORMATS, Blocks, is_synthetic, read_trace, synthetic, write_oracle
 

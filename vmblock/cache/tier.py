@@ -44,12 +44,12 @@ from array import array
 
 import numpy as np
 
+from vmblock.errors import CacheError
 from vmblock.native import cache as K
 from vmblock.native import extent as kx
 from vmblock.store.backend import BackingStore
 
 from .directory import CacheDirectory
-from .errors import CacheError
 from .groups import PROMOTE, GroupSpec
 
 MAX_GROUPS = 32          # groups the directory is built with; unused ones have max 0

@@ -33,6 +33,7 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     snapname/<scope>/<name>      "<snapshot uuid>"   scope: VM uuid (VM snapshot) or vdisk uuid
     event/<usec:020d>/<kind>     {"time", "kind", ...}             low-space events etc.
     config/<dotted.key>          "<value>"                          see vmblock.config.check_key
+    cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
 
 Binary keys ``M<map id><vAU>`` hold the extent maps; their layout is documented in
 ``vmblock.store.extent``, which owns them. A vdisk record and its map keys change in the same
@@ -46,6 +47,7 @@ import os
 import secrets
 import stat
 import uuid as uuidlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -67,6 +69,7 @@ from vmblock.config import (
 )
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
 from vmblock.meta.db import MetaDB, MetaIOError
+from vmblock.meta.groups import EvictionGroups
 from vmblock.store.extent import AU_SIZE, TIER_NAMES, ExtentStore, PoolStore, Tier
 
 SCHEMA_VERSION = 2
@@ -214,6 +217,7 @@ class Pool:
         self._store: PoolStore | None = None
         # settings that win over the pool's config keys for this process (serve --config)
         self.overrides: dict[str, str] = {}
+        self.eviction_groups = EvictionGroups(self)
         if os.path.isdir(self.path) and not os.access(self.path, os.R_OK | os.W_OK | os.X_OK):
             raise PoolError(f"pool {self.path} belongs to uid {os.stat(self.path).st_uid} and "
                             f"holds CHAP secrets: run vmblock as its owner or root")
@@ -283,6 +287,25 @@ class Pool:
             self._db.write(batch)
         except MetaIOError as e:
             raise io_failure(e) from None
+
+    # --- records kept beside the tree by other models of the pool (vmblock.meta.groups) -------
+
+    def record(self, key: str):
+        """The JSON value stored at ``key``, or None."""
+        return self._get(key)
+
+    def records(self, prefix: str) -> list[tuple[str, object]]:
+        """(key suffix, value) of every record whose key starts with ``prefix``, in key order."""
+        return list(self._scan(prefix))
+
+    def write_records(self, put: dict[str, object], delete: Iterable[str] = ()) -> None:
+        """Remove the keys ``delete`` and store ``put`` in one synced batch: one atomic change."""
+        batch = self._batch()
+        for key in delete:
+            self._delete(batch, key)
+        for key, value in put.items():
+            self._put(batch, key, value)
+        self._commit(batch)
 
     def close(self) -> None:
         try:
@@ -877,4 +900,5 @@ class Pool:
             "config": self.config(),
             "store": self.store.usage(),
             "events": self.events(20),
+            "eviction_groups": self.eviction_groups.dump(),
         }

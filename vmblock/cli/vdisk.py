@@ -1,0 +1,131 @@
+"""``vmblock vdisk ...``: virtual disks, each one a LUN of a target."""
+
+from __future__ import annotations
+
+import click
+
+from vmblock.cli.common import Table, emit, json_option, print_fields, verb_command
+from vmblock.units import human_size
+
+
+@click.group()
+def vdisk() -> None:
+    """Virtual disks: each one a LUN of a target."""
+
+
+@verb_command(vdisk, "create", create=True)
+@click.argument("name")
+@click.option("--size", required=True, help="Size such as 512M, 1G, 8GiB, 1T (powers of 1024).")
+@click.option("--vm", "vm_name", metavar="VM", help="Owning VM.")
+@click.option("--target", metavar="IQN", help="Target to add it to (created if new); "
+              "default iqn.2026-11.io.vmblock:default.")
+def vdisk_create(call, name: str, size: str, vm_name: str | None, target: str | None) -> None:
+    """Create a thin vdisk at the lowest free LUN (creates the pool if new)."""
+    d = call(name=name, size=size, vm=vm_name, target=target)
+    click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
+
+
+VDISK_TABLE = Table(("NAME", "SIZE", "USED", "VM", "URL"),
+                    lambda d: [d["name"], human_size(d["size_bytes"]),
+                               human_size(d["allocated_bytes"]), d["vm"] or "-", d["url"]])
+
+
+@verb_command(vdisk, "list")
+@click.option("--vm", "vm_name", metavar="VM", help="Only this VM's vdisks.")
+@json_option
+def vdisk_list(call, vm_name: str | None, as_json: bool) -> None:
+    """List vdisks."""
+    emit(call(vm=vm_name), as_json, VDISK_TABLE)
+
+
+def print_vdisk(d: dict) -> None:
+    """``vdisk show`` as text: one aligned line per field."""
+    tb = d["tier_bytes"]
+    shown = dict(d, tier_bytes=f"capacity {human_size(tb['capacity'])}, "
+                               f"flash {human_size(tb['flash'])}")
+    print_fields(shown, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "tier",
+                         "tier_bytes", "block_size", "target", "lun", "url", "serial", "naa",
+                         "created"])
+
+
+@verb_command(vdisk, "show")
+@click.argument("name")
+@json_option
+def vdisk_show(call, name: str, as_json: bool) -> None:
+    """Show a vdisk, including the iscsi:// URL initiators use."""
+    emit(call(name=name), as_json, print_vdisk)
+
+
+@verb_command(vdisk, "delete")
+@click.argument("name")
+@click.option("--force", is_flag=True,
+              help="Delete even while iSCSI sessions use the LUN (their commands then fail).")
+def vdisk_delete(call, name: str, force: bool) -> None:
+    """Delete a vdisk and its data; a running server drops the LUN at once (refused while
+    iSCSI sessions use it, unless --force)."""
+    call(name=name, force=force)
+    click.echo(f"deleted vdisk {name}")
+
+
+@verb_command(vdisk, "resize")
+@click.argument("name")
+@click.option("--size", required=True, help="New size (it can only grow).")
+def vdisk_resize(call, name: str, size: str) -> None:
+    """Grow a vdisk; initiators see CAPACITY DATA HAS CHANGED."""
+    d = call(name=name, size=size)
+    click.echo(f"vdisk {name} is now {human_size(d['size_bytes'])}")
+
+
+@verb_command(vdisk, "move")
+@click.argument("name")
+@click.option("--tier", required=True, type=click.Choice(["flash", "capacity"]),
+              help="The tier to move the vdisk's blocks to.")
+@json_option
+def vdisk_move(call, name: str, tier: str, as_json: bool) -> None:
+    """Move a vdisk's blocks to another tier, live (snapshots keep theirs); new writes go
+    there too. Refused, with nothing changed, if the tier lacks the space."""
+    def print_move(r: dict) -> None:
+        m = r["move"]
+        click.echo(f"vdisk {name} is on the {tier} tier: moved {human_size(m['moved_bytes'])} "
+                   f"in {m['seconds']} s")
+    emit(call(name=name, tier=tier), as_json, print_move)
+
+
+@verb_command(vdisk, "snapshot")
+@click.argument("name")
+@click.option("--name", "snapshot", required=True, metavar="SNAPSHOT", help="Snapshot name.")
+def vdisk_snapshot(call, name: str, snapshot: str) -> None:
+    """Snapshot one vdisk (metadata only)."""
+    call(name=name, snapshot=snapshot)
+    click.echo(f"snapshot {snapshot} of vdisk {name}")
+
+
+@verb_command(vdisk, "revert")
+@click.argument("name")
+@click.option("--snapshot", required=True, metavar="SNAPSHOT")
+@click.option("--force", is_flag=True,
+              help="Revert even while iSCSI sessions use the LUN (they get a unit attention).")
+def vdisk_revert(call, name: str, snapshot: str, force: bool) -> None:
+    """Revert one vdisk to one of its snapshots."""
+    call(name=name, snapshot=snapshot, force=force)
+    click.echo(f"reverted {name} to {snapshot}")
+
+
+def echo_pin(r: dict) -> None:
+    """The one line ``vdisk pin`` and ``vdisk unpin`` print."""
+    click.echo(f"vdisk {r['name']} {'pinned in' if r['pinned'] else 'unpinned from'} "
+               f"the flash cache")
+
+
+@verb_command(vdisk, "pin")
+@click.argument("name")
+def vdisk_pin(call, name: str) -> None:
+    """Never evict this vdisk's cached blocks (preload them with `vmblock cache preload`)."""
+    echo_pin(call(name=name))
+
+
+@verb_command(vdisk, "unpin")
+@click.argument("name")
+def vdisk_unpin(call, name: str) -> None:
+    """Let this vdisk's cached blocks be evicted again."""
+    echo_pin(call(name=name))

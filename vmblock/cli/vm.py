@@ -1,0 +1,120 @@
+"""``vmblock vm ...``: virtual machines, the owners of vdisks."""
+
+from __future__ import annotations
+
+import click
+
+from vmblock.cli.common import Table, emit, json_option, print_fields, verb_command
+from vmblock.units import human_size
+
+
+@click.group()
+def vm() -> None:
+    """Virtual machines: the owners of vdisks."""
+
+
+@verb_command(vm, "create", create=True)
+@click.argument("name")
+@click.option("--guest-os", default="", help="Guest operating system, free text.")
+@click.option("--location", default="", help="Hypervisor host or datastore it runs on.")
+def vm_create(call, name: str, guest_os: str, location: str) -> None:
+    """Create a VM (creates the pool if new)."""
+    v = call(name=name, guest_os=guest_os, location=location)
+    click.echo(f"created VM {v['name']} ({v['uuid']})")
+
+
+@verb_command(vm, "set")
+@click.argument("name")
+@click.option("--guest-os", help="Guest operating system, free text.")
+@click.option("--location", help="Hypervisor host or datastore it runs on.")
+@click.option("--active/--inactive", default=None, help="Whether the VM is running.")
+def vm_set(call, name: str, guest_os: str | None, location: str | None,
+           active: bool | None) -> None:
+    """Change a VM's guest OS, location or active flag."""
+    fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
+                                ("active", active)) if v is not None}
+    if not fields:
+        raise click.UsageError("nothing to set: give --guest-os, --location or --active/--inactive")
+    v = call(name=name, **fields)
+    click.echo(f"updated VM {v['name']}")
+
+
+VM_TABLE = Table(("NAME", "GUEST_OS", "VDISKS", "UUID"),
+                 lambda v: [v["name"], v["guest_os"], ",".join(v["vdisks"]), v["uuid"]])
+
+
+@verb_command(vm, "list")
+@json_option
+def vm_list(call, as_json: bool) -> None:
+    """List VMs and their vdisks."""
+    emit(call(), as_json, VM_TABLE)
+
+
+def print_vm(v: dict) -> None:
+    """``vm show`` as text: the VM's fields, then one line per vdisk, snapshot and clone."""
+    print_fields(v, ["name", "uuid", "guest_os", "location", "active", "meta_stale", "created"])
+    click.echo(f"{'used:':<18}{human_size(v['used_bytes'])}")
+    parent = v["lineage"]["parent"]
+    if parent:
+        how = "live" if parent["live"] else f"snapshot {parent['snapshot_name']}"
+        click.echo(f"{'cloned from:':<18}{parent['vm_name']} ({how})")
+    for d in v["vdisks"]:
+        click.echo(f"vdisk:            {d['name']}  {human_size(d['size_bytes'])}  "
+                   f"used {human_size(d['used_bytes'])}  {d['url']}")
+    for s in v["snapshots"]:
+        click.echo(f"snapshot:         {s['name']}  {s['kind']}  {s['created']}")
+    for c in v["lineage"]["clones"]:
+        click.echo(f"clone:            {c['name']}")
+
+
+@verb_command(vm, "show")
+@click.argument("name")
+@json_option
+def vm_show(call, name: str, as_json: bool) -> None:
+    """Show a VM with the name, URL and size of each of its vdisks."""
+    emit(call(name=name), as_json, print_vm)
+
+
+@verb_command(vm, "delete")
+@click.argument("name")
+@click.option("--purge", is_flag=True, help="Also delete its vdisks (and their data).")
+@click.option("--force", is_flag=True,
+              help="Purge even while iSCSI sessions use the vdisks (their commands then fail).")
+def vm_delete(call, name: str, purge: bool, force: bool) -> None:
+    """Delete a VM and its snapshots; it must have no vdisks left unless --purge."""
+    r = call(name=name, purge=purge, force=force)
+    gone = f" and vdisks {', '.join(r['vdisks_deleted'])}" if r["vdisks_deleted"] else ""
+    click.echo(f"deleted VM {name}{gone}")
+
+
+@verb_command(vm, "snapshot")
+@click.argument("name")
+@click.option("--name", "snapshot", required=True, metavar="SNAPSHOT", help="Snapshot name.")
+def vm_snapshot(call, name: str, snapshot: str) -> None:
+    """Snapshot every vdisk of a VM at one instant (crash-consistent, metadata only)."""
+    s = call(name=name, snapshot=snapshot)
+    click.echo(f"snapshot {s['name']} of VM {name}: {len(s['disks'])} vdisk(s)")
+
+
+@verb_command(vm, "clone")
+@click.argument("name")
+@click.option("--name", "new_name", required=True, metavar="NEW", help="Name of the new VM.")
+@click.option("--snapshot", metavar="SNAPSHOT", help="Clone this snapshot of the VM.")
+@click.option("--live", is_flag=True, help="Clone the VM's current state instead.")
+def vm_clone(call, name: str, new_name: str, snapshot: str | None, live: bool) -> None:
+    """Create a new VM whose vdisks (new LUNs) share the source's blocks copy-on-write."""
+    v = call(name=name, new_name=new_name, snapshot=snapshot, live=live)
+    for d in v["vdisks"]:
+        click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
+    click.echo(f"cloned VM {name} to {new_name}")
+
+
+@verb_command(vm, "revert")
+@click.argument("name")
+@click.option("--snapshot", required=True, metavar="SNAPSHOT")
+@click.option("--force", is_flag=True,
+              help="Revert even while iSCSI sessions use the LUNs (they get a unit attention).")
+def vm_revert(call, name: str, snapshot: str, force: bool) -> None:
+    """Revert every vdisk of a VM to a snapshot; writes since then are gone."""
+    r = call(name=name, snapshot=snapshot, force=force)
+    click.echo(f"reverted {', '.join(d['name'] for d in r['vdisks'])} to {snapshot}")
