@@ -285,10 +285,10 @@ def test_group_shares_have_one_meaning(run):
              for g in json.loads(run("group", "list", "--json").stdout)}
     assert shown["a"] == shown["b"] == (10.0, 60.0)
     for args in (["create", "c", "--min", "10"], ["set", "a", "--max", "60"]):
-        assert "not between 0 and 1 (0% and 100%)" in error_line(run("group", *args, code=2))
+        assert "is over 1: write" in error_line(run("group", *args, code=2))
     assert "write 10% or 0.1" in error_line(run("group", "create", "c", "--min", "ten", code=2))
     assert parse_group("c:min=0.1").min == parse_group("c:min=10%").min == 0.1
-    with pytest.raises(CacheError, match="not between 0 and 1"):
+    with pytest.raises(CacheError, match="write 10% for a percentage"):
         parse_group("c:min=10")
 
 

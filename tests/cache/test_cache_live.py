@@ -175,7 +175,7 @@ def test_bad_group_input_is_one_line_exit_2(vmblock_server, tmp_path):
         (["group", "create", "x", "--min", "50%"], "over 100%"),
         (["group", "create", "x", "--max", "140%"], "not between 0 and 1 (0% and 100%)"),
         (["group", "create", "x", "--min", "lots"], "not a fraction (write 10% or 0.1)"),
-        (["group", "create", "x", "--min", "10"], "not between 0 and 1 (0% and 100%)"),
+        (["group", "create", "x", "--min", "10"], "write 10% for a percentage"),
         (["group", "create", "x", "--promote", "always"], "promote must be"),
         (["group", "create", "gold"], "already exists"),
         (["group", "assign", "no-such-vm", "gold"], "no VM or vdisk"),
