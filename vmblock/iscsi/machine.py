@@ -288,8 +288,8 @@ class ConnectionMachine:
         handler = self.handlers.get(op)
         if handler is None:
             if op in (Opcode.SNACK, Opcode.LOGIN_REQ):
-                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, f"opcode {op:#x} in full feature phase",
-                                        bytes(header))
+                raise ProtocolViolation(RejectReason.PROTOCOL_ERROR,
+                                        f"opcode {op:#x} in full feature phase", bytes(header))
             self._send_reject(RejectReason.CMD_NOT_SUPPORTED, bytes(header))
             return
         sess = self.session
@@ -337,7 +337,7 @@ class ConnectionMachine:
         """End a command that gets no task: the initiator may retry it (SAM-5 5.3.1)."""
         exp, mx = self._window()
         self._send(build_bhs(_SCSI_RSP, FLAG_FINAL, ISCSI_RSP_COMPLETED,
-                               SAM_STAT_TASK_SET_FULL, 0, 0, itt, 0, self._next_statsn(), exp, mx))
+                             SAM_STAT_TASK_SET_FULL, 0, 0, itt, 0, self._next_statsn(), exp, mx))
 
     # ---- output ------------------------------------------------------------------------
     def _send(self, header: bytes, data=b"") -> None:
@@ -366,7 +366,7 @@ class ConnectionMachine:
     def _send_reject(self, reason: int, header: bytes) -> None:
         exp, mx = self._window()
         hdr = build_bhs(Opcode.REJECT, FLAG_FINAL, reason, 0, len(header), 0, RSVD_TAG, 0,
-                          self._next_statsn(), exp, mx)
+                        self._next_statsn(), exp, mx)
         self._send(hdr, header)
 
     def _close_after_flush(self) -> None:
@@ -466,7 +466,7 @@ class ConnectionMachine:
         exp, mx = self._window()
         echo = bytes(data[:self.peer_mrdsl])
         hdr = build_bhs(Opcode.NOP_IN, FLAG_FINAL, 0, 0, len(echo), p.lun, p.itt, RSVD_TAG,
-                          self._next_statsn(), exp, mx)
+                        self._next_statsn(), exp, mx)
         self._send(hdr, echo)
 
     def _nop_check(self, now: float) -> None:
@@ -489,7 +489,7 @@ class ConnectionMachine:
                 self.nop_sent = now
                 exp, mx = self._window()
                 self._send(build_bhs(Opcode.NOP_IN, FLAG_FINAL, 0, 0, 0, 0, RSVD_TAG, self.nop_ttt,
-                                       self.statsn, exp, mx))
+                                     self.statsn, exp, mx))
                 left = cfg.nop_timeout
         self.io.set_timer(now + max(left, NOP_SLACK))
 
@@ -565,7 +565,8 @@ class ConnectionMachine:
         if dlen and (not write or not self.immediate_data or dlen > edtl or dlen > self.first_burst):
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "bad immediate data", bytes(header))
         if write and not p.final and (self.initial_r2t or dlen >= min(edtl, self.first_burst)):
-            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "unsolicited data not allowed", bytes(header))
+            raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "unsolicited data not allowed",
+                                    bytes(header))
 
     def _take(self, n: int) -> bool:
         return self.service.budget.take(self.host, n)
@@ -675,7 +676,7 @@ class ConnectionMachine:
             ttt = next(self._ttt) & 0x7FFFFFFF
             st.r2ts[ttt] = [st.next_r2t, st.next_r2t + length, 0]
             self._send(build_bhs(_R2T, FLAG_FINAL, 0, 0, 0, st.lun_field, st.task.itt, ttt,
-                                   self.statsn, exp, mx, st.r2tsn, st.next_r2t, length))
+                                 self.statsn, exp, mx, st.r2tsn, st.next_r2t, length))
             st.r2tsn += 1
             st.next_r2t += length
 
@@ -711,7 +712,7 @@ class ConnectionMachine:
         if failed:
             exp, mx = self._window()
             self._send(build_bhs(_SCSI_RSP, FLAG_FINAL, ISCSI_RSP_TARGET_FAILURE, 0, 0, 0,
-                                   task.itt, 0, self._next_statsn(), exp, mx))
+                                 task.itt, 0, self._next_statsn(), exp, mx))
             return
         edtl = task.edtl
         data = task.data_in
@@ -734,8 +735,8 @@ class ConnectionMachine:
         sense = task.sense
         body = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
         self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED, task.status,
-                               len(body), 0, task.itt, 0, self._next_statsn(), exp, mx,
-                               datasn, 0, residual), body)
+                             len(body), 0, task.itt, 0, self._next_statsn(), exp, mx,
+                             datasn, 0, residual), body)
 
     def _send_data_in(self, st, data, n, flags, residual) -> tuple[bool, int]:
         """Send ``n`` bytes as Data-In PDUs; collapse GOOD status into the last one (RFC 7143
@@ -762,7 +763,7 @@ class ConnectionMachine:
                 status = task.status
                 res = residual
             self._send(build_bhs(_DATA_IN, pflags, 0, status, length, st.lun_field, task.itt,
-                                   RSVD_TAG, statsn, exp, mx, datasn, off, res), view[off:end])
+                                 RSVD_TAG, statsn, exp, mx, datasn, off, res), view[off:end])
             off = end
             datasn += 1
         return collapse, datasn
@@ -831,7 +832,7 @@ class ConnectionMachine:
             self.text_pending += data
             if p.flags & TEXT_FLAG_CONTINUE:
                 self._send(build_bhs(Opcode.TEXT_RSP, 0, 0, 0, 0, p.lun, p.itt, RSVD_TAG,
-                                       self._next_statsn(), exp, mx))
+                                     self._next_statsn(), exp, mx))
                 return
             try:
                 pairs = params.parse_text(bytes(self.text_pending))
@@ -849,7 +850,7 @@ class ConnectionMachine:
             self.text_ttt = RSVD_TAG
             flags, ttt = FLAG_FINAL, RSVD_TAG
         self._send(build_bhs(Opcode.TEXT_RSP, flags, 0, 0, len(chunk), p.lun, p.itt, ttt,
-                               self._next_statsn(), exp, mx), chunk)
+                             self._next_statsn(), exp, mx), chunk)
 
     def _text_answer(self, pairs) -> list:
         out = []
