@@ -13,7 +13,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from vmblock.iscsi import pdu as P
+from vmblock.iscsi import pdu
 
 INITIATOR = "iqn.2026-11.io.vmblock.test:raw"
 _RSP = struct.Struct(">BBBBIQI7I")
@@ -133,12 +133,12 @@ class IscsiClient:
         """Header [+ CRC32C], data, padding [+ CRC32C]; digests least-significant byte first."""
         out = header
         if self.header_digest:
-            out += struct.pack("<I", P.crc32c(header))
+            out += struct.pack("<I", pdu.crc32c(header))
         if data:
-            padded = data + b"\0" * P.pad_len(len(data))
+            padded = data + b"\0" * pdu.pad_len(len(data))
             out += padded
             if self.data_digest:
-                out += struct.pack("<I", P.crc32c(padded))
+                out += struct.pack("<I", pdu.crc32c(padded))
         return out
 
     def _recv_exact(self, n: int) -> bytes:
@@ -151,30 +151,30 @@ class IscsiClient:
         return bytes(buf)
 
     def recv_pdu(self) -> TargetPdu:
-        hdr = self._recv_exact(P.BHS_LEN)
+        hdr = self._recv_exact(pdu.BHS_LEN)
         (b0, flags, b2, b3, ahs_dlen, lun, itt, *words) = _RSP.unpack(hdr)
         ahs_len = (ahs_dlen >> 24) * 4
         dlen = ahs_dlen & 0xFFFFFF
         ahs = self._recv_exact(ahs_len) if ahs_len else b""
         if self.header_digest:
             (crc,) = struct.unpack("<I", self._recv_exact(4))
-            self.bad_digests += crc != P.crc32c(hdr + ahs)
-        padded = self._recv_exact(dlen + P.pad_len(dlen)) if dlen else b""
+            self.bad_digests += crc != pdu.crc32c(hdr + ahs)
+        padded = self._recv_exact(dlen + pdu.pad_len(dlen)) if dlen else b""
         if dlen and self.data_digest:
             (crc,) = struct.unpack("<I", self._recv_exact(4))
-            self.bad_digests += crc != P.crc32c(padded)
+            self.bad_digests += crc != pdu.crc32c(padded)
         data = padded[:dlen]
-        return TargetPdu(b0 & P.OPCODE_MASK, flags, b2, b3, ahs_len, dlen, lun, itt, tuple(words),
+        return TargetPdu(b0 & pdu.OPCODE_MASK, flags, b2, b3, ahs_len, dlen, lun, itt, tuple(words),
                          data)
 
     def recv_skip_nops(self) -> TargetPdu:
         """Next PDU that is not a NOP-In ping (pings are answered)."""
         while True:
             rsp = self.recv_pdu()
-            if rsp.opcode == P.OP_NOP_IN and rsp.itt == P.RSVD_TAG:
-                if rsp.ttt != P.RSVD_TAG:
-                    self.send_pdu(P.build_initiator_pdu(
-                        P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, lun=rsp.lun, itt=P.RSVD_TAG,
+            if rsp.opcode == pdu.Opcode.NOP_IN and rsp.itt == pdu.RSVD_TAG:
+                if rsp.ttt != pdu.RSVD_TAG:
+                    self.send_pdu(pdu.build_initiator_pdu(
+                        pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, lun=rsp.lun, itt=pdu.RSVD_TAG,
                         words=(rsp.ttt, self.cmdsn, self.exp_statsn, 0, 0, 0, 0)))
                 continue
             return rsp
@@ -199,9 +199,9 @@ class IscsiClient:
     def login_pdu(self, pairs, csg: int, nsg: int, transit: bool = True, cont: bool = False,
                   raw: bytes | None = None, version: tuple[int, int] = (0, 0), cid: int = 0) -> None:
         data = raw if raw is not None else text_bytes(pairs)
-        flags = (P.LOGIN_FLAG_TRANSIT if transit else 0) | (P.LOGIN_FLAG_CONTINUE if cont else 0) \
+        flags = (pdu.LOGIN_FLAG_TRANSIT if transit else 0) | (pdu.LOGIN_FLAG_CONTINUE if cont else 0) \
             | (csg << 2) | (nsg if transit else 0)
-        hdr = P.build_initiator_pdu(P.OP_LOGIN_REQ, flags, immediate=True, b2=version[0],
+        hdr = pdu.build_initiator_pdu(pdu.Opcode.LOGIN_REQ, flags, immediate=True, b2=version[0],
                                     b3=version[1], dlen=len(data),
                                     lun=(self.isid << 16) | self.tsih, itt=self.itt,
                                     words=(cid << 16, self.cmdsn, self.exp_statsn, 0, 0, 0, 0))
@@ -210,7 +210,7 @@ class IscsiClient:
     def login_exchange(self, pairs, csg: int, nsg: int, transit: bool = True) -> TargetPdu:
         self.login_pdu(pairs, csg, nsg, transit)
         rsp = self.recv_pdu()
-        if rsp.opcode != P.OP_LOGIN_RSP:
+        if rsp.opcode != pdu.Opcode.LOGIN_RSP:
             raise ClientError(f"expected a Login Response, got opcode {rsp.opcode:#x}")
         self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
         return rsp
@@ -230,7 +230,7 @@ class IscsiClient:
         rsp = self.login_exchange(first, 0, 1)
         if rsp.login_status:
             return rsp
-        if not rsp.flags & P.LOGIN_FLAG_TRANSIT:
+        if not rsp.flags & pdu.LOGIN_FLAG_TRANSIT:
             if rsp.text.get("AuthMethod") != "CHAP":
                 raise ClientError(f"target stayed in security stage without CHAP: {rsp.text}")
             if chap is None:
@@ -252,7 +252,7 @@ class IscsiClient:
                 want = chap_md5(my_ident, mutual[1], my_challenge)
                 if got.get("CHAP_N") != mutual[0] or got.get("CHAP_R", "")[2:] != want.hex():
                     raise ClientError(f"target failed mutual CHAP: {got}")
-            if not rsp.flags & P.LOGIN_FLAG_TRANSIT:
+            if not rsp.flags & pdu.LOGIN_FLAG_TRANSIT:
                 raise ClientError("target did not let us leave the security stage")
         ops = {"HeaderDigest": "None", "DataDigest": "None", "ErrorRecoveryLevel": "0",
                "MaxRecvDataSegmentLength": "262144", "DefaultTime2Wait": "0",
@@ -266,7 +266,7 @@ class IscsiClient:
         rsp = self.login_exchange(ops, 1, 3)
         if rsp.login_status:
             return rsp
-        if not rsp.flags & P.LOGIN_FLAG_TRANSIT or rsp.flags & 3 != 3:
+        if not rsp.flags & pdu.LOGIN_FLAG_TRANSIT or rsp.flags & 3 != 3:
             raise ClientError(f"login did not reach full feature phase (flags {rsp.flags:#x})")
         self.params = rsp.text
         self.target_mrdsl = int(self.params.get("MaxRecvDataSegmentLength", "8192"))
@@ -280,11 +280,11 @@ class IscsiClient:
     def scsi(self, cdb: bytes, read_len: int = 0, write: bytes = b"", lun: int = 0,
              edtl: int | None = None) -> ScsiResult:
         itt = self.next_itt()
-        flags = P.FLAG_FINAL | (P.CMD_FLAG_READ if read_len else 0) | (P.CMD_FLAG_WRITE if write else 0) \
+        flags = pdu.FLAG_FINAL | (pdu.CMD_FLAG_READ if read_len else 0) | (pdu.CMD_FLAG_WRITE if write else 0) \
             | 1
         imm = write[:min(len(write), self.target_mrdsl, 65536)]
         length = edtl if edtl is not None else (read_len or len(write))
-        hdr = P.build_scsi_cmd(flags, P.encode_lun(lun), itt, length, self.cmdsn, self.exp_statsn,
+        hdr = pdu.build_scsi_cmd(flags, pdu.encode_lun(lun), itt, length, self.cmdsn, self.exp_statsn,
                                cdb, dlen=len(imm))
         self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
         self.send_pdu(hdr, imm)
@@ -293,35 +293,35 @@ class IscsiClient:
         while True:
             rsp = self.recv_skip_nops()
             result.pdus.append(rsp.opcode)
-            if rsp.itt != itt and rsp.opcode != P.OP_REJECT:
+            if rsp.itt != itt and rsp.opcode != pdu.Opcode.REJECT:
                 raise ClientError(f"PDU for ITT {rsp.itt:#x} while waiting for {itt:#x}")
-            if rsp.opcode == P.OP_DATA_IN:
+            if rsp.opcode == pdu.Opcode.DATA_IN:
                 data += rsp.data
-                if rsp.flags & P.DATA_IN_FLAG_STATUS:
+                if rsp.flags & pdu.DATA_IN_FLAG_STATUS:
                     self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
                     result.status = rsp.b3
                     break
-            elif rsp.opcode == P.OP_R2T:
+            elif rsp.opcode == pdu.Opcode.R2T:
                 off, want = rsp.words[5], rsp.words[6]
                 ttt = rsp.ttt
                 sent, datasn = 0, 0
                 while sent < want:
                     n = min(want - sent, self.target_mrdsl)
-                    final = P.FLAG_FINAL if sent + n == want else 0
-                    self.send_pdu(P.build_initiator_pdu(
-                        P.OP_DATA_OUT, final, dlen=n, lun=P.encode_lun(lun), itt=itt,
+                    final = pdu.FLAG_FINAL if sent + n == want else 0
+                    self.send_pdu(pdu.build_initiator_pdu(
+                        pdu.Opcode.DATA_OUT, final, dlen=n, lun=pdu.encode_lun(lun), itt=itt,
                         words=(ttt, 0, self.exp_statsn, 0, datasn, off + sent, 0)),
                         write[off + sent:off + sent + n])
                     sent += n
                     datasn += 1
-            elif rsp.opcode == P.OP_SCSI_RSP:
+            elif rsp.opcode == pdu.Opcode.SCSI_RSP:
                 self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
                 result.status, result.response = rsp.b3, rsp.b2
                 if rsp.data:
                     n = int.from_bytes(rsp.data[:2], "big")
                     result.sense = rsp.data[2:2 + n]
                 break
-            elif rsp.opcode == P.OP_REJECT:
+            elif rsp.opcode == pdu.Opcode.REJECT:
                 raise ClientError(f"target rejected the command: reason {rsp.b2:#x}")
             else:
                 raise ClientError(f"unexpected opcode {rsp.opcode:#x} during a SCSI command")
@@ -330,12 +330,12 @@ class IscsiClient:
 
     def nop(self, payload: bytes = b"") -> TargetPdu:
         itt = self.next_itt()
-        self.send_pdu(P.build_initiator_pdu(P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True,
+        self.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True,
                                             dlen=len(payload), itt=itt,
-                                            words=(P.RSVD_TAG, self.cmdsn, self.exp_statsn,
+                                            words=(pdu.RSVD_TAG, self.cmdsn, self.exp_statsn,
                                                    0, 0, 0, 0)), payload)
         rsp = self.recv_skip_nops()
-        if rsp.opcode != P.OP_NOP_IN or rsp.itt != itt:
+        if rsp.opcode != pdu.Opcode.NOP_IN or rsp.itt != itt:
             raise ClientError(f"expected NOP-In for {itt:#x}, got opcode {rsp.opcode:#x}")
         self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
         return rsp
@@ -343,8 +343,8 @@ class IscsiClient:
     def text(self, pairs) -> TargetPdu:
         itt = self.next_itt()
         data = text_bytes(pairs)
-        self.send_pdu(P.build_initiator_pdu(P.OP_TEXT_REQ, P.FLAG_FINAL, dlen=len(data), itt=itt,
-                                            words=(P.RSVD_TAG, self.cmdsn, self.exp_statsn,
+        self.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.TEXT_REQ, pdu.FLAG_FINAL, dlen=len(data), itt=itt,
+                                            words=(pdu.RSVD_TAG, self.cmdsn, self.exp_statsn,
                                                    0, 0, 0, 0)), data)
         self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
         rsp = self.recv_skip_nops()
@@ -353,7 +353,7 @@ class IscsiClient:
 
     def logout(self) -> TargetPdu:
         itt = self.next_itt()
-        self.send_pdu(P.build_initiator_pdu(P.OP_LOGOUT_REQ, P.FLAG_FINAL, immediate=True, itt=itt,
+        self.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.LOGOUT_REQ, pdu.FLAG_FINAL, immediate=True, itt=itt,
                                             words=(0, self.cmdsn, self.exp_statsn, 0, 0, 0, 0)))
         return self.recv_skip_nops()
 
@@ -362,34 +362,34 @@ class IscsiClient:
         an empty Text Request with the same ITT and the target's TTT (RFC 7143 11.10.2, 11.11.4).
         Returns every Text Response, in order; the caller joins their data."""
         itt = self.next_itt()
-        data, ttt, out = text_bytes(pairs), P.RSVD_TAG, []
+        data, ttt, out = text_bytes(pairs), pdu.RSVD_TAG, []
         for _ in range(1024):                        # bound a target that never stops
-            self.send_pdu(P.build_initiator_pdu(P.OP_TEXT_REQ, P.FLAG_FINAL, dlen=len(data), itt=itt,
+            self.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.TEXT_REQ, pdu.FLAG_FINAL, dlen=len(data), itt=itt,
                                                 words=(ttt, self.cmdsn, self.exp_statsn,
                                                        0, 0, 0, 0)), data)
             self.cmdsn = (self.cmdsn + 1) & 0xFFFFFFFF
             rsp = self.recv_skip_nops()
-            if rsp.opcode != P.OP_TEXT_RSP or rsp.itt != itt:
+            if rsp.opcode != pdu.Opcode.TEXT_RSP or rsp.itt != itt:
                 raise ClientError(f"expected a Text Response for {itt:#x}, got opcode {rsp.opcode:#x}")
             self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
             out.append(rsp)
-            if not rsp.flags & P.TEXT_FLAG_CONTINUE:
+            if not rsp.flags & pdu.TEXT_FLAG_CONTINUE:
                 return out
             data, ttt = b"", rsp.ttt
         raise ClientError("Text Response continued more than 1024 times")
 
-    def tmf(self, function: int, ref_itt: int = P.RSVD_TAG, ref_cmdsn: int = 0,
+    def tmf(self, function: int, ref_itt: int = pdu.RSVD_TAG, ref_cmdsn: int = 0,
             lun: int = 0) -> TargetPdu:
         """Send an immediate Task Management Function Request (RFC 7143 11.5) and return its
         response; PDUs for other ITTs that arrive first are kept in ``self.stray``."""
         itt = self.next_itt()
-        self.send_pdu(P.build_initiator_pdu(P.OP_TMF_REQ, P.FLAG_FINAL | function, immediate=True,
-                                            lun=P.encode_lun(lun), itt=itt,
+        self.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.TMF_REQ, pdu.FLAG_FINAL | function, immediate=True,
+                                            lun=pdu.encode_lun(lun), itt=itt,
                                             words=(ref_itt, self.cmdsn, self.exp_statsn, ref_cmdsn,
                                                    0, 0, 0)))
         while True:
             rsp = self.recv_skip_nops()
-            if rsp.opcode == P.OP_TMF_RSP and rsp.itt == itt:
+            if rsp.opcode == pdu.Opcode.TMF_RSP and rsp.itt == itt:
                 self.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
                 return rsp
             self.stray.append(rsp)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from iscsi_client import (IscsiClient, read10, text_bytes, tur, write10)
 from vmblock import DEFAULT_TARGET
 from vmblock.config import FABRIC_DEFAULTS, parse_size
-from vmblock.iscsi import pdu as P
+from vmblock.iscsi import pdu
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,12 +53,12 @@ def random_header(draw, opcode=None, dlen=None):
     words = draw(st.tuples(*[U32] * 7))
     data = draw(SMALL_DATA)
     claimed = draw(st.one_of(st.just(len(data)), st.integers(0, 0xFFFFFF))) if dlen is None else dlen
-    hdr = bytearray(P.build_initiator_pdu(op, draw(U8), immediate=draw(st.booleans()), b2=draw(U8),
+    hdr = bytearray(pdu.build_initiator_pdu(op, draw(U8), immediate=draw(st.booleans()), b2=draw(U8),
                                           b3=draw(U8), dlen=claimed, lun=draw(st.integers(0, 2**64 - 1)),
                                           itt=draw(U32), words=words))
     hdr[4] = draw(st.sampled_from([0, 0, 0, 1, 4, 0xFF]))        # TotalAHSLength, sometimes huge
     ahs = draw(st.binary(min_size=0, max_size=64)) if hdr[4] else b""
-    return bytes(hdr) + ahs + data + b"\0" * P.pad_len(len(data))
+    return bytes(hdr) + ahs + data + b"\0" * pdu.pad_len(len(data))
 
 
 def scsi_cmd(draw):
@@ -77,8 +77,8 @@ def scsi_cmd(draw):
         if cdb[0] in (0x2A, 0x8A, 0xAA, 0x0A, 0x41, 0x93, 0x89, 0x8E, 0x42, 0x83):   # no random writes
             cdb = b"\x12" + cdb[1:]
     edtl = draw(st.sampled_from([0, 512, 4096, 0xFFFFFFFF, 8 << 20, 0x7FFFFFFF]))
-    flags = draw(st.sampled_from([P.FLAG_FINAL | P.CMD_FLAG_READ, P.FLAG_FINAL | P.CMD_FLAG_WRITE,
-                                  P.CMD_FLAG_WRITE, P.FLAG_FINAL | 0x60, P.FLAG_FINAL, 0x07, 0xFF]))
+    flags = draw(st.sampled_from([pdu.FLAG_FINAL | pdu.CMD_FLAG_READ, pdu.FLAG_FINAL | pdu.CMD_FLAG_WRITE,
+                                  pdu.CMD_FLAG_WRITE, pdu.FLAG_FINAL | 0x60, pdu.FLAG_FINAL, 0x07, 0xFF]))
     imm = draw(st.sampled_from([b"", b"\xAB" * 512, b"\xCD" * 70000]))
     return cdb, edtl, flags, imm
 
@@ -90,15 +90,15 @@ def ffp_action(draw):
                                  "tmf", "logout", "random", "snack", "login_again", "cmdsn"]))
     if kind == "scsi":
         cdb, edtl, flags, imm = scsi_cmd(draw)
-        itt = draw(st.sampled_from([None, P.RSVD_TAG, 0]))
+        itt = draw(st.sampled_from([None, pdu.RSVD_TAG, 0]))
         return kind, (cdb, edtl, flags, imm, itt)
     if kind == "data_out":
         return kind, (draw(st.sampled_from(["unknown_itt", "beyond_edtl", "bad_ttt", "after_write"])),
                       draw(st.integers(0, 0xFFFFFFFF)), draw(st.sampled_from([1, 512, 4096])),
                       draw(st.booleans()))
     if kind == "nop":
-        return kind, (draw(U8), draw(st.sampled_from([P.RSVD_TAG, 0, 1, 0x7FFFFFFF])),
-                      draw(st.sampled_from([P.RSVD_TAG, 0, 5])), draw(st.booleans()), draw(SMALL_DATA))
+        return kind, (draw(U8), draw(st.sampled_from([pdu.RSVD_TAG, 0, 1, 0x7FFFFFFF])),
+                      draw(st.sampled_from([pdu.RSVD_TAG, 0, 5])), draw(st.booleans()), draw(SMALL_DATA))
     if kind == "oversize":
         return kind, draw(st.sampled_from([262145, 1 << 20, 0xFFFFFF]))
     if kind == "ahs":
@@ -119,10 +119,10 @@ def ffp_action(draw):
     if kind == "random":
         return kind, draw(random_header(dlen=None))
     if kind == "snack":
-        return kind, draw(random_header(opcode=P.OP_SNACK))
+        return kind, draw(random_header(opcode=pdu.Opcode.SNACK))
     if kind == "cmdsn":
         return kind, (draw(st.sampled_from([0, 1, 127, 128, 1 << 31, 0xFFFFFFFF])), draw(st.integers(1, 40)))
-    return kind, draw(random_header(opcode=P.OP_LOGIN_REQ))
+    return kind, draw(random_header(opcode=pdu.Opcode.LOGIN_REQ))
 
 
 @st.composite
@@ -132,7 +132,7 @@ def prelogin_action(draw):
     if kind == "bytes":
         return kind, draw(st.binary(min_size=1, max_size=500))
     if kind == "header":
-        return kind, draw(random_header(opcode=P.OP_LOGIN_REQ))
+        return kind, draw(random_header(opcode=pdu.Opcode.LOGIN_REQ))
     if kind == "login_text":
         keys = draw(st.dictionaries(st.sampled_from(
             ["InitiatorName", "TargetName", "SessionType", "AuthMethod", "CHAP_A", "CHAP_N", "CHAP_R",
@@ -151,7 +151,7 @@ def prelogin_action(draw):
         return kind, draw(st.integers(1, 47))
     if kind == "non_login":
         return kind, draw(random_header(opcode=draw(st.sampled_from(
-            [P.OP_SCSI_CMD, P.OP_NOP_OUT, P.OP_TEXT_REQ, P.OP_DATA_OUT, P.OP_LOGOUT_REQ, P.OP_TMF_REQ]))))
+            [pdu.Opcode.SCSI_CMD, pdu.Opcode.NOP_OUT, pdu.Opcode.TEXT_REQ, pdu.Opcode.DATA_OUT, pdu.Opcode.LOGOUT_REQ, pdu.Opcode.TMF_REQ]))))
     if kind == "bad_stage":
         return kind, draw(U8)
     return kind, draw(st.integers(60, 70))
@@ -197,14 +197,14 @@ def do_prelogin(server, action) -> None:
         elif kind == "no_equals":
             c.login_pdu(None, 0, 1, raw=b"InitiatorName=" + FUZZER.encode() + b"\0" + arg + b"\0")
         elif kind == "truncated":
-            hdr = P.build_initiator_pdu(P.OP_LOGIN_REQ, 0x81, immediate=True, dlen=100)
+            hdr = pdu.build_initiator_pdu(pdu.Opcode.LOGIN_REQ, 0x81, immediate=True, dlen=100)
             send_quietly(c, hdr[:arg])
         elif kind == "non_login":
             send_quietly(c, arg)
         elif kind == "bad_stage":
             c.login_pdu(None, 0, 0, raw=text_bytes({"InitiatorName": FUZZER,
                                                     "TargetName": DEFAULT_TARGET}))
-            hdr = bytearray(P.build_initiator_pdu(P.OP_LOGIN_REQ, arg, immediate=True))
+            hdr = bytearray(pdu.build_initiator_pdu(pdu.Opcode.LOGIN_REQ, arg, immediate=True))
             send_quietly(c, bytes(hdr))
         else:                                      # more login PDUs than the bound
             c.login_pdu(None, 0, 1, transit=False, raw=text_bytes({"InitiatorName": FUZZER,
@@ -231,11 +231,11 @@ def do_ffp(server, actions, chap: tuple[str, str]) -> None:
 
 
 def ffp_send(c: IscsiClient, kind: str, arg) -> None:
-    lun0 = P.encode_lun(0)
+    lun0 = pdu.encode_lun(0)
     if kind == "scsi":
         cdb, edtl, flags, imm, itt = arg
         itt = c.next_itt() if itt is None else itt
-        c.send_pdu(P.build_scsi_cmd(flags | 1, lun0, itt, edtl, c.cmdsn, c.exp_statsn, cdb,
+        c.send_pdu(pdu.build_scsi_cmd(flags | 1, lun0, itt, edtl, c.cmdsn, c.exp_statsn, cdb,
                                     dlen=len(imm)), imm)
         c.cmdsn = (c.cmdsn + 1) & 0xFFFFFFFF
     elif kind == "data_out":
@@ -243,53 +243,53 @@ def ffp_send(c: IscsiClient, kind: str, arg) -> None:
         itt = c.next_itt()
         if what in ("beyond_edtl", "bad_ttt", "after_write"):
             # a 1-block WRITE that waits for R2T'd data
-            c.send_pdu(P.build_scsi_cmd(P.FLAG_FINAL | P.CMD_FLAG_WRITE, lun0, itt, 512, c.cmdsn,
+            c.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_WRITE, lun0, itt, 512, c.cmdsn,
                                         c.exp_statsn, write10(5000, 1)))
             c.cmdsn = (c.cmdsn + 1) & 0xFFFFFFFF
-        ttt = P.RSVD_TAG if what != "bad_ttt" else 0x1234
+        ttt = pdu.RSVD_TAG if what != "bad_ttt" else 0x1234
         if what == "beyond_edtl":
             off = max(off, 1)
         target_itt = itt if what != "unknown_itt" else 0x7EEEEEEE
         for _ in range(2 if what == "after_write" else 1):
-            c.send_pdu(P.build_initiator_pdu(P.OP_DATA_OUT, P.FLAG_FINAL if final else 0, dlen=n,
+            c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.DATA_OUT, pdu.FLAG_FINAL if final else 0, dlen=n,
                                              lun=lun0, itt=target_itt,
                                              words=(ttt, 0, c.exp_statsn, 0, 0, off, 0)), b"\xEE" * n)
     elif kind == "nop":
         flags, itt, ttt, immediate, data = arg
-        c.send_pdu(P.build_initiator_pdu(P.OP_NOP_OUT, flags, immediate=immediate, dlen=len(data),
+        c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.NOP_OUT, flags, immediate=immediate, dlen=len(data),
                                          itt=itt, words=(ttt, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)),
                    data)
     elif kind == "oversize":
-        hdr = P.build_initiator_pdu(P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, dlen=arg,
-                                    itt=c.next_itt(), words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0))
+        hdr = pdu.build_initiator_pdu(pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, dlen=arg,
+                                    itt=c.next_itt(), words=(pdu.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0))
         c.send_raw(hdr + b"\0" * 4096)
     elif kind == "ahs":
-        ahs = arg + b"\0" * P.pad_len(len(arg))
-        hdr = bytearray(P.build_scsi_cmd(P.FLAG_FINAL | P.CMD_FLAG_READ | 1, lun0, c.next_itt(), 512,
+        ahs = arg + b"\0" * pdu.pad_len(len(arg))
+        hdr = bytearray(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_READ | 1, lun0, c.next_itt(), 512,
                                          c.cmdsn, c.exp_statsn, read10(0, 1)))
         hdr[4] = len(ahs) // 4
         c.cmdsn = (c.cmdsn + 1) & 0xFFFFFFFF
         c.send_raw(bytes(hdr) + ahs)
     elif kind in ("text", "text_c"):
-        flags = P.FLAG_FINAL if kind == "text" else P.TEXT_FLAG_CONTINUE
+        flags = pdu.FLAG_FINAL if kind == "text" else pdu.TEXT_FLAG_CONTINUE
         for _ in range(1 if kind == "text" else 12):
-            c.send_pdu(P.build_initiator_pdu(P.OP_TEXT_REQ, flags, dlen=len(arg), itt=c.next_itt(),
-                                             words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)), arg)
+            c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.TEXT_REQ, flags, dlen=len(arg), itt=c.next_itt(),
+                                             words=(pdu.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)), arg)
             c.cmdsn = (c.cmdsn + 1) & 0xFFFFFFFF
     elif kind == "tmf":
         func, rtt, lun = arg
-        c.send_pdu(P.build_initiator_pdu(P.OP_TMF_REQ, 0x80 | func, immediate=True, lun=lun,
+        c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.TMF_REQ, 0x80 | func, immediate=True, lun=lun,
                                          itt=c.next_itt(),
                                          words=(rtt, c.cmdsn, c.exp_statsn, c.cmdsn, 0, 0, 0)))
     elif kind == "logout":
         reason, cid = arg
-        c.send_pdu(P.build_initiator_pdu(P.OP_LOGOUT_REQ, 0x80 | reason, immediate=True,
+        c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.LOGOUT_REQ, 0x80 | reason, immediate=True,
                                          itt=c.next_itt(),
                                          words=(cid << 16, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
     elif kind == "cmdsn":
         start, count = arg
         for i in range(count):          # commands outside / ahead of the window
-            c.send_pdu(P.build_scsi_cmd(P.FLAG_FINAL | P.CMD_FLAG_READ | 1, lun0, c.next_itt(), 512,
+            c.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_READ | 1, lun0, c.next_itt(), 512,
                                         (c.cmdsn + start + i) & 0xFFFFFFFF, c.exp_statsn,
                                         read10(0, 1)))
     else:
@@ -389,7 +389,7 @@ def test_outstanding_writes_without_data_do_not_grow_memory(vmblock_server):
         c.scsi(tur())
         before = rss_mib(pid)
         for i in range(32):                 # 32 x 8 MiB WRITE(10), no data ever sent
-            c.send_pdu(P.build_scsi_cmd(P.FLAG_FINAL | P.CMD_FLAG_WRITE | 1, 0, c.next_itt(), 8 << 20,
+            c.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_WRITE | 1, 0, c.next_itt(), 8 << 20,
                                         c.cmdsn, c.exp_statsn, write10(i * 16384, 16384)))
             c.cmdsn += 1
         drain(c, 0.5)

@@ -17,7 +17,7 @@ import pytest
 from vmblock_server import VmblockServer
 from iscsi_client import INITIATOR, IscsiClient, inquiry, read10, text_bytes, tur, write10
 from vmblock import DEFAULT_TARGET
-from vmblock.iscsi import pdu as P
+from vmblock.iscsi import pdu
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +34,7 @@ def test_login_answer_longer_than_8192_bytes_comes_in_continued_responses(start_
     with IscsiClient(s.host, s.port) as c:
         rsp = c.login_exchange({"InitiatorName": INITIATOR, "SessionType": "Normal",
                                 "TargetName": DEFAULT_TARGET, "AuthMethod": "None"}, 0, 1)
-        assert rsp.login_status == 0 and rsp.flags & P.LOGIN_FLAG_TRANSIT
+        assert rsp.login_status == 0 and rsp.flags & pdu.LOGIN_FLAG_TRANSIT
         unknown = [(f"X-vmblock-test-unknown-{i:04d}", "1") for i in range(1000)]
         ops = [("HeaderDigest", "None"), ("DataDigest", "None"), ("ErrorRecoveryLevel", "2"),
                ("MaxRecvDataSegmentLength", "262144")] + unknown
@@ -44,23 +44,23 @@ def test_login_answer_longer_than_8192_bytes_comes_in_continued_responses(start_
         for piece in pieces[:-1]:            # the request goes in pieces too (C bit)
             c.login_pdu(None, 1, 3, transit=False, cont=True, raw=piece)
             rsp = c.recv_pdu()
-            assert rsp.opcode == P.OP_LOGIN_RSP and rsp.login_status == 0 and rsp.dlen == 0
+            assert rsp.opcode == pdu.Opcode.LOGIN_RSP and rsp.login_status == 0 and rsp.dlen == 0
             c.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
         c.login_pdu(None, 1, 3, raw=pieces[-1])
         answers = []
         for _ in range(64):
             rsp = c.recv_pdu()
-            assert rsp.opcode == P.OP_LOGIN_RSP and rsp.login_status == 0
+            assert rsp.opcode == pdu.Opcode.LOGIN_RSP and rsp.login_status == 0
             c.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
             assert rsp.dlen <= LOGIN_MRDSL, f"Login Response of {rsp.dlen} bytes"
             answers.append(rsp)
-            if not rsp.flags & P.LOGIN_FLAG_CONTINUE:
+            if not rsp.flags & pdu.LOGIN_FLAG_CONTINUE:
                 break
-            assert not rsp.flags & P.LOGIN_FLAG_TRANSIT, "C and T set together"
+            assert not rsp.flags & pdu.LOGIN_FLAG_TRANSIT, "C and T set together"
             c.login_pdu(None, 1, 3, raw=b"")          # next piece, please
         assert len(answers) >= 5, [r.dlen for r in answers]
         last = answers[-1]
-        assert last.flags & P.LOGIN_FLAG_TRANSIT and last.flags & 3 == 3
+        assert last.flags & pdu.LOGIN_FLAG_TRANSIT and last.flags & 3 == 3
         body = b"".join(r.data for r in answers)
         pairs = dict(item.decode().split("=", 1) for item in body.split(b"\0") if item)
         assert all(pairs[k] == "NotUnderstood" for k, _ in unknown)
@@ -90,25 +90,16 @@ def idle_connections(server, sources: list[str], each: int) -> list[socket.socke
     return out
 
 
-def closed_by_server(sock: socket.socket) -> bool:
-    """Whether the server has closed ``sock`` (it never sent anything on these), without waiting."""
-    sock.setblocking(False)
-    try:
-        return sock.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except ConnectionError:
-        return True
-
-
-def wait_closed_by_server(sock: socket.socket, within: float) -> bool:
+def closed_by_server(sock: socket.socket, within: float = 0.0) -> bool:
+    """Whether the server closes ``sock`` (it never sent anything on these) within ``within``
+    seconds; 0: whether it has closed it already, without waiting."""
     sock.settimeout(within)
     try:
         return sock.recv(1) == b""
+    except (BlockingIOError, TimeoutError):
+        return False
     except ConnectionError:
         return True
-    except TimeoutError:
-        return False
 
 
 def test_real_logins_succeed_while_hundreds_of_connections_never_log_in(tmp_path, start_server):
@@ -130,7 +121,7 @@ def test_real_logins_succeed_while_hundreds_of_connections_never_log_in(tmp_path
                 sessions.append(c)
                 assert c.login(DEFAULT_TARGET).login_status == 0
             for c in sessions:
-                assert c.nop().opcode == P.OP_NOP_IN
+                assert c.nop().opcode == pdu.Opcode.NOP_IN
         finally:
             for c in sessions:
                 c.close()
@@ -146,13 +137,13 @@ def test_connections_without_a_login_request_are_closed_at_the_first_pdu_deadlin
     server = serve_with(tmp_path, start_server, first_pdu_timeout=1, login_timeout=600)
     idle = idle_connections(server, ["127.0.0.1"], 10)
     partial = socket.create_connection((server.host, server.port), timeout=30)
-    partial.sendall(bytes([P.OP_LOGIN_REQ | 0x40]) + bytes(20))     # a third of a header
+    partial.sendall(bytes([pdu.Opcode.LOGIN_REQ | 0x40]) + bytes(20))     # a third of a header
     try:
         for s in idle + [partial]:
-            assert wait_closed_by_server(s, within=60), "still open after the first-PDU deadline"
+            assert closed_by_server(s, within=60), "still open after the first-PDU deadline"
         with IscsiClient(server.host, server.port) as c:   # a prompt login is unaffected
             assert c.login(DEFAULT_TARGET).login_status == 0
-            assert c.nop().opcode == P.OP_NOP_IN
+            assert c.nop().opcode == pdu.Opcode.NOP_IN
     finally:
         for s in idle + [partial]:
             s.close()
@@ -186,19 +177,19 @@ def hostile_login(server) -> IscsiClient:
 
 def send_cmd(c: IscsiClient, cdb: bytes, edtl: int, cmdsn: int, data: bytes = b"",
              write: bool = True) -> None:
-    flags = P.FLAG_FINAL | 1 | (P.CMD_FLAG_WRITE if write else P.CMD_FLAG_READ)
-    c.send_pdu(P.build_scsi_cmd(flags, 0, c.next_itt(), edtl, cmdsn, c.exp_statsn, cdb,
+    flags = pdu.FLAG_FINAL | 1 | (pdu.CMD_FLAG_WRITE if write else pdu.CMD_FLAG_READ)
+    c.send_pdu(pdu.build_scsi_cmd(flags, 0, c.next_itt(), edtl, cmdsn, c.exp_statsn, cdb,
                                 dlen=len(data)), data)
 
 
 def synced(c: IscsiClient) -> None:
     """An immediate NOP-Out answered: the target has dealt with everything sent before it."""
     itt = c.next_itt()
-    c.send_pdu(P.build_initiator_pdu(P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=itt,
-                                     words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
+    c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, itt=itt,
+                                     words=(pdu.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
     for _ in range(10000):
         rsp = c.recv_pdu()
-        if rsp.opcode == P.OP_NOP_IN and rsp.itt == itt:
+        if rsp.opcode == pdu.Opcode.NOP_IN and rsp.itt == itt:
             return
     raise AssertionError("no NOP-In")
 
@@ -272,12 +263,12 @@ def block_size(c: IscsiClient) -> int:
 def responses_until_synced(c: IscsiClient) -> list:
     """Every PDU the target sends before answering an immediate NOP-Out."""
     itt = c.next_itt()
-    c.send_pdu(P.build_initiator_pdu(P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=itt,
-                                     words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
+    c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, itt=itt,
+                                     words=(pdu.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
     out = []
     while True:
         rsp = c.recv_pdu()
-        if rsp.opcode == P.OP_NOP_IN and rsp.itt == itt:
+        if rsp.opcode == pdu.Opcode.NOP_IN and rsp.itt == itt:
             return out
         out.append(rsp)
 
@@ -290,7 +281,7 @@ def pin_host_budget(server, block: int) -> IscsiClient:
     for n in range(2):
         send_cmd(c, write10(n * big, big), 8 * MiB, c.cmdsn)
         c.cmdsn += 1
-    assert sum(r.opcode == P.OP_R2T for r in responses_until_synced(c)) == 2
+    assert sum(r.opcode == pdu.Opcode.R2T for r in responses_until_synced(c)) == 2
     return c
 
 
@@ -310,7 +301,7 @@ def test_a_write_without_budget_waits_for_its_r2t_and_immediate_data_gets_task_s
             assert responses_until_synced(c) == []
             assert c.scsi(tur()).status == 0             # fills the gap
             late = c.recv_pdu()
-            assert late.opcode == P.OP_SCSI_RSP and late.b3 == TASK_SET_FULL
+            assert late.opcode == pdu.Opcode.SCSI_RSP and late.b3 == TASK_SET_FULL
             c.cmdsn += 1
             # a WRITE without immediate data waits for budget: no R2T yet
             data = os.urandom(MiB)
@@ -324,15 +315,15 @@ def test_a_write_without_budget_waits_for_its_r2t_and_immediate_data_gets_task_s
         while True:
             rsp = c.recv_pdu()
             assert rsp.itt == itt, rsp
-            if rsp.opcode == P.OP_SCSI_RSP:
+            if rsp.opcode == pdu.Opcode.SCSI_RSP:
                 assert rsp.b3 == 0 and sent == MiB
                 break
-            assert rsp.opcode == P.OP_R2T
+            assert rsp.opcode == pdu.Opcode.R2T
             off, length = rsp.words[5], rsp.words[6]
             for piece in range(off, off + length, 262144):
                 n = min(262144, off + length - piece)
-                c.send_pdu(P.build_initiator_pdu(
-                    P.OP_DATA_OUT, P.FLAG_FINAL if piece + n == off + length else 0, dlen=n,
+                c.send_pdu(pdu.build_initiator_pdu(
+                    pdu.Opcode.DATA_OUT, pdu.FLAG_FINAL if piece + n == off + length else 0, dlen=n,
                     itt=itt, words=(rsp.ttt, 0, c.exp_statsn, 0, (piece - off) // 262144, piece, 0)),
                     data[piece:piece + n])
                 sent += n
@@ -347,7 +338,7 @@ def test_out_of_order_immediate_data_above_first_burst_length_is_refused_before_
         assert c.params.get("FirstBurstLength") == "65536"
         send_cmd(c, write10(0, 131072 // block), 131072, c.cmdsn + 1, os.urandom(131072))
         rsp = c.recv_pdu()
-        assert rsp.opcode == P.OP_REJECT and rsp.b2 == P.REJECT_PROTOCOL_ERROR
+        assert rsp.opcode == pdu.Opcode.REJECT and rsp.b2 == pdu.RejectReason.PROTOCOL_ERROR
         assert c.closed_by_peer(timeout=30)
 
 
@@ -385,9 +376,9 @@ def test_an_initiator_that_never_reads_cannot_pile_up_answers(tmp_path, start_se
         sent = 0
         with pytest.raises(TimeoutError):
             for _ in range(2048):
-                c.send_pdu(P.build_initiator_pdu(
-                    P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, dlen=len(payload),
-                    itt=c.next_itt(), words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)),
+                c.send_pdu(pdu.build_initiator_pdu(
+                    pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, dlen=len(payload),
+                    itt=c.next_itt(), words=(pdu.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)),
                     payload)
                 sent += 1
         grown = max(memory_kib(pid).values()) - before
@@ -404,11 +395,11 @@ def test_immediate_commands_cannot_grow_a_session_past_its_task_limit(tmp_path, 
         block = block_size(c)
         big = 8 * MiB // block
         for n in range(1000):
-            c.send_pdu(P.build_scsi_cmd(P.FLAG_FINAL | P.CMD_FLAG_WRITE | 1, 0, c.next_itt(),
+            c.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_WRITE | 1, 0, c.next_itt(),
                                         8 * MiB, c.cmdsn, c.exp_statsn, write10(n * big, big),
                                         immediate=True))
         answers = responses_until_synced(c)
-        full = [r for r in answers if r.opcode == P.OP_SCSI_RSP and r.b3 == TASK_SET_FULL]
+        full = [r for r in answers if r.opcode == pdu.Opcode.SCSI_RSP and r.b3 == TASK_SET_FULL]
         assert len(full) == 1000 - 256, len(full)
         tasks = json.loads(server.cli("session", "list", "--json").stdout)
         assert [s["tasks"] for s in tasks if s["type"] == "normal"] == [256]
@@ -431,7 +422,7 @@ def test_a_flood_of_discovery_sessions_does_not_take_the_room_of_normal_sessions
             sessions.append(c)
             assert c.login(DEFAULT_TARGET).login_status == 0
         for c in sessions:
-            assert c.nop().opcode == P.OP_NOP_IN
+            assert c.nop().opcode == pdu.Opcode.NOP_IN
         assert sum(not closed_by_server(c.sock) for c in flood) <= 16
     finally:
         for c in flood + sessions:

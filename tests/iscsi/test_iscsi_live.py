@@ -12,7 +12,7 @@ import pytest
 from vmblock_server import VmblockServer
 from iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
 from vmblock import DEFAULT_TARGET
-from vmblock.iscsi import pdu as P
+from vmblock.iscsi import pdu
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -223,11 +223,11 @@ def test_bad_header_digest_drops_the_connection(vmblock_server):
     with client(vmblock_server) as c:
         rsp = c.login(DEFAULT_TARGET, chap=vmblock_server.chap(), operational=DIGESTS)
         assert rsp.login_status == 0
-        pdu = bytearray(c.framed(P.build_initiator_pdu(
-            P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=c.next_itt(),
-            words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0))))
-        pdu[P.BHS_LEN] ^= 0xFF
-        c.send_raw(bytes(pdu))
+        raw = bytearray(c.framed(pdu.build_initiator_pdu(
+            pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, itt=c.next_itt(),
+            words=(pdu.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0))))
+        raw[pdu.BHS_LEN] ^= 0xFF
+        c.send_raw(bytes(raw))
         assert c.closed_by_peer()
 
 
@@ -235,13 +235,13 @@ def test_bad_data_digest_gets_a_reject(vmblock_server):
     with client(vmblock_server) as c:
         rsp = c.login(DEFAULT_TARGET, chap=vmblock_server.chap(), operational=DIGESTS)
         assert rsp.login_status == 0
-        pdu = bytearray(c.framed(P.build_initiator_pdu(
-            P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, itt=c.next_itt(), dlen=8,
-            words=(P.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)), b"payload!"))
-        pdu[-1] ^= 0xFF
-        c.send_raw(bytes(pdu))
+        raw = bytearray(c.framed(pdu.build_initiator_pdu(
+            pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, itt=c.next_itt(), dlen=8,
+            words=(pdu.RSVD_TAG, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)), b"payload!"))
+        raw[-1] ^= 0xFF
+        c.send_raw(bytes(raw))
         rsp = c.recv_pdu()
-        assert rsp.opcode == P.OP_REJECT and rsp.b2 == P.REJECT_DATA_DIGEST_ERROR
+        assert rsp.opcode == pdu.Opcode.REJECT and rsp.b2 == pdu.RejectReason.DATA_DIGEST_ERROR
 
 
 def test_libiscsi_with_header_digest(vmblock_server):

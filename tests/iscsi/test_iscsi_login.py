@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from vmblock.iscsi import login as L, params, pdu as P
+from vmblock.iscsi import login, params, pdu
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.iscsi.session import Session
@@ -35,12 +35,12 @@ def service(**kw) -> IscsiService:
 def request(keys=None, csg=0, nsg=1, transit=True, cont=False, isid=ISID, tsih=0, cid=0,
             vmax=0, vmin=0, raw=None):
     data = raw if raw is not None else params.encode_text((keys or {}).items())
-    flags = (P.LOGIN_FLAG_TRANSIT if transit else 0) | (P.LOGIN_FLAG_CONTINUE if cont else 0) \
+    flags = (pdu.LOGIN_FLAG_TRANSIT if transit else 0) | (pdu.LOGIN_FLAG_CONTINUE if cont else 0) \
         | (csg << 2) | (nsg if transit else 0)
-    hdr = P.build_initiator_pdu(P.OP_LOGIN_REQ, flags, immediate=True, b2=vmax, b3=vmin,
+    hdr = pdu.build_initiator_pdu(pdu.Opcode.LOGIN_REQ, flags, immediate=True, b2=vmax, b3=vmin,
                                 dlen=len(data), lun=(isid << 16) | tsih, itt=1,
                                 words=(cid << 16, 1, 0, 0, 0, 0, 0))
-    return P.parse_bhs(hdr), data
+    return pdu.parse_bhs(hdr), data
 
 
 def first_keys(target=TARGET, auth="None", **extra):
@@ -50,9 +50,9 @@ def first_keys(target=TARGET, auth="None", **extra):
     return {k: v for k, v in keys.items() if v is not None}
 
 
-def negotiator(svc=None) -> L.LoginNegotiator:
+def negotiator(svc=None) -> login.LoginNegotiator:
     svc = svc or service()
-    return L.LoginNegotiator(svc, svc.registry)
+    return login.LoginNegotiator(svc, svc.registry)
 
 
 def text(reply) -> dict:
@@ -62,7 +62,7 @@ def text(reply) -> dict:
 def chap_login(lg, creds, mutual_challenge=None):
     """Run the security stage with CHAP; returns the reply to CHAP_N/CHAP_R."""
     r = lg.step(*request(first_keys(SECURE, "CHAP,None")))
-    assert r.status == 0 and text(r)["AuthMethod"] == "CHAP" and not r.flags & P.LOGIN_FLAG_TRANSIT
+    assert r.status == 0 and text(r)["AuthMethod"] == "CHAP" and not r.flags & pdu.LOGIN_FLAG_TRANSIT
     r = lg.step(*request({"CHAP_A": "5"}, transit=False))
     t = text(r)
     ident, challenge = int(t["CHAP_I"]), bytes.fromhex(t["CHAP_C"][2:])
@@ -77,14 +77,14 @@ def chap_login(lg, creds, mutual_challenge=None):
 def test_security_to_operational_to_full_feature_without_auth():
     lg = negotiator()
     r = lg.step(*request(first_keys()))
-    assert r.status == L.LOGIN_SUCCESS and not r.done
-    assert r.flags == P.LOGIN_FLAG_TRANSIT | (0 << 2) | 1          # T, CSG=0, NSG=1
+    assert r.status == login.LoginStatus.SUCCESS and not r.done
+    assert r.flags == pdu.LOGIN_FLAG_TRANSIT | (0 << 2) | 1          # T, CSG=0, NSG=1
     t = text(r)
     assert t["AuthMethod"] == "None" and t["TargetPortalGroupTag"] == "1"
     assert t["TargetAlias"] == "disk one"
     r = lg.step(*request({"HeaderDigest": "None", "MaxBurstLength": "65536"}, csg=1, nsg=3))
     assert r.status == 0 and r.done
-    assert r.flags == P.LOGIN_FLAG_TRANSIT | (1 << 2) | 3
+    assert r.flags == pdu.LOGIN_FLAG_TRANSIT | (1 << 2) | 3
     t = text(r)
     assert t["HeaderDigest"] == "None" and t["MaxBurstLength"] == "65536"
     assert "MaxRecvDataSegmentLength" in t                          # target declares its own
@@ -107,14 +107,14 @@ def test_login_may_start_in_the_operational_stage_when_no_auth_is_needed():
 def test_target_stays_in_stage_while_the_initiator_does_not_transit():
     lg = negotiator()
     r = lg.step(*request(first_keys(), transit=False))
-    assert r.status == 0 and not r.flags & P.LOGIN_FLAG_TRANSIT and not r.done
+    assert r.status == 0 and not r.flags & pdu.LOGIN_FLAG_TRANSIT and not r.done
 
 
 def test_continued_login_text_is_joined_before_parsing():
     lg = negotiator()
     raw = params.encode_text(first_keys().items())
     r = lg.step(*request(raw=raw[:10], transit=False, cont=True))
-    assert r.status == 0 and r.text == [] and not r.flags & P.LOGIN_FLAG_TRANSIT
+    assert r.status == 0 and r.text == [] and not r.flags & pdu.LOGIN_FLAG_TRANSIT
     r = lg.step(*request(raw=raw[10:]))
     assert r.status == 0 and text(r)["AuthMethod"] == "None"
 
@@ -136,7 +136,7 @@ def test_unknown_operational_key_is_answered_not_understood():
 # ---- status codes ------------------------------------------------------------------------
 def test_missing_initiator_name_is_0207():
     r = negotiator().step(*request(first_keys(InitiatorName=None)))
-    assert r.status == L.LOGIN_MISSING_PARAMETER == 0x0207
+    assert r.status == login.LoginStatus.MISSING_PARAMETER == 0x0207
 
 
 def test_missing_target_name_in_normal_session_is_0207():
@@ -146,13 +146,13 @@ def test_missing_target_name_in_normal_session_is_0207():
 
 def test_unknown_target_is_0203():
     r = negotiator().step(*request(first_keys("iqn.2026-11.io.vmblock:nope")))
-    assert r.status == L.LOGIN_TARGET_NOT_FOUND == 0x0203
+    assert r.status == login.LoginStatus.TARGET_NOT_FOUND == 0x0203
 
 
 def test_initiator_outside_the_acl_is_0202():
     lg = negotiator(service(acl=["iqn.2026-11.io.vmblock.test:other"]))
     r = lg.step(*request(first_keys(SECURE, "CHAP")))
-    assert r.status == L.LOGIN_AUTHORIZATION_FAILURE == 0x0202
+    assert r.status == login.LoginStatus.AUTHORIZATION_FAILURE == 0x0202
 
 
 def test_initiator_in_the_acl_gets_in():
@@ -163,7 +163,7 @@ def test_initiator_in_the_acl_gets_in():
 @pytest.mark.parametrize("vmax,vmin", [(0x01, 0x01), (0xFF, 0x02)])
 def test_unsupported_version_is_0205(vmax, vmin):
     r = negotiator().step(*request(first_keys(), vmax=vmax, vmin=vmin))
-    assert r.status == L.LOGIN_UNSUPPORTED_VERSION == 0x0205
+    assert r.status == login.LoginStatus.UNSUPPORTED_VERSION == 0x0205
 
 
 def test_version_range_including_zero_is_accepted():
@@ -172,17 +172,17 @@ def test_version_range_including_zero_is_accepted():
 
 def test_unknown_session_type_is_0209():
     r = negotiator().step(*request(first_keys(SessionType="Weird")))
-    assert r.status == L.LOGIN_SESSION_TYPE_UNSUPPORTED == 0x0209
+    assert r.status == login.LoginStatus.SESSION_TYPE_UNSUPPORTED == 0x0209
 
 
 def test_joining_a_session_that_does_not_exist_is_020a():
     r = negotiator().step(*request(first_keys(), tsih=77))
-    assert r.status == L.LOGIN_SESSION_DOES_NOT_EXIST == 0x020A
+    assert r.status == login.LoginStatus.SESSION_DOES_NOT_EXIST == 0x020A
 
 
 @pytest.mark.parametrize("raw", [b"InitiatorName\0", b"\xff\xff\0", b"=x\0"])
 def test_malformed_login_text_is_initiator_error_0200(raw):
-    assert negotiator().step(*request(raw=raw)).status == L.LOGIN_INITIATOR_ERROR
+    assert negotiator().step(*request(raw=raw)).status == login.LoginStatus.INITIATOR_ERROR
 
 
 def test_key_repeated_in_one_request_is_0200():
@@ -236,7 +236,7 @@ def test_login_text_beyond_the_bound_is_0200():
 def test_more_than_max_login_pdus_is_0200():
     lg = negotiator()
     lg.step(*request(first_keys(), transit=False))
-    statuses = [lg.step(*request({}, transit=False)).status for _ in range(L.MAX_LOGIN_PDUS)]
+    statuses = [lg.step(*request({}, transit=False)).status for _ in range(login.MAX_LOGIN_PDUS)]
     assert statuses[-1] == 0x0200 and set(statuses[:-1]) == {0}
 
 
@@ -244,12 +244,12 @@ def test_more_than_max_login_pdus_is_0200():
 def test_right_chap_secret_lets_the_initiator_transit():
     lg = negotiator()
     r = chap_login(lg, CREDS)
-    assert r.status == 0 and r.flags & P.LOGIN_FLAG_TRANSIT and lg.authenticated
+    assert r.status == 0 and r.flags & pdu.LOGIN_FLAG_TRANSIT and lg.authenticated
 
 
 def test_wrong_chap_secret_is_0201():
     r = chap_login(negotiator(), ChapSecrets("alice", "notthesecret"))
-    assert r.status == L.LOGIN_AUTH_FAILED == 0x0201
+    assert r.status == login.LoginStatus.AUTH_FAILED == 0x0201
 
 
 def test_wrong_chap_user_is_0201():
@@ -269,9 +269,9 @@ def test_skipping_security_on_a_chap_target_is_0201():
 def test_transit_without_authenticating_does_not_leave_security():
     lg = negotiator()
     r = lg.step(*request(first_keys(SECURE, "CHAP")))
-    assert r.status == 0 and not r.flags & P.LOGIN_FLAG_TRANSIT
+    assert r.status == 0 and not r.flags & pdu.LOGIN_FLAG_TRANSIT
     r = lg.step(*request({"CHAP_A": "5"}))        # T=1 but no response yet
-    assert r.status == 0 and not r.flags & P.LOGIN_FLAG_TRANSIT
+    assert r.status == 0 and not r.flags & pdu.LOGIN_FLAG_TRANSIT
     assert lg.step(*request({}, csg=1, nsg=3)).status == 0x0201
 
 
@@ -312,7 +312,7 @@ def test_second_connection_beyond_max_connections_is_0206():
     svc = service()
     _victim(svc, TARGET)
     r = negotiator(svc).step(*request(first_keys(TARGET), tsih=1, cid=1))
-    assert r.status == L.LOGIN_TOO_MANY_CONNECTIONS == 0x0206
+    assert r.status == login.LoginStatus.TOO_MANY_CONNECTIONS == 0x0206
 
 
 def test_joining_with_another_isid_is_refused():

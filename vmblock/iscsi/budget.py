@@ -13,13 +13,18 @@ this class: a connection that is refused asks to be called back (``wait``) and t
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
+from typing import Callable
 
 
 class DataBudget:
-    def __init__(self, total: int, per_host: int):
+    """The shared byte budget (module docstring). ``call_soon(callback)`` runs ``callback``
+    once the current work is done (the event loop's ``call_soon``), so the connections that
+    wait are called back outside the ``give`` that freed the bytes."""
+
+    def __init__(self, total: int, per_host: int, call_soon: Callable[[Callable], object]):
         self.total = total
+        self.call_soon = call_soon
         self.per_host = per_host
         self.used = 0
         self.by_host: Counter[str] = Counter()
@@ -27,6 +32,7 @@ class DataBudget:
         self._wake_scheduled = False
 
     def take(self, host: str, n: int) -> bool:
+        """Charge ``n`` bytes to ``host`` if both limits allow it."""
         if n <= 0:
             return True
         if self.used + n > self.total or self.by_host[host] + n > self.per_host:
@@ -36,6 +42,7 @@ class DataBudget:
         return True
 
     def give(self, host: str, n: int) -> None:
+        """Return ``n`` bytes charged to ``host``; waiting connections get another try."""
         if n <= 0:
             return
         self.used -= n
@@ -44,13 +51,14 @@ class DataBudget:
             del self.by_host[host]
         if self.waiting and not self._wake_scheduled:
             self._wake_scheduled = True
-            asyncio.get_running_loop().call_soon(self._wake)
+            self.call_soon(self._wake)
 
     def wait(self, conn) -> None:
         """Call ``conn.budget_freed()`` when bytes come back."""
         self.waiting[conn] = None
 
     def forget(self, conn) -> None:
+        """``conn`` is gone: no call back."""
         self.waiting.pop(conn, None)
 
     def _wake(self) -> None:

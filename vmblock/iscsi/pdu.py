@@ -7,6 +7,7 @@ Sans-IO: nothing here touches a socket. Initiator PDUs are parsed into ``Pdu`` o
 
 from __future__ import annotations
 
+import enum
 import struct
 
 import crc32c as _crc32c
@@ -15,27 +16,33 @@ BHS_LEN = 48
 DIGEST_LEN = 4
 RSVD_TAG = 0xFFFFFFFF
 
-# Initiator opcodes (RFC 7143 11.1.1)
-OP_NOP_OUT = 0x00
-OP_SCSI_CMD = 0x01
-OP_TMF_REQ = 0x02
-OP_LOGIN_REQ = 0x03
-OP_TEXT_REQ = 0x04
-OP_DATA_OUT = 0x05
-OP_LOGOUT_REQ = 0x06
-OP_SNACK = 0x10
-# Target opcodes
-OP_NOP_IN = 0x20
-OP_SCSI_RSP = 0x21
-OP_TMF_RSP = 0x22
-OP_LOGIN_RSP = 0x23
-OP_TEXT_RSP = 0x24
-OP_DATA_IN = 0x25
-OP_LOGOUT_RSP = 0x26
-OP_R2T = 0x31
-OP_ASYNC_MSG = 0x32
-OP_REJECT = 0x3F
 
+
+class Opcode(enum.IntEnum):
+    """PDU opcodes (RFC 7143 11.1.1): initiator opcodes below 0x20, target opcodes above."""
+
+    NOP_OUT = 0x00
+    SCSI_CMD = 0x01
+    TMF_REQ = 0x02
+    LOGIN_REQ = 0x03
+    TEXT_REQ = 0x04
+    DATA_OUT = 0x05
+    LOGOUT_REQ = 0x06
+    SNACK = 0x10
+    NOP_IN = 0x20
+    SCSI_RSP = 0x21
+    TMF_RSP = 0x22
+    LOGIN_RSP = 0x23
+    TEXT_RSP = 0x24
+    DATA_IN = 0x25
+    LOGOUT_RSP = 0x26
+    R2T = 0x31
+    ASYNC_MSG = 0x32
+    REJECT = 0x3F
+
+
+# A plain int for parse_bhs, which runs for every PDU: reading an IntEnum member costs more.
+_SCSI_CMD = int(Opcode.SCSI_CMD)
 OPCODE_MASK = 0x3F
 IMMEDIATE_BIT = 0x40
 FLAG_FINAL = 0x80
@@ -59,28 +66,72 @@ LOGIN_FLAG_TRANSIT = 0x80
 LOGIN_FLAG_CONTINUE = 0x40
 TEXT_FLAG_CONTINUE = 0x40
 
-# Reject reasons (11.17.1)
-REJECT_DATA_DIGEST_ERROR = 0x02
-REJECT_SNACK_REJECT = 0x03
-REJECT_PROTOCOL_ERROR = 0x04
-REJECT_CMD_NOT_SUPPORTED = 0x05
-REJECT_IMM_CMD_REJECT = 0x06
-REJECT_TASK_IN_PROGRESS = 0x07
-REJECT_INVALID_DATA_ACK = 0x08
-REJECT_INVALID_PDU_FIELD = 0x09
-REJECT_OUT_OF_RESOURCES = 0x0A
-REJECT_NEGOTIATION_RESET = 0x0B
-REJECT_WAITING_FOR_LOGOUT = 0x0C
 
-# Async events (11.9.1)
-ASYNC_EVENT_LOGOUT_REQUEST = 1
-ASYNC_EVENT_DROP_ALL = 3
+
+class RejectReason(enum.IntEnum):
+    """Reason code of a Reject PDU (RFC 7143 11.17.1)."""
+
+    DATA_DIGEST_ERROR = 0x02
+    SNACK_REJECT = 0x03
+    PROTOCOL_ERROR = 0x04
+    CMD_NOT_SUPPORTED = 0x05
+    IMM_CMD_REJECT = 0x06
+    TASK_IN_PROGRESS = 0x07
+    INVALID_DATA_ACK = 0x08
+    INVALID_PDU_FIELD = 0x09
+    OUT_OF_RESOURCES = 0x0A
+    NEGOTIATION_RESET = 0x0B
+    WAITING_FOR_LOGOUT = 0x0C
+
+
+class TmfFunction(enum.IntEnum):
+    """Task Management Function Request, byte 1 low 7 bits (RFC 7143 11.5.1)."""
+
+    ABORT_TASK = 1
+    ABORT_TASK_SET = 2
+    CLEAR_ACA = 3
+    CLEAR_TASK_SET = 4
+    LUN_RESET = 5
+    TARGET_WARM_RESET = 6
+    TARGET_COLD_RESET = 7
+    TASK_REASSIGN = 8
+
+
+class TmfResponse(enum.IntEnum):
+    """Task Management Function Response, byte 2 (RFC 7143 11.6.1)."""
+
+    COMPLETE = 0
+    NO_TASK = 1
+    NO_LUN = 2
+    TASK_STILL_ALLEGIANT = 3
+    REASSIGN_UNSUPPORTED = 4
+    NOT_SUPPORTED = 5
+    AUTHORIZATION_FAILED = 6
+    REJECTED = 255
+
+
+class LogoutReason(enum.IntEnum):
+    """Logout Request reason code, byte 1 low 7 bits (RFC 7143 11.14.1)."""
+
+    CLOSE_SESSION = 0
+    CLOSE_CONNECTION = 1
+    REMOVE_FOR_RECOVERY = 2
+
+
+class LogoutResponse(enum.IntEnum):
+    """Logout Response, byte 2 (RFC 7143 11.15.1)."""
+
+    SUCCESS = 0
+    CID_NOT_FOUND = 1
+    RECOVERY_UNSUPPORTED = 2
+    CLEANUP_FAILED = 3
+
 
 # Generic header of every initiator PDU: byte0, flags, bytes 2-3, AHS|DSL word, LUN/ISID, ITT,
 # then 28 opcode-specific bytes.
 _BHS = struct.Struct(">BBHIQI7I")
 # SCSI Command: ... EDTL, CmdSN, ExpStatSN, CDB.
-_SCSI_CMD = struct.Struct(">BBHIQIIII16s")
+_SCSI_CMD_BHS = struct.Struct(">BBHIQIIII16s")
 # Every target PDU fits this shape: byte0..3, AHS|DSL, LUN/ISID-TSIH, ITT, and 7 words.
 _RSP = struct.Struct(">BBBBIQI7I")
 _DIGEST = struct.Struct("<I")
@@ -95,59 +146,77 @@ def pad_len(n: int) -> int:
 
 
 class Pdu:
-    """A parsed initiator PDU. Words w20..w44 are the opcode-specific 32-bit fields."""
+    """A parsed initiator PDU with its opcode-specific words under their RFC 7143 names.
+
+    Each word at offsets 20..44 is one slot; the names it has in other opcodes are aliases of
+    that slot (below the class), so a named field reads as fast as a plain attribute.
+    """
 
     __slots__ = ("opcode", "immediate", "flags", "b2", "b3", "ahs_len", "dlen", "lun", "itt",
-                 "w20", "w24", "w28", "w32", "w36", "w40", "w44", "cdb", "ahs", "data")
+                 "ttt", "cmdsn", "exp_statsn", "ref_cmdsn", "datasn", "buffer_offset",
+                 "run_length", "cdb", "ahs", "data")
 
     @property
     def final(self) -> bool:
         return bool(self.flags & FLAG_FINAL)
 
-    # Field names shared by several initiator PDUs (RFC 7143 section 11).
     @property
-    def cmdsn(self) -> int:
-        return self.w24
+    def cid(self) -> int:
+        """Login and Logout Requests: the connection ID in bytes 20-21."""
+        return self.ttt >> 16
 
     @property
-    def exp_statsn(self) -> int:
-        return self.w28
+    def isid(self) -> int:
+        """Login Request: the 6-byte ISID in bytes 8-13."""
+        return self.lun >> 16
 
     @property
-    def ttt(self) -> int:
-        return self.w20
+    def tsih(self) -> int:
+        """Login Request: the TSIH in bytes 14-15."""
+        return self.lun & 0xFFFF
+
+
+# RFC 7143 section 11: other names of the words at 20 (Expected Data Transfer Length of a SCSI
+# Command, Referenced Task Tag of a TMF request) and 36 (ExpDataSN of a TMF request).
+Pdu.edtl = Pdu.ref_task_tag = Pdu.ttt
+Pdu.exp_datasn = Pdu.datasn
 
 
 def parse_bhs(buf, off: int = 0) -> Pdu:
     """Parse the 48-byte BHS at ``buf[off:]``; AHS and data are attached by the caller."""
     p = Pdu()
-    (b0, p.flags, b23, ahs_dlen, p.lun, p.itt,
-     p.w20, p.w24, p.w28, p.w32, p.w36, p.w40, p.w44) = _BHS.unpack_from(buf, off)
+    (b0, p.flags, b23, ahs_dlen, p.lun, p.itt, p.ttt, p.cmdsn, p.exp_statsn, p.ref_cmdsn,
+     p.datasn, p.buffer_offset, p.run_length) = _BHS.unpack_from(buf, off)
     p.opcode = b0 & OPCODE_MASK
     p.immediate = bool(b0 & IMMEDIATE_BIT)
     p.b2 = b23 >> 8
     p.b3 = b23 & 0xFF
     p.ahs_len = (ahs_dlen >> 24) * 4
     p.dlen = ahs_dlen & 0xFFFFFF
-    p.cdb = bytes(buf[off + 32:off + 48]) if p.opcode == OP_SCSI_CMD else b""
+    p.cdb = bytes(buf[off + 32:off + 48]) if p.opcode == _SCSI_CMD else b""
     p.ahs = b""
     p.data = b""
     return p
 
 
 def build_bhs(opcode: int, flags: int, b2: int = 0, b3: int = 0, dlen: int = 0, lun: int = 0,
-              itt: int = RSVD_TAG, w20: int = 0, statsn: int = 0, exp_cmdsn: int = 0,
-              max_cmdsn: int = 0, w36: int = 0, w40: int = 0, w44: int = 0) -> bytes:
-    """Build a target PDU header. Words 24/28/32 are StatSN/ExpCmdSN/MaxCmdSN in every target PDU."""
-    return _RSP.pack(opcode, flags, b2, b3, dlen, lun, itt, w20, statsn, exp_cmdsn, max_cmdsn,
-                     w36, w40, w44)
+              itt: int = RSVD_TAG, ttt: int = 0, statsn: int = 0, exp_cmdsn: int = 0,
+              max_cmdsn: int = 0, datasn: int = 0, buffer_offset: int = 0,
+              residual: int = 0) -> bytes:
+    """Build a target PDU header. Words 24/28/32 are StatSN/ExpCmdSN/MaxCmdSN in every target
+    PDU; the others by their Data-In names (RFC 7143 11.7.1): ``datasn`` is also an R2T's R2TSN,
+    a SCSI Response's ExpDataSN and a Login Response's status (11.13.5); ``buffer_offset`` also
+    holds a Logout Response's Time2Wait/Time2Retain (11.15); ``residual`` is also an R2T's
+    Desired Data Transfer Length."""
+    return _RSP.pack(opcode, flags, b2, b3, dlen, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
+                     datasn, buffer_offset, residual)
 
 
 def build_scsi_cmd(flags: int, lun: int, itt: int, edtl: int, cmdsn: int, exp_statsn: int,
                    cdb: bytes, dlen: int = 0, immediate: bool = False) -> bytes:
     """An initiator SCSI Command header; used by tests and tools that play the initiator."""
-    b0 = OP_SCSI_CMD | (IMMEDIATE_BIT if immediate else 0)
-    return _SCSI_CMD.pack(b0, flags, 0, dlen, lun, itt, edtl, cmdsn, exp_statsn, cdb.ljust(16, b"\0"))
+    b0 = Opcode.SCSI_CMD | (IMMEDIATE_BIT if immediate else 0)
+    return _SCSI_CMD_BHS.pack(b0, flags, 0, dlen, lun, itt, edtl, cmdsn, exp_statsn, cdb.ljust(16, b"\0"))
 
 
 def build_initiator_pdu(opcode: int, flags: int, *, immediate: bool = False, b2: int = 0, b3: int = 0,

@@ -17,13 +17,18 @@ from ..net.interfaces import AddressWatch
 from . import params
 from .budget import DataBudget
 from .chap import ChapSecrets
-from .connection import Connection
+from .machine import ConnectionMachine
+from .protocol import IscsiProtocol
 from .session import SessionRegistry
 
 log = logging.getLogger("vmblock.iscsi")
 
 WILDCARDS = {"0.0.0.0": socket.AF_INET, "::": socket.AF_INET6}   # each binds its family only
 PDU_OVERHEAD = 48 + 1024 + 8      # BHS, largest AHS, two digests
+
+
+def _call_soon(callback) -> None:
+    asyncio.get_running_loop().call_soon(callback)
 
 
 @dataclass
@@ -58,14 +63,14 @@ class IscsiService:
     def __init__(self, targets: dict[str, TargetEntry], config: IscsiConfig | None = None):
         self.targets = targets
         self.registry = SessionRegistry()
-        self.connections: set[Connection] = set()
+        self.connections: set[ConnectionMachine] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.bound_portals: list[tuple[str, int]] = []
         self.addresses: AddressWatch | None = None     # started when a portal is a wildcard
         self.per_host: Counter[str] = Counter()        # open connections per source address
-        self.in_login: dict[str, dict[Connection, None]] = {}   # per address, oldest first
+        self.in_login: dict[str, dict[ConnectionMachine, None]] = {}   # per address, oldest first
         self.in_login_count = 0
-        self.budget = DataBudget(0, 0)
+        self.budget = DataBudget(0, 0, _call_soon)
         self.reconfigure(config or IscsiConfig())
 
     def reconfigure(self, config: IscsiConfig) -> None:
@@ -77,7 +82,7 @@ class IscsiService:
         self.budget.total, self.budget.per_host = config.data_budget, config.data_budget_per_host
 
     # ---- connection slots ----------------------------------------------------------------
-    def admit(self, conn: Connection) -> bool:
+    def admit(self, conn: ConnectionMachine) -> bool:
         """Take ``conn`` (accepted, not logged in) if the limits allow, making room by closing
         the oldest connection still logging in (or in a discovery session): of the same
         address when that address is at its limit, else of the address with the most of them.
@@ -108,7 +113,7 @@ class IscsiService:
         victim.terminate("room for a newer connection (limits in iscsi.max_*connections*)")
         return True
 
-    def logged_in(self, conn: Connection) -> None:
+    def logged_in(self, conn: ConnectionMachine) -> None:
         """``conn`` reached full feature phase in a normal session: it no longer counts as
         logging in."""
         waiting = self.in_login.get(conn.host)
@@ -118,7 +123,7 @@ class IscsiService:
             if not waiting:
                 del self.in_login[conn.host]
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: ConnectionMachine) -> None:
         """Give back ``conn``'s slot; called once it closes (or is chosen to close)."""
         if conn not in self.connections:
             return
@@ -136,7 +141,7 @@ class IscsiService:
         for host, port in portals:
             # An explicit host, never None: None would bind every family, so 0.0.0.0 would
             # take [::] too. create_server sets IPV6_V6ONLY on "::".
-            server = await loop.create_server(lambda h=host, p=port: Connection(self, (h, p)),
+            server = await loop.create_server(lambda h=host, p=port: IscsiProtocol(self, (h, p)),
                                               host, port, reuse_address=True, backlog=128)
             self.servers.append(server)
             for sock in server.sockets:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import itertools
 
 from ..scsi.task import Nexus
-from .login import (LOGIN_SESSION_DOES_NOT_EXIST, LOGIN_TOO_MANY_CONNECTIONS,
-                    LOGIN_INITIATOR_ERROR)
+from .login import LoginStatus
 
 SERIAL_HALF = 1 << 31
 CMD_WINDOW = 128            # commands an initiator may have queued per session
@@ -89,15 +88,15 @@ class SessionRegistry:
             return 0
         sess = self.by_tsih.get(login.tsih)
         if sess is None:
-            return LOGIN_SESSION_DOES_NOT_EXIST
+            return LoginStatus.SESSION_DOES_NOT_EXIST
         if sess.isid != login.isid or sess.initiator != login.initiator:
-            return LOGIN_INITIATOR_ERROR
+            return LoginStatus.INITIATOR_ERROR
         # A connection joins only the session it authenticated for: same type, same target.
         if sess.discovery != login.discovery or sess.target is not login.target:
-            return LOGIN_INITIATOR_ERROR
+            return LoginStatus.INITIATOR_ERROR
         max_conns = sess.params.number("MaxConnections")
         if login.cid not in sess.connections and len(sess.connections) >= max_conns:
-            return LOGIN_TOO_MANY_CONNECTIONS
+            return LoginStatus.TOO_MANY_CONNECTIONS
         return 0
 
     def bind(self, conn, login, cmdsn: int) -> Session:

@@ -20,7 +20,7 @@ import pytest
 
 from iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
 from vmblock import DEFAULT_TARGET
-from vmblock.iscsi import pdu as P
+from vmblock.iscsi import pdu
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -127,17 +127,17 @@ def send_targets(server, value: str = "All", initiator: str = INITIATOR) -> dict
 
 def nop_out_answer(c: IscsiClient, ping) -> None:
     """Answer a target NOP-In ping: NOP-Out, ITT 0xffffffff, its TTT and LUN, immediate."""
-    c.send_pdu(P.build_initiator_pdu(P.OP_NOP_OUT, P.FLAG_FINAL, immediate=True, lun=ping.lun,
-                                     itt=P.RSVD_TAG,
+    c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.NOP_OUT, pdu.FLAG_FINAL, immediate=True, lun=ping.lun,
+                                     itt=pdu.RSVD_TAG,
                                      words=(ping.ttt, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
 
 
 def logout(c: IscsiClient, reason: int, cid: int = 0):
     itt = c.next_itt()
-    c.send_pdu(P.build_initiator_pdu(P.OP_LOGOUT_REQ, P.FLAG_FINAL | reason, immediate=True,
+    c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.LOGOUT_REQ, pdu.FLAG_FINAL | reason, immediate=True,
                                      itt=itt, words=(cid << 16, c.cmdsn, c.exp_statsn, 0, 0, 0, 0)))
     rsp = c.recv_skip_nops()
-    assert rsp.opcode == P.OP_LOGOUT_RSP and rsp.itt == itt, rsp
+    assert rsp.opcode == pdu.Opcode.LOGOUT_RSP and rsp.itt == itt, rsp
     c.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
     return rsp
 
@@ -297,7 +297,7 @@ def wait_ping(c: IscsiClient, within: float):
         ping = c.recv_pdu()
     finally:
         c.sock.settimeout(10.0)
-    assert ping.opcode == P.OP_NOP_IN, ping
+    assert ping.opcode == pdu.Opcode.NOP_IN, ping
     return ping
 
 
@@ -306,8 +306,8 @@ def test_target_pings_an_idle_initiator_with_nop_in(nop_server):
     and carries the next StatSN without advancing it."""
     with logged_in(nop_server) as c:
         ping = wait_ping(c, NOP_INTERVAL + 0.5)          # on time, not an interval late
-        assert ping.itt == P.RSVD_TAG and ping.ttt != P.RSVD_TAG
-        assert ping.flags & P.FLAG_FINAL and ping.dlen == 0
+        assert ping.itt == pdu.RSVD_TAG and ping.ttt != pdu.RSVD_TAG
+        assert ping.flags & pdu.FLAG_FINAL and ping.dlen == 0
         assert ping.statsn == c.exp_statsn
         nop_out_answer(c, ping)
         assert c.nop(b"after").statsn == ping.statsn      # the ping did not use that StatSN
@@ -319,7 +319,7 @@ def test_answered_pings_keep_the_connection(nop_server):
         pings, deadline = [], time.monotonic() + 2 * (NOP_INTERVAL + NOP_TIMEOUT) + 0.5
         while time.monotonic() < deadline:
             ping = wait_ping(c, NOP_INTERVAL + 1.5)
-            assert ping.itt == P.RSVD_TAG and ping.ttt != P.RSVD_TAG
+            assert ping.itt == pdu.RSVD_TAG and ping.ttt != pdu.RSVD_TAG
             pings.append(ping.ttt)
             nop_out_answer(c, ping)
         assert len(pings) >= 3
@@ -362,7 +362,7 @@ def test_initiator_nop_out_ping_is_echoed_with_its_itt_and_data(vmblock_server):
         payload = bytes(range(256)) * 3 + b"odd"          # 771 bytes: padded on the wire
         itt = c.itt + 1
         rsp = c.nop(payload)
-        assert rsp.itt == itt and rsp.ttt == P.RSVD_TAG and rsp.data == payload
+        assert rsp.itt == itt and rsp.ttt == pdu.RSVD_TAG and rsp.data == payload
         assert c.nop().data == b""
 
 
@@ -432,11 +432,11 @@ def test_long_send_targets_answer_is_split_at_the_initiator_mrdsl(two_portals):
         rsps = c.text_all({"SendTargets": "All"})
         assert len(rsps) >= 3, [r.dlen for r in rsps]
         for r in rsps[:-1]:
-            assert r.flags & P.TEXT_FLAG_CONTINUE and not r.flags & P.FLAG_FINAL, hex(r.flags)
-            assert r.ttt != P.RSVD_TAG and 0 < r.dlen <= 512
+            assert r.flags & pdu.TEXT_FLAG_CONTINUE and not r.flags & pdu.FLAG_FINAL, hex(r.flags)
+            assert r.ttt != pdu.RSVD_TAG and 0 < r.dlen <= 512
         last = rsps[-1]
-        assert last.flags & P.FLAG_FINAL and not last.flags & P.TEXT_FLAG_CONTINUE
-        assert last.ttt == P.RSVD_TAG and last.dlen <= 512
+        assert last.flags & pdu.FLAG_FINAL and not last.flags & pdu.TEXT_FLAG_CONTINUE
+        assert last.ttt == pdu.RSVD_TAG and last.dlen <= 512
         found = targets_of(text_pairs(b"".join(r.data for r in rsps)))
         assert sorted(found) == sorted(names + [DEFAULT_TARGET])
         assert all(sorted(a) == sorted(f"{p},1" for p in portals) for a in found.values()), found
@@ -450,7 +450,7 @@ def test_long_send_targets_answer_is_split_at_the_initiator_mrdsl(two_portals):
 def test_logout_closing_the_session_answers_0_and_closes_the_connection(vmblock_server):
     with logged_in(vmblock_server) as c:
         rsp = logout(c, LOGOUT_SESSION)
-        assert rsp.b2 == LOGOUT_OK and rsp.flags & P.FLAG_FINAL
+        assert rsp.b2 == LOGOUT_OK and rsp.flags & pdu.FLAG_FINAL
         assert c.closed_by_peer(timeout=5)
     deadline = time.monotonic() + SESSION_WAIT
     while [s for s in sessions(vmblock_server) if s["type"] == "normal"] and time.monotonic() < deadline:
@@ -481,16 +481,16 @@ def test_abort_task_of_a_write_waiting_for_data_out_completes_and_it_never_answe
     lba, block = 2048, b"\xA5" * 4096
     with logged_in(vmblock_server) as c:
         itt, cmdsn = c.next_itt(), c.cmdsn
-        c.send_pdu(P.build_scsi_cmd(P.FLAG_FINAL | P.CMD_FLAG_WRITE | 1, P.encode_lun(0), itt,
+        c.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_WRITE | 1, pdu.encode_lun(0), itt,
                                     len(block), cmdsn, c.exp_statsn, write10(lba, 8)))
         c.cmdsn = (c.cmdsn + 1) & 0xFFFFFFFF
         r2t = c.recv_skip_nops()
-        assert r2t.opcode == P.OP_R2T and r2t.itt == itt, r2t
+        assert r2t.opcode == pdu.Opcode.R2T and r2t.itt == itt, r2t
         rsp = c.tmf(ABORT_TASK, ref_itt=itt, ref_cmdsn=cmdsn)
         assert rsp.b2 == TMF_COMPLETE and not c.stray, c.stray
         # the Data-Out the R2T asked for arrives late: the target must drop it silently
-        c.send_pdu(P.build_initiator_pdu(P.OP_DATA_OUT, P.FLAG_FINAL, dlen=len(block),
-                                         lun=P.encode_lun(0), itt=itt,
+        c.send_pdu(pdu.build_initiator_pdu(pdu.Opcode.DATA_OUT, pdu.FLAG_FINAL, dlen=len(block),
+                                         lun=pdu.encode_lun(0), itt=itt,
                                          words=(r2t.ttt, 0, c.exp_statsn, 0, 0, 0, 0)), block)
         assert c.nop(b"sync").data == b"sync"
         late = quiet_for(c, 0.5)
@@ -504,7 +504,7 @@ def test_abort_task_of_an_unknown_itt_with_a_done_refcmdsn_is_task_does_not_exis
         done = c.cmdsn
         assert c.scsi(tur()).status == 0
         rsp = c.tmf(ABORT_TASK, ref_itt=0x5EED, ref_cmdsn=done)
-        assert rsp.b2 == TMF_NO_TASK and rsp.flags & P.FLAG_FINAL
+        assert rsp.b2 == TMF_NO_TASK and rsp.flags & pdu.FLAG_FINAL
         assert_reads(c)
 
 
