@@ -87,6 +87,7 @@ class LogicalUnit:
 
     # -- unit attentions (SPC-4 5.14)
     def add_ua(self, nexus: Nexus, reason: SenseReason) -> None:
+        """Queue ``reason`` for ``nexus`` once; the oldest drops out past MAX_PENDING_UA."""
         queue = self.ua.setdefault(nexus, [])
         if reason in queue:
             return
@@ -95,11 +96,13 @@ class LogicalUnit:
         queue.append(reason)
 
     def add_ua_all(self, reason: SenseReason, exclude: Nexus | None = None) -> None:
+        """Queue ``reason`` for every nexus but ``exclude`` (the one that caused it)."""
         for nexus in self.nexuses:
             if nexus != exclude:
                 self.add_ua(nexus, reason)
 
     def pop_ua(self, nexus: Nexus) -> SenseReason | None:
+        """The oldest unit attention pending for ``nexus``, now reported, or None."""
         queue = self.ua.get(nexus)
         if not queue:
             return None
@@ -110,11 +113,13 @@ class LogicalUnit:
 
     # -- I_T nexus bookkeeping, driven by ScsiTarget
     def nexus_added(self, nexus: Nexus) -> None:
+        """A new I_T nexus reaches this LU."""
         self.nexuses.add(nexus)
         # SAM-5 6.3.1: a new I_T nexus first sees POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
         self.add_ua(nexus, SenseReason.POWER_ON_RESET)
 
     def nexus_removed(self, nexus: Nexus) -> None:
+        """An I_T nexus is gone: its unit attentions and SPC-2 reservation with it."""
         self.nexuses.discard(nexus)
         self.ua.pop(nexus, None)
         # SPC-4 5.9.3 / SPC-2 5.5.1: I_T nexus loss releases a RESERVE(6/10) reservation;

@@ -66,6 +66,7 @@ async def _flush(lu: LogicalUnit) -> None:
 
 # -- READ (SBC-3 5.10 - 5.14)
 def read(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, options: int):
+    """READ: small reads inline, large ones in the executor."""
     nbytes = blocks * lu.block_size
     if not nbytes:
         return None
@@ -170,6 +171,8 @@ async def _atomically_later(lu: LogicalUnit, work, args) -> None:
 
 def compare_and_write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                       options: int):
+    """Compare the first half of Data-Out with the medium; write the second half only if it
+    matches, atomically against other writes."""
     if not blocks:
         return None
     return _atomically(lu, _compare_and_write, task, lba, blocks, options)
@@ -212,6 +215,7 @@ def _orwrite(lu: LogicalUnit, task: ScsiTask, lba: int, options: int):
 # -- WRITE SAME (SBC-3 5.42, 5.43)
 def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                options: int):
+    """Replicate one block (or zeros with NDOB) over the range, or unmap it with UNMAP=1."""
     if not blocks:
         return None
     bs = lu.block_size
@@ -323,6 +327,7 @@ def start_stop_unit(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, bl
 # -- READ CAPACITY (SBC-3 5.15, 5.16)
 def read_capacity10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                     options: int):
+    """The last LBA (capped at FFFFFFFFh, which says: use READ CAPACITY(16)) and the block size."""
     cdb = task.cdb
     # SBC-3 5.15: PMI=0 with a non-zero LOGICAL BLOCK ADDRESS -> INVALID FIELD IN CDB.
     if not cdb[8] & 0x01 and any(cdb[2:6]):
@@ -334,6 +339,7 @@ def read_capacity10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, bl
 
 def read_capacity16(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                     options: int):
+    """The last LBA, the block size and LBPME/LBPRZ when the store can unmap."""
     flags = (RC16_LBPME | RC16_LBPRZ) if lu.can_unmap else 0
     data = struct.pack(">QIxxBx16x", lu.num_blocks - 1, lu.block_size, flags)
     task.data_in = data[:task.cdb_xfer_len]
@@ -343,6 +349,7 @@ def read_capacity16(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, bl
 # -- GET LBA STATUS (SBC-3 5.8)
 def get_lba_status(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                    options: int):
+    """Mapped / deallocated runs from the starting LBA, as many as ALLOCATION LENGTH holds."""
     bs = lu.block_size
     alloc = task.cdb_xfer_len
     room = max((alloc - LBA_STATUS_HEADER_LEN) // LBA_STATUS_DESCRIPTOR_LEN, 1)
@@ -376,6 +383,7 @@ def read_defect_data10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
 
 def read_defect_data12(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                        options: int):
+    """As READ DEFECT DATA(10), with the 12-byte header."""
     flags = task.cdb[1] & (DEFECT_PLIST | DEFECT_GLIST | DEFECT_FORMAT_MASK)
     task.data_in = struct.pack(">xBHI", flags, 0, 0)[:task.cdb_xfer_len]
     return None

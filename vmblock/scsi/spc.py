@@ -113,6 +113,7 @@ def test_unit_ready(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
 
 # -- INQUIRY (SPC-4 6.4)
 def inquiry(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks, options) -> None:
+    """Standard INQUIRY data, or the VPD page asked for with EVPD=1."""
     cdb = task.cdb
     if cdb[1] & INQUIRY_CMDDT:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 1))
@@ -132,6 +133,7 @@ def inquiry(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks, 
 
 
 def standard_inquiry(lu: LogicalUnit | None) -> bytes:
+    """Standard INQUIRY data (SPC-4 6.4.2); PERIPHERAL QUALIFIER 011b where no LU is."""
     buf = bytearray(STANDARD_INQUIRY_LEN)
     if lu is None:
         buf[0] = PERIPHERAL_NO_LUN
@@ -248,6 +250,7 @@ def encode_lun(lun: int) -> bytes:
 
 
 def report_luns(t: ScsiTarget, lu, task: ScsiTask, lba, blocks, options) -> None:
+    """The LUN inventory; well-known LUNs: there are none."""
     select = task.cdb[2]
     if select not in (SELECT_REPORT_ALL_LOGICAL_UNITS, SELECT_REPORT_WELL_KNOWN,
                       SELECT_REPORT_ALL):
@@ -272,10 +275,12 @@ def request_sense(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, bl
 
 # -- MODE SENSE / MODE SELECT (SPC-4 6.9 - 6.12)
 def mode_sense6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SENSE(6): short header and block descriptor."""
     _truncate(task, modepages.mode_sense(lu, task.cdb, ten=False))
 
 
 def mode_sense10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SENSE(10): long header; LLBAA selects the long block descriptor."""
     _truncate(task, modepages.mode_sense(lu, task.cdb, ten=True))
 
 
@@ -287,22 +292,26 @@ def _mode_select(lu: LogicalUnit, task: ScsiTask, ten: bool) -> None:
 
 
 def mode_select6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SELECT(6): apply the parameter list."""
     _mode_select(lu, task, ten=False)
 
 
 def mode_select10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SELECT(10): apply the parameter list."""
     _mode_select(lu, task, ten=True)
 
 
 # -- RESERVE / RELEASE (SPC-2 7.21, 7.22)
 def reserve(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
     # third-party and extent reservations are not supported (RESERVE(10) 3RDPTY / LONGID)
+    """RESERVE(6/10) of the whole LU; third-party and extent reservations are refused."""
     if task.cdb[1] & 0x13:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, None))
     lu.reservations.reserve_spc2(task.nexus)
 
 
 def release(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """RELEASE(6/10); third-party and extent reservations are refused."""
     if task.cdb[1] & 0x13:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, None))
     lu.reservations.release_spc2(task.nexus)
@@ -311,6 +320,7 @@ def release(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options
 # -- PERSISTENT RESERVE IN / OUT (SPC-4 6.15, 6.16)
 def persistent_reserve_in(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
                           options) -> None:
+    """PERSISTENT RESERVE IN; conflicts with another nexus's RESERVE(6/10)."""
     res = lu.reservations
     if res.spc2_holder is not None and res.spc2_holder != task.nexus:
         raise ScsiError(SenseReason.RESERVATION_CONFLICT)
@@ -319,6 +329,7 @@ def persistent_reserve_in(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, b
 
 def persistent_reserve_out(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
                            options) -> None:
+    """PERSISTENT RESERVE OUT with the parameter list gathered."""
     param = task.data_out if task.data_out is not None else b""
     pr.persistent_reserve_out(lu, task.nexus, task.cdb[1] & 0x1F, task.cdb[2], param)
 
@@ -386,6 +397,7 @@ def _one_command(table: CommandTable, option: int, opcode: int, action: int,
 # -- REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 6.36)
 def report_supported_tmfs(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
                           options) -> None:
+    """The task management functions the iSCSI fabric carries out."""
     data = bytes((TMF_ATS | TMF_ATSS | TMF_CTSS | TMF_LURS | TMF_TRS, 0, 0, 0))
     _truncate(task, data)
 

@@ -74,17 +74,20 @@ class ScsiTarget:
 
     # -- I_T nexus events from the fabric
     def nexus_added(self, nexus: Nexus) -> None:
+        """A session logged in: every LU learns the new I_T nexus."""
         self.nexuses.add(nexus)
         for lu in self.luns.values():
             lu.nexus_added(nexus)
 
     def nexus_removed(self, nexus: Nexus) -> None:
+        """A session ended: every LU forgets the I_T nexus."""
         self.nexuses.discard(nexus)
         for lu in self.luns.values():
             lu.nexus_removed(nexus)
 
     # -- task management (SAM-5 7.x); aborting tasks in flight is the fabric's job
     def task_management(self, function: str, nexus: Nexus, lun: int | None) -> bool:
+        """Carry out a TMF's effect on SCSI state; False when the LUN does not exist."""
         reason = TMF_RESETS.get(function)
         if function == "LUN_RESET":
             lu = self.luns.get(lun)
