@@ -375,7 +375,8 @@ class LiveApi(Api):
         and used again."""
         disk = self.pool.vdisk(name)
         store = self.server.stores.get(disk.uuid)
-        cache = self.server.cache if hasattr(store, "bypass") else None
+        # a served store is wrapped in the cache exactly when the server has one (add_vdisk)
+        cache = self.server.cache if store is not None else None
         if cache is not None and tier == "flash":
             store.bypass = True
             cache.invalidate_vdisk(disk.uuid)

@@ -13,6 +13,7 @@ import pytest
 
 from vmblock.cache.groups import GroupSpec
 from vmblock.cache.tier import CachedStore, FlashCache
+from vmblock.store.backend import Unmappable, WriteSameable
 
 BS = 64 * 1024
 
@@ -21,7 +22,7 @@ class MemStore:
     """Capacity tier stand-in: a bytearray, with an optional pause to widen race windows."""
 
     block_size = 512
-    capabilities = frozenset({"unmap", "write_same"})
+    abilities = frozenset({Unmappable, WriteSameable})
     unmap_granularity = BS
 
     def __init__(self, size: int, pause: float = 0.0):

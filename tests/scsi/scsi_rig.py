@@ -8,7 +8,7 @@ import struct
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.target import ScsiTarget
 from vmblock.scsi.task import Nexus, ScsiTask
-from vmblock.store.backend import CAP_LBA_STATUS, CAP_UNMAP, CAP_WRITE_SAME, BackingStore
+from vmblock.store.backend import BackingStore, LbaStatus, Unmappable, WriteSameable
 
 BLOCK = 512
 BLOCKS = 4096
@@ -16,13 +16,14 @@ TARGET = "iqn.2026-11.io.vmblock:test"
 
 
 class MemoryStore(BackingStore):
-    """A bytearray with a per-block allocation map, so unmap and lba_status are real."""
+    """A bytearray with a per-block allocation map, so unmap and lba_status are real.
+
+    It has the methods of every ability; ``abilities`` says which of them the LU may use."""
 
     def __init__(self, blocks: int = BLOCKS, block_size: int = BLOCK,
-                 capabilities: frozenset[str] = frozenset({CAP_UNMAP, CAP_WRITE_SAME,
-                                                           CAP_LBA_STATUS})):
+                 abilities: frozenset[type] = frozenset({Unmappable, WriteSameable, LbaStatus})):
         self.block_size = block_size
-        self.capabilities = capabilities
+        self.abilities = abilities
         self.data = bytearray(blocks * block_size)
         self.mapped = bytearray(blocks)
         self.flushes = 0

@@ -90,7 +90,7 @@ def test_block_limits_page_reports_unmap_limits_when_unmap_capable(rig):
 
 
 def test_block_limits_page_reports_no_unmap_without_capability():
-    rig = Rig(MemoryStore(capabilities=frozenset()))
+    rig = Rig(MemoryStore(abilities=frozenset()))
     data = vpd(rig, 0xB0)
     assert struct.unpack_from(">II", data, 20) == (0, 0)
 
@@ -107,7 +107,7 @@ def test_logical_block_provisioning_thin_when_unmap_capable(rig):
 
 
 def test_logical_block_provisioning_full_without_unmap():
-    rig = Rig(MemoryStore(capabilities=frozenset()))
+    rig = Rig(MemoryStore(abilities=frozenset()))
     data = vpd(rig, 0xB2)
     assert data[5] == 0 and data[6] & 0x07 == 0
 

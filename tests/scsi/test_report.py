@@ -52,7 +52,7 @@ def test_rsoc_all_lists_read10_and_service_actions(rig):
 
 def test_rsoc_all_without_unmap_capability_omits_unmap():
     from scsi_rig import Rig
-    rig = Rig(MemoryStore(capabilities=frozenset()))
+    rig = Rig(MemoryStore(abilities=frozenset()))
     assert all(d[0] != 0x42 for d in descriptors(bytes(rig.run(rsoc(0)).data_in)))
 
 

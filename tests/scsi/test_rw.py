@@ -155,7 +155,7 @@ def test_read_capacity16_reports_lbpme_lbprz_when_unmap_capable(rig):
 
 
 def test_read_capacity16_without_unmap_reports_no_lbpme():
-    rig = Rig(MemoryStore(capabilities=frozenset()))
+    rig = Rig(MemoryStore(abilities=frozenset()))
     task = rig.run(bytes([0x9E, 0x10]) + bytes(8) + struct.pack(">I", 32) + bytes(2))
     assert task.data_in[14] == 0
 

@@ -32,7 +32,7 @@ def test_write_same10_replicates_the_block(rig, store):
 
 
 def test_write_same_without_store_support_writes_in_chunks():
-    store = MemoryStore(capabilities=frozenset())
+    store = MemoryStore(abilities=frozenset())
     rig = Rig(store)
     assert rig.run(ws10(0, 300), b"\x42" * BLOCK).status == SAM_STAT_GOOD
     assert store.data[:300 * BLOCK] == b"\x42" * (300 * BLOCK)
@@ -46,7 +46,7 @@ def test_write_same10_unmap_deallocates(rig, store):
 
 
 def test_write_same10_unmap_without_capability_is_invalid_field():
-    rig = Rig(MemoryStore(capabilities=frozenset()))
+    rig = Rig(MemoryStore(abilities=frozenset()))
     assert sense_of(rig.run(ws10(0, 1, flags=0x08), bytes(BLOCK))) == (ILLEGAL, 0x24, 0)
 
 
@@ -121,7 +121,7 @@ def test_unmap_too_many_descriptors_is_invalid_field_in_parameter_list(rig):
 
 
 def test_unmap_is_not_in_the_table_without_capability():
-    rig = Rig(MemoryStore(capabilities=frozenset()))
+    rig = Rig(MemoryStore(abilities=frozenset()))
     param = unmap_list((0, 1))
     assert sense_of(rig.run(unmap_cdb(len(param)), param)) == (ILLEGAL, 0x20, 0)
 
@@ -144,6 +144,6 @@ def test_get_lba_status_beyond_eol(rig):
 
 
 def test_get_lba_status_without_capability_reports_mapped_to_end():
-    rig = Rig(MemoryStore(capabilities=frozenset()))
+    rig = Rig(MemoryStore(abilities=frozenset()))
     data = bytes(rig.run(get_lba_status(10)).data_in)
     assert struct.unpack_from(">QIB", data, 8) == (10, BLOCKS - 10, 0)

@@ -549,7 +549,7 @@ class CachedStore(BackingStore):
         self.inner = inner
         self.vid = vid
         self.block_size = inner.block_size
-        self.capabilities = inner.capabilities
+        self.abilities = inner.abilities     # it can do what the store it wraps can
         self.unmap_granularity = inner.unmap_granularity
         # True while the vdisk lives on the flash tier (or moves there): its data is already
         # on flash, so every call goes straight to the extent store (docs/cache.md)

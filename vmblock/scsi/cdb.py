@@ -1,15 +1,25 @@
 """CDB field decoders: bytes in, ``Decoded`` fields out, ``ScsiError`` on a bad field.
 
-Every decoder has the same shape, ``decode(cdb, lu) -> (lba, blocks, xfer_bytes, aux)``, so the
-common path in ``ScsiTarget.prepare`` can do the LBA range check, set the transfer length and
-store the result without knowing the command. ``aux`` carries the one or two flags the handler
-needs (FUA, BYTCHK, allocation length...). Layouts follow SBC-3 5.x and SPC-4 6.x.
+Every decoder has the same shape, ``decode(cdb, lu) -> (lba, blocks, xfer_bytes, options)``,
+so the common path in ``ScsiTarget.prepare`` can do the LBA range check, set the transfer
+length and store the result without knowing the command:
+
+- ``xfer_bytes`` is what the CDB asks to move: the blocks of a READ or WRITE, the ALLOCATION
+  LENGTH of a data-in command, the PARAMETER LIST LENGTH of a parameter-list command;
+- ``options`` is a set of ``OPTION_*`` bits, the CDB options the handler carries out (FUA,
+  WRITE SAME's UNMAP and NDOB, VERIFY's BYTCHK).
+
+The decoders are made from two tables rather than written out once per CDB size:
+``BLOCK_LAYOUTS`` says where the 10/12/16-byte block commands keep their flags, LOGICAL BLOCK
+ADDRESS and TRANSFER LENGTH (SBC-3 5.x), and ``length_field(offset, width)`` reads the one
+length field of the commands that have nothing else to decode (SPC-4 6.x).
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from vmblock.scsi.sense import ScsiError, SenseReason
 
@@ -17,14 +27,9 @@ if TYPE_CHECKING:
     from vmblock.scsi.lu import LogicalUnit
 
 Decoded = tuple[int, int, int, int]
+Decoder = Callable[[bytes, "LogicalUnit | None"], Decoded]
 
-_U16 = struct.Struct(">H")
-_U32 = struct.Struct(">I")
-_RW10 = struct.Struct(">BIxH")      # byte 1 flags, LBA 2-5, group 6, length 7-8
-_RW12 = struct.Struct(">BII")       # byte 1 flags, LBA 2-5, length 6-9
-_RW16 = struct.Struct(">BQI")       # byte 1 flags, LBA 2-9, length 10-13
-
-# SBC-3 5.x: byte 1 of READ/WRITE(10/12/16).
+# SBC-3 5.x: byte 1 of READ/WRITE(10/12/16) and of the commands shaped like them.
 PROTECT_MASK = 0xE0     # RDPROTECT / WRPROTECT / VRPROTECT
 DPO = 0x10
 FUA = 0x08
@@ -38,24 +43,40 @@ WRITE_SAME_UNMAP = 0x08
 WRITE_SAME_ANCHOR = 0x10
 WRITE_SAME_NDOB = 0x01
 IMMED = 0x02            # PRE-FETCH / SYNCHRONIZE CACHE
+UNMAP_ANCHOR = 0x01     # UNMAP byte 1 (SBC-3 5.28)
+# READ(6)/WRITE(6): LBA in the low five bits of byte 1 and bytes 2-3 (SBC-3 5.12, 5.39).
+RW6_LBA_HIGH_MASK = 0x1F
 
-# aux flags of block commands; AUX_FUA is the CDB's own bit so READ/WRITE pass it through
-AUX_FUA = FUA
-AUX_UNMAP = 0x2
-AUX_NDOB = 0x4
+# The options a decoder hands to its handler, one bit each. OPTION_FUA is the CDB's own FUA
+# bit, so READ/WRITE pass byte 1 through with one AND.
+OPTION_FUA = FUA                  # durable before status (SBC-3 4.15)
+OPTION_UNMAP = 0x01               # WRITE SAME: deallocate the range (SBC-3 5.42)
+OPTION_NDOB = 0x02                # WRITE SAME(16): no Data-Out, the block is zeros
+OPTION_BYTCHK_COMPARE = 0x10      # VERIFY BYTCHK=01b: compare Data-Out with the range
+OPTION_BYTCHK_ONE_BLOCK = 0x20    # VERIFY BYTCHK=11b: compare one block with every block
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLayout:
+    """Where a block command of one CDB size keeps its fields."""
+
+    fields: struct.Struct    # from byte 1: flags, LOGICAL BLOCK ADDRESS, TRANSFER LENGTH
+    length_byte: int         # first byte of TRANSFER LENGTH, for the sense field pointer
+
+
+BLOCK_LAYOUTS = {
+    10: BlockLayout(struct.Struct(">BIxH"), 7),     # LBA 2-5, group 6, length 7-8
+    12: BlockLayout(struct.Struct(">BII"), 6),      # LBA 2-5, length 6-9
+    16: BlockLayout(struct.Struct(">BQI"), 10),     # LBA 2-9, length 10-13
+}
+_LBA_16 = struct.Struct(">Q")
+# unsigned big-endian length fields by width in bytes
+_LENGTH_FIELDS = {1: struct.Struct(">B"), 2: struct.Struct(">H"), 4: struct.Struct(">I")}
 
 
 def invalid_cdb(byte: int, bit: int | None = None) -> ScsiError:
     """INVALID FIELD IN CDB pointing at ``byte``/``bit`` (SPC-4 4.5.2.4.2)."""
     return ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(byte, bit))
-
-
-def u16(buf, offset: int) -> int:
-    return _U16.unpack_from(buf, offset)[0]
-
-
-def u32(buf, offset: int) -> int:
-    return _U32.unpack_from(buf, offset)[0]
 
 
 def _check_transfer(lu: LogicalUnit, blocks: int, byte: int) -> None:
@@ -64,223 +85,162 @@ def _check_transfer(lu: LogicalUnit, blocks: int, byte: int) -> None:
         raise invalid_cdb(byte)
 
 
-def _rw_flags(flags: int) -> int:
+def _check_protect(flags: int) -> None:
     # No protection information: RDPROTECT/WRPROTECT != 0 -> INVALID FIELD IN CDB (SBC-3 5.13).
     if flags & PROTECT_MASK:
         raise invalid_cdb(1, 7)
-    return AUX_FUA if flags & FUA else 0
 
 
 def rw6(cdb, lu: LogicalUnit) -> Decoded:
     """READ(6)/WRITE(6): a TRANSFER LENGTH of 0 means 256 blocks (SBC-3 5.12, 5.39)."""
-    lba = ((cdb[1] & 0x1F) << 16) | (cdb[2] << 8) | cdb[3]
+    lba = ((cdb[1] & RW6_LBA_HIGH_MASK) << 16) | (cdb[2] << 8) | cdb[3]
     blocks = cdb[4] or 256
     _check_transfer(lu, blocks, 4)
     return lba, blocks, blocks * lu.block_size, 0
 
 
-# READ/WRITE(10/12/16) are the hot path: the checks of _rw_flags / _check_transfer inline.
-def rw10(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW10.unpack_from(cdb, 1)
-    if flags & PROTECT_MASK:
-        raise invalid_cdb(1, 7)
-    if blocks > lu.max_transfer_blocks:
-        raise invalid_cdb(7)
-    return lba, blocks, blocks * lu.block_size, flags & AUX_FUA
+def read_write(size: int) -> Decoder:
+    """READ/WRITE/ORWRITE(``size``) (SBC-3 5.10-5.14, 5.35-5.39): FUA passes through.
+
+    The hot path: the protection and transfer-length checks are written inline."""
+    layout = BLOCK_LAYOUTS[size]
+    unpack, length_byte = layout.fields.unpack_from, layout.length_byte
+
+    def decode(cdb, lu: LogicalUnit) -> Decoded:
+        flags, lba, blocks = unpack(cdb, 1)
+        if flags & PROTECT_MASK:
+            raise invalid_cdb(1, 7)
+        if blocks > lu.max_transfer_blocks:
+            raise invalid_cdb(length_byte)
+        return lba, blocks, blocks * lu.block_size, flags & OPTION_FUA
+    return decode
 
 
-def rw12(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW12.unpack_from(cdb, 1)
-    if flags & PROTECT_MASK:
-        raise invalid_cdb(1, 7)
-    if blocks > lu.max_transfer_blocks:
-        raise invalid_cdb(6)
-    return lba, blocks, blocks * lu.block_size, flags & AUX_FUA
+def _block_command(size: int,
+                   check: Callable[[int, int, int, LogicalUnit, int], Decoded]) -> Decoder:
+    """A decoder that reads the fields of ``BLOCK_LAYOUTS[size]`` and leaves the rest to
+    ``check(flags, lba, blocks, lu, length_byte)``."""
+    layout = BLOCK_LAYOUTS[size]
+    unpack, length_byte = layout.fields.unpack_from, layout.length_byte
+
+    def decode(cdb, lu: LogicalUnit) -> Decoded:
+        flags, lba, blocks = unpack(cdb, 1)
+        return check(flags, lba, blocks, lu, length_byte)
+    return decode
 
 
-def rw16(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW16.unpack_from(cdb, 1)
-    if flags & PROTECT_MASK:
-        raise invalid_cdb(1, 7)
-    if blocks > lu.max_transfer_blocks:
-        raise invalid_cdb(10)
-    return lba, blocks, blocks * lu.block_size, flags & AUX_FUA
-
-
-def _verify(flags: int, lba: int, blocks: int, lu: LogicalUnit, len_byte: int) -> Decoded:
-    if flags & PROTECT_MASK:
-        raise invalid_cdb(1, 7)
+def _verify(flags: int, lba: int, blocks: int, lu: LogicalUnit, length_byte: int) -> Decoded:
+    _check_protect(flags)
     bytchk = (flags & BYTCHK_MASK) >> BYTCHK_SHIFT
     if bytchk == BYTCHK_NONE:
-        xfer = 0
-    elif bytchk == BYTCHK_COMPARE:
-        _check_transfer(lu, blocks, len_byte)
-        xfer = blocks * lu.block_size
-    elif bytchk == BYTCHK_ONE_BLOCK:
-        xfer = lu.block_size if blocks else 0
-    else:
-        raise invalid_cdb(1, 2)
-    return lba, blocks, xfer, bytchk
+        return lba, blocks, 0, 0
+    if bytchk == BYTCHK_COMPARE:
+        _check_transfer(lu, blocks, length_byte)
+        return lba, blocks, blocks * lu.block_size, OPTION_BYTCHK_COMPARE
+    if bytchk == BYTCHK_ONE_BLOCK:
+        return lba, blocks, lu.block_size if blocks else 0, OPTION_BYTCHK_ONE_BLOCK
+    raise invalid_cdb(1, 2)
 
 
-def verify10(cdb, lu: LogicalUnit) -> Decoded:
-    """VERIFY(10) (SBC-3 5.33): BYTCHK selects whether Data-Out is compared."""
-    flags, lba, blocks = _RW10.unpack_from(cdb, 1)
-    return _verify(flags, lba, blocks, lu, 7)
+def verify(size: int) -> Decoder:
+    """VERIFY(``size``) (SBC-3 5.33): BYTCHK selects whether Data-Out is compared."""
+    return _block_command(size, _verify)
 
 
-def verify12(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW12.unpack_from(cdb, 1)
-    return _verify(flags, lba, blocks, lu, 6)
-
-
-def verify16(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW16.unpack_from(cdb, 1)
-    return _verify(flags, lba, blocks, lu, 10)
-
-
-def _write_verify(flags: int, lba: int, blocks: int, lu: LogicalUnit, len_byte: int) -> Decoded:
-    # WRITE AND VERIFY (SBC-3 5.41): no FUA bit; BYTCHK only changes what is verified.
-    if flags & PROTECT_MASK:
-        raise invalid_cdb(1, 7)
-    _check_transfer(lu, blocks, len_byte)
+def _write_and_verify(flags: int, lba: int, blocks: int, lu: LogicalUnit,
+                      length_byte: int) -> Decoded:
+    _check_protect(flags)
+    _check_transfer(lu, blocks, length_byte)
     return lba, blocks, blocks * lu.block_size, 0
 
 
-def write_verify10(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW10.unpack_from(cdb, 1)
-    return _write_verify(flags, lba, blocks, lu, 7)
+def write_and_verify(size: int) -> Decoder:
+    """WRITE AND VERIFY(``size``) (SBC-3 5.41): no FUA bit; BYTCHK only changes what is
+    verified."""
+    return _block_command(size, _write_and_verify)
 
 
-def write_verify12(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW12.unpack_from(cdb, 1)
-    return _write_verify(flags, lba, blocks, lu, 6)
-
-
-def write_verify16(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW16.unpack_from(cdb, 1)
-    return _write_verify(flags, lba, blocks, lu, 10)
-
-
-def range10(cdb, lu: LogicalUnit) -> Decoded:
-    """PRE-FETCH(10) / SYNCHRONIZE CACHE(10): LBA and block count, no data."""
-    _flags, lba, blocks = _RW10.unpack_from(cdb, 1)
-    return lba, blocks, 0, 0
-
-
-def range16(cdb, lu: LogicalUnit) -> Decoded:
-    _flags, lba, blocks = _RW16.unpack_from(cdb, 1)
-    return lba, blocks, 0, 0
-
-
-def compare_and_write(cdb, lu: LogicalUnit) -> Decoded:
-    """COMPARE AND WRITE (SBC-3 5.2): Data-Out is the verify instance then the write instance."""
-    flags, lba = struct.unpack_from(">BQ", cdb, 1)
-    blocks = cdb[13]
-    aux = _rw_flags(flags)
-    # SBC-3 6.5.3: NUMBER OF LOGICAL BLOCKS above MAXIMUM COMPARE AND WRITE LENGTH.
-    if blocks > lu.max_compare_write_blocks:
-        raise invalid_cdb(13)
-    return lba, blocks, 2 * blocks * lu.block_size, aux
-
-
-def _write_same(flags: int, lba: int, blocks: int, lu: LogicalUnit, ndob_ok: bool,
-                len_byte: int) -> Decoded:
-    # SBC-3 5.42/5.43.
-    if flags & PROTECT_MASK:
-        raise invalid_cdb(1, 7)
+def _write_same(flags: int, lba: int, blocks: int, lu: LogicalUnit, length_byte: int,
+                ndob_allowed: bool) -> Decoded:
+    _check_protect(flags)
     if flags & WRITE_SAME_ANCHOR:       # ANC_SUP is 0 in VPD B2
         raise invalid_cdb(1, 4)
-    aux = 0
+    options = 0
     if flags & WRITE_SAME_UNMAP:
         if not lu.can_unmap:
             raise invalid_cdb(1, 3)
-        aux |= AUX_UNMAP
-    if ndob_ok and flags & WRITE_SAME_NDOB:
-        aux |= AUX_NDOB
+        options |= OPTION_UNMAP
+    if ndob_allowed and flags & WRITE_SAME_NDOB:
+        options |= OPTION_NDOB
     if blocks == 0:
         # SBC-3 5.42: 0 blocks means from LBA to the last LBA, subject to the limit below.
         blocks = max(lu.num_blocks - lba, 0)
         if lba > lu.num_blocks:
             raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
     if blocks > lu.max_write_same_blocks:
-        raise invalid_cdb(len_byte)
-    xfer = 0 if aux & AUX_NDOB else lu.block_size
-    return lba, blocks, xfer, aux
+        raise invalid_cdb(length_byte)
+    xfer = 0 if options & OPTION_NDOB else lu.block_size
+    return lba, blocks, xfer, options
 
 
-def write_same10(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW10.unpack_from(cdb, 1)
-    return _write_same(flags, lba, blocks, lu, False, 7)
+def write_same(size: int) -> Decoder:
+    """WRITE SAME(``size``) (SBC-3 5.42, 5.43): NDOB exists only in the 16-byte CDB."""
+    ndob_allowed = size == 16
+
+    def check(flags: int, lba: int, blocks: int, lu: LogicalUnit, length_byte: int) -> Decoded:
+        return _write_same(flags, lba, blocks, lu, length_byte, ndob_allowed)
+    return _block_command(size, check)
 
 
-def write_same16(cdb, lu: LogicalUnit) -> Decoded:
-    flags, lba, blocks = _RW16.unpack_from(cdb, 1)
-    return _write_same(flags, lba, blocks, lu, True, 10)
+def _block_range(flags: int, lba: int, blocks: int, lu: LogicalUnit,
+                 length_byte: int) -> Decoded:
+    return lba, blocks, 0, 0
+
+
+def block_range(size: int) -> Decoder:
+    """PRE-FETCH / SYNCHRONIZE CACHE(``size``): LBA and block count, no data."""
+    return _block_command(size, _block_range)
+
+
+def compare_and_write(cdb, lu: LogicalUnit) -> Decoded:
+    """COMPARE AND WRITE (SBC-3 5.2): Data-Out is the verify instance then the write instance."""
+    flags = cdb[1]
+    lba = _LBA_16.unpack_from(cdb, 2)[0]
+    blocks = cdb[13]
+    _check_protect(flags)
+    # SBC-3 6.5.3: NUMBER OF LOGICAL BLOCKS above MAXIMUM COMPARE AND WRITE LENGTH.
+    if blocks > lu.max_compare_write_blocks:
+        raise invalid_cdb(13)
+    return lba, blocks, 2 * blocks * lu.block_size, flags & OPTION_FUA
+
+
+def length_field(offset: int, width: int) -> Decoder:
+    """A command whose one decoded field is the ALLOCATION LENGTH or PARAMETER LIST LENGTH of
+    ``width`` bytes at byte ``offset``: that many bytes move (SPC-4 4.2.5.6)."""
+    unpack = _LENGTH_FIELDS[width].unpack_from
+
+    def decode(cdb, lu: LogicalUnit | None) -> Decoded:
+        return 0, 0, unpack(cdb, offset)[0], 0
+    return decode
 
 
 def unmap(cdb, lu: LogicalUnit) -> Decoded:
-    """UNMAP (SBC-3 5.28): ANCHOR unsupported; the parameter list is checked at execute."""
-    if cdb[1] & 0x01:
+    """UNMAP (SBC-3 5.28): ANCHOR unsupported; PARAMETER LIST LENGTH in bytes 7-8, the list
+    itself is checked at execute."""
+    if cdb[1] & UNMAP_ANCHOR:
         raise invalid_cdb(1, 0)
-    return 0, 0, u16(cdb, 7), 0
-
-
-def no_data(cdb, lu: LogicalUnit) -> Decoded:
-    """Commands that move no data and carry no field we check."""
-    return 0, 0, 0, 0
-
-
-def alloc16_at3(cdb, lu: LogicalUnit) -> Decoded:
-    """INQUIRY (SPC-4 6.4.1): ALLOCATION LENGTH in bytes 3-4."""
-    alloc = u16(cdb, 3)
-    return 0, 0, alloc, alloc
-
-
-def alloc8_at4(cdb, lu: LogicalUnit) -> Decoded:
-    """REQUEST SENSE, MODE SENSE(6): ALLOCATION LENGTH in byte 4."""
-    return 0, 0, cdb[4], cdb[4]
-
-
-def alloc16_at7(cdb, lu: LogicalUnit) -> Decoded:
-    """MODE SENSE(10), PERSISTENT RESERVE IN: ALLOCATION LENGTH in bytes 7-8."""
-    alloc = u16(cdb, 7)
-    return 0, 0, alloc, alloc
-
-
-def alloc32_at6(cdb, lu: LogicalUnit) -> Decoded:
-    """REPORT LUNS, MAINTENANCE IN: ALLOCATION LENGTH in bytes 6-9."""
-    alloc = u32(cdb, 6)
-    return 0, 0, alloc, alloc
-
-
-def alloc32_at10(cdb, lu: LogicalUnit) -> Decoded:
-    """SERVICE ACTION IN(16): ALLOCATION LENGTH in bytes 10-13."""
-    alloc = u32(cdb, 10)
-    return 0, 0, alloc, alloc
+    return 0, 0, _LENGTH_FIELDS[2].unpack_from(cdb, 7)[0], 0
 
 
 def get_lba_status(cdb, lu: LogicalUnit) -> Decoded:
-    """GET LBA STATUS (SBC-3 5.8): STARTING LBA must lie inside the LU."""
-    lba = struct.unpack_from(">Q", cdb, 2)[0]
-    alloc = u32(cdb, 10)
+    """GET LBA STATUS (SBC-3 5.8): STARTING LBA must lie inside the LU; ALLOCATION LENGTH
+    in bytes 10-13."""
+    lba = _LBA_16.unpack_from(cdb, 2)[0]
     if lba >= lu.num_blocks:
         raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
-    return lba, 0, alloc, alloc
+    return lba, 0, _LENGTH_FIELDS[4].unpack_from(cdb, 10)[0], 0
 
 
-def param8_at4(cdb, lu: LogicalUnit) -> Decoded:
-    """MODE SELECT(6): PARAMETER LIST LENGTH in byte 4."""
-    return 0, 0, cdb[4], cdb[4]
-
-
-def param16_at7(cdb, lu: LogicalUnit) -> Decoded:
-    """MODE SELECT(10): PARAMETER LIST LENGTH in bytes 7-8."""
-    n = u16(cdb, 7)
-    return 0, 0, n, n
-
-
-def param32_at5(cdb, lu: LogicalUnit) -> Decoded:
-    """PERSISTENT RESERVE OUT: PARAMETER LIST LENGTH in bytes 5-8."""
-    n = u32(cdb, 5)
-    return 0, 0, n, n
+def no_data(cdb, lu: LogicalUnit | None) -> Decoded:
+    """Commands that move no data and carry no field we check."""
+    return 0, 0, 0, 0

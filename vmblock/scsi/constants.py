@@ -162,6 +162,9 @@ class PrAccess(IntEnum):
     SPECIAL = 3     # PERSISTENT RESERVE OUT / RESERVE / RELEASE check for themselves
 
 
+# SAM-5 5.2: the CONTROL byte's NACA bit; ACA is not supported.
+CONTROL_NACA = 0x04
+
 # SPC-4 6.4.2: VERSION 06h claims SPC-4.
 INQUIRY_VERSION_SPC4 = 0x06
 INQUIRY_RESPONSE_DATA_FORMAT = 0x02

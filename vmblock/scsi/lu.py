@@ -2,7 +2,8 @@
 
 The state a LUN keeps across commands lives here: pending unit attentions per I_T nexus
 (SPC-4 5.14), reservations (``pr.Reservations``), the changeable mode parameters, and the
-limits reported in VPD page B0, all derived once from the store's declared capabilities.
+limits reported in VPD page B0, all derived once from the store's declared abilities. The
+command table is not kept here: ``ScsiTarget`` builds it from these facts when the LU is added.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from typing import TYPE_CHECKING
 from vmblock.scsi.pr import Reservations
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.task import Nexus
-from vmblock.store.backend import CAP_LBA_STATUS, CAP_UNMAP, CAP_WRITE_SAME, BackingStore
+from vmblock.store.backend import (
+    BackingStore,
+    LbaStatus,
+    Unmappable,
+    WriteSameable,
+    checked_abilities,
+)
 
 if TYPE_CHECKING:
     from asyncio import Future
-
-    from vmblock.scsi.commands import CommandSpec
 
 # Limits reported in VPD B0 (SBC-3 6.5.3), in bytes so they scale with the block size.
 MAX_TRANSFER_BYTES = 8 * 1024 * 1024
@@ -35,14 +40,16 @@ MAX_PENDING_UA = 16
 
 
 class LogicalUnit:
-    """One LUN backed by a ``BackingStore``."""
+    """One LUN backed by a ``BackingStore``: its identity, limits and per-LU SCSI state.
+
+    Raises ``TypeError`` when the store declares an ability it does not have.
+    """
 
     def __init__(self, store: BackingStore, name: str, serial: str, naa: int,
                  vendor: str = "VMBLOCK", product: str = "vdisk", revision: str = "0001",
                  write_cache: bool = True, executor: Executor | None = None,
                  sync_io_bytes: int = SYNC_IO_BYTES):
-        from vmblock.scsi.commands import build_table
-
+        abilities = checked_abilities(store)
         self.store = store
         self.name = name
         self.serial = serial
@@ -55,10 +62,9 @@ class LogicalUnit:
         bs = store.block_size
         self.block_size = bs
         self.num_blocks = store.size_bytes // bs
-        caps = store.capabilities
-        self.can_unmap = CAP_UNMAP in caps
-        self.can_write_same = CAP_WRITE_SAME in caps
-        self.can_lba_status = CAP_LBA_STATUS in caps
+        self.can_unmap = Unmappable in abilities
+        self.can_write_same = WriteSameable in abilities
+        self.can_lba_status = LbaStatus in abilities
         self.max_transfer_blocks = MAX_TRANSFER_BYTES // bs
         self.optimal_transfer_blocks = OPTIMAL_TRANSFER_BYTES // bs
         self.optimal_granularity_blocks = max(OPTIMAL_GRANULARITY_BYTES // bs, 1)
@@ -78,10 +84,10 @@ class LogicalUnit:
         self.nexuses: set[Nexus] = set()
         self.ua: dict[Nexus, list[SenseReason]] = {}
         self.pending_writes: set[Future] = set()
-        self.table: list[CommandSpec | None] = build_table(self)
 
     # -- unit attentions (SPC-4 5.14)
     def add_ua(self, nexus: Nexus, reason: SenseReason) -> None:
+        """Queue ``reason`` for ``nexus`` once; the oldest drops out past MAX_PENDING_UA."""
         queue = self.ua.setdefault(nexus, [])
         if reason in queue:
             return
@@ -90,11 +96,13 @@ class LogicalUnit:
         queue.append(reason)
 
     def add_ua_all(self, reason: SenseReason, exclude: Nexus | None = None) -> None:
+        """Queue ``reason`` for every nexus but ``exclude`` (the one that caused it)."""
         for nexus in self.nexuses:
             if nexus != exclude:
                 self.add_ua(nexus, reason)
 
     def pop_ua(self, nexus: Nexus) -> SenseReason | None:
+        """The oldest unit attention pending for ``nexus``, now reported, or None."""
         queue = self.ua.get(nexus)
         if not queue:
             return None
@@ -105,11 +113,13 @@ class LogicalUnit:
 
     # -- I_T nexus bookkeeping, driven by ScsiTarget
     def nexus_added(self, nexus: Nexus) -> None:
+        """A new I_T nexus reaches this LU."""
         self.nexuses.add(nexus)
         # SAM-5 6.3.1: a new I_T nexus first sees POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
         self.add_ua(nexus, SenseReason.POWER_ON_RESET)
 
     def nexus_removed(self, nexus: Nexus) -> None:
+        """An I_T nexus is gone: its unit attentions and SPC-2 reservation with it."""
         self.nexuses.discard(nexus)
         self.ua.pop(nexus, None)
         # SPC-4 5.9.3 / SPC-2 5.5.1: I_T nexus loss releases a RESERVE(6/10) reservation;

@@ -36,10 +36,17 @@ LONG_BLOCK_DESCRIPTOR_LEN = 16
 LONGLBA = 0x01
 
 
+def _blank_page(code: ModePage, length: int) -> bytearray:
+    """A mode page with its header (PAGE CODE, PAGE LENGTH) and ``length`` zero bytes of
+    parameters (SPC-4 7.5.7)."""
+    page = bytearray(2 + length)
+    page[0] = code
+    page[1] = length
+    return page
+
+
 def _caching(lu: LogicalUnit, pc: int) -> bytes:
-    page = bytearray(2 + CACHING_PAGE_LEN)
-    page[0] = ModePage.CACHING
-    page[1] = CACHING_PAGE_LEN
+    page = _blank_page(ModePage.CACHING, CACHING_PAGE_LEN)
     if pc == PageControl.CHANGEABLE:
         page[2] = CACHING_WCE
     elif (lu.write_cache if pc == PageControl.CURRENT else lu.default_write_cache):
@@ -48,9 +55,7 @@ def _caching(lu: LogicalUnit, pc: int) -> bytes:
 
 
 def _control(lu: LogicalUnit, pc: int) -> bytes:
-    page = bytearray(2 + CONTROL_PAGE_LEN)
-    page[0] = ModePage.CONTROL
-    page[1] = CONTROL_PAGE_LEN
+    page = _blank_page(ModePage.CONTROL, CONTROL_PAGE_LEN)
     if pc != PageControl.CHANGEABLE:
         page[3] = CONTROL_QAM_UNRESTRICTED
         page[8:10] = b"\xff\xff"        # BUSY TIMEOUT PERIOD: unlimited
@@ -58,19 +63,14 @@ def _control(lu: LogicalUnit, pc: int) -> bytes:
 
 
 def _informational_exceptions(lu: LogicalUnit, pc: int) -> bytes:
-    page = bytearray(2 + IEC_PAGE_LEN)
-    page[0] = ModePage.INFORMATIONAL_EXCEPTIONS_CONTROL
-    page[1] = IEC_PAGE_LEN
+    page = _blank_page(ModePage.INFORMATIONAL_EXCEPTIONS_CONTROL, IEC_PAGE_LEN)
     if pc != PageControl.CHANGEABLE:
         page[2] = IEC_DEXCPT
     return bytes(page)
 
 
 def _disconnect_reconnect(lu: LogicalUnit, pc: int) -> bytes:
-    page = bytearray(2 + DISCONNECT_PAGE_LEN)
-    page[0] = ModePage.DISCONNECT_RECONNECT
-    page[1] = DISCONNECT_PAGE_LEN
-    return bytes(page)
+    return bytes(_blank_page(ModePage.DISCONNECT_RECONNECT, DISCONNECT_PAGE_LEN))
 
 
 # page code -> builder, in ascending order as returned for 3Fh (SPC-4 6.11.1)

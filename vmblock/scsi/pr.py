@@ -77,6 +77,8 @@ class Reservations:
 
     # -- the conflict test (SPC-4 5.9.1 table 60, SPC-2 5.5.1)
     def is_holder(self, nexus: Nexus) -> bool:
+        """Whether ``nexus`` holds the persistent reservation (under the all-registrants
+        types, every registrant does)."""
         if self.type in ALL_REGISTRANTS_TYPES:
             return nexus in self.registrations
         return self.type is not None and nexus == self.holder
@@ -102,6 +104,7 @@ class Reservations:
     # -- SPC-2 RESERVE(6/10) / RELEASE(6/10)
     def reserve_spc2(self, nexus: Nexus) -> None:
         # SPC-4 5.9.3: RESERVE while persistent registrations exist -> RESERVATION CONFLICT.
+        """RESERVE(6/10) for ``nexus`` (SPC-2 7.21)."""
         if self.registrations or self.type is not None:
             raise _conflict()
         if self.spc2_holder is not None and self.spc2_holder != nexus:
@@ -110,6 +113,7 @@ class Reservations:
         self._update()
 
     def release_spc2(self, nexus: Nexus) -> None:
+        """RELEASE(6/10) from ``nexus`` (SPC-2 7.22)."""
         if self.type is not None:
             raise _conflict()
         # SPC-2 7.21: RELEASE from a nexus that holds nothing is GOOD and changes nothing.
@@ -118,6 +122,7 @@ class Reservations:
             self._update()
 
     def nexus_lost(self, nexus: Nexus) -> None:
+        """I_T nexus loss releases its RESERVE(6/10) reservation (SPC-4 5.9.3)."""
         if self.spc2_holder == nexus:
             self.spc2_holder = None
             self._update()

@@ -2,9 +2,11 @@
 WRITE SAME, UNMAP, PRE-FETCH, SYNCHRONIZE CACHE, READ CAPACITY, GET LBA STATUS, READ DEFECT
 DATA, START STOP UNIT.
 
-Handlers take ``(target, lu, task, lba, blocks, aux)`` with LBA range and transfer length
-already checked by ``ScsiTarget.prepare``. Small I/O runs inline on the event loop; large I/O
-and every flush go to the executor and the handler returns a coroutine instead of ``None``.
+Handlers take ``(target, lu, task, lba, blocks, options)`` with LBA range and transfer length
+already checked by ``ScsiTarget.prepare``; ``options`` holds the ``cdb.OPTION_*`` bits, and
+the ALLOCATION LENGTH of a data-in command is ``task.cdb_xfer_len``. Small I/O runs inline on
+the event loop; large I/O and every flush go to the executor and the handler returns a
+coroutine instead of ``None``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vmblock.scsi.cdb import AUX_FUA, AUX_NDOB, AUX_UNMAP, BYTCHK_COMPARE, BYTCHK_NONE
+from vmblock.scsi.cdb import (
+    OPTION_BYTCHK_COMPARE,
+    OPTION_BYTCHK_ONE_BLOCK,
+    OPTION_FUA,
+    OPTION_NDOB,
+    OPTION_UNMAP,
+)
 from vmblock.scsi.constants import LBA_STATUS_DEALLOCATED, LBA_STATUS_MAPPED
 from vmblock.scsi.sense import ScsiError, SenseReason
 from vmblock.scsi.task import ScsiTask
@@ -57,7 +65,8 @@ async def _flush(lu: LogicalUnit) -> None:
 
 
 # -- READ (SBC-3 5.10 - 5.14)
-def read(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def read(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, options: int):
+    """READ: small reads inline, large ones in the executor."""
     nbytes = blocks * lu.block_size
     if not nbytes:
         return None
@@ -75,7 +84,7 @@ async def _read_async(lu: LogicalUnit, task: ScsiTask, offset: int, buf: bytearr
 
 
 # -- WRITE (SBC-3 5.35 - 5.39)
-def write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, options: int):
     """Write the Data-Out received (all of it, or the whole blocks of a short transfer).
 
     FUA, or a write-through LU (WCE=0), makes the data durable before status (SBC-3 4.15).
@@ -84,7 +93,7 @@ def write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
     if not n:
         return None
     data = task.data_out[:n]
-    durable = aux & AUX_FUA or not lu.write_cache
+    durable = options & OPTION_FUA or not lu.write_cache
     if n <= lu.sync_io_bytes:
         lu.store.write(lba * lu.block_size, data)
         return _flush(lu) if durable else None
@@ -105,11 +114,11 @@ async def _write_async(lu: LogicalUnit, work: tuple, durable: bool) -> None:
 
 
 def write_and_verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                     aux: int):
+                     options: int):
     """WRITE AND VERIFY (SBC-3 5.40): the verify step is the store accepting the write; a
     file-backed medium has no separate read-back check, and the data is made durable first
     so the verified copy is the one on stable storage."""
-    return write(t, lu, task, lba, blocks, AUX_FUA)
+    return write(t, lu, task, lba, blocks, OPTION_FUA)
 
 
 # -- VERIFY (SBC-3 5.33)
@@ -122,16 +131,17 @@ def _first_mismatch(medium: bytearray, expect) -> int:
     return int(diff[0])
 
 
-def verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, bytchk: int):
+def verify(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+           options: int):
     """BYTCHK=0 has nothing to check on a medium without error recovery; BYTCHK=1 compares the
     Data-Out with the medium, BYTCHK=3 compares one block with every block in the range."""
-    if bytchk == BYTCHK_NONE or not blocks:
+    if not options & (OPTION_BYTCHK_COMPARE | OPTION_BYTCHK_ONE_BLOCK) or not blocks:
         return None
     bs = lu.block_size
     medium = bytearray(blocks * bs)
     lu.store.read_into(lba * bs, memoryview(medium))
     expect = task.data_out
-    if bytchk == BYTCHK_COMPARE:
+    if options & OPTION_BYTCHK_COMPARE:
         offset = _first_mismatch(medium, expect[:len(medium)])
     else:
         block = bytes(expect[:bs])
@@ -160,13 +170,15 @@ async def _atomically_later(lu: LogicalUnit, work, args) -> None:
 
 
 def compare_and_write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                      aux: int):
+                      options: int):
+    """Compare the first half of Data-Out with the medium; write the second half only if it
+    matches, atomically against other writes."""
     if not blocks:
         return None
-    return _atomically(lu, _compare_and_write, task, lba, blocks, aux)
+    return _atomically(lu, _compare_and_write, task, lba, blocks, options)
 
 
-def _compare_and_write(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def _compare_and_write(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, options: int):
     bs = lu.block_size
     n = blocks * bs
     medium = bytearray(n)
@@ -175,32 +187,35 @@ def _compare_and_write(lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, a
     if offset >= 0:
         raise ScsiError(SenseReason.MISCOMPARE_DURING_VERIFY, info=offset)
     lu.store.write(lba * bs, task.data_out[n:2 * n])
-    if aux & AUX_FUA or not lu.write_cache:
+    if options & OPTION_FUA or not lu.write_cache:
         return _flush(lu)
     return None
 
 
-def orwrite(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def orwrite(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+            options: int):
     """ORWRITE(16): each written block is the medium's block OR the Data-Out block."""
     if not task.data_out_len:
         return None
-    return _atomically(lu, _orwrite, task, lba, aux)
+    return _atomically(lu, _orwrite, task, lba, options)
 
 
-def _orwrite(lu: LogicalUnit, task: ScsiTask, lba: int, aux: int):
+def _orwrite(lu: LogicalUnit, task: ScsiTask, lba: int, options: int):
     n = task.data_out_len
     medium = bytearray(n)
     lu.store.read_into(lba * lu.block_size, memoryview(medium))
     merged = np.frombuffer(medium, dtype=np.uint8)
     np.bitwise_or(merged, np.frombuffer(task.data_out[:n], dtype=np.uint8), out=merged)
     lu.store.write(lba * lu.block_size, memoryview(medium))
-    if aux & AUX_FUA or not lu.write_cache:
+    if options & OPTION_FUA or not lu.write_cache:
         return _flush(lu)
     return None
 
 
 # -- WRITE SAME (SBC-3 5.42, 5.43)
-def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+               options: int):
+    """Replicate one block (or zeros with NDOB) over the range, or unmap it with UNMAP=1."""
     if not blocks:
         return None
     bs = lu.block_size
@@ -208,10 +223,10 @@ def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks:
     durable = not lu.write_cache
     # SBC-3 5.42: UNMAP=1 asks for the range to be unmapped, which reads back as zeros
     # (LBPRZ=1) whatever the Data-Out block held, as LIO and tgt do too.
-    if aux & AUX_UNMAP:
+    if options & OPTION_UNMAP:
         work = (lu.store.unmap, offset, length)
     else:
-        block = bytes(bs) if aux & AUX_NDOB else bytes(task.data_out[:bs])
+        block = bytes(bs) if options & OPTION_NDOB else bytes(task.data_out[:bs])
         if lu.can_write_same:
             work = (lu.store.write_same, offset, length, memoryview(block))
         else:
@@ -233,7 +248,8 @@ def _write_same_by_chunks(lu: LogicalUnit, offset: int, length: int, block: byte
 
 
 # -- UNMAP (SBC-3 5.28)
-def unmap(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def unmap(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+          options: int):
     """Validate the whole parameter list first, then deallocate every range."""
     param = task.data_out[:task.data_out_len] if task.data_out is not None else b""
     if not param:
@@ -283,7 +299,8 @@ def _unmap_ranges(lu: LogicalUnit, ranges: list[tuple[int, int]]) -> None:
 
 
 # -- PRE-FETCH (SBC-3 5.11, 5.12)
-def pre_fetch(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, aux: int):
+def pre_fetch(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+              options: int):
     """GOOD, not CONDITION MET: the SCSI core has no cache of its own to hold the blocks in
     (SBC-3 5.11 allows GOOD when the cache cannot hold them)."""
     return None
@@ -291,14 +308,14 @@ def pre_fetch(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: 
 
 # -- SYNCHRONIZE CACHE (SBC-3 5.22, 5.23)
 def synchronize_cache(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                      aux: int):
+                      options: int):
     """The store flushes as a whole; the range only had to be valid."""
     return _flush(lu)
 
 
 # -- START STOP UNIT (SBC-3 5.25)
 def start_stop_unit(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                    aux: int):
+                    options: int):
     """The medium cannot be stopped or ejected; a stop request still flushes the cache
     unless NO_FLUSH is set, so a host powering down leaves nothing volatile behind."""
     flags = task.cdb[4]
@@ -309,7 +326,8 @@ def start_stop_unit(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, bl
 
 # -- READ CAPACITY (SBC-3 5.15, 5.16)
 def read_capacity10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                    aux: int):
+                    options: int):
+    """The last LBA (capped at FFFFFFFFh, which says: use READ CAPACITY(16)) and the block size."""
     cdb = task.cdb
     # SBC-3 5.15: PMI=0 with a non-zero LOGICAL BLOCK ADDRESS -> INVALID FIELD IN CDB.
     if not cdb[8] & 0x01 and any(cdb[2:6]):
@@ -320,17 +338,20 @@ def read_capacity10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, bl
 
 
 def read_capacity16(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                    alloc: int):
+                    options: int):
+    """The last LBA, the block size and LBPME/LBPRZ when the store can unmap."""
     flags = (RC16_LBPME | RC16_LBPRZ) if lu.can_unmap else 0
     data = struct.pack(">QIxxBx16x", lu.num_blocks - 1, lu.block_size, flags)
-    task.data_in = data[:alloc]
+    task.data_in = data[:task.cdb_xfer_len]
     return None
 
 
 # -- GET LBA STATUS (SBC-3 5.8)
 def get_lba_status(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                   alloc: int):
+                   options: int):
+    """Mapped / deallocated runs from the starting LBA, as many as ALLOCATION LENGTH holds."""
     bs = lu.block_size
+    alloc = task.cdb_xfer_len
     room = max((alloc - LBA_STATUS_HEADER_LEN) // LBA_STATUS_DESCRIPTOR_LEN, 1)
     room = min(room, MAX_LBA_STATUS_DESCRIPTORS)
     descs = []
@@ -353,15 +374,16 @@ def get_lba_status(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blo
 
 # -- READ DEFECT DATA (SBC-3 5.17, 5.18)
 def read_defect_data10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                       alloc: int):
+                       options: int):
     """A virtual medium has no defects: both lists are valid and empty, in the format asked."""
     flags = task.cdb[2] & (DEFECT_PLIST | DEFECT_GLIST | DEFECT_FORMAT_MASK)
-    task.data_in = struct.pack(">xBH", flags, 0)[:alloc]
+    task.data_in = struct.pack(">xBH", flags, 0)[:task.cdb_xfer_len]
     return None
 
 
 def read_defect_data12(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
-                       alloc: int):
+                       options: int):
+    """As READ DEFECT DATA(10), with the 12-byte header."""
     flags = task.cdb[1] & (DEFECT_PLIST | DEFECT_GLIST | DEFECT_FORMAT_MASK)
-    task.data_in = struct.pack(">xBHI", flags, 0, 0)[:alloc]
+    task.data_in = struct.pack(">xBHI", flags, 0, 0)[:task.cdb_xfer_len]
     return None

@@ -2,9 +2,9 @@
 SENSE/SELECT, RESERVE/RELEASE, PERSISTENT RESERVE IN/OUT, REPORT SUPPORTED OPERATION CODES and
 TASK MANAGEMENT FUNCTIONS, TEST UNIT READY.
 
-Every handler has the signature ``(target, lu, task, lba, blocks, aux)`` of
-``commands.CommandSpec.execute``; ``aux`` is what the decoder in ``cdb`` extracted (for the
-data-in commands, the allocation length).
+Every handler has the signature ``(target, lu, task, lba, blocks, options)`` of
+``CommandSpec.execute``; no SPC command has ``cdb.OPTION_*`` bits, and the ALLOCATION LENGTH
+of the data-in commands is ``task.cdb_xfer_len``, where the decoder put it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from vmblock.scsi import modepages, pr
+from vmblock.scsi.command_spec import CommandSpec, CommandTable, Handler, supported_specs
 from vmblock.scsi.constants import (
     ASSOCIATION_LU,
     ASSOCIATION_TARGET_DEVICE,
@@ -49,7 +50,6 @@ from vmblock.scsi.sense import ScsiError, SenseReason, build_sense
 from vmblock.scsi.task import ScsiTask
 
 if TYPE_CHECKING:
-    from vmblock.scsi.commands import CommandSpec
     from vmblock.scsi.lu import LogicalUnit
     from vmblock.scsi.target import ScsiTarget
 
@@ -74,12 +74,16 @@ LBPU = 0x80
 LBPWS = 0x40
 LBPWS10 = 0x20
 LBPRZ = 0x04
+# SPC-4 6.35.1: byte 2 of the REPORT SUPPORTED OPERATION CODES CDB.
+RCTD = 0x80
+RSOC_REPORTING_OPTIONS_MASK = 0x07
 # SPC-4 6.35.2: command descriptor flags.
 CTDP = 0x02
 SERVACTV = 0x01
+# SPC-4 6.35.3: one_command parameter data, byte 1: CTDP and SUPPORT.
+ONE_COMMAND_CTDP = 0x80
 SUPPORT_NOT_SUPPORTED = 0x1
 SUPPORT_STANDARD = 0x3
-RCTD = 0x80
 TIMEOUTS_DESCRIPTOR_LEN = 0x0A
 # SPC-4 6.36: REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS: ABORT TASK, ABORT TASK SET,
 # CLEAR TASK SET, LOGICAL UNIT RESET, TARGET RESET: what the iSCSI fabric carries out.
@@ -92,8 +96,9 @@ TMF_TRS = 0x02
 REPORT_LUNS_MIN_ALLOC = 16
 
 
-def _truncate(task: ScsiTask, data: bytes | bytearray, alloc: int) -> None:
+def _truncate(task: ScsiTask, data: bytes | bytearray) -> None:
     """Return at most ALLOCATION LENGTH bytes (SPC-4 4.2.5.6)."""
+    alloc = task.cdb_xfer_len
     task.data_in = data if len(data) <= alloc else data[:alloc]
 
 
@@ -102,12 +107,13 @@ def _ascii(text: str, width: int) -> bytes:
 
 
 # -- TEST UNIT READY (SPC-4 6.37)
-def test_unit_ready(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+def test_unit_ready(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
     """The medium is always present: GOOD once UA and reservation checks have passed."""
 
 
 # -- INQUIRY (SPC-4 6.4)
-def inquiry(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks, alloc) -> None:
+def inquiry(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks, options) -> None:
+    """Standard INQUIRY data, or the VPD page asked for with EVPD=1."""
     cdb = task.cdb
     if cdb[1] & INQUIRY_CMDDT:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 1))
@@ -115,7 +121,7 @@ def inquiry(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks, 
         if cdb[2]:
             # SPC-4 6.4.1: EVPD=0 with a PAGE CODE -> INVALID FIELD IN CDB.
             raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, None))
-        _truncate(task, standard_inquiry(lu), alloc)
+        _truncate(task, standard_inquiry(lu))
         return
     if lu is None:
         raise ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
@@ -123,11 +129,11 @@ def inquiry(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks, 
     if build is None:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, None))
     body = build(t, lu, task)
-    _truncate(task, struct.pack(">BBH", PERIPHERAL_DEVICE_TYPE_DISK, cdb[2], len(body)) + body,
-              alloc)
+    _truncate(task, struct.pack(">BBH", PERIPHERAL_DEVICE_TYPE_DISK, cdb[2], len(body)) + body)
 
 
 def standard_inquiry(lu: LogicalUnit | None) -> bytes:
+    """Standard INQUIRY data (SPC-4 6.4.2); PERIPHERAL QUALIFIER 011b where no LU is."""
     buf = bytearray(STANDARD_INQUIRY_LEN)
     if lu is None:
         buf[0] = PERIPHERAL_NO_LUN
@@ -218,7 +224,7 @@ def _vpd_block_device_characteristics(t: ScsiTarget, lu: LogicalUnit, task: Scsi
 
 
 def _vpd_logical_block_provisioning(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
-    """SBC-3 6.5.4: what UNMAP / WRITE SAME(UNMAP) do follows from the store's capabilities."""
+    """SBC-3 6.5.4: what UNMAP / WRITE SAME(UNMAP) do follows from the store's abilities."""
     flags = (LBPU | LBPWS | LBPWS10 | LBPRZ) if lu.can_unmap else 0
     ptype = PROVISIONING_TYPE_THIN if lu.can_unmap else PROVISIONING_TYPE_FULL
     return struct.pack(">xBBx", flags, ptype)
@@ -243,36 +249,39 @@ def encode_lun(lun: int) -> bytes:
     return bytes((0x40 | (lun >> 8), lun & 0xFF, 0, 0, 0, 0, 0, 0))
 
 
-def report_luns(t: ScsiTarget, lu, task: ScsiTask, lba, blocks, alloc) -> None:
+def report_luns(t: ScsiTarget, lu, task: ScsiTask, lba, blocks, options) -> None:
+    """The LUN inventory; well-known LUNs: there are none."""
     select = task.cdb[2]
     if select not in (SELECT_REPORT_ALL_LOGICAL_UNITS, SELECT_REPORT_WELL_KNOWN,
                       SELECT_REPORT_ALL):
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, None))
-    if alloc < REPORT_LUNS_MIN_ALLOC:
+    if task.cdb_xfer_len < REPORT_LUNS_MIN_ALLOC:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(6, None))
     luns = [] if select == SELECT_REPORT_WELL_KNOWN else sorted(t.luns)
     body = b"".join(encode_lun(n) for n in luns)
-    _truncate(task, struct.pack(">I4x", len(body)) + body, alloc)
+    _truncate(task, struct.pack(">I4x", len(body)) + body)
 
 
 # -- REQUEST SENSE (SPC-4 6.29)
 def request_sense(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, blocks,
-                  alloc) -> None:
+                  options) -> None:
     """Reports (and clears) a pending unit attention, else NO SENSE; always fixed format."""
     if lu is None:
         reason = SenseReason.LOGICAL_UNIT_NOT_SUPPORTED
     else:
         reason = lu.pop_ua(task.nexus) or SenseReason.NO_SENSE
-    _truncate(task, build_sense(reason), alloc)
+    _truncate(task, build_sense(reason))
 
 
 # -- MODE SENSE / MODE SELECT (SPC-4 6.9 - 6.12)
-def mode_sense6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, alloc) -> None:
-    _truncate(task, modepages.mode_sense(lu, task.cdb, ten=False), alloc)
+def mode_sense6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SENSE(6): short header and block descriptor."""
+    _truncate(task, modepages.mode_sense(lu, task.cdb, ten=False))
 
 
-def mode_sense10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, alloc) -> None:
-    _truncate(task, modepages.mode_sense(lu, task.cdb, ten=True), alloc)
+def mode_sense10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SENSE(10): long header; LLBAA selects the long block descriptor."""
+    _truncate(task, modepages.mode_sense(lu, task.cdb, ten=True))
 
 
 def _mode_select(lu: LogicalUnit, task: ScsiTask, ten: bool) -> None:
@@ -282,23 +291,27 @@ def _mode_select(lu: LogicalUnit, task: ScsiTask, ten: bool) -> None:
         lu.add_ua_all(SenseReason.MODE_PARAMETERS_CHANGED, exclude=task.nexus)
 
 
-def mode_select6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+def mode_select6(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SELECT(6): apply the parameter list."""
     _mode_select(lu, task, ten=False)
 
 
-def mode_select10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+def mode_select10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """MODE SELECT(10): apply the parameter list."""
     _mode_select(lu, task, ten=True)
 
 
 # -- RESERVE / RELEASE (SPC-2 7.21, 7.22)
-def reserve(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+def reserve(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
     # third-party and extent reservations are not supported (RESERVE(10) 3RDPTY / LONGID)
+    """RESERVE(6/10) of the whole LU; third-party and extent reservations are refused."""
     if task.cdb[1] & 0x13:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, None))
     lu.reservations.reserve_spc2(task.nexus)
 
 
-def release(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) -> None:
+def release(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+    """RELEASE(6/10); third-party and extent reservations are refused."""
     if task.cdb[1] & 0x13:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, None))
     lu.reservations.release_spc2(task.nexus)
@@ -306,15 +319,17 @@ def release(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, aux) ->
 
 # -- PERSISTENT RESERVE IN / OUT (SPC-4 6.15, 6.16)
 def persistent_reserve_in(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
-                          alloc) -> None:
+                          options) -> None:
+    """PERSISTENT RESERVE IN; conflicts with another nexus's RESERVE(6/10)."""
     res = lu.reservations
     if res.spc2_holder is not None and res.spc2_holder != task.nexus:
         raise ScsiError(SenseReason.RESERVATION_CONFLICT)
-    _truncate(task, pr.persistent_reserve_in(lu, task.cdb[1] & 0x1F), alloc)
+    _truncate(task, pr.persistent_reserve_in(lu, task.cdb[1] & 0x1F))
 
 
 def persistent_reserve_out(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
-                           aux) -> None:
+                           options) -> None:
+    """PERSISTENT RESERVE OUT with the parameter list gathered."""
     param = task.data_out if task.data_out is not None else b""
     pr.persistent_reserve_out(lu, task.nexus, task.cdb[1] & 0x1F, task.cdb[2], param)
 
@@ -325,29 +340,41 @@ def _timeouts() -> bytes:
     return struct.pack(">HxxII", TIMEOUTS_DESCRIPTOR_LEN, 0, 0)
 
 
-def report_supported_opcodes(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
-                             alloc) -> None:
-    from vmblock.scsi.commands import supported_specs   # the table imports this module
+def report_supported_opcodes(table: CommandTable) -> Handler:
+    """The REPORT SUPPORTED OPERATION CODES handler of one LU's command table: the table is
+    handed in when it is built, so this module never imports the module that builds it."""
 
-    cdb = task.cdb
-    rctd = bool(cdb[2] & RCTD)
-    option = cdb[2] & 0x07
-    specs = supported_specs(lu.table)
-    if option == RSOC_ALL:
-        descs = []
-        for spec in specs:
-            flags = (CTDP if rctd else 0) | (SERVACTV if spec.service_action is not None else 0)
-            descs.append(struct.pack(">BxHxBH", spec.opcode, spec.service_action or 0, flags,
-                                     len(spec.usage)))
-            if rctd:
-                descs.append(_timeouts())
-        body = b"".join(descs)
-        _truncate(task, struct.pack(">I", len(body)) + body, alloc)
-        return
-    opcode, action = cdb[3], struct.unpack_from(">H", cdb, 4)[0]
-    if option not in (RSOC_ONE_OPCODE, RSOC_ONE_SERVICE_ACTION, RSOC_ONE_EITHER):
-        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, 2))
-    top = lu.table[opcode]
+    def execute(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
+        cdb = task.cdb
+        rctd = bool(cdb[2] & RCTD)
+        option = cdb[2] & RSOC_REPORTING_OPTIONS_MASK
+        if option == RSOC_ALL:
+            _truncate(task, _all_commands(supported_specs(table), rctd))
+            return
+        if option not in (RSOC_ONE_OPCODE, RSOC_ONE_SERVICE_ACTION, RSOC_ONE_EITHER):
+            raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(2, 2))
+        _truncate(task, _one_command(table, option, cdb[3], struct.unpack_from(">H", cdb, 4)[0],
+                                     rctd))
+    return execute
+
+
+def _all_commands(specs: list[CommandSpec], rctd: bool) -> bytes:
+    """All_commands parameter data (SPC-4 6.35.2): one descriptor per supported command."""
+    descs = []
+    for spec in specs:
+        flags = (CTDP if rctd else 0) | (SERVACTV if spec.service_action is not None else 0)
+        descs.append(struct.pack(">BxHxBH", spec.opcode, spec.service_action or 0, flags,
+                                 len(spec.usage)))
+        if rctd:
+            descs.append(_timeouts())
+    body = b"".join(descs)
+    return struct.pack(">I", len(body)) + body
+
+
+def _one_command(table: CommandTable, option: int, opcode: int, action: int,
+                 rctd: bool) -> bytes:
+    """One_command parameter data (SPC-4 6.35.3): SUPPORT and the CDB USAGE DATA."""
+    top = table[opcode]
     has_actions = top is not None and top.service_actions is not None
     if option == RSOC_ONE_OPCODE and has_actions:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(3, None))
@@ -359,25 +386,25 @@ def report_supported_opcodes(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba
     elif option == RSOC_ONE_EITHER and action:
         spec = None
     if spec is None:
-        data = struct.pack(">xBH", SUPPORT_NOT_SUPPORTED, 0)
-    else:
-        data = struct.pack(">xBH", (0x80 if rctd else 0) | SUPPORT_STANDARD,
-                           len(spec.usage)) + spec.usage
-        if rctd:
-            data += _timeouts()
-    _truncate(task, data, alloc)
+        return struct.pack(">xBH", SUPPORT_NOT_SUPPORTED, 0)
+    data = struct.pack(">xBH", (ONE_COMMAND_CTDP if rctd else 0) | SUPPORT_STANDARD,
+                       len(spec.usage)) + spec.usage
+    if rctd:
+        data += _timeouts()
+    return data
 
 
 # -- REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 6.36)
 def report_supported_tmfs(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
-                          alloc) -> None:
+                          options) -> None:
+    """The task management functions the iSCSI fabric carries out."""
     data = bytes((TMF_ATS | TMF_ATSS | TMF_CTSS | TMF_LURS | TMF_TRS, 0, 0, 0))
-    _truncate(task, data, alloc)
+    _truncate(task, data)
 
 
 # -- PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.9)
 def prevent_allow_medium_removal(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
-                                 aux) -> None:
+                                 options) -> None:
     """The medium is not removable (RMB=0), so preventing its removal changes nothing;
     PREVENT values 10b/11b are obsolete for direct-access devices."""
     if task.cdb[4] & 0x03 > 1:

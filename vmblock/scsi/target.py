@@ -4,7 +4,8 @@ events and task management (SAM-5 4.6, 5.x, 7.x).
 ``prepare`` is the common path of every command (LIO's ``target_setup_cmd_from_cdb``): LUN,
 opcode, service action, CONTROL byte, pending unit attention, CDB fields, LBA range,
 reservation conflicts, the amount of Data-Out to gather. ``execute`` runs the handler and
-turns a raised ``ScsiError`` into status and sense.
+turns a raised ``ScsiError`` into status and sense. The target builds each LU's command
+table (``commands.build_table``) when the LU is added: it is the top of the SCSI core.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import errno
 import logging
 
-from vmblock.scsi.commands import NO_LU_TABLE, CommandSpec, DataRule
-from vmblock.scsi.constants import Direction
+from vmblock.scsi.command_spec import CommandSpec, CommandTable, DataRule
+from vmblock.scsi.commands import NO_LU_TABLE, build_table
+from vmblock.scsi.constants import CONTROL_NACA, Direction
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import Nexus, ScsiTask
@@ -21,9 +23,9 @@ from vmblock.store.backend import WriteRefused
 
 log = logging.getLogger(__name__)
 
-# SAM-5 5.2: the CONTROL byte's NACA bit; ACA is not supported.
 _OUT = Direction.OUT
-CONTROL_NACA = 0x04
+# what a LUN with no logical unit behind it dispatches to (SPC-4 6.4.2, 6.27, 6.29)
+_NO_LU = (None, NO_LU_TABLE)
 
 
 # Task management functions and the unit attention each leaves behind (SAM-5 7.x).
@@ -43,19 +45,25 @@ class ScsiTarget:
         self.name = name
         self.tpgt = tpgt
         self.luns: dict[int, LogicalUnit] = {}
+        # LUN -> (its LU, that LU's command table): one lookup per command
+        self._dispatch: dict[int, tuple[LogicalUnit, CommandTable]] = {}
         self.nexuses: set[Nexus] = set()
 
     # -- configuration
     def add_lun(self, lun: int, lu: LogicalUnit) -> None:
+        """Serve ``lu`` at ``lun`` with the command table its abilities allow."""
         if lun in self.luns:
             raise ValueError(f"LUN {lun} is in use")
         for nexus in self.nexuses:
             lu.nexuses.add(nexus)
         self.luns[lun] = lu
+        self._dispatch[lun] = (lu, build_table(lu))
         self._luns_changed()
 
     def remove_lun(self, lun: int) -> LogicalUnit:
+        """Stop serving ``lun``; commands already prepared keep their LU and table."""
         lu = self.luns.pop(lun)
+        del self._dispatch[lun]
         self._luns_changed()
         return lu
 
@@ -66,17 +74,20 @@ class ScsiTarget:
 
     # -- I_T nexus events from the fabric
     def nexus_added(self, nexus: Nexus) -> None:
+        """A session logged in: every LU learns the new I_T nexus."""
         self.nexuses.add(nexus)
         for lu in self.luns.values():
             lu.nexus_added(nexus)
 
     def nexus_removed(self, nexus: Nexus) -> None:
+        """A session ended: every LU forgets the I_T nexus."""
         self.nexuses.discard(nexus)
         for lu in self.luns.values():
             lu.nexus_removed(nexus)
 
     # -- task management (SAM-5 7.x); aborting tasks in flight is the fabric's job
     def task_management(self, function: str, nexus: Nexus, lun: int | None) -> bool:
+        """Carry out a TMF's effect on SCSI state; False when the LUN does not exist."""
         reason = TMF_RESETS.get(function)
         if function == "LUN_RESET":
             lu = self.luns.get(lun)
@@ -105,8 +116,8 @@ class ScsiTarget:
 
     def _prepare(self, task: ScsiTask) -> None:
         cdb = task.cdb
-        lu = self.luns.get(task.lun)
-        spec: CommandSpec | None = (NO_LU_TABLE if lu is None else lu.table)[cdb[0]]
+        lu, table = self._dispatch.get(task.lun, _NO_LU)
+        spec: CommandSpec | None = table[cdb[0]]
         if spec is None:
             if lu is None:
                 raise ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
@@ -125,7 +136,7 @@ class ScsiTarget:
             raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(n - 1, 2))
         if lu is not None and lu.ua and not spec.ua_exempt:
             self._unit_attention(lu, task)
-        lba, blocks, xfer, aux = spec.decode(cdb, lu)
+        lba, blocks, xfer, options = spec.decode(cdb, lu)
         if spec.ranged and lba + blocks > lu.num_blocks:
             raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
         if lu is not None and lu.reservations.active:
@@ -137,7 +148,7 @@ class ScsiTarget:
                                                    xfer)
         else:
             task.data_out_len = 0
-        task.handler = (spec, lu, lba, blocks, aux)
+        task.handler = (spec, lu, lba, blocks, options)
 
     @staticmethod
     def _unit_attention(lu: LogicalUnit, task: ScsiTask) -> None:
@@ -165,9 +176,9 @@ class ScsiTarget:
 
     def execute(self, task: ScsiTask):
         """Run a prepared task: None when done, or a coroutine the fabric awaits."""
-        spec, lu, lba, blocks, aux = task.handler
+        spec, lu, lba, blocks, options = task.handler
         try:
-            result = spec.execute(self, lu, task, lba, blocks, aux)
+            result = spec.execute(self, lu, task, lba, blocks, options)
         except ScsiError as err:
             fail(task, err)
             return None

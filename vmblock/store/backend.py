@@ -1,18 +1,24 @@
 """The narrow interface between the SCSI core and whatever stores a LUN's blocks.
 
-Like tgt's backing-store vtable or LIO's ``struct sbc_ops``: a store declares what it can do in
-``capabilities`` and the SCSI core derives its command table, VPD B0/B2 and REPORT SUPPORTED
-OPERATION CODES from that one set. Offsets and lengths are in bytes and always multiples of
+Like LIO's ``struct sbc_ops`` or tgt's backing-store opcode map: ``BackingStore`` is the
+``typing.Protocol`` of what every store must do (read, write, flush, close, a size and a
+block size). The optional operations are small Protocols of their own (``Unmappable``,
+``WriteSameable``, ``LbaStatus``), and a store lists the ones it offers in ``abilities``.
+The SCSI core reads that set once, when a logical unit is created (``checked_abilities``),
+and derives its command table, VPD B0/B2 and REPORT SUPPORTED OPERATION CODES from it.
+
+Why a declaration and not structural detection alone: a wrapper (the flash cache in front of
+an extent store) has every method and forwards it, yet can only do what the store it wraps
+does; so a store says what it can do, and the check at LU creation makes sure every
+declared ability has its methods. That set is the one truth: nobody probes a store with
+``hasattr`` afterwards. Offsets and lengths are in bytes and always multiples of
 ``block_size``; range checks are the SCSI core's job, not the store's.
 """
 
 from __future__ import annotations
 
 import errno
-
-CAP_UNMAP = "unmap"            # unmap(): deallocate, later reads return zeros
-CAP_WRITE_SAME = "write_same"  # write_same(): replicate one block over a range
-CAP_LBA_STATUS = "lba_status"  # lba_status(): report mapped / deallocated extents
+from typing import Protocol, runtime_checkable
 
 
 class SpaceExhausted(OSError):
@@ -29,43 +35,75 @@ class WriteRefused(OSError):
     recovered from); it logged the fault once, so the SCSI core answers without logging."""
 
 
-class BackingStore:
-    """Base class: subclasses override the operations they list in ``capabilities``."""
+@runtime_checkable
+class Unmappable(Protocol):
+    """Ability: deallocate a range; later reads return zeros (UNMAP, WRITE SAME with UNMAP)."""
 
-    block_size: int = 512
-    capabilities: frozenset[str] = frozenset()
+    def unmap(self, offset: int, length: int) -> None:
+        """Deallocate ``length`` bytes at ``offset``."""
+
+
+@runtime_checkable
+class WriteSameable(Protocol):
+    """Ability: replicate one block over a range in one call (WRITE SAME); without it the
+    SCSI core writes the replicated block in chunks."""
+
+    def write_same(self, offset: int, length: int, block: memoryview) -> None:
+        """Store ``block`` repeated over ``length`` bytes at ``offset``."""
+
+
+@runtime_checkable
+class LbaStatus(Protocol):
+    """Ability: tell mapped from deallocated blocks (GET LBA STATUS); without it every block
+    is reported mapped."""
+
+    def lba_status(self, offset: int) -> tuple[bool, int]:
+        """(mapped, length in bytes) of the run of like blocks starting at ``offset``."""
+
+
+@runtime_checkable
+class BackingStore(Protocol):
+    """What every store a LUN sits on must do. Stores may subclass it to inherit the
+    defaults (no abilities, no unmap granularity)."""
+
+    block_size: int
+    # The optional abilities this store offers, from Unmappable, WriteSameable, LbaStatus.
+    abilities: frozenset[type] = frozenset()
     # Bytes an UNMAP must cover, aligned, to deallocate anything (VPD B0 OPTIMAL UNMAP
     # GRANULARITY); 0 = the LU's optimal transfer granularity.
     unmap_granularity: int = 0
 
     @property
     def size_bytes(self) -> int:
-        raise NotImplementedError
+        """The capacity in bytes (a multiple of ``block_size``)."""
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with the bytes at ``offset``; unwritten ranges read as zeros."""
-        raise NotImplementedError
 
     def write(self, offset: int, data: memoryview) -> None:
         """Store ``data`` at ``offset``; durable only after ``flush``."""
-        raise NotImplementedError
 
     def flush(self) -> None:
         """Make every completed write durable (fdatasync). Blocking: call it off the event loop."""
-        raise NotImplementedError
-
-    def unmap(self, offset: int, length: int) -> None:
-        raise NotImplementedError
-
-    def write_same(self, offset: int, length: int, block: memoryview) -> None:
-        raise NotImplementedError
-
-    def lba_status(self, offset: int) -> tuple[bool, int]:
-        """(mapped, length in bytes) of the run of like blocks starting at ``offset``."""
-        raise NotImplementedError
-
-    def resize(self, size_bytes: int) -> None:
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release file descriptors; the store is unusable afterwards."""
+
+
+ABILITIES = (Unmappable, WriteSameable, LbaStatus)
+
+
+def checked_abilities(store: BackingStore) -> frozenset[type]:
+    """The abilities ``store`` declares, once checked against what it has: a store that
+    lacks a required operation, declares an unknown ability or lacks the methods of one it
+    declares is a programming error, raised here rather than at the first command."""
+    if not isinstance(store, BackingStore):
+        raise TypeError(f"{type(store).__name__} is not a BackingStore")
+    declared = frozenset(store.abilities)
+    for ability in declared:
+        if ability not in ABILITIES:
+            raise TypeError(f"{type(store).__name__} declares an unknown ability {ability!r}")
+        if not isinstance(store, ability):
+            raise TypeError(f"{type(store).__name__} declares {ability.__name__} "
+                            f"without its methods")
+    return declared

@@ -54,12 +54,12 @@ from rocksdict import WriteBatch
 from vmblock.errors import InvalidArgument, NoSpace, PoolError, io_failure
 from vmblock.native import extent as kx
 from vmblock.store.backend import (
-    CAP_LBA_STATUS,
-    CAP_UNMAP,
-    CAP_WRITE_SAME,
     BackingStore,
+    LbaStatus,
     SpaceExhausted,
+    Unmappable,
     WriteRefused,
+    WriteSameable,
 )
 
 log = logging.getLogger(__name__)
@@ -1310,7 +1310,7 @@ def put_event(batch: WriteBatch, event: dict) -> None:
 class ExtentStore(BackingStore):
     """One vdisk's blocks: a view of one live extent map of a ``PoolStore``."""
 
-    capabilities = frozenset({CAP_UNMAP, CAP_WRITE_SAME, CAP_LBA_STATUS})
+    abilities = frozenset({Unmappable, WriteSameable, LbaStatus})
 
     def __init__(self, pool: PoolStore, map_id: int, block_size: int = 512):
         if map_id not in pool.maps:
