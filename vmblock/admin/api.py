@@ -8,11 +8,12 @@ targets. Methods take and return plain JSON values so the two paths cannot drift
 from __future__ import annotations
 
 from vmblock.cache.manager import CacheApi
-from vmblock.config import format_portal, parse_size, portals_of
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.meta import Pool, Vdisk
 from vmblock.meta.pool import Snapshot
+from vmblock.settings import format_portal
+from vmblock.units import parse_size
 
 # (group, verb) pairs the admin socket serves; the method is ``<group>_<verb>``.
 VERBS = (
@@ -39,19 +40,19 @@ class Api(CacheApi):
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""
-        return portals_of(self.pool.config())
+        return self.pool.settings().get("iscsi.portals")
 
     def chap(self, iqn: str) -> ChapSecrets | None:
         """The CHAP credentials an initiator must give ``iqn``; without a server, those the
         pool stores (the server's subclass answers what the running target asks)."""
-        settings = {**self.pool.config(), **self.pool.overrides}
+        settings = self.pool.settings()
         user = settings.get(f"auth.target.{iqn}.chap_user")
         secret = settings.get(f"auth.target.{iqn}.chap_secret")
         return ChapSecrets(user, secret) if user and secret else None
 
     def url(self, disk: Vdisk) -> str:
         """``iscsi://[user%secret@]host:port/iqn/lun``, libiscsi's syntax (QEMU's too), so
-        the URL works as it is; config.check_settings keeps out what it cannot carry."""
+        the URL works as it is; the settings' CHAP check keeps out what it cannot carry."""
         host, port = self.portals()[0]
         chap = self.chap(disk.target)
         creds = f"{chap.user}%{chap.secret}@" if chap else ""

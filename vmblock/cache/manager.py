@@ -367,25 +367,23 @@ class CacheApi:
         return out
 
 
-def open_cache(pool, settings: dict[str, str]):
+def open_cache(pool, settings):
     """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0.
 
     The cache takes the first ``cache.size`` bytes of the flash tier (slot s at s * block
     size); the rest of the tier is left for flash-tier AUs of the extent store."""
-    from vmblock.config import cache_bytes_wanted, cache_settings, parse_size
-
     from .tier import FlashCache
 
-    cs = cache_settings(settings)
+    cache_size = settings.get("cache.size")
     flash = pool.store.flash
     total = flash.size_bytes
-    size = cache_bytes_wanted(settings, total)
+    size = cache_size.of(total)
     if size > total:
-        raise InvalidArgument(f"cache.size {cs['size'].strip()} is larger than the flash tier "
-                              f"({total} bytes, store.flash_size)")
+        raise InvalidArgument(f"cache.size {cache_size.text.strip()} is larger than the flash "
+                              f"tier ({total} bytes, store.flash_size)")
     # the extent store owns the split: its flash-tier AUs start at cache_bytes
     size = min(size, pool.store.cache_bytes)
-    bs = parse_size(cs["block_size"])
+    bs = settings.get("cache.block_size")
     nslots = size // bs
     if nslots == 0:
         return None
