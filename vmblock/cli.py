@@ -133,7 +133,7 @@ def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
     except BaseException:
         pool.close()
         raise
-    server.serve(pool, overrides, listen, insecure)
+    server.serve(pool, listen, insecure)
 
 
 # --- vm ----------------------------------------------------------------------------------------

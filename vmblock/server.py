@@ -99,8 +99,8 @@ def _is_loopback(host: str) -> bool:
 class Server:
     """One running target: built from the pool, changed through ``LiveApi``, stopped once."""
 
-    def __init__(self, pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
-                 insecure: bool = False):
+    def __init__(self, pool: Pool, portals: list[tuple[str, int]], insecure: bool = False):
+        """``pool.overrides`` (serve --config) win over the pool's keys for this run."""
         self.pool = pool
         self.portals = portals
         self.insecure = insecure        # serve --insecure: no target asks for CHAP
@@ -110,7 +110,6 @@ class Server:
         self.admin = None
         self.committer: asyncio.Task | None = None
         self.cache = None               # vmblock.cache.tier.FlashCache, None when cache.size is 0
-        pool.overrides = overrides      # from --config; win over the pool's keys for this run
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -388,9 +387,8 @@ class LiveApi(Api):
         return self.server.service.sessions()
 
 
-async def _serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
-                 insecure: bool) -> None:
-    server = Server(pool, overrides, portals, insecure)
+async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:
+    server = Server(pool, portals, insecure)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -405,12 +403,11 @@ async def _serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str,
         await server.stop()
 
 
-def serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
-          insecure: bool = False) -> None:
+def serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool = False) -> None:
     """Run until SIGTERM/SIGINT; the pool is closed on the way out, whatever happens."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        uvloop.run(_serve(pool, overrides, portals, insecure))
+        uvloop.run(_serve(pool, portals, insecure))
     finally:
         pool.close()
