@@ -22,8 +22,8 @@ from vmblock.admin.api import VERBS, Api
 from vmblock.admin.cache import CacheVerbs
 from vmblock.admin.client import AdminClient, LocalClient
 from vmblock.cache.groups import parse_group
-from vmblock.config import MAX_VDISK_BYTES
 from vmblock.errors import CacheError, InvalidArgument, TraceError, VmblockError
+from vmblock.settings import MAX_VDISK_BYTES
 from vmblock.meta import Pool
 from vmblock.server import LiveApi
 
@@ -172,7 +172,7 @@ BAD_CALLS = [
     ("vdisk", "create", {"name": "d"}, "missing argument 'size'"),
     ("vdisk", "create", {"name": "d", "size": True}, "size must be a size"),
     ("vdisk", "create", {"name": "d", "size": 1.5e9}, "size must be a size"),
-    ("vdisk", "create", {"name": "d", "size": -512}, "positive multiple of 512"),
+    ("vdisk", "create", {"name": "d", "size": -512}, "size must not be negative"),
     ("vdisk", "create", {"name": "d", "size": 1 << 60}, "over the largest vdisk"),
     ("vdisk", "move", {"name": "d", "tier": "tape"}, "tier must be one of capacity, flash"),
     ("event", "list", {"limit": -1}, "limit must be from 0"),

@@ -20,7 +20,7 @@ from iscsi_client import IscsiClient, read10, tur, write10
 from test_admin_input import post
 from vmblock import DEFAULT_TARGET
 from vmblock.admin.api import VERBS
-from vmblock.config import MAX_VDISK_BYTES
+from vmblock.settings import MAX_VDISK_BYTES
 
 GOOD, CHECK_CONDITION = 0x00, 0x02
 UNIT_ATTENTION, ILLEGAL_REQUEST, LOGICAL_UNIT_NOT_SUPPORTED = 0x06, 0x05, 0x25

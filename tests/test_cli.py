@@ -9,7 +9,8 @@ from clients import error_line
 
 from vmblock import DEFAULT_TARGET
 from vmblock.cli import cli
-from vmblock.config import check_settings, load_toml
+from vmblock.meta.pool import check_settings
+from vmblock.settings import Settings, load_toml
 
 
 def test_read_command_without_pool_is_one_line_error(run):
@@ -177,7 +178,7 @@ def test_example_config_is_valid():
     assert keys["iscsi.portals"] == "127.0.0.1:3260"
     assert keys["iscsi.HeaderDigest"] == "None,CRC32C"
     assert keys[f"acl.{DEFAULT_TARGET}"].count(",") == 1
-    check_settings(keys)
+    check_settings(Settings(keys))
 
 
 @pytest.mark.parametrize("text, message", [

@@ -19,26 +19,16 @@ import uvloop
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
 from vmblock.cache import tier as cache_tier
-from vmblock.config import (
-    NEW_TARGET_CHAP_KEY,
-    cache_bytes_wanted,
-    cache_settings,
-    check_settings,
-    fabric_settings,
-    format_portal,
-    negotiation_overrides,
-    parse_iqn_list,
-    parse_size,
-    store_settings,
-)
 from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk
+from vmblock.meta.pool import check_settings
 from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
+from vmblock.settings import Apply, Settings, format_portal, lookup
 from vmblock.store.backend import BackingStore
 
 log = logging.getLogger("vmblock")
@@ -46,6 +36,10 @@ log = logging.getLogger("vmblock")
 DEMO_NAME = "demo"
 DEMO_SIZE = 8 << 30
 FAULT_RETRY = 1.0      # seconds between commit attempts while the meta DB or a tier fails
+# IscsiConfig fields read from the iscsi.* key of the same name
+FABRIC_FIELDS = ("nop_interval", "nop_timeout", "max_connections", "max_connections_per_host",
+                 "max_login_connections", "first_pdu_timeout", "login_timeout", "data_budget",
+                 "data_budget_per_host")
 
 
 def ensure_demo(pool: Pool) -> None:
@@ -60,7 +54,7 @@ def ensure_demo(pool: Pool) -> None:
         pool.create_vdisk(DEMO_NAME, DEMO_SIZE, vm=DEMO_NAME)
 
 
-def chap_of(settings: dict[str, str], prefix: str) -> ChapSecrets | None:
+def chap_of(settings: Settings, prefix: str) -> ChapSecrets | None:
     """CHAP secrets under ``prefix`` (e.g. 'auth.discovery.'), None when CHAP is off there."""
     user, secret = settings.get(prefix + "chap_user"), settings.get(prefix + "chap_secret")
     m_user, m_secret = settings.get(prefix + "mutual_user"), settings.get(prefix + "mutual_secret")
@@ -73,7 +67,7 @@ def chap_of(settings: dict[str, str], prefix: str) -> ChapSecrets | None:
     return ChapSecrets(user, secret, m_user or None, m_secret or None)
 
 
-def chap_or_locked(settings: dict[str, str], prefix: str) -> tuple[ChapSecrets | None, str]:
+def chap_or_locked(settings: Settings, prefix: str) -> tuple[ChapSecrets | None, str]:
     """(secrets, "") or, when only half of a CHAP pair is stored (it is set one key at a time),
     (None, why): then every login there is refused, never let in without CHAP."""
     try:
@@ -83,40 +77,32 @@ def chap_or_locked(settings: dict[str, str], prefix: str) -> tuple[ChapSecrets |
         return None, f"incomplete CHAP keys: {e}"
 
 
-def iscsi_config(settings: dict[str, str]) -> IscsiConfig:
-    fabric = fabric_settings(settings)
+def iscsi_config(settings: Settings) -> IscsiConfig:
+    """The fabric's configuration from the iscsi.* and auth.discovery.* settings."""
     discovery_chap, discovery_locked = chap_or_locked(settings, "auth.discovery.")
     return IscsiConfig(
-        overrides=negotiation_overrides(settings),
+        overrides=settings.negotiation(),
         discovery_chap=discovery_chap,
         discovery_locked=discovery_locked,
-        nop_interval=float(settings.get("iscsi.nop_interval", "30")),
-        nop_timeout=float(settings.get("iscsi.nop_timeout", "30")),
-        max_connections=int(fabric["max_connections"]),
-        max_connections_per_host=int(fabric["max_connections_per_host"]),
-        max_login_connections=int(fabric["max_login_connections"]),
-        first_pdu_timeout=float(fabric["first_pdu_timeout"]),
-        login_timeout=float(fabric["login_timeout"]),
-        data_budget=parse_size(fabric["data_budget"]),
-        data_budget_per_host=parse_size(fabric["data_budget_per_host"]),
+        **{name: settings.get(f"iscsi.{name}") for name in FABRIC_FIELDS},
     )
 
 
-def open_cache(pool: Pool, settings: dict[str, str]) -> cache_tier.FlashCache | None:
+def open_cache(pool: Pool, settings: Settings) -> cache_tier.FlashCache | None:
     """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0.
 
     The cache takes the first ``cache.size`` bytes of the flash tier (slot s at s * block
     size); the rest of the tier is left for flash-tier AUs of the extent store."""
-    cs = cache_settings(settings)
+    cache_size = settings.get("cache.size")
     flash = pool.store.flash
     total = flash.size_bytes
-    size = cache_bytes_wanted(settings, total)
+    size = cache_size.of(total)
     if size > total:
-        raise InvalidArgument(f"cache.size {cs['size'].strip()} is larger than the flash tier "
-                              f"({total} bytes, store.flash_size)")
+        raise InvalidArgument(f"cache.size {cache_size.text.strip()} is larger than the flash "
+                              f"tier ({total} bytes, store.flash_size)")
     # the extent store owns the split: its flash-tier AUs start at cache_bytes
     size = min(size, pool.store.cache_bytes)
-    bs = parse_size(cs["block_size"])
+    bs = settings.get("cache.block_size")
     nslots = size // bs
     if nslots == 0:
         return None
@@ -146,10 +132,9 @@ def _is_loopback(host: str) -> bool:
 class Server:
     """One running target: built from the pool, changed through ``LiveApi``, stopped once."""
 
-    def __init__(self, pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
-                 insecure: bool = False):
+    def __init__(self, pool: Pool, portals: list[tuple[str, int]], insecure: bool = False):
+        """``pool.overrides`` (serve --config) win over the pool's keys for this run."""
         self.pool = pool
-        self.overrides = overrides      # from --config; win over the pool's keys for this run
         self.portals = portals
         self.insecure = insecure        # serve --insecure: no target asks for CHAP
         self.targets: dict[str, TargetEntry] = {}
@@ -158,17 +143,17 @@ class Server:
         self.admin = None
         self.committer: asyncio.Task | None = None
         self.cache = None               # vmblock.cache.tier.FlashCache, None when cache.size is 0
-        pool.overrides = overrides
 
-    def settings(self) -> dict[str, str]:
-        settings = {**self.pool.config(), **self.overrides}
+    def settings(self) -> Settings:
+        """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
+        settings = self.pool.settings()
         check_settings(settings)
         return settings
 
-    def _entry(self, iqn: str, scsi: ScsiTarget, settings: dict[str, str]) -> TargetEntry:
+    def _entry(self, iqn: str, scsi: ScsiTarget, settings: Settings) -> TargetEntry:
         chap, locked = ((None, "") if self.insecure else
                         chap_or_locked(settings, f"auth.target.{iqn}."))
-        return TargetEntry(name=iqn, scsi=scsi, acl=parse_iqn_list(settings.get(f"acl.{iqn}", "")),
+        return TargetEntry(name=iqn, scsi=scsi, acl=settings.get(f"acl.{iqn}"),
                            chap=chap, alias=self.pool.target(iqn).alias, locked=locked)
 
     def add_target(self, iqn: str) -> None:
@@ -238,7 +223,7 @@ class Server:
         cache_tier.warm()
         self.pool.store           # maps loaded and refcounts rebuilt before the ready line
         self.cache = open_cache(self.pool, settings)   # cold: RAM only
-        interval = float(store_settings(settings)["commit_interval"])
+        interval = settings.get("store.commit_interval")
         if interval > 0:
             self.committer = asyncio.create_task(self._commit_loop(interval))
         for t in self.pool.targets():
@@ -414,32 +399,34 @@ class LiveApi(Api):
         return super().vm_delete(name, purge=purge)
 
     def config_changed(self, key: str) -> bool:
-        if key in self.server.overrides:
+        """Apply a changed key as its row in vmblock.settings.TABLE says (``Apply``); False
+        when it waits for the next start or a --config key wins over it for this run."""
+        found = lookup(key)
+        if found is None or key in self.pool.overrides:
             return False
-        if key == NEW_TARGET_CHAP_KEY:
+        row, name = found
+        if row.apply is Apply.NEW_TARGET:
             return True        # read when a target is created
-        if key.startswith(("iscsi.", "auth.discovery.")) and key != "iscsi.portals":
+        if row.apply is Apply.FABRIC:
             try:
                 self.server.service.reconfigure(iscsi_config(self.server.settings()))
             except InvalidArgument:
                 return False   # the set as a whole is refused: the next start says why
             return True
-        for iqn in self.server.targets:
-            if key == f"acl.{iqn}" or key.startswith(f"auth.target.{iqn}."):
-                try:
-                    self.server.refresh_target(iqn)
-                except InvalidArgument:
-                    return False   # keep the old entry; the next start says why
-                return True
+        if row.apply is Apply.TARGET and name in self.server.targets:
+            try:
+                self.server.refresh_target(name)
+            except InvalidArgument:
+                return False   # keep the old entry; the next start says why
+            return True
         return False
 
     def session_list(self) -> list[dict]:
         return self.server.service.sessions()
 
 
-async def _serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
-                 insecure: bool) -> None:
-    server = Server(pool, overrides, portals, insecure)
+async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:
+    server = Server(pool, portals, insecure)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -454,12 +441,11 @@ async def _serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str,
         await server.stop()
 
 
-def serve(pool: Pool, overrides: dict[str, str], portals: list[tuple[str, int]],
-          insecure: bool = False) -> None:
+def serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool = False) -> None:
     """Run until SIGTERM/SIGINT; the pool is closed on the way out, whatever happens."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        uvloop.run(_serve(pool, overrides, portals, insecure))
+        uvloop.run(_serve(pool, portals, insecure))
     finally:
         pool.close()

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from iscsi_client import (IscsiClient, read10, text_bytes, tur, write10)
 from vmblock import DEFAULT_TARGET
-from vmblock.config import FABRIC_DEFAULTS, parse_size
 from vmblock.iscsi import pdu
+from vmblock.settings import Settings
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -395,6 +395,6 @@ def test_outstanding_writes_without_data_do_not_grow_memory(vmblock_server):
         drain(c, 0.5)
         grown = rss_mib(pid) - before
     # their buffers come from the data budget of one source address (iscsi.data_budget_per_host)
-    bound = (parse_size(FABRIC_DEFAULTS["data_budget_per_host"]) >> 20) + SLACK_MIB
+    bound = (Settings({}).get("iscsi.data_budget_per_host") >> 20) + SLACK_MIB
     assert grown < bound, f"RSS grew {grown:.0f} MiB for 32 WRITEs that sent no data"
 

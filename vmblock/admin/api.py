@@ -24,11 +24,12 @@ from vmblock.admin.schema import (
     check_args,
 )
 from vmblock.admin.verbs import Verb, collect, verb
-from vmblock.config import format_portal, parse_size, portals_of
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.meta import Pool, Vdisk
 from vmblock.meta.pool import Snapshot
+from vmblock.settings import format_portal
+from vmblock.units import parse_size
 
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -43,19 +44,19 @@ class Api:
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""
-        return portals_of(self.pool.config())
+        return self.pool.settings().get("iscsi.portals")
 
     def chap(self, iqn: str) -> ChapSecrets | None:
         """The CHAP credentials an initiator must give ``iqn``; without a server, those the
         pool stores (the server's subclass answers what the running target asks)."""
-        settings = {**self.pool.config(), **self.pool.overrides}
+        settings = self.pool.settings()
         user = settings.get(f"auth.target.{iqn}.chap_user")
         secret = settings.get(f"auth.target.{iqn}.chap_secret")
         return ChapSecrets(user, secret) if user and secret else None
 
     def url(self, disk: Vdisk) -> str:
         """``iscsi://[user%secret@]host:port/iqn/lun``, libiscsi's syntax (QEMU's too), so
-        the URL works as it is; config.check_settings keeps out what it cannot carry."""
+        the URL works as it is; the settings' CHAP check keeps out what it cannot carry."""
         host, port = self.portals()[0]
         chap = self.chap(disk.target)
         creds = f"{chap.user}%{chap.secret}@" if chap else ""

@@ -9,29 +9,34 @@ without a request after which a group loses the protection of its minimum reserv
 
 from __future__ import annotations
 
-from vmblock.errors import CacheError
+from functools import partial
+
+from vmblock.errors import CacheError, InvalidArgument
+from vmblock.units import parse_fraction, parse_kv_list
 
 S3FIFO_DEFAULTS = "small-size-ratio=0.10,ghost-size-ratio=0.90,move-to-main-threshold=2,idle-window=0"
 
-_TYPES = {"small-size-ratio": float, "ghost-size-ratio": float, "move-to-main-threshold": int,
-          "idle-window": int}
-_RANGES = {"small-size-ratio": (0.0, 1.0), "ghost-size-ratio": (0.0, 4.0),
-           "move-to-main-threshold": (1, 3), "idle-window": (0, 1 << 62)}
+# key -> (parse, lowest, highest); small-size-ratio is a share of the cache ('0.1' or '10%')
+_KEYS = {"small-size-ratio": (partial(parse_fraction, what="cache parameter small-size-ratio"),
+                              0.0, 1.0),
+         "ghost-size-ratio": (float, 0.0, 4.0),
+         "move-to-main-threshold": (int, 1, 3),
+         "idle-window": (int, 0, 1 << 62)}
 
 
 def _parse_into(out: dict, text: str) -> None:
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise CacheError(f"cache parameter {item!r} is not key=value")
-        if key not in _TYPES:
-            raise CacheError(f"unknown cache parameter {key!r} (known: {', '.join(_TYPES)})")
+    try:
+        items = parse_kv_list(text, "cache parameters", tuple(_KEYS))
+    except InvalidArgument as e:
+        raise CacheError(str(e)) from None
+    for key, value in items.items():
+        parse, lo, hi = _KEYS[key]
         try:
-            v = _TYPES[key](value.strip())
+            v = parse(value)
         except ValueError:
             raise CacheError(f"cache parameter {key}={value!r} is not a number") from None
-        lo, hi = _RANGES[key]
+        except InvalidArgument as e:
+            raise CacheError(str(e)) from None
         if not lo <= v <= hi:
             raise CacheError(f"cache parameter {key}={v} out of range [{lo}, {hi}]")
         out[key] = v

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmblock.errors import CacheError, TraceError, VmblockError
+from vmblock.errors import CacheError, InvalidArgument, TraceError, VmblockError
+from vmblock.units import parse_fraction, parse_size
 
 from .directory import CacheDirectory
 from .groups import GroupSpec, parse_group, validate_groups
@@ -30,7 +30,6 @@ from .trace import FORMATS, Blocks, is_synthetic, read_trace, synthetic, write_o
 
 COMPARE = ("S3FIFO", "LRU", "ARC", "Sieve")
 VDISK_SHIFT = 48
-_SIZE_RE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 
 
 @dataclass
@@ -74,20 +73,23 @@ def load(traces: list[str], names: list[str], block_size: int, fmt: str | None) 
 
 
 def parse_cache_size(text: str, footprint: int, block_size: int) -> int:
-    """Cache size in blocks: ``0.01`` or ``1%`` of the footprint, or bytes (``512M``, ``4G``)."""
+    """Cache size in blocks: a fraction of the footprint (``0.01`` or ``1%``, as
+    ``vmblock.units.parse_fraction`` reads them; above 0) or bytes (``512M``, ``4G``: whole
+    numbers are sizes)."""
     t = text.strip()
+    if t.endswith("%") or "." in t:
+        try:
+            frac = parse_fraction(t, "--cache-size fraction")
+        except InvalidArgument as e:
+            raise CacheError(str(e)) from None
+        if frac == 0.0:
+            raise CacheError(f"--cache-size {text}: a fraction must be in (0, 1]")
+        return max(1, int(frac * footprint))
     try:
-        if t.endswith("%") or "." in t:
-            frac = float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
-            if not 0.0 < frac <= 1.0:
-                raise CacheError(f"--cache-size {text}: a fraction must be in (0, 1]")
-            return max(1, int(frac * footprint))
-    except ValueError:
-        raise CacheError(f"--cache-size {text!r} is not a size or a fraction") from None
-    m = _SIZE_RE.match(t)
-    if not m:
-        raise CacheError(f"--cache-size {text!r} is not a size (e.g. 512M) or a fraction (0.01)")
-    n = int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+        n = parse_size(t, "--cache-size")
+    except InvalidArgument:
+        raise CacheError(f"--cache-size {text!r} is not a size (e.g. 512M) or a fraction "
+                         f"(0.01)") from None
     if n < block_size:
         raise CacheError(f"--cache-size {text} is smaller than one {block_size}-byte block")
     return n // block_size

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmblock.errors import TraceError
+from vmblock.errors import InvalidArgument, TraceError
+from vmblock.units import parse_kv_list
 
 SECTOR = 512
 ORACLE_DTYPE = np.dtype([("time", "<u4"), ("obj_id", "<u8"), ("size", "<u4"), ("next", "<i8")])
@@ -197,6 +198,7 @@ _SYNTH = {"zipf": {"alpha": float, "blocks": int, "requests": int, "seed": int, 
 
 
 def is_synthetic(spec: str) -> bool:
+    """Whether ``spec`` names a synthetic trace (``zipf:...``, ``scan:...``), not a file."""
     return spec.split(":", 1)[0] in _SYNTH and ":" in spec
 
 
@@ -205,14 +207,15 @@ def synthetic(spec: str) -> Blocks:
     kind, _, rest = spec.partition(":")
     if kind not in _SYNTH:
         raise TraceError(f"unknown synthetic trace {kind!r} (known: {', '.join(_SYNTH)})")
+    kinds = _SYNTH[kind]
+    try:
+        items = parse_kv_list(rest, kind, tuple(kinds))
+    except InvalidArgument as e:
+        raise TraceError(str(e)) from None
     kw: dict = {"seed": 1, "start": 0, "alpha": 1.0, "rate": 1.0}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _SYNTH[kind]:
-            raise TraceError(f"{kind}: unknown setting {item!r} "
-                             f"(known: {', '.join(_SYNTH[kind])})")
+    for key, value in items.items():
         try:
-            kw[key] = _SYNTH[kind][key](float(value) if _SYNTH[kind][key] is int else value)
+            kw[key] = kinds[key](float(value) if kinds[key] is int else value)
         except ValueError:
             raise TraceError(f"{kind}: {key}={value!r} is not a number") from None
     for key in ("blocks", "requests"):

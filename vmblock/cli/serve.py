@@ -8,10 +8,10 @@ import click
 
 from vmblock import DEFAULT_POOL
 from vmblock.admin.client import AdminClient
-from vmblock.config import load_toml, parse_portal, portals_of
 from vmblock.errors import ServerError
 from vmblock.meta import Pool
-from vmblock.meta.pool import OWNER_ONLY_UMASK
+from vmblock.meta.pool import OWNER_ONLY_UMASK, check_settings
+from vmblock.settings import Settings, load_toml, parse_portal
 
 
 @click.command()
@@ -32,6 +32,7 @@ def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
     Targets of a new pool ask for CHAP; `vmblock vdisk show NAME --json` gives the URL with
     the credentials."""
     file_pool, overrides = load_toml(config_file) if config_file else (None, {})
+    check_settings(Settings(overrides))
     pool_dir = ctx.find_root().params["pool"] or file_pool or DEFAULT_POOL
     if AdminClient.connect(os.path.join(pool_dir, "admin.sock")) is not None:
         raise ServerError(f"a server is already running on pool {os.path.abspath(pool_dir)}")
@@ -43,8 +44,8 @@ def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
     try:
         if demo:
             server.ensure_demo(pool)
-        listen = [parse_portal(p) for p in portals] or portals_of({**pool.config(), **overrides})
+        listen = [parse_portal(p) for p in portals] or pool.settings().get("iscsi.portals")
     except BaseException:
         pool.close()
         raise
-    server.serve(pool, overrides, listen, insecure)
+    server.serve(pool, listen, insecure)

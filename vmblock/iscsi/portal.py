@@ -49,7 +49,7 @@ class IscsiConfig:
     nop_interval: float = 30.0                     # ping an idle initiator after this long
     nop_timeout: float = 30.0                      # drop the connection if it does not answer
     tpgt: int = 1
-    # Limits on what initiators can hold (vmblock.config.FABRIC_DEFAULTS says why each).
+    # Limits on what initiators can hold (vmblock.settings.TABLE says why each).
     max_connections: int = 256            # each holds ~2 PDUs of receive buffer
     max_connections_per_host: int = 64
     max_login_connections: int = 64       # of max_connections, for connections still logging in

@@ -32,7 +32,7 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
                                              "size_bytes", "used_bytes"}]}
     snapname/<scope>/<name>      "<snapshot uuid>"   scope: VM uuid (VM snapshot) or vdisk uuid
     event/<usec:020d>/<kind>     {"time", "kind", ...}             low-space events etc.
-    config/<dotted.key>          "<value>"                          see vmblock.config.check_key
+    config/<dotted.key>          "<value>"                          see vmblock.settings.TABLE
     cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
 
 Binary keys ``M<map id><vAU>`` hold the extent maps; their layout is documented in
@@ -54,23 +54,20 @@ from datetime import datetime, timezone
 from rocksdict import WriteBatch
 
 from vmblock import DEFAULT_TARGET
-from vmblock.config import (
-    MAX_TIER_BYTES,
+from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
+from vmblock.iscsi.params import validate_offer
+from vmblock.meta.db import MetaDB, MetaIOError
+from vmblock.settings import (
     MAX_VDISK_BYTES,
     NEW_TARGET_CHAP_KEY,
-    STORE_DEFAULTS,
-    cache_bytes_wanted,
+    TABLE,
+    Settings,
     check_iqn,
     check_key,
-    check_settings,
-    format_size,
-    parse_size,
-    store_settings,
 )
-from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
-from vmblock.meta.db import MetaDB, MetaIOError
 from vmblock.meta.groups import EvictionGroups
 from vmblock.store.extent import AU_SIZE, TIER_NAMES, ExtentStore, PoolStore, Tier
+from vmblock.units import format_size
 
 SCHEMA_VERSION = 2
 MAX_LUN = 16383            # SAM-5 flat space addressing
@@ -86,6 +83,24 @@ OWNER_ONLY_UMASK = 0o077      # of processes that write into a pool (the server,
 # (URL-safe base64: 24 characters, nothing an iscsi:// URL must escape).
 TARGET_CHAP_USER = "vmblock"
 TARGET_CHAP_SECRET_BYTES = 18
+
+
+# The keys that size or place a tier: a change must fit the file system (and the path keys
+# must not move a tier that holds data).
+TIER_PATH_KEYS = ("store.capacity_path", "store.flash_path")
+TIER_KEYS = TIER_PATH_KEYS + ("store.capacity_size", "store.flash_size")
+
+
+def check_settings(settings: Settings) -> None:
+    """Check a whole set a server would run with, wherever it came from (pool, --config file,
+    a key an older vmblock stored): the fabric's negotiation table first (vmblock.settings
+    names those keys but leaves their rules to the fabric), then the checks across keys of
+    vmblock.settings (cache against the flash tier, fabric limits, CHAP credentials)."""
+    try:
+        validate_offer(settings.negotiation())
+    except ValueError as e:
+        raise InvalidArgument(f"bad iSCSI negotiation setting: {e}") from None
+    settings.check()
 
 
 def _now() -> str:
@@ -320,16 +335,19 @@ class Pool:
 
     # --- the extent store ---------------------------------------------------------------------
 
-    def _settings(self) -> dict[str, str]:
-        return store_settings({**self.config(), **self.overrides})
+    def settings(self) -> Settings:
+        """The pool's config keys overridden by ``overrides`` (serve --config) for this
+        process: the one place the two are merged. Not checked as a whole (the server does
+        that with ``check_settings`` when it starts); ``get`` parses one key."""
+        return Settings(self.config()).overlay(self.overrides)
 
     def _open_tiers(self) -> tuple[Tier, Tier]:
-        st = self._settings()
-        cap_size = parse_size(st["capacity_size"], "store.capacity_size", MAX_TIER_BYTES)
-        flash_size = parse_size(st["flash_size"], "store.flash_size", MAX_TIER_BYTES)
-        cap = self._tier("capacity", st["capacity_path"], cap_size)
+        settings = self.settings()
+        cap = self._tier("capacity", settings.get("store.capacity_path"),
+                         settings.get("store.capacity_size"))
         try:
-            flash = self._tier("flash", st["flash_path"], flash_size)
+            flash = self._tier("flash", settings.get("store.flash_path"),
+                               settings.get("store.flash_size"))
         except BaseException:
             cap.close()
             raise
@@ -355,11 +373,10 @@ class Pool:
                 disks = self.vdisks()
                 live = {d.map_id: d.size_bytes for d in disks}
                 tiers = {d.map_id: TIER_NAMES.index(d.tier) for d in disks}
-                thresholds = tuple(int(t) for t in self._settings()["low_space_thresholds"]
-                                   .split(",") if t.strip())
+                settings = self.settings()
+                thresholds = settings.get("store.low_space_thresholds")
                 try:
-                    cache = cache_bytes_wanted({**self.config(), **self.overrides},
-                                               flash.size_bytes)
+                    cache = settings.get("cache.size").of(flash.size_bytes)
                 except InvalidArgument:
                     cache = flash.size_bytes    # the server refuses it; keep slots safe
                 self._store = PoolStore(self._db, cap, flash, live, thresholds,
@@ -394,7 +411,7 @@ class Pool:
         """A new target's record and, when the pool gives new targets CHAP (``chap`` None:
         as ``auth.new_target_chap`` says), its random CHAP credentials."""
         if chap is None:
-            chap = {**self.config(), **self.overrides}.get(NEW_TARGET_CHAP_KEY) == "Yes"
+            chap = self.settings().get(NEW_TARGET_CHAP_KEY)
         self._put(batch, f"target/{target.iqn}", target.dump())
         if chap:
             prefix = f"config/auth.target.{target.iqn}."
@@ -808,22 +825,22 @@ class Pool:
     # --- config -----------------------------------------------------------------------------
 
     def config(self) -> dict[str, str]:
+        """The config keys stored in the pool, as strings (``settings()`` adds --config)."""
         return dict(self._scan("config/"))
 
     def config_get(self, key: str) -> str:
+        """One stored key's value; NotFound when it is not set (its default applies)."""
         value = self._get(f"config/{key}")
         if value is None:
             raise NotFound(f"config key {key!r} is not set")
         return value
 
     def config_set(self, key: str, value: str) -> None:
+        """Store ``key``: checked alone, against the tiers, then with the pool's other keys."""
         check_key(key, value)
-        if key in ("store.capacity_path", "store.flash_path"):
-            self._check_tier_swap(key, value)
-        if key.startswith("store.") and key.endswith(("_path", "_size")):
-            self._check_tier_fits(key, value)
+        self._check_tier_change(key, value)
         try:
-            check_settings({**self.config(), key: value})
+            check_settings(Settings(self.config()).overlay({key: value}))
         except InvalidArgument as e:
             shown = "" if key.endswith("secret") else f" to {value!r}"   # never echo a secret
             raise InvalidArgument(f"cannot set {key}{shown}: {e}") from None
@@ -831,11 +848,19 @@ class Pool:
         self._put(batch, f"config/{key}", value)
         self._commit(batch)
 
+    def _check_tier_change(self, key: str, value: str) -> None:
+        """For the keys that place or size a tier: ``value`` must not move a tier that holds
+        data, and the tier must fit its file system."""
+        if key in TIER_PATH_KEYS:
+            self._check_tier_swap(key, value)
+        if key in TIER_KEYS:
+            self._check_tier_fits(key, value)
+
     def _check_tier_swap(self, key: str, value: str) -> None:
         """A tier holding AUs cannot be pointed at another file or device: its data would be
         gone at the next start."""
         tier = key[len("store."):-len("_path")]
-        if value == self._settings()[f"{tier}_path"]:
+        if value == self.settings().get(key):
             return
         used = self.store.usage()["tiers"][tier]["used_bytes"]
         if used:
@@ -846,12 +871,11 @@ class Pool:
         """A file tier's size must fit its file system (ext4 with 4 KiB blocks stops 4 KiB short
         of 16 TiB): try it on a sparse file beside the tier, as the next start would."""
         tier = key[len("store."):key.rindex("_")]
-        st = self._settings()
-        st[key[len("store."):]] = value
-        path = self._tier_path(tier, st[f"{tier}_path"])
+        settings = self.settings().overlay({key: value})
+        path = self._tier_path(tier, settings.get(f"store.{tier}_path"))
         if os.path.exists(path) and not os.path.isfile(path):
             return      # a block device: its size is the device's
-        size = parse_size(st[f"{tier}_size"], f"store.{tier}_size", MAX_TIER_BYTES)
+        size = settings.get(f"store.{tier}_size")
         probe = os.path.join(os.path.dirname(path), f".{tier}-size-probe")
         try:
             fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -874,15 +898,11 @@ class Pool:
         self.config_get(key)
         rest = {k: v for k, v in self.config().items() if k != key}
         try:
-            check_settings(rest)
+            check_settings(Settings(rest))
         except InvalidArgument as e:
             raise InvalidArgument(f"cannot unset {key}: {e}") from None
-        if key.startswith("store.") and key[len("store."):] in STORE_DEFAULTS:
-            default = STORE_DEFAULTS[key[len("store."):]]
-            if key.endswith("_path"):
-                self._check_tier_swap(key, default)
-            if key.endswith(("_path", "_size")):
-                self._check_tier_fits(key, default)
+        if key in TIER_KEYS:
+            self._check_tier_change(key, TABLE[key].default)
         batch = self._batch()
         self._delete(batch, f"config/{key}")
         self._commit(batch)
