@@ -2,7 +2,8 @@
 docs/architecture.md: no upward import, no cycle, no module outside a layer.
 
 Every import statement counts, including those inside functions (a lazy import hides a cycle
-from Python, not from the structure)."""
+from Python, not from the structure); only imports under ``if TYPE_CHECKING:`` are left out,
+since they name a type for annotations and load nothing."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def module_files() -> dict[str, Path]:
     return files
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    return (isinstance(node, ast.If) and isinstance(node.test, (ast.Name, ast.Attribute))
+            and ast.unparse(node.test).endswith("TYPE_CHECKING"))
+
+
 def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
     """The vmblock modules ``module`` imports anywhere in its file (the longest known prefix)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
@@ -50,7 +56,12 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
             name = name.rpartition(".")[0]
         return name
 
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                   for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(resolve(a.name) for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -143,6 +154,7 @@ def test_the_checks_see_what_they_check():
 
 def test_lazy_and_relative_imports_are_read(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("from . import sib, other\n\ndef f():\n    from ..top.mod import x\n")
-    known = {"pkg.sub", "pkg.sub.sib", "pkg.sub.other", "pkg.top.mod", "pkg.sub.m"}
+    src.write_text("from . import sib, other\nif TYPE_CHECKING:\n    from .. import top\n\n"
+                   "def f():\n    from ..top.mod import x\n")
+    known = {"pkg.sub", "pkg.sub.sib", "pkg.sub.other", "pkg.top", "pkg.top.mod", "pkg.sub.m"}
     assert imports_of("pkg.sub.m", src, known) == {"pkg.sub.sib", "pkg.sub.other", "pkg.top.mod"}
