@@ -19,7 +19,7 @@ import uvloop
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
 from vmblock.cache import manager as cache_manager
-from vmblock.cache import tier as cache_tier
+from vmblock.cache import flash as flash_cache
 from vmblock.config import (
     NEW_TARGET_CHAP_KEY,
     check_settings,
@@ -122,7 +122,7 @@ class Server:
         self.service: IscsiService | None = None
         self.admin = None
         self.committer: asyncio.Task | None = None
-        self.cache = None               # vmblock.cache.tier.FlashCache, None when cache.size is 0
+        self.cache = None               # vmblock.cache.flash.FlashCache, None when cache.size is 0
         pool.overrides = overrides
 
     def settings(self) -> dict[str, str]:
@@ -196,7 +196,7 @@ class Server:
     async def start(self) -> None:
         settings = self.settings()
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
-        cache_tier.warm()
+        flash_cache.warm()
         self.pool.store           # maps loaded and refcounts rebuilt before the ready line
         self.cache = cache_manager.open_cache(self.pool, settings)   # cold: RAM only
         interval = float(store_settings(settings)["commit_interval"])

@@ -33,8 +33,8 @@ def _trace(rng, n, nvdisks, nblocks):
 
 
 def _compare(d, twin):
-    assert d.vd_cnt.tolist() == twin.vd_cnt
-    assert d.grp_cnt.tolist() == twin.grp_cnt
+    assert d.state.vdisk_counters.tolist() == twin.vd_cnt
+    assert d.state.group_counters.tolist() == twin.grp_cnt
     assert d.group_used().tolist() == [twin.used(g) for g in range(twin.ng)]
     assert d.ghost_len().tolist() == [len(x) for x in twin.ghost]
     d.check()
@@ -80,10 +80,10 @@ def test_find_peeks_without_changing_state():
     keys = np.arange(10, dtype=np.int64)
     vd = np.zeros(10, np.int32)
     d.access(keys, vd, np.zeros(10, bool))
-    before = d.vd_cnt.copy()
+    before = d.state.vdisk_counters.copy()
     slots = d.find(np.arange(20), np.zeros(20, np.int32))
     assert (slots[:10] >= 0).all() and (slots[10:] == -1).all()
-    assert np.array_equal(before, d.vd_cnt)
+    assert np.array_equal(before, d.state.vdisk_counters)
 
 
 def test_remove_vdisk_drops_its_blocks_and_ghosts():
@@ -107,5 +107,5 @@ def test_pinned_vdisk_is_never_evicted():
     n = 5000
     d.access(np.arange(n) + 1000, np.ones(n, np.int32), np.zeros(n, bool))
     assert d.vdisk_used()[0] == 20
-    assert d.vd_cnt[0, 9] == 0          # evictions
+    assert d.vdisk_stats(0)["evictions"] == 0
     d.check()

@@ -26,7 +26,7 @@ from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, ServerError
 from .directory import COUNTERS
 from .errors import CacheError
 from .groups import PROMOTE, GroupSpec, validate_groups
-from .tier import MAX_GROUPS
+from .flash import MAX_GROUPS
 
 DEFAULT = "default"
 DEFAULT_SPEC = GroupSpec(DEFAULT, priority=0, min=0.0, max=1.0, promote="read")
@@ -374,7 +374,7 @@ def open_cache(pool, settings: dict[str, str]):
     size); the rest of the tier is left for flash-tier AUs of the extent store."""
     from vmblock.config import cache_bytes_wanted, cache_settings, parse_size
 
-    from .tier import FlashCache
+    from .flash import FlashCache
 
     cs = cache_settings(settings)
     flash = pool.store.flash
@@ -396,7 +396,7 @@ def open_cache(pool, settings: dict[str, str]):
 
 def cached_store(cache, pool, disk, store):
     """Put the cache in front of one vdisk's store, in its group with its pin."""
-    from .tier import CachedStore
+    from .flash import CachedStore
 
     vm = pool.vm_by_uuid(disk.vm).name if disk.vm else None
     vid = cache.attach(disk.uuid, disk.name, vm)
