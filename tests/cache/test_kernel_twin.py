@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from cache_naive import NaiveCache
 
-from vmblock.cache import CacheDirectory, GroupSpec
+from vmblock.cache import COUNTERS, CacheDirectory, GroupSpec
 
 GROUPS = [
     [GroupSpec("one")],
@@ -73,6 +73,63 @@ def test_kernel_matches_twin_on_random_traces(seed, groups):
         d.assign(v, g)
         twin.assign(v, g)
         _compare(d, twin)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("groups", range(len(GROUPS)))
+def test_one_block_and_range_calls_match_twin_block_by_block(seed, groups):
+    """The data path's kernels (``access_one`` per block, ``access_range`` per command) against
+    the twin one block at a time: reads and writes of part of a block, pinned vdisks, ghost
+    hits; the code of every access, and every counter after it."""
+    rng = np.random.default_rng(100 + seed)
+    specs = GROUPS[groups]
+    nvdisks = 4
+    bs = 4096
+    nslots = int(rng.integers(8, 120))
+    params = ["", "small-size-ratio=0.25,move-to-main-threshold=1", "idle-window=40",
+              "ghost-size-ratio=0.5"][seed]
+    d = CacheDirectory(nslots, specs, nvdisks, params, bs)
+    twin = NaiveCache(nslots, specs, nvdisks, params, bs)
+    for v in range(nvdisks):
+        d.assign(v, v % len(specs))
+        twin.assign(v, v % len(specs))
+    d.pin_vdisk(1)
+    twin.pin_vdisk(1)
+    keys, vd, w = _trace(rng, 3000, nvdisks, nslots * 2)
+
+    def twin_code(key, v, write, nb):
+        (hit,), (slot,) = twin.access([key], [v], [write], nbytes=[nb])
+        return slot if hit else -2 - slot
+
+    i = 0
+    while i < keys.shape[0]:
+        key, v, write = int(keys[i]), int(vd[i]), bool(w[i])
+        if rng.random() < 0.7:
+            nb = int(rng.integers(1, bs + 1))
+            assert d.access_one(key, v, write, nb) == twin_code(key, v, write, nb), i
+            i += 1
+        else:   # one command over the next few blocks, starting and ending inside a block
+            offset = key * bs + int(rng.integers(0, bs))
+            length = int(rng.integers(1, 5 * bs))
+            first = offset // bs
+            n = (offset + length - 1) // bs - first + 1
+            want = [twin_code(first + j, v, write,
+                              min(offset + length, (first + j + 1) * bs)
+                              - max(offset, (first + j) * bs)) for j in range(n)]
+            assert d.access_range(v, offset, length, write) == want, i
+            i += n
+        _compare(d, twin)
+        if rng.random() < 0.01:     # pins change while blocks are cached
+            p = int(rng.integers(0, nvdisks))
+            pinned = bool(rng.random() < 0.5)
+            d.pin_vdisk(p, pinned)
+            twin.pin_vdisk(p, pinned)
+    _compare(d, twin)
+    total = d.state.vdisk_counters.sum(axis=0)
+    counted = dict(zip(COUNTERS, total.tolist()))
+    assert counted["write_hits"] and counted["write_misses"] and counted["read_hits"]
+    assert counted["evictions"] or specs[0].pinned
+    assert counted["ghost_hits"] or "ghost-size-ratio=0" in params or specs[0].pinned
 
 
 def test_find_peeks_without_changing_state():
