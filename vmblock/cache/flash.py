@@ -159,10 +159,19 @@ class FlashCache:
 
     # --- the slots under the lock ---------------------------------------------------------------
 
-    def _not_valid_hit(self, vid: int, s: int, nb: int, write: bool) -> None:
-        """The directory counted a hit on a slot whose data is not (yet) valid: a miss."""
-        self.dir.recount_hit_as_miss(vid, s, nb, write)
-        self.invalid_hits += 1
+    def _claim(self, vid: int, s: int, hit: bool, valid_hit: bool, nbytes: int,
+               write: bool) -> int:
+        """Take slot ``s`` for a fill or a write (under the lock): a hit on a slot whose data
+        is not (yet) valid counts as a miss, an admission bumps ``admit_seq``; the slot stays
+        invalid until the data of the epoch returned is in."""
+        if not hit:
+            self.admit_seq += 1
+        elif not valid_hit:
+            self.dir.recount_hit_as_miss(vid, s, nbytes, write)
+            self.invalid_hits += 1
+        self.epoch[s] += 1
+        self.valid[s] = 0
+        return self.epoch[s]
 
     def _put_slot(self, s: int, data: memoryview, pos: int) -> bool:
         """Write ``data`` into slot ``s`` at flash offset ``pos`` and mark it valid (under
@@ -225,13 +234,7 @@ class FlashCache:
                                                        - first * bs):
                     return
                 if s >= 0:
-                    if hit:
-                        self._not_valid_hit(vid, s, n, False)
-                    else:
-                        self.admit_seq += 1
-                    epoch[s] += 1
-                    valid[s] = 0
-                    e = epoch[s]
+                    e = self._claim(vid, s, hit, False, n, False)
             if s < 0:
                 inner(offset, buf)
                 return
@@ -267,15 +270,10 @@ class FlashCache:
                 else:
                     cap.append([lo, hi])
                 if s >= 0:
-                    if hit:
-                        self._not_valid_hit(vid, s, hi - lo, False)
-                    else:
-                        self.admit_seq += 1
-                    epoch[s] += 1
-                    valid[s] = 0
                     if claims is None:
                         claims = []
-                    claims.append((s, epoch[s], first + i, lo, hi))
+                    claims.append((s, self._claim(vid, s, hit, False, hi - lo, False), first + i,
+                                   lo, hi))
         if cap is None:
             return
         for lo, hi in cap:
@@ -318,13 +316,7 @@ class FlashCache:
                     hit = code >= 0
                     s = code if hit else -2 - code
                     was_valid = hit and valid[s]
-                    if hit and not was_valid:
-                        self._not_valid_hit(vid, s, n, True)
-                    elif not hit:
-                        self.admit_seq += 1
-                    epoch[s] += 1
-                    valid[s] = 0
-                    e = epoch[s]
+                    e = self._claim(vid, s, hit, was_valid, n, True)
                 seq = self.admit_seq
             inner_write(offset, data)
             if code == -1:
@@ -359,13 +351,8 @@ class FlashCache:
                 lo = max(offset, (first + i) * bs)
                 hi = min(offset + n, (first + i + 1) * bs)
                 was_valid = bool(hit and valid[s])
-                if hit and not was_valid:
-                    self._not_valid_hit(vid, s, hi - lo, True)
-                elif not hit:
-                    self.admit_seq += 1
-                epoch[s] += 1
-                valid[s] = 0
-                regs.append((s, epoch[s], first + i, lo, hi, was_valid))
+                regs.append((s, self._claim(vid, s, hit, was_valid, hi - lo, True), first + i,
+                             lo, hi, was_valid))
             seq = self.admit_seq
         inner_write(offset, data)          # the capacity tier first: it is authoritative
         if not regs and self.admit_seq == seq:
