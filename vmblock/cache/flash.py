@@ -9,7 +9,7 @@ not the physical capacity AU (docs/cache.md, "Integration" explains the choice).
 to a vdisk's contents passes through ``CachedStore`` (write, UNMAP, WRITE SAME) or is a whole-
 vdisk change (revert, resize, delete) that calls ``FlashCache.invalidate_vdisk``.
 
-Per block the data path does (the directory's kernels run on the whole command as one batch)::
+Per block the data path does (one directory call per command: ``access_one`` or ``access_range``)::
 
     read:   lock: access(blocks) -> hit & valid: pread flash (under the lock)
                                     slot admitted (or hit but not valid): claim it (epoch += 1)
