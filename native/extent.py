@@ -37,35 +37,37 @@ KIND_SHARED = 2     # mapped and shared with a snapshot or clone: copy on write
 # --- kernels ---------------------------------------------------------------------------------
 
 @jit(**JIT)
-def _lookup_batch(amap, vaus, out):
-    n = amap.shape[0]
-    for i in range(vaus.shape[0]):
-        v = vaus[i]
+def _lookup_batch(extent_map, virtual_aus, out):
+    """Physical AU of every vAU into ``out`` (UNMAPPED when out of range); returns how many."""
+    n = extent_map.shape[0]
+    for i in range(virtual_aus.shape[0]):
+        v = virtual_aus[i]
         if v >= 0 and v < n:
-            out[i] = amap[v]
+            out[i] = extent_map[v]
         else:
             out[i] = 0xFFFFFFFF
-    return vaus.shape[0]
+    return virtual_aus.shape[0]
 
 
 @jit(**JIT)
-def _lookup_one(amap, vau):
-    if vau >= 0 and vau < amap.shape[0]:
-        return amap[vau]
+def _lookup_one(extent_map, virtual_au):
+    """Physical AU of one vAU, UNMAPPED when out of range."""
+    if virtual_au >= 0 and virtual_au < extent_map.shape[0]:
+        return extent_map[virtual_au]
     return np.uint32(0xFFFFFFFF)
 
 
 @jit(**JIT)
-def _classify(amap, refcount, first, count, paus, kinds):
+def _classify(extent_map, refcounts, first, count, physical_aus, kinds):
     """Physical AU and kind of ``count`` vAUs from ``first``; returns how many need a new AU."""
     need = 0
     for i in range(count):
-        p = amap[first + i]
-        paus[i] = p
+        p = extent_map[first + i]
+        physical_aus[i] = p
         if p == 0xFFFFFFFF:
             kinds[i] = 0
             need += 1
-        elif refcount[p] == 1:
+        elif refcounts[p] == 1:
             kinds[i] = 1
         else:
             kinds[i] = 2
@@ -74,29 +76,31 @@ def _classify(amap, refcount, first, count, paus, kinds):
 
 
 @jit(**JIT)
-def _run_length(amap, start, end):
+def _run_length(extent_map, start, end):
     """Length of the run of vAUs from ``start`` (< ``end``) that are all mapped or all not."""
-    mapped = amap[start] != 0xFFFFFFFF
+    mapped = extent_map[start] != 0xFFFFFFFF
     i = start + 1
-    while i < end and (amap[i] != 0xFFFFFFFF) == mapped:
+    while i < end and (extent_map[i] != 0xFFFFFFFF) == mapped:
         i += 1
     return i - start
 
 
 @jit(**JIT)
-def _count_mapped(amap):
+def _count_mapped(extent_map):
+    """vAUs of the map that are mapped."""
     c = 0
-    for i in range(amap.shape[0]):
-        if amap[i] != 0xFFFFFFFF:
+    for i in range(extent_map.shape[0]):
+        if extent_map[i] != 0xFFFFFFFF:
             c += 1
     return c
 
 
 @jit(**JIT)
-def _alloc_scan(refcount, held, cursor, count, out):
-    """Next-fit: the first ``count`` AUs with refcount 0 and not held, scanning from ``cursor``
-    and wrapping once. Writes them to ``out``; returns (found, cursor after the last one)."""
-    n = refcount.shape[0]
+def _alloc_scan(refcounts, held, cursor, count, out):
+    """Next-fit: the first ``count`` AUs with reference count 0 and not held, scanning from
+    ``cursor`` and wrapping once. Writes them to ``out``; returns (found, cursor after the last
+    one)."""
+    n = refcounts.shape[0]
     found = 0
     i = cursor
     if count <= 0 or count > out.shape[0]:
@@ -104,7 +108,7 @@ def _alloc_scan(refcount, held, cursor, count, out):
     for _ in range(n):
         if i >= n:
             i = 0
-        if refcount[i] == 0 and held[i] == 0:
+        if refcounts[i] == 0 and held[i] == 0:
             out[found] = i
             found += 1
             if found == count:
@@ -114,41 +118,42 @@ def _alloc_scan(refcount, held, cursor, count, out):
 
 
 @jit(**JIT)
-def _add_refs(refcount, paus, delta):
-    """refcount[p] += delta for every mapped p; with delta < 0 returns how many reached 0 and
-    moves those AUs to the front of ``paus`` (in order), so the caller can hold them."""
+def _add_refs(refcounts, physical_aus, delta):
+    """refcounts[p] += delta for every mapped p; with delta < 0 returns how many reached 0 and
+    moves those AUs to the front of ``physical_aus`` (in order), so the caller can hold them."""
     zeroed = 0
-    for i in range(paus.shape[0]):
-        p = paus[i]
+    for i in range(physical_aus.shape[0]):
+        p = physical_aus[i]
         if p == 0xFFFFFFFF:
             continue
         if delta < 0:
-            refcount[p] -= np.uint32(-delta)
-            if refcount[p] == 0:
-                paus[zeroed] = p
+            refcounts[p] -= np.uint32(-delta)
+            if refcounts[p] == 0:
+                physical_aus[zeroed] = p
                 zeroed += 1
         else:
-            refcount[p] += np.uint32(delta)
+            refcounts[p] += np.uint32(delta)
     return zeroed
 
 
 @jit(**JIT)
-def _phys_runs(paus, count, starts, lens):
+def _phys_runs(physical_aus, count, run_starts, run_lengths):
     """Split ``count`` looked-up AUs into runs that are contiguous on the tier (or all
-    unmapped): starts[k] = index of the run's first AU, lens[k] = AUs in it. Returns runs."""
+    unmapped): run_starts[k] = index of the run's first AU, run_lengths[k] = AUs in it.
+    Returns the number of runs."""
     runs = 0
     i = 0
     while i < count:
         j = i + 1
-        p = paus[i]
+        p = physical_aus[i]
         if p == 0xFFFFFFFF:
-            while j < count and paus[j] == 0xFFFFFFFF:
+            while j < count and physical_aus[j] == 0xFFFFFFFF:
                 j += 1
         else:
-            while j < count and paus[j] == p + (j - i):
+            while j < count and physical_aus[j] == p + (j - i):
                 j += 1
-        starts[runs] = i
-        lens[runs] = j - i
+        run_starts[runs] = i
+        run_lengths[runs] = j - i
         runs += 1
         i = j
     return runs
@@ -156,98 +161,110 @@ def _phys_runs(paus, count, starts, lens):
 
 # --- validating wrappers ---------------------------------------------------------------------
 
-def _check_map(amap: np.ndarray) -> None:
-    if not isinstance(amap, np.ndarray) or amap.dtype != MAP_DTYPE or amap.ndim != 1:
+def _check_map(extent_map: np.ndarray) -> None:
+    if not isinstance(extent_map, np.ndarray) or extent_map.dtype != MAP_DTYPE \
+            or extent_map.ndim != 1:
         raise TypeError("extent map must be a 1-d uint32 numpy array")
 
 
-def new_map(n_vaus: int) -> np.ndarray:
-    """An extent map of ``n_vaus`` unmapped AUs."""
-    if n_vaus < 0:
+def new_map(n_virtual_aus: int) -> np.ndarray:
+    """An extent map of ``n_virtual_aus`` unmapped AUs."""
+    if n_virtual_aus < 0:
         raise ValueError("negative map length")
-    return np.full(n_vaus, UNMAPPED, dtype=MAP_DTYPE)
+    return np.full(n_virtual_aus, UNMAPPED, dtype=MAP_DTYPE)
 
 
-def lookup_batch(amap: np.ndarray, vaus, out: np.ndarray | None = None) -> np.ndarray:
-    """Physical AU of every vAU in ``vaus`` (UNMAPPED when unmapped or out of range)."""
-    _check_map(amap)
-    vaus = np.ascontiguousarray(vaus, dtype=np.int64)
+def lookup_batch(extent_map: np.ndarray, virtual_aus,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Physical AU of every vAU in ``virtual_aus`` (UNMAPPED when unmapped or out of range)."""
+    _check_map(extent_map)
+    virtual_aus = np.ascontiguousarray(virtual_aus, dtype=np.int64)
     if out is None:
-        out = np.empty(vaus.shape[0], dtype=MAP_DTYPE)
-    elif out.dtype != MAP_DTYPE or out.shape[0] < vaus.shape[0]:
-        raise ValueError("out must be a uint32 array at least as long as vaus")
-    _lookup_batch(amap, vaus, out)
+        out = np.empty(virtual_aus.shape[0], dtype=MAP_DTYPE)
+    elif out.dtype != MAP_DTYPE or out.shape[0] < virtual_aus.shape[0]:
+        raise ValueError("out must be a uint32 array at least as long as virtual_aus")
+    _lookup_batch(extent_map, virtual_aus, out)
     return out
 
 
-def lookup(amap: np.ndarray, vau: int) -> int:
+def lookup(extent_map: np.ndarray, virtual_au: int) -> int:
     """Physical AU of one vAU, or UNMAPPED."""
-    _check_map(amap)
-    return int(_lookup_one(amap, int(vau)))
+    _check_map(extent_map)
+    return int(_lookup_one(extent_map, int(virtual_au)))
 
 
-def classify(amap: np.ndarray, refcount: np.ndarray, first: int, count: int,
-             paus: np.ndarray, kinds: np.ndarray) -> int:
-    _check_map(amap)
-    if first < 0 or count < 0 or first + count > amap.shape[0]:
+def classify(extent_map: np.ndarray, refcounts: np.ndarray, first: int, count: int,
+             physical_aus: np.ndarray, kinds: np.ndarray) -> int:
+    """Physical AU and kind (KIND_*) of ``count`` vAUs from ``first`` into the two output
+    arrays; returns how many of them a write needs a new AU for (unmapped or shared)."""
+    _check_map(extent_map)
+    if first < 0 or count < 0 or first + count > extent_map.shape[0]:
         raise ValueError("range outside the map")
-    if paus.shape[0] < count or kinds.shape[0] < count:
+    if physical_aus.shape[0] < count or kinds.shape[0] < count:
         raise ValueError("output arrays too short")
-    return int(_classify(amap, refcount, first, count, paus, kinds))
+    return int(_classify(extent_map, refcounts, first, count, physical_aus, kinds))
 
 
-def run_length(amap: np.ndarray, start: int, end: int) -> tuple[bool, int]:
+def run_length(extent_map: np.ndarray, start: int, end: int) -> tuple[bool, int]:
     """(mapped, length) of the run of like vAUs starting at ``start``, not past ``end``."""
-    _check_map(amap)
-    if not 0 <= start < end <= amap.shape[0]:
+    _check_map(extent_map)
+    if not 0 <= start < end <= extent_map.shape[0]:
         raise ValueError("bad run range")
-    return bool(amap[start] != UNMAPPED), int(_run_length(amap, start, end))
+    return bool(extent_map[start] != UNMAPPED), int(_run_length(extent_map, start, end))
 
 
-def count_mapped(amap: np.ndarray) -> int:
-    _check_map(amap)
-    return int(_count_mapped(amap))
+def count_mapped(extent_map: np.ndarray) -> int:
+    """vAUs of the map that are mapped (the vdisk's used AUs)."""
+    _check_map(extent_map)
+    return int(_count_mapped(extent_map))
 
 
-def alloc_scan(refcount: np.ndarray, held: np.ndarray, cursor: int, count: int,
+def alloc_scan(refcounts: np.ndarray, held: np.ndarray, cursor: int, count: int,
                out: np.ndarray) -> tuple[int, int]:
-    if refcount.shape != held.shape or out.shape[0] < count:
-        raise ValueError("refcount/held differ in shape or out is too short")
-    found, cur = _alloc_scan(refcount, held, int(cursor) % max(refcount.shape[0], 1),
+    """Next-fit allocation scan (``_alloc_scan``) from ``cursor`` wrapped into the tier:
+    (AUs found into ``out``, the cursor after the last one)."""
+    if refcounts.shape != held.shape or out.shape[0] < count:
+        raise ValueError("refcounts/held differ in shape or out is too short")
+    found, cur = _alloc_scan(refcounts, held, int(cursor) % max(refcounts.shape[0], 1),
                              int(count), out)
     return int(found), int(cur)
 
 
-def add_refs(refcount: np.ndarray, paus: np.ndarray, delta: int) -> int:
-    if paus.dtype != MAP_DTYPE or refcount.dtype != REF_DTYPE:
-        raise TypeError("paus must be uint32, refcount uint32")
-    return int(_add_refs(refcount, paus, int(delta)))
+def add_refs(refcounts: np.ndarray, physical_aus: np.ndarray, delta: int) -> int:
+    """Add ``delta`` to the reference count of every mapped AU (``_add_refs``); with a
+    negative delta, returns how many reached 0, moved to the front of ``physical_aus``."""
+    if physical_aus.dtype != MAP_DTYPE or refcounts.dtype != REF_DTYPE:
+        raise TypeError("physical_aus must be uint32, refcounts uint32")
+    return int(_add_refs(refcounts, physical_aus, int(delta)))
 
 
-def phys_runs(paus: np.ndarray, count: int, starts: np.ndarray, lens: np.ndarray) -> int:
-    if paus.shape[0] < count or starts.shape[0] < count or lens.shape[0] < count:
+def phys_runs(physical_aus: np.ndarray, count: int, run_starts: np.ndarray,
+              run_lengths: np.ndarray) -> int:
+    """Runs of AUs contiguous on the tier among the first ``count`` (``_phys_runs``)."""
+    if physical_aus.shape[0] < count or run_starts.shape[0] < count \
+            or run_lengths.shape[0] < count:
         raise ValueError("arrays shorter than count")
-    return int(_phys_runs(paus, count, starts, lens))
+    return int(_phys_runs(physical_aus, count, run_starts, run_lengths))
 
 
 def warm() -> None:
     """Compile (or load from the on-disk cache) every kernel, so the first I/O is not slow."""
-    amap = new_map(8)
-    amap[1] = 3
+    extent_map = new_map(8)
+    extent_map[1] = 3
     refs = np.zeros(8, dtype=REF_DTYPE)
     held = np.zeros(8, dtype=np.uint8)
     refs[3] = 1
-    lookup_batch(amap, np.arange(4))
-    lookup(amap, 1)
-    paus = np.empty(8, dtype=MAP_DTYPE)
+    lookup_batch(extent_map, np.arange(4))
+    lookup(extent_map, 1)
+    physical_aus = np.empty(8, dtype=MAP_DTYPE)
     kinds = np.empty(8, dtype=np.uint8)
-    classify(amap, refs, 0, 4, paus, kinds)
-    run_length(amap, 0, 8)
-    count_mapped(amap)
+    classify(extent_map, refs, 0, 4, physical_aus, kinds)
+    run_length(extent_map, 0, 8)
+    count_mapped(extent_map)
     out = np.empty(2, dtype=np.int64)
     alloc_scan(refs, held, 0, 2, out)
     add_refs(refs, np.array([3], dtype=MAP_DTYPE), 1)
     add_refs(refs, np.array([3], dtype=MAP_DTYPE), -1)
-    starts = np.empty(8, dtype=np.int64)
-    lens = np.empty(8, dtype=np.int64)
-    phys_runs(paus, 4, starts, lens)
+    run_starts = np.empty(8, dtype=np.int64)
+    run_lengths = np.empty(8, dtype=np.int64)
+    phys_runs(physical_aus, 4, run_starts, run_lengths)

@@ -18,7 +18,7 @@ import uvloop
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
-from vmblock.cache import tier as cache_tier
+from vmblock.cache import flash as flash_cache
 from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
@@ -88,7 +88,7 @@ def iscsi_config(settings: Settings) -> IscsiConfig:
     )
 
 
-def open_cache(pool: Pool, settings: Settings) -> cache_tier.FlashCache | None:
+def open_cache(pool: Pool, settings: Settings) -> flash_cache.FlashCache | None:
     """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0.
 
     The cache takes the first ``cache.size`` bytes of the flash tier (slot s at s * block
@@ -106,20 +106,20 @@ def open_cache(pool: Pool, settings: Settings) -> cache_tier.FlashCache | None:
     nslots = size // bs
     if nslots == 0:
         return None
-    cache = cache_tier.FlashCache(flash.fd, 0, nslots, bs)
+    cache = flash_cache.FlashCache(flash.fd, 0, nslots, bs)
     cache.set_groups(pool.eviction_groups.slot_table(), {})
     return cache
 
 
-def cached_store(cache: cache_tier.FlashCache, pool: Pool, disk: Vdisk,
-                 store: BackingStore) -> cache_tier.CachedStore:
+def cached_store(cache: flash_cache.FlashCache, pool: Pool, disk: Vdisk,
+                 store: BackingStore) -> flash_cache.CachedStore:
     """Put the cache in front of one vdisk's store, in its group with its pin."""
     vm = pool.vm_by_uuid(disk.vm).name if disk.vm else None
     vid = cache.attach(disk.uuid, disk.name, vm)
     groups = pool.eviction_groups
     cache.set_groups(groups.slot_table(), {disk.uuid: (groups.group_of(disk),
                                                        groups.pinned(disk))})
-    return cache_tier.CachedStore(cache, store, vid)
+    return flash_cache.CachedStore(cache, store, vid)
 
 
 def _is_loopback(host: str) -> bool:
@@ -142,7 +142,7 @@ class Server:
         self.service: IscsiService | None = None
         self.admin = None
         self.committer: asyncio.Task | None = None
-        self.cache = None               # vmblock.cache.tier.FlashCache, None when cache.size is 0
+        self.cache = None               # vmblock.cache.flash.FlashCache, None when cache.size is 0
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -220,7 +220,7 @@ class Server:
     async def start(self) -> None:
         settings = self.settings()
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
-        cache_tier.warm()
+        flash_cache.warm()
         self.pool.store           # maps loaded and refcounts rebuilt before the ready line
         self.cache = open_cache(self.pool, settings)   # cold: RAM only
         interval = settings.get("store.commit_interval")

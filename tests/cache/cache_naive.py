@@ -201,6 +201,9 @@ class NaiveCache:
                 del self.ghost[self.ghost_of.pop(k)][k]
         return n
 
+    def pin_vdisk(self, vd, pinned=True):
+        self.vd_pinned[vd] = pinned
+
     def assign(self, vd, g):
         self.vd_group[vd] = g
         for h in range(self.ng):

@@ -87,9 +87,9 @@ def test_pinned_group_is_never_evicted_and_stops_at_its_max():
     d.assign(1, 1)
     _run(d, np.arange(50, dtype=np.int64), np.zeros(50, np.int32))
     assert d.group_used()[0] == 25
-    assert d.grp_cnt[0, 12] == 25    # bypasses: no room within its max, nothing to evict
+    assert d.group_stats(0)["bypasses"] == 25    # no room within its max, nothing to evict
     _run(d, np.arange(10_000, dtype=np.int64), np.ones(10_000, np.int32))
-    assert d.group_used()[0] == 25 and d.grp_cnt[0, 9] == 0
+    assert d.group_used()[0] == 25 and d.group_stats(0)["evictions"] == 0
     assert (d.find(np.arange(25), np.zeros(25, np.int32)) >= 0).all()
 
 

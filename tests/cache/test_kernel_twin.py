@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from cache_naive import NaiveCache
 
-from vmblock.cache import CacheDirectory, GroupSpec
+from vmblock.cache import COUNTERS, CacheDirectory, GroupSpec
 
 GROUPS = [
     [GroupSpec("one")],
@@ -33,8 +33,8 @@ def _trace(rng, n, nvdisks, nblocks):
 
 
 def _compare(d, twin):
-    assert d.vd_cnt.tolist() == twin.vd_cnt
-    assert d.grp_cnt.tolist() == twin.grp_cnt
+    assert d.state.vdisk_counters.tolist() == twin.vd_cnt
+    assert d.state.group_counters.tolist() == twin.grp_cnt
     assert d.group_used().tolist() == [twin.used(g) for g in range(twin.ng)]
     assert d.ghost_len().tolist() == [len(x) for x in twin.ghost]
     d.check()
@@ -75,15 +75,72 @@ def test_kernel_matches_twin_on_random_traces(seed, groups):
         _compare(d, twin)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("groups", range(len(GROUPS)))
+def test_one_block_and_range_calls_match_twin_block_by_block(seed, groups):
+    """The data path's kernels (``access_one`` per block, ``access_range`` per command) against
+    the twin one block at a time: reads and writes of part of a block, pinned vdisks, ghost
+    hits; the code of every access, and every counter after it."""
+    rng = np.random.default_rng(100 + seed)
+    specs = GROUPS[groups]
+    nvdisks = 4
+    bs = 4096
+    nslots = int(rng.integers(8, 120))
+    params = ["", "small-size-ratio=0.25,move-to-main-threshold=1", "idle-window=40",
+              "ghost-size-ratio=0.5"][seed]
+    d = CacheDirectory(nslots, specs, nvdisks, params, bs)
+    twin = NaiveCache(nslots, specs, nvdisks, params, bs)
+    for v in range(nvdisks):
+        d.assign(v, v % len(specs))
+        twin.assign(v, v % len(specs))
+    d.pin_vdisk(1)
+    twin.pin_vdisk(1)
+    keys, vd, w = _trace(rng, 3000, nvdisks, nslots * 2)
+
+    def twin_code(key, v, write, nb):
+        (hit,), (slot,) = twin.access([key], [v], [write], nbytes=[nb])
+        return slot if hit else -2 - slot
+
+    i = 0
+    while i < keys.shape[0]:
+        key, v, write = int(keys[i]), int(vd[i]), bool(w[i])
+        if rng.random() < 0.7:
+            nb = int(rng.integers(1, bs + 1))
+            assert d.access_one(key, v, write, nb) == twin_code(key, v, write, nb), i
+            i += 1
+        else:   # one command over the next few blocks, starting and ending inside a block
+            offset = key * bs + int(rng.integers(0, bs))
+            length = int(rng.integers(1, 5 * bs))
+            first = offset // bs
+            n = (offset + length - 1) // bs - first + 1
+            want = [twin_code(first + j, v, write,
+                              min(offset + length, (first + j + 1) * bs)
+                              - max(offset, (first + j) * bs)) for j in range(n)]
+            assert d.access_range(v, offset, length, write) == want, i
+            i += n
+        _compare(d, twin)
+        if rng.random() < 0.01:     # pins change while blocks are cached
+            p = int(rng.integers(0, nvdisks))
+            pinned = bool(rng.random() < 0.5)
+            d.pin_vdisk(p, pinned)
+            twin.pin_vdisk(p, pinned)
+    _compare(d, twin)
+    total = d.state.vdisk_counters.sum(axis=0)
+    counted = dict(zip(COUNTERS, total.tolist()))
+    assert counted["write_hits"] and counted["write_misses"] and counted["read_hits"]
+    assert counted["evictions"] or specs[0].pinned
+    assert counted["ghost_hits"] or "ghost-size-ratio=0" in params or specs[0].pinned
+
+
 def test_find_peeks_without_changing_state():
     d = CacheDirectory(16, block_size=4096)
     keys = np.arange(10, dtype=np.int64)
     vd = np.zeros(10, np.int32)
     d.access(keys, vd, np.zeros(10, bool))
-    before = d.vd_cnt.copy()
+    before = d.state.vdisk_counters.copy()
     slots = d.find(np.arange(20), np.zeros(20, np.int32))
     assert (slots[:10] >= 0).all() and (slots[10:] == -1).all()
-    assert np.array_equal(before, d.vd_cnt)
+    assert np.array_equal(before, d.state.vdisk_counters)
 
 
 def test_remove_vdisk_drops_its_blocks_and_ghosts():
@@ -107,5 +164,5 @@ def test_pinned_vdisk_is_never_evicted():
     n = 5000
     d.access(np.arange(n) + 1000, np.ones(n, np.int32), np.zeros(n, bool))
     assert d.vdisk_used()[0] == 20
-    assert d.vd_cnt[0, 9] == 0          # evictions
+    assert d.vdisk_stats(0)["evictions"] == 0
     d.check()

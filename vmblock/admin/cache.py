@@ -15,7 +15,7 @@ from vmblock.admin.schema import GroupName, MemberKind, Name, Priority, Promotio
 from vmblock.admin.verbs import verb
 from vmblock.cache.directory import COUNTERS
 from vmblock.cache.groups import GroupSpec, parse_share
-from vmblock.cache.tier import CachedStore, FlashCache
+from vmblock.cache.flash import CachedStore, FlashCache
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.meta import Pool
 from vmblock.meta.groups import DEFAULT

@@ -1,8 +1,10 @@
 """vmblock.cache: the flash-cache directory (grouped S3-FIFO), eviction groups and trace replay.
 
 ``CacheDirectory`` keeps which capacity-tier blocks live in which flash slot; its per-block work
-runs in ``vmblock.native.cache`` kernels over preallocated numpy arrays, in batches. The trace
-replayer (``tools/replay.py``) drives the very same kernels.
+runs in ``vmblock.native.cache`` kernels over preallocated numpy arrays, in batches, and it is
+the only caller of those kernels. ``flash.FlashCache`` is the cache in the data path (the
+directory, its lock and the flash slots); the trace replayer (``tools/replay.py``) drives the
+very same directory.
 """
 
 from .directory import COUNTERS, DEFAULT_BLOCK_SIZE, CacheDirectory

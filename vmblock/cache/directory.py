@@ -3,7 +3,9 @@
 The directory maps (vdisk, block) to a flash slot. It holds no data, only the state below, in
 preallocated numpy arrays; per-block work runs in ``vmblock.native.cache`` kernels, one call per
 batch. Interface (libCacheSim ``cache.h`` style): ``find`` (peek), ``access`` (find + insert +
-evict, batched), ``remove`` (invalidate), plus group management.
+evict, batched; ``access_one`` and ``access_range`` are the data path's one-block and
+one-command forms), ``remove`` (invalidate), plus group management. It is the only caller of
+the kernels, so the policy can be swapped behind it.
 
 S3-FIFO (Yang et al., SOSP'23), per group g, sizes in blocks, ``used = |S| + |M|``::
 
@@ -51,7 +53,10 @@ from __future__ import annotations
 import numpy as np
 
 from vmblock.errors import CacheError
-from vmblock.native import cache as K
+from vmblock.native import cache as cache_kernels
+from vmblock.native.cache import (BYTES, C_READ_HIT, C_READ_HIT_BYTES, C_READ_MISS,
+                                  C_READ_MISS_BYTES, C_WRITE_HIT, C_WRITE_MISS, DirectoryState)
+from vmblock.store.ranges import units
 
 from .groups import PROMOTE, GroupSpec, validate_groups
 from .params import parse_params
@@ -61,7 +66,9 @@ DEFAULT_BLOCK_SIZE = 64 * 1024     # see docs/cache.md: directory memory per TB 
 COUNTERS = ("read_hits", "write_hits", "read_misses", "write_misses", "read_hit_bytes",
             "write_hit_bytes", "read_miss_bytes", "write_miss_bytes", "promotions", "evictions",
             "moves", "ghost_hits", "bypasses", "removals")
-assert len(COUNTERS) == K.C_FIELDS
+assert len(COUNTERS) == cache_kernels.C_FIELDS
+
+_READ_REQUEST_COLUMNS = [C_READ_HIT, C_READ_HIT_BYTES, C_READ_MISS, C_READ_MISS_BYTES]
 
 
 def _vec(name: str, a, dtype, n: int | None = None) -> np.ndarray:
@@ -73,11 +80,56 @@ def _vec(name: str, a, dtype, n: int | None = None) -> np.ndarray:
     return arr
 
 
+def _new_state(nslots: int, ngroups: int, nvdisks: int, nghost: int, bits: int,
+               block_size: int, params: dict) -> DirectoryState:
+    """Every array of an empty directory, in the layout of ``vmblock.native.cache``."""
+    table = np.zeros((1 << bits, 2), np.int64)
+    table[:, 1] = cache_kernels.EMPTY
+    slot_links = np.full((nslots, 4), -1, np.int32)
+    slot_links[:, cache_kernels.LIST_FREQ] = -4
+    lists = np.zeros((3 * ngroups, 3), np.int64)
+    lists[:, cache_kernels.HEAD] = -1
+    lists[:, cache_kernels.TAIL] = -1
+    group_info = np.zeros((ngroups, cache_kernels.G_FIELDS), np.int64)
+    group_info[:, cache_kernels.G_LAST_ACCESS] = -1
+    scalars = np.zeros(cache_kernels.SCALAR_FIELDS, np.int64)
+    scalars[cache_kernels.FREE_SLOTS_TOP] = nslots
+    scalars[cache_kernels.FREE_GHOSTS_TOP] = nghost
+    settings = np.zeros(cache_kernels.SETTING_FIELDS, np.int64)
+    settings[cache_kernels.MOVE_THRESHOLD] = params["move-to-main-threshold"]
+    settings[cache_kernels.IDLE_WINDOW] = params["idle-window"] or nslots
+    settings[cache_kernels.HASH_SHIFT] = 64 - bits
+    settings[cache_kernels.BLOCK_SIZE] = block_size
+    ratios = np.zeros(cache_kernels.RATIO_FIELDS, np.float64)
+    ratios[cache_kernels.SMALL_RATIO] = params["small-size-ratio"]
+    ratios[cache_kernels.GHOST_RATIO] = params["ghost-size-ratio"]
+    return DirectoryState(
+        table=table,
+        slot_block=np.zeros(nslots, np.int64),
+        slot_links=slot_links,
+        ghost_block=np.zeros(nghost, np.int64),
+        ghost_links=np.full((nghost, 4), -1, np.int32),
+        lists=lists,
+        group_info=group_info,
+        vdisk_info=np.zeros((nvdisks, cache_kernels.V_FIELDS), np.int64),
+        # stacks: the next free slot is the top; slot 0 is handed out first
+        free_slots=np.arange(nslots - 1, -1, -1, dtype=np.int32),
+        free_ghosts=np.arange(nghost - 1, -1, -1, dtype=np.int32),
+        scalars=scalars,
+        settings=settings,
+        ratios=ratios,
+        vdisk_counters=np.zeros((nvdisks, cache_kernels.C_FIELDS), np.int64),
+        group_counters=np.zeros((ngroups, cache_kernels.C_FIELDS), np.int64),
+    )
+
+
 class CacheDirectory:
     """Grouped S3-FIFO directory over ``nslots`` cache blocks of ``block_size`` bytes.
 
     ``groups``: eviction groups (index = group id); ``nvdisks``: vdisk ids are ``0..nvdisks-1``,
     all in group 0 until ``assign``-ed. ``params``: overrides of ``S3FIFO_DEFAULTS``.
+    ``state`` holds every array (read it, e.g. in tests; only the kernels write it). Not
+    thread-safe: the caller serialises calls.
     """
 
     def __init__(self, nslots: int, groups: list[GroupSpec] | None = None, nvdisks: int = 1,
@@ -98,64 +150,35 @@ class CacheDirectory:
         self.groups = groups
         self.group_index = {g.name: i for i, g in enumerate(groups)}
         ng = len(groups)
-        ghost_ratio = self.params["ghost-size-ratio"]
-        nghost = int(ghost_ratio * nslots) + ng + 1
+        nghost = int(self.params["ghost-size-ratio"] * nslots) + ng + 1
         bits = max(4, int(np.ceil(np.log2(2 * (nslots + nghost)))))
-        self._shift = 64 - bits
-        self.ht = np.zeros((1 << bits, 2), np.int64)
-        self.ht[:, 1] = K.EMPTY
-        self.s_key = np.zeros(nslots, np.int64)
-        self.s_i32 = np.full((nslots, 4), -1, np.int32)
-        self.s_i32[:, K.LF] = -4
-        self.g_key = np.zeros(nghost, np.int64)
-        self.g_i32 = np.full((nghost, 4), -1, np.int32)
-        self.lists = np.zeros((3 * ng, 3), np.int64)
-        self.lists[:, K.HEAD] = -1
-        self.lists[:, K.TAIL] = -1
-        self.grp = np.zeros((ng, K.G_FIELDS), np.int64)
-        self.grp[:, K.G_LAST] = -1
-        self.vdt = np.zeros((nvdisks, K.V_FIELDS), np.int64)
-        # stacks: the next free slot is the top; slot 0 is handed out first
-        self.free_slots = np.arange(nslots - 1, -1, -1, dtype=np.int32)
-        self.free_ghosts = np.arange(nghost - 1, -1, -1, dtype=np.int32)
-        self.sc = np.zeros(K.SC_FIELDS, np.int64)
-        self.sc[K.SC_FREE] = nslots
-        self.sc[K.SC_GFREE] = nghost
-        self.ipar = np.zeros(K.P_FIELDS, np.int64)
-        self.ipar[K.P_MOVE_THRESHOLD] = self.params["move-to-main-threshold"]
-        self.ipar[K.P_IDLE_WINDOW] = self.params["idle-window"] or nslots
-        self.fpar = np.zeros(K.F_FIELDS, np.float64)
-        self.fpar[K.F_SMALL_RATIO] = self.params["small-size-ratio"]
-        self.fpar[K.F_GHOST_RATIO] = ghost_ratio
-        self.vd_cnt = np.zeros((nvdisks, K.C_FIELDS), np.int64)
-        self.grp_cnt = np.zeros((ng, K.C_FIELDS), np.int64)
+        self.state = _new_state(self.nslots, ng, nvdisks, nghost, bits, self.block_size,
+                                self.params)
         for i, g in enumerate(groups):
             self._load_group(i, g)
         self._no_bytes = np.zeros(0, np.int64)    # nbytes not given: block_size per access
+        self._codes = np.empty(0, np.int64)       # access_range's output, grown on demand
 
     # -- state ---------------------------------------------------------------------------------
 
-    def _state(self):
-        return (self.ht, self.s_key, self.s_i32, self.g_key, self.g_i32, self.lists, self.grp,
-                self.vdt, self.free_slots, self.free_ghosts, self.sc, self.ipar, self.fpar,
-                self.vd_cnt, self.grp_cnt, self._shift)
-
     def _load_group(self, i: int, g: GroupSpec) -> None:
         n = self.nslots
-        self.grp[i, K.G_PRIO] = g.priority
-        self.grp[i, K.G_MIN] = int(g.min * n + 1e-9)
-        self.grp[i, K.G_MAX] = max(1, int(g.max * n + 1e-9)) if g.max > 0 else 0
-        self.grp[i, K.G_PROMOTE] = PROMOTE[g.promote]
-        self.grp[i, K.G_PINNED] = int(g.pinned)
+        info = self.state.group_info
+        info[i, cache_kernels.G_PRIORITY] = g.priority
+        info[i, cache_kernels.G_MIN] = int(g.min * n + 1e-9)
+        info[i, cache_kernels.G_MAX] = max(1, int(g.max * n + 1e-9)) if g.max > 0 else 0
+        info[i, cache_kernels.G_PROMOTE] = PROMOTE[g.promote]
+        info[i, cache_kernels.G_PINNED] = int(g.pinned)
 
     @property
     def nbytes(self) -> int:
         """Memory held by the directory's arrays."""
-        return sum(a.nbytes for a in self._state()[:-1])
+        return sum(a.nbytes for a in self.state)
 
     @property
     def nvdisks(self) -> int:
-        return self.vdt.shape[0]
+        """Vdisk ids the directory has room for (``0 .. nvdisks - 1``)."""
+        return self.state.vdisk_info.shape[0]
 
     def _group_id(self, group: int | str) -> int:
         if isinstance(group, str):
@@ -199,44 +222,100 @@ class CacheDirectory:
         if hits.dtype != np.bool_ or hits.shape != (n,) or slots.dtype != np.int32 \
                 or slots.shape != (n,):
             raise CacheError("hits must be bool[n] and slots int32[n]")
-        K._access(keys, vdisk, is_write, nbytes, hits, slots, *self._state(), self.block_size)
+        cache_kernels._access(keys, vdisk, is_write, nbytes, hits, slots, self.state)
         return hits
+
+    def access_one(self, key: int, vdisk: int, is_write: bool, nbytes: int) -> int:
+        """``access`` of one block of ``nbytes`` bytes, the data path's common case (scalars in,
+        no array to fill): returns the slot of a hit, ``-2 - slot`` for an admitted miss, -1
+        for a miss that was not admitted (``-2 - code`` is the slot in both miss cases)."""
+        if not 0 <= vdisk < self.nvdisks:
+            raise CacheError(f"unknown vdisk {vdisk}")
+        return cache_kernels._access_one(key, vdisk, is_write, nbytes, *self.state)
+
+    def access_range(self, vdisk: int, offset: int, length: int, is_write: bool) -> list[int]:
+        """``access`` of the blocks one command's bytes [offset, offset + length) touch, each
+        counting the bytes of it the command covers; one code per block as in ``access_one``."""
+        if not 0 <= vdisk < self.nvdisks:
+            raise CacheError(f"unknown vdisk {vdisk}")
+        first, count = units(offset, length, self.block_size)
+        if count > self._codes.shape[0]:
+            self._codes = np.empty(count, np.int64)
+        codes = self._codes[:count]
+        cache_kernels._access_run(vdisk, first, count, offset, offset + length, is_write,
+                                  codes, *self.state)
+        return codes.tolist()
+
+    def recount_hit_as_miss(self, vdisk: int, slot: int, nbytes: int, is_write: bool) -> None:
+        """The caller found the data of a slot ``access`` counted as a hit not valid (its fill
+        is still in flight): count that access as a miss instead."""
+        st = self.state
+        group = int(st.slot_links[slot, cache_kernels.LIST_FREQ]) >> 3
+        hit, miss = (C_WRITE_HIT, C_WRITE_MISS) if is_write else (C_READ_HIT, C_READ_MISS)
+        for counters, row in ((st.vdisk_counters, vdisk), (st.group_counters, group)):
+            counters[row, hit] -= 1
+            counters[row, hit + BYTES] -= nbytes
+            counters[row, miss] += 1
+            counters[row, miss + BYTES] += nbytes
+
+    def preload(self, keys, vdisk: int, slots: np.ndarray) -> np.ndarray:
+        """``access`` of blocks of one vdisk for a preload: read, admitted whatever its group's
+        promotion policy, not counted as requests (only as promotions, evictions, ...).
+        Returns the hits; ``slots`` receives the slots as in ``access``."""
+        v = self._vdisk_id(vdisk)
+        st = self.state
+        g = int(st.vdisk_info[v, cache_kernels.V_GROUP])
+        save_v = st.vdisk_counters[v, _READ_REQUEST_COLUMNS].copy()
+        save_g = st.group_counters[g, _READ_REQUEST_COLUMNS].copy()
+        promote = int(st.group_info[g, cache_kernels.G_PROMOTE])
+        st.group_info[g, cache_kernels.G_PROMOTE] = PROMOTE["write"]
+        n = len(keys)
+        try:
+            return self.access(keys, np.full(n, v, np.int32), np.zeros(n, np.bool_),
+                               slots=slots)
+        finally:
+            st.group_info[g, cache_kernels.G_PROMOTE] = promote
+            st.vdisk_counters[v, _READ_REQUEST_COLUMNS] = save_v
+            st.group_counters[g, _READ_REQUEST_COLUMNS] = save_g
 
     def find(self, keys, vdisk) -> np.ndarray:
         """Slot of each block, -1 if not cached; changes nothing."""
         keys, vdisk = self._check_batch(keys, vdisk)
         out = np.empty(keys.shape[0], np.int32)
-        K._find(keys, vdisk, out, self.ht, self._shift)
+        cache_kernels._find(keys, vdisk, out, self.state)
         return out
 
     def remove(self, keys, vdisk) -> int:
         """Invalidate blocks (and forget them in the ghosts); returns how many were cached."""
         keys, vdisk = self._check_batch(keys, vdisk)
-        return int(K._remove(keys, vdisk, self.ht, self.s_key, self.s_i32, self.g_i32,
-                             self.lists, self.vdt, self.free_slots, self.free_ghosts, self.sc,
-                             self.vd_cnt, self.grp_cnt, self._shift))
+        return int(cache_kernels._remove(keys, vdisk, self.state))
 
     def remove_vdisk(self, vdisk: int) -> int:
         """Drop all cached blocks of a vdisk (deleted, or moved to the capacity tier)."""
-        v = self._vdisk_id(vdisk)
-        return int(K._remove_vdisk(v, self.ht, self.s_key, self.s_i32, self.g_key, self.g_i32,
-                                   self.lists, self.vdt, self.free_slots, self.free_ghosts,
-                                   self.sc, self.vd_cnt, self.grp_cnt, self._shift))
+        return int(cache_kernels._remove_vdisk(self._vdisk_id(vdisk), self.state))
 
     # -- management (live) ---------------------------------------------------------------------
 
-    def assign(self, vdisk: int, group: int | str) -> int:
-        """Put a vdisk in a group; its cached blocks move along. Returns blocks moved."""
+    def move_vdisk(self, vdisk: int, group: int | str) -> int:
+        """Put a vdisk in a group, its cached blocks along, evicting nothing yet (a batch of
+        changes ends with ``shrink``). Returns blocks moved."""
         v = self._vdisk_id(vdisk)
         g = self._group_id(group)
-        self.vdt[v, K.V_GROUP] = g
-        moved = int(K._move_vdisk(v, g, self.s_i32, self.lists))
+        info = self.state.vdisk_info
+        if int(info[v, cache_kernels.V_GROUP]) == g:  # all its blocks are in its group already
+            return 0
+        info[v, cache_kernels.V_GROUP] = g
+        return int(cache_kernels._move_vdisk(v, g, self.state))
+
+    def assign(self, vdisk: int, group: int | str) -> int:
+        """Put a vdisk in a group; its cached blocks move along. Returns blocks moved."""
+        moved = self.move_vdisk(vdisk, group)
         self.shrink()
         return moved
 
     def pin_vdisk(self, vdisk: int, pinned: bool = True) -> None:
         """A pinned vdisk's cached blocks are never evicted."""
-        self.vdt[self._vdisk_id(vdisk), K.V_PINNED] = int(pinned)
+        self.state.vdisk_info[self._vdisk_id(vdisk), cache_kernels.V_PINNED] = int(pinned)
 
     def set_group(self, group: int | str, spec: GroupSpec) -> int:
         """Change a group's settings while serving; returns blocks evicted to honour a lower max."""
@@ -252,11 +331,15 @@ class CacheDirectory:
     def set_groups(self, specs: list[GroupSpec]) -> int:
         """Replace every group's settings at once (same number of groups, validated as a set,
         so moving reservation from one group to another never fails half-way). Vdisks keep
-        their group index; returns blocks evicted to honour lowered maximums."""
+        their group index; a group index that now holds another group (a new name) starts
+        with zero counters. Returns blocks evicted to honour lowered maximums."""
         specs = list(specs)
         if len(specs) != len(self.groups):
             raise CacheError(f"expected {len(self.groups)} groups, got {len(specs)}")
         validate_groups(specs)
+        for i, spec in enumerate(specs):
+            if self.groups[i].name != spec.name:
+                self.state.group_counters[i] = 0
         self.groups = specs
         self.group_index = {s.name: i for i, s in enumerate(specs)}
         for i, spec in enumerate(specs):
@@ -267,33 +350,42 @@ class CacheDirectory:
         """Forget a vdisk id for reuse: its blocks, counters, pin and group (back to 0)."""
         v = self._vdisk_id(vdisk)
         removed = self.remove_vdisk(v)
-        self.vd_cnt[v] = 0
-        self.vdt[v, K.V_PINNED] = 0
-        self.vdt[v, K.V_GROUP] = 0
+        self.state.vdisk_counters[v] = 0
+        self.state.vdisk_info[v, cache_kernels.V_PINNED] = 0
+        self.state.vdisk_info[v, cache_kernels.V_GROUP] = 0
         return removed
 
     def shrink(self) -> int:
         """Evict from groups over their maximum share until none is."""
-        return int(K._shrink(self.lists, self.grp, self.vdt, self.ht, self.s_key, self.s_i32,
-                             self.g_key, self.g_i32, self.free_slots, self.free_ghosts, self.sc,
-                             self.ipar, self.fpar, self.vd_cnt, self.grp_cnt, self._shift))
+        return int(cache_kernels._shrink(self.state))
 
     # -- accounting ----------------------------------------------------------------------------
 
     def group_used(self) -> np.ndarray:
         """Cached blocks per group."""
         ng = len(self.groups)
-        return self.lists[0:2 * ng:2, K.LEN] + self.lists[1:2 * ng:2, K.LEN]
+        lists = self.state.lists
+        return lists[0:2 * ng:2, cache_kernels.LEN] + lists[1:2 * ng:2, cache_kernels.LEN]
 
     def vdisk_used(self) -> np.ndarray:
-        return self.vdt[:, K.V_USED].copy()
+        """Cached blocks per vdisk id."""
+        return self.state.vdisk_info[:, cache_kernels.V_CACHED].copy()
 
     def ghost_len(self) -> np.ndarray:
+        """Ghost entries per group."""
         ng = len(self.groups)
-        return self.lists[2 * ng:, K.LEN].copy()
+        return self.state.lists[2 * ng:, cache_kernels.LEN].copy()
 
     def used(self) -> int:
-        return self.nslots - int(self.sc[K.SC_FREE])
+        """Cached blocks in all."""
+        return self.nslots - int(self.state.scalars[cache_kernels.FREE_SLOTS_TOP])
+
+    def cached_blocks(self, vdisk: int) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, blocks) of every cached block of a vdisk, by slot (checks and tests)."""
+        links = self.state.slot_links
+        slots = np.flatnonzero((links[:, cache_kernels.LIST_FREQ] >= 0)
+                               & (links[:, cache_kernels.VDISK] == self._vdisk_id(vdisk)))
+        return slots, self.state.slot_block[slots]
 
     @staticmethod
     def _row(row: np.ndarray) -> dict:
@@ -304,42 +396,57 @@ class CacheDirectory:
         return d
 
     def vdisk_stats(self, vdisk: int) -> dict:
+        """Counters of one vdisk id, its cached blocks and group."""
         v = self._vdisk_id(vdisk)
-        d = self._row(self.vd_cnt[v])
-        d["cached_blocks"] = int(self.vdt[v, K.V_USED])
-        d["group"] = self.groups[int(self.vdt[v, K.V_GROUP])].name
+        d = self._row(self.state.vdisk_counters[v])
+        d["cached_blocks"] = int(self.state.vdisk_info[v, cache_kernels.V_CACHED])
+        d["group"] = self.groups[int(self.state.vdisk_info[v, cache_kernels.V_GROUP])].name
         return d
 
     def group_stats(self, group: int | str) -> dict:
+        """Counters of one group, its cached blocks and settings."""
         g = self._group_id(group)
-        d = self._row(self.grp_cnt[g])
+        d = self._row(self.state.group_counters[g])
         spec = self.groups[g]
         d.update(cached_blocks=int(self.group_used()[g]), priority=spec.priority, min=spec.min,
                  max=spec.max, promote=spec.promote, pinned=spec.pinned)
         return d
 
     def stats(self) -> dict:
+        """Everything above for every group and vdisk id, as one dict."""
         return {"block_size": self.block_size, "slots": self.nslots, "used": self.used(),
                 "directory_bytes": self.nbytes,
                 "groups": {s.name: self.group_stats(i) for i, s in enumerate(self.groups)},
                 "vdisks": {v: self.vdisk_stats(v) for v in range(self.nvdisks)}}
 
+    def snapshot(self) -> dict:
+        """Copies of the counter and occupancy arrays, per vdisk id and group (row = id)."""
+        st = self.state
+        return {"vd_cnt": st.vdisk_counters.copy(), "grp_cnt": st.group_counters.copy(),
+                "vd_used": st.vdisk_info[:, cache_kernels.V_CACHED].copy(),
+                "vd_group": st.vdisk_info[:, cache_kernels.V_GROUP].copy(),
+                "vd_pinned": st.vdisk_info[:, cache_kernels.V_PINNED].copy(),
+                "grp_used": self.group_used().copy(), "groups": list(self.groups),
+                "used": self.used(), "directory_bytes": self.nbytes}
+
     def check(self) -> None:
         """Cross-check the redundant state (tests): list lengths, hash rows, free stacks."""
-        lf = self.s_i32[:, K.LF]
+        st = self.state
+        lf = st.slot_links[:, cache_kernels.LIST_FREQ]
         owner = np.where(lf >= 0, lf >> 3, -1)
         used = self.group_used()
         for g in range(len(self.groups)):
             assert int((owner == g).sum()) == int(used[g]), ("group length", g)
         assert int((owner >= 0).sum()) == self.used(), "free stack"
-        words = self.ht[:, 1]
-        live = words != K.EMPTY
+        words = st.table[:, 1]
+        live = words != cache_kernels.EMPTY
         low = words & 0xFFFFFFFF
         refs = np.where(low >= 1 << 31, low - (1 << 32), low)
         assert int((live & (refs >= 0)).sum()) == self.used(), "hash slots"
         assert int((live & (refs <= -2)).sum()) == int(self.ghost_len().sum()), "hash ghosts"
         slots = refs[live & (refs >= 0)]
-        assert np.array_equal(np.sort(self.s_key[slots]), np.sort(self.ht[live & (refs >= 0), 0]))
+        assert np.array_equal(np.sort(st.slot_block[slots]),
+                              np.sort(st.table[live & (refs >= 0), 0]))
         for v in range(self.nvdisks):
-            n = int(((owner >= 0) & (self.s_i32[:, K.VD] == v)).sum())
-            assert n == int(self.vdt[v, K.V_USED]), ("vdisk used", v)
+            n = int(((owner >= 0) & (st.slot_links[:, cache_kernels.VDISK] == v)).sum())
+            assert n == int(st.vdisk_info[v, cache_kernels.V_CACHED]), ("vdisk used", v)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 
 from vmblock.cache.groups import GroupSpec, validate_groups
-from vmblock.cache.tier import MAX_GROUPS
+from vmblock.cache.flash import MAX_GROUPS
 from vmblock.errors import AlreadyExists, CacheError, InvalidArgument, NotFound
 
 DEFAULT = "default"

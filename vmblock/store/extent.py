@@ -1404,6 +1404,13 @@ class ExtentStore(BackingStore):
     def lba_status(self, offset: int) -> tuple[bool, int]:
         return self.pool.lba_status(self.map_id, offset, self.size_bytes)
 
+    def mapped_aus(self) -> np.ndarray:
+        """The vAU numbers of this vdisk that are mapped (what a cache preload reads)."""
+        pool = self.pool
+        with pool.lock:
+            amap = pool.maps.get(self.map_id)
+            return np.flatnonzero(amap != UNMAPPED) if amap is not None else np.empty(0, np.int64)
+
     def resize(self, size_bytes: int) -> None:
         raise InvalidArgument("resize a vdisk through the pool (vmblock vdisk resize)")
 

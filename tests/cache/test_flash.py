@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vmblock.cache.groups import GroupSpec
-from vmblock.cache.tier import CachedStore, FlashCache
+from vmblock.cache.flash import CachedStore, FlashCache
 from vmblock.store.backend import Unmappable, WriteSameable
 
 BS = 64 * 1024
@@ -74,10 +74,9 @@ def make(flash, nslots=16, promote="write", size=64 * BS, pause=0.0):
 
 def check_slots(cache, inner, vid=0):
     """Every valid cached slot holds exactly the capacity bytes of its block."""
-    d = cache.dir
-    for s in range(cache.nslots):
-        if d.s_i32[s, 3] >= 0 and cache.valid[s] and d.s_i32[s, 2] == vid:
-            blk = int(d.s_key[s])
+    slots, blocks = cache.dir.cached_blocks(vid)
+    for s, blk in zip(slots.tolist(), blocks.tolist()):
+        if cache.valid[s]:
             want = bytes(inner.data[blk * BS:(blk + 1) * BS])
             got = os.pread(cache.fd, len(want), s * BS)
             assert got == want, f"slot {s} (block {blk}) differs from capacity"
@@ -165,4 +164,4 @@ def test_detach_recycles_the_vdisk_id_with_clean_counters(flash):
     vid = cache.attach("w", "e", None)
     assert vid == 0 and cache.dir.vdisk_stats(0)["requests"] == 0
     assert cache.dir.used() == 0
-    np.testing.assert_array_equal(cache.dir.vd_cnt[0], 0)
+    np.testing.assert_array_equal(cache.dir.state.vdisk_counters[0], 0)

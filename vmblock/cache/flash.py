@@ -9,7 +9,7 @@ not the physical capacity AU (docs/cache.md, "Integration" explains the choice).
 to a vdisk's contents passes through ``CachedStore`` (write, UNMAP, WRITE SAME) or is a whole-
 vdisk change (revert, resize, delete) that calls ``FlashCache.invalidate_vdisk``.
 
-Per block the data path does (the directory's kernels run on the whole command as one batch)::
+Per block the data path does (one directory call per command: ``access_one`` or ``access_range``)::
 
     read:   lock: access(blocks) -> hit & valid: pread flash (under the lock)
                                     slot admitted (or hit but not valid): claim it (epoch += 1)
@@ -45,22 +45,23 @@ from array import array
 import numpy as np
 
 from vmblock.errors import CacheError
-from vmblock.native import cache as K
-from vmblock.native import extent as kx
 from vmblock.store.backend import BackingStore
+from vmblock.store.ranges import pieces, units
 
 from .directory import CacheDirectory
-from .groups import PROMOTE, GroupSpec
+from .groups import GroupSpec
 
 MAX_GROUPS = 32          # groups the directory is built with; unused ones have max 0
 MAX_VDISKS = 4096        # vdisk ids of the directory (recycled when a vdisk goes)
-BATCH = 256              # cache blocks per kernel call (a command is split beyond that)
+BATCH = 256              # cache blocks per directory call (a command is split beyond that)
+PRELOAD_BATCH = 64       # cache blocks per directory call of a preload
 _UNUSED = ".free-{}"
 
 log = logging.getLogger(__name__)
 
 
 def unused_group(i: int) -> GroupSpec:
+    """The placeholder for directory group ``i`` while no eviction group uses it."""
     return GroupSpec(_UNUSED.format(i), priority=-(1 << 30), min=0.0, max=0.0, promote="never")
 
 
@@ -106,30 +107,12 @@ class FlashCache:
         self.preloaded = np.zeros(max_vdisks, np.int64)
         self.invalid_hits = 0
         self.flash_errors = 0       # flash reads/writes that failed (the I/O went to capacity)
-        # batch scratch, used under the lock only
-        self._keys = np.empty(BATCH, np.int64)
-        self._vds = np.empty(BATCH, np.int32)
-        self._writes = np.empty(BATCH, np.bool_)
-        self._nbytes = np.empty(BATCH, np.int64)
-        self._hits = np.empty(BATCH, np.bool_)
-        self._slots = np.empty(BATCH, np.int32)
-        self._iota = np.arange(BATCH, dtype=np.int64)
-        # one-block commands (most of them): 1-element arrays set by item, no slicing
-        self._k1 = np.empty(1, np.int64)
-        self._v1 = np.empty(1, np.int32)
-        self._w1 = np.empty(1, np.bool_)
-        self._n1 = np.empty(1, np.int64)
-        self._h1 = np.empty(1, np.bool_)
-        self._s1 = np.empty(1, np.int32)
         self._local = threading.local()
-        d = self.dir
-        self._state = d._state()
-        self._one = (self._k1, self._v1, self._w1, self._n1, self._h1, self._s1) + self._state \
-            + (block_size,)
 
     # --- vdisks ---------------------------------------------------------------------------------
 
     def attach(self, uuid: str, name: str, vm: str | None) -> int:
+        """The cache vdisk id of a vdisk (a new one, with clean counters, on first sight)."""
         with self.lock:
             vid = self.ids.get(uuid)
             if vid is None:
@@ -165,60 +148,30 @@ class FlashCache:
         full += [unused_group(i) for i in range(len(full), MAX_GROUPS)]
         with self.lock:
             d = self.dir
-            for i, spec in enumerate(full):
-                if d.groups[i].name != spec.name:   # a row reused by another group
-                    d.grp_cnt[i] = 0
             evicted = d.set_groups(full)
             for uuid, (group, pinned) in members.items():
                 vid = self.ids.get(uuid)
                 if vid is None:
                     continue
-                g = d.group_index[group]
-                if int(d.vdt[vid, K.V_GROUP]) != g:
-                    d.vdt[vid, K.V_GROUP] = g
-                    K._move_vdisk(vid, g, d.s_i32, d.lists)
+                d.move_vdisk(vid, group)
                 d.pin_vdisk(vid, pinned)
             return evicted + d.shrink()
 
-    # --- the batch under the lock ---------------------------------------------------------------
+    # --- the slots under the lock ---------------------------------------------------------------
 
-    def _access(self, vid: int, first: int, count: int, offset: int, n: int, write: bool):
-        """Kernel call for blocks first..first+count-1 of one command (under the lock)."""
-        bs = self.bs
-        if count == 1:
-            self._k1[0] = first
-            self._v1[0] = vid
-            self._w1[0] = write
-            self._n1[0] = n
-            K._access(self._k1, self._v1, self._w1, self._n1, self._h1, self._s1,
-                      *self._state, bs)
-            return self._h1.tolist(), self._s1.tolist()
-        keys = self._keys[:count]
-        np.add(self._iota[:count], first, out=keys)
-        self._vds[:count] = vid
-        self._writes[:count] = write
-        nb = self._nbytes[:count]
-        nb[:] = bs
-        nb[0] -= offset - first * bs
-        nb[count - 1] -= (first + count) * bs - (offset + n)
-        hits, slots = self._hits[:count], self._slots[:count]
-        K._access(keys, self._vds[:count], self._writes[:count], nb, hits, slots,
-                  *self._state, bs)
-        return hits.tolist(), slots.tolist()
-
-    def _not_valid_hit(self, vid: int, s: int, nb: int, write: bool) -> None:
-        """The kernel counted a hit on a slot whose data is not (yet) valid: make it a miss."""
-        d = self.dir
-        g = int(d.s_i32[s, K.LF]) >> 3
-        h, hb, m, mb = ((K.C_WRITE_HIT, K.C_WRITE_HIT_BYTES, K.C_WRITE_MISS,
-                         K.C_WRITE_MISS_BYTES) if write else
-                        (K.C_READ_HIT, K.C_READ_HIT_BYTES, K.C_READ_MISS, K.C_READ_MISS_BYTES))
-        for row in (d.vd_cnt[vid], d.grp_cnt[g]):
-            row[h] -= 1
-            row[hb] -= nb
-            row[m] += 1
-            row[mb] += nb
-        self.invalid_hits += 1
+    def _claim(self, vid: int, s: int, hit: bool, valid_hit: bool, nbytes: int,
+               write: bool) -> int:
+        """Take slot ``s`` for a fill or a write (under the lock): a hit on a slot whose data
+        is not (yet) valid counts as a miss, an admission bumps ``admit_seq``; the slot stays
+        invalid until the data of the epoch returned is in."""
+        if not hit:
+            self.admit_seq += 1
+        elif not valid_hit:
+            self.dir.recount_hit_as_miss(vid, s, nbytes, write)
+            self.invalid_hits += 1
+        self.epoch[s] += 1
+        self.valid[s] = 0
+        return self.epoch[s]
 
     def _put_slot(self, s: int, data: memoryview, pos: int) -> bool:
         """Write ``data`` into slot ``s`` at flash offset ``pos`` and mark it valid (under
@@ -260,34 +213,28 @@ class FlashCache:
     # --- data path ------------------------------------------------------------------------------
 
     def read(self, vid: int, inner, size: int, offset: int, buf: memoryview) -> None:
+        """Read ``buf`` at ``offset`` of vdisk ``vid``: valid cached blocks from flash, the rest
+        with ``inner(offset, buf)`` from capacity, filling admitted blocks on the way."""
         n = len(buf)
         if not n:
             return
         bs = self.bs
-        first = offset // bs
-        count = (offset + n - 1) // bs - first + 1
+        first, count = units(offset, n, bs)
         if count > BATCH:
-            step = BATCH * bs - offset % bs
-            self.read(vid, inner, size, offset, buf[:step])
-            self.read(vid, inner, size, offset + step, buf[step:])
+            for start, end in pieces(offset, n, bs, BATCH):
+                self.read(vid, inner, size, offset + start, buf[start:end])
             return
         base, valid, epoch = self.base, self.valid, self.epoch
         if count == 1:      # the common case, without the general path's lists
             with self.lock:
-                code = K._access_one(first, vid, False, n, *self._one)
+                code = self.dir.access_one(first, vid, False, n)
                 hit = code >= 0
                 s = code if hit else -2 - code
                 if hit and valid[s] and self._get_slot(s, buf, base + s * bs + offset
                                                        - first * bs):
                     return
                 if s >= 0:
-                    if hit:
-                        self._not_valid_hit(vid, s, n, False)
-                    else:
-                        self.admit_seq += 1
-                    epoch[s] += 1
-                    valid[s] = 0
-                    e = epoch[s]
+                    e = self._claim(vid, s, hit, False, n, False)
             if s < 0:
                 inner(offset, buf)
                 return
@@ -307,13 +254,14 @@ class FlashCache:
         claims = None
         cap = None
         with self.lock:
-            hits, slots = self._access(vid, first, count, offset, n, False)
+            codes = self.dir.access_range(vid, offset, n, False)
             for i in range(count):
-                s = slots[i]
+                hit = codes[i] >= 0
+                s = codes[i] if hit else -2 - codes[i]
                 lo = max(offset, (first + i) * bs)
                 hi = min(offset + n, (first + i + 1) * bs)
-                if hits[i] and valid[s] and self._get_slot(s, buf[lo - offset:hi - offset],
-                                                           base + s * bs + lo % bs):
+                if hit and valid[s] and self._get_slot(s, buf[lo - offset:hi - offset],
+                                                       base + s * bs + lo % bs):
                     continue
                 if cap is None:
                     cap = []
@@ -322,15 +270,10 @@ class FlashCache:
                 else:
                     cap.append([lo, hi])
                 if s >= 0:
-                    if hits[i]:
-                        self._not_valid_hit(vid, s, hi - lo, False)
-                    else:
-                        self.admit_seq += 1
-                    epoch[s] += 1
-                    valid[s] = 0
                     if claims is None:
                         claims = []
-                    claims.append((s, epoch[s], first + i, lo, hi))
+                    claims.append((s, self._claim(vid, s, hit, False, hi - lo, False), first + i,
+                                   lo, hi))
         if cap is None:
             return
         for lo, hi in cap:
@@ -354,32 +297,26 @@ class FlashCache:
 
     def write(self, vid: int, inner_write, inner_read, size: int, offset: int,
               data: memoryview) -> None:
+        """Write ``data`` at ``offset`` of vdisk ``vid`` with ``inner_write`` to capacity
+        first, then into the cached (or admitted) blocks, which ``inner_read`` completes."""
         n = len(data)
         if not n:
             return
         bs = self.bs
-        first = offset // bs
-        count = (offset + n - 1) // bs - first + 1
+        first, count = units(offset, n, bs)
         if count > BATCH:
-            step = BATCH * bs - offset % bs
-            self.write(vid, inner_write, inner_read, size, offset, data[:step])
-            self.write(vid, inner_write, inner_read, size, offset + step, data[step:])
+            for start, end in pieces(offset, n, bs, BATCH):
+                self.write(vid, inner_write, inner_read, size, offset + start, data[start:end])
             return
         valid, epoch = self.valid, self.epoch
         if count == 1:      # the common case, same steps as below without the lists
             with self.lock:
-                code = K._access_one(first, vid, True, n, *self._one)
+                code = self.dir.access_one(first, vid, True, n)
                 if code != -1:
                     hit = code >= 0
                     s = code if hit else -2 - code
                     was_valid = hit and valid[s]
-                    if hit and not was_valid:
-                        self._not_valid_hit(vid, s, n, True)
-                    elif not hit:
-                        self.admit_seq += 1
-                    epoch[s] += 1
-                    valid[s] = 0
-                    e = epoch[s]
+                    e = self._claim(vid, s, hit, was_valid, n, True)
                 seq = self.admit_seq
             inner_write(offset, data)
             if code == -1:
@@ -405,21 +342,17 @@ class FlashCache:
             return
         regs = []
         with self.lock:
-            hits, slots = self._access(vid, first, count, offset, n, True)
+            codes = self.dir.access_range(vid, offset, n, True)
             for i in range(count):
-                s = slots[i]
+                hit = codes[i] >= 0
+                s = codes[i] if hit else -2 - codes[i]
                 if s < 0:
                     continue
                 lo = max(offset, (first + i) * bs)
                 hi = min(offset + n, (first + i + 1) * bs)
-                was_valid = bool(hits[i] and valid[s])
-                if hits[i] and not was_valid:
-                    self._not_valid_hit(vid, s, hi - lo, True)
-                elif not hits[i]:
-                    self.admit_seq += 1
-                epoch[s] += 1
-                valid[s] = 0
-                regs.append((s, epoch[s], first + i, lo, hi, was_valid))
+                was_valid = bool(hit and valid[s])
+                regs.append((s, self._claim(vid, s, hit, was_valid, hi - lo, True), first + i,
+                             lo, hi, was_valid))
             seq = self.admit_seq
         inner_write(offset, data)          # the capacity tier first: it is authoritative
         if not regs and self.admit_seq == seq:
@@ -468,9 +401,9 @@ class FlashCache:
         """Blocks overlapping [offset, offset + length) changed in capacity (UNMAP, WRITE SAME)."""
         if length <= 0:
             return 0
-        bs = self.bs
+        first, count = units(offset, length, self.bs)
         with self.lock:
-            return self._invalidate_locked(vid, offset // bs, (offset + length - 1) // bs + 1)
+            return self._invalidate_locked(vid, first, first + count)
 
     # --- preload --------------------------------------------------------------------------------
 
@@ -478,28 +411,16 @@ class FlashCache:
         """Read ``blocks`` of a vdisk from capacity into the cache whatever its group's promotion
         policy; not counted as I/O (only as promotions). Returns blocks now cached."""
         bs = self.bs
-        d = self.dir
-        buf = memoryview(bytearray(bs * 64))
+        buf = memoryview(bytearray(bs * PRELOAD_BATCH))
+        slots = np.empty(PRELOAD_BATCH, np.int32)
         loaded = 0
-        hit_cols = [K.C_READ_HIT, K.C_READ_HIT_BYTES, K.C_READ_MISS, K.C_READ_MISS_BYTES]
-        for a in range(0, len(blocks), 64):
-            chunk = blocks[a:a + 64]
+        for a in range(0, len(blocks), PRELOAD_BATCH):
+            chunk = blocks[a:a + PRELOAD_BATCH]
             claims = []
             with self.lock:
-                g = int(d.vdt[vid, K.V_GROUP])
-                save_v = d.vd_cnt[vid, hit_cols].copy()
-                save_g = d.grp_cnt[g, hit_cols].copy()
-                promote = int(d.grp[g, K.G_PROMOTE])
-                d.grp[g, K.G_PROMOTE] = PROMOTE["write"]
-                try:
-                    slots = np.empty(len(chunk), np.int32)
-                    hits = d.access(chunk, np.full(len(chunk), vid, np.int32),
-                                    np.zeros(len(chunk), np.bool_), slots=slots)
-                finally:
-                    d.grp[g, K.G_PROMOTE] = promote
-                    d.vd_cnt[vid, hit_cols] = save_v
-                    d.grp_cnt[g, hit_cols] = save_g
-                for blk, h, s in zip(chunk.tolist(), hits.tolist(), slots.tolist()):
+                chunk_slots = slots[:len(chunk)]
+                hits = self.dir.preload(chunk, vid, chunk_slots)
+                for blk, h, s in zip(chunk.tolist(), hits.tolist(), chunk_slots.tolist()):
                     if s < 0:
                         continue
                     if h and self.valid[s]:
@@ -528,17 +449,10 @@ class FlashCache:
     def snapshot(self) -> dict:
         """Counters and occupancy, copied under the lock: (directory stats, names)."""
         with self.lock:
-            d = self.dir
-            used = d.group_used().copy()
-            return {
-                "vd_cnt": d.vd_cnt.copy(), "grp_cnt": d.grp_cnt.copy(),
-                "vd_used": d.vdt[:, K.V_USED].copy(), "vd_group": d.vdt[:, K.V_GROUP].copy(),
-                "vd_pinned": d.vdt[:, K.V_PINNED].copy(), "grp_used": used,
-                "groups": list(d.groups), "names": dict(self.names),
-                "used": d.used(), "directory_bytes": d.nbytes,
-                "preloaded": self.preloaded.copy(), "invalid_hits": self.invalid_hits,
-                "flash_errors": self.flash_errors,
-            }
+            snap = self.dir.snapshot()
+            snap.update(names=dict(self.names), preloaded=self.preloaded.copy(),
+                        invalid_hits=self.invalid_hits, flash_errors=self.flash_errors)
+            return snap
 
 
 class CachedStore(BackingStore):
@@ -601,13 +515,9 @@ class CachedStore(BackingStore):
     def preload(self) -> int:
         """Every mapped AU of the vdisk into the cache (``vmblock cache preload``)."""
         inner = self.inner
-        pool = inner.pool
-        with pool.lock:
-            amap = pool.maps.get(inner.map_id)
-            vaus = (np.flatnonzero(amap != kx.UNMAPPED) if amap is not None
-                    else np.empty(0, np.int64))
+        vaus = inner.mapped_aus()
         bs = self.cache.bs
-        au = pool.au
+        au = inner.pool.au
         if bs >= au:
             blocks = np.unique(vaus * au // bs)
         else:
@@ -624,11 +534,11 @@ def warm() -> None:
         c = FlashCache(fd, 0, 4, 4096, [GroupSpec("default", promote="write")], max_vdisks=2)
         c.attach("u", "v", None)
         c.dir.access(np.arange(6), np.zeros(6, np.int32), np.zeros(6, np.bool_))
-        c._access(0, 0, 2, 0, 8192, False)
-        K._access_one(0, 0, False, 4096, *c._one)
+        c.dir.access_range(0, 0, 8192, False)
+        c.dir.access_one(0, 0, False, 4096)
         c.dir.find(np.arange(2), np.zeros(2, np.int32))
         c.dir.remove(np.arange(1), np.zeros(1, np.int32))
-        c.dir.assign(0, 0)
+        c.dir.assign(0, 1)
         c.set_groups([GroupSpec("default", promote="read")], {"u": ("default", True)})
         c.detach("u")
     finally:
