@@ -1,7 +1,8 @@
-"""Shared fixtures: a real ``vmblock serve`` subprocess on a temporary pool, the CLI and the
-admin socket on a pool with no server, a faultfs mount.
+"""The one conftest: a real ``vmblock serve`` subprocess on a temporary pool, the CLI and the
+admin socket on a pool with no server, a faultfs mount, the SCSI rig.
 
-``vmblock_server`` starts ``vmblock_server.VmblockServer`` with ``--demo`` (8 GiB thin vdisk
+Helpers that tests import live in ``tests/support/`` (``from support.clients import qemu_io``).
+``vmblock_server`` starts ``support.server.VmblockServer`` with ``--demo`` (8 GiB thin vdisk
 ``demo`` at LUN 0 of the default target) and always stops it. Its output goes to
 ``server.log`` next to the pool and is printed when a test fails, so a failing end-to-end
 test shows what the server said.
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from vmblock_server import VmblockServer
+from support.scsi_rig import MemoryStore, Rig
+from support.server import VmblockServer
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
@@ -90,10 +92,10 @@ def start_server(tmp_path, request):
 
 @pytest.fixture
 def faultfs(tmp_path, request):
-    """A faultfs (tests/faultfs.py) mounted at ``tmp_path/faultfs`` over ``tmp_path/backing``:
+    """A faultfs (tests/support/faultfs.py) mounted at ``tmp_path/faultfs`` over ``tmp_path/backing``:
     ``.mount``, ``.fail(glob, op, errno)``, ``.heal()``. Always unmounted at teardown (a
     fixture that uses the mount and is set up after this one is torn down before it)."""
-    from faultfs import FaultFs
+    from support.faultfs import FaultFs
 
     if not os.path.exists("/dev/fuse"):
         pytest.skip("needs /dev/fuse (a kernel with FUSE)")
@@ -113,3 +115,15 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    """A fresh in-memory backing store for the SCSI core tests."""
+    return MemoryStore()
+
+
+@pytest.fixture
+def rig(store) -> Rig:
+    """A SCSI target with one LU over ``store``, driven without a fabric."""
+    return Rig(store)

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from vmblock_server import VmblockServer
+from support.server import VmblockServer
 
 from vmblock import DEFAULT_TARGET
 from vmblock.errors import InvalidArgument

@@ -1,4 +1,4 @@
-"""The jitted cache kernels against their slow twin (tests/cache/cache_naive.py).
+"""The jitted cache kernels against their slow twin (tests/support/cache_naive.py).
 
 Random traces with several vdisks and groups, reads and writes, every promotion policy, small
 caches so that eviction, ghosts, moves and the arbiter all run: hits, slots and every counter
@@ -7,7 +7,7 @@ must be identical, and the directory's redundant state must stay consistent.
 
 import numpy as np
 import pytest
-from cache_naive import NaiveCache
+from support.cache_naive import NaiveCache
 
 from vmblock.cache import COUNTERS, CacheDirectory, GroupSpec
 

@@ -13,12 +13,12 @@ import os
 
 import pytest
 
-from initiator_machine import (DATA_IN, FINAL, INITIATOR, LOGIN_RSP, LOGOUT_REQ,
+from support.initiator_machine import (DATA_IN, FINAL, INITIATOR, LOGIN_RSP, LOGOUT_REQ,
                                LOGOUT_RSP, NOP_IN, NOP_OUT, R2T, REJECT, RSVD_TAG, SCSI_CMD,
                                SCSI_RSP, STATUS, TEXT_REQ, TEXT_RSP, TMF_REQ, TMF_RSP, TRANSIT,
                                InitiatorMachine)
-from iscsi_client import chap_md5, read10, tur, write10
-from scsi.scsi_rig import MemoryStore
+from support.iscsi_client import chap_md5, read10, tur, write10
+from support.scsi_rig import MemoryStore
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.machine import ConnectionMachine
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
@@ -94,11 +94,6 @@ def loop():
     loop = asyncio.new_event_loop()
     yield loop
     loop.close()
-
-
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
 
 
 def service(store: MemoryStore, chap: ChapSecrets | None = None) -> IscsiService:

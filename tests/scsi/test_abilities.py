@@ -1,7 +1,7 @@
 """A store's declared abilities are the one truth the LU reads, checked once when it is made."""
 
 import pytest
-from scsi_rig import MemoryStore
+from support.scsi_rig import MemoryStore
 
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.store.backend import LbaStatus, Unmappable, WriteSameable

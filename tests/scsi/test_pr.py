@@ -1,7 +1,7 @@
 import struct
 
 import pytest
-from scsi_rig import BLOCK, read10, sense_of, write10
+from support.scsi_rig import BLOCK, read10, sense_of, write10
 
 from vmblock.scsi.task import SAM_STAT_GOOD, SAM_STAT_RESERVATION_CONFLICT
 

@@ -1,6 +1,6 @@
 import struct
 
-from scsi_rig import MemoryStore, sense_of
+from support.scsi_rig import MemoryStore, Rig, sense_of
 
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.task import SAM_STAT_GOOD
@@ -51,7 +51,6 @@ def test_rsoc_all_lists_read10_and_service_actions(rig):
 
 
 def test_rsoc_all_without_unmap_capability_omits_unmap():
-    from scsi_rig import Rig
     rig = Rig(MemoryStore(abilities=frozenset()))
     assert all(d[0] != 0x42 for d in descriptors(bytes(rig.run(rsoc(0)).data_in)))
 

@@ -1,7 +1,7 @@
 import asyncio
 import struct
 
-from scsi_rig import BLOCK, BLOCKS, MemoryStore, Rig, read10, read16, sense_of, write10, write16
+from support.scsi_rig import BLOCK, BLOCKS, MemoryStore, Rig, read10, read16, sense_of, write10, write16
 
 from vmblock.scsi.task import SAM_STAT_CHECK_CONDITION, SAM_STAT_GOOD, ScsiTask
 

@@ -1,4 +1,4 @@
-from scsi_rig import MemoryStore, read10, sense_of
+from support.scsi_rig import MemoryStore, read10, sense_of
 
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason

@@ -1,6 +1,6 @@
 import struct
 
-from scsi_rig import BLOCK, BLOCKS, sense_of
+from support.scsi_rig import BLOCK, BLOCKS, sense_of
 
 from vmblock.scsi.task import SAM_STAT_GOOD
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import naive_extent as naive
+from support import naive_extent as naive
 from vmblock.native import extent as extent_kernels
 
 SEEDS = range(12)

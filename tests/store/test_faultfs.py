@@ -1,4 +1,4 @@
-"""tests/faultfs.py, the failing disk of the fault tests: it passes data through (offsets,
+"""tests/support/faultfs.py, the failing disk of the fault tests: it passes data through (offsets,
 sparse 64 GiB files, truncate, punch hole, directories, RocksDB), fails the operations it is
 told to on the files it is told to with the errno it is told to, heals, and always unmounts.
 A pool whose capacity tier lives on it serves QEMU."""
@@ -16,10 +16,10 @@ import subprocess
 import sys
 
 import pytest
-from faultfs import FaultFs, mounted
-from vmblock_server import VmblockServer
+from support.faultfs import FaultFs, mounted
+from support.server import VmblockServer
 
-import clients
+from support import clients
 
 GiB = 1 << 30
 MiB = 1 << 20

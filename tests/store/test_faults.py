@@ -2,7 +2,7 @@
 durable lost, recovery without a restart.
 
 The file systems are real: a small tmpfs mounted by the test (ENOSPC as the kernel gives it),
-and faultfs (tests/faultfs.py: a FUSE pass-through whose files fail with EIO on command, the
+and faultfs (tests/support/faultfs.py: a FUSE pass-through whose files fail with EIO on command, the
 ``faultfs`` fixture), since this kernel has no device-mapper error/flakey targets.
 The raw initiator shows the exact status and sense of every command, so a transport failure
 (iSCSI response 0x01) cannot pass for a CHECK CONDITION.
@@ -16,9 +16,9 @@ import signal
 import subprocess
 
 import pytest
-from clients import cli_json as js
-from iscsi_client import IscsiClient, read10, write10
-from vmblock_server import VmblockServer
+from support.clients import cli_json as js
+from support.iscsi_client import IscsiClient, read10, write10
+from support.server import VmblockServer
 
 from vmblock import DEFAULT_TARGET
 

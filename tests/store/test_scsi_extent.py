@@ -5,16 +5,13 @@ WRITE, the VPD B0 unmap granularity, and DATA PROTECT 27/07 from a full pool."""
 from __future__ import annotations
 
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scsi"))
-from scsi_rig import Rig, read16, sense_of, write16  # noqa: E402
+from support.scsi_rig import Rig, read16, sense_of, write16
 
-from vmblock.meta import Pool  # noqa: E402
-from vmblock.scsi.task import SAM_STAT_GOOD  # noqa: E402
+from vmblock.meta import Pool
+from vmblock.scsi.task import SAM_STAT_GOOD
 
 BLOCK = 512
 AU_BLOCKS = 128

@@ -12,9 +12,9 @@ import subprocess
 import time
 
 import pytest
-from clients import cli_json as js
-from clients import qemu_io
-from iscsi_client import IscsiClient, write10
+from support.clients import cli_json as js
+from support.clients import qemu_io
+from support.iscsi_client import IscsiClient, write10
 
 from vmblock import DEFAULT_TARGET
 

@@ -10,9 +10,9 @@ import shutil
 import subprocess
 import threading
 
-import clients
+from support import clients
 import pytest
-from vmblock_server import VmblockServer
+from support.server import VmblockServer
 
 
 def qemu_io_args(url: str, cmds: list[str]) -> list[str]:

@@ -16,7 +16,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from iscsi_client import (IscsiClient, read10, text_bytes, tur, write10)
+from support.iscsi_client import (IscsiClient, read10, text_bytes, tur, write10)
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu
 from vmblock.settings import Settings

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
 BOOT_WAIT = 60           # seconds for the markers to appear on the serial port
 SECTOR = 512
 

@@ -12,7 +12,7 @@ import struct
 
 import crc32c
 
-from iscsi_client import TargetPdu, text_bytes
+from support.iscsi_client import TargetPdu, text_bytes
 
 INITIATOR = "iqn.2026-11.io.vmblock.test:machine"
 RSVD_TAG = 0xFFFFFFFF

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from clients import error_line
+from support.clients import error_line
 
 from vmblock import DEFAULT_TARGET
 from vmblock.cli import cli
@@ -173,7 +173,7 @@ def test_new_vdisk_after_delete_reads_zeros(run):
 
 
 def test_example_config_is_valid():
-    pool, keys = load_toml(str(Path(__file__).parent.parent / "configs" / "vmblock.toml"))
+    pool, keys = load_toml(str(Path(__file__).resolve().parents[2] / "configs" / "vmblock.toml"))
     assert pool == "./vmblock-data"
     assert keys["iscsi.portals"] == "127.0.0.1:3260"
     assert keys["iscsi.HeaderDigest"] == "None,CRC32C"

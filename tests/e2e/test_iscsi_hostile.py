@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from vmblock_server import VmblockServer
-from iscsi_client import INITIATOR, IscsiClient, inquiry, read10, text_bytes, tur, write10
+from support.server import VmblockServer
+from support.iscsi_client import INITIATOR, IscsiClient, inquiry, read10, text_bytes, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu
 

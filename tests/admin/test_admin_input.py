@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from clients import error_line
+from support.clients import error_line
 from vmblock.admin.api import VERBS, Api
 from vmblock.admin.cache import CacheVerbs
 from vmblock.admin.client import AdminClient, LocalClient

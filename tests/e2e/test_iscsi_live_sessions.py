@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
+from support.iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu
 

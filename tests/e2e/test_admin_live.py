@@ -15,8 +15,8 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from vmblock_server import VmblockServer
-from iscsi_client import IscsiClient, read10, tur, write10
+from support.server import VmblockServer
+from support.iscsi_client import IscsiClient, read10, tur, write10
 from test_admin_input import post
 from vmblock import DEFAULT_TARGET
 from vmblock.admin.api import VERBS

@@ -1,7 +1,6 @@
 """The live server the end-to-end tests drive: a real ``vmblock serve`` subprocess.
 
-A module of its own (not conftest.py) so that tests import it by a name no other directory
-shadows: ``from conftest import ...`` finds tests/scsi/conftest.py when that was imported last.
+Tests import it from ``support.server``, never from conftest.py.
 ``VmblockServer`` starts the server on 127.0.0.1 port 0, waits for its ready line, and always
 stops it (SIGTERM, then SIGKILL). Its pool is new, so its targets ask for CHAP: ``url`` carries
 the credentials (as ``vdisk show --json`` does) and ``chap`` gives them to the raw test client.

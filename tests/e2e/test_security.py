@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from vmblock_server import vmblock_cmd
-from iscsi_client import IscsiClient, read10, tur
+from support.server import vmblock_cmd
+from support.iscsi_client import IscsiClient, read10, tur
 from vmblock import DEFAULT_TARGET
 from vmblock.admin.http import bind_owner_only
 from vmblock.cli import cli

@@ -8,9 +8,9 @@ import os
 import shutil
 import signal
 
-import clients
+from support import clients
 import pytest
-from clients import cli_json as js
+from support.clients import cli_json as js
 
 MiB = 1 << 20
 

@@ -1,6 +1,6 @@
 """faultfs: a FUSE passthrough file system whose files fail on command, for fault tests.
 
-usage: python tests/faultfs.py BACKING MOUNTPOINT      (foreground; unmount: fusermount3 -u)
+usage: python tests/support/faultfs.py BACKING MOUNTPOINT      (foreground; unmount: fusermount3 -u)
 
 It mirrors BACKING at MOUNTPOINT (files, directories, sparse files of any size, pread/pwrite at
 offsets, ftruncate, fallocate incl. punch hole, fsync, rename, unlink, statfs: what the store's
@@ -331,5 +331,5 @@ class FaultFs:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python tests/faultfs.py BACKING MOUNTPOINT")
+        sys.exit("usage: python tests/support/faultfs.py BACKING MOUNTPOINT")
     serve(sys.argv[1], sys.argv[2])

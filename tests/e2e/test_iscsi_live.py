@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from vmblock_server import VmblockServer
-from iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
+from support.server import VmblockServer
+from support.iscsi_client import INITIATOR, IscsiClient, read10, tur, write10
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu
 
