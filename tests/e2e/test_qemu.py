@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from support.clients import qemu_io_args
 
 from vmblock import DEFAULT_TARGET
 
@@ -85,10 +86,8 @@ def check_qemu_io(p: subprocess.CompletedProcess, script: Script) -> None:
 
 
 def qemu_io(url: str, script: Script, *, cache: str | None = None) -> subprocess.CompletedProcess:
-    cmd = ["qemu-io", "-f", "raw"] + (["-t", cache] if cache else [])
-    for c in script.cmds:
-        cmd += ["-c", c]
-    p = run(cmd + [url])
+    """Run ``script`` through qemu-io and check that every command completed."""
+    p = run(qemu_io_args(url, script.cmds, cache))
     check_qemu_io(p, script)
     return p
 
