@@ -603,7 +603,7 @@ class CachedStore(BackingStore):
         inner = self.inner
         pool = inner.pool
         with pool.lock:
-            amap = pool.maps.get(inner.map_id)
+            amap = pool.live.maps.get(inner.map_id)
             vaus = (np.flatnonzero(amap != kx.UNMAPPED) if amap is not None
                     else np.empty(0, np.int64))
         bs = self.cache.bs

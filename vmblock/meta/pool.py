@@ -67,7 +67,10 @@ from vmblock.config import (
 )
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
 from vmblock.meta.db import MetaDB, MetaIOError
-from vmblock.store.extent import AU_SIZE, TIER_NAMES, ExtentStore, PoolStore, Tier
+from vmblock.store.extent import ExtentStore
+from vmblock.store.layout import AU_SIZE, TIER_NAMES
+from vmblock.store.pool_store import PoolStore
+from vmblock.store.tier import Tier
 
 SCHEMA_VERSION = 2
 MAX_LUN = 16383            # SAM-5 flat space addressing
@@ -724,8 +727,7 @@ class Pool:
         """Recorded events, oldest first, with those not yet committed at the end."""
         evs = [v for _, v in self._scan("event/")]
         if self._store is not None:
-            with self._store.lock:
-                evs += list(self._store.events)
+            evs += self._store.pending_events()
         return evs[-limit:] if limit else evs
 
     # --- fsck ---------------------------------------------------------------------------------
