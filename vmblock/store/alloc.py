@@ -104,23 +104,9 @@ class Allocator:
     # --- global AU numbers <-> (tier, AU in the tier file) ------------------------------------
 
     @property
-    def used_aus(self) -> int:
-        """AUs some map references, both tiers."""
-        return self.t_used[0] + self.t_used[1]
-
-    @property
-    def free_aus(self) -> int:
-        """AUs that can be allocated now, both tiers."""
-        return self.t_free[0] + self.t_free[1]
-
-    @property
     def n_aus(self) -> int:
         """AUs of both tiers in the global numbering (the cache's slots are not among them)."""
         return self.bounds[1][1]
-
-    def tier_of(self, p: int) -> int:
-        """The tier global AU ``p`` is on."""
-        return TIER_CAPACITY if p < self.ncap else TIER_FLASH
 
     def position(self, p: int) -> tuple[int, int]:
         """(fd, byte offset) of global AU ``p``."""

@@ -66,6 +66,17 @@ class DataPath:
                 plan.append((s, length, p))
         return plan
 
+    def _chunks(self, offset: int, n: int):
+        """(start, end) in the caller's buffer, first AU and AU count of each chunk of the
+        ``n`` bytes at ``offset`` that the lock handles in one step (at most CHUNK_AUS)."""
+        if not n:
+            return ()
+        first, count = units(offset, n, self.au)
+        if count <= CHUNK_AUS:
+            return ((0, n, first, count),)
+        return [(a, b, *units(offset + a, b - a, self.au))
+                for a, b in pieces(offset, n, self.au, CHUNK_AUS)]
+
     def _runs(self, plan: list[tuple[int, int, int]], first: int, offset: int, n: int):
         """(start, end) in the caller's buffer, global AU and byte position in its tier file
         of each run of ``plan`` (the bytes [offset, offset + n) from AU ``first``)."""
@@ -83,14 +94,12 @@ class DataPath:
 
     def read(self, mid: int, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` with the bytes at ``offset`` of map ``mid``; unmapped ones are zeros."""
+        for a, b, first, count in self._chunks(offset, len(buf)):
+            self._read_chunk(mid, offset + a, buf[a:b], first, count)
+
+    def _read_chunk(self, mid: int, offset: int, buf: memoryview, first: int,
+                    count: int) -> None:
         n = len(buf)
-        if not n:
-            return
-        first, count = units(offset, n, self.au)
-        if count > CHUNK_AUS:
-            for a, b in pieces(offset, n, self.au, CHUNK_AUS):
-                self.read(mid, offset + a, buf[a:b])
-            return
         space = self.space
         tok = next(space.tokens)
         space.inflight.add(tok)     # before the lookup: a free retired after it waits for us
@@ -130,17 +139,15 @@ class DataPath:
     def write(self, mid: int, offset: int, data: memoryview) -> None:
         """Write ``data`` at ``offset`` of map ``mid``: in place where the AUs are mapped and
         owned, else through the allocating path."""
+        for a, b, first, count in self._chunks(offset, len(data)):
+            self._write_chunk(mid, offset + a, data[a:b], first, count)
+
+    def _write_chunk(self, mid: int, offset: int, data: memoryview, first: int,
+                     count: int) -> None:
         n = len(data)
-        if not n:
-            return
         journal = self.journal
         if journal.fault is not None:
             journal.check_writable(False)
-        first, count = units(offset, n, self.au)
-        if count > CHUNK_AUS:
-            for a, b in pieces(offset, n, self.au, CHUNK_AUS):
-                self.write(mid, offset + a, data[a:b])
-            return
         space = self.space
         tok = next(space.tokens)
         space.inflight.add(tok)     # before the lookup: a free retired after it waits for us
