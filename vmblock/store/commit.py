@@ -48,7 +48,7 @@ class StoreFault:
         self.since = time.time()
 
 
-class Journal:
+class Committer:
     """The not-yet-durable part of the metadata and the order that makes it durable.
 
     ``pending`` holds map keys changed in memory (vAU -> global AU, None: unmapped) under the
@@ -226,10 +226,10 @@ class MapTxn:
     """Map operations of one metadata transaction; applied in memory after the batch is
     durable (so a failed write leaves memory as it was)."""
 
-    def __init__(self, journal: Journal, batch: WriteBatch):
-        self.journal = journal
-        self.live = journal.live
-        self.au = journal.space.au
+    def __init__(self, committer: Committer, batch: WriteBatch):
+        self.committer = committer
+        self.live = committer.live
+        self.au = committer.space.au
         self.batch = batch
         self.ref_add: list[np.ndarray] = []
         self.ref_sub: list[np.ndarray] = []
@@ -249,7 +249,7 @@ class MapTxn:
             keep = vaus < n_vaus(dst_size, self.au)
             vaus, paus = vaus[keep], paus[keep]
         put = self.batch.put
-        value = self.journal.space.value
+        value = self.committer.space.value
         for v, p in zip(vaus.tolist(), paus.tolist()):
             put(map_key(dst, v), value(p))
         self.ref_add.append(paus)
@@ -283,9 +283,9 @@ class MapTxn:
 
     def apply(self) -> None:
         """The in-memory side, once the batch is durable: refcounts, maps, held frees."""
-        journal, live, space = self.journal, self.live, self.journal.space
+        committer, live, space = self.committer, self.live, self.committer.space
         zeroed_all = []
-        with journal.lock:
+        with committer.lock:
             for paus in self.ref_add:
                 extent_kernels.add_refs(space.refcount, paus.astype(np.uint32), 1)
             for paus in self.ref_sub:
@@ -298,8 +298,8 @@ class MapTxn:
                 live.sizes.pop(mid, None)
                 if mid not in self.new_live:
                     live.tiers.pop(mid, None)
-                for key in [k for k in journal.pending if k[0] == mid]:
-                    del journal.pending[key]
+                for key in [k for k in committer.pending if k[0] == mid]:
+                    del committer.pending[key]
             for mid, (amap, size) in self.new_live.items():
                 live.maps[mid] = amap
                 live.sizes[mid] = size
@@ -310,6 +310,6 @@ class MapTxn:
                 c, f = space.split_tiers(z)
                 space.t_used[0] -= c
                 space.t_used[1] -= f
-            journal.events.lower_level()
+            committer.events.lower_level()
         if zeroed_all:
             space.retire(np.concatenate(zeroed_all))

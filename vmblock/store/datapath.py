@@ -17,7 +17,7 @@ import numpy as np
 from vmblock.native import extent as extent_kernels
 from vmblock.store.alloc import Allocator
 from vmblock.store.backend import SpaceExhausted
-from vmblock.store.commit import Journal
+from vmblock.store.commit import Committer
 from vmblock.store.events import StoreEvents
 from vmblock.store.layout import TIER_NAMES, UNMAPPED
 from vmblock.store.maps import LiveMaps
@@ -35,13 +35,13 @@ RECLAIM_WAIT = 2.0
 class DataPath:
     """Reads and writes of byte ranges of live maps; thread-safe."""
 
-    def __init__(self, live: LiveMaps, space: Allocator, journal: Journal,
+    def __init__(self, live: LiveMaps, space: Allocator, committer: Committer,
                  events: StoreEvents):
         self.live = live
         self.space = space
-        self.journal = journal
+        self.committer = committer
         self.events = events
-        self.lock = journal.lock
+        self.lock = committer.lock
         self.au = au = space.au
         self.zeros = memoryview(bytes(max(ZERO_BYTES, au)))
         self._paus = np.empty(CHUNK_AUS + 1, dtype=np.uint32)
@@ -145,9 +145,9 @@ class DataPath:
     def _write_chunk(self, mid: int, offset: int, data: memoryview, first: int,
                      count: int) -> None:
         n = len(data)
-        journal = self.journal
-        if journal.fault is not None:
-            journal.check_writable(False)
+        committer = self.committer
+        if committer.fault is not None:
+            committer.check_writable(False)
         space = self.space
         tok = next(space.tokens)
         space.inflight.add(tok)     # before the lookup: a free retired after it waits for us
@@ -171,7 +171,7 @@ class DataPath:
                 else:
                     for a, b, _, fd, pos in self._runs(plan, first, offset, n):
                         write_full(fd, [data[a:b]], pos)
-                journal.last_write = tok
+                committer.last_write = tok
         finally:
             space.inflight.discard(tok)
         if not fast:
@@ -180,13 +180,13 @@ class DataPath:
     def _write_alloc(self, mid: int, offset: int, data: memoryview) -> None:
         """Write that needs new AUs (first write or copy-on-write), under the lock throughout:
         allocation, data I/O, then map update, so no one sees a mapping before its data."""
-        journal = self.journal
-        journal.check_writable(True)
+        committer = self.committer
+        committer.check_writable(True)
         deadline = None
         while True:
             with self.lock:
                 if self._write_alloc_locked(mid, offset, data):
-                    commit = journal.over_limit()
+                    commit = committer.over_limit()
                     break
                 space = self.space
                 reclaimable = bool(space.frees or space.waiting)
@@ -197,13 +197,13 @@ class DataPath:
                     raise SpaceExhausted(f"{TIER_NAMES[t]} tier full ({hi - lo} AUs)")
             if deadline is None:
                 deadline = time.monotonic() + RECLAIM_WAIT
-                journal.flush()     # frees become reusable once durable and drained
+                committer.flush()     # frees become reusable once durable and drained
             else:
                 time.sleep(0.01)
                 with self.lock:
                     self.space.release()
         if commit:
-            journal.flush()
+            committer.flush()
 
     def _write_alloc_locked(self, mid: int, offset: int, data: memoryview) -> bool:
         au = self.au
@@ -257,7 +257,7 @@ class DataPath:
         for fd, pos, bufs in segs:
             write_full(fd, bufs, pos)
         # the data is written (not yet durable): now the map, refcounts and pending keys
-        refcount, pending = space.refcount, self.journal.pending
+        refcount, pending = space.refcount, self.committer.pending
         for v, q, old in changes:
             amap[v] = q
             refcount[q] = 1
@@ -268,7 +268,7 @@ class DataPath:
             pending[(mid, v)] = q
         space.t_free[t] -= need
         space.t_used[t] += need
-        self.journal.last_write = next(space.tokens)
+        self.committer.last_write = next(space.tokens)
         if need:
             self.events.check_level()
         self.events.full = False
@@ -287,8 +287,8 @@ class DataPath:
             self._zero_if_mapped(mid, offset, lo_full * au)
         if end > hi_full * au:
             self._zero_if_mapped(mid, hi_full * au, end)
-        journal = self.journal
-        journal.check_writable(True)
+        committer = self.committer
+        committer.check_writable(True)
         with self.lock:
             amap = self.live.get(mid)
             hi = min(hi_full, len(amap))
@@ -299,12 +299,12 @@ class DataPath:
             paus = seg[idx].copy()
             seg[idx] = extent_kernels.UNMAPPED
             for v in (idx + lo_full).tolist():
-                journal.pending[(mid, v)] = None
+                committer.pending[(mid, v)] = None
             zeroed = extent_kernels._add_refs(self.space.refcount, paus, -1)
             self.space.hold(paus[:zeroed])
-            commit = journal.over_limit()
+            commit = committer.over_limit()
         if commit:
-            journal.flush()
+            committer.flush()
 
     def _zero_if_mapped(self, mid: int, a: int, b: int) -> None:
         au = self.au

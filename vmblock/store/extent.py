@@ -30,7 +30,7 @@ class ExtentStore(BackingStore):
         # what the hot path reads, one attribute away (none of these objects is replaced)
         self._au = pool.au
         self._space = pool.space
-        self._journal = pool.journal
+        self._committer = pool.committer
         self._maps = pool.live.maps
         self._zeros = pool.data.zeros
         self._read = pool.data.read
@@ -85,8 +85,8 @@ class ExtentStore(BackingStore):
         n = len(data)
         au = self._au
         first = offset // au
-        journal = self._journal
-        if n and (offset + n - 1) // au == first and journal.fault is None:
+        committer = self._committer
+        if n and (offset + n - 1) // au == first and committer.fault is None:
             space = self._space
             tok = next(space.tokens)
             inflight = space.inflight
@@ -106,7 +106,7 @@ class ExtentStore(BackingStore):
                             fd, pos = space.ffd, (p - space.fshift - first) * au + offset
                         if os.pwrite(fd, data, pos) != n:
                             write_full(fd, [data], pos)
-                        journal.last_write = tok
+                        committer.last_write = tok
                         return
             finally:
                 inflight.discard(tok)

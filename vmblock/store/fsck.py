@@ -5,27 +5,27 @@ from __future__ import annotations
 import numpy as np
 
 from vmblock.native import extent as extent_kernels
-from vmblock.store.commit import Journal
+from vmblock.store.commit import Committer
 from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, n_vaus, scan_maps
 from vmblock.store.move import TierMover
 
 
-def check_store(journal: Journal, mover: TierMover, maps_info: dict[int, dict],
+def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dict],
           families: dict[int, int]) -> dict:
     """Check every map key against the records and the in-memory state.
 
     ``maps_info``: map id -> {"what": description, "size_bytes": n, "live": bool};
     ``families``: map id -> lineage family id (maps that may share AUs have the same one).
     """
-    space = journal.space
+    space = committer.space
     errors: list[str] = []
-    with mover.step_lock, journal.flush_lock:
-        journal.commit()
-        with journal.lock:
-            mids, vaus, lpaus, tiers = scan_maps(journal.db)
+    with mover.step_lock, committer.flush_lock:
+        committer.commit()
+        with committer.lock:
+            mids, vaus, lpaus, tiers = scan_maps(committer.db)
             refcount = space.refs().copy()
             held = space.held.copy()
-            live = {m: a.copy() for m, a in journal.live.maps.items()}
+            live = {m: a.copy() for m, a in committer.live.maps.items()}
             t_free, t_used = list(space.t_free), list(space.t_used)
     n = space.n_aus
     ncap = space.ncap

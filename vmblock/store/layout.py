@@ -33,7 +33,7 @@ TIER_NAMES = ("capacity", "flash")
 UNMAPPED = int(extent_kernels.UNMAPPED)
 
 KEY_MAP = b"M"
-KEY_TXN = b"T"      # a random marker, rewritten by every transaction (see Journal.resolve_txn)
+KEY_TXN = b"T"      # a random marker, rewritten by every transaction (see Committer.resolve_txn)
 _KEY = struct.Struct(">cII")
 _VAL = struct.Struct("<IB")
 _KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("vau", ">u4")])

@@ -11,7 +11,7 @@ import numpy as np
 from vmblock.errors import NoSpace
 from vmblock.native import extent as extent_kernels
 from vmblock.store.alloc import MOVE_BIAS
-from vmblock.store.commit import Journal
+from vmblock.store.commit import Committer
 from vmblock.store.layout import TIER_NAMES
 from vmblock.store.tier import read_full, write_full
 
@@ -27,11 +27,11 @@ MoveStepHook = Callable[[int, np.ndarray, np.ndarray], None]
 class TierMover:
     """Relocates a live map's AUs to another tier, step by step, crash-safe at every point."""
 
-    def __init__(self, journal: Journal):
-        self.journal = journal
-        self.live = journal.live
-        self.space = journal.space
-        self.lock = journal.lock
+    def __init__(self, committer: Committer):
+        self.committer = committer
+        self.live = committer.live
+        self.space = committer.space
+        self.lock = committer.lock
         self.move_lock = threading.Lock()
         # Held by each step and by the fsck: between a step's locked phases its refcounts
         # and accounting are in flux.
@@ -67,7 +67,7 @@ class TierMover:
                 need = int(np.count_nonzero(self._outside(live.get(mid), tier)))
                 free = space.t_free[tier]
             if need > free:
-                self.journal.flush()     # frees of that tier become free once durable and drained
+                self.committer.flush()     # frees of that tier become free once durable and drained
                 with self.lock:
                     space.release()
                     free = space.t_free[tier]
@@ -165,11 +165,11 @@ class TierMover:
                     space.refcount[kn] = 1
                     amap[kv] = kn
                     space.t_used[tier] += len(kv)
-                    pending = self.journal.pending
+                    pending = self.committer.pending
                     for v, q in zip(kv.tolist(), kn.tolist()):
                         pending[(mid, v)] = q
                     extent_kernels._add_refs(space.refcount, ko, -1)  # biased: none reaches 0
-                    self.journal.last_write = next(space.tokens)
+                    self.committer.last_write = next(space.tokens)
                 space.t_free[tier] += int(np.count_nonzero(~keep))
                 drain = space.inflight.copy()
             # ... and only once every I/O that may have read the old mapping has finished,
@@ -181,5 +181,5 @@ class TierMover:
                 z = extent_kernels._add_refs(space.refcount, unbias, -MOVE_BIAS)
                 space.hold(unbias[:z])      # last reference gone: remapped, rewritten, unmapped
                 space.biased = None
-        self.journal.flush()
+        self.committer.flush()
         return int(len(kv)), int(np.count_nonzero(~keep))

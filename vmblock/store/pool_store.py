@@ -6,7 +6,7 @@
 * ``alloc.Allocator``: global AU numbers, reference counts, free space, held frees;
 * ``maps.LiveMaps``: every live vdisk's extent map (vAU -> physical AU), size and tier;
 * ``events.StoreEvents``: events for the next commit and the low-space policy;
-* ``commit.Journal``: pending map keys, the commit order (data before the keys that point at
+* ``commit.Committer``: pending map keys, the commit order (data before the keys that point at
   it), faults, metadata transactions (``MapTxn``);
 * ``datapath.DataPath``: reads and writes; ``move.TierMover``: tier moves;
 * ``fsck.check_store`` and ``usage.usage_report``: the reports.
@@ -23,7 +23,7 @@ import threading
 from rocksdict import WriteBatch
 
 from vmblock.store.alloc import Allocator
-from vmblock.store.commit import Journal, StoreFault
+from vmblock.store.commit import Committer, StoreFault
 from vmblock.store.datapath import DataPath
 from vmblock.store.events import StoreEvents
 from vmblock.store.fsck import check_store
@@ -54,9 +54,9 @@ class PoolStore:
         self.live.load(live, mids, vaus, self.space.global_aus(lpaus, key_tiers))
         self.live.tiers.update(tiers or {})
         self.events = StoreEvents(self.space, thresholds)
-        self.journal = Journal(db, self.space, self.live, self.events, self.lock)
-        self.data = DataPath(self.live, self.space, self.journal, self.events)
-        self.mover = TierMover(self.journal)
+        self.committer = Committer(db, self.space, self.live, self.events, self.lock)
+        self.data = DataPath(self.live, self.space, self.committer, self.events)
+        self.mover = TierMover(self.committer)
         self.closed = False
 
     @property
@@ -67,15 +67,15 @@ class PoolStore:
     @property
     def fault(self) -> StoreFault | None:
         """The commit that failed and is not recovered from yet."""
-        return self.journal.fault
+        return self.committer.fault
 
     def flush(self) -> None:
         """Make every completed write durable: data (fdatasync) first, then the map keys."""
-        self.journal.flush()
+        self.committer.flush()
 
     def transaction(self, batch: WriteBatch):
-        """A metadata change as one synced batch; see ``Journal.transaction``."""
-        return self.journal.transaction(batch)
+        """A metadata change as one synced batch; see ``Committer.transaction``."""
+        return self.committer.transaction(batch)
 
     def pending_events(self) -> list[dict]:
         """Events not committed yet, oldest first."""
@@ -100,11 +100,11 @@ class PoolStore:
 
     def usage(self) -> dict:
         """Space per tier (``usage_report``)."""
-        return usage_report(self.journal)
+        return usage_report(self.committer)
 
     def check(self, maps_info: dict[int, dict], families: dict[int, int]) -> dict:
         """The fsck (``check_store``)."""
-        return check_store(self.journal, self.mover, maps_info, families)
+        return check_store(self.committer, self.mover, maps_info, families)
 
     def close(self) -> None:
         """Commit what is pending, then close the tiers (once)."""

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from vmblock.store.commit import Journal
+from vmblock.store.commit import Committer
 
 
-def usage_report(journal: Journal) -> dict:
+def usage_report(committer: Committer) -> dict:
     """The capacity tier at the top level (as before flash-tier AUs existed), each tier's
     AUs under ``tiers``."""
-    space = journal.space
+    space = committer.space
     au = space.au
-    with journal.lock:
+    with committer.lock:
         refs = space.refs()
         held = [int(np.count_nonzero(space.held[lo:hi])) for lo, hi in space.bounds]
         tiers = {}
@@ -37,6 +37,6 @@ def usage_report(journal: Journal) -> dict:
             "held_bytes": held[0] * au,
             "used_pct": round(space.used_pct(0), 2),
             "shared_aus": int(np.count_nonzero(refs > 1)),
-            "pending_keys": len(journal.pending),
+            "pending_keys": len(committer.pending),
             "tiers": tiers,
         }
