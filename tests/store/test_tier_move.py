@@ -5,7 +5,6 @@ with a move are never lost, and a move that does not fit is refused with nothing
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np

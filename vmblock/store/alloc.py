@@ -40,7 +40,7 @@ class Allocator:
     """
 
     def __init__(self, capacity: Tier, flash: Tier, au: int, lock: threading.Lock,
-                 lpaus: np.ndarray, tiers: np.ndarray, cache_bytes: int):
+                 file_aus: np.ndarray, tiers: np.ndarray, cache_bytes: int):
         """Rebuild reference counts and free space from every map key's (AU in its tier,
         tier), and fix the flash split; a configured tier size that would cut off a mapped
         AU is not applied."""
@@ -53,7 +53,7 @@ class Allocator:
         if len(tiers) and int(tiers.max()) > TIER_FLASH:
             raise PoolError("meta DB holds extent-map records with an unknown tier")
         on_cap = tiers == TIER_CAPACITY
-        cap_p, fl_p = lpaus[on_cap], lpaus[~on_cap]
+        cap_p, fl_p = file_aus[on_cap], file_aus[~on_cap]
         top = int(cap_p.max()) + 1 if len(cap_p) else 0
         if top > capacity.n_aus:
             raise PoolError(f"capacity tier {capacity.path} is smaller than its maps "
@@ -86,7 +86,7 @@ class Allocator:
         self.bounds = ((0, ncap), (ncap, n))
         self.refcount = np.zeros(n, dtype=extent_kernels.REF_DTYPE)
         self.held = np.zeros(n, dtype=np.uint8)
-        np.add.at(self.refcount, self.global_aus(lpaus, tiers).astype(np.int64), 1)
+        np.add.at(self.refcount, self.global_aus(file_aus, tiers).astype(np.int64), 1)
         used = self.refcount != 0
         self.t_used = [int(np.count_nonzero(used[:ncap])), int(np.count_nonzero(used[ncap:]))]
         self.t_free = [ncap - self.t_used[0], n - ncap - self.t_used[1]]
@@ -120,9 +120,9 @@ class Allocator:
             return map_value(p, TIER_CAPACITY)
         return map_value(p - self.fshift, TIER_FLASH)
 
-    def global_aus(self, lpaus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
+    def global_aus(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
         """Global AU numbers of (AU in its tier, tier) pairs as the meta DB stores them."""
-        paus = lpaus.astype(np.int64)
+        paus = file_aus.astype(np.int64)
         paus[tiers == TIER_FLASH] += self.fshift
         return paus.astype(np.uint32)
 

@@ -22,7 +22,7 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
     with mover.step_lock, committer.flush_lock:
         committer.commit()
         with committer.lock:
-            mids, vaus, lpaus, tiers = scan_maps(committer.db)
+            mids, vaus, file_aus, tiers = scan_maps(committer.db)
             refcount = space.refs().copy()
             held = space.held.copy()
             live = {m: a.copy() for m, a in committer.live.maps.items()}
@@ -39,17 +39,17 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
     bad_tier = ~(on_cap | on_flash)
     if bad_tier.any():
         errors.append(f"{int(bad_tier.sum())} map keys name an unknown tier")
-    out = bad_tier | (on_cap & (lpaus >= ncap))
-    if (on_cap & (lpaus >= ncap)).any():
-        errors.append(f"{int((on_cap & (lpaus >= ncap)).sum())} map keys point past "
+    out = bad_tier | (on_cap & (file_aus >= ncap))
+    if (on_cap & (file_aus >= ncap)).any():
+        errors.append(f"{int((on_cap & (file_aus >= ncap)).sum())} map keys point past "
                       f"the capacity tier ({ncap} AUs)")
-    fl_out = on_flash & ((lpaus < space.flash_lo) | (lpaus >= space.flash.n_aus))
+    fl_out = on_flash & ((file_aus < space.flash_lo) | (file_aus >= space.flash.n_aus))
     if fl_out.any():
         errors.append(f"{int(fl_out.sum())} map keys point outside the flash tier's AU "
                       f"region (AUs {space.flash_lo}-{space.flash.n_aus - 1}; the cache "
                       f"slots are below)")
     out |= fl_out
-    paus = lpaus.astype(np.int64)
+    paus = file_aus.astype(np.int64)
     paus[on_flash] += space.fshift
     paus = np.where(out, 0, paus).astype(np.uint32)
     for mid, info in maps_info.items():

@@ -54,8 +54,8 @@ class LiveMaps:
 
     def scan(self, mid: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(map ids, vAUs, global physical AUs) of the meta DB's map keys."""
-        mids, vaus, lpaus, tiers = scan_maps(self.db, mid)
-        return mids, vaus, self.space.global_aus(lpaus, tiers)
+        mids, vaus, file_aus, tiers = scan_maps(self.db, mid)
+        return mids, vaus, self.space.global_aus(file_aus, tiers)
 
     def entries(self, mid: int) -> tuple[np.ndarray, np.ndarray]:
         """(vAUs, physical AUs) of one map: the live array if it is live, else the DB."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 from rocksdict import WriteBatch
 
 from vmblock.store.alloc import Allocator
@@ -35,7 +36,12 @@ from vmblock.store.usage import usage_report
 
 
 class PoolStore:
-    """Allocator, reference counts and live extent maps of one pool; thread-safe."""
+    """Allocator, reference counts and live extent maps of one pool; thread-safe.
+
+    ``lock`` guards the in-memory state (maps, refcounts, pending keys); data I/O on AUs that
+    are mapped and owned runs outside it. ``committer.flush_lock`` orders commits and
+    metadata changes.
+    """
 
     def __init__(self, db, capacity: Tier, flash: Tier, live: dict[int, int],
                  thresholds: tuple[int, ...] = (80, 90, 95), au: int = AU_SIZE,
@@ -48,10 +54,10 @@ class PoolStore:
         self.capacity = capacity
         self.flash = flash
         self.lock = threading.Lock()
-        mids, vaus, lpaus, key_tiers = scan_maps(db)
-        self.space = Allocator(capacity, flash, au, self.lock, lpaus, key_tiers, cache_bytes)
+        mids, vaus, file_aus, key_tiers = scan_maps(db)
+        self.space = Allocator(capacity, flash, au, self.lock, file_aus, key_tiers, cache_bytes)
         self.live = LiveMaps(db, self.space)
-        self.live.load(live, mids, vaus, self.space.global_aus(lpaus, key_tiers))
+        self.live.load(live, mids, vaus, self.space.global_aus(file_aus, key_tiers))
         self.live.tiers.update(tiers or {})
         self.events = StoreEvents(self.space, thresholds)
         self.committer = Committer(db, self.space, self.live, self.events, self.lock)
@@ -90,7 +96,7 @@ class PoolStore:
         """Bytes the live map ``mid`` holds on each tier."""
         return self.live.tier_bytes(mid)
 
-    def entries(self, mid: int):
+    def entries(self, mid: int) -> tuple[np.ndarray, np.ndarray]:
         """(vAUs, physical AUs) of one map, live or frozen."""
         return self.live.entries(mid)
 
