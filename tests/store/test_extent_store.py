@@ -12,9 +12,9 @@ import pytest
 
 from vmblock.errors import AlreadyExists, InvalidArgument
 from vmblock.meta import Pool
-from vmblock.native import extent as kx
+from vmblock.native import extent as extent_kernels
 from vmblock.store.backend import SpaceExhausted
-from vmblock.store.extent import AU_SIZE, map_prefix
+from vmblock.store.layout import AU_SIZE, map_key, map_prefix, map_value
 
 KiB, MiB = 1 << 10, 1 << 20
 AU = AU_SIZE
@@ -43,7 +43,7 @@ def read(store, off, n):
 
 
 def pau(pool, name, vau):
-    return kx.lookup(pool.store.maps[pool.vdisk(name).map_id], vau)
+    return extent_kernels.lookup(pool.store.live.maps[pool.vdisk(name).map_id], vau)
 
 
 def assert_clean(pool):
@@ -113,15 +113,15 @@ def test_freed_au_is_not_reused_while_an_older_io_may_still_read_it(pool):
     s.write(0, memoryview(b"\x44" * AU))
     s.flush()
     old = pau(pool, "d1", 0)
-    ps = pool.store
-    tok = next(ps.tokens)
-    ps.inflight.add(tok)     # an I/O that looked the AU up and has not finished
+    space = pool.store.space
+    tok = next(space.tokens)
+    space.inflight.add(tok)     # an I/O that looked the AU up and has not finished
     s.unmap(0, AU)
     s.flush()
-    assert ps.held[old] == 1
-    ps.inflight.discard(tok)
-    ps.flush()               # the next commit (or an allocation short of space) releases it
-    assert ps.held[old] == 0
+    assert space.held[old] == 1
+    space.inflight.discard(tok)
+    pool.store.flush()          # the next commit (or an allocation short of space) releases it
+    assert space.held[old] == 0
 
 
 def test_snapshot_then_write_copies_on_write(pool):
@@ -131,7 +131,7 @@ def test_snapshot_then_write_copies_on_write(pool):
     shared = pau(pool, "d1", 0)
     s.write(4 * KiB, memoryview(b"\xbb" * 4 * KiB))
     assert pau(pool, "d1", 0) != shared                    # copied
-    assert pau(pool, "d1", 1) != kx.UNMAPPED
+    assert pau(pool, "d1", 1) != extent_kernels.UNMAPPED
     assert read(s, 0, 12 * KiB) == b"\xaa" * 4 * KiB + b"\xbb" * 4 * KiB + b"\xaa" * 4 * KiB
     vm, disks, _ = pool.clone_vm("vm1", "c1", snapshot="before")
     c = pool.open_store(disks[0])
@@ -297,7 +297,6 @@ def test_check_finds_a_map_key_without_owner_and_a_cross_vm_share(pool):
     mine = pool.vdisk("d1").map_id
     theirs = pool.vdisk("other").map_id
     p = pau(pool, "d1", 0)
-    from vmblock.store.extent import map_key, map_value
     pool._db.raw.put(map_key(theirs, 3), map_value(p))         # another vdisk points at d1's AU
     pool._db.raw.put(map_key(999, 0), map_value(p + 1))         # a map nobody owns
     r = pool.check()

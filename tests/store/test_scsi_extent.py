@@ -45,9 +45,9 @@ def lba_status(rig, lba: int) -> tuple[int, int, int]:
 
 def test_write16_fua_then_read16(rig, pool):
     data = bytes(range(256)) * 32
-    commits = pool.store.commits
+    commits = pool.store.committer.commits
     assert rig.run(write16(100, 16, flags=0x08), data).status == SAM_STAT_GOOD
-    assert pool.store.commits == commits + 1           # FUA: data synced, map committed
+    assert pool.store.committer.commits == commits + 1           # FUA: data synced, map committed
     assert bytes(rig.run(read16(100, 16)).data_in) == data
 
 

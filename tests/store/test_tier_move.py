@@ -5,7 +5,6 @@ with a move are never lost, and a move that does not fit is refused with nothing
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 
 from vmblock.errors import NoSpace
 from vmblock.meta import Pool
-from vmblock.store.extent import AU_SIZE
+from vmblock.store.layout import AU_SIZE
 
 MiB = 1 << 20
 AU = AU_SIZE
@@ -72,7 +71,7 @@ def fill(store, seed=1):
 
 def test_flash_split_starts_after_the_cache_slots(pool):
     st = pool.store
-    assert st.cache_bytes == 8 * MiB and st.flash_lo == 8 * MiB // AU
+    assert st.cache_bytes == 8 * MiB and st.space.flash_lo == 8 * MiB // AU
     u = st.usage()["tiers"]["flash"]
     assert u["cache_bytes"] == 8 * MiB and u["au_offset_bytes"] == 8 * MiB
     assert u["au_bytes"] == 24 * MiB and u["free_bytes"] == 24 * MiB
@@ -86,11 +85,11 @@ def test_move_to_flash_and_back_preserves_every_byte(pool):
     assert r["moved_bytes"] == used and r["tier_bytes"] == {"capacity": 0, "flash": used}
     disk = pool.vdisk("d1")
     assert disk.tier == "flash"
-    amap = pool.store.maps[disk.map_id]
+    amap = pool.store.live.maps[disk.map_id]
     mapped = amap[amap != 0xFFFFFFFF]
-    assert (mapped >= pool.store.ncap).all()
+    assert (mapped >= pool.store.space.ncap).all()
     # the flash file holds the data at or above the cache region
-    assert ((mapped - pool.store.fshift) >= pool.store.flash_lo).all()
+    assert ((mapped - pool.store.space.fshift) >= pool.store.space.flash_lo).all()
     assert read(s, 0, s.size_bytes) == bytes(image)
     u = pool.store.usage()["tiers"]
     assert u["flash"]["used_bytes"] == used and u["capacity"]["used_bytes"] == 0
@@ -135,7 +134,7 @@ def test_snapshot_keeps_its_aus_and_data_across_moves(pool):
     # the snapshot map still points at capacity AUs, with the old data
     snap = pool.snapshot("before", vdisk="d1")
     _, paus = pool.store.entries(snap.disks[0]["map_id"])
-    assert (paus < pool.store.ncap).all()
+    assert (paus < pool.store.space.ncap).all()
     pool.create_vm("vm2")
     vm, disks, _ = pool.clone_vm("vm1", "vm2c", live=True)
     assert disks[0].tier == "flash"
@@ -151,12 +150,12 @@ def test_move_that_does_not_fit_is_refused_and_changes_nothing(pool):
     pool.create_vdisk("big", 48 * MiB, vm="vm1")
     s = store_of(pool, "big")
     s.write(0, memoryview(pattern(9, 30 * MiB)))    # 30 MiB > 24 MiB of flash AUs
-    before = pool.store.maps[pool.vdisk("big").map_id].copy()
+    before = pool.store.live.maps[pool.vdisk("big").map_id].copy()
     with pytest.raises(NoSpace, match="not enough free space on the flash tier"):
         pool.move_vdisk("big", "flash")
     assert pool.vdisk("big").tier == "capacity"
-    assert np.array_equal(pool.store.maps[pool.vdisk("big").map_id], before)
-    assert pool.store.tiers.get(pool.vdisk("big").map_id, 0) == 0
+    assert np.array_equal(pool.store.live.maps[pool.vdisk("big").map_id], before)
+    assert pool.store.live.tiers.get(pool.vdisk("big").map_id, 0) == 0
     assert read(s, 0, 30 * MiB) == pattern(9, 30 * MiB)
     clean(pool)
 
@@ -218,4 +217,84 @@ def test_writes_racing_with_a_move_are_never_lost(pool):
     # the snapshot's AUs (shared with the live map until rewritten) were never written
     pool.revert(pool.snapshot("frozen", vdisk="d1"))
     assert read(s, 0, s.size_bytes) == frozen
+    clean(pool)
+
+
+class PausedStep:
+    """A move-step hook that stops the first step between its copy and its remap until the
+    test has done its racing I/O: the race a move must survive happens for sure."""
+
+    def __init__(self):
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+        self.vaus = None
+
+    def __call__(self, mid, vaus, old_aus):
+        if self.vaus is None:
+            self.vaus = vaus.copy()
+            self.paused.set()
+            assert self.resume.wait(60)
+
+
+def move_with_paused_step(pool, tier, race):
+    """Move d1 to ``tier`` in a thread; ``race(vaus)`` runs while the first step that moves
+    something holds between copy and remap. Returns the move's result."""
+    step = PausedStep()
+    pool.store.mover.move_step_hook = step
+    result, failed = {}, []
+
+    def move():
+        try:
+            result.update(pool.store.move(pool.vdisk("d1").map_id, tier, chunk_aus=8))
+        except BaseException as e:
+            failed.append(e)
+            step.paused.set()
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    try:
+        assert step.paused.wait(60) and not failed, failed
+        race(step.vaus)
+    finally:
+        step.resume.set()
+        mover.join(60)
+        pool.store.mover.move_step_hook = None
+    assert not failed, failed
+    return result
+
+
+def test_a_write_between_a_steps_copy_and_remap_is_kept(pool):
+    """The write lands on an AU the step has already copied: it must go round the bias to a
+    new AU, and the step must leave that vAU alone (else the copy's old data wins)."""
+    s = store_of(pool)
+    image = fill(s, seed=11)
+
+    def race(vaus):
+        for v in (int(vaus[0]), int(vaus[-1])):
+            off = v * AU + 4096
+            data = pattern(v, 4096)
+            s.write(off, memoryview(data))          # the 4 KiB path, as a guest's write
+            image[off:off + 4096] = data
+
+    r = move_with_paused_step(pool, 1, race)
+    assert r["raced_aus"] == 2 and r["moved_aus"] > 0, r
+    assert read(s, 0, s.size_bytes) == bytes(image)
+    amap = pool.store.live.maps[pool.vdisk("d1").map_id]
+    mapped = amap[amap != 0xFFFFFFFF]
+    assert (mapped >= pool.store.space.ncap).all()      # the raced AUs went to flash too
+    clean(pool)
+
+
+def test_an_unmap_between_a_steps_copy_and_remap_is_kept(pool):
+    s = store_of(pool)
+    image = fill(s, seed=12)
+
+    def race(vaus):
+        off = int(vaus[0]) * AU
+        s.unmap(off, AU)
+        image[off:off + AU] = bytes(AU)
+
+    r = move_with_paused_step(pool, 1, race)
+    assert r["raced_aus"] == 1, r
+    assert read(s, 0, s.size_bytes) == bytes(image)
     clean(pool)

@@ -17,7 +17,7 @@ from typing import Annotated, Union, get_args, get_origin, get_type_hints
 
 from vmblock.cache.groups import PROMOTE
 from vmblock.errors import InvalidArgument
-from vmblock.store.extent import TIER_NAMES
+from vmblock.store.layout import TIER_NAMES
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
                float: "a number", bool: "true or false", type(None): "null"}

@@ -506,9 +506,6 @@ class CachedStore(BackingStore):
     def lba_status(self, offset: int) -> tuple[bool, int]:
         return self.inner.lba_status(offset)
 
-    def resize(self, size_bytes: int) -> None:
-        self.inner.resize(size_bytes)
-
     def close(self) -> None:
         self.inner.close()
 
@@ -517,7 +514,7 @@ class CachedStore(BackingStore):
         inner = self.inner
         vaus = inner.mapped_aus()
         bs = self.cache.bs
-        au = inner.pool.au
+        au = inner.au
         if bs >= au:
             blocks = np.unique(vaus * au // bs)
         else:

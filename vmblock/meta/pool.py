@@ -57,6 +57,7 @@ from vmblock import DEFAULT_TARGET
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
 from vmblock.iscsi.params import validate_offer
 from vmblock.meta.db import MetaDB, MetaIOError
+from vmblock.meta.groups import EvictionGroups
 from vmblock.settings import (
     MAX_VDISK_BYTES,
     NEW_TARGET_CHAP_KEY,
@@ -65,8 +66,10 @@ from vmblock.settings import (
     check_iqn,
     check_key,
 )
-from vmblock.meta.groups import EvictionGroups
-from vmblock.store.extent import AU_SIZE, TIER_NAMES, ExtentStore, PoolStore, Tier
+from vmblock.store.extent import ExtentStore
+from vmblock.store.layout import AU_SIZE, TIER_NAMES
+from vmblock.store.pool_store import PoolStore
+from vmblock.store.tier import Tier
 from vmblock.units import format_size
 
 SCHEMA_VERSION = 2
@@ -764,8 +767,7 @@ class Pool:
         """Recorded events, oldest first, with those not yet committed at the end."""
         evs = [v for _, v in self._scan("event/")]
         if self._store is not None:
-            with self._store.lock:
-                evs += list(self._store.events)
+            evs += self._store.pending_events()
         return evs[-limit:] if limit else evs
 
     # --- fsck ---------------------------------------------------------------------------------

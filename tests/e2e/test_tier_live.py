@@ -6,13 +6,19 @@ same way. A move that does not fit is refused with nothing changed."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
 
-from support import clients
 import pytest
-from support.server import VmblockServer
+import uvloop
+from support import clients
+from support.server import vmblock_cmd
+
+from vmblock.meta import Pool
+from vmblock.server import Server
+from vmblock.store.layout import AU_SIZE
 
 
 def qemu_io_args(url: str, cmds: list[str]) -> list[str]:
@@ -26,6 +32,7 @@ def qemu_io(url: str, *cmds: str) -> str:
 def js(server, *args):
     return clients.cli_json(server, *args, timeout=180)
 
+
 MiB = 1 << 20
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
@@ -35,13 +42,70 @@ pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
 RACE = (40 * MiB, 8 * MiB)     # rewritten 4 KiB at a time, in scattered order, during moves
 
 
+class InProcessServer:
+    """The server of ``vmblock serve`` run in this process (its event loop in a thread), so a
+    test can install hooks on its store; the CLI and qemu-io reach it as they reach any."""
+
+    def __init__(self, pool_dir):
+        self.pool_dir = pool_dir
+        self.pool = Pool(str(pool_dir), create=True)
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = Server(self.pool, {}, [("127.0.0.1", 0)])
+        try:
+            self._run(self.server.start())
+        except BaseException:
+            self.stop()
+            raise
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+
+    def cli(self, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run ``vmblock --pool POOL ARGS...``; with ``check`` a non-zero exit fails the test."""
+        p = subprocess.run(vmblock_cmd(self.pool_dir, *args), capture_output=True, text=True,
+                           timeout=timeout)
+        if check and p.returncode != 0:
+            pytest.fail(f"vmblock {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
+        return p
+
+    def stop(self) -> None:
+        try:
+            self._run(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(60)
+            self.loop.close()
+            self.pool.close()
+
+
+class WriteInEachMove:
+    """A move-step hook: the first step of each move that moves AUs of RACE waits, between its
+    copy and its remap, for a qemu-io write into one of them (which has to go round the
+    step's bias to the new tier): a write races the move for sure, at any machine speed."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.pattern = None     # the pattern the current move's racing writes use
+        self.done = False
+
+    def arm(self, pattern: int) -> None:
+        self.pattern = pattern
+        self.done = False
+
+    def __call__(self, mid, vaus, old_aus):
+        inside = vaus[(vaus * AU_SIZE >= RACE[0]) & (vaus * AU_SIZE < RACE[0] + RACE[1])]
+        if self.done or not len(inside):
+            return
+        self.done = True
+        qemu_io(self.url, f"write -P {self.pattern:#x} {int(inside[0]) * AU_SIZE} 4096")
+
+
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A server whose move steps that move AUs of RACE wait between copy and remap until a
-    write has landed in them (VMBLOCK_TEST_MOVE_AWAIT_WRITE): the racing qemu-io writes into
-    AUs that are being moved for sure, however slow or loaded the machine is."""
-    monkeypatch.setenv("VMBLOCK_TEST_MOVE_AWAIT_WRITE", f"{RACE[0]}:{RACE[1]}")
-    s = VmblockServer(tmp_path / "pool")
+def server(tmp_path):
+    s = InProcessServer(tmp_path / "pool")
     try:
         yield s
     finally:
@@ -106,19 +170,21 @@ def verify(url: str, race_pattern: int) -> None:
             f"read -P {race_pattern:#x} {RACE[0]} {RACE[1]}")
 
 
-def move_while_writing(s, url: str, tier: str, old: int, pattern: int) -> dict:
+def move_while_writing(s, url: str, tier: str, old: int, pattern: int,
+                       hook: WriteInEachMove) -> dict:
     """``vdisk move`` while a qemu-io rewrites RACE (its AUs are mapped and owned: the writes
     go in place on the lock-free path, the hazard a move has to handle)."""
     verify(url, old)
+    hook.arm(pattern)
     w = RacingWriter(url, pattern)
     try:
         r = js(s, "vdisk", "move", "d", "--tier", tier)
     finally:
         w.finish()
     assert r["tier"] == tier and r["move"]["moved_bytes"] > 0, r
-    # the step moving RACE waited for a write into its AUs: it took the locked copy-on-write
-    # path to the new tier
-    assert r["move"]["raced_aus"] > 0, r
+    # the first step moving RACE waited for a write into its AUs: it took the locked
+    # copy-on-write path to the new tier
+    assert hook.done and r["move"]["raced_aus"] > 0, r
     verify(url, pattern)
     return r
 
@@ -133,8 +199,10 @@ def test_move_to_flash_and_back_while_qemu_io_writes(server):
     qemu_io(url, *[f"read -P 0x11 {o} 4k" for o in range(0, MiB, 4096)])    # cached
     assert js(s, "cache", "show")["vdisks"]["d"]["cached_bytes"] > 0
     used = js(s, "vdisk", "show", "d")["used_bytes"]
+    hook = WriteInEachMove(url)
+    s.pool.store.mover.move_step_hook = hook
 
-    r = move_while_writing(s, url, "flash", 0x77, 0x44)
+    r = move_while_writing(s, url, "flash", 0x77, 0x44, hook)
     d = js(s, "vdisk", "show", "d")
     assert d["tier"] == "flash" and d["tier_bytes"]["capacity"] == 0
     assert d["tier_bytes"]["flash"] == d["used_bytes"] >= used
@@ -149,7 +217,7 @@ def test_move_to_flash_and_back_while_qemu_io_writes(server):
     assert c["read_hits"] + c["read_misses"] == hits and c["cached_bytes"] == 0  # bypassed
     assert js(s, "pool", "check")["ok"]
 
-    move_while_writing(s, url, "capacity", 0x44, 0x55)
+    move_while_writing(s, url, "capacity", 0x44, 0x55, hook)
     d = js(s, "vdisk", "show", "d")
     assert d["tier"] == "capacity" and d["tier_bytes"]["flash"] == 0
     assert js(s, "pool", "show")["store"]["tiers"]["flash"]["used_bytes"] == 0

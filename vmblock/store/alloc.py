@@ -1,0 +1,200 @@
+"""The allocator: physical AUs of both tiers, their reference counts, free space and held frees.
+
+Physical AUs are numbered in one *global* space in memory: capacity AU ``p`` is ``p``, flash AU
+``f`` (its AU index in the flash tier file) is ``f + fshift``. The flash tier's AUs start at
+``flash_lo``: after the cache's slots (``cache_bytes``, rounded up to an AU), or lower if a flash
+AU below that is already mapped (the cache then gets less: it must never overlap data). The
+meta DB stores (AU in its tier, tier).
+
+A freed AU (UNMAP, snapshot or vdisk deletion, COW of the last reference) is *held*: not
+reusable until the batch that frees it is durable *and* every I/O that could still have looked
+it up has finished (a generation count of in-flight I/O). Otherwise a crash could bring back
+the old mapping over another VM's data, or a racing read could return it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+
+import numpy as np
+
+from vmblock.errors import PoolError
+from vmblock.native import extent as extent_kernels
+from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, map_value
+from vmblock.store.tier import Tier
+
+log = logging.getLogger(__name__)
+
+# vdisk move: the reference-count bias that holds a step's old AUs: in-place writes see them
+# as shared and take the locked path (see TierMover).
+MOVE_BIAS = 1 << 28
+
+
+class Allocator:
+    """Global AU numbers, reference counts, free space per tier, held frees, in-flight I/O.
+
+    Methods said to run "under the lock" expect the store's ``lock`` held by the caller.
+    """
+
+    def __init__(self, capacity: Tier, flash: Tier, au: int, lock: threading.Lock,
+                 file_aus: np.ndarray, tiers: np.ndarray, cache_bytes: int):
+        """Rebuild reference counts and free space from every map key's (AU in its tier,
+        tier), and fix the flash split; a configured tier size that would cut off a mapped
+        AU is not applied."""
+        self.capacity = capacity
+        self.flash = flash
+        self.au = au
+        self.lock = lock
+        self.fd = capacity.fd
+        self.ffd = flash.fd
+        if len(tiers) and int(tiers.max()) > TIER_FLASH:
+            raise PoolError("meta DB holds extent-map records with an unknown tier")
+        on_cap = tiers == TIER_CAPACITY
+        cap_p, fl_p = file_aus[on_cap], file_aus[~on_cap]
+        top = int(cap_p.max()) + 1 if len(cap_p) else 0
+        if top > capacity.n_aus:
+            raise PoolError(f"capacity tier {capacity.path} is smaller than its maps "
+                            f"(AU {top - 1} is mapped)")
+        if capacity.want_aus != capacity.n_aus:
+            if top > capacity.want_aus:
+                log.warning("capacity tier: AUs up to %d are in use, cannot shrink to %d "
+                            "bytes; keeping %d", top, capacity.want_aus * au, top * au)
+            capacity.set_aus(max(top, capacity.want_aus))
+        ftop = int(fl_p.max()) + 1 if len(fl_p) else 0
+        if ftop > flash.n_aus:
+            raise PoolError(f"flash tier {flash.path} is smaller than its maps "
+                            f"(AU {ftop - 1} is mapped)")
+        if flash.want_aus != flash.n_aus:     # as the capacity tier
+            if ftop > flash.want_aus:
+                log.warning("flash tier: AUs up to %d are in use, cannot shrink to %d bytes",
+                            ftop, flash.want_aus * au)
+            flash.set_aus(max(ftop, flash.want_aus))
+        nf = flash.n_aus
+        lo = min(-(-max(cache_bytes, 0) // au), nf)
+        if len(fl_p) and int(fl_p.min()) < lo:
+            log.warning("flash tier: AU %d is mapped, the cache gets %d bytes, not %d",
+                        int(fl_p.min()), int(fl_p.min()) * au, cache_bytes)
+            lo = int(fl_p.min())
+        self.flash_lo = lo
+        self.cache_bytes = min(max(cache_bytes, 0), lo * au)
+        self.ncap = ncap = capacity.n_aus
+        self.fshift = ncap - lo
+        n = ncap + nf - lo
+        self.bounds = ((0, ncap), (ncap, n))
+        self.refcount = np.zeros(n, dtype=extent_kernels.REF_DTYPE)
+        self.held = np.zeros(n, dtype=np.uint8)
+        np.add.at(self.refcount, self.global_aus(file_aus, tiers).astype(np.int64), 1)
+        used = self.refcount != 0
+        self.t_used = [int(np.count_nonzero(used[:ncap])), int(np.count_nonzero(used[ncap:]))]
+        self.t_free = [ncap - self.t_used[0], n - ncap - self.t_used[1]]
+        self.cursors = [0, 0]
+        # AUs whose last reference went in not-yet-durable metadata (see hold), and durably
+        # freed ones waiting for the I/O that was in flight when they were retired
+        self.frees: list[np.ndarray] = []
+        self.waiting: deque[tuple[set[int], np.ndarray]] = deque()
+        # Data I/O in progress outside the lock, by unique token (itertools.count and set
+        # add/discard are atomic in CPython, so the 4 KiB path takes no lock at all).
+        self.tokens = itertools.count(1)
+        self.inflight: set[int] = set()
+        self.biased: np.ndarray | None = None     # the old AUs a move step holds (MOVE_BIAS)
+
+    # --- global AU numbers <-> (tier, AU in the tier file) ------------------------------------
+
+    @property
+    def n_aus(self) -> int:
+        """AUs of both tiers in the global numbering (the cache's slots are not among them)."""
+        return self.bounds[1][1]
+
+    def position(self, p: int) -> tuple[int, int]:
+        """(fd, byte offset) of global AU ``p``."""
+        if p < self.ncap:
+            return self.fd, p * self.au
+        return self.ffd, (p - self.fshift) * self.au
+
+    def value(self, p: int) -> bytes:
+        """The meta DB value of a mapping to global AU ``p``."""
+        if p < self.ncap:
+            return map_value(p, TIER_CAPACITY)
+        return map_value(p - self.fshift, TIER_FLASH)
+
+    def global_aus(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
+        """Global AU numbers of (AU in its tier, tier) pairs as the meta DB stores them."""
+        paus = file_aus.astype(np.int64)
+        paus[tiers == TIER_FLASH] += self.fshift
+        return paus.astype(np.uint32)
+
+    def split_tiers(self, paus: np.ndarray) -> tuple[int, int]:
+        """How many of ``paus`` are capacity AUs, how many flash AUs."""
+        nf = int(np.count_nonzero(paus >= self.ncap))
+        return len(paus) - nf, nf
+
+    def used_pct(self, t: int) -> float:
+        """Percentage of tier ``t``'s AUs in use."""
+        lo, hi = self.bounds[t]
+        return 100.0 * self.t_used[t] / max(hi - lo, 1)
+
+    def refs(self) -> np.ndarray:
+        """Reference counts without a running move's hold on its AUs (under the lock)."""
+        if self.biased is None:
+            return self.refcount
+        refs = self.refcount.astype(np.int64)
+        np.subtract.at(refs, self.biased.astype(np.int64), MOVE_BIAS)
+        return refs
+
+    # --- allocate, hold, retire, release ------------------------------------------------------
+
+    def alloc(self, t: int, need: int) -> np.ndarray:
+        """``need`` free AUs of tier ``t`` (global numbers), next-fit; the caller checked
+        ``t_free`` and accounts for them (under lock)."""
+        new = np.empty(need, dtype=np.int64)
+        if not need:
+            return new
+        lo, hi = self.bounds[t]
+        found, self.cursors[t] = extent_kernels._alloc_scan(
+            self.refcount[lo:hi], self.held[lo:hi], self.cursors[t], need, new)
+        if found < need:    # t_free said otherwise: accounting bug, refuse to write
+            raise PoolError(f"allocator found {found} of {need} free AUs on the "
+                            f"{TIER_NAMES[t]} tier")
+        new += lo
+        return new
+
+    def hold(self, paus: np.ndarray) -> None:
+        """AUs whose last reference went away in not-yet-durable metadata (under lock)."""
+        if len(paus):
+            self.held[paus] = 1
+            c, f = self.split_tiers(paus)
+            self.t_used[0] -= c
+            self.t_used[1] -= f
+            self.frees.append(paus.astype(np.uint32))
+
+    def take_frees(self) -> list[np.ndarray]:
+        """The held frees a commit is about to make durable (under lock)."""
+        frees, self.frees = self.frees, []
+        return frees
+
+    def put_back_frees(self, frees: list[np.ndarray]) -> None:
+        """Frees of a commit that failed: the next one makes them durable (under lock)."""
+        self.frees[:0] = frees
+
+    def release(self) -> None:
+        """Make durably freed AUs allocatable once every I/O that was in flight when they were
+        retired has finished (it may have looked them up before they were unmapped).
+        Called under the lock."""
+        while self.waiting and self.waiting[0][0].isdisjoint(self.inflight):
+            _, paus = self.waiting.popleft()
+            self.held[paus] = 0
+            c, f = self.split_tiers(paus)
+            self.t_free[0] += c
+            self.t_free[1] += f
+
+    def retire(self, paus: np.ndarray) -> None:
+        """Durably freed AUs: punch them, then release them once older I/O has drained."""
+        on_cap = paus < self.ncap
+        self.capacity.punch(paus[on_cap])
+        self.flash.punch((paus[~on_cap].astype(np.int64) - self.fshift).astype(np.uint32))
+        with self.lock:
+            self.waiting.append((self.inflight.copy(), paus))
+            self.release()

@@ -1,0 +1,315 @@
+"""Commit order: data durable before the map keys that point at it; faults; transactions.
+
+* A write to an unmapped AU allocates a new AU, writes the *whole* AU (data plus zeros around
+  it), updates the in-memory map at once (reads see it) and queues the map key in ``pending``.
+* ``flush`` (SYNCHRONIZE CACHE, FUA, the periodic commit, any metadata change) takes the
+  pending keys, ``fdatasync``s the tier and only then writes them in one synced WriteBatch: a
+  mapping never becomes durable before its data. After a crash an AU whose mapping was not
+  committed is simply free again; it is rewritten whole before it is ever mapped again.
+* An overwrite of a mapped AU referenced once goes in place; an AU shared with a snapshot or
+  clone (refcount > 1) is copied to a new AU first (copy-on-write), the old one keeps its data.
+* Freed AUs are held until the batch that frees them is durable (see ``vmblock.store.alloc``).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+from rocksdict import WriteBatch
+
+from vmblock.errors import io_failure
+from vmblock.native import extent as extent_kernels
+from vmblock.store.alloc import Allocator
+from vmblock.store.backend import WriteRefused
+from vmblock.store.events import StoreEvents
+from vmblock.store.layout import KEY_TXN, map_key, n_vaus, put_event
+from vmblock.store.maps import LiveMaps
+
+log = logging.getLogger(__name__)
+
+# Pending map keys after which a writer commits by itself (bounds memory and replay loss).
+PENDING_LIMIT = 16384
+
+
+class StoreFault:
+    """Where a commit failed (``meta`` or a tier name), the latest error, and since when."""
+
+    __slots__ = ("where", "error", "since")
+
+    def __init__(self, where: str, error: OSError):
+        self.where = where
+        self.error = error
+        self.since = time.time()
+
+
+class Committer:
+    """The not-yet-durable part of the metadata and the order that makes it durable.
+
+    ``pending`` holds map keys changed in memory (vAU -> global AU, None: unmapped) under the
+    store lock; ``flush_lock`` orders commits and metadata changes.
+    """
+
+    def __init__(self, db, space: Allocator, live: LiveMaps, events: StoreEvents,
+                 lock: threading.Lock):
+        self.db = db
+        self.space = space
+        self.live = live
+        self.events = events
+        self.lock = lock
+        self.flush_lock = threading.Lock()
+        self.pending: dict[tuple[int, int], int | None] = {}
+        # the commit that failed and is not recovered from yet (see StoreFault)
+        self.fault: StoreFault | None = None
+        # (marker, MapTxn, events) of a transaction whose synced write failed
+        self.in_doubt: tuple[bytes, MapTxn, list[dict]] | None = None
+        # Written-but-maybe-not-synced: a completed write stores its token here; a commit
+        # fdatasyncs when it differs from the token its last sync saw.
+        self.last_write = 0
+        self.synced = 0
+        self.commits = 0
+
+    def over_limit(self) -> bool:
+        """Enough keys pend that the writer should commit by itself (under lock)."""
+        return len(self.pending) > PENDING_LIMIT
+
+    def flush(self) -> None:
+        """Make every completed write durable: data (fdatasync) first, then the map keys."""
+        with self.flush_lock:
+            self.commit()
+
+    def commit(self) -> None:
+        """One commit; the caller holds ``flush_lock``."""
+        space = self.space
+        with self.lock:
+            pending, self.pending = self.pending, {}
+            frees = space.take_frees()
+            events = self.events.take()
+            written = self.last_write      # one load: a later write changes it again
+            # a pending flash mapping is counted in t_used[1]; without flash AUs in use the
+            # flash file holds only cache slots, which need no durability
+            flash = space.t_used[1] > 0
+            if space.waiting:
+                space.release()
+        where = "meta"
+        try:
+            if written != self.synced or pending or self.fault is not None:
+                where = "capacity"
+                os.fdatasync(space.capacity.fd)
+                if flash:
+                    where = "flash"
+                    os.fdatasync(space.flash.fd)
+                self.synced = written
+            where = "meta"
+            if pending or events:
+                batch = WriteBatch(raw_mode=True)
+                value = space.value
+                for (mid, vau), pau in pending.items():
+                    if pau is None:
+                        batch.delete(map_key(mid, vau))
+                    else:
+                        batch.put(map_key(mid, vau), value(pau))
+                for ev in events:
+                    put_event(batch, ev)
+                self.db.write(batch)
+        except BaseException as e:
+            with self.lock:     # keep everything for the next attempt; newer keys win
+                for k, val in pending.items():
+                    self.pending.setdefault(k, val)
+                space.put_back_frees(frees)
+                self.events.put_back(events)
+                if isinstance(e, OSError):
+                    self.fault_seen(where, e)
+            if where == "meta" and not pending and isinstance(e, OSError):
+                return      # only events waited: every completed write is durable anyway
+            raise
+        self.commits += 1
+        if self.in_doubt is not None:
+            self.resolve_txn()
+        if self.fault is not None:
+            self.fault_cleared()
+        if frees:
+            space.retire(np.concatenate(frees))
+
+    # --- faults: a commit that failed ---------------------------------------------------------
+
+    def fault_seen(self, where: str, err: OSError) -> None:
+        """A commit failed on ``where`` (the meta DB or a tier): refuse the writes that could
+        not be made durable until a commit succeeds again (under the lock)."""
+        if self.fault is not None:
+            self.fault.error = err
+            return
+        self.fault = StoreFault(where, err)
+        kind = "meta_fault" if where == "meta" else "tier_fault"
+        self.events.record(kind, where=where,
+                           errno=errno.errorcode.get(err.errno, str(err.errno)),
+                           error=str(err.strerror or err))
+        log.error("%s commit failed, refusing writes that need it until it works again: %s",
+                  where, err.strerror or err)
+
+    def fault_cleared(self) -> None:
+        """A commit succeeded after a fault: writes resume."""
+        with self.lock:
+            fault, self.fault = self.fault, None
+            if fault is None:
+                return
+            kind = "meta_recovered" if fault.where == "meta" else "tier_recovered"
+            self.events.record(kind, where=fault.where,
+                               fault_s=round(time.time() - fault.since, 3))
+        log.warning("%s works again after %.1f s: commits and writes resume", fault.where,
+                    time.time() - fault.since)
+
+    def check_writable(self, allocating: bool) -> None:
+        """Raise the fault's error for a write that cannot be made durable now: every write
+        while a tier cannot sync; with a meta DB fault, only writes that change maps."""
+        fault = self.fault
+        if fault is not None and (allocating or fault.where != "meta"):
+            raise WriteRefused(fault.error.errno, f"{fault.where}: {fault.error.strerror} "
+                               f"(since {time.time() - fault.since:.0f} s; retried every "
+                               f"commit)")
+
+    # --- metadata transactions ----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, batch: WriteBatch):
+        """A metadata change as one synced batch, after every pending write is durable.
+
+        The caller adds its records to ``batch`` and map operations through the yielded
+        ``MapTxn``; on a clean exit the batch is written and the in-memory state follows.
+        """
+        with self.flush_lock:
+            try:
+                self.commit()
+            except OSError as e:
+                raise io_failure(e) from None
+            txn = MapTxn(self, batch)
+            yield txn
+            with self.lock:
+                events = self.events.take()
+            for ev in events:
+                put_event(batch, ev)
+            marker = os.urandom(16)
+            batch.put(KEY_TXN, marker)
+            try:
+                self.db.write(batch)
+            except OSError as e:
+                with self.lock:
+                    self.events.put_back(events)
+                    self.fault_seen("meta", e)
+                    # A write whose WAL record landed but whose sync failed comes back
+                    # when RocksDB reopens: the first good commit looks (resolve_txn).
+                    self.in_doubt = (marker, txn, events)
+                raise io_failure(e) from None
+            txn.apply()
+
+    def resolve_txn(self) -> None:
+        """After a good commit: apply the in-memory side of a failed transaction if its batch
+        came back with the reopened meta DB (its marker is there), else forget it."""
+        marker, txn, events = self.in_doubt
+        self.in_doubt = None
+        if self.db.get(KEY_TXN) != marker:
+            return
+        log.warning("a metadata change reported as failed was committed after all "
+                    "(its WAL record survived the failed sync); applying it")
+        with self.lock:
+            self.events.queue = [ev for ev in self.events.queue
+                                 if not any(ev is e for e in events)]
+        txn.apply()
+
+
+class MapTxn:
+    """Map operations of one metadata transaction; applied in memory after the batch is
+    durable (so a failed write leaves memory as it was)."""
+
+    def __init__(self, committer: Committer, batch: WriteBatch):
+        self.committer = committer
+        self.live = committer.live
+        self.au = committer.space.au
+        self.batch = batch
+        self.ref_add: list[np.ndarray] = []
+        self.ref_sub: list[np.ndarray] = []
+        self.new_live: dict[int, tuple[np.ndarray, int]] = {}
+        self.drop_live: set[int] = set()
+        self.new_tiers: dict[int, int] = {}
+
+    def set_tier(self, mid: int, tier: int) -> None:
+        """The tier new allocations of live map ``mid`` go to."""
+        self.new_tiers[mid] = tier
+
+    def copy_map(self, src: int, dst: int, dst_size: int | None = None) -> int:
+        """Copy map ``src`` to the new map ``dst``; with ``dst_size`` it becomes a live vdisk
+        map of that size. Returns the bytes mapped in the copy."""
+        vaus, paus = self.live.entries(src)
+        if dst_size is not None:
+            keep = vaus < n_vaus(dst_size, self.au)
+            vaus, paus = vaus[keep], paus[keep]
+        put = self.batch.put
+        value = self.committer.space.value
+        for v, p in zip(vaus.tolist(), paus.tolist()):
+            put(map_key(dst, v), value(p))
+        self.ref_add.append(paus)
+        if dst_size is not None:
+            amap = extent_kernels.new_map(n_vaus(dst_size, self.au))
+            amap[vaus] = paus
+            self.new_live[dst] = (amap, dst_size)
+        return len(paus) * self.au
+
+    def drop_map(self, mid: int) -> None:
+        """Delete map ``mid`` (live or frozen); its AUs lose a reference each."""
+        if mid in self.drop_live:
+            return
+        vaus, paus = self.live.entries(mid)
+        delete = self.batch.delete
+        for v in vaus.tolist():
+            delete(map_key(mid, v))
+        self.ref_sub.append(paus)
+        self.drop_live.add(mid)
+
+    def new_empty(self, mid: int, size: int) -> None:
+        """A new live map with nothing mapped."""
+        self.new_live[mid] = (extent_kernels.new_map(n_vaus(size, self.au)), size)
+
+    def resize(self, mid: int, size: int) -> None:
+        """Grow a live map (shrinking is refused by the caller)."""
+        old = self.live.maps[mid]
+        amap = extent_kernels.new_map(n_vaus(size, self.au))
+        amap[:len(old)] = old
+        self.new_live[mid] = (amap, size)
+
+    def apply(self) -> None:
+        """The in-memory side, once the batch is durable: refcounts, maps, held frees."""
+        committer, live, space = self.committer, self.live, self.committer.space
+        zeroed_all = []
+        with committer.lock:
+            for paus in self.ref_add:
+                extent_kernels.add_refs(space.refcount, paus.astype(np.uint32), 1)
+            for paus in self.ref_sub:
+                p = paus.astype(np.uint32)
+                z = extent_kernels.add_refs(space.refcount, p, -1)
+                if z:
+                    zeroed_all.append(p[:z].copy())
+            for mid in self.drop_live:
+                live.maps.pop(mid, None)
+                live.sizes.pop(mid, None)
+                if mid not in self.new_live:
+                    live.tiers.pop(mid, None)
+                for key in [k for k in committer.pending if k[0] == mid]:
+                    del committer.pending[key]
+            for mid, (amap, size) in self.new_live.items():
+                live.maps[mid] = amap
+                live.sizes[mid] = size
+            live.tiers.update(self.new_tiers)
+            if zeroed_all:
+                z = np.concatenate(zeroed_all)
+                space.held[z] = 1
+                c, f = space.split_tiers(z)
+                space.t_used[0] -= c
+                space.t_used[1] -= f
+            committer.events.lower_level()
+        if zeroed_all:
+            space.retire(np.concatenate(zeroed_all))

@@ -1,0 +1,125 @@
+"""The VM-aware extent store of one pool: tiers, allocator, live extent maps, commit order.
+
+``PoolStore`` composes the parts, each in its own module:
+
+* ``layout``: AU size, tiers, the meta DB's key layout; ``tier``: one tier file;
+* ``alloc.Allocator``: global AU numbers, reference counts, free space, held frees;
+* ``maps.LiveMaps``: every live vdisk's extent map (vAU -> physical AU), size and tier;
+* ``events.StoreEvents``: events for the next commit and the low-space policy;
+* ``commit.Committer``: pending map keys, the commit order (data before the keys that point at
+  it), faults, metadata transactions (``MapTxn``);
+* ``datapath.DataPath``: reads and writes; ``move.TierMover``: tier moves;
+* ``fsck.check_store`` and ``usage.usage_report``: the reports.
+
+``ExtentStore`` (``vmblock.store.extent``) is the ``BackingStore`` one LUN sees: a view of one
+map. All parts share one ``lock`` that guards the in-memory state (maps, refcounts, pending
+keys); data I/O on AUs that are mapped and owned runs outside it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from rocksdict import WriteBatch
+
+from vmblock.store.alloc import Allocator
+from vmblock.store.commit import Committer, StoreFault
+from vmblock.store.datapath import DataPath
+from vmblock.store.events import StoreEvents
+from vmblock.store.fsck import check_store
+from vmblock.store.layout import AU_SIZE, scan_maps
+from vmblock.store.maps import LiveMaps
+from vmblock.store.move import MOVE_CHUNK_AUS, TierMover
+from vmblock.store.tier import Tier
+from vmblock.store.usage import usage_report
+
+
+class PoolStore:
+    """Allocator, reference counts and live extent maps of one pool; thread-safe.
+
+    ``lock`` guards the in-memory state (maps, refcounts, pending keys); data I/O on AUs that
+    are mapped and owned runs outside it. ``committer.flush_lock`` orders commits and
+    metadata changes.
+    """
+
+    def __init__(self, db, capacity: Tier, flash: Tier, live: dict[int, int],
+                 thresholds: tuple[int, ...] = (80, 90, 95), au: int = AU_SIZE,
+                 tiers: dict[int, int] | None = None, cache_bytes: int = 0):
+        """Open the store over the meta DB ``db``: rebuild reference counts and free space
+        from every map key and load the live maps ``live`` (map id -> size in bytes);
+        ``tiers``: map id -> the tier its new allocations go to."""
+        self.db = db
+        self.au = au
+        self.capacity = capacity
+        self.flash = flash
+        self.lock = threading.Lock()
+        mids, vaus, file_aus, key_tiers = scan_maps(db)
+        self.space = Allocator(capacity, flash, au, self.lock, file_aus, key_tiers, cache_bytes)
+        self.live = LiveMaps(db, self.space)
+        self.live.load(live, mids, vaus, self.space.global_aus(file_aus, key_tiers))
+        self.live.tiers.update(tiers or {})
+        self.events = StoreEvents(self.space, thresholds)
+        self.committer = Committer(db, self.space, self.live, self.events, self.lock)
+        self.data = DataPath(self.live, self.space, self.committer, self.events)
+        self.mover = TierMover(self.committer)
+        self.closed = False
+
+    @property
+    def cache_bytes(self) -> int:
+        """The flash tier's bytes below its first AU: the flash cache's slots."""
+        return self.space.cache_bytes
+
+    @property
+    def fault(self) -> StoreFault | None:
+        """The commit that failed and is not recovered from yet."""
+        return self.committer.fault
+
+    def flush(self) -> None:
+        """Make every completed write durable: data (fdatasync) first, then the map keys."""
+        self.committer.flush()
+
+    def transaction(self, batch: WriteBatch):
+        """A metadata change as one synced batch; see ``Committer.transaction``."""
+        return self.committer.transaction(batch)
+
+    def pending_events(self) -> list[dict]:
+        """Events not committed yet, oldest first."""
+        with self.lock:
+            return list(self.events.queue)
+
+    def map_used_bytes(self, mid: int) -> int:
+        """Bytes the live map ``mid`` has mapped."""
+        return self.live.used_bytes(mid)
+
+    def map_tier_bytes(self, mid: int) -> dict[str, int]:
+        """Bytes the live map ``mid`` holds on each tier."""
+        return self.live.tier_bytes(mid)
+
+    def entries(self, mid: int) -> tuple[np.ndarray, np.ndarray]:
+        """(vAUs, physical AUs) of one map, live or frozen."""
+        return self.live.entries(mid)
+
+    def move(self, mid: int, tier: int, chunk_aus: int = MOVE_CHUNK_AUS) -> dict:
+        """Move the live map ``mid`` to ``tier`` while I/O goes on (``TierMover.move``)."""
+        return self.mover.move(mid, tier, chunk_aus)
+
+    def usage(self) -> dict:
+        """Space per tier (``usage_report``)."""
+        return usage_report(self.committer)
+
+    def check(self, maps_info: dict[int, dict], families: dict[int, int]) -> dict:
+        """The fsck (``check_store``)."""
+        return check_store(self.committer, self.mover, maps_info, families)
+
+    def close(self) -> None:
+        """Commit what is pending, then close the tiers (once)."""
+        if self.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self.closed = True
+            self.capacity.close()
+            self.flash.close()
+
