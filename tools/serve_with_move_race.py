@@ -18,7 +18,7 @@ import sys
 import time
 
 from vmblock import server
-from vmblock.config import parse_portal
+from vmblock.settings import parse_portal
 from vmblock.meta import Pool
 from vmblock.meta.pool import OWNER_ONLY_UMASK
 from vmblock.store.pool_store import PoolStore
@@ -63,7 +63,7 @@ def main() -> None:
     except BaseException:
         pool.close()
         raise
-    server.serve(pool, {}, listen)
+    server.serve(pool, listen)
 
 
 if __name__ == "__main__":

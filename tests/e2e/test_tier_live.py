@@ -52,7 +52,7 @@ class InProcessServer:
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = Server(self.pool, {}, [("127.0.0.1", 0)])
+        self.server = Server(self.pool, [("127.0.0.1", 0)])
         try:
             self._run(self.server.start())
         except BaseException:
