@@ -129,7 +129,7 @@ def test_invalid_group_settings_are_rejected(specs, message):
 def test_group_parsing():
     g = parse_group("gold:priority=10,min=10%,max=0.6,promote=read")
     assert (g.priority, g.min, g.max, g.promote) == (10, 0.1, 0.6, "read")
-    for bad in ("gold:prio=1", "gold:min=x", "gold:max=150%", "gold:min"):
+    for bad in ("gold:prio=1", "gold:min=x", "gold:max=150%", "gold:min", "gold:min=1%,min=2%"):
         with pytest.raises(CacheError):
             parse_group(bad)
 

@@ -113,7 +113,7 @@ def _rec(n):
     (lambda t: ["--synthetic", "scan:blocks=10,requests=10", "--vdisk", "A", "--group", "g",
                 "--assign", "B=g"], "unknown vdisk"),
     (lambda t: ["--synthetic", "scan:blocks=10,requests=10", "--group", "g:speed=3"],
-     "unknown setting"),
+     "unknown key"),
     (lambda t: ["--synthetic", "scan:blocks=10,requests=10", "--cache-size", "2.5"], "fraction"),
     (lambda t: ["--synthetic", "zipf:alpha=1,blocks=10"], "requests"),
     (lambda t: ["--synthetic", "scan:blocks=10,requests=10", "--block-size", "1000"],

@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass
 
 from vmblock.errors import CacheError, InvalidArgument
-from vmblock.units import parse_fraction
+from vmblock.units import parse_fraction, parse_kv_list
 
 PROMOTE = {"never": 0, "read": 1, "write": 2}
+GROUP_KEYS = ("priority", "min", "max", "promote", "pinned")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -57,12 +58,12 @@ def parse_group(text: str) -> GroupSpec:
     """``NAME[:key=value,...]`` -> checked ``GroupSpec``."""
     name, _, rest = text.partition(":")
     name = name.strip()
+    try:
+        items = parse_kv_list(rest, f"group {name}", GROUP_KEYS)
+    except InvalidArgument as e:
+        raise CacheError(str(e)) from None
     kw: dict = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep:
-            raise CacheError(f"group {name}: {item!r} is not key=value")
+    for key, value in items.items():
         if key == "priority":
             try:
                 kw["priority"] = int(value)
@@ -71,14 +72,11 @@ def parse_group(text: str) -> GroupSpec:
         elif key in ("min", "max"):
             kw[key] = parse_share(value, f"group {name}: {key}")
         elif key == "promote":
-            kw["promote"] = value.strip()
-        elif key == "pinned":
-            if value.strip() not in ("0", "1", "true", "false"):
-                raise CacheError(f"group {name}: pinned={value!r} is not 0/1")
-            kw["pinned"] = value.strip() in ("1", "true")
+            kw["promote"] = value
         else:
-            raise CacheError(f"group {name}: unknown setting {key!r} "
-                             "(known: priority, min, max, promote, pinned)")
+            if value not in ("0", "1", "true", "false"):
+                raise CacheError(f"group {name}: pinned={value!r} is not 0/1")
+            kw["pinned"] = value in ("1", "true")
     spec = GroupSpec(name, **kw)
     spec.check()
     return spec
