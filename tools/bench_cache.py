@@ -25,10 +25,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import libcachesim  # noqa: E402
 import numpy as np  # noqa: E402
 
 from vmblock.cache.groups import GroupSpec  # noqa: E402
-from vmblock.cache.replay import load, replay  # noqa: E402
+from vmblock.cache.replay import libcachesim_run, load, replay  # noqa: E402
 from vmblock.cache.trace import write_oracle  # noqa: E402
 
 TRACES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -46,22 +47,10 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    import libcachesim
     import numba
     return (f"{cpu}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
             f"numba {numba.__version__}, numpy {np.__version__}, "
             f"libcachesim {getattr(libcachesim, '__version__', '?')}")
-
-
-def lcs_run(path, name, nslots, block_size):
-    import libcachesim as lcs
-    reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE,
-                             lcs.ReaderInitParam(ignore_obj_size=False))
-    cache = getattr(lcs, name)(nslots * block_size)
-    t0 = time.perf_counter()
-    mr = cache.process_trace(reader)
-    dt = time.perf_counter() - t0
-    return (mr[0] if isinstance(mr, (tuple, list)) else mr), dt
 
 
 def throughput(label, wl, fractions, repeats, block_size=4096):
@@ -79,7 +68,7 @@ def throughput(label, wl, fractions, repeats, block_size=4096):
                 out = replay(wl, nslots, block_size, [GroupSpec("default")], [0])
                 res["vmblock"].append((out["miss_ratio"], out["seconds"]))
                 for a in ALGOS:
-                    res[a].append(lcs_run(path, a, nslots, block_size))
+                    res[a].append(libcachesim_run(libcachesim, path, a, nslots, block_size))
             row = {"trace": label, "fraction": frac, "cache_blocks": nslots, "requests": n,
                    "footprint_blocks": footprint}
             for k, v in res.items():

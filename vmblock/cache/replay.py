@@ -153,6 +153,19 @@ def replay(wl: Workload, nslots: int, block_size: int, specs: list[GroupSpec],
     return out
 
 
+def libcachesim_run(lcs, path: str, name: str, nslots: int, block_size: int
+                    ) -> tuple[float, float]:
+    """(miss ratio, seconds) of libcachesim's ``name`` policy (module ``lcs``), ``nslots``
+    blocks of ``block_size`` bytes, over the oracleGeneral trace at ``path``."""
+    reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE,
+                             lcs.ReaderInitParam(ignore_obj_size=False))
+    cache = getattr(lcs, name)(nslots * block_size)
+    t0 = time.perf_counter()
+    mr = cache.process_trace(reader)
+    seconds = time.perf_counter() - t0
+    return float(mr[0] if isinstance(mr, (tuple, list)) else mr), seconds
+
+
 def compare(wl: Workload, nslots: int, block_size: int, algos=COMPARE) -> dict:
     """libcachesim on the same block stream and capacity: miss ratio, replay seconds."""
     try:
@@ -165,14 +178,8 @@ def compare(wl: Workload, nslots: int, block_size: int, algos=COMPARE) -> dict:
     try:
         write_oracle(path, wl.combined_ids(), block_size)
         for name in algos:
-            reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE,
-                                     lcs.ReaderInitParam(ignore_obj_size=False))
-            cache = getattr(lcs, name)(nslots * block_size)
-            t0 = time.perf_counter()
-            mr = cache.process_trace(reader)
-            seconds = time.perf_counter() - t0
-            ratio = mr[0] if isinstance(mr, (tuple, list)) else mr
-            out[name] = {"miss_ratio": float(ratio), "seconds": seconds,
+            ratio, seconds = libcachesim_run(lcs, path, name, nslots, block_size)
+            out[name] = {"miss_ratio": ratio, "seconds": seconds,
                          "requests_per_second": wl.keys.shape[0] / seconds}
     finally:
         os.unlink(path)
