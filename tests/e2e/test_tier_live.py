@@ -14,7 +14,7 @@ import threading
 import pytest
 import uvloop
 from support import clients
-from support.server import vmblock_cmd
+from support.server import run_cli
 
 from vmblock.meta import Pool
 from vmblock.server import Server
@@ -65,11 +65,7 @@ class InProcessServer:
     def cli(self, *args: str, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess:
         """Run ``vmblock --pool POOL ARGS...``; with ``check`` a non-zero exit fails the test."""
-        p = subprocess.run(vmblock_cmd(self.pool_dir, *args), capture_output=True, text=True,
-                           timeout=timeout)
-        if check and p.returncode != 0:
-            pytest.fail(f"vmblock {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
+        return run_cli(self.pool_dir, *args, check=check, timeout=timeout)
 
     def stop(self) -> None:
         try:

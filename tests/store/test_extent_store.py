@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from support.stores import read, store_of
 
 from vmblock.errors import AlreadyExists, InvalidArgument
 from vmblock.meta import Pool
@@ -30,16 +31,6 @@ def pool(tmp_path):
     p.create_vdisk("d1", 256 * MiB, vm="vm1")
     yield p
     p.close()
-
-
-def store_of(pool, name="d1"):
-    return pool.open_store(pool.vdisk(name))
-
-
-def read(store, off, n):
-    buf = bytearray(n)
-    store.read_into(off, memoryview(buf))
-    return bytes(buf)
 
 
 def pau(pool, name, vau):

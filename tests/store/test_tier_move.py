@@ -9,6 +9,7 @@ import threading
 
 import numpy as np
 import pytest
+from support.stores import read, store_of
 
 from vmblock.errors import NoSpace
 from vmblock.meta import Pool
@@ -32,16 +33,6 @@ def pool(tmp_path):
     yield p
     if not p.closed_by_test:
         p.close()
-
-
-def store_of(pool, name="d1"):
-    return pool.open_store(pool.vdisk(name))
-
-
-def read(store, off, n):
-    buf = bytearray(n)
-    store.read_into(off, memoryview(buf))
-    return bytes(buf)
 
 
 def clean(pool):

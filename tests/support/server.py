@@ -27,7 +27,17 @@ STOP_TIMEOUT = 20.0
 
 
 def vmblock_cmd(pool: Path, *args: str) -> list[str]:
+    """The command line of ``vmblock --pool POOL ARGS...`` with this interpreter."""
     return [sys.executable, "-m", "vmblock", "--pool", str(pool), *args]
+
+
+def run_cli(pool: Path, *args: str, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``vmblock --pool POOL ARGS...``; with ``check`` a non-zero exit fails the test."""
+    p = subprocess.run(vmblock_cmd(pool, *args), capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        pytest.fail(f"vmblock {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
+    return p
 
 
 class VmblockServer:
@@ -71,11 +81,7 @@ class VmblockServer:
     def cli(self, *args: str, check: bool = True,
             timeout: float = 60) -> subprocess.CompletedProcess:
         """Run ``vmblock --pool POOL ARGS...``; with ``check`` a non-zero exit fails the test."""
-        p = subprocess.run(vmblock_cmd(self.pool, *args), capture_output=True, text=True,
-                           timeout=timeout)
-        if check and p.returncode != 0:
-            pytest.fail(f"vmblock {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-        return p
+        return run_cli(self.pool, *args, check=check, timeout=timeout)
 
     def _wait_ready(self) -> tuple[str, int]:
         deadline = time.monotonic() + START_TIMEOUT
