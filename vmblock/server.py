@@ -157,6 +157,8 @@ class Server:
                            chap=chap, alias=self.pool.target(iqn).alias, locked=locked)
 
     def add_target(self, iqn: str) -> None:
+        """Serve target ``iqn`` (no LUNs yet) with its ACL and CHAP; once running, warn if it
+        is reachable without CHAP."""
         self.targets[iqn] = self._entry(iqn, ScsiTarget(iqn), self.settings())
         if self.service is not None:
             self.warn_open([iqn])
@@ -178,6 +180,8 @@ class Server:
             self.warn_open([iqn])      # its CHAP keys were just unset
 
     def add_vdisk(self, disk: Vdisk) -> None:
+        """Serve a vdisk: open its store (behind the flash cache when there is one, bypassed on
+        the flash tier) and add it as LUN ``disk.lun`` of its target."""
         store = self.pool.open_store(disk)
         if self.cache is not None:
             store = cached_store(self.cache, self.pool, disk, store)
@@ -188,6 +192,8 @@ class Server:
         self.targets[disk.target].scsi.add_lun(disk.lun, lu)
 
     def remove_vdisk(self, disk: Vdisk) -> None:
+        """Take a vdisk's LUN out of its target, flush and close its store, drop its cache
+        blocks. The caller drains its writes first (``LiveApi._unserve``)."""
         self.targets[disk.target].scsi.remove_lun(disk.lun)
         store = self.stores.pop(disk.uuid)
         store.flush()
@@ -200,6 +206,7 @@ class Server:
         return self.stores.get(vdisk_uuid)
 
     def lu(self, disk: Vdisk) -> LogicalUnit | None:
+        """The logical unit serving ``disk``, None when it is not served (yet)."""
         entry = self.targets.get(disk.target)
         return entry.scsi.luns.get(disk.lun) if entry is not None else None
 
@@ -218,6 +225,8 @@ class Server:
                 log.debug("background commit failed: %s", e)
 
     async def start(self) -> None:
+        """Serve the pool: cache, background commit, every target and vdisk, the iSCSI portals
+        (ServerError if one cannot be bound), then the admin socket."""
         settings = self.settings()
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
         flash_cache.warm()
@@ -261,6 +270,7 @@ class Server:
         self.stores.clear()
 
     def bound_portals(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs listened on, with the ports actually bound (port 0 resolved)."""
         return self.service.bound_portals
 
 
@@ -272,22 +282,28 @@ class LiveApi(Api):
         self.server = server
 
     def portals(self) -> list[tuple[str, int]]:
+        """The portals this server is bound to (not the configured ones): what initiators reach."""
         return self.server.bound_portals()
 
     def chap(self, iqn: str) -> ChapSecrets | None:
+        """The CHAP credentials the running target ``iqn`` asks for; None when it asks none."""
         entry = self.server.targets.get(iqn)
         return entry.chap if entry is not None else None
 
     def vdisk_created(self, disk: Vdisk, new_target: bool) -> None:
+        """Serve the new vdisk at once (and its target, if the vdisk created it)."""
         if new_target:
             self.server.add_target(disk.target)
         self.server.add_vdisk(disk)
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
+        """Stop serving the deleted vdisk if it is still served (verbs normally unserve first)."""
         if disk.uuid in self.server.stores:
             self.server.remove_vdisk(disk)
 
     def vdisk_resized(self, disk: Vdisk) -> None:
+        """Drop the vdisk's cache blocks and have its LU re-read the size (a CAPACITY DATA HAS
+        CHANGED unit attention for every nexus)."""
         if self.server.cache is not None:
             self.server.cache.invalidate_vdisk(disk.uuid)
         lu = self.server.lu(disk)
@@ -306,15 +322,20 @@ class LiveApi(Api):
         return lus
 
     async def vm_snapshot(self, name: str, snapshot: str) -> dict:
+        """Drain the writes in flight on every vdisk of the VM, then snapshot them in one batch
+        (crash-consistent)."""
         await self._drain(self.pool.vdisks(vm=name))
         return super().vm_snapshot(name, snapshot)
 
     async def vdisk_snapshot(self, name: str, snapshot: str) -> dict:
+        """Drain the vdisk's writes in flight, then snapshot it."""
         await self._drain([self.pool.vdisk(name)])
         return super().vdisk_snapshot(name, snapshot)
 
     async def vm_clone(self, name: str, new_name: str, snapshot: str | None = None,
                        live: bool = False) -> dict:
+        """Clone; a ``live`` clone first drains the source vdisks' writes in flight, so none is
+        half done in the copy."""
         if live:
             await self._drain(self.pool.vdisks(vm=name))
         return super().vm_clone(name, new_name, snapshot=snapshot, live=live)
@@ -346,10 +367,12 @@ class LiveApi(Api):
         return result
 
     async def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+        """Revert a VM's vdisks, refused while in use unless ``force`` (``_revert``)."""
         return await self._revert(self.pool.vdisks(vm=name), force,
                                   lambda: super(LiveApi, self).vm_revert(name, snapshot))
 
     async def vdisk_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
+        """Revert one vdisk, refused while in use unless ``force`` (``_revert``)."""
         return await self._revert([self.pool.vdisk(name)], force,
                                   lambda: super(LiveApi, self).vdisk_revert(name, snapshot))
 
@@ -386,12 +409,15 @@ class LiveApi(Api):
                 self.server.remove_vdisk(disk)
 
     async def vdisk_delete(self, name: str, force: bool = False) -> dict:
+        """Delete a vdisk, refused while in use unless ``force``; unserved before its map goes."""
         disks = [self.pool.vdisk(name)]
         self._refuse_in_use(disks, force, "delete")
         await self._unserve(disks)
         return super().vdisk_delete(name)
 
     async def vm_delete(self, name: str, purge: bool = False, force: bool = False) -> dict:
+        """Delete a VM; with ``purge`` its vdisks are refused if in use (unless ``force``) and
+        unserved before their maps go."""
         if purge:
             disks = self.pool.vdisks(vm=name)
             self._refuse_in_use(disks, force, "delete")
@@ -422,6 +448,7 @@ class LiveApi(Api):
         return False
 
     def session_list(self) -> list[dict]:
+        """The iSCSI sessions logged in to this server (``Session.info`` each)."""
         return self.server.service.sessions()
 
 

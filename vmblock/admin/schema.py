@@ -38,6 +38,7 @@ class Text:
     max_len: int
 
     def check(self, where: str, value) -> None:
+        """Raise InvalidArgument (naming ``where``) unless ``value`` is such a string."""
         if not isinstance(value, str):
             raise _wrong(where, "a string", value)
         if len(value) > self.max_len:
@@ -59,6 +60,7 @@ class Int:
     hi: int
 
     def check(self, where: str, value) -> None:
+        """Raise InvalidArgument (naming ``where``) unless ``value`` is such an integer."""
         if isinstance(value, bool) or not isinstance(value, int):
             raise _wrong(where, "an integer", value)
         if not self.lo <= value <= self.hi:
@@ -70,6 +72,7 @@ class Flag:
     """A JSON boolean; "no" or 0 would be read as true by Python, so they are refused."""
 
     def check(self, where: str, value) -> None:
+        """Raise InvalidArgument (naming ``where``) unless ``value`` is a JSON boolean."""
         if not isinstance(value, bool):
             raise _wrong(where, "true or false", value)
 
@@ -81,6 +84,7 @@ class OneOf:
     choices: tuple[str, ...]
 
     def check(self, where: str, value) -> None:
+        """Raise InvalidArgument (naming ``where``) unless ``value`` is one of ``choices``."""
         if not isinstance(value, str) or value not in self.choices:
             shown = repr(value) if isinstance(value, str) and len(value) <= 40 else \
                 _json_type(value)
@@ -93,6 +97,7 @@ class Size:
     """A size string such as '8G' or a number of bytes; its range is the pool's to check."""
 
     def check(self, where: str, value) -> None:
+        """Raise InvalidArgument unless ``value`` is an integer or a short size string."""
         if isinstance(value, int) and not isinstance(value, bool):
             return
         if not isinstance(value, str):

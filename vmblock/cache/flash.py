@@ -471,19 +471,25 @@ class CachedStore(BackingStore):
 
     @property
     def size_bytes(self) -> int:
+        """The wrapped store's capacity in bytes; the cache does not change it."""
         return self.inner.size_bytes
 
     @property
     def used_bytes(self) -> int:
+        """Mapped bytes of the wrapped store; cached copies on flash are not counted."""
         return self.inner.used_bytes
 
     def read_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` from ``offset``: valid cached blocks from flash, the rest from the store
+        (admitted blocks are filled on the way); bypassed, straight from the store."""
         inner = self.inner
         if self.bypass:
             return inner.read_into(offset, buf)
         self.cache.read(self.vid, inner.read_into, inner.size_bytes, offset, buf)
 
     def write(self, offset: int, data: memoryview) -> None:
+        """Write to the store first, then into the range's cached (or admitted) blocks, so the
+        cache never holds older data than the store; bypassed, to the store only."""
         inner = self.inner
         if self.bypass:
             return inner.write(offset, data)
@@ -491,22 +497,27 @@ class CachedStore(BackingStore):
                          data)
 
     def flush(self) -> None:
+        """Make the store's completed writes durable; nothing on flash needs it."""
         self.inner.flush()      # write-through: the flash copy needs no durability
 
     def unmap(self, offset: int, length: int) -> None:
+        """Deallocate in the store and drop the range's cached blocks, which would be stale."""
         self.inner.unmap(offset, length)
         if not self.bypass:
             self.cache.invalidate(self.vid, offset, length)
 
     def write_same(self, offset: int, length: int, block: memoryview) -> None:
+        """WRITE SAME on the store; the range's cached blocks are dropped, not updated."""
         self.inner.write_same(offset, length, block)
         if not self.bypass:
             self.cache.invalidate(self.vid, offset, length)
 
     def lba_status(self, offset: int) -> tuple[bool, int]:
+        """The store's (mapped, length in bytes) from ``offset``; the cache has no say in it."""
         return self.inner.lba_status(offset)
 
     def close(self) -> None:
+        """Close the wrapped store; the shared ``FlashCache`` stays open for other vdisks."""
         self.inner.close()
 
     def preload(self) -> int:

@@ -47,10 +47,15 @@ class Workload:
         return int(np.unique(self.combined_ids()).shape[0])
 
     def combined_ids(self) -> np.ndarray:
+        """One int64 per access, ``vdisk << 48 | block``: the key a cache sees and the
+        ``obj_id`` written to an oracleGeneral trace."""
         return (self.vdisk.astype(np.int64) << VDISK_SHIFT) | self.keys
 
 
 def load(traces: list[str], names: list[str], block_size: int, fmt: str | None) -> Workload:
+    """Read every trace (file or synthetic spec) and merge them by relative time into one
+    ``Workload``; trace ``i`` becomes vdisk index ``i``. Raises TraceError on an empty trace or
+    a block number that does not fit below ``VDISK_SHIFT``."""
     parts: list[Blocks] = []
     for t in traces:
         parts.append(synthetic(t) if is_synthetic(t) else read_trace(t, block_size, fmt))
@@ -193,6 +198,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``replay`` command line (``tools/replay.py``); errors print one line and exit 2."""
     p = _Parser(prog="replay", description="Replay block traces through vmblock's cache kernels.")
     p.add_argument("--trace", action="append", default=[], metavar="FILE|SPEC",
                    help="trace file (oracleGeneral .bin, CloudPhysics .csv, .vscsi) or a synthetic "
@@ -264,6 +270,8 @@ def _human(out: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tools/replay.py``: replay, print the report (human or ``--json``);
+    0 on success, 2 on a vmblock error (usage errors exit 2 in the parser)."""
     args = build_parser().parse_args(argv)
     try:
         out = _run(args)

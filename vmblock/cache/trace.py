@@ -53,6 +53,8 @@ class Blocks:
 
 
 def detect_format(path: str) -> str:
+    """The trace format from the file name (.csv, .vscsi, .bin / oracleGeneral); raises
+    TraceError when the name does not tell, so the caller asks for --format."""
     name = os.path.basename(path).lower()
     if name.endswith(".csv"):
         return "csv"
@@ -86,6 +88,8 @@ def _ops(path: str, op: np.ndarray):
 
 
 def read_oracle(path: str) -> Blocks:
+    """An oracleGeneral file as block accesses: one per record, ``obj_id`` the block, all reads
+    (the format has no op). Raises TraceError on a truncated or corrupt file."""
     size = _file_size(path)
     if size % ORACLE_DTYPE.itemsize:
         raise TraceError(f"{path}: truncated oracleGeneral trace ({size} bytes is not a multiple "
@@ -104,6 +108,8 @@ def read_oracle(path: str) -> Blocks:
 
 
 def read_vscsi(path: str, block_size: int) -> Blocks:
+    """A vscsiStats trace (record version from the first two records) split into
+    ``block_size`` blocks; non-READ/WRITE commands are skipped. Raises TraceError when corrupt."""
     size = _file_size(path)
     if size < 2 * VSCSI2_DTYPE.itemsize:
         raise TraceError(f"{path}: vscsi trace too small to hold a header ({size} bytes)")
@@ -135,6 +141,8 @@ def read_vscsi(path: str, block_size: int) -> Blocks:
 
 
 def read_csv(path: str, block_size: int) -> Blocks:
+    """A CloudPhysics CSV trace split into ``block_size`` blocks; non-READ/WRITE commands are
+    skipped. Raises TraceError on a missing header, binary data or a bad row."""
     try:
         with open(path, encoding="ascii") as f:
             lines = f.read().splitlines()

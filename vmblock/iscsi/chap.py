@@ -25,6 +25,10 @@ class ChapError(Exception):
 
 @dataclass(frozen=True)
 class ChapSecrets:
+    """The CHAP credentials of a target or of discovery (``vmblock.server.chap_of``): the
+    initiator must prove ``user``/``secret``; the mutual pair, if set, is what the target answers
+    with when the initiator challenges it back."""
+
     user: str
     secret: str
     mutual_user: str | None = None
@@ -32,6 +36,7 @@ class ChapSecrets:
 
     @property
     def mutual(self) -> bool:
+        """True when both mutual fields are set, i.e. the target may answer a mutual challenge."""
         return bool(self.mutual_user and self.mutual_secret)
 
 
@@ -51,6 +56,7 @@ def decode_binary(value: str) -> bytes:
 
 
 def chap_response(algorithm: int, ident: int, secret: str, challenge: bytes) -> bytes:
+    """CHAP_R bytes: hash(ident byte + secret + challenge) with the CHAP_A algorithm (RFC 1994)."""
     return ALGORITHMS[algorithm](bytes([ident]) + secret.encode() + challenge).digest()
 
 

@@ -110,6 +110,8 @@ class TaskState:
         self.read_len = 0               # READ data it will hold, charged before it executes
 
     def abort(self) -> None:
+        """Stop the command (task aborted, Data-Out dropped) and return its data budget; for
+        TMFs, session removal and a lost connection. The caller drops it from ``session.tasks``."""
         self.aborted = True
         self.task.aborted = True
         self.buf = None

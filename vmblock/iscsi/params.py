@@ -33,6 +33,9 @@ MAX_TEXT_BYTES = 65536          # bound on accumulated text of one negotiation (
 
 @dataclass(frozen=True)
 class Key:
+    """One negotiable key: spec default, negotiation rule, numeric range, the phases it may
+    appear in and whether it matters in a discovery session."""
+
     name: str
     default: str
     rule: str
@@ -136,6 +139,7 @@ def parse_text(data: bytes) -> list[tuple[str, str]]:
 
 
 def encode_text(pairs) -> bytes:
+    """Pairs as a text/login data segment: 'k=v' each followed by a NUL (RFC 7143 6.1)."""
     return b"".join(f"{k}={v}".encode() + b"\0" for k, v in pairs)
 
 
@@ -262,6 +266,7 @@ class Negotiation:
 
     @property
     def target_mrdsl(self) -> int:
+        """Our MaxRecvDataSegmentLength in bytes: the largest data segment we accept per PDU."""
         return parse_number(self.offer["MaxRecvDataSegmentLength"])
 
     def finish(self) -> None:
@@ -272,10 +277,13 @@ class Negotiation:
             self.result["FirstBurstLength"] = str(burst)
 
     def value(self, key: str) -> str:
+        """The negotiated (or default) value of ``key`` as text."""
         return self.result[key]
 
     def number(self, key: str) -> int:
+        """The negotiated (or default) value of a numeric ``key``."""
         return int(self.result[key])
 
     def flag(self, key: str) -> bool:
+        """True when the negotiated (or default) value of a boolean ``key`` is Yes."""
         return self.result[key] == "Yes"

@@ -138,10 +138,12 @@ _DIGEST = struct.Struct("<I")
 
 
 def crc32c(data, value: int = 0) -> int:
+    """CRC32C (Castagnoli) of ``data``, continuing ``value``: the header and data digest."""
     return _crc32c.crc32c(data, value)
 
 
 def pad_len(n: int) -> int:
+    """Bytes of padding after an ``n``-byte data segment to reach a 4-byte boundary."""
     return -n & 3
 
 
@@ -158,6 +160,7 @@ class Pdu:
 
     @property
     def final(self) -> bool:
+        """The F bit: this PDU ends its sequence (last Data-Out of a burst, last Text PDU)."""
         return bool(self.flags & FLAG_FINAL)
 
     @property
@@ -245,6 +248,7 @@ def frame(header: bytes, data=b"", header_digest: bool = False, data_digest: boo
 
 
 def digest_of(*parts) -> int:
+    """CRC32C over ``parts`` in order, to check a received header or data digest."""
     crc = 0
     for part in parts:
         crc = crc32c(part, crc)
@@ -252,6 +256,7 @@ def digest_of(*parts) -> int:
 
 
 def read_digest(buf, off: int) -> int:
+    """The 4-byte digest at ``off`` in ``buf`` (little-endian, as ``frame`` writes it)."""
     return _DIGEST.unpack_from(buf, off)[0]
 
 

@@ -33,6 +33,9 @@ def _call_soon(callback) -> None:
 
 @dataclass
 class TargetEntry:
+    """One served target as the iSCSI layer sees it: its SCSI side, who may log in (ACL, CHAP)
+    and whether logins are refused."""
+
     name: str
     scsi: object                                  # vmblock.scsi.target.ScsiTarget
     acl: list[str] = field(default_factory=list)  # initiator IQNs allowed; empty: everyone
@@ -43,6 +46,9 @@ class TargetEntry:
 
 @dataclass
 class IscsiConfig:
+    """The iSCSI settings an ``IscsiService`` runs with (built from vmblock.settings);
+    ``reconfigure`` swaps it without cutting running sessions."""
+
     overrides: dict = field(default_factory=dict)  # negotiation keys, e.g. MaxBurstLength
     discovery_chap: ChapSecrets | None = None
     discovery_locked: str = ""                     # why discovery logins are refused, if
@@ -60,6 +66,9 @@ class IscsiConfig:
 
 
 class IscsiService:
+    """The iSCSI side of the server: the targets, the portals' listeners, the sessions and
+    the limits (connection slots, data budget) shared by every connection."""
+
     def __init__(self, targets: dict[str, TargetEntry], config: IscsiConfig | None = None):
         self.targets = targets
         self.registry = SessionRegistry()
@@ -134,6 +143,8 @@ class IscsiService:
             del self.per_host[conn.host]
 
     async def start(self, portals: list[tuple[str, int]]) -> None:
+        """Listen on every ``(host, port)`` portal; port 0 picks one (see ``bound_portals``). A
+        wildcard host also starts an ``AddressWatch`` so SendTargets can list real addresses."""
         loop = asyncio.get_running_loop()
         if any(host in WILDCARDS for host, _ in portals):
             self.addresses = AddressWatch()
@@ -150,6 +161,7 @@ class IscsiService:
         log.info("iSCSI portals: %s", ", ".join(f"{h}:{p}" for h, p in self.bound_portals))
 
     async def stop(self) -> None:
+        """Stop listening, terminate every connection and wait for the listeners to close."""
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
@@ -197,4 +209,5 @@ class IscsiService:
         return out
 
     def sessions(self) -> list[dict]:
+        """Every open session as a dict (``Session.info``), for the admin ``session list``."""
         return [s.info() for s in self.registry.all()]

@@ -29,6 +29,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
 
     # ---- transport callbacks -----------------------------------------------------------
     def connection_made(self, transport) -> None:
+        """Create the connection's machine; refuse (abort) the connection when the service's
+        limits have no room for it."""
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername") or ("?", 0)
@@ -44,28 +46,34 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         machine.start(self.loop.time())
 
     def connection_lost(self, exc) -> None:
+        """Cancel the timer and let the machine give back its slot, budget and tasks."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.machine.connection_lost()
 
     def pause_writing(self) -> None:
+        """The socket is full: stop reading requests until it drains (back-pressure)."""
         self.machine.pause_writing()
         if not self.machine.closing:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        """The socket drained: read requests again."""
         self.machine.resume_writing()
         if not self.machine.closing:
             self.transport.resume_reading()
 
     def get_buffer(self, sizehint: int):
+        """The machine's receive buffer; the loop reads straight into it (``sizehint`` unused)."""
         return self.machine.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` arrived in the buffer: the machine parses and handles what is complete."""
         self.machine.buffer_updated(nbytes, self.loop.time())
 
     def eof_received(self):
+        """The initiator closed its side: returning False closes ours too."""
         return False
 
     # ---- ConnectionIo ------------------------------------------------------------------

@@ -24,10 +24,14 @@ def sn_lt(a: int, b: int) -> bool:
 
 
 def sn_gt(a: int, b: int) -> bool:
+    """``a`` after ``b`` in RFC 1982 32-bit serial number arithmetic."""
     return sn_lt(b, a)
 
 
 class Session:
+    """One iSCSI session (an I_T nexus): its connections, command window, tasks and the
+    parameters negotiated at login; created by ``SessionRegistry.bind``."""
+
     def __init__(self, tsih: int, login, target_entry):
         self.tsih = tsih
         self.isid = login.isid
@@ -48,9 +52,11 @@ class Session:
 
     @property
     def key(self):
+        """(initiator, ISID, target name): a new login with the same key reinstates the session."""
         return (self.initiator, self.isid, self.target.name if self.target else "")
 
     def start_window(self, cmdsn: int) -> None:
+        """Open the command window at the login's CmdSN, ``CMD_WINDOW`` commands wide."""
         self.exp_cmdsn = cmdsn
         self.max_cmdsn = (cmdsn + CMD_WINDOW - 1) & 0xFFFFFFFF
 
@@ -64,9 +70,12 @@ class Session:
         return self.exp_cmdsn, self.max_cmdsn
 
     def in_window(self, cmdsn: int) -> bool:
+        """True when ``cmdsn`` lies from ExpCmdSN to MaxCmdSN (serial arithmetic)."""
         return not sn_lt(cmdsn, self.exp_cmdsn) and not sn_gt(cmdsn, self.max_cmdsn)
 
     def info(self) -> dict:
+        """The session as a JSON-ready dict for ``session list``: who, which target, its
+        connections, tasks outstanding and negotiated parameters."""
         return {"tsih": self.tsih, "initiator": self.initiator, "isid": f"{self.isid:012x}",
                 "alias": self.initiator_alias,
                 "target": self.target.name if self.target else None,
@@ -77,6 +86,9 @@ class Session:
 
 
 class SessionRegistry:
+    """All sessions of an ``IscsiService``, by TSIH (joining connections) and by key
+    (reinstatement); it tells the SCSI target when a nexus comes and goes."""
+
     def __init__(self):
         self.by_tsih: dict[int, Session] = {}
         self.by_key: dict[tuple, Session] = {}
@@ -136,6 +148,7 @@ class SessionRegistry:
             self._remove(sess)
 
     def close(self, sess: Session, why: str) -> None:
+        """End ``sess``: terminate its connections and abort its tasks (session reinstatement)."""
         for c in list(sess.connections.values()):
             c.terminate(why)
         self._remove(sess)
@@ -156,7 +169,9 @@ class SessionRegistry:
             sess.target.scsi.nexus_removed(sess.nexus)
 
     def for_target(self, name: str) -> list[Session]:
+        """The sessions logged in to target ``name``: the scope of target-wide TMFs and resets."""
         return [s for s in self.by_tsih.values() if s.target is not None and s.target.name == name]
 
     def all(self) -> list[Session]:
+        """Every session, discovery ones included (a copy, safe to iterate while they change)."""
         return list(self.by_tsih.values())

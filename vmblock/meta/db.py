@@ -61,6 +61,7 @@ class MetaDB:
         return self._db
 
     def get(self, key: bytes) -> bytes | None:
+        """The value at ``key``, None when absent; a RocksDB error is raised as MetaIOError."""
         with self._lock:
             self._ensure_open()
             try:
@@ -134,6 +135,8 @@ class MetaDB:
         self._db = None
 
     def close(self) -> None:
+        """Close RocksDB (once; later calls do nothing). After a failed write the handle is
+        dropped quietly, since RocksDB would only repeat the error; else a close error is raised."""
         with self._lock:
             if self.failed is not None:
                 self._close_quietly()

@@ -148,16 +148,22 @@ def _check_name(kind: str, name: str) -> str:
 
 @dataclass
 class Target:
+    """A target's record in the pool (``target/<iqn>``); its LUNs are separate ``lun/`` keys."""
+
     iqn: str
     alias: str = ""
     created: str = ""
 
     def dump(self) -> dict:
+        """The record as a JSON-ready dict: what is stored and what the admin verbs return."""
         return asdict(self)
 
 
 @dataclass
 class Vm:
+    """A VM's record (``vm/<uuid>``, named by ``vmname/<name>``): descriptive fields and
+    clone lineage; its vdisks point at it, not the other way round."""
+
     uuid: str
     name: str
     guest_os: str = ""
@@ -171,11 +177,15 @@ class Vm:
     EDITABLE = ("guest_os", "location", "active")
 
     def dump(self) -> dict:
+        """The record as a JSON-ready dict: what is stored and what the admin verbs return."""
         return asdict(self)
 
 
 @dataclass
 class Vdisk:
+    """A vdisk's record (``vdisk/<uuid>``): its owner VM, size in bytes, where it is served
+    (target, LUN), its live extent map and tier."""
+
     uuid: str
     name: str
     vm: str | None          # owning VM's uuid
@@ -201,6 +211,8 @@ class Vdisk:
         return (0x6 << 124) | (VMBLOCK_CID << 100) | low
 
     def dump(self) -> dict:
+        """The record for the admin verbs: ``vm`` shown as ``vm_uuid``, plus the serial and NAA
+        initiators see. The stored form is ``asdict`` (Vdisk(**v) reads it back)."""
         d = asdict(self)
         d["vm_uuid"] = d.pop("vm")
         d["serial"] = self.serial
@@ -210,6 +222,9 @@ class Vdisk:
 
 @dataclass
 class Snapshot:
+    """A snapshot's record: of a whole VM (``vdisk`` None) or of one vdisk; ``disks`` holds,
+    per vdisk, the frozen map it was copied to and the size and bytes used then."""
+
     uuid: str
     name: str
     vm: str | None              # VM uuid: the VM snapshotted, or the owner of the vdisk
@@ -219,9 +234,11 @@ class Snapshot:
 
     @property
     def scope(self) -> str:
+        """The uuid its name is unique within: the vdisk's (one-vdisk snapshot), else the VM's."""
         return self.vdisk or self.vm or ""
 
     def dump(self) -> dict:
+        """The record as a JSON-ready dict: what is stored and what the admin verbs return."""
         return asdict(self)
 
 
@@ -326,6 +343,8 @@ class Pool:
         self._commit(batch)
 
     def close(self) -> None:
+        """Close the extent store (its final commit) and then the meta DB; raises PoolError when
+        that commit fails, since writes not covered by a SYNCHRONIZE CACHE are then lost."""
         try:
             if self._store is not None:
                 store, self._store = self._store, None
@@ -402,9 +421,11 @@ class Pool:
     # --- targets ----------------------------------------------------------------------------
 
     def targets(self) -> list[Target]:
+        """Every target record in the pool, in key (IQN) order."""
         return [Target(**v) for _, v in self._scan("target/")]
 
     def target(self, iqn: str) -> Target:
+        """The record of target ``iqn``; NotFound if the pool has none."""
         v = self._get(f"target/{iqn}")
         if v is None:
             raise NotFound(f"no target {iqn}")
@@ -429,21 +450,25 @@ class Pool:
     # --- VMs --------------------------------------------------------------------------------
 
     def vms(self) -> list[Vm]:
+        """Every VM record, sorted by name."""
         return sorted((Vm(**v) for _, v in self._scan("vm/")), key=lambda vm: vm.name)
 
     def vm(self, name: str) -> Vm:
+        """The VM named ``name``; NotFound if there is none."""
         uid = self._get(f"vmname/{name}")
         if uid is None:
             raise NotFound(f"no VM named {name!r}")
         return Vm(**self._get(f"vm/{uid}"))
 
     def vm_by_uuid(self, uid: str) -> Vm:
+        """The VM with uuid ``uid`` (what vdisk and snapshot records point at); NotFound if gone."""
         v = self._get(f"vm/{uid}")
         if v is None:
             raise NotFound(f"no VM with uuid {uid}")
         return Vm(**v)
 
     def create_vm(self, name: str, guest_os: str = "", location: str = "") -> Vm:
+        """Record a new VM (no vdisks yet) in one batch; the name must be valid and unused."""
         _check_name("VM", name)
         if self._get(f"vmname/{name}") is not None:
             raise AlreadyExists(f"a VM named {name!r} already exists")
@@ -490,6 +515,7 @@ class Pool:
     # --- vdisks -----------------------------------------------------------------------------
 
     def vdisks(self, vm: str | None = None) -> list[Vdisk]:
+        """Every vdisk sorted by name, or only those of the VM named ``vm``."""
         disks = (Vdisk(**v) for _, v in self._scan("vdisk/"))
         if vm is not None:
             owner = self.vm(vm).uuid
@@ -497,6 +523,7 @@ class Pool:
         return sorted(disks, key=lambda d: d.name)
 
     def vdisk(self, name: str) -> Vdisk:
+        """The vdisk named ``name``; NotFound if there is none."""
         uid = self._get(f"vdiskname/{name}")
         if uid is None:
             raise NotFound(f"no vdisk named {name!r}")
@@ -559,6 +586,8 @@ class Pool:
         return disk
 
     def resize_vdisk(self, name: str, size_bytes: int) -> Vdisk:
+        """Grow a vdisk to ``size_bytes`` (record and extent map in one batch). Shrinking is
+        refused, as it would cut off data; the same size changes nothing."""
         disk = self.vdisk(name)
         _check_size(size_bytes, disk.block_size)
         if size_bytes < disk.size_bytes:
@@ -574,6 +603,7 @@ class Pool:
         return disk
 
     def open_store(self, disk: Vdisk) -> ExtentStore:
+        """An ``ExtentStore`` on the vdisk's live map: the store the server puts under its LUN."""
         return ExtentStore(self.store, disk.map_id, disk.block_size)
 
     def used_bytes(self, disk: Vdisk) -> int:
@@ -606,6 +636,8 @@ class Pool:
     # --- snapshots, clones, revert ------------------------------------------------------------
 
     def snapshots(self, vm: str | None = None) -> list[Snapshot]:
+        """Every snapshot, or those of the VM named ``vm`` (its VM and one-vdisk snapshots),
+        oldest first."""
         snaps = [Snapshot(**v) for _, v in self._scan("snapshot/")]
         if vm is not None:
             owner = self.vm(vm).uuid
@@ -654,6 +686,7 @@ class Pool:
         return self._take_snapshot(name, vm, None, disks)
 
     def snapshot_vdisk(self, vdisk_name: str, name: str) -> Snapshot:
+        """Freeze one vdisk in a snapshot named within that vdisk (metadata only, one batch)."""
         disk = self.vdisk(vdisk_name)
         vm = self.vm_by_uuid(disk.vm) if disk.vm else None
         return self._take_snapshot(name, vm, disk, [disk])
@@ -666,6 +699,7 @@ class Pool:
 
     def delete_snapshot(self, name: str, vm: str | None = None,
                         vdisk: str | None = None) -> Snapshot:
+        """Delete a snapshot and its frozen maps in one batch; AUs nothing else shares are freed."""
         snap = self.snapshot(name, vm=vm, vdisk=vdisk)
         batch = self._batch()
         with self.store.transaction(batch) as txn:
@@ -692,6 +726,8 @@ class Pool:
         return done
 
     def clone_name(self, src_vm: str, new_vm: str, vdisk_name: str) -> str:
+        """The name of a clone's vdisk: ``src_vm`` prefix swapped for ``new_vm`` (web-disk0 ->
+        web2-disk0), else ``new_vm`` prepended, so clones of one VM do not collide."""
         if vdisk_name == src_vm or vdisk_name.startswith(src_vm + "-"):
             return new_vm + vdisk_name[len(src_vm):]
         return f"{new_vm}-{vdisk_name}"
@@ -912,6 +948,8 @@ class Pool:
     # --- whole tree -------------------------------------------------------------------------
 
     def dump(self) -> dict:
+        """The whole model tree as JSON-ready dicts (``vmblock pool show``): targets with LUNs,
+        VMs, vdisks with bytes used, snapshots, config, store usage, recent events, groups."""
         return {
             "path": self.path,
             "targets": [dict(t.dump(), luns={str(k): v for k, v in self.luns(t.iqn).items()})

@@ -59,12 +59,15 @@ class AddressWatch:
         self._ready.wait()
 
     def stop(self) -> None:
+        """Stop the listener thread and wait for it (blocking, like ``start``)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
     def addresses(self, family: int) -> list[str]:
+        """The host's current usable addresses of ``family`` (AF_INET or AF_INET6), loopback
+        last: what a wildcard portal stands for in SendTargets."""
         return self._addresses[family]
 
     def _refresh(self) -> None:

@@ -41,11 +41,15 @@ class Nexus:
 
     @property
     def target_port(self) -> str:
+        """SCSI target port name, 'iqn...,t,0x<tpgt>' (RFC 7143 10.14, SPC-4 7.6.4.6)."""
         return f"{self.target},t,0x{self.tpgt:04x}"
 
 
 @dataclass(slots=True, eq=False)
 class ScsiTask:
+    """One SCSI command: request fields filled by the fabric, then what ``prepare`` decided,
+    then the result the SCSI core leaves for the fabric to send (module docstring)."""
+
     # request, filled by the fabric
     lun: int
     cdb: bytes
