@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .machine import ConnectionMachine, TaskState
+from .machine import ConnectionMachine
+from .transfer import TaskState
 
 log = logging.getLogger("vmblock.iscsi")
 
