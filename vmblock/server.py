@@ -23,7 +23,7 @@ from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk
-from vmblock.meta.pool import check_settings
+from vmblock.meta.config import check_settings
 from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason

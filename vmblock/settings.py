@@ -12,7 +12,7 @@ The ``iscsi.<Key>`` rows are the RFC 7143 negotiation keys the target offers at 
 the fabric's negotiation table (``vmblock.iscsi.params``), which this module does not import:
 settings sit below every layer. So this table names those keys (``NEGOTIATION_KEYS``, as data;
 a test pins it to the fabric's offer) and ``Settings.negotiation()`` hands their values to the
-layer that owns them: ``vmblock.meta.pool.check_settings`` runs the fabric's check before this
+layer that owns them: ``vmblock.meta.config.check_settings`` runs the fabric's check before this
 module's own checks, for ``config set``, ``config unset``, a ``--config`` file and server start.
 The alternative, the fabric injecting its check into settings, would make every caller that
 builds settings carry the fabric along.
@@ -387,7 +387,7 @@ class Settings:
     def check(self) -> None:
         """The checks across keys this module can make: the cache against the flash tier, the
         fabric's limits in order, the CHAP credentials (the negotiation keys are the fabric's:
-        ``vmblock.meta.pool.check_settings`` runs both)."""
+        ``vmblock.meta.config.check_settings`` runs both)."""
         self._check_cache_fits()
         for lower, upper in NOT_ABOVE:
             if self.get(lower) > self.get(upper):
@@ -446,7 +446,7 @@ def _flatten(prefix: str, table: dict, out: dict[str, str]) -> None:
 
 def load_toml(path: str) -> tuple[str | None, dict[str, str]]:
     """(pool directory or None, config keys) from a ``serve --config`` TOML file. Each key is
-    checked here; the set as a whole by ``vmblock.meta.pool.check_settings``."""
+    checked here; the set as a whole by ``vmblock.meta.config.check_settings``."""
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)

@@ -9,7 +9,7 @@ from support.clients import error_line
 
 from vmblock import DEFAULT_TARGET
 from vmblock.cli import cli
-from vmblock.meta.pool import check_settings
+from vmblock.meta.config import check_settings
 from vmblock.settings import Settings, load_toml
 
 

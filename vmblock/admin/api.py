@@ -27,7 +27,7 @@ from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.meta import Pool, Vdisk
-from vmblock.meta.pool import Snapshot
+from vmblock.meta.model import Snapshot
 from vmblock.settings import format_portal
 from vmblock.units import parse_size
 

@@ -4,7 +4,7 @@ The table of each verb is derived from its signature (``args_of``) and checked i
 ``vmblock.admin.api.run_verb``, before the verb runs: by the admin socket for every request and by
 the CLI's ``LocalClient`` when no server runs. A value that passes here has the
 type the verb expects and a bounded size; what it means (a size, a name, a config key) is still
-checked where it is used (vmblock.settings, vmblock.meta.pool), which gives the detailed message.
+checked where it is used (vmblock.settings, vmblock.meta.model), which gives the detailed message.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Arg:
     null: bool = False         # JSON null allowed: the verb's default of None
 
 
-# Lengths: names as vmblock.meta.pool allows them; iSCSI names at most 223 bytes (RFC 7143
+# Lengths: names as vmblock.meta.model allows them; iSCSI names at most 223 bytes (RFC 7143
 # 6.1); a config key is an iSCSI name plus its prefix and field.
 NAME = Text(128)
 IQN = Text(223)

@@ -10,7 +10,8 @@ from vmblock import DEFAULT_POOL
 from vmblock.admin.client import AdminClient
 from vmblock.errors import ServerError
 from vmblock.meta import Pool
-from vmblock.meta.pool import OWNER_ONLY_UMASK, check_settings
+from vmblock.meta.config import check_settings
+from vmblock.meta.pool import OWNER_ONLY_UMASK
 from vmblock.settings import Settings, load_toml, parse_portal
 
 
