@@ -7,17 +7,15 @@ so bodies the client would never send can be sent), and a real ``vmblock serve``
 
 from __future__ import annotations
 
-import http.client
 import inspect
 import json
 import resource
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from support.clients import error_line
+from support.clients import admin_post, error_line
 from vmblock.admin.api import VERBS, Api
 from vmblock.admin.cache import CacheVerbs
 from vmblock.admin.client import AdminClient, LocalClient
@@ -39,26 +37,6 @@ def set_keys(run) -> dict:
     """``config list`` less the keys every new pool starts with."""
     keys = json.loads(run("config", "list", "--json").stdout)
     return {k: v for k, v in keys.items() if k not in NEW_POOL_KEYS}
-
-
-def post(sock_path: str, url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
-    """One raw HTTP request on the admin socket; the reply must be JSON whatever the status."""
-    conn = http.client.HTTPConnection("localhost")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(sock_path)
-    conn.sock = sock
-    try:
-        conn.request(method, url, body=body, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    try:
-        reply = json.loads(raw)
-    except ValueError:
-        pytest.fail(f"{method} {url}: non-JSON reply ({resp.status}): {raw[:200]!r}")
-    assert resp.status == 200 or reply.get("error"), (resp.status, reply)
-    return resp.status, reply
 
 
 # ---- sizes --------------------------------------------------------------------------------
@@ -188,7 +166,7 @@ def test_bad_argument_is_a_json_400_and_nothing_is_stored(served, group, verb, k
     c = AdminClient(served.socket_path)
     c.vm_create(name="web")
     config = c.config_list()            # a new pool's: its default target's CHAP keys
-    status, reply = post(served.socket_path, f"/v1/{group}/{verb}",
+    status, reply = admin_post(served.socket_path, f"/v1/{group}/{verb}",
                          json.dumps(kwargs).encode())
     assert (status, reply["kind"]) == (400, "InvalidArgument"), reply
     assert message in reply["error"] and len(reply["error"]) < 300, reply["error"]
@@ -215,20 +193,20 @@ def test_bad_argument_is_refused_alike_without_a_server(tmp_path, group, verb, k
 
 def test_every_error_reply_is_json(served):
     sock = served.socket_path
-    assert post(sock, "/v1/vm/list", b"", method="GET")[0] == 405
-    assert post(sock, "/nowhere", b"{}")[0] == 404
-    assert post(sock, "/v1/vm/explode", b"{}")[0] == 404
-    assert post(sock, "/v1/vm/list", b"\xff\xfe")[0] == 400
-    assert post(sock, "/v1/vm/list", b"[" * 100_000 + b"]" * 100_000)[0] == 400
-    status, reply = post(sock, "/v1/vm/create", json.dumps({"name": "x" * (2 << 20)}).encode())
+    assert admin_post(sock, "/v1/vm/list", b"", method="GET")[0] == 405
+    assert admin_post(sock, "/nowhere", b"{}")[0] == 404
+    assert admin_post(sock, "/v1/vm/explode", b"{}")[0] == 404
+    assert admin_post(sock, "/v1/vm/list", b"\xff\xfe")[0] == 400
+    assert admin_post(sock, "/v1/vm/list", b"[" * 100_000 + b"]" * 100_000)[0] == 400
+    status, reply = admin_post(sock, "/v1/vm/create", json.dumps({"name": "x" * (2 << 20)}).encode())
     assert status == 413 and reply["error"]
-    assert post(sock, "/v1/vm/list", b"{}")[0] == 200
+    assert admin_post(sock, "/v1/vm/list", b"{}")[0] == 200
 
 
 def test_unexpected_failure_is_a_logged_json_500(served, caplog):
     """A damaged record (a VM without a name) is a server-side failure, not a bad request."""
     served.write_records({"vm/broken": {"uuid": "broken"}})
-    status, reply = post(served.socket_path, "/v1/vm/list", b"{}")
+    status, reply = admin_post(served.socket_path, "/v1/vm/list", b"{}")
     assert (status, reply["kind"]) == (500, "InternalError"), reply
     assert "TypeError" in reply["error"] and "server log" in reply["error"]
     assert any("admin request POST /v1/vm/list failed" in r.getMessage()

@@ -15,9 +15,9 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from support.clients import admin_post
 from support.server import VmblockServer
 from support.iscsi_client import IscsiClient, read10, tur, write10
-from test_admin_input import post
 from vmblock import DEFAULT_TARGET
 from vmblock.admin.api import VERBS
 from vmblock.settings import MAX_VDISK_BYTES
@@ -197,7 +197,7 @@ def test_fuzzed_admin_calls_leave_a_server_that_serves_and_restarts(vmblock_serv
     @given(requests())
     def fuzz(request):
         path, body = request
-        status, reply = post(sock, path, body)       # fails on any non-JSON reply
+        status, reply = admin_post(sock, path, body)       # fails on any non-JSON reply
         assert status in ANSWERS, (path, body[:300], status, reply)
         seen[status] = seen.get(status, 0) + 1
         assert s.proc.poll() is None, s.log()[-3000:]

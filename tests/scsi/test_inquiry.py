@@ -68,7 +68,7 @@ def test_device_identification_has_naa_and_target_port_name(rig):
     data = vpd(rig, 0x83)
     pos, found = 4, {}
     while pos < len(data):
-        code_set, b1, length = data[pos], data[pos + 1], data[pos + 3]
+        b1, length = data[pos + 1], data[pos + 3]
         found[(b1 >> 4) & 3, b1 & 0xF] = data[pos + 4:pos + 4 + length]
         pos += 4 + length
     assert found[0, 3] == (0x6001405A0B1C2D3E).to_bytes(8, "big")

@@ -99,7 +99,7 @@ class NaiveCache:
         del self.ghost_of[k]
 
     def _free_slot(self, s, v):
-        vd, key = self.info[s][0], self.info[s][1]
+        vd = self.info[s][0]
         del self.info[s]
         self.free.append(s)
         self._count(vd, v, "evictions")

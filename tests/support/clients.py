@@ -1,9 +1,14 @@
-"""Real clients the live tests drive: qemu-io through QEMU's iSCSI driver, and the CLI as JSON."""
+"""Real clients the live tests drive: qemu-io through QEMU's iSCSI driver, the CLI as JSON, and
+raw HTTP on the admin socket."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import subprocess
+
+import pytest
 
 
 def qemu_io_args(url: str, cmds, cache: str | None = None) -> list[str]:
@@ -37,3 +42,23 @@ def error_line(r) -> str:
     assert len(lines) == 1 and lines[0].startswith("vmblock: error: "), r.stderr
     assert "Traceback" not in r.output
     return lines[0]
+
+
+def admin_post(sock_path: str, url: str, body: bytes, method: str = "POST") -> tuple[int, dict]:
+    """One raw HTTP request on the admin socket; the reply must be JSON whatever the status."""
+    conn = http.client.HTTPConnection("localhost")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(sock_path)
+    conn.sock = sock
+    try:
+        conn.request(method, url, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        pytest.fail(f"{method} {url}: non-JSON reply ({resp.status}): {raw[:200]!r}")
+    assert resp.status == 200 or reply.get("error"), (resp.status, reply)
+    return resp.status, reply
