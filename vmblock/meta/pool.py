@@ -441,8 +441,6 @@ class Pool:
         """Bytes of the pool the vdisk maps (AUs written and not unmapped), shared or not."""
         return self.store.map_used_bytes(disk.map_id)
 
-    allocated_bytes = used_bytes
-
     def tier_bytes(self, disk: Vdisk) -> dict[str, int]:
         """Bytes the vdisk maps on each tier (a partly done move leaves some on both)."""
         return self.store.map_tier_bytes(disk.map_id)
