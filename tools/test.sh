@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install every test dependency (Debian packages + a venv in .venv) and run the whole test suite.
-# Idempotent. The slow tests run too; extra arguments go to pytest after that, e.g.
-# tools/test.sh -m "not slow" (the quick part), tools/test.sh -k cli.
+# Idempotent. Extra arguments go to pytest, e.g. tools/test.sh -m slow (the soaks),
+# tools/test.sh -m "" (everything), tools/test.sh -k cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +17,4 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --upgrade pip
 .venv/bin/python -m pip install -e '.[test]'
-exec .venv/bin/python -m pytest -m "" "$@"
+exec .venv/bin/python -m pytest "$@"

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[2]
 BOOT_WAIT = 60           # seconds for the markers to appear on the serial port
 SECTOR = 512

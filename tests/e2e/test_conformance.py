@@ -30,7 +30,6 @@ def failed_tests(output: str) -> list[str]:
     return failed
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_iscsi_test_cu_has_no_failures(vmblock_server):
     p = subprocess.run(["iscsi-test-cu", "-d", "-t", "ALL", vmblock_server.url()],
