@@ -24,6 +24,7 @@ import numpy as np
 from vmblock.errors import PoolError
 from vmblock.native import extent as extent_kernels
 from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, map_value
+from vmblock.store.shm import SharedArray
 from vmblock.store.tier import Tier
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,11 @@ class Allocator:
         self.fshift = ncap - lo
         n = ncap + nf - lo
         self.bounds = ((0, ncap), (ncap, n))
-        self.refcount = np.zeros(n, dtype=extent_kernels.REF_DTYPE)
+        # in shared memory, for worker processes that look reference counts up read-only
+        self.shared_refs = SharedArray("vmblock-refcount", extent_kernels.REF_DTYPE, n)
+        self.refcount = self.shared_refs.array
         self.held = np.zeros(n, dtype=np.uint8)
-        np.add.at(self.refcount, self.global_aus(file_aus, tiers).astype(np.int64), 1)
+        extent_kernels.add_refs(self.refcount, self.global_aus(file_aus, tiers), 1)
         used = self.refcount != 0
         self.t_used = [int(np.count_nonzero(used[:ncap])), int(np.count_nonzero(used[ncap:]))]
         self.t_free = [ncap - self.t_used[0], n - ncap - self.t_used[1]]
@@ -100,6 +103,11 @@ class Allocator:
         self.tokens = itertools.count(1)
         self.inflight: set[int] = set()
         self.biased: np.ndarray | None = None     # the old AUs a move step holds (MOVE_BIAS)
+
+    @property
+    def refcount_fd(self) -> int:
+        """The memfd of the reference counts (``n_aus`` uint32)."""
+        return self.shared_refs.fd
 
     # --- global AU numbers <-> (tier, AU in the tier file) ------------------------------------
 
@@ -125,6 +133,20 @@ class Allocator:
         paus = file_aus.astype(np.int64)
         paus[tiers == TIER_FLASH] += self.fshift
         return paus.astype(np.uint32)
+
+    def global_rows(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
+        """``global_aus`` of leaves as the meta DB stores them (UNMAPPED stays UNMAPPED)."""
+        paus = file_aus.astype(np.int64)
+        paus[tiers == TIER_FLASH] += self.fshift
+        paus[file_aus == extent_kernels.UNMAPPED] = extent_kernels.UNMAPPED
+        return paus.astype(np.uint32)
+
+    def file_rows(self, paus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(AUs in their tier files, tiers) of global AUs ``paus`` (UNMAPPED stays)."""
+        flash = (paus != extent_kernels.UNMAPPED) & (paus >= self.ncap)
+        file_aus = paus.astype(np.int64)
+        file_aus[flash] -= self.fshift
+        return file_aus.astype(np.uint32), flash.astype(np.uint8)
 
     def split_tiers(self, paus: np.ndarray) -> tuple[int, int]:
         """How many of ``paus`` are capacity AUs, how many flash AUs."""
