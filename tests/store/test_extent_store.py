@@ -214,7 +214,7 @@ def test_deleting_vdisks_snapshots_and_vms_returns_every_au(pool):
     pool.delete_vdisk("d1")
     pool.store.flush()
     assert pool.store.usage()["used_bytes"] == 0
-    assert not any(k.startswith(b"M") for k in pool._db.raw.keys(from_key=b"M"))
+    assert not any(k.startswith(b"L") for k in pool._db.raw.keys(from_key=b"L"))
     assert_clean(pool)
 
 

@@ -4,7 +4,8 @@ Physical AUs are numbered in one *global* space in memory: capacity AU ``p`` is 
 ``f`` (its AU index in the flash tier file) is ``f + fshift``. The flash tier's AUs start at
 ``flash_lo``: after the cache's slots (``cache_bytes``, rounded up to an AU), or lower if a flash
 AU below that is already mapped (the cache then gets less: it must never overlap data). The
-meta DB stores (AU in its tier, tier).
+meta DB stores (AU in its tier, tier). The reference counts live in shared memory
+(``SharedArray``, ``refcount_fd``) for processes that look them up read-only.
 
 A freed AU (UNMAP, snapshot or vdisk deletion, COW of the last reference) is *held*: not
 reusable until the batch that frees it is durable *and* every I/O that could still have looked
@@ -23,7 +24,7 @@ import numpy as np
 
 from vmblock.errors import PoolError
 from vmblock.native import extent as extent_kernels
-from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, map_value
+from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES
 from vmblock.store.shm import SharedArray
 from vmblock.store.tier import Tier
 
@@ -121,12 +122,6 @@ class Allocator:
         if p < self.ncap:
             return self.fd, p * self.au
         return self.ffd, (p - self.fshift) * self.au
-
-    def value(self, p: int) -> bytes:
-        """The meta DB value of a mapping to global AU ``p``."""
-        if p < self.ncap:
-            return map_value(p, TIER_CAPACITY)
-        return map_value(p - self.fshift, TIER_FLASH)
 
     def global_aus(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
         """Global AU numbers of (AU in its tier, tier) pairs as the meta DB stores them."""
