@@ -197,6 +197,46 @@ def _add_refs(refcounts, physical_aus, delta):
 
 
 @jit(**JIT)
+def _tier_bounds(file_aus, tiers):
+    """(1 + the highest capacity AU, the lowest flash AU, 1 + the highest flash AU) among the
+    mapped entries of (AU in its tier file, tier) pairs; (0, 2**32, 0) when there are none."""
+    cap_top = 0
+    fl_lo = np.int64(1) << 32
+    fl_top = 0
+    for i in range(file_aus.shape[0]):
+        f = np.int64(file_aus[i])
+        if f == 0xFFFFFFFF:
+            continue
+        if tiers[i] == 0:
+            if f + 1 > cap_top:
+                cap_top = f + 1
+        else:
+            if f < fl_lo:
+                fl_lo = f
+            if f + 1 > fl_top:
+                fl_top = f + 1
+    return cap_top, fl_lo, fl_top
+
+
+@jit(**JIT)
+def _count_refs(refcounts, file_aus, tiers, fshift, global_aus):
+    """Global AU of every (AU in its tier file, tier) pair into ``global_aus`` (flash AUs
+    shifted by ``fshift``, UNMAPPED kept) and one reference each into ``refcounts``; returns
+    how many entries are mapped."""
+    c = 0
+    for i in range(file_aus.shape[0]):
+        f = file_aus[i]
+        if f == 0xFFFFFFFF:
+            global_aus[i] = f
+            continue
+        g = np.int64(f) + fshift if tiers[i] != 0 else np.int64(f)
+        global_aus[i] = g
+        refcounts[g] += 1
+        c += 1
+    return c
+
+
+@jit(**JIT)
 def _phys_runs(physical_aus, count, run_starts, run_lengths):
     """Split ``count`` looked-up AUs into runs that are contiguous on the tier (or all
     unmapped): run_starts[k] = index of the run's first AU, run_lengths[k] = AUs in it.
@@ -327,6 +367,28 @@ def add_refs(refcounts: np.ndarray, physical_aus: np.ndarray, delta: int) -> int
     return int(_add_refs(refcounts, physical_aus, int(delta)))
 
 
+def tier_bounds(file_aus: np.ndarray, tiers: np.ndarray) -> tuple[int, int, int]:
+    """(1 + highest capacity AU, lowest flash AU, 1 + highest flash AU) of the mapped entries
+    of (AU in its tier file, tier) pairs (``_tier_bounds``); (0, 2**32, 0) when none."""
+    if file_aus.shape != tiers.shape or file_aus.dtype != MAP_DTYPE or file_aus.ndim != 1:
+        raise TypeError("file_aus must be 1-d uint32, tiers of the same shape")
+    a, b, c = _tier_bounds(file_aus, tiers)
+    return int(a), int(b), int(c)
+
+
+def count_refs(refcounts: np.ndarray, file_aus: np.ndarray, tiers: np.ndarray,
+               fshift: int) -> tuple[np.ndarray, int]:
+    """(global AUs of the pairs, mapped entries), adding a reference to ``refcounts`` for
+    each mapped one (``_count_refs``); the caller checked every AU is inside ``refcounts``."""
+    if file_aus.shape != tiers.shape or file_aus.dtype != MAP_DTYPE or file_aus.ndim != 1 \
+            or refcounts.dtype != REF_DTYPE:
+        raise TypeError("file_aus must be 1-d uint32, tiers of the same shape, refcounts "
+                        "uint32")
+    out = np.empty(file_aus.shape[0], dtype=MAP_DTYPE)
+    n = _count_refs(refcounts, file_aus, tiers, int(fshift), out)
+    return out, int(n)
+
+
 def phys_runs(physical_aus: np.ndarray, count: int, run_starts: np.ndarray,
               run_lengths: np.ndarray) -> int:
     """Runs of AUs contiguous on the tier among the first ``count`` (``_phys_runs``)."""
@@ -368,3 +430,7 @@ def warm() -> None:
     run_starts = np.empty(8, dtype=np.int64)
     run_lengths = np.empty(8, dtype=np.int64)
     phys_runs(physical_aus, 4, run_starts, run_lengths)
+    fa = np.array([3, 0xFFFFFFFF, 1], dtype=MAP_DTYPE)
+    ti = np.array([0, 0, 1], dtype=np.uint8)
+    tier_bounds(fa, ti)
+    count_refs(np.zeros(8, dtype=REF_DTYPE), fa, ti, 4)

@@ -131,6 +131,22 @@ def test_phys_runs_matches_naive(seed):
         paus.tolist())
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tier_bounds_and_count_refs_match_naive(seed):
+    rng = np.random.default_rng(seed)
+    n = 500
+    file_aus = rng.integers(0, 300, size=n).astype(np.uint32)
+    file_aus[rng.random(n) < 0.3] = extent_kernels.UNMAPPED
+    tiers = (rng.random(n) < rng.random()).astype(np.uint8)
+    assert extent_kernels.tier_bounds(file_aus, tiers) == naive.tier_bounds(
+        file_aus.tolist(), tiers.tolist())
+    refcount = np.zeros(700, dtype=np.uint32)
+    ref_naive = [0] * 700
+    got, mapped = extent_kernels.count_refs(refcount, file_aus, tiers, 350)
+    want, want_mapped = naive.count_refs(ref_naive, file_aus.tolist(), tiers.tolist(), 350)
+    assert (got.tolist(), mapped, refcount.tolist()) == (want, want_mapped, ref_naive)
+
+
 def test_alloc_scan_of_nothing_writes_nothing():
     """count 0 (a racing writer mapped the AUs first) must not touch ``out``: Numba does not
     bounds-check, and a write to a 0-length array corrupted the heap once."""

@@ -95,3 +95,21 @@ def phys_runs(paus):
         runs.append((i, j - i))
         i = j
     return runs
+
+
+def tier_bounds(file_aus, tiers):
+    cap = [f for f, t in zip(file_aus, tiers) if f != UNMAPPED and t == 0]
+    fl = [f for f, t in zip(file_aus, tiers) if f != UNMAPPED and t != 0]
+    return (max(cap) + 1 if cap else 0, min(fl) if fl else 1 << 32, max(fl) + 1 if fl else 0)
+
+
+def count_refs(refcount, file_aus, tiers, fshift):
+    out = []
+    for f, t in zip(file_aus, tiers):
+        if f == UNMAPPED:
+            out.append(UNMAPPED)
+            continue
+        g = f + fshift if t else f
+        out.append(g)
+        refcount[g] += 1
+    return out, sum(1 for f in file_aus if f != UNMAPPED)

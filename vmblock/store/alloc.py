@@ -43,9 +43,11 @@ class Allocator:
 
     def __init__(self, capacity: Tier, flash: Tier, au: int, lock: threading.Lock,
                  file_aus: np.ndarray, tiers: np.ndarray, cache_bytes: int):
-        """Rebuild reference counts and free space from every map key's (AU in its tier,
-        tier), and fix the flash split; a configured tier size that would cut off a mapped
-        AU is not applied."""
+        """Rebuild reference counts and free space from every map entry's (AU in its tier,
+        tier) -- 1-d arrays, UNMAPPED entries allowed -- in one kernel pass, and fix the flash
+        split; a configured tier size that would cut off a mapped AU is not applied.
+        ``loaded_aus`` is then the global AU of every entry given (UNMAPPED kept), for the
+        caller to load its maps from."""
         self.capacity = capacity
         self.flash = flash
         self.au = au
@@ -54,9 +56,7 @@ class Allocator:
         self.ffd = flash.fd
         if len(tiers) and int(tiers.max()) > TIER_FLASH:
             raise PoolError("meta DB holds extent-map records with an unknown tier")
-        on_cap = tiers == TIER_CAPACITY
-        cap_p, fl_p = file_aus[on_cap], file_aus[~on_cap]
-        top = int(cap_p.max()) + 1 if len(cap_p) else 0
+        top, fl_min, ftop = extent_kernels.tier_bounds(file_aus, tiers)
         if top > capacity.n_aus:
             raise PoolError(f"capacity tier {capacity.path} is smaller than its maps "
                             f"(AU {top - 1} is mapped)")
@@ -65,7 +65,6 @@ class Allocator:
                 log.warning("capacity tier: AUs up to %d are in use, cannot shrink to %d "
                             "bytes; keeping %d", top, capacity.want_aus * au, top * au)
             capacity.set_aus(max(top, capacity.want_aus))
-        ftop = int(fl_p.max()) + 1 if len(fl_p) else 0
         if ftop > flash.n_aus:
             raise PoolError(f"flash tier {flash.path} is smaller than its maps "
                             f"(AU {ftop - 1} is mapped)")
@@ -76,10 +75,10 @@ class Allocator:
             flash.set_aus(max(ftop, flash.want_aus))
         nf = flash.n_aus
         lo = min(-(-max(cache_bytes, 0) // au), nf)
-        if len(fl_p) and int(fl_p.min()) < lo:
+        if fl_min < lo:
             log.warning("flash tier: AU %d is mapped, the cache gets %d bytes, not %d",
-                        int(fl_p.min()), int(fl_p.min()) * au, cache_bytes)
-            lo = int(fl_p.min())
+                        fl_min, fl_min * au, cache_bytes)
+            lo = fl_min
         self.flash_lo = lo
         self.cache_bytes = min(max(cache_bytes, 0), lo * au)
         self.ncap = ncap = capacity.n_aus
@@ -90,7 +89,8 @@ class Allocator:
         self.shared_refs = SharedArray("vmblock-refcount", extent_kernels.REF_DTYPE, n)
         self.refcount = self.shared_refs.array
         self.held = np.zeros(n, dtype=np.uint8)
-        extent_kernels.add_refs(self.refcount, self.global_aus(file_aus, tiers), 1)
+        self.loaded_aus, _ = extent_kernels.count_refs(self.refcount, file_aus, tiers,
+                                                       self.fshift)
         used = self.refcount != 0
         self.t_used = [int(np.count_nonzero(used[:ncap])), int(np.count_nonzero(used[ncap:]))]
         self.t_free = [ncap - self.t_used[0], n - ncap - self.t_used[1]]

@@ -96,8 +96,9 @@ def scan_leaves(db, mid: int | None = None
         raise PoolError("meta DB holds extent-map leaves of the wrong size")
     keys = np.frombuffer(kb, dtype=_LEAF_KEY_DT)
     vals = np.frombuffer(vb, dtype=np.uint8).reshape(k, LEAF_VALUE_BYTES)
-    file_aus = vals[:, :LEAF_AUS * 4].copy().view("<u4").astype(np.uint32)
-    tiers = vals[:, LEAF_AUS * 4:].copy()
+    file_aus = np.ascontiguousarray(vals[:, :LEAF_AUS * 4]).view("<u4").astype(
+        np.uint32, copy=False)
+    tiers = np.ascontiguousarray(vals[:, LEAF_AUS * 4:])
     return (keys["mid"].astype(np.uint32), keys["leaf"].astype(np.uint32), file_aus, tiers)
 
 

@@ -31,7 +31,7 @@ from vmblock.store.commit import Committer, StoreFault
 from vmblock.store.datapath import DataPath
 from vmblock.store.events import StoreEvents
 from vmblock.store.fsck import check_store
-from vmblock.store.layout import AU_SIZE, UNMAPPED, scan_leaves
+from vmblock.store.layout import AU_SIZE, scan_leaves
 from vmblock.store.maps import LiveMaps
 from vmblock.store.migrate import migrate_au_keys
 from vmblock.store.move import MOVE_CHUNK_AUS, TierMover
@@ -63,12 +63,12 @@ class PoolStore:
         self.lock = threading.Lock()
         migrate_au_keys(db)
         mids, slots, file_rows, tier_rows = scan_leaves(db)
-        mapped = file_rows != UNMAPPED
-        self.space = Allocator(capacity, flash, au, self.lock, file_rows[mapped],
-                               tier_rows[mapped], cache_bytes)
+        self.space = Allocator(capacity, flash, au, self.lock, file_rows.reshape(-1),
+                               tier_rows.reshape(-1), cache_bytes)
+        rows = self.space.loaded_aus.reshape(file_rows.shape)
+        self.space.loaded_aus = None
         self.live = LiveMaps(db, self.space)
-        self.live.load(live, mids, slots.astype(np.int64),
-                       self.space.global_rows(file_rows, tier_rows))
+        self.live.load(live, mids, slots.astype(np.int64), rows)
         self.live.tiers.update(tiers or {})
         self.events = StoreEvents(self.space, thresholds)
         self.committer = Committer(db, self.space, self.live, self.events, self.lock)
