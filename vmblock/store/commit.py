@@ -271,31 +271,42 @@ class MapTxn:
     def copy_map(self, src: int, dst: int, dst_size: int | None = None) -> int:
         """Copy map ``src`` to the new map ``dst`` leaf by leaf; with ``dst_size`` it becomes a
         live vdisk map of that size. Returns the bytes mapped in the copy."""
+        return self.copy_maps([(src, dst, dst_size)])[0]
+
+    def copy_maps(self, copies: list[tuple[int, int, int | None]]) -> list[int]:
+        """``copy_map`` of every (src, dst, dst_size), the live sources all read in one
+        locked step: a VM snapshot is one point in time across its vdisks."""
         live, committer = self.live, self.committer
-        frozen = None if src in live.maps else live.frozen_rows(src)
+        frozen = {src: live.frozen_rows(src) for src, _, _ in copies if src not in live.maps}
+        taken = []
         with committer.lock:
-            if frozen is None:
-                live.get(src)
-                slots, rows = live.leaf_rows(src)
-                self.inflight |= committer.space.inflight
-            else:
-                slots, rows = frozen
-            if dst_size is not None:
-                nv = n_vaus(dst_size, self.au)
-                keep = slots < -(-nv // LEAF_AUS)
-                slots, rows = slots[keep], rows[keep]
-                if nv % LEAF_AUS and len(slots) and slots[-1] == nv // LEAF_AUS:
-                    rows = rows.copy()
-                    rows[-1, nv % LEAF_AUS:] = UNMAPPED
-            flat = np.ascontiguousarray(rows).reshape(-1)
-            extent_kernels.add_refs(committer.space.refcount, flat, 1)
-            self.bumped.append(flat)
+            for src, _, dst_size in copies:
+                if src in frozen:
+                    slots, rows = frozen[src]
+                else:
+                    live.get(src)
+                    slots, rows = live.leaf_rows(src)
+                    self.inflight |= committer.space.inflight
+                if dst_size is not None:
+                    nv = n_vaus(dst_size, self.au)
+                    keep = slots < -(-nv // LEAF_AUS)
+                    slots, rows = slots[keep], rows[keep]
+                    if nv % LEAF_AUS and len(slots) and slots[-1] == nv // LEAF_AUS:
+                        rows = rows.copy()
+                        rows[-1, nv % LEAF_AUS:] = UNMAPPED
+                flat = np.ascontiguousarray(rows).reshape(-1)
+                extent_kernels.add_refs(committer.space.refcount, flat, 1)
+                self.bumped.append(flat)
+                taken.append((slots, rows, flat))
+        done = []
         put = self.batch.put
-        for s, val in zip(slots.tolist(), live.values(rows)):
-            put(leaf_key(dst, s), val.tobytes())
-        if dst_size is not None:
-            self.new_live[dst] = (dst_size, slots, rows)
-        return int(np.count_nonzero(flat != UNMAPPED)) * self.au
+        for (_, dst, dst_size), (slots, rows, flat) in zip(copies, taken):
+            for s, val in zip(slots.tolist(), live.values(rows)):
+                put(leaf_key(dst, s), val.tobytes())
+            if dst_size is not None:
+                self.new_live[dst] = (dst_size, slots, rows)
+            done.append(int(np.count_nonzero(flat != UNMAPPED)) * self.au)
+        return done
 
     def drop_map(self, mid: int) -> None:
         """Delete map ``mid`` (live or frozen); its AUs lose a reference each."""
