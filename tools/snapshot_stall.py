@@ -123,6 +123,8 @@ def main() -> None:
             tree = work / "tree"
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree),
                             a.candidate], check=True, capture_output=True)
+            # vmblock.native of that tree, not the editable install's (a path entry wins)
+            (tree / "vmblock" / "native").symlink_to("../native")
         env = {"PYTHONPATH": str(tree)}
         pool = work / "pool"
         py = [sys.executable]
