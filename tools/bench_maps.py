@@ -103,6 +103,7 @@ class Watch:
             t.join()
 
     def figures(self) -> str:
+        """The longest lock wait and each reader's p99 and max latency, one line."""
         parts = [f"lock wait max {max(self.lock_wait, default=0) * 1e3:6.1f} ms"]
         for kind, v in self.lat.items():
             if v:
@@ -146,6 +147,7 @@ def locked_part(pool: Pool, disk: str) -> None:
 
 
 def timed(what: str, fn, watch: Watch | None = None) -> float:
+    """Run ``fn``, print how long it took (and ``watch``'s figures); returns the seconds."""
     t = time.perf_counter()
     fn()
     dt = time.perf_counter() - t
@@ -154,6 +156,7 @@ def timed(what: str, fn, watch: Watch | None = None) -> float:
 
 
 def main() -> None:
+    """Build, open, measure, print (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--aus", type=int, default=1 << 24)
     ap.add_argument("--snap-aus", type=int, default=1 << 20)
