@@ -87,6 +87,7 @@ class Allocator:
         self.bounds = ((0, ncap), (ncap, n))
         # in shared memory, for worker processes that look reference counts up read-only
         self.shared_refs = SharedArray("vmblock-refcount", extent_kernels.REF_DTYPE, n)
+        self.shared_refs.ensure(n)
         self.refcount = self.shared_refs.array
         self.held = np.zeros(n, dtype=np.uint8)
         self.loaded_aus, _ = extent_kernels.count_refs(self.refcount, file_aus, tiers,
