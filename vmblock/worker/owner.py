@@ -132,8 +132,6 @@ class WorkerPool:
         for i in range(self.count):
             self._spawn(i)
         await asyncio.wait_for(asyncio.gather(*(w.ready for w in self.workers)), START_TIMEOUT)
-        log.info("%d worker processes: pids %s", self.count,
-                 ", ".join(str(w.pid) for w in self.workers))
 
     def _spawn(self, index: int) -> Worker:
         # on the loop's thread: PR_SET_PDEATHSIG fires when the thread that forked ends
@@ -289,6 +287,7 @@ class WorkerPool:
         elif mtype == Msg.READY:
             w.pid = unpack_json(payload)["pid"]
             w.ready.set_result(None)
+            log.info("worker %d ready: pid %d", w.index, w.pid)
         else:
             log.error("worker %d: unexpected message %s", w.index, mtype.name)
 
