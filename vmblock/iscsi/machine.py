@@ -122,6 +122,16 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         no more PDUs are handled or answered in this one; the carrier passes the socket on."""
         self.closing = True
 
+    def cork(self) -> None:
+        """Hold what is sent until ``uncork``: the answers to a batch of commands that ended
+        together (vmblock.worker) leave in one write."""
+        self.corked = True
+
+    def uncork(self) -> None:
+        """Write what ``cork`` held."""
+        self.corked = False
+        self._flush()
+
     def connection_lost(self) -> None:
         """The carrier's connection is gone: give back the slot, the budget and the tasks."""
         self.closing = True

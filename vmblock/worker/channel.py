@@ -1,7 +1,9 @@
 """One end of the owner-worker socketpair as frames in and out, on an asyncio loop.
 
-Frames (``wire``) go out with one gather ``sendmsg`` each when the socket takes them, else
-queued in order and written when it is writable again. File descriptors ride as SCM_RIGHTS on
+Frames (``wire``) are queued in order and written once the current callback is done, with one
+gather ``sendmsg`` for all that were queued (the COMMANDs of one received buffer of PDUs, the
+RESULTs of one received batch of COMMANDs go out together); what the socket does not take is
+written when it is writable again. File descriptors ride as SCM_RIGHTS on
 the first byte of their frame; the receiver queues every descriptor it gets in stream order,
 so the frame that announces one (``HANDOFF``) finds it with ``take_fd`` whatever the kernel did
 with the message boundaries. ``call`` sends one frame and waits for its answer with the loop
@@ -50,24 +52,32 @@ class Channel:
         self.fds: deque[int] = deque()            # received descriptors, in stream order
         self.deferred: deque[tuple] = deque()     # frames read by ``call``, not yet handled
         self.out: deque[list] = deque()           # [buffers, descriptors to attach]
+        self.scratch = bytearray(RECV_CHUNK)      # recvmsg_into lands here
+        self.flush_soon = False                   # a write is scheduled for this iteration
         self.writing = False
         self.closed = False
         loop.add_reader(self.fd, self._readable)
 
     # ---- out ---------------------------------------------------------------------------
     def send(self, mtype: Msg, *parts, fds: tuple[int, ...] = ()) -> None:
-        """Queue one frame (its ``parts`` are not copied: keep them unchanged until sent) and
-        write what the socket takes. ``fds`` are sent with it and then closed here."""
+        """Queue one frame (its ``parts`` are not copied: keep them unchanged until sent),
+        written when the current callback is done. ``fds`` go with its first byte and are
+        closed here once sent."""
         if self.closed:
             for fd in fds:
                 os.close(fd)
             return
-        bufs = [memoryview(b) for b in frame(mtype, *parts) if len(b)]
-        self.out.append([bufs, list(fds)])
-        if not self.writing:
-            self._write()
+        bufs = [memoryview(b).cast("B") for b in frame(mtype, *parts) if len(b)]
+        if fds or not self.out or self.out[-1][1]:
+            self.out.append([bufs, list(fds)])     # descriptors start an entry of their own
+        else:
+            self.out[-1][0].extend(bufs)
+        if not (self.writing or self.flush_soon):
+            self.flush_soon = True
+            self.loop.call_soon(self._write)
 
     def _write(self) -> None:
+        self.flush_soon = False
         while self.out and not self.closed:
             entry = self.out[0]
             bufs, fds = entry
@@ -84,12 +94,13 @@ class Channel:
                 for fd in fds:
                     os.close(fd)
                 entry[1] = []
-            while n:
-                if n >= bufs[0].nbytes:
-                    n -= bufs.pop(0).nbytes
-                else:
-                    bufs[0] = bufs[0].cast("B")[n:]
-                    n = 0
+            i = 0
+            while n and n >= bufs[i].nbytes:
+                n -= bufs[i].nbytes
+                i += 1
+            del bufs[:i]
+            if n:
+                bufs[0] = bufs[0][n:]
             if not bufs:
                 self.out.popleft()
         if self.closed:
@@ -105,7 +116,7 @@ class Channel:
     def _receive(self) -> bool:
         """Read what is there into the buffer; False when the other end is gone."""
         try:
-            data, anc, _flags, _addr = self.sock.recvmsg(RECV_CHUNK, ANC_SPACE)
+            n, anc, _flags, _addr = self.sock.recvmsg_into([self.scratch], ANC_SPACE)
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:
@@ -115,9 +126,9 @@ class Channel:
                 fds = array.array("i")
                 fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
                 self.fds.extend(fds)
-        if not data:
+        if not n:
             return False
-        self.rbuf += data
+        self.rbuf += memoryview(self.scratch)[:n]
         return True
 
     def _readable(self) -> None:

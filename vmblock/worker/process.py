@@ -63,8 +63,16 @@ log = logging.getLogger("vmblock.worker")
 PR_SET_PDEATHSIG = 1        # prctl(2): the signal this process gets when its parent dies
 
 
-class ForwardFailed(Exception):
-    """The owner could not run a forwarded command (it raised there, or the session is gone)."""
+class Forwarded:
+    """A command sent to the owner, until its ``RESULT``: the task, and where its end goes
+    (``HandedProtocol.run`` fills in the connection's machine and task state)."""
+
+    __slots__ = ("task", "machine", "st")
+
+    def __init__(self, task: ScsiTask):
+        self.task = task
+        self.machine = None
+        self.st = None
 
 
 @dataclass
@@ -125,6 +133,14 @@ class HandedProtocol(IscsiProtocol):
         self.info = info
         self.pending = pending
 
+    def run(self, st, work) -> None:
+        """A forwarded command ends when its ``RESULT`` comes (``WorkerProcess._result``
+        calls ``task_done``); other work (the fast path's) is awaited as usual."""
+        if isinstance(work, Forwarded):
+            work.machine, work.st = self.machine, st
+        else:
+            super().run(st, work)
+
     def connection_made(self, transport) -> None:
         """Resume the connection in full feature phase and handle what the owner received
         past the login."""
@@ -157,7 +173,8 @@ class WorkerProcess:
         self.targets: dict[str, WorkerTarget] = {}
         self.fast = Forward()
         self.tags = itertools.count(1)
-        self.waiting: dict[int, tuple[asyncio.Future, ScsiTask]] = {}
+        self.waiting: dict[int, Forwarded] = {}
+        self.corked: list[ConnectionMachine] = []      # answering a batch of RESULTs
         self.done = asyncio.Event()
         self.accepting: set[asyncio.Task] = set()
 
@@ -240,35 +257,50 @@ class WorkerProcess:
                     conn.terminate("target cold reset")
 
     def _result(self, payload: bytes) -> None:
+        """Answer a forwarded command; the answers of one batch of RESULTs are written
+        together, per connection, once the batch is handled (``_uncork``)."""
         tag, status, flags, xfer, sense, data_in = unpack_result(payload)
-        fut, task = self.waiting.pop(tag, (None, None))
-        if fut is None or fut.done():
+        fwd = self.waiting.pop(tag, None)
+        if fwd is None or fwd.machine is None:
             return
+        machine = fwd.machine
+        if not machine.corked:
+            if not self.corked:
+                self.loop.call_soon(self._uncork)
+            machine.cork()
+            self.corked.append(machine)
+        if flags & RESULT_FAILED:
+            log.error("worker %d: a forwarded SCSI command failed in the owner", self.index)
         if flags & (RESULT_FAILED | RESULT_GONE):
-            fut.set_exception(ForwardFailed("gone" if flags & RESULT_GONE else "failed"))
+            machine.task_done(fwd.st, failed=True)
             return
+        task = fwd.task
         task.status = status
         task.sense = sense
         task.cdb_xfer_len = xfer
         task.data_in = data_in if flags & RESULT_DATA_IN else None
-        fut.set_result(None)
+        machine.task_done(fwd.st)
+
+    def _uncork(self) -> None:
+        for machine in self.corked:
+            machine.uncork()
+        self.corked.clear()
 
     # ---- to the owner -------------------------------------------------------------------
     def _tsih(self, nexus: Nexus) -> int:
         return self.service.registry.by_key[(nexus.initiator, nexus.isid, nexus.target)].tsih
 
-    def forward(self, task: ScsiTask) -> asyncio.Future:
-        """Send ``task`` to the owner as a ``COMMAND``; the future ends when its ``RESULT``
-        has filled the task's status, sense and Data-In."""
+    def forward(self, task: ScsiTask) -> Forwarded:
+        """Send ``task`` to the owner as a ``COMMAND``; its ``RESULT`` fills the task's
+        status, sense and Data-In and ends it (``_result``)."""
         tag = next(self.tags)
-        fut = self.loop.create_future()
-        self.waiting[tag] = (fut, task)
+        fwd = self.waiting[tag] = Forwarded(task)
         flags = (CMD_READ if task.read else 0) | (CMD_WRITE if task.write else 0)
         data = task.data_out if task.data_out is not None else b""
         self.channel.send(Msg.COMMAND, *pack_command(
             tag, self._tsih(task.nexus), task.itt, task.lun, task.edtl, task.attr, flags,
             bytes(task.cdb), data))
-        return fut
+        return fwd
 
     def task_management(self, function: int, nexus: Nexus, lun: int | None) -> bool:
         """Have the owner apply a TMF, waiting for it (``Channel.call``): True when the LUN

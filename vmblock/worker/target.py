@@ -45,7 +45,7 @@ class WorkerTarget:
 
     def execute(self, task: ScsiTask):
         """Run a claimed ``task`` on the fast path, else send it to the owner now (in CmdSN
-        order with TMFs) and return the future of its ``RESULT``."""
+        order with TMFs) and return the ``Forwarded`` its ``RESULT`` ends."""
         if task.handler is not None:
             return self.fast.execute(task)
         return self.process.forward(task)
