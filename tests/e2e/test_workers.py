@@ -23,6 +23,7 @@ from support.clients import cli_json, qemu_io
 from support.iscsi_client import IscsiClient, read10, tur, write10
 from support.server import run_cli
 from vmblock import DEFAULT_TARGET
+from vmblock.iscsi import pdu
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,6 +39,7 @@ PR_OUT, REGISTER, RESERVE, RELEASE, WRITE_EXCLUSIVE = 0x5F, 0x00, 0x01, 0x02, 0x
 GOOD, CHECK_CONDITION, RESERVATION_CONFLICT = 0x00, 0x02, 0x18
 UNIT_ATTENTION = 0x6
 LUN_RESET = 5               # RFC 7143 11.5.1
+RESERVE_6 = bytes([0x16, 0, 0, 0, 0, 0])     # SPC-2 7.21
 FUA = 0x08                  # SBC-3 WRITE(10) byte 1
 
 
@@ -172,9 +174,23 @@ def test_lun_reset_in_one_worker_is_a_unit_attention_in_the_other(workers_server
         assert b.scsi(tur()).status == GOOD
 
 
+def test_logout_in_a_worker_ends_the_nexus_in_the_owner(workers_server):
+    a, b = login(workers_server, A_INITIATOR), login(workers_server, B_INITIATOR)
+    with b:
+        placed(workers_server, a, b)
+        assert a.scsi(RESERVE_6).status == GOOD
+        assert b.scsi(write10(9, 1), write=pattern(1, 1)).status == RESERVATION_CONFLICT
+        assert a.logout().opcode == pdu.Opcode.LOGOUT_RSP
+        a.close()
+        # I_T nexus loss releases the RESERVE(6) reservation (SPC-4 5.9.3)
+        wait_for("the session gone", lambda: a.tsih not in placement(workers_server))
+        assert b.scsi(write10(9, 1), write=pattern(1, 1)).status == GOOD
+
+
 def test_killed_worker_loses_no_acknowledged_write_and_comes_back(workers_server):
     a, b = login(workers_server, A_INITIATOR), login(workers_server, B_INITIATOR)
     (wa, pid_a), _ = placed(workers_server, a, b)
+    assert a.scsi(RESERVE_6).status == GOOD         # released when the worker's nexus goes
     written = {}
     for i in range(16):                  # FUA: each GOOD is a durable write
         data = pattern(i * 11, 8)
@@ -189,6 +205,7 @@ def test_killed_worker_loses_no_acknowledged_write_and_comes_back(workers_server
     wait_for("the killed worker's session gone", lambda: a.tsih not in placement(workers_server))
     wait_for("the worker started again", lambda: re.search(
         rf"worker {wa} ready: pid (?!{pid_a}\b)\d+", workers_server.log()))
+    assert b.scsi(write10(9, 1), write=pattern(1, 1)).status == GOOD
     with b, login(workers_server, A_INITIATOR) as c:
         (wc, pid_c), = placed(workers_server, c)
         assert (wc, pid_c != pid_a) == (wa, True)      # the least loaded: the new worker
