@@ -40,10 +40,12 @@ SESSION_READ = ["-c", "6000", "-d", "8", "-s", "4096"]
 
 
 def bench_cmd(url: str, args: list[str]) -> list[str]:
+    """qemu-img bench's command line (no host cache) against ``url``."""
     return ["qemu-img", "bench", "-f", "raw", "-t", "none", *args, url]
 
 
 def iops(url: str, args: list[str]) -> float:
+    """Commands per second of one qemu-img bench run."""
     p = subprocess.run(bench_cmd(url, args), capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip() or p.stdout.strip())
@@ -52,6 +54,7 @@ def iops(url: str, args: list[str]) -> float:
 
 
 def sessions_iops(url: str, n: int) -> float:
+    """Aggregate commands per second of ``n`` qemu-img bench processes at once."""
     start = time.monotonic()
     procs = [subprocess.Popen(bench_cmd(url, SESSION_READ), stdout=subprocess.DEVNULL)
              for _ in range(n)]
@@ -68,6 +71,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def workers_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (its worker processes)."""
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         out += [int(p) for p in (task / "children").read_text().split()]
@@ -75,6 +79,7 @@ def workers_of(pid: int) -> list[int]:
 
 
 def start(work: Path, name: str, workers: int) -> VmblockServer:
+    """A server on a new pool under ``work`` with ``workers``, its bench vdisk written whole."""
     pool = work / name / "pool"
     pool.parent.mkdir(parents=True)
     run_cli(pool, "config", "set", "server.workers", str(workers))
@@ -100,6 +105,7 @@ def measure(server: VmblockServer, name: str, sessions: int) -> tuple[float, flo
 
 
 def main() -> int:
+    """Run the rounds and print the table (module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)

@@ -89,6 +89,7 @@ def placed(server, *clients: IscsiClient) -> list[tuple[int, int]]:
 
 
 def pattern(seed: int, blocks: int) -> bytes:
+    """``blocks`` blocks of bytes counting up from ``seed``."""
     return bytes((seed + i) & 0xFF for i in range(blocks * BLOCK))
 
 
@@ -107,6 +108,7 @@ def read_keys(c: IscsiClient) -> list[int]:
 
 
 def sense_key_asc(result) -> tuple[int, int, int]:
+    """(sense key, ASC, ASCQ) of fixed-format sense data."""
     s = result.sense
     return s[2] & 0x0F, s[12], s[13]
 
@@ -120,6 +122,7 @@ def children(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
