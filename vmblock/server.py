@@ -30,6 +30,7 @@ from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.settings import Apply, Settings, format_portal, lookup
 from vmblock.store.backend import BackingStore
+from vmblock.worker.owner import WorkerPool
 
 log = logging.getLogger("vmblock")
 
@@ -143,6 +144,7 @@ class Server:
         self.admin = None
         self.committer: asyncio.Task | None = None
         self.cache = None               # vmblock.cache.flash.FlashCache, None when cache.size is 0
+        self.workers: WorkerPool | None = None    # server.workers > 0: the worker processes
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -189,12 +191,18 @@ class Server:
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
                          vendor="VMBLOCK", product="vdisk", write_cache=True)
-        self.targets[disk.target].scsi.add_lun(disk.lun, lu)
+        scsi = self.targets[disk.target].scsi
+        scsi.add_lun(disk.lun, lu)
+        if self.workers is not None:
+            self.workers.luns_changed(disk.target, scsi.luns)
 
     def remove_vdisk(self, disk: Vdisk) -> None:
         """Take a vdisk's LUN out of its target, flush and close its store, drop its cache
         blocks. The caller drains its writes first (``LiveApi._unserve``)."""
-        self.targets[disk.target].scsi.remove_lun(disk.lun)
+        scsi = self.targets[disk.target].scsi
+        scsi.remove_lun(disk.lun)
+        if self.workers is not None:
+            self.workers.luns_changed(disk.target, scsi.luns)
         store = self.stores.pop(disk.uuid)
         store.flush()
         store.close()
@@ -225,8 +233,9 @@ class Server:
                 log.debug("background commit failed: %s", e)
 
     async def start(self) -> None:
-        """Serve the pool: cache, background commit, every target and vdisk, the iSCSI portals
-        (ServerError if one cannot be bound), then the admin socket."""
+        """Serve the pool: cache, background commit, every target and vdisk, the worker
+        processes (``server.workers``), the iSCSI portals (ServerError if one cannot be
+        bound), then the admin socket."""
         settings = self.settings()
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
         flash_cache.warm()
@@ -240,6 +249,12 @@ class Server:
         for disk in self.pool.vdisks():
             self.add_vdisk(disk)
         self.service = IscsiService(self.targets, iscsi_config(settings))   # settings are checked
+        count = settings.get("server.workers")
+        if count:
+            # started before the portals: no login is handed over to a worker not yet ready
+            self.workers = WorkerPool(self.service, count)
+            await self.workers.start()
+            self.service.handoff = self.workers.place
         try:
             await self.service.start(self.portals)
         except OSError as e:
@@ -258,6 +273,8 @@ class Server:
                 pass
         if self.service is not None:
             await self.service.stop()
+        if self.workers is not None:
+            await self.workers.stop()
         if self.committer is not None:
             self.committer.cancel()
         try:

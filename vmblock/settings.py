@@ -64,6 +64,9 @@ MAX_TIER_BYTES = 16 << 40
 MIN_DATA_BUDGET = 16 << 20
 MAX_LOGIN_TIMEOUT = 3600.0
 MAX_CONNECTION_COUNT = 65535
+# server.workers: worker processes beside the owner. Each holds a Python interpreter (~60 MiB)
+# and shares the cores with the owner, so more than a few per core only adds switching.
+MAX_WORKERS = 64
 
 # RFC 7143 section 13: the operational keys the target offers at login, which iscsi.<Key>
 # overrides (the names of vmblock.iscsi.params.TARGET_OFFER; their rules live there).
@@ -199,6 +202,14 @@ def _connection_count(text: str, key: str) -> int:
     return int(t)
 
 
+def _worker_count(text: str, key: str) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit() and int(t) <= MAX_WORKERS):
+        raise InvalidArgument(f"{key} must be a whole number from 0 to {MAX_WORKERS}, "
+                              f"not {text!r}")
+    return int(t)
+
+
 def _data_budget(text: str, key: str) -> int:
     n = parse_size(text, key)
     if n < MIN_DATA_BUDGET:
@@ -282,6 +293,8 @@ _ROWS = (
             "flash tier bytes used as cache slots, or a percentage of it; 0 turns it off"),
     Setting("cache.block_size", int, "64K", _cache_block_size, Apply.RESTART,
             "cache block, a power of two from 4K to 1M"),
+    Setting("server.workers", int, "0", _worker_count, Apply.RESTART,
+            "worker processes that run iSCSI sessions (0: none, one process; docs/workers.md)"),
     Setting("iscsi.portals", list, DEFAULT_PORTAL, _portals, Apply.RESTART,
             "HOST:PORT list to listen on; the first is the one vdisk URLs show"),
     Setting("iscsi.nop_interval", float, "30", parse_seconds, Apply.FABRIC,

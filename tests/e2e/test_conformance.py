@@ -1,8 +1,9 @@
 """libiscsi's conformance suite (iscsi-test-cu) against a live vmblock LUN.
 
 The suite runs every SCSI and iSCSI test it has (-d allows tests that overwrite data). CUnit's
-own verdict decides: every test that ran must pass. tools/conformance prints the side-by-side
-score against tgt with ../shared/tools/cu_score.py.
+own verdict decides: every test that ran must pass, with the server alone and with two
+worker processes (every command then crosses from a worker to the owner: docs/workers.md).
+tools/conformance prints the side-by-side score against tgt with ../shared/tools/cu_score.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import subprocess
 
 import pytest
+from support.server import run_cli
 
 SUMMARY_RE = re.compile(r"^\s+tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", re.MULTILINE)
 TEST_RE = re.compile(r"^Suite: (\S+)|^  Test: (\S+) \.\.\.", re.MULTILINE)
@@ -30,9 +32,17 @@ def failed_tests(output: str) -> list[str]:
     return failed
 
 
+@pytest.fixture(params=[0, 2], ids=["one-process", "two-workers"])
+def conformance_server(request, tmp_path, start_server):
+    """A server on a new pool with ``server.workers`` 0 or 2."""
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", str(request.param))
+    return start_server(pool=pool)
+
+
 @pytest.mark.timeout(900)
-def test_iscsi_test_cu_has_no_failures(vmblock_server):
-    p = subprocess.run(["iscsi-test-cu", "-d", "-t", "ALL", vmblock_server.url()],
+def test_iscsi_test_cu_has_no_failures(conformance_server):
+    p = subprocess.run(["iscsi-test-cu", "-d", "-t", "ALL", conformance_server.url()],
                        capture_output=True, text=True, timeout=880)
     out = p.stdout + p.stderr
     m = SUMMARY_RE.search(out)

@@ -76,8 +76,9 @@ class LoginPhase:
         self.initial_r2t = neg.flag("InitialR2T")
         self.login = None
         if not self.session.discovery:      # discovery sessions stay in the login slots: they
-            self.service.logged_in(self)    # are short and need no auth, so a flood of them
-                                            # must not take the room of normal sessions
+            self.service.entered_full_feature(self)   # are short and need no auth, so a
+                                            # flood of them must not take the room of normal
+                                            # sessions
         interval = self.service.config.nop_interval
         self.io.set_timer(self.last_rx + interval if interval > 0 else None)
         log.info("%s: %s session %s tsih %d", self.peer[0], "discovery" if self.session.discovery

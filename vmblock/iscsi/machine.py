@@ -107,6 +107,31 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         self._set_login_deadline(now + self.service.config.first_pdu_timeout,
                                  "no Login Request in iscsi.first_pdu_timeout")
 
+    def resume(self, session, cid: int, statsn: int, now: float) -> None:
+        """Take over connection ``cid`` of ``session`` in full feature phase, logged in by
+        another process (vmblock.worker): StatSN goes on from ``statsn``; the bytes that
+        process received past the login come in through ``receive_data``."""
+        self.started = self.last_rx = now
+        self.session = session
+        self.statsn = statsn
+        self.login.cid = cid
+        self._enter_full_feature()
+
+    def hand_over(self) -> None:
+        """Stop here, in full feature phase, for another process to go on (vmblock.worker):
+        no more PDUs are handled or answered in this one; the carrier passes the socket on."""
+        self.closing = True
+
+    def cork(self) -> None:
+        """Hold what is sent until ``uncork``: the answers to a batch of commands that ended
+        together (vmblock.worker) leave in one write."""
+        self.corked = True
+
+    def uncork(self) -> None:
+        """Write what ``cork`` held."""
+        self.corked = False
+        self._flush()
+
     def connection_lost(self) -> None:
         """The carrier's connection is gone: give back the slot, the budget and the tasks."""
         self.closing = True

@@ -80,6 +80,9 @@ class IscsiService:
         self.in_login: dict[str, dict[ConnectionMachine, None]] = {}   # per address, oldest first
         self.in_login_count = 0
         self.budget = DataBudget(0, 0, _call_soon)
+        # where a normal session's connection goes once logged in (vmblock.worker's
+        # WorkerPool.place: another process); None: it stays in this one
+        self.handoff = None
         self.reconfigure(config or IscsiConfig())
 
     def reconfigure(self, config: IscsiConfig) -> None:
@@ -131,6 +134,13 @@ class IscsiService:
             self.in_login_count -= 1
             if not waiting:
                 del self.in_login[conn.host]
+
+    def entered_full_feature(self, conn: ConnectionMachine) -> None:
+        """A normal session's ``conn`` is logged in: it stops counting as logging in and,
+        with worker processes, is handed to one (``handoff``)."""
+        self.logged_in(conn)
+        if self.handoff is not None:
+            self.handoff(conn)
 
     def release(self, conn: ConnectionMachine) -> None:
         """Give back ``conn``'s slot; called once it closes (or is chosen to close)."""

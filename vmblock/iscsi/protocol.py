@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 from .machine import ConnectionMachine
 from .transfer import TaskState
@@ -51,7 +53,8 @@ class IscsiProtocol(asyncio.BufferedProtocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.machine.connection_lost()
+        if self.machine is not None:        # None once detached
+            self.machine.connection_lost()
 
     def pause_writing(self) -> None:
         """The socket is full: stop reading requests until it drains (back-pressure)."""
@@ -76,6 +79,17 @@ class IscsiProtocol(asyncio.BufferedProtocol):
     def eof_received(self):
         """The initiator closed its side: returning False closes ours too."""
         return False
+
+    def detach(self) -> socket.socket:
+        """Give the connection up without ending it (vmblock.worker hands it to another
+        process): a duplicate of its socket; the transport goes, the machine hears nothing."""
+        dup = socket.socket(fileno=os.dup(self.transport.get_extra_info("socket").fileno()))
+        self.machine = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.transport.abort()
+        return dup
 
     # ---- ConnectionIo ------------------------------------------------------------------
     def write(self, buffers: list) -> None:

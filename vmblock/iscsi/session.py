@@ -134,6 +134,12 @@ class SessionRegistry:
         sess.connections[login.cid] = conn
         return sess
 
+    def adopt(self, sess: Session) -> None:
+        """Keep a session that another process logged in (vmblock.worker); its nexus is that
+        process's to announce."""
+        self.by_tsih[sess.tsih] = sess
+        self.by_key[sess.key] = sess
+
     def _new_tsih(self) -> int:
         while True:
             t = next(self._tsih) & 0xFFFF

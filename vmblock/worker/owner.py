@@ -1,0 +1,364 @@
+"""The owner's side of the worker processes: start them, place sessions, run their commands.
+
+``WorkerPool`` starts ``server.workers`` worker processes (``python -m vmblock.worker``), each
+with a unix socketpair, and starts a new one when one dies. Logins stay in the owner (ACL,
+CHAP, TSIH, reinstatement in one place); when a normal session's connection reaches full
+feature phase the ``IscsiService`` calls ``place``: the connection stops being read, its
+Login Response is let out, and its socket, negotiated parameters, session identity, command
+window and the bytes received past the login go to the worker with the fewest sessions (a
+connection joining a session goes where the session is). The owner forgets the socket but
+keeps the session in its registry, the connection as a ``RemoteConnection`` (``session list``,
+the connection limits, reinstatement and shutdown reach it there).
+
+A ``COMMAND`` from a worker runs here through ``ScsiTarget.prepare``/``execute`` for the
+session's I_T nexus and goes back as a ``RESULT``. A ``TMF`` other than ABORT TASK (SET) is
+applied here, and every other worker aborts the matching tasks (``ABORT``). ``CLOSED`` ends the
+connection's record, and with the last one the session and its nexus. A worker that dies takes
+its sessions with it (their nexuses go, the initiators log in again) and is started anew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+
+from vmblock.iscsi.machine import ConnectionMachine
+from vmblock.iscsi.pdu import TmfFunction
+from vmblock.iscsi.portal import IscsiService
+from vmblock.iscsi.session import Session
+from vmblock.scsi.sense import ScsiError, SenseReason, fail
+from vmblock.scsi.task import ScsiTask
+
+from .channel import Channel
+from .wire import (
+    CMD_READ,
+    CMD_WRITE,
+    CONNECTION,
+    NO_LUN,
+    RESULT_DATA_IN,
+    RESULT_FAILED,
+    RESULT_GONE,
+    TMF,
+    TMF_DONE,
+    Msg,
+    pack_handoff,
+    pack_json,
+    pack_result,
+    unpack_command,
+    unpack_json,
+)
+
+log = logging.getLogger("vmblock.worker")
+
+START_TIMEOUT = 120.0       # seconds a worker may take to say READY (numba loads its cache)
+STOP_TIMEOUT = 10.0         # seconds a worker may take to exit after STOP
+RESPAWN_DELAY = 1.0         # seconds before restarting a worker that lived less than ...
+MIN_LIFE = 5.0              # ... this long (no tight loop of crashing starts)
+POLL = 0.002                # seconds between checks while a handoff waits (rare paths only)
+# The TMFs whose effect reaches other sessions: the other workers abort their tasks too.
+TARGET_WIDE = {TmfFunction.CLEAR_TASK_SET, TmfFunction.LUN_RESET,
+               TmfFunction.TARGET_WARM_RESET, TmfFunction.TARGET_COLD_RESET}
+
+
+class Worker:
+    """One worker process as the owner sees it: process, channel, the sessions placed there."""
+
+    def __init__(self, index: int, proc: subprocess.Popen, loop):
+        self.index = index
+        self.proc = proc
+        self.pid = proc.pid
+        self.started = time.monotonic()
+        self.ready = loop.create_future()
+        self.channel: Channel | None = None
+        self.sessions: dict[int, Session] = {}                 # TSIH -> the owner's session
+        self.conns: dict[tuple[int, int], RemoteConnection] = {}   # (TSIH, CID) -> record
+
+    @property
+    def up(self) -> bool:
+        """Ready and not gone."""
+        return self.ready.done() and not self.channel.closed
+
+
+class RemoteConnection:
+    """A connection running in a worker, where the owner's session and service keep their
+    connections: ``info`` for ``session list``, ``terminate`` closes it there."""
+
+    def __init__(self, worker: Worker, conn: ConnectionMachine, tsih: int):
+        self.worker = worker
+        self.tsih = tsih
+        self.cid = conn.cid
+        self.host = conn.host
+        self.peer = conn.peer
+        self.portal = conn.portal
+        self.header_digest = conn.header_digest
+        self.data_digest = conn.data_digest
+
+    def info(self) -> dict:
+        """The connection as ``session list`` shows it, with the worker that runs it."""
+        return {"cid": self.cid, "peer": f"{self.peer[0]}:{self.peer[1]}",
+                "portal": f"{self.portal[0]}:{self.portal[1]}",
+                "header_digest": self.header_digest, "data_digest": self.data_digest,
+                "worker": self.worker.index, "worker_pid": self.worker.pid}
+
+    def terminate(self, why: str) -> None:
+        """Have the worker drop the connection; its ``CLOSED`` ends this record."""
+        log.info("%s: closing connection in worker %d: %s", self.host, self.worker.index, why)
+        self.worker.channel.send(Msg.TERMINATE, CONNECTION.pack(self.tsih, self.cid))
+
+
+class WorkerPool:
+    """The worker processes of one ``IscsiService`` (module docstring)."""
+
+    def __init__(self, service: IscsiService, count: int):
+        self.service = service
+        self.count = count
+        self.workers: list[Worker | None] = [None] * count
+        self.loop = None
+        self.stopping = False
+        self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
+        self.next = itertools.count()             # round robin among the least loaded
+
+    # ---- processes ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker and wait until each is READY."""
+        self.loop = asyncio.get_running_loop()
+        for i in range(self.count):
+            self._spawn(i)
+        await asyncio.wait_for(asyncio.gather(*(w.ready for w in self.workers)), START_TIMEOUT)
+
+    def _spawn(self, index: int) -> Worker:
+        # on the loop's thread: PR_SET_PDEATHSIG fires when the thread that forked ends
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vmblock.worker", "--fd", str(theirs.fileno()),
+                 "--index", str(index), "--parent", str(os.getpid())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        w = Worker(index, proc, self.loop)
+        w.channel = Channel(ours, self.loop, partial(self._frame, w), partial(self._died, w))
+        self.workers[index] = w
+        return w
+
+    def _died(self, w: Worker) -> None:
+        """A worker's channel closed: its sessions end, and unless the server stops, a new
+        worker takes its place."""
+        if not self.stopping:
+            log.error("worker %d (pid %d) is gone; its %d sessions end", w.index, w.pid,
+                      len(w.sessions))
+        for conn in w.conns.values():
+            self.service.release(conn)
+        w.conns.clear()
+        for sess in list(w.sessions.values()):
+            self.service.registry.close(sess, "worker gone")
+        w.sessions.clear()
+        if not w.ready.done():
+            w.ready.set_exception(ConnectionError(f"worker {w.index} exited before READY"))
+            w.ready.exception()          # retrieved: start() or nobody reports it
+        self._track(self._reap(w))
+
+    async def _reap(self, w: Worker) -> None:
+        if w.proc.poll() is None:
+            w.proc.kill()
+        await self.loop.run_in_executor(None, w.proc.wait)
+        if self.stopping:
+            return
+        if time.monotonic() - w.started < MIN_LIFE:
+            await asyncio.sleep(RESPAWN_DELAY)
+        if not self.stopping:
+            log.info("starting worker %d again", w.index)
+            self._spawn(w.index)
+
+    def _track(self, coro) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self) -> None:
+        """Tell every worker to close its connections and exit; kill those that do not."""
+        self.stopping = True
+        for task in list(self.tasks):
+            task.cancel()
+        for w in self.workers:
+            if w is not None:
+                w.channel.send(Msg.STOP)
+        for w in self.workers:
+            if w is None:
+                continue
+            try:
+                await asyncio.wait_for(self.loop.run_in_executor(None, w.proc.wait),
+                                       STOP_TIMEOUT)
+            except asyncio.TimeoutError:
+                log.warning("worker %d did not exit; killing it", w.index)
+                w.proc.kill()
+                await self.loop.run_in_executor(None, w.proc.wait)
+            w.channel.close()
+
+    def pids(self) -> list[int]:
+        """The pids of the running workers."""
+        return [w.pid for w in self.workers if w is not None and w.up]
+
+    # ---- placement ----------------------------------------------------------------------
+    def place(self, conn: ConnectionMachine) -> None:
+        """``IscsiService.handoff``: ``conn`` just entered full feature phase in a normal
+        session; from here on a worker runs it."""
+        conn.hand_over()
+        conn.io.transport.pause_reading()
+        self._track(self._move(conn))
+
+    async def _choose(self, tsih: int) -> Worker:
+        for w in self.workers:
+            if w is not None and tsih in w.sessions and w.up:
+                return w                    # a connection joining a session placed there
+        while True:
+            up = [w for w in self.workers if w is not None and w.up]
+            if up:
+                least = min(len(w.sessions) for w in up)
+                candidates = [w for w in up if len(w.sessions) == least]
+                return candidates[next(self.next) % len(candidates)]
+            await asyncio.sleep(POLL)       # every worker is starting again
+
+    async def _move(self, conn: ConnectionMachine) -> None:
+        sess = conn.session
+        transport = conn.io.transport
+        deadline = time.monotonic() + self.service.config.login_timeout
+        try:
+            w = await asyncio.wait_for(self._choose(sess.tsih), self.service.config.login_timeout)
+            while transport.get_write_buffer_size() and time.monotonic() < deadline:
+                await asyncio.sleep(POLL)   # the Login Response has not left yet
+        except asyncio.TimeoutError:
+            w = None
+        live = (self.service.registry.by_tsih.get(sess.tsih) is sess
+                and sess.connections.get(conn.cid) is conn)
+        if w is None or not w.up or not live or transport.get_write_buffer_size():
+            conn.terminate("no worker took the connection")
+            return
+        pending = bytes(conn.rview[conn.rstart:conn.rend])
+        sock = conn.io.detach()
+        stub = RemoteConnection(w, conn, sess.tsih)
+        self.service.connections.discard(conn)
+        self.service.connections.add(stub)
+        sess.connections[conn.cid] = stub
+        w.sessions[sess.tsih] = sess
+        w.conns[(sess.tsih, conn.cid)] = stub
+        w.channel.send(Msg.HANDOFF, *pack_handoff(self._describe(conn, sess), pending),
+                       fds=(sock.detach(),))
+
+    def _describe(self, conn: ConnectionMachine, sess: Session) -> dict:
+        cfg = self.service.config
+        share = cfg.data_budget // self.count       # each worker holds its share of it
+        neg = sess.params
+        return {
+            "tsih": sess.tsih, "isid": sess.isid, "initiator": sess.initiator,
+            "alias": sess.initiator_alias, "target": sess.target.name,
+            "luns": sorted(sess.target.scsi.luns), "cid": conn.cid, "statsn": conn.statsn,
+            "exp_cmdsn": sess.exp_cmdsn, "max_cmdsn": sess.max_cmdsn,
+            "peer": list(conn.peer[:2]), "portal": list(conn.portal[:2]),
+            "offer": neg.offer, "result": neg.result, "max_pdu": self.service.max_pdu,
+            "send_targets": self.service.send_targets("All", sess),
+            "config": {"nop_interval": cfg.nop_interval, "nop_timeout": cfg.nop_timeout,
+                       "tpgt": cfg.tpgt, "data_budget": share,
+                       "data_budget_per_host": min(cfg.data_budget_per_host, share)},
+        }
+
+    def luns_changed(self, target: str, luns) -> None:
+        """A target's LUNs changed: every worker learns the new list."""
+        msg = pack_json({"target": target, "luns": sorted(luns)})
+        for w in self.workers:
+            if w is not None:
+                w.channel.send(Msg.LUNS, msg)
+
+    # ---- from the workers ---------------------------------------------------------------
+    def _frame(self, w: Worker, mtype: Msg, payload: bytes) -> None:
+        if mtype == Msg.COMMAND:
+            self._command(w, payload)
+        elif mtype == Msg.TMF:
+            self._tmf(w, payload)
+        elif mtype == Msg.CLOSED:
+            self._closed(w, *CONNECTION.unpack_from(payload))
+        elif mtype == Msg.READY:
+            w.pid = unpack_json(payload)["pid"]
+            w.ready.set_result(None)
+            log.info("worker %d ready: pid %d", w.index, w.pid)
+        else:
+            log.error("worker %d: unexpected message %s", w.index, mtype.name)
+
+    def _session(self, w: Worker, tsih: int) -> Session | None:
+        """The session ``tsih`` of worker ``w``, None once it ended here (reinstated, reset)."""
+        sess = w.sessions.get(tsih)
+        if sess is None or self.service.registry.by_tsih.get(tsih) is not sess:
+            return None
+        return sess
+
+    def _command(self, w: Worker, payload: bytes) -> None:
+        tag, tsih, itt, lun, edtl, attr, flags, cdb, data = unpack_command(payload)
+        sess = self._session(w, tsih)
+        if sess is None:
+            w.channel.send(Msg.RESULT, *pack_result(tag, 0, RESULT_GONE, 0, None, None))
+            return
+        task = ScsiTask(lun, cdb, sess.nexus, itt, attr, edtl, bool(flags & CMD_READ),
+                        bool(flags & CMD_WRITE))
+        scsi = sess.target.scsi
+        if not scsi.prepare(task):
+            self._reply(w, tag, task)
+            return
+        if task.data_out_len > len(data):   # the worker gathers all of EDTL: never short
+            fail(task, ScsiError(SenseReason.INVALID_FIELD_IN_INFORMATION_UNIT))
+            self._reply(w, tag, task)
+            return
+        task.data_out = data[:task.data_out_len]
+        pending = scsi.execute(task)
+        if pending is None:
+            self._reply(w, tag, task)
+            return
+        fut = asyncio.ensure_future(pending)
+        fut.add_done_callback(partial(self._executed, w, tag, task))
+
+    def _executed(self, w: Worker, tag: int, task: ScsiTask, fut: asyncio.Future) -> None:
+        failed = fut.cancelled() or fut.exception() is not None
+        if failed and not fut.cancelled():
+            log.error("SCSI command failed", exc_info=fut.exception())
+        self._reply(w, tag, task, failed)
+
+    @staticmethod
+    def _reply(w: Worker, tag: int, task: ScsiTask, failed: bool = False) -> None:
+        flags = (RESULT_DATA_IN if task.data_in is not None else 0) | (RESULT_FAILED if failed
+                                                                       else 0)
+        w.channel.send(Msg.RESULT, *pack_result(tag, task.status, flags, task.cdb_xfer_len,
+                                                task.sense, task.data_in))
+
+    def _tmf(self, w: Worker, payload: bytes) -> None:
+        tag, tsih, function, lun = TMF.unpack_from(payload)
+        lun = None if lun == NO_LUN else lun
+        sess = self._session(w, tsih)
+        ok = False
+        if sess is not None:
+            function = TmfFunction(function)
+            if function in TARGET_WIDE:
+                msg = pack_json({"target": sess.target.name, "lun": lun,
+                                 "close": function == TmfFunction.TARGET_COLD_RESET})
+                for other in self.workers:
+                    if other is not None and other is not w:
+                        other.channel.send(Msg.ABORT, msg)
+            ok = sess.target.scsi.task_management(function.name, sess.nexus, lun)
+        w.channel.send(Msg.TMF_DONE, TMF_DONE.pack(tag, ok))
+
+    def _closed(self, w: Worker, tsih: int, cid: int) -> None:
+        conn = w.conns.pop((tsih, cid), None)
+        if conn is None:
+            return
+        self.service.release(conn)
+        sess = w.sessions.get(tsih)
+        if sess is None:
+            return
+        self.service.registry.detach(sess, conn)
+        if not any(t == tsih for t, _ in w.conns):
+            del w.sessions[tsih]
