@@ -75,10 +75,10 @@ class LoginPhase:
         self.immediate_data = neg.flag("ImmediateData")
         self.initial_r2t = neg.flag("InitialR2T")
         self.login = None
-        if not self.session.discovery:      # discovery sessions stay in the login slots: they
-            self.service.entered_full_feature(self)   # are short and need no auth, so a
-                                            # flood of them must not take the room of normal
-                                            # sessions
+        # discovery sessions stay in the login slots: they are short and need no auth, so a
+        # flood of them must not take the room of normal sessions
+        if not self.session.discovery:
+            self.service.entered_full_feature(self)
         interval = self.service.config.nop_interval
         self.io.set_timer(self.last_rx + interval if interval > 0 else None)
         log.info("%s: %s session %s tsih %d", self.peer[0], "discovery" if self.session.discovery

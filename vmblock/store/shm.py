@@ -61,7 +61,8 @@ class SharedArray:
             err = ctypes.get_errno()
             raise OSError(err, f"cannot map shared array {name!r}: {os.strerror(err)}")
         buf = (ctypes.c_char * self.reserved).from_address(addr)
-        weakref.finalize(buf, _munmap, addr, self.reserved)
+        # unmapped once no view is left; not at exit, where a daemon thread may still read
+        weakref.finalize(buf, _munmap, addr, self.reserved).atexit = False
         array = np.frombuffer(buf, dtype=self.dtype, count=items)
         if not writable:
             array.flags.writeable = False
