@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import signal
+import stat
 import sys
 
 import uvloop
@@ -88,13 +89,27 @@ def iscsi_config(settings: Settings) -> IscsiConfig:
     )
 
 
+def same_device(fd_a: int, fd_b: int) -> bool:
+    """Whether two open tiers (files or block devices) live on one device."""
+    def device(fd: int) -> int:
+        st = os.fstat(fd)
+        return st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_dev
+    return device(fd_a) == device(fd_b)
+
+
 def open_cache(pool: Pool, settings: Settings) -> flash_cache.FlashCache | None:
-    """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0.
+    """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0,
+    or 'auto' with both tiers on one device (where a flash copy only costs: a fill and a
+    second write to the same disk, for blocks the page cache already holds).
 
     The cache takes the first ``cache.size`` bytes of the flash tier (slot s at s * block
     size); the rest of the tier is left for flash-tier AUs of the extent store."""
     cache_size = settings.get("cache.size")
     flash = pool.store.flash
+    if cache_size.auto and same_device(pool.store.capacity.fd, flash.fd):
+        log.info("flash cache off: cache.size is auto and the flash tier shares a device "
+                 "with the capacity tier")
+        return None
     total = flash.size_bytes
     size = cache_size.of(total)
     if size > total:
