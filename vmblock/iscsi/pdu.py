@@ -229,6 +229,10 @@ def build_initiator_pdu(opcode: int, flags: int, *, immediate: bool = False, b2:
     return _BHS.pack(b0, flags, (b2 << 8) | b3, dlen, lun, itt, *words)
 
 
+# PADDING[n]: the n zero bytes that pad a data segment to a 4-byte boundary (RFC 7143 11.1).
+PADDING = tuple(b"\0" * n for n in range(4))
+
+
 def frame(header: bytes, data=b"", header_digest: bool = False, data_digest: bool = False) -> list:
     """The buffers of one PDU on the wire: header [+digest], data, pad [+digest]."""
     out = [header]
@@ -236,13 +240,13 @@ def frame(header: bytes, data=b"", header_digest: bool = False, data_digest: boo
         out.append(_DIGEST.pack(crc32c(header)))
     if data:
         out.append(data)
-        pad = pad_len(len(data))
+        pad = PADDING[pad_len(len(data))]
         if pad:
-            out.append(b"\0" * pad)
+            out.append(pad)
         if data_digest:
             crc = crc32c(data)
             if pad:
-                crc = crc32c(b"\0" * pad, crc)
+                crc = crc32c(pad, crc)
             out.append(_DIGEST.pack(crc))
     return out
 

@@ -88,7 +88,8 @@ class ScsiTransfer:
         write = bool(flags & CMD_FLAG_WRITE)
         edtl = p.edtl
         dlen = len(data)
-        self._check_unsolicited(p, dlen, header)
+        if dlen or write:           # a command without data has nothing to check there
+            self._check_unsolicited(p, dlen, header)
         if p.itt in sess.tasks or p.itt == RSVD_TAG:
             self._send_reject(RejectReason.TASK_IN_PROGRESS if p.itt != RSVD_TAG
                               else RejectReason.INVALID_PDU_FIELD, bytes(header))
@@ -328,12 +329,22 @@ class ScsiTransfer:
         11.7.4). Returns (status sent, number of Data-In PDUs)."""
         task = st.task
         collapse = task.status == SAM_STAT_GOOD and not task.sense
-        view = data if isinstance(data, memoryview) else memoryview(data)
         seg = self.peer_mrdsl
         burst = self.max_burst or seg
+        exp, mx = self._window()
+        if n <= seg and n <= burst:     # one PDU (every small read): the loop below, unrolled
+            if collapse:
+                pflags, statsn, status, res = (FLAG_FINAL | DATA_IN_FLAG_STATUS | flags,
+                                               self._next_statsn(), task.status, residual)
+            else:
+                pflags, statsn, status, res = FLAG_FINAL, 0, 0, 0
+            self._send(build_bhs(_DATA_IN, pflags, 0, status, n, st.lun_field, task.itt,
+                                 RSVD_TAG, statsn, exp, mx, 0, 0, res),
+                       data if n == len(data) else memoryview(data)[:n])
+            return collapse, 1
+        view = data if isinstance(data, memoryview) else memoryview(data)
         off = 0
         datasn = 0
-        exp, mx = self._window()
         while off < n:
             length = min(seg, n - off, burst - off % burst)
             end = off + length
