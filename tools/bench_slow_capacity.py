@@ -8,7 +8,8 @@ Needs root (loop devices, the blkio cgroup). The capacity tier is a loop device 
 in the temp directory, --direct-io=on) whose reads the cgroup-v1 blkio controller holds to
 --iops reads and --bps bytes per second for the server (blkio.throttle.read_iops_device and
 read_bps_device, the server moved into its own blkio cgroup after its vdisk is written): a
-disk or network volume with an IOPS and a bandwidth limit. The flash tier is a file on /dev/shm (tmpfs: RAM, always fast). Both pools use
+disk or network volume with an IOPS and a bandwidth limit. The flash tier is a file on
+/dev/shm (tmpfs: RAM, always fast). Both pools use
 `cache.size` auto (the default: on, as the tiers are on different devices) or `0`; the rounds
 alternate off, on, off, on ... each on a new pool.
 
@@ -210,8 +211,9 @@ def main() -> int:
     if a.record:
         when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         block = "\n".join([MARK, f"#### The cache where flash is faster, {when}", "",
-                           f"`tools/bench_slow_capacity.py --iops {a.iops} --bps {a.bps} --size {a.size} "
-                           f"--flash {a.flash} --rounds {a.rounds}`. Machine: {machine()}.",
+                           f"`tools/bench_slow_capacity.py --iops {a.iops} --bps {a.bps} "
+                           f"--size {a.size} --flash {a.flash} --rounds {a.rounds}`. "
+                           f"Machine: {machine()}.",
                            "", "```", *lines, "```", END_MARK])
         text = DOC.read_text()
         start = text.find(MARK)
