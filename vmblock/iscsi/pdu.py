@@ -134,6 +134,8 @@ _BHS = struct.Struct(">BBHIQI7I")
 _SCSI_CMD_BHS = struct.Struct(">BBHIQIIII16s")
 # Every target PDU fits this shape: byte0..3, AHS|DSL, LUN/ISID-TSIH, ITT, and 7 words.
 _RSP = struct.Struct(">BBBBIQI7I")
+# The 16 CDB bytes at offset 32 of a SCSI Command, as bytes in one call.
+_CDB = struct.Struct("16s")
 _DIGEST = struct.Struct("<I")
 
 
@@ -196,7 +198,7 @@ def parse_bhs(buf, off: int = 0) -> Pdu:
     p.b3 = b23 & 0xFF
     p.ahs_len = (ahs_dlen >> 24) * 4
     p.dlen = ahs_dlen & 0xFFFFFF
-    p.cdb = bytes(buf[off + 32:off + 48]) if p.opcode == _SCSI_CMD else b""
+    p.cdb = _CDB.unpack_from(buf, off + 32)[0] if p.opcode == _SCSI_CMD else b""
     p.ahs = b""
     p.data = b""
     return p
