@@ -472,8 +472,9 @@ class LiveApi(Api):
 # generation threshold (700) the collector ran thousands of times a second (~9% of the
 # server's CPU in `perf`, docs/benchmarks.md), and each full collection walked the ~150k
 # objects numba, numpy and the pool left at start. Those are frozen once the server is up
-# (never collected, never walked), and the young generation is collected less often.
-GC_YOUNG_THRESHOLD = 50_000
+# (never collected, never walked), and the young generation is collected less often (a closed
+# connection frees its receive buffer itself, so garbage cycles waiting longer stay small).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def settle_gc() -> None:

@@ -122,6 +122,11 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
             self.service.registry.detach(self.session, self)
         budget.give(self.host, self.out_charged)
         self.out_charged = 0
+        # the receive buffer (up to ~0.6 MiB after login) goes now, not when the collector
+        # gets to the connection's reference cycles (server.settle_gc makes that rarer)
+        self.rbuf = bytearray()
+        self.rview = memoryview(self.rbuf)
+        self.rstart = self.rend = 0
 
     def pause_writing(self) -> None:
         """The peer does not take what we send: READ data sent stays charged until it does."""
