@@ -23,13 +23,17 @@ def free_port() -> int:
 
 
 def start_vmblock(pool: Path, log: Path, vdisk: str, size: str,
-                  python_args: list[str] = ()) -> tuple[subprocess.Popen, str]:
+                  python_args: list[str] = (),
+                  config: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """A server on a free port with one vdisk at LUN 0; returns it and the LUN's URL as
     ``vdisk show --json`` gives it (with the target's CHAP credentials, in a new pool).
-    ``python_args`` go before ``-m vmblock`` (e.g. a profiler)."""
+    ``python_args`` go before ``-m vmblock`` (e.g. a profiler); ``config`` is set with
+    ``vmblock config set`` before the server starts."""
     cmd = [sys.executable, "-m", "vmblock", "--pool", str(pool)]
     subprocess.run(cmd + ["vdisk", "create", vdisk, "--size", size], check=True,
                    capture_output=True)
+    for key, value in (config or {}).items():
+        subprocess.run(cmd + ["config", "set", key, value], check=True, capture_output=True)
     port = free_port()
     serve = [sys.executable, *python_args, "-m", "vmblock", "--pool", str(pool)]
     proc = subprocess.Popen(serve + ["serve", "--portal", f"127.0.0.1:{port}"],

@@ -8,10 +8,12 @@ which the iSCSI service reads live (a new vdisk is a new LUN at once, a new targ
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
 import signal
+import stat
 import sys
 
 import uvloop
@@ -89,13 +91,27 @@ def iscsi_config(settings: Settings) -> IscsiConfig:
     )
 
 
+def same_device(fd_a: int, fd_b: int) -> bool:
+    """Whether two open tiers (files or block devices) live on one device."""
+    def device(fd: int) -> int:
+        st = os.fstat(fd)
+        return st.st_rdev if stat.S_ISBLK(st.st_mode) else st.st_dev
+    return device(fd_a) == device(fd_b)
+
+
 def open_cache(pool: Pool, settings: Settings) -> flash_cache.FlashCache | None:
-    """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0.
+    """The server's ``FlashCache`` over the pool's flash tier, or None when cache.size is 0,
+    or 'auto' with both tiers on one device (where a flash copy only costs: a fill and a
+    second write to the same disk, for blocks the page cache already holds).
 
     The cache takes the first ``cache.size`` bytes of the flash tier (slot s at s * block
     size); the rest of the tier is left for flash-tier AUs of the extent store."""
     cache_size = settings.get("cache.size")
     flash = pool.store.flash
+    if cache_size.auto and same_device(pool.store.capacity.fd, flash.fd):
+        log.info("flash cache off: cache.size is auto and the flash tier shares a device "
+                 "with the capacity tier")
+        return None
     total = flash.size_bytes
     size = cache_size.of(total)
     if size > total:
@@ -469,6 +485,22 @@ class LiveApi(Api):
         return self.server.service.sessions()
 
 
+# The data path makes a few short-lived objects per command: with Python's default young
+# generation threshold (700) the collector ran thousands of times a second (~9% of the
+# server's CPU in `perf`, docs/benchmarks.md), and each full collection walked the ~150k
+# objects numba, numpy and the pool left at start. Those are frozen once the server is up
+# (never collected, never walked), and the young generation is collected less often (a closed
+# connection frees its receive buffer itself, so garbage cycles waiting longer stay small).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_gc() -> None:
+    """Freeze what start-up made and raise the young generation's threshold (above)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:
     server = Server(pool, portals, insecure)
     stop = asyncio.Event()
@@ -477,6 +509,7 @@ async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> 
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
+        settle_gc()
         where = ", ".join(format_portal(h, p) for h, p in server.bound_portals())
         print(f"vmblock: serving {', '.join(server.targets)} on {where}", flush=True)
         await stop.wait()

@@ -68,6 +68,12 @@ MAX_CONNECTION_COUNT = 65535
 # and shares the cores with the owner, so more than a few per core only adds switching.
 MAX_WORKERS = 64
 
+# cache.size 'auto' (the default): this share of the flash tier when the flash tier is on
+# another device than the capacity tier, no cache when both are on one (docs/benchmarks.md,
+# "The cache default" has the measurements behind it).
+CACHE_SIZE_AUTO = "auto"
+AUTO_CACHE_FRACTION = 0.5
+
 # RFC 7143 section 13: the operational keys the target offers at login, which iscsi.<Key>
 # overrides (the names of vmblock.iscsi.params.TARGET_OFFER; their rules live there).
 NEGOTIATION_KEYS = (
@@ -141,11 +147,16 @@ def _is_tier_device(path: str) -> bool:
 
 @dataclass(frozen=True)
 class CacheSize:
-    """``cache.size``: a share of the flash tier ('50%') or bytes ('512M'); '0' is no cache."""
+    """``cache.size``: a share of the flash tier ('50%') or bytes ('512M'); '0' is no cache;
+    'auto' (the default) is AUTO_CACHE_FRACTION of the flash tier when that tier is on
+    another device than the capacity tier, and no cache when both share one (the server
+    decides, ``server.open_cache``: there a flash copy is an extra write to the same disk,
+    and the page cache already keeps the capacity tier's hot blocks in RAM)."""
 
     text: str
     fraction: float | None = None      # of the flash tier, when given as a percentage
     nbytes: int | None = None          # when given as a size
+    auto: bool = False                 # 'auto': only where flash is another device
 
     def of(self, flash_bytes: int) -> int:
         """Bytes at the start of the flash tier the cache asks for. The extent store turns this
@@ -219,6 +230,8 @@ def _data_budget(text: str, key: str) -> int:
 
 def _cache_size(text: str, key: str) -> CacheSize:
     t = text.strip()
+    if t == CACHE_SIZE_AUTO:
+        return CacheSize(text, fraction=AUTO_CACHE_FRACTION, auto=True)
     if not t.endswith("%"):
         return CacheSize(text, nbytes=parse_size(t, key, MAX_TIER_BYTES))
     try:
@@ -289,8 +302,10 @@ _ROWS = (
             "percent used at which a low_space event is recorded"),
     Setting("store.commit_interval", float, "5", parse_seconds, Apply.RESTART,
             "seconds between background metadata commits (0: none)"),
-    Setting("cache.size", CacheSize, "50%", _cache_size, Apply.RESTART,
-            "flash tier bytes used as cache slots, or a percentage of it; 0 turns it off"),
+    Setting("cache.size", CacheSize, CACHE_SIZE_AUTO, _cache_size, Apply.RESTART,
+            "flash tier bytes used as cache slots, or a percentage of it; 0 turns it off; "
+            "auto: 50% when the flash tier is on another device than the capacity tier, "
+            "else off"),
     Setting("cache.block_size", int, "64K", _cache_block_size, Apply.RESTART,
             "cache block, a power of two from 4K to 1M"),
     Setting("server.workers", int, "0", _worker_count, Apply.RESTART,

@@ -11,11 +11,21 @@ import signal
 from support import clients
 import pytest
 from support.clients import cli_json as js
+from support.server import run_cli
 
 MiB = 1 << 20
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
                                 reason="needs qemu-io (qemu-utils, qemu-block-extra)")
+
+
+@pytest.fixture
+def vmblock_server(tmp_path, start_server):
+    """A server with the flash cache on: both tiers are files under tmp_path, one device,
+    where the default (cache.size auto) leaves the cache off, so these tests ask for 50%."""
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "cache.size", "50%")
+    return start_server(pool=pool)
 
 
 def qemu_io(url: str, *cmds: str, check: bool = True) -> str:

@@ -49,6 +49,8 @@ class InProcessServer:
     def __init__(self, pool_dir):
         self.pool_dir = pool_dir
         self.pool = Pool(str(pool_dir), create=True)
+        # both tiers are files on one device: cache.size auto would leave the cache off
+        self.pool.config_set("cache.size", "50%")
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

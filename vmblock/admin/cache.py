@@ -149,7 +149,8 @@ class CacheVerbs:
         if cache is None:
             raise ServerError("cache preload needs a running server (the cache lives in it)"
                               if self.runtime is None else
-                              "the flash cache is off (cache.size is 0)")
+                              "the flash cache is off (cache.size 0, or auto with both "
+                              "tiers on one device)")
         store = self.runtime.store_of(disk.uuid)
         if not isinstance(store, CachedStore):
             raise ServerError(f"vdisk {vdisk} is not served")

@@ -35,10 +35,11 @@ class DataBudget:
         """Charge ``n`` bytes to ``host`` if both limits allow it."""
         if n <= 0:
             return True
-        if self.used + n > self.total or self.by_host[host] + n > self.per_host:
+        had = self.by_host.get(host, 0)     # not by_host[host]: Counter's __missing__ is a call
+        if self.used + n > self.total or had + n > self.per_host:
             return False
         self.used += n
-        self.by_host[host] += n
+        self.by_host[host] = had + n
         return True
 
     def give(self, host: str, n: int) -> None:
@@ -46,8 +47,10 @@ class DataBudget:
         if n <= 0:
             return
         self.used -= n
-        self.by_host[host] -= n
-        if not self.by_host[host]:
+        left = self.by_host[host] - n
+        if left:
+            self.by_host[host] = left
+        else:
             del self.by_host[host]
         if self.waiting and not self._wake_scheduled:
             self._wake_scheduled = True

@@ -82,18 +82,19 @@ class ReceiveFraming:
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR,
                                         f"DataSegmentLength {p.dlen} > {self.rx_limit}",
                                         bytes(view[start:start + BHS_LEN]))
+            dlen = p.dlen
             hd = DIGEST_LEN if self.header_digest else 0
-            dd = DIGEST_LEN if self.data_digest and p.dlen else 0
+            dd = DIGEST_LEN if self.data_digest and dlen else 0
             data_off = start + BHS_LEN + p.ahs_len + hd
-            total = data_off - start + p.dlen + pad_len(p.dlen) + dd
+            total = data_off - start + dlen + (-dlen & 3) + dd      # + pad_len(dlen)
             if avail < total:
                 return
             header = view[start:start + BHS_LEN]
             if hd and read_digest(view, data_off - hd) != digest_of(view[start:data_off - hd]):
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "header digest error")
-            data = view[data_off:data_off + p.dlen]
+            data = view[data_off:data_off + dlen]
             if dd:
-                padded = view[data_off:data_off + p.dlen + pad_len(p.dlen)]
+                padded = view[data_off:data_off + dlen + pad_len(dlen)]
                 if read_digest(view, data_off + len(padded)) != digest_of(padded):
                     self.rstart = start + total
                     raise ProtocolViolation(RejectReason.DATA_DIGEST_ERROR, "data digest error",

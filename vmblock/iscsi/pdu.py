@@ -134,6 +134,8 @@ _BHS = struct.Struct(">BBHIQI7I")
 _SCSI_CMD_BHS = struct.Struct(">BBHIQIIII16s")
 # Every target PDU fits this shape: byte0..3, AHS|DSL, LUN/ISID-TSIH, ITT, and 7 words.
 _RSP = struct.Struct(">BBBBIQI7I")
+# The 16 CDB bytes at offset 32 of a SCSI Command, as bytes in one call.
+_CDB = struct.Struct("16s")
 _DIGEST = struct.Struct("<I")
 
 
@@ -196,7 +198,7 @@ def parse_bhs(buf, off: int = 0) -> Pdu:
     p.b3 = b23 & 0xFF
     p.ahs_len = (ahs_dlen >> 24) * 4
     p.dlen = ahs_dlen & 0xFFFFFF
-    p.cdb = bytes(buf[off + 32:off + 48]) if p.opcode == _SCSI_CMD else b""
+    p.cdb = _CDB.unpack_from(buf, off + 32)[0] if p.opcode == _SCSI_CMD else b""
     p.ahs = b""
     p.data = b""
     return p
@@ -229,6 +231,10 @@ def build_initiator_pdu(opcode: int, flags: int, *, immediate: bool = False, b2:
     return _BHS.pack(b0, flags, (b2 << 8) | b3, dlen, lun, itt, *words)
 
 
+# PADDING[n]: the n zero bytes that pad a data segment to a 4-byte boundary (RFC 7143 11.1).
+PADDING = tuple(b"\0" * n for n in range(4))
+
+
 def frame(header: bytes, data=b"", header_digest: bool = False, data_digest: bool = False) -> list:
     """The buffers of one PDU on the wire: header [+digest], data, pad [+digest]."""
     out = [header]
@@ -236,13 +242,13 @@ def frame(header: bytes, data=b"", header_digest: bool = False, data_digest: boo
         out.append(_DIGEST.pack(crc32c(header)))
     if data:
         out.append(data)
-        pad = pad_len(len(data))
+        pad = PADDING[pad_len(len(data))]
         if pad:
-            out.append(b"\0" * pad)
+            out.append(pad)
         if data_digest:
             crc = crc32c(data)
             if pad:
-                crc = crc32c(b"\0" * pad, crc)
+                crc = crc32c(pad, crc)
             out.append(_DIGEST.pack(crc))
     return out
 

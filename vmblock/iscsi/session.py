@@ -63,11 +63,12 @@ class Session:
     def window(self) -> tuple[int, int]:
         """(ExpCmdSN, MaxCmdSN); MaxCmdSN shrinks the window while tasks are outstanding
         but never moves backwards (RFC 7143 4.2.2.1)."""
-        room = max(CMD_WINDOW - len(self.tasks), 1)
-        want = (self.exp_cmdsn + room - 1) & 0xFFFFFFFF
-        if sn_gt(want, self.max_cmdsn):
-            self.max_cmdsn = want
-        return self.exp_cmdsn, self.max_cmdsn
+        room = CMD_WINDOW - len(self.tasks)
+        want = (self.exp_cmdsn + (room if room > 1 else 1) - 1) & 0xFFFFFFFF
+        mx = self.max_cmdsn
+        if want != mx and (want - mx) & 0xFFFFFFFF < SERIAL_HALF:   # sn_gt(want, mx) inline:
+            self.max_cmdsn = mx = want                                # once per response
+        return self.exp_cmdsn, mx
 
     def in_window(self, cmdsn: int) -> bool:
         """True when ``cmdsn`` lies from ExpCmdSN to MaxCmdSN (serial arithmetic)."""

@@ -88,7 +88,8 @@ class ScsiTransfer:
         write = bool(flags & CMD_FLAG_WRITE)
         edtl = p.edtl
         dlen = len(data)
-        self._check_unsolicited(p, dlen, header)
+        if dlen or write:           # a command without data has nothing to check there
+            self._check_unsolicited(p, dlen, header)
         if p.itt in sess.tasks or p.itt == RSVD_TAG:
             self._send_reject(RejectReason.TASK_IN_PROGRESS if p.itt != RSVD_TAG
                               else RejectReason.INVALID_PDU_FIELD, bytes(header))
@@ -99,7 +100,10 @@ class ScsiTransfer:
         cdb = p.cdb
         if p.ahs:
             cdb = self._extended_cdb(p.cdb, p.ahs, header)
-        task = ScsiTask(decode_lun(p.lun), cdb, sess.nexus, p.itt, flags & CMD_ATTR_MASK, edtl,
+        lun = p.lun >> 48       # peripheral addressing, bus 0 (LUN < 256): the field's top byte
+        if lun > 0xFF:
+            lun = decode_lun(p.lun)
+        task = ScsiTask(lun, cdb, sess.nexus, p.itt, flags & CMD_ATTR_MASK, edtl,
                         bool(flags & CMD_FLAG_READ), write)
         st = TaskState(self, task, p.lun, p.cmdsn)
         sess.tasks[p.itt] = st
@@ -112,11 +116,12 @@ class ScsiTransfer:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, f"write of {want} bytes too large",
                                     bytes(header))
         if want == 0:
-            st.read_len = task.cdb_xfer_len if task.read else 0
-            if st.read_len and (self._tasks_wait_for_budget() or not self._take(st.read_len)):
+            n = st.read_len = task.cdb_xfer_len if task.read else 0
+            if n and ((self.budget_waiting and self._tasks_wait_for_budget())
+                      or not self.service.budget.take(self.host, n)):
                 self._wait_for_budget(st)          # in order behind what waits already
                 return
-            st.charged = st.read_len
+            st.charged = n
             self._execute(st)
             return
         st.want = want
@@ -128,8 +133,14 @@ class ScsiTransfer:
         # command ends TASK SET FULL (the initiator retries) rather than the server holding
         # more. The rest is solicited (R2T) only once the budget grants the whole buffer.
         early = min(want, st.unsolicited[1] if st.unsolicited else dlen)
-        if not self._tasks_wait_for_budget() and self._take(want):
-            st.buf, st.charged = bytearray(want), want
+        if (not (self.budget_waiting and self._tasks_wait_for_budget())
+                and self.service.budget.take(self.host, want)):
+            st.charged = want
+            if dlen == want:        # all of it came as immediate data: one copy, no zeroing
+                st.buf = bytearray(data)
+                self._execute(st)
+                return
+            st.buf = bytearray(want)
         elif self._take(early):
             st.buf, st.charged = bytearray(early), early
             self._wait_for_budget(st)
@@ -287,7 +298,8 @@ class ScsiTransfer:
         if st.read_len and not (st.aborted or self.closing):
             self.out_charged += st.charged          # held until the socket takes the data
             st.charged = 0
-        self._release(st)
+        if st.charged:
+            self._release(st)
         task = st.task
         sess = self.session
         if sess is not None and sess.tasks.get(task.itt) is st:
@@ -319,21 +331,34 @@ class ScsiTransfer:
         exp, mx = self._window()
         sense = task.sense
         body = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
+        statsn = self.statsn                # _next_statsn(), inline
+        self.statsn = (statsn + 1) & 0xFFFFFFFF
         self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED, task.status,
-                             len(body), 0, task.itt, 0, self._next_statsn(), exp, mx,
-                             datasn, 0, residual), body)
+                             len(body), 0, task.itt, 0, statsn, exp, mx, datasn, 0, residual),
+                   body)
 
     def _send_data_in(self, st, data, n, flags, residual) -> tuple[bool, int]:
         """Send ``n`` bytes as Data-In PDUs; collapse GOOD status into the last one (RFC 7143
         11.7.4). Returns (status sent, number of Data-In PDUs)."""
         task = st.task
         collapse = task.status == SAM_STAT_GOOD and not task.sense
-        view = data if isinstance(data, memoryview) else memoryview(data)
         seg = self.peer_mrdsl
         burst = self.max_burst or seg
+        exp, mx = self._window()
+        if n <= seg and n <= burst:     # one PDU (every small read): the loop below, unrolled
+            if collapse:
+                statsn = self.statsn                # _next_statsn(), inline
+                self.statsn = (statsn + 1) & 0xFFFFFFFF
+                pflags, status, res = FLAG_FINAL | DATA_IN_FLAG_STATUS | flags, task.status, residual
+            else:
+                pflags, statsn, status, res = FLAG_FINAL, 0, 0, 0
+            self._send(build_bhs(_DATA_IN, pflags, 0, status, n, st.lun_field, task.itt,
+                                 RSVD_TAG, statsn, exp, mx, 0, 0, res),
+                       data if n == len(data) else memoryview(data)[:n])
+            return collapse, 1
+        view = data if isinstance(data, memoryview) else memoryview(data)
         off = 0
         datasn = 0
-        exp, mx = self._window()
         while off < n:
             length = min(seg, n - off, burst - off % burst)
             end = off + length
