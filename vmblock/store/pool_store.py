@@ -9,6 +9,7 @@
 * ``commit.Committer``: pending map keys, the commit order (data before the keys that point at
   it), faults, metadata transactions (``MapTxn``);
 * ``datapath.DataPath``: reads and writes; ``move.TierMover``: tier moves;
+* ``prealloc.preallocate``: mapping zeroed AUs without writing them (benchmarks);
 * ``fsck.check_store`` and ``usage.usage_report``: the reports.
 
 ``ExtentStore`` (``vmblock.store.extent``) is the ``BackingStore`` one LUN sees: a view of one
@@ -31,6 +32,7 @@ from vmblock.store.fsck import check_store
 from vmblock.store.layout import AU_SIZE, scan_maps
 from vmblock.store.maps import LiveMaps
 from vmblock.store.move import MOVE_CHUNK_AUS, TierMover
+from vmblock.store.prealloc import preallocate
 from vmblock.store.tier import Tier
 from vmblock.store.usage import usage_report
 
@@ -99,6 +101,12 @@ class PoolStore:
     def entries(self, mid: int) -> tuple[np.ndarray, np.ndarray]:
         """(vAUs, physical AUs) of one map, live or frozen."""
         return self.live.entries(mid)
+
+    def preallocate(self, map_id: int, first_vau: int, count: int) -> None:
+        """Map ``count`` fresh AUs from vAU ``first_vau`` of the live map ``map_id`` without
+        writing their data: zeroed cheaply (hole punch, else zeros written), durable, then
+        mapped one transaction per chunk; mapped vAUs are left alone (``prealloc``)."""
+        preallocate(self.committer, self.data.zeros, map_id, first_vau, count)
 
     def move(self, mid: int, tier: int, chunk_aus: int = MOVE_CHUNK_AUS) -> dict:
         """Move the live map ``mid`` to ``tier`` while I/O goes on (``TierMover.move``)."""

@@ -73,6 +73,30 @@ class Tier:
                 log.warning("%s: cannot punch %d bytes at %d: %s", self.path, n, off,
                             os.strerror(err))
 
+    def zero(self, file_aus: np.ndarray, zeros: memoryview) -> None:
+        """Make AUs ``file_aus`` (numbers in this tier) read as zeros, durably: punch them on a
+        file that can, else write ``zeros`` (a buffer of whole AUs) over them; then fsync."""
+        if not len(file_aus):
+            return
+        file_aus = np.sort(file_aus.astype(np.int64))
+        breaks = np.flatnonzero(np.diff(file_aus) != 1) + 1
+        for run in np.split(file_aus, breaks):
+            off, n = int(run[0]) * self.au, len(run) * self.au
+            if self.punch_ok:
+                if _fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, n) == 0:
+                    continue
+                err = ctypes.get_errno()
+                if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise OSError(err, f"{self.path}: cannot punch {n} bytes at {off}: "
+                                       f"{os.strerror(err)}")
+                self.punch_ok = False
+            end = off + n
+            while off < end:
+                k = min(len(zeros), end - off)
+                write_full(self.fd, [zeros[:k]], off)
+                off += k
+        os.fsync(self.fd)
+
     def close(self) -> None:
         """Close the file (once; the pool's close calls it)."""
         if self.fd >= 0:
