@@ -11,6 +11,7 @@ them (vmblock.admin.verbs) and ``run_verb`` is the one way in, arguments checked
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vmblock.admin.cache import CacheVerbs, Runtime
 from vmblock.admin.schema import (
@@ -28,10 +29,12 @@ from vmblock.admin.schema import (
 from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
-from vmblock.meta import Pool, Vdisk
-from vmblock.meta.model import Snapshot
+from vmblock.meta.model import Snapshot, Vdisk
 from vmblock.settings import format_portal
 from vmblock.units import parse_size
+
+if TYPE_CHECKING:       # the pool brings the store (numpy, Numba): see vmblock.meta
+    from vmblock.meta import Pool
 
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
