@@ -4,10 +4,11 @@ store it replaced (two real servers, one run).
 
 usage: tools/bench_extent.py [--lookup] [--datapath] [--rounds 5] [--baseline REV] [--record]
 
---lookup (default when neither is given): a 1 M-extent map (a live map of 1,048,576 AUs, every
-  one mapped, physical AUs shuffled), batched lookups of 1 M random vAUs through the public
-  wrapper and through the kernel, and single lookups from Python (wrapper, kernel, plain numpy
-  indexing); median of --rounds repeats, JIT compile done before timing.
+--lookup (default when neither is given): a 1 M-extent map (a live two-level map of 1,048,576
+  AUs, every one mapped, physical AUs and leaves shuffled), batched lookups of 1 M random vAUs
+  through the public wrapper and through the kernel, and single lookups from Python (wrapper,
+  kernel, the data path's two ``.item`` loads); median of --rounds repeats, JIT compile done
+  before timing.
 --datapath: `vmblock serve` of this checkout (extent store) and of --baseline (default: the
   parent of the commit that introduced the extent store, i.e. the sparse-file store), each on a
   scratch pool with a 1 GiB thin vdisk, same machine, same qemu-img bench workloads as
@@ -49,13 +50,17 @@ def bench_lookup(rounds: int) -> str:
     from vmblock.native import extent as kx
     n = 1 << 20
     rng = np.random.default_rng(7)
-    amap = rng.permutation(n).astype(np.uint32)      # 1 M mapped AUs, scattered physically
+    dense = rng.permutation(n).astype(np.uint32)      # 1 M mapped AUs, scattered physically
+    slots = kx.n_leaves(n)
+    l1, leaves = kx.sample_map(n, slots)
+    l1[:] = rng.permutation(slots) + 1                 # leaves in shuffled arena order
+    leaves.reshape(-1, kx.LEAF_AUS)[l1] = dense.reshape(slots, kx.LEAF_AUS)
     vaus = rng.integers(0, n, size=n)
     out = np.empty(n, dtype=np.uint32)
     vaus64 = vaus.astype(np.int64)
-    kx.lookup_batch(amap, vaus64, out)               # compile / load from cache first
-    kx._lookup_one(amap, 5)
-    assert np.array_equal(out, amap[vaus])
+    kx.lookup_batch(l1, leaves, vaus64, out)         # compile / load from cache first
+    kx._lookup_one(l1, leaves, 5)
+    assert np.array_equal(out, dense[vaus])
 
     def rate(fn) -> float:
         times = []
@@ -65,8 +70,8 @@ def bench_lookup(rounds: int) -> str:
             times.append(time.perf_counter() - t)
         return n / statistics.median(times)
 
-    batched_wrapper = rate(lambda: kx.lookup_batch(amap, vaus64, out))
-    batched_kernel = rate(lambda: kx._lookup_batch(amap, vaus64, out))
+    batched_wrapper = rate(lambda: kx.lookup_batch(l1, leaves, vaus64, out))
+    batched_kernel = rate(lambda: kx._lookup_batch(l1, leaves, vaus64, out))
 
     singles = vaus[:100_000].tolist()
 
@@ -75,21 +80,23 @@ def bench_lookup(rounds: int) -> str:
         for _ in range(rounds):
             t = time.perf_counter()
             for v in singles:
-                fn(amap, v)
+                fn(v)
             times.append(time.perf_counter() - t)
         return statistics.median(times) / len(singles) * 1e6
 
-    single_wrapper = per_call(kx.lookup)
-    single_kernel = per_call(kx._lookup_one)
-    single_item = per_call(lambda a, v: a.item(v))
-    return (f"map: 1,048,576 extents (one per 64 KiB AU, all mapped); median of {rounds}\n"
+    bits, mask = kx.LEAF_BITS, kx.LEAF_MASK
+    single_wrapper = per_call(lambda v: kx.lookup(l1, leaves, v))
+    single_kernel = per_call(lambda v: kx._lookup_one(l1, leaves, v))
+    single_item = per_call(lambda v: leaves.item((l1.item(v >> bits) << bits) | (v & mask)))
+    return (f"map: 1,048,576 extents (one per 64 KiB AU, all mapped; two-level, "
+            f"{kx.LEAF_AUS}-entry leaves); median of {rounds}\n"
             f"batched lookup, 1 M random vAUs, lookup_batch() wrapper: "
             f"{batched_wrapper / 1e6:8.1f} M lookups/s\n"
             f"batched lookup, 1 M random vAUs, kernel _lookup_batch:   "
             f"{batched_kernel / 1e6:8.1f} M lookups/s\n"
             f"single lookup from Python, lookup() wrapper:  {single_wrapper:6.3f} us\n"
             f"single lookup from Python, kernel _lookup_one: {single_kernel:6.3f} us\n"
-            f"single lookup from Python, amap.item(v) (the 4 KiB data path): "
+            f"single lookup from Python, l1.item + leaves.item (the 4 KiB data path): "
             f"{single_item:6.3f} us")
 
 

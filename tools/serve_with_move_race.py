@@ -45,8 +45,8 @@ class AwaitWrite:
         deadline = time.monotonic() + AWAIT_TIMEOUT
         while time.monotonic() < deadline:
             with self.store.lock:
-                amap = self.store.live.maps.get(mid)
-                if amap is None or vaus[-1] >= len(amap) or (amap[vaus] != old_aus).any():
+                live = self.store.live
+                if mid not in live.maps or (live.lookup_many(mid, vaus) != old_aus).any():
                     return
             time.sleep(POLL)
         log.warning("no write landed in the moving AUs of map %d within %.0f s", mid,

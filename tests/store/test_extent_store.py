@@ -15,7 +15,7 @@ from vmblock.errors import AlreadyExists, InvalidArgument
 from vmblock.meta import Pool
 from vmblock.native import extent as extent_kernels
 from vmblock.store.backend import SpaceExhausted
-from vmblock.store.layout import AU_SIZE, map_key, map_prefix, map_value
+from vmblock.store.layout import AU_SIZE, LEAF_AUS, leaf_key, leaf_prefix, leaf_values
 
 KiB, MiB = 1 << 10, 1 << 20
 AU = AU_SIZE
@@ -34,7 +34,16 @@ def pool(tmp_path):
 
 
 def pau(pool, name, vau):
-    return extent_kernels.lookup(pool.store.live.maps[pool.vdisk(name).map_id], vau)
+    live = pool.store.live
+    return extent_kernels.lookup(live.maps[pool.vdisk(name).map_id], live.leaves, vau)
+
+
+def one_leaf(entries):
+    """The meta DB value of a leaf mapping {vAU in the leaf: capacity AU}."""
+    rows = np.full((1, LEAF_AUS), extent_kernels.UNMAPPED, dtype=np.uint32)
+    for v, p in entries.items():
+        rows[0, v] = p
+    return leaf_values(rows, np.zeros((1, LEAF_AUS), dtype=np.uint8))[0].tobytes()
 
 
 def assert_clean(pool):
@@ -205,7 +214,7 @@ def test_deleting_vdisks_snapshots_and_vms_returns_every_au(pool):
     pool.delete_vdisk("d1")
     pool.store.flush()
     assert pool.store.usage()["used_bytes"] == 0
-    assert not any(k.startswith(b"M") for k in pool._db.raw.keys(from_key=b"M"))
+    assert not any(k.startswith(b"L") for k in pool._db.raw.keys(from_key=b"L"))
     assert_clean(pool)
 
 
@@ -288,8 +297,8 @@ def test_check_finds_a_map_key_without_owner_and_a_cross_vm_share(pool):
     mine = pool.vdisk("d1").map_id
     theirs = pool.vdisk("other").map_id
     p = pau(pool, "d1", 0)
-    pool._db.raw.put(map_key(theirs, 3), map_value(p))         # another vdisk points at d1's AU
-    pool._db.raw.put(map_key(999, 0), map_value(p + 1))         # a map nobody owns
+    pool._db.raw.put(leaf_key(theirs, 0), one_leaf({3: p}))     # another vdisk points at d1's AU
+    pool._db.raw.put(leaf_key(999, 0), one_leaf({0: p + 1}))    # a map nobody owns
     r = pool.check()
     text = " ".join(r["errors"])
     assert not r["ok"]
@@ -308,17 +317,18 @@ def test_meta_db_bytes_per_mapped_au(tmp_path):
         vaus = rng.choice((4 << 30) // AU, size=2048, replace=False)
         for v in vaus.tolist():                       # scattered 4 KiB writes
             s.write(v * AU, memoryview(b"\x01" * 4096))
-        for i in range(7):                            # 8 maps of 2048 keys each
+        for i in range(7):                            # 8 maps of 2048 mapped AUs each
             p.snapshot_vm("v", f"s{i}")
         s.flush()
         p._db.raw.flush()
         p._db.raw.compact_range(None, None)
         sst = p._db.raw.property_int_value("rocksdb.total-sst-files-size")
-        keys = sum(1 for k in p._db.raw.keys(from_key=b"M") if k.startswith(b"M"))
-        assert keys == 8 * 2048
-        per_au = sst / keys
-        print(f"meta DB: {sst} bytes of SST for {keys} map keys = {per_au:.1f} B per mapped AU")
+        leaves = sum(1 for k in p._db.raw.keys(from_key=b"L") if k.startswith(b"L"))
+        mapped = 8 * 2048
+        per_au = sst / mapped
+        print(f"meta DB: {sst} bytes of SST for {leaves} leaves, {mapped} mapped AUs = "
+              f"{per_au:.1f} B per mapped AU")
         assert per_au <= 64
-        assert len(map_prefix(1)) == 5
+        assert len(leaf_prefix(1)) == 5
     finally:
         p.close()

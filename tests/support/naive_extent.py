@@ -1,19 +1,28 @@
 """Plain-Python twins of the kernels in native/extent.py (STYLE rule 12): the same inputs and
-outputs, written for obviousness, so tests can compare the jitted kernels against them."""
+outputs, written for obviousness, so tests can compare the jitted kernels against them.
+
+A map is (l1, leaves): vAU ``v`` lives in leaf ``l1[v // LEAF]`` at ``v % LEAF``; leaf 0
+holds only UNMAPPED."""
 
 from __future__ import annotations
 
 UNMAPPED = 0xFFFFFFFF
+LEAF = 256
 
 
-def lookup_batch(amap, vaus):
-    return [int(amap[v]) if 0 <= v < len(amap) else UNMAPPED for v in vaus]
+def entry(l1, leaves, v):
+    return int(leaves[int(l1[v // LEAF]) * LEAF + v % LEAF])
 
 
-def classify(amap, refcount, first, count):
+def lookup_batch(l1, leaves, vaus):
+    n = len(l1) * LEAF
+    return [entry(l1, leaves, v) if 0 <= v < n else UNMAPPED for v in vaus]
+
+
+def classify(l1, leaves, refcount, first, count):
     paus, kinds, need = [], [], 0
     for v in range(first, first + count):
-        p = int(amap[v])
+        p = entry(l1, leaves, v)
         paus.append(p)
         if p == UNMAPPED:
             kinds.append(0)
@@ -26,18 +35,23 @@ def classify(amap, refcount, first, count):
     return paus, kinds, need
 
 
-def run_length(amap, start, end):
-    mapped = amap[start] != UNMAPPED
+def run_length(l1, leaves, start, end):
+    mapped = entry(l1, leaves, start) != UNMAPPED
     n = 0
     for v in range(start, end):
-        if (amap[v] != UNMAPPED) != mapped:
+        if (entry(l1, leaves, v) != UNMAPPED) != mapped:
             break
         n += 1
     return bool(mapped), n
 
 
-def count_mapped(amap):
-    return sum(1 for p in amap if p != UNMAPPED)
+def count_mapped(l1, leaves):
+    return sum(1 for v in range(len(l1) * LEAF) if entry(l1, leaves, v) != UNMAPPED)
+
+
+def mapped_entries(l1, leaves):
+    out = [(v, entry(l1, leaves, v)) for v in range(len(l1) * LEAF)]
+    return [v for v, p in out if p != UNMAPPED], [p for _, p in out if p != UNMAPPED]
 
 
 def alloc_scan(refcount, held, cursor, count):
@@ -81,3 +95,21 @@ def phys_runs(paus):
         runs.append((i, j - i))
         i = j
     return runs
+
+
+def tier_bounds(file_aus, tiers):
+    cap = [f for f, t in zip(file_aus, tiers) if f != UNMAPPED and t == 0]
+    fl = [f for f, t in zip(file_aus, tiers) if f != UNMAPPED and t != 0]
+    return (max(cap) + 1 if cap else 0, min(fl) if fl else 1 << 32, max(fl) + 1 if fl else 0)
+
+
+def count_refs(refcount, file_aus, tiers, fshift):
+    out = []
+    for f, t in zip(file_aus, tiers):
+        if f == UNMAPPED:
+            out.append(UNMAPPED)
+            continue
+        g = f + fshift if t else f
+        out.append(g)
+        refcount[g] += 1
+    return out, sum(1 for f in file_aus if f != UNMAPPED)

@@ -3,7 +3,10 @@
 A snapshot (``snapshot/<uuid>``, named by ``snapname/<scope>/<name>``; see
 ``vmblock.meta.model``) holds, per vdisk, a frozen map that shares every AU of the live map it
 was copied from; revert copies a frozen map back over the live one, a clone copies it (or a
-live map) to a new vdisk. Each change is one batch in one store transaction, metadata only.
+live map) to a new vdisk. Each change is one batch in one store transaction, metadata only;
+the maps are copied leaf by leaf, and the store lock is held only while the live maps are read
+and their references taken -- all of a VM's vdisks in one locked step, so the snapshot is one
+point in time across them -- never for the meta DB write (``vmblock.store.commit.MapTxn``).
 
 These are functions of an open ``Pool``: it keeps the meta DB, the store and the records of
 VMs, vdisks and targets they read and write, and its public methods of the same names
@@ -75,8 +78,10 @@ def _take_snapshot(pool, name: str, vm: Vm | None, vdisk: Vdisk | None,
         snap = Snapshot(str(uuidlib.uuid4()), name, vm.uuid if vm else None,
                         vdisk.uuid if vdisk else None,
                         _snapshot_disks(disks, mids), created=now())
-        for d, entry in zip(disks, snap.disks):
-            entry["used_bytes"] = txn.copy_map(d.map_id, entry["map_id"])
+        used = txn.copy_maps([(d.map_id, entry["map_id"], None)
+                              for d, entry in zip(disks, snap.disks)])
+        for entry, n in zip(snap.disks, used):
+            entry["used_bytes"] = n
         put_record(batch, f"snapshot/{snap.uuid}", snap.dump())
         put_record(batch, f"snapname/{scope}/{name}", snap.uuid)
     return snap
@@ -188,6 +193,7 @@ def clone_vm(pool, src_name: str, new_name: str, snapshot_name: str | None = Non
     vm = Vm(str(uuidlib.uuid4()), new_name, guest_os=src.guest_os, created=when,
             parent=lineage)
     disks = []
+    copies = []
     batch = new_batch()
     with pool.store.transaction(batch) as txn:
         mids = pool.next_map_ids(batch, len(sources))
@@ -204,8 +210,9 @@ def clone_vm(pool, src_name: str, new_name: str, snapshot_name: str | None = Non
                                  "snapshot": snap.uuid if snap else None,
                                  "snapshot_name": snap.name if snap else None},
                          tier=s["tier"])
-            txn.copy_map(s["map_id"], mid, dst_size=disk.size_bytes)
+            copies.append((s["map_id"], mid, disk.size_bytes))
             txn.set_tier(mid, TIER_NAMES.index(disk.tier))
             put_vdisk(batch, disk)
             disks.append(disk)
+        txn.copy_maps(copies)       # a live clone: one point in time across the vdisks
     return vm, disks, new_targets

@@ -4,7 +4,8 @@ Physical AUs are numbered in one *global* space in memory: capacity AU ``p`` is 
 ``f`` (its AU index in the flash tier file) is ``f + fshift``. The flash tier's AUs start at
 ``flash_lo``: after the cache's slots (``cache_bytes``, rounded up to an AU), or lower if a flash
 AU below that is already mapped (the cache then gets less: it must never overlap data). The
-meta DB stores (AU in its tier, tier).
+meta DB stores (AU in its tier, tier). The reference counts live in shared memory
+(``SharedArray``, ``refcount_fd``) for processes that look them up read-only.
 
 A freed AU (UNMAP, snapshot or vdisk deletion, COW of the last reference) is *held*: not
 reusable until the batch that frees it is durable *and* every I/O that could still have looked
@@ -23,7 +24,8 @@ import numpy as np
 
 from vmblock.errors import PoolError
 from vmblock.native import extent as extent_kernels
-from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, map_value
+from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES
+from vmblock.store.shm import SharedArray
 from vmblock.store.tier import Tier
 
 log = logging.getLogger(__name__)
@@ -41,9 +43,11 @@ class Allocator:
 
     def __init__(self, capacity: Tier, flash: Tier, au: int, lock: threading.Lock,
                  file_aus: np.ndarray, tiers: np.ndarray, cache_bytes: int):
-        """Rebuild reference counts and free space from every map key's (AU in its tier,
-        tier), and fix the flash split; a configured tier size that would cut off a mapped
-        AU is not applied."""
+        """Rebuild reference counts and free space from every map entry's (AU in its tier,
+        tier) -- 1-d arrays, UNMAPPED entries allowed -- in one kernel pass, and fix the flash
+        split; a configured tier size that would cut off a mapped AU is not applied.
+        ``loaded_aus`` is then the global AU of every entry given (UNMAPPED kept), for the
+        caller to load its maps from."""
         self.capacity = capacity
         self.flash = flash
         self.au = au
@@ -52,9 +56,7 @@ class Allocator:
         self.ffd = flash.fd
         if len(tiers) and int(tiers.max()) > TIER_FLASH:
             raise PoolError("meta DB holds extent-map records with an unknown tier")
-        on_cap = tiers == TIER_CAPACITY
-        cap_p, fl_p = file_aus[on_cap], file_aus[~on_cap]
-        top = int(cap_p.max()) + 1 if len(cap_p) else 0
+        top, fl_min, ftop = extent_kernels.tier_bounds(file_aus, tiers)
         if top > capacity.n_aus:
             raise PoolError(f"capacity tier {capacity.path} is smaller than its maps "
                             f"(AU {top - 1} is mapped)")
@@ -63,7 +65,6 @@ class Allocator:
                 log.warning("capacity tier: AUs up to %d are in use, cannot shrink to %d "
                             "bytes; keeping %d", top, capacity.want_aus * au, top * au)
             capacity.set_aus(max(top, capacity.want_aus))
-        ftop = int(fl_p.max()) + 1 if len(fl_p) else 0
         if ftop > flash.n_aus:
             raise PoolError(f"flash tier {flash.path} is smaller than its maps "
                             f"(AU {ftop - 1} is mapped)")
@@ -74,19 +75,22 @@ class Allocator:
             flash.set_aus(max(ftop, flash.want_aus))
         nf = flash.n_aus
         lo = min(-(-max(cache_bytes, 0) // au), nf)
-        if len(fl_p) and int(fl_p.min()) < lo:
+        if fl_min < lo:
             log.warning("flash tier: AU %d is mapped, the cache gets %d bytes, not %d",
-                        int(fl_p.min()), int(fl_p.min()) * au, cache_bytes)
-            lo = int(fl_p.min())
+                        fl_min, fl_min * au, cache_bytes)
+            lo = fl_min
         self.flash_lo = lo
         self.cache_bytes = min(max(cache_bytes, 0), lo * au)
         self.ncap = ncap = capacity.n_aus
         self.fshift = ncap - lo
         n = ncap + nf - lo
         self.bounds = ((0, ncap), (ncap, n))
-        self.refcount = np.zeros(n, dtype=extent_kernels.REF_DTYPE)
+        # in shared memory, for worker processes that look reference counts up read-only
+        self.shared_refs = SharedArray("vmblock-refcount", extent_kernels.REF_DTYPE, n)
+        self.refcount = self.shared_refs.array
         self.held = np.zeros(n, dtype=np.uint8)
-        np.add.at(self.refcount, self.global_aus(file_aus, tiers).astype(np.int64), 1)
+        self.loaded_aus, _ = extent_kernels.count_refs(self.refcount, file_aus, tiers,
+                                                       self.fshift)
         used = self.refcount != 0
         self.t_used = [int(np.count_nonzero(used[:ncap])), int(np.count_nonzero(used[ncap:]))]
         self.t_free = [ncap - self.t_used[0], n - ncap - self.t_used[1]]
@@ -101,6 +105,11 @@ class Allocator:
         self.inflight: set[int] = set()
         self.biased: np.ndarray | None = None     # the old AUs a move step holds (MOVE_BIAS)
 
+    @property
+    def refcount_fd(self) -> int:
+        """The memfd of the reference counts (``n_aus`` uint32)."""
+        return self.shared_refs.fd
+
     # --- global AU numbers <-> (tier, AU in the tier file) ------------------------------------
 
     @property
@@ -114,17 +123,25 @@ class Allocator:
             return self.fd, p * self.au
         return self.ffd, (p - self.fshift) * self.au
 
-    def value(self, p: int) -> bytes:
-        """The meta DB value of a mapping to global AU ``p``."""
-        if p < self.ncap:
-            return map_value(p, TIER_CAPACITY)
-        return map_value(p - self.fshift, TIER_FLASH)
-
     def global_aus(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
         """Global AU numbers of (AU in its tier, tier) pairs as the meta DB stores them."""
         paus = file_aus.astype(np.int64)
         paus[tiers == TIER_FLASH] += self.fshift
         return paus.astype(np.uint32)
+
+    def global_rows(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
+        """``global_aus`` of leaves as the meta DB stores them (UNMAPPED stays UNMAPPED)."""
+        paus = file_aus.astype(np.int64)
+        paus[tiers == TIER_FLASH] += self.fshift
+        paus[file_aus == extent_kernels.UNMAPPED] = extent_kernels.UNMAPPED
+        return paus.astype(np.uint32)
+
+    def file_rows(self, paus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(AUs in their tier files, tiers) of global AUs ``paus`` (UNMAPPED stays)."""
+        flash = (paus != extent_kernels.UNMAPPED) & (paus >= self.ncap)
+        file_aus = paus.astype(np.int64)
+        file_aus[flash] -= self.fshift
+        return file_aus.astype(np.uint32), flash.astype(np.uint8)
 
     def split_tiers(self, paus: np.ndarray) -> tuple[int, int]:
         """How many of ``paus`` are capacity AUs, how many flash AUs."""

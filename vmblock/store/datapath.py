@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from vmblock.native import extent as extent_kernels
+from vmblock.native.extent import LEAF_BITS, LEAF_MASK
 from vmblock.store.alloc import Allocator
 from vmblock.store.backend import SpaceExhausted
 from vmblock.store.commit import Committer
@@ -105,14 +106,15 @@ class DataPath:
         space.inflight.add(tok)     # before the lookup: a free retired after it waits for us
         try:
             with self.lock:
-                amap = self.live.get(mid)
+                l1 = self.live.get(mid)
+                leaves = self.live.leaves
                 if count == 1:
-                    p = amap.item(first)
+                    p = leaves.item((l1.item(first >> LEAF_BITS) << LEAF_BITS)
+                                    | (first & LEAF_MASK))
                     plan = None
                 else:
                     # kernels called directly: the arrays are ours, checked when made
-                    extent_kernels._lookup_batch(
-                        amap, np.arange(first, first + count, dtype=np.int64), self._paus)
+                    extent_kernels._lookup_range(l1, leaves, first, count, self._paus)
                     plan = self._plan(count)
             if plan is None:
                 if p == UNMAPPED:
@@ -153,13 +155,15 @@ class DataPath:
         space.inflight.add(tok)     # before the lookup: a free retired after it waits for us
         try:
             with self.lock:
-                amap = self.live.get(mid)
+                l1 = self.live.get(mid)
+                leaves = self.live.leaves
                 if count == 1:
-                    p = amap.item(first)
+                    p = leaves.item((l1.item(first >> LEAF_BITS) << LEAF_BITS)
+                                    | (first & LEAF_MASK))
                     fast = p != UNMAPPED and space.refcount.item(p) == 1
                     plan = None
                 else:
-                    need = extent_kernels._classify(amap, space.refcount, first, count,
+                    need = extent_kernels._classify(l1, leaves, space.refcount, first, count,
                                                     self._paus, self._kinds)
                     fast = need == 0
                     if fast:
@@ -209,10 +213,12 @@ class DataPath:
         au = self.au
         n = len(data)
         first, count = units(offset, n, au)
-        amap = self.live.get(mid)
+        live = self.live
+        l1 = live.get(mid)
         space = self.space
         paus, kinds = self._paus, self._kinds
-        need = extent_kernels._classify(amap, space.refcount, first, count, paus, kinds)
+        need = extent_kernels._classify(l1, live.leaves, space.refcount, first, count, paus,
+                                        kinds)
         t = self.live.tier(mid)
         if need > space.t_free[t]:
             return False
@@ -259,13 +265,13 @@ class DataPath:
         # the data is written (not yet durable): now the map, refcounts and pending keys
         refcount, pending = space.refcount, self.committer.pending
         for v, q, old in changes:
-            amap[v] = q
+            live.set(mid, v, q)
             refcount[q] = 1
             if old != UNMAPPED:
                 refcount[old] -= 1
                 if refcount[old] == 0:   # cannot happen for a shared AU; keep it exact
                     space.hold(np.array([old], dtype=np.uint32))
-            pending[(mid, v)] = q
+            pending.add((mid, v >> LEAF_BITS))
         space.t_free[t] -= need
         space.t_used[t] += need
         self.committer.last_write = next(space.tokens)
@@ -290,16 +296,11 @@ class DataPath:
         committer = self.committer
         committer.check_writable(True)
         with self.lock:
-            amap = self.live.get(mid)
-            hi = min(hi_full, len(amap))
-            seg = amap[lo_full:hi]
-            idx = np.flatnonzero(seg != extent_kernels.UNMAPPED)
-            if not len(idx):
+            self.live.get(mid)
+            _, paus, slots = self.live.unmap_range(mid, lo_full, hi_full - lo_full)
+            if not len(paus):
                 return
-            paus = seg[idx].copy()
-            seg[idx] = extent_kernels.UNMAPPED
-            for v in (idx + lo_full).tolist():
-                committer.pending[(mid, v)] = None
+            committer.pending.update((mid, s) for s in slots.tolist())
             zeroed = extent_kernels._add_refs(self.space.refcount, paus, -1)
             self.space.hold(paus[:zeroed])
             commit = committer.over_limit()
@@ -311,7 +312,7 @@ class DataPath:
         while a < b:
             nxt = min(b, (a // au + 1) * au)
             with self.lock:
-                mapped = self.live.get(mid)[a // au] != extent_kernels.UNMAPPED
+                mapped = self.live.lookup(mid, a // au) != UNMAPPED
             if mapped:
                 self.write(mid, a, self.zeros[:nxt - a])
             a = nxt
@@ -331,7 +332,8 @@ class DataPath:
         """(mapped, bytes from ``offset`` with that state, at most up to ``size``)."""
         au = self.au
         with self.lock:
-            amap = self.live.get(mid)
+            l1 = self.live.get(mid)
             v = offset // au
-            mapped, run = extent_kernels.run_length(amap, v, len(amap))
+            mapped, run = extent_kernels.run_length(l1, self.live.leaves, v,
+                                                    self.live.n_vaus(mid))
         return mapped, min((v + run) * au, size) - offset

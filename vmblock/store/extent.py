@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from vmblock.errors import PoolError
+from vmblock.native.extent import LEAF_BITS, LEAF_MASK
 from vmblock.store.backend import BackingStore, LbaStatus, Unmappable, WriteSameable
 from vmblock.store.layout import UNMAPPED
 from vmblock.store.pool_store import PoolStore
@@ -35,6 +36,7 @@ class ExtentStore(BackingStore):
         self._space = pool.space
         self._committer = pool.committer
         self._maps = pool.live.maps
+        self._leaves = pool.live.leaves
         self._zeros = pool.data.zeros
         self._read = pool.data.read
         self._write = pool.data.write
@@ -49,8 +51,8 @@ class ExtentStore(BackingStore):
         """Bytes of the vdisk that are mapped."""
         return self.pool.map_used_bytes(self.map_id)
 
-    # The one-AU cases (every 4 KiB I/O) inline and without the pool lock: one array load
-    # (atomic under the GIL), the in-flight token that keeps a concurrently freed AU from
+    # The one-AU cases (every 4 KiB I/O) inline and without the pool lock: one L1 load and
+    # one leaf load (each atomic under the GIL), the in-flight token that keeps a concurrently freed AU from
     # being reused under us, one syscall. Everything else goes through DataPath, which splits
     # the range with vmblock.store.ranges; the one-AU test here is ranges.units(...)[1] == 1
     # spelled inline (a call would add to every I/O).
@@ -66,9 +68,10 @@ class ExtentStore(BackingStore):
             inflight = space.inflight
             inflight.add(tok)
             try:
-                amap = self._maps.get(self.map_id)
-                if amap is not None:
-                    p = amap.item(first)
+                l1 = self._maps.get(self.map_id)
+                if l1 is not None:
+                    p = self._leaves.item((l1.item(first >> LEAF_BITS) << LEAF_BITS)
+                                          | (first & LEAF_MASK))
                     if p == UNMAPPED:
                         buf[:] = self._zeros[:n]
                     else:
@@ -95,14 +98,17 @@ class ExtentStore(BackingStore):
             inflight = space.inflight
             inflight.add(tok)
             try:
-                amap = self._maps.get(self.map_id)
-                if amap is not None:
-                    p = amap.item(first)
+                l1 = self._maps.get(self.map_id)
+                if l1 is not None:
+                    leaves = self._leaves
+                    i = (l1.item(first >> LEAF_BITS) << LEAF_BITS) | (first & LEAF_MASK)
+                    p = leaves.item(i)
                     # owned: in place. The map is read again after the refcount: a
                     # copy-on-write (or a move) remaps first and drops the old AU's count
                     # after, so a count of 1 read after that drop comes with the new map.
+                    # (A leaf is reused only once this I/O is over: its token is in flight.)
                     if p != UNMAPPED and space.refcount.item(p) == 1 \
-                            and amap.item(first) == p:
+                            and leaves.item(i) == p:
                         if p < space.ncap:
                             fd, pos = space.fd, (p - first) * au + offset
                         else:
@@ -134,8 +140,9 @@ class ExtentStore(BackingStore):
     def mapped_aus(self) -> np.ndarray:
         """The vAU numbers of this vdisk that are mapped (what a cache preload reads)."""
         with self.pool.lock:
-            amap = self._maps.get(self.map_id)
-            return np.flatnonzero(amap != UNMAPPED) if amap is not None else np.empty(0, np.int64)
+            if self.map_id not in self._maps:
+                return np.empty(0, np.int64)
+            return self.pool.live.entries(self.map_id)[0].astype(np.int64)
 
     def close(self) -> None:
         """The pool's tiers stay open for the other vdisks; nothing per vdisk to release."""

@@ -1,10 +1,9 @@
-"""Checking the extent store: every map key against the records and the in-memory state."""
+"""Checking the extent store: every map leaf against the records and the in-memory state."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from vmblock.native import extent as extent_kernels
 from vmblock.store.commit import Committer
 from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, n_vaus, scan_maps
 from vmblock.store.move import TierMover
@@ -12,7 +11,8 @@ from vmblock.store.move import TierMover
 
 def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dict],
           families: dict[int, int]) -> dict:
-    """Check every map key against the records and the in-memory state.
+    """Check every mapping of the meta DB's leaves against the records and the in-memory
+    state (live maps, their mapped counts, reference counts, space accounting).
 
     ``maps_info``: map id -> {"what": description, "size_bytes": n, "live": bool};
     ``families``: map id -> lineage family id (maps that may share AUs have the same one).
@@ -25,14 +25,15 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
             mids, vaus, file_aus, tiers = scan_maps(committer.db)
             refcount = space.refs().copy()
             held = space.held.copy()
-            live = {m: a.copy() for m, a in committer.live.maps.items()}
+            live = {m: committer.live.entries(m) for m in committer.live.maps}
+            counts = dict(committer.live.mapped)
             t_free, t_used = list(space.t_free), list(space.t_used)
     n = space.n_aus
     ncap = space.ncap
     known = np.array(sorted(maps_info), dtype=np.int64)
     orphan = ~np.isin(mids, known)
     if orphan.any():
-        errors.append(f"{int(orphan.sum())} map keys belong to no vdisk or snapshot "
+        errors.append(f"{int(orphan.sum())} map entries belong to no vdisk or snapshot "
                       f"(map ids {sorted(set(mids[orphan].tolist()))[:8]})")
     on_cap = tiers == TIER_CAPACITY
     on_flash = tiers == TIER_FLASH
@@ -62,12 +63,14 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
         if len(np.unique(p)) != len(p):
             errors.append(f"{info['what']}: a physical AU is mapped twice in one map")
         if info.get("live"):
-            arr = live.get(mid)
-            want = extent_kernels.new_map(limit)
+            got = live.get(mid)
             keep = vaus[sel] < limit
-            want[vaus[sel][keep]] = p[keep]
-            if arr is None or len(arr) != len(want) or not np.array_equal(arr, want):
+            if got is None or not np.array_equal(got[0], vaus[sel][keep]) \
+                    or not np.array_equal(got[1], p[keep]):
                 errors.append(f"{info['what']}: in-memory map differs from the meta DB")
+            elif counts.get(mid) != len(got[0]):
+                errors.append(f"{info['what']}: {counts.get(mid)} vAUs counted as mapped, "
+                              f"{len(got[0])} are")
     ok = ~orphan & ~out
     rebuilt = np.zeros(n, dtype=np.int64)
     np.add.at(rebuilt, paus[ok].astype(np.int64), 1)

@@ -10,6 +10,7 @@ import numpy as np
 
 from vmblock.errors import NoSpace
 from vmblock.native import extent as extent_kernels
+from vmblock.native.extent import LEAF_AUS, LEAF_BITS
 from vmblock.store.alloc import MOVE_BIAS
 from vmblock.store.commit import Committer
 from vmblock.store.layout import TIER_NAMES
@@ -38,9 +39,15 @@ class TierMover:
         self.step_lock = threading.Lock()
         self.move_step_hook: MoveStepHook | None = None
 
-    def _outside(self, amap: np.ndarray, tier: int) -> np.ndarray:
+    def _outside(self, paus: np.ndarray, tier: int) -> np.ndarray:
         lo, hi = self.space.bounds[tier]
-        return (amap != extent_kernels.UNMAPPED) & ((amap < lo) | (amap >= hi))
+        return (paus != extent_kernels.UNMAPPED) & ((paus < lo) | (paus >= hi))
+
+    def _starts(self, mid: int, chunk_aus: int) -> list[int]:
+        """The first vAU of every step over the present leaves of live map ``mid``."""
+        with self.lock:
+            slots = np.flatnonzero(self.live.get(mid)).tolist()
+        return [s * LEAF_AUS + k for s in slots for k in range(0, LEAF_AUS, chunk_aus)]
 
     def move(self, mid: int, tier: int, chunk_aus: int = MOVE_CHUNK_AUS) -> dict:
         """Relocate every AU of the live map ``mid`` that is not on ``tier`` to it, while I/O
@@ -64,7 +71,8 @@ class TierMover:
         with self.move_lock:
             t0 = time.monotonic()
             with self.lock:
-                need = int(np.count_nonzero(self._outside(live.get(mid), tier)))
+                live.get(mid)
+                need = int(np.count_nonzero(self._outside(live.entries(mid)[1], tier)))
                 free = space.t_free[tier]
             if need > free:
                 self.committer.flush()     # frees of that tier become free once durable and drained
@@ -79,20 +87,15 @@ class TierMover:
             live.tiers[mid] = tier
             moved = raced = steps = 0
             try:
+                chunk_aus = max(1, min(chunk_aus, LEAF_AUS))
                 for _ in range(3):      # a revert during the move can bring AUs back
                     found = False
-                    start = 0
-                    while True:
-                        with self.lock:
-                            amap = live.get(mid)
-                            if start >= len(amap):
-                                break
+                    for start in self._starts(mid, chunk_aus):
                         m, r = self._step(mid, tier, start, chunk_aus)
                         found |= m + r > 0
                         moved += m
                         raced += r
                         steps += m > 0
-                        start += chunk_aus
                     if not found:
                         break
             except BaseException:
@@ -121,7 +124,11 @@ class TierMover:
                      chunk_aus: int) -> tuple[int, int]:
         live, space = self.live, self.space
         with self.lock:
-            seg = live.get(mid)[start:start + chunk_aus]
+            live.get(mid)
+            count = min(chunk_aus, live.n_vaus(mid) - start)
+            if count <= 0:
+                return 0, 0
+            seg = live.lookup_many(mid, np.arange(start, start + count))
             idx = np.flatnonzero(self._outside(seg, tier))
             if not len(idx):
                 return 0, 0
@@ -154,20 +161,17 @@ class TierMover:
             # refcount without the lock, so a writer that read a vAU's old AU just before the
             # remap must still find it "shared" when it checks (and go round the lock).
             with self.lock:
-                amap = live.maps.get(mid)
                 keep = np.zeros(len(vs), dtype=bool)
-                if ok and amap is not None:
-                    inside = vs < len(amap)
-                    keep[inside] = amap[vs[inside]] == olds[inside]
+                if ok and mid in live.maps:
+                    keep = live.lookup_many(mid, vs) == olds
                 kv, kn, ko = vs[keep], news[keep], olds[keep].copy()
                 space.held[news] = 0
                 if len(kv):
                     space.refcount[kn] = 1
-                    amap[kv] = kn
+                    live.set_many(mid, kv, kn.astype(np.uint32))
                     space.t_used[tier] += len(kv)
-                    pending = self.committer.pending
-                    for v, q in zip(kv.tolist(), kn.tolist()):
-                        pending[(mid, v)] = q
+                    self.committer.pending.update(
+                        (mid, s) for s in np.unique(kv >> LEAF_BITS).tolist())
                     extent_kernels._add_refs(space.refcount, ko, -1)  # biased: none reaches 0
                     self.committer.last_write = next(space.tokens)
                 space.t_free[tier] += int(np.count_nonzero(~keep))

@@ -4,9 +4,11 @@
 
 * ``layout``: AU size, tiers, the meta DB's key layout; ``tier``: one tier file;
 * ``alloc.Allocator``: global AU numbers, reference counts, free space, held frees;
-* ``maps.LiveMaps``: every live vdisk's extent map (vAU -> physical AU), size and tier;
+* ``shm.SharedArray``: memfd-backed arrays other processes can map (leaves, L1s, refcounts);
+* ``maps.LiveMaps``: every live vdisk's two-level extent map (vAU -> physical AU) in one leaf
+  arena, its size and tier; ``migrate``: old per-AU map keys -> leaves;
 * ``events.StoreEvents``: events for the next commit and the low-space policy;
-* ``commit.Committer``: pending map keys, the commit order (data before the keys that point at
+* ``commit.Committer``: dirty leaves, the commit order (data before the keys that point at
   it), faults, metadata transactions (``MapTxn``);
 * ``datapath.DataPath``: reads and writes; ``move.TierMover``: tier moves;
 * ``prealloc.preallocate``: mapping zeroed AUs without writing them (benchmarks);
@@ -29,8 +31,9 @@ from vmblock.store.commit import Committer, StoreFault
 from vmblock.store.datapath import DataPath
 from vmblock.store.events import StoreEvents
 from vmblock.store.fsck import check_store
-from vmblock.store.layout import AU_SIZE, scan_maps
+from vmblock.store.layout import AU_SIZE, scan_leaves
 from vmblock.store.maps import LiveMaps
+from vmblock.store.migrate import migrate_au_keys
 from vmblock.store.move import MOVE_CHUNK_AUS, TierMover
 from vmblock.store.prealloc import preallocate
 from vmblock.store.tier import Tier
@@ -48,18 +51,24 @@ class PoolStore:
     def __init__(self, db, capacity: Tier, flash: Tier, live: dict[int, int],
                  thresholds: tuple[int, ...] = (80, 90, 95), au: int = AU_SIZE,
                  tiers: dict[int, int] | None = None, cache_bytes: int = 0):
-        """Open the store over the meta DB ``db``: rebuild reference counts and free space
-        from every map key and load the live maps ``live`` (map id -> size in bytes);
-        ``tiers``: map id -> the tier its new allocations go to."""
+        """Open the store over the meta DB ``db``: turn a pool's old per-AU map keys into
+        leaves (one transaction), read every leaf (few keys, big values), rebuild reference
+        counts and free space from them in one kernel pass and load the live maps ``live``
+        (map id -> size in bytes) into the leaf arena; ``tiers``: map id -> the tier its new
+        allocations go to."""
         self.db = db
         self.au = au
         self.capacity = capacity
         self.flash = flash
         self.lock = threading.Lock()
-        mids, vaus, file_aus, key_tiers = scan_maps(db)
-        self.space = Allocator(capacity, flash, au, self.lock, file_aus, key_tiers, cache_bytes)
+        migrate_au_keys(db)
+        mids, slots, file_rows, tier_rows = scan_leaves(db)
+        self.space = Allocator(capacity, flash, au, self.lock, file_rows.reshape(-1),
+                               tier_rows.reshape(-1), cache_bytes)
+        rows = self.space.loaded_aus.reshape(file_rows.shape)
+        self.space.loaded_aus = None
         self.live = LiveMaps(db, self.space)
-        self.live.load(live, mids, vaus, self.space.global_aus(file_aus, key_tiers))
+        self.live.load(live, mids, slots.astype(np.int64), rows)
         self.live.tiers.update(tiers or {})
         self.events = StoreEvents(self.space, thresholds)
         self.committer = Committer(db, self.space, self.live, self.events, self.lock)
@@ -108,6 +117,13 @@ class PoolStore:
         mapped one transaction per chunk; mapped vAUs are left alone (``prealloc``)."""
         preallocate(self.committer, self.data.zeros, map_id, first_vau, count)
 
+    @property
+    def shared_fds(self) -> dict[str, int]:
+        """The memfds another process maps to look maps and reference counts up read-only:
+        ``leaves`` and ``l1`` (``LiveMaps``), ``refcount`` (``Allocator``)."""
+        return {"leaves": self.live.leaf_fd, "l1": self.live.l1_fd,
+                "refcount": self.space.refcount_fd}
+
     def move(self, mid: int, tier: int, chunk_aus: int = MOVE_CHUNK_AUS) -> dict:
         """Move the live map ``mid`` to ``tier`` while I/O goes on (``TierMover.move``)."""
         return self.mover.move(mid, tier, chunk_aus)
@@ -130,4 +146,6 @@ class PoolStore:
             self.closed = True
             self.capacity.close()
             self.flash.close()
+            self.live.close()
+            self.space.shared_refs.close()
 
