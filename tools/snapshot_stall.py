@@ -84,6 +84,7 @@ class Reader(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        """Log in, then read until stopped (a unit attention is answered by reading again)."""
         c = IscsiClient(self.host, self.port)
         c.login(self.iqn, chap=self.chap)
         for _ in range(4):      # the unit attentions of a new nexus (power on, reset)
@@ -103,6 +104,7 @@ class Reader(threading.Thread):
         c.close()
 
     def window(self, a: float, b: float) -> str:
+        """p99 and max latency of the reads started between ``a`` and ``b``."""
         lat = [d for t, d in self.samples if a <= t <= b]
         if not lat:
             return "no reads"
@@ -111,6 +113,7 @@ class Reader(threading.Thread):
 
 
 def main() -> None:
+    """Build the pool, serve it, read, snapshot and clone, print (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--aus", type=int, default=1 << 20)
     ap.add_argument("--idle", type=float, default=2.0)
@@ -123,6 +126,8 @@ def main() -> None:
             tree = work / "tree"
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree),
                             a.candidate], check=True, capture_output=True)
+            # vmblock.native of that tree, not the editable install's (a path entry wins)
+            (tree / "vmblock" / "native").symlink_to("../native")
         env = {"PYTHONPATH": str(tree)}
         pool = work / "pool"
         py = [sys.executable]

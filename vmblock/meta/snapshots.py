@@ -74,6 +74,10 @@ def _take_snapshot(pool, name: str, vm: Vm | None, vdisk: Vdisk | None,
         raise AlreadyExists(f"a snapshot named {name!r} already exists there")
     batch = new_batch()
     with pool.store.transaction(batch) as txn:
+        # again inside: transactions run one at a time, so two takers cannot both pass
+        # (a server may run this verb off its event loop)
+        if pool.record(f"snapname/{scope}/{name}") is not None:
+            raise AlreadyExists(f"a snapshot named {name!r} already exists there")
         mids = pool.next_map_ids(batch, len(disks))
         snap = Snapshot(str(uuidlib.uuid4()), name, vm.uuid if vm else None,
                         vdisk.uuid if vdisk else None,
