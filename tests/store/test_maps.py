@@ -230,3 +230,14 @@ def test_arena_reuses_leaves_only_after_in_flight_io(pool_dir):
 def test_maps_reserve_enough_for_a_pool():
     """The arenas are reserved (address space, not memory) for 4 G mapped AUs of live maps."""
     assert maps_module.LEAF_RESERVE * LEAF_AUS >= 1 << 32
+
+
+def test_check_finds_a_mapped_count_that_differs_from_the_leaves(pool_dir):
+    p = Pool(pool_dir)
+    store_of(p).write(0, memoryview(b"\x01" * 3 * AU))
+    p.store.live.mapped[p.vdisk("d1").map_id] += 1
+    r = p.check()
+    assert not r["ok"] and "4 vAUs counted as mapped, 3 are" in " ".join(r["errors"])
+    p.store.live.mapped[p.vdisk("d1").map_id] -= 1
+    assert p.check()["ok"]
+    p.close()

@@ -87,6 +87,7 @@ class Allocator:
         self.bounds = ((0, ncap), (ncap, n))
         # in shared memory, for worker processes that look reference counts up read-only
         self.shared_refs = SharedArray("vmblock-refcount", extent_kernels.REF_DTYPE, n)
+        self.shared_refs.ensure(n)
         self.refcount = self.shared_refs.array
         self.held = np.zeros(n, dtype=np.uint8)
         self.loaded_aus, _ = extent_kernels.count_refs(self.refcount, file_aus, tiers,
@@ -123,14 +124,9 @@ class Allocator:
             return self.fd, p * self.au
         return self.ffd, (p - self.fshift) * self.au
 
-    def global_aus(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
-        """Global AU numbers of (AU in its tier, tier) pairs as the meta DB stores them."""
-        paus = file_aus.astype(np.int64)
-        paus[tiers == TIER_FLASH] += self.fshift
-        return paus.astype(np.uint32)
-
     def global_rows(self, file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
-        """``global_aus`` of leaves as the meta DB stores them (UNMAPPED stays UNMAPPED)."""
+        """Global AU numbers of (AU in its tier, tier) pairs as the meta DB stores them
+        (UNMAPPED stays UNMAPPED)."""
         paus = file_aus.astype(np.int64)
         paus[tiers == TIER_FLASH] += self.fshift
         paus[file_aus == extent_kernels.UNMAPPED] = extent_kernels.UNMAPPED

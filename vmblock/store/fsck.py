@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vmblock.native import extent as extent_kernels
 from vmblock.store.commit import Committer
 from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, n_vaus, scan_maps
 from vmblock.store.move import TierMover
@@ -26,7 +27,9 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
             refcount = space.refs().copy()
             held = space.held.copy()
             live = {m: committer.live.entries(m) for m in committer.live.maps}
-            counts = dict(committer.live.mapped)
+            counts = {m: (n, extent_kernels.count_mapped(committer.live.maps[m],
+                                                          committer.live.leaves))
+                      for m, n in committer.live.mapped.items()}
             t_free, t_used = list(space.t_free), list(space.t_used)
     n = space.n_aus
     ncap = space.ncap
@@ -68,9 +71,9 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
             if got is None or not np.array_equal(got[0], vaus[sel][keep]) \
                     or not np.array_equal(got[1], p[keep]):
                 errors.append(f"{info['what']}: in-memory map differs from the meta DB")
-            elif counts.get(mid) != len(got[0]):
-                errors.append(f"{info['what']}: {counts.get(mid)} vAUs counted as mapped, "
-                              f"{len(got[0])} are")
+            elif counts.get(mid, (0, 0))[0] != counts.get(mid, (0, 0))[1]:
+                errors.append(f"{info['what']}: {counts[mid][0]} vAUs counted as mapped, "
+                              f"{counts[mid][1]} are")
     ok = ~orphan & ~out
     rebuilt = np.zeros(n, dtype=np.int64)
     np.add.at(rebuilt, paus[ok].astype(np.int64), 1)

@@ -9,7 +9,7 @@ L1 costs 4 bytes per 16 MiB of vdisk size, in pages that stay untouched (so cost
 until a leaf of theirs is used.
 
 The leaf arena and the L1 arena are ``SharedArray``s (memfds mapped shared, reserved large,
-never moved): another process given ``leaf_fd``/``l1_fd`` maps the same pages and, with a
+never moved, the files grown as leaves and L1s are taken): another process given ``leaf_fd``/``l1_fd`` maps the same pages and, with a
 map's ``l1_slot`` (offset and length in the L1 arena), looks it up read-only.
 
 Everything here runs under the store lock, except that the data path reads L1s and leaves
@@ -64,6 +64,7 @@ class LiveMaps:
         self.arena = SharedArray("vmblock-leaves", MAP_DTYPE, LEAF_RESERVE * LEAF_AUS)
         self.leaves = self.arena.array
         self.rows = self.leaves.reshape(-1, LEAF_AUS)
+        self.arena.ensure(LEAF_AUS)
         self.rows[0] = UNMAPPED
         self.leaf_top = 1                       # leaves below it have been used
         self.free_leaves: list[int] = []
@@ -128,9 +129,15 @@ class LiveMaps:
         got = self.free_leaves[len(self.free_leaves) - reuse:]
         del self.free_leaves[len(self.free_leaves) - reuse:]
         bump = k - reuse
-        if self.leaf_top + bump > LEAF_RESERVE:
-            self.free_leaves.extend(got)
-            raise PoolError(f"the extent-map leaf arena is full ({LEAF_RESERVE} leaves)")
+        if bump:
+            try:
+                if self.leaf_top + bump > LEAF_RESERVE:
+                    raise OSError(errno.ENOSPC, f"{LEAF_RESERVE} leaves at most")
+                self.arena.ensure((self.leaf_top + bump) * LEAF_AUS)
+            except OSError as e:
+                self.free_leaves.extend(got)
+                raise PoolError(f"the extent-map leaf arena cannot grow: {e.strerror}") \
+                    from None
         ids = np.concatenate([np.array(got, dtype=np.int64),
                               np.arange(self.leaf_top, self.leaf_top + bump, dtype=np.int64)])
         self.leaf_top += bump
@@ -147,8 +154,13 @@ class LiveMaps:
             off = free.pop()
         else:
             off = self.l1_top
-            if off + cap > L1_RESERVE:
-                raise PoolError(f"the extent-map L1 arena is full ({L1_RESERVE} entries)")
+            try:
+                if off + cap > L1_RESERVE:
+                    raise OSError(errno.ENOSPC, f"{L1_RESERVE} entries at most")
+                self.l1_arena.ensure(off + cap)
+            except OSError as e:
+                raise PoolError(f"the extent-map L1 arena cannot grow: {e.strerror}") \
+                    from None
             self.l1_top += cap
         return off, cap, self.l1_arena.array[off:off + n]
 
