@@ -8,7 +8,6 @@ the same verbs work on the pool alone and the next server starts with what they 
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from vmblock.admin.schema import GroupName, MemberKind, Name, Priority, Promotion, Share
@@ -163,6 +162,7 @@ class CacheVerbs:
         return self._preload(store, vdisk, cache.bs)
 
     async def _preload(self, store: CachedStore, vdisk: str, bs: int) -> dict:
+        import asyncio      # only the server runs this: a CLI command need not load asyncio
         blocks = await asyncio.get_running_loop().run_in_executor(None, store.preload)
         return {"name": vdisk, "cached_blocks": blocks, "cached_bytes": blocks * bs}
 
