@@ -129,13 +129,20 @@ def open_cache(pool: Pool, settings: Settings) -> flash_cache.FlashCache | None:
 
 
 def cached_store(cache: flash_cache.FlashCache, pool: Pool, disk: Vdisk,
-                 store: BackingStore) -> flash_cache.CachedStore:
-    """Put the cache in front of one vdisk's store, in its group with its pin."""
-    vm = pool.vm_by_uuid(disk.vm).name if disk.vm else None
+                 store: BackingStore, vm_names: dict[str, str] | None = None
+                 ) -> flash_cache.CachedStore:
+    """Put the cache in front of one vdisk's store, in its group with its pin. At start
+    ``vm_names`` (VM uuid -> name) saves a read per vdisk and the caller sets every vdisk's
+    group at once afterwards (``Server.start``); without it this vdisk's group is set here."""
+    if vm_names is not None:
+        vm = vm_names.get(disk.vm) if disk.vm else None
+    else:
+        vm = pool.vm_by_uuid(disk.vm).name if disk.vm else None
     vid = cache.attach(disk.uuid, disk.name, vm)
-    groups = pool.eviction_groups
-    cache.set_groups(groups.slot_table(), {disk.uuid: (groups.group_of(disk),
-                                                       groups.pinned(disk))})
+    if vm_names is None:
+        groups = pool.eviction_groups
+        cache.set_groups(groups.slot_table(), {disk.uuid: (groups.group_of(disk),
+                                                           groups.pinned(disk))})
     return flash_cache.CachedStore(cache, store, vid)
 
 
@@ -197,12 +204,13 @@ class Server:
         if had_chap:
             self.warn_open([iqn])      # its CHAP keys were just unset
 
-    def add_vdisk(self, disk: Vdisk) -> None:
+    def add_vdisk(self, disk: Vdisk, vm_names: dict[str, str] | None = None) -> None:
         """Serve a vdisk: open its store (behind the flash cache when there is one, bypassed on
-        the flash tier) and add it as LUN ``disk.lun`` of its target."""
+        the flash tier) and add it as LUN ``disk.lun`` of its target. ``vm_names``: see
+        ``cached_store`` (given by ``start`` only)."""
         store = self.pool.open_store(disk)
         if self.cache is not None:
-            store = cached_store(self.cache, self.pool, disk, store)
+            store = cached_store(self.cache, self.pool, disk, store, vm_names)
             store.bypass = disk.tier == "flash"     # flash-tier data needs no cache
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
@@ -262,8 +270,13 @@ class Server:
             self.committer = asyncio.create_task(self._commit_loop(interval))
         for t in self.pool.targets():
             self.add_target(t.iqn)
+        # thousands of vdisks: the VMs' names read once, every vdisk's group set at once
+        vm_names = {vm.uuid: vm.name for vm in self.pool.vms()}
         for disk in self.pool.vdisks():
-            self.add_vdisk(disk)
+            self.add_vdisk(disk, vm_names)
+        if self.cache is not None:
+            groups = self.pool.eviction_groups
+            self.cache.set_groups(groups.slot_table(), groups.members())
         self.service = IscsiService(self.targets, iscsi_config(settings))   # settings are checked
         count = settings.get("server.workers")
         if count:

@@ -10,6 +10,9 @@ them (vmblock.admin.verbs) and ``run_verb`` is the one way in, arguments checked
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from vmblock.admin.cache import CacheVerbs, Runtime
 from vmblock.admin.schema import (
     EventLimit,
@@ -26,10 +29,12 @@ from vmblock.admin.schema import (
 from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
-from vmblock.meta import Pool, Vdisk
-from vmblock.meta.model import Snapshot
+from vmblock.meta.model import Snapshot, Vdisk
 from vmblock.settings import format_portal
 from vmblock.units import parse_size
+
+if TYPE_CHECKING:       # the pool brings the store (numpy, Numba): see vmblock.meta
+    from vmblock.meta import Pool
 
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -57,11 +62,23 @@ class Api:
     def url(self, disk: Vdisk) -> str:
         """``iscsi://[user%secret@]host:port/iqn/lun``, libiscsi's syntax (QEMU's too), so
         the URL works as it is; the settings' CHAP check keeps out what it cannot carry."""
+        return self.urls()(disk)
+
+    def urls(self) -> Callable[[Vdisk], str]:
+        """``url`` for many vdisks: the portal read once, each target's credentials once
+        (both come from the settings, which a lookup per vdisk would merge again)."""
         host, port = self.portals()[0]
-        chap = self.chap(disk.target)
-        creds = f"{chap.user}%{chap.secret}@" if chap else ""
-        return (f"iscsi://{creds}{format_portal(_WILDCARD.get(host, host), port)}/"
-                f"{disk.target}/{disk.lun}")
+        portal = format_portal(_WILDCARD.get(host, host), port)
+        bases: dict[str, str] = {}
+
+        def url(disk: Vdisk) -> str:
+            base = bases.get(disk.target)
+            if base is None:
+                chap = self.chap(disk.target)
+                creds = f"{chap.user}%{chap.secret}@" if chap else ""
+                base = bases[disk.target] = f"iscsi://{creds}{portal}/{disk.target}/"
+            return f"{base}{disk.lun}"
+        return url
 
     # What a running server must also do after a change; nothing runs to be told without one.
 
@@ -79,12 +96,25 @@ class Api:
         return False
 
     def _vdisk_json(self, disk: Vdisk) -> dict:
-        d = disk.dump()
-        d["vm"] = self.pool.vm_by_uuid(disk.vm).name if disk.vm else None
-        d["url"] = self.url(disk)
-        d["used_bytes"] = d["allocated_bytes"] = self.pool.used_bytes(disk)
-        d["tier_bytes"] = self.pool.tier_bytes(disk)    # used bytes on each tier
-        return d
+        return self._vdisks_json([disk])[0]
+
+    def _vdisks_json(self, disks: list[Vdisk]) -> list[dict]:
+        """The JSON of each vdisk; VM names and URLs looked up once for all of them."""
+        if len(disks) == 1:     # one vdisk: read its VM alone, not every VM of the pool
+            vm_names = {d.vm: self.pool.vm_by_uuid(d.vm).name for d in disks if d.vm}
+        else:
+            vm_names = {vm.uuid: vm.name for vm in self.pool.vms()}
+        url = self.urls()
+        out = []
+        for disk in disks:
+            d = disk.dump()
+            d["vm"] = (vm_names.get(disk.vm) or self.pool.vm_by_uuid(disk.vm).name
+                       if disk.vm else None)
+            d["url"] = url(disk)
+            d["used_bytes"] = d["allocated_bytes"] = self.pool.used_bytes(disk)
+            d["tier_bytes"] = self.pool.tier_bytes(disk)    # used bytes on each tier
+            out.append(d)
+        return out
 
     def _snapshot_json(self, snap: Snapshot) -> dict:
         d = snap.dump()
@@ -126,7 +156,8 @@ class Api:
     def vm_show(self, name: Name) -> dict:
         """The VM with its vdisks (name, url, size, used), snapshots and lineage."""
         vm = self.pool.vm(name)
-        disks = [{"name": d.name, "uuid": d.uuid, "url": self.url(d),
+        url = self.urls()
+        disks = [{"name": d.name, "uuid": d.uuid, "url": url(d),
                   "size_bytes": d.size_bytes, "used_bytes": self.pool.used_bytes(d),
                   "lun": d.lun, "target": d.target, "parent": d.parent}
                  for d in self.pool.vdisks(vm=name)]
@@ -237,7 +268,7 @@ class Api:
     @verb
     def vdisk_list(self, vm: Name | None = None) -> list[dict]:
         """Every vdisk (of one VM if ``vm``) with its URL and used bytes."""
-        return [self._vdisk_json(d) for d in self.pool.vdisks(vm=vm)]
+        return self._vdisks_json(self.pool.vdisks(vm=vm))
 
     @verb
     def vdisk_show(self, name: Name) -> dict:

@@ -8,18 +8,20 @@ the same verbs work on the pool alone and the next server starts with what they 
 
 from __future__ import annotations
 
-import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vmblock.admin.schema import GroupName, MemberKind, Name, Priority, Promotion, Share
 from vmblock.admin.verbs import verb
-from vmblock.cache.directory import COUNTERS
-from vmblock.cache.groups import GroupSpec, parse_share
-from vmblock.cache.flash import CachedStore, FlashCache
 from vmblock.errors import InvalidArgument, ServerError
-from vmblock.meta import Pool
-from vmblock.meta.groups import DEFAULT
-from vmblock.store.backend import BackingStore
+
+# The cache, the group model and the store bring numpy and Numba: the verbs import them when
+# they run, so the verb table (which every CLI command loads, also one that only talks to a
+# running server) does not.
+if TYPE_CHECKING:
+    from vmblock.cache.flash import CachedStore, FlashCache
+    from vmblock.cache.groups import GroupSpec
+    from vmblock.meta import Pool
+    from vmblock.store.backend import BackingStore
 
 
 class Runtime(Protocol):
@@ -36,6 +38,7 @@ def _ratio(hits: int, total: int) -> float:
 
 
 def _counters(row) -> dict:
+    from vmblock.cache.directory import COUNTERS
     d = dict(zip(COUNTERS, (int(x) for x in row)))
     reads = d["read_hits"] + d["read_misses"]
     writes = d["write_hits"] + d["write_misses"]
@@ -77,6 +80,7 @@ class CacheVerbs:
                      pinned: bool = False) -> dict:
         """Create an eviction group; ``min`` and ``max`` are shares of the cache ('10%' or
         '0.1')."""
+        from vmblock.cache.groups import GroupSpec, parse_share
         spec = GroupSpec(name, int(priority), parse_share(min, "--min"),
                          parse_share(max, "--max"), promote, bool(pinned))
         self.pool.eviction_groups.create(spec)
@@ -89,6 +93,7 @@ class CacheVerbs:
                   promote: Promotion | None = None, pinned: bool | None = None) -> dict:
         """Change a group's settings (None keeps one); ``evicted``: blocks the running cache
         gave up at once to fit a lowered maximum."""
+        from vmblock.cache.groups import parse_share
         self.pool.eviction_groups.update(
             name, priority=None if priority is None else int(priority),
             min=None if min is None else parse_share(min, "--min"),
@@ -142,6 +147,7 @@ class CacheVerbs:
     def cache_preload(self, vdisk: Name):
         """Read a vdisk's mapped extents into the running cache (an awaitable: the reads run
         in the executor while the event loop keeps serving I/O)."""
+        from vmblock.cache.flash import CachedStore
         cache = self._flash_cache()
         disk = self.pool.vdisk(vdisk)
         if disk.tier == "flash":
@@ -157,12 +163,15 @@ class CacheVerbs:
         return self._preload(store, vdisk, cache.bs)
 
     async def _preload(self, store: CachedStore, vdisk: str, bs: int) -> dict:
+        import asyncio      # only the server runs this: a CLI command need not load asyncio
         blocks = await asyncio.get_running_loop().run_in_executor(None, store.preload)
         return {"name": vdisk, "cached_blocks": blocks, "cached_bytes": blocks * bs}
 
     @verb
     def cache_show(self) -> dict:
         """Configuration, occupancy and hit accounting per vdisk, per VM and per group."""
+        from vmblock.cache.directory import COUNTERS
+        from vmblock.meta.groups import DEFAULT
         t = self.pool.eviction_groups
         groups = t.slots()
         disks = self.pool.vdisks()
@@ -184,6 +193,7 @@ class CacheVerbs:
                "groups": {}, "vdisks": {}, "vms": {}}
         ids = cache.ids if cache is not None else {}
         by_group: dict[str, list] = {s.name: [] for _, s in groups}
+        vm_groups: dict[str, set[str]] = {}      # VM name -> the groups of its vdisks
         for disk in disks:
             vid = ids.get(disk.uuid)
             row = snap["vd_cnt"][vid] if (snap is not None and vid is not None) else zero
@@ -198,6 +208,7 @@ class CacheVerbs:
             out["vdisks"][disk.name] = d
             by_group.setdefault(group, []).append(disk.name)
             if vm is not None:
+                vm_groups.setdefault(vm, set()).add(group)
                 acc = out["vms"].setdefault(vm, {"name": vm, "vdisks": [], "_row": [0] * len(
                     COUNTERS), "cached_blocks": 0})
                 acc["vdisks"].append(disk.name)
@@ -218,9 +229,7 @@ class CacheVerbs:
             g.update(cached_blocks=cached, cached_bytes=cached * bs,
                      occupancy=_ratio(cached, nslots),
                      vdisks=sorted(by_group.get(spec.name, [])),
-                     vms=sorted(vm for vm, a in out["vms"].items()
-                                if any(members.get(d.uuid, (DEFAULT,))[0] == spec.name
-                                       for d in disks if d.name in a["vdisks"])))
+                     vms=sorted(vm for vm in out["vms"] if spec.name in vm_groups[vm]))
             out["groups"][spec.name] = g
         out["totals"] = _counters(snap["grp_cnt"].sum(axis=0) if snap is not None else zero)
         return out

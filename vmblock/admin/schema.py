@@ -9,15 +9,14 @@ checked where it is used (vmblock.settings, vmblock.meta.model), which gives the
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import unicodedata
 from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Union, get_args, get_origin, get_type_hints
 
-from vmblock.cache.groups import PROMOTE
 from vmblock.errors import InvalidArgument
-from vmblock.store.layout import TIER_NAMES
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
                float: "a number", bool: "true or false", type(None): "null"}
@@ -79,16 +78,27 @@ class Flag:
 
 @dataclass(frozen=True)
 class OneOf:
-    """One of a few words (a tier, a promotion policy)."""
+    """One of a few words (a tier, a promotion policy): given, or named ``"module:NAME"``
+    and looked up when first checked, so the verb table loads without the module that owns
+    them (the store and the cache bring numpy and Numba, which a CLI command talking to a
+    running server never needs)."""
 
-    choices: tuple[str, ...]
+    choices: tuple[str, ...] | str
+
+    def words(self) -> tuple[str, ...]:
+        """The allowed words."""
+        if isinstance(self.choices, str):
+            module, _, name = self.choices.partition(":")
+            return tuple(getattr(importlib.import_module(module), name))
+        return self.choices
 
     def check(self, where: str, value) -> None:
-        """Raise InvalidArgument (naming ``where``) unless ``value`` is one of ``choices``."""
-        if not isinstance(value, str) or value not in self.choices:
+        """Raise InvalidArgument (naming ``where``) unless ``value`` is one of the words."""
+        words = self.words()
+        if not isinstance(value, str) or value not in words:
             shown = repr(value) if isinstance(value, str) and len(value) <= 40 else \
                 _json_type(value)
-            raise InvalidArgument(f"{where} must be one of {', '.join(self.choices)}, "
+            raise InvalidArgument(f"{where} must be one of {', '.join(words)}, "
                                   f"not {shown}")
 
 
@@ -142,8 +152,8 @@ Share = Annotated[str, FRACTION]
 Priority = Annotated[int, PRIORITY]
 EventLimit = Annotated[int, EVENT_LIMIT]
 SizeText = Annotated[str | int, Size()]
-TierName = Annotated[str, OneOf(TIER_NAMES)]
-Promotion = Annotated[str, OneOf(tuple(PROMOTE))]
+TierName = Annotated[str, OneOf("vmblock.store.layout:TIER_NAMES")]
+Promotion = Annotated[str, OneOf("vmblock.cache.groups:PROMOTE")]
 MemberKind = Annotated[str, OneOf(("vm", "vdisk"))]
 
 

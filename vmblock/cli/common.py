@@ -18,8 +18,6 @@ import click
 from vmblock import DEFAULT_POOL
 from vmblock.admin.api import VERBS, Api
 from vmblock.admin.client import AdminClient, LocalClient
-from vmblock.meta import Pool
-from vmblock.meta.pool import OWNER_ONLY_UMASK
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
@@ -35,6 +33,10 @@ def open_api(ctx: click.Context, create: bool = False) -> AdminClient | LocalCli
     client = AdminClient.connect(os.path.join(path, "admin.sock"))
     if client is not None:
         return client
+    # only now: the pool brings the extent store (numpy, Numba), which a command that talks
+    # to a running server never needs
+    from vmblock.meta import Pool
+    from vmblock.meta.pool import OWNER_ONLY_UMASK
     umask = os.umask(OWNER_ONLY_UMASK)    # what RocksDB writes into the pool is owner-only
     ctx.call_on_close(lambda: os.umask(umask))
     pool = Pool(path, create=create)

@@ -9,9 +9,7 @@ import click
 from vmblock import DEFAULT_POOL
 from vmblock.admin.client import AdminClient
 from vmblock.errors import ServerError
-from vmblock.meta import Pool
 from vmblock.meta.config import check_settings
-from vmblock.meta.pool import OWNER_ONLY_UMASK
 from vmblock.settings import Settings, load_toml, parse_portal
 
 
@@ -37,7 +35,10 @@ def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
     pool_dir = ctx.find_root().params["pool"] or file_pool or DEFAULT_POOL
     if AdminClient.connect(os.path.join(pool_dir, "admin.sock")) is not None:
         raise ServerError(f"a server is already running on pool {os.path.abspath(pool_dir)}")
-    from vmblock import server   # the fabric and SCSI core load only for serve
+    # the fabric, the SCSI core and the pool's store load only for serve
+    from vmblock import server
+    from vmblock.meta import Pool
+    from vmblock.meta.pool import OWNER_ONLY_UMASK
 
     os.umask(OWNER_ONLY_UMASK)    # the whole server: RocksDB's files, the admin socket
     pool = Pool(pool_dir, create=True)

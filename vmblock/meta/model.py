@@ -110,8 +110,10 @@ class Vm:
     EDITABLE = ("guest_os", "location", "active")
 
     def dump(self) -> dict:
-        """The record as a JSON-ready dict: what is stored and what the admin verbs return."""
-        return asdict(self)
+        """The record as a JSON-ready dict: what is stored and what the admin verbs return.
+        A shallow copy (``asdict`` deep-copies, a third of ``vm list`` at 1,000 VMs): the
+        nested values (lineage, policies) are plain JSON already and shared with this record."""
+        return dict(vars(self))
 
 
 @dataclass
@@ -146,7 +148,7 @@ class Vdisk:
     def dump(self) -> dict:
         """The record for the admin verbs: ``vm`` shown as ``vm_uuid``, plus the serial and NAA
         initiators see. The stored form is ``asdict`` (Vdisk(**v) reads it back)."""
-        d = asdict(self)
+        d = dict(vars(self))        # shallow, as Vm.dump: ``parent`` is plain JSON
         d["vm_uuid"] = d.pop("vm")
         d["serial"] = self.serial
         d["naa"] = f"{self.naa:032x}"

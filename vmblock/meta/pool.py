@@ -391,7 +391,8 @@ class Pool:
     def free_luns(self, iqn: str, count: int) -> list[int]:
         """The ``count`` lowest LUNs of target ``iqn`` no vdisk uses; InvalidArgument when
         there are not that many."""
-        used = self.luns(iqn)
+        prefix = f"lun/{iqn}/".encode()     # the keys say which LUNs are used: no values read
+        used = {int(k[len(prefix):]) for k, _ in self._db.scan(prefix)}
         free = [n for n in range(MAX_LUN + 1) if n not in used][:count]
         if len(free) < count:
             raise InvalidArgument(f"target {iqn} has no free LUN")

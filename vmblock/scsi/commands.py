@@ -264,8 +264,18 @@ def _fill(table: CommandTable, specs) -> CommandTable:
 NO_LU_TABLE: CommandTable = _fill([None] * 256, NO_LU_SPECS)
 
 
+# The tables built so far, by the abilities they follow from (``lu.can_unmap``): LUs alike
+# share one, so a pool of thousands of LUNs builds two tables, not one each (time and RAM).
+_TABLES: dict[bool, CommandTable] = {}
+
+
 def build_table(lu: LogicalUnit) -> CommandTable:
     """The command table of one LU: SPC commands plus the SBC commands its store supports.
-    The list exists before its rows so REPORT SUPPORTED OPERATION CODES can report it."""
-    table: CommandTable = [None] * 256
-    return _fill(table, _spc_specs(table) + _sbc_specs(lu))
+    The list exists before its rows so REPORT SUPPORTED OPERATION CODES can report it. Tables
+    are never changed once built, so LUs with the same abilities share one."""
+    key = bool(lu.can_unmap)
+    table = _TABLES.get(key)
+    if table is None:
+        table = [None] * 256
+        _TABLES[key] = _fill(table, _spc_specs(table) + _sbc_specs(lu))
+    return table

@@ -68,7 +68,11 @@ class ScsiTarget:
         return lu
 
     def _luns_changed(self) -> None:
-        # SPC-4 6.27: REPORTED LUNS DATA HAS CHANGED for every nexus.
+        # SPC-4 6.27: REPORTED LUNS DATA HAS CHANGED for every nexus. Without one there is
+        # nobody to tell (the server adds its LUNs before the first login: O(LUNs) per add
+        # would make a start with thousands of LUNs quadratic).
+        if not self.nexuses:
+            return
         for lu in self.luns.values():
             lu.add_ua_all(SenseReason.REPORTED_LUNS_DATA_HAS_CHANGED)
 
