@@ -482,6 +482,8 @@ class LiveApi(Api):
         if row.apply is Apply.FABRIC:
             try:
                 self.server.service.reconfigure(iscsi_config(self.server.settings()))
+                if self.server.workers is not None:
+                    self.server.workers.reconfigure()
             except InvalidArgument:
                 return False   # the set as a whole is refused: the next start says why
             return True

@@ -252,9 +252,24 @@ class WorkerPool:
         w.channel.send(Msg.HANDOFF, *pack_handoff(self._describe(conn, sess), pending),
                        fds=(sock.detach(),))
 
-    def _describe(self, conn: ConnectionMachine, sess: Session) -> dict:
+    def _fabric(self) -> dict:
+        """The fabric settings a worker runs its connections with (``HANDOFF``, ``CONFIG``)."""
         cfg = self.service.config
         share = cfg.data_budget // self.count       # each worker holds its share of it
+        return {"max_pdu": self.service.max_pdu,
+                "config": {"nop_interval": cfg.nop_interval, "nop_timeout": cfg.nop_timeout,
+                           "tpgt": cfg.tpgt, "data_budget": share,
+                           "data_budget_per_host": min(cfg.data_budget_per_host, share)}}
+
+    def reconfigure(self) -> None:
+        """The service was reconfigured (``Apply.FABRIC``): every worker takes the new
+        settings for its running connections, as the owner's own do."""
+        msg = pack_json(self._fabric())
+        for w in self.workers:
+            if w is not None:
+                w.channel.send(Msg.CONFIG, msg)
+
+    def _describe(self, conn: ConnectionMachine, sess: Session) -> dict:
         neg = sess.params
         return {
             "tsih": sess.tsih, "isid": sess.isid, "initiator": sess.initiator,
@@ -262,11 +277,9 @@ class WorkerPool:
             "luns": sorted(sess.target.scsi.luns), "cid": conn.cid, "statsn": conn.statsn,
             "exp_cmdsn": sess.exp_cmdsn, "max_cmdsn": sess.max_cmdsn,
             "peer": list(conn.peer[:2]), "portal": list(conn.portal[:2]),
-            "offer": neg.offer, "result": neg.result, "max_pdu": self.service.max_pdu,
+            "offer": neg.offer, "result": neg.result,
             "send_targets": self.service.send_targets("All", sess),
-            "config": {"nop_interval": cfg.nop_interval, "nop_timeout": cfg.nop_timeout,
-                       "tpgt": cfg.tpgt, "data_budget": share,
-                       "data_budget_per_host": min(cfg.data_budget_per_host, share)},
+            **self._fabric(),
         }
 
     def luns_changed(self, target: str, luns) -> None:

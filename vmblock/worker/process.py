@@ -101,7 +101,8 @@ class WorkerService:
         self.send_targets_answer: dict[int, list] = {}     # TSIH -> the session's SendTargets
 
     def configure(self, info: dict) -> None:
-        """Take the owner's current fabric settings (sent with each ``HANDOFF``)."""
+        """Take the owner's current fabric settings (sent with each ``HANDOFF`` and in
+        ``CONFIG`` when they change)."""
         self.config = IscsiConfig(**info["config"])
         self.max_pdu = info["max_pdu"]
         self.budget.total = self.config.data_budget
@@ -201,6 +202,8 @@ class WorkerProcess:
             target = self.targets.get(msg["target"])
             if target is not None:
                 target.luns = set(msg["luns"])
+        elif mtype == Msg.CONFIG:
+            self.service.configure(unpack_json(payload))
         elif mtype == Msg.STOP:
             self.stop()
         else:
