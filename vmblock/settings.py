@@ -50,12 +50,13 @@ _URL_UNSAFE = {"chap_user": "%@?", "chap_secret": "@?"}
 # What pools created from now on store: every new target gets random CHAP credentials.
 NEW_TARGET_CHAP_KEY = "auth.new_target_chap"
 
-# The largest sizes the pool describes (vmblock.store.extent keeps its tables in RAM, dense, at
-# one 64 KiB allocation unit per entry). A vdisk's extent map takes 4 bytes per AU and every
-# process that opens the pool builds it: 4 TiB costs 256 MiB. A tier takes 5 bytes per AU
+# The largest sizes the pool describes. A vdisk's extent map is two-level (vmblock.store.maps):
+# its L1 takes 4 bytes per 16 MiB of size, touched only where something is written, and leaves
+# are taken as data is mapped, so the size costs almost nothing until written; 64 TiB keeps
+# every vAU inside the 32 bits the kernels index with. A tier takes 5 bytes of RAM per AU
 # (reference count and hold flag): 16 TiB costs 1.25 GiB, and both tiers' AU numbers stay far
 # inside the 32 bits the maps store.
-MAX_VDISK_BYTES = 4 << 40
+MAX_VDISK_BYTES = 64 << 40
 MAX_TIER_BYTES = 16 << 40
 
 # The fabric's limits (vmblock.iscsi.portal.IscsiConfig): what initiators, hostile or broken,

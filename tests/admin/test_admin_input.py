@@ -42,9 +42,9 @@ def set_keys(run) -> dict:
 # ---- sizes --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size, message", [
-    ("16T", "over the largest vdisk, 4 TiB"),
-    ("1P", "over the largest vdisk, 4 TiB"),
-    ("999999999P", "over the largest vdisk, 4 TiB"),
+    ("128T", "over the largest vdisk, 64 TiB"),
+    ("1P", "over the largest vdisk, 64 TiB"),
+    ("999999999P", "over the largest vdisk, 64 TiB"),
     ("99999999999999999999999P", "bad size"),
     ("0", "positive multiple of 512"),
     ("1000", "positive multiple of 512"),
@@ -56,12 +56,12 @@ def test_vdisk_sizes_the_pool_cannot_describe_are_one_line(run, size, message):
     run("vdisk", "create", "small", "--size", "1M")
     assert "no vdisk named 'big'" in error_line(run("vdisk", "show", "big", code=2))
     assert "over the largest vdisk" in error_line(
-        run("vdisk", "resize", "small", "--size", "16T", code=2))
+        run("vdisk", "resize", "small", "--size", "65T", code=2))
     assert json.loads(run("vdisk", "show", "small", "--json").stdout)["size_bytes"] == 1 << 20
 
 
 def test_largest_vdisk_is_accepted(run):
-    run("vdisk", "create", "max", "--size", "4T")
+    run("vdisk", "create", "max", "--size", "64T")
     assert json.loads(run("vdisk", "show", "max", "--json").stdout)["size_bytes"] == \
         MAX_VDISK_BYTES
     assert "over the largest vdisk" in error_line(
@@ -119,7 +119,7 @@ def test_tier_size_must_fit_the_file_system(tmp_path):
 
 
 def test_sizes_over_the_server_are_one_line_exit_2(vmblock_server):
-    for size in ("1P", "16T", "999999999P"):
+    for size in ("1P", "128T", "999999999P"):
         p = vmblock_server.cli("vdisk", "create", "x", "--size", size, check=False)
         assert p.returncode == 2, p.stderr
         assert p.stderr.startswith("vmblock: error: size ") and \

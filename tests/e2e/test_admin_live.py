@@ -115,7 +115,7 @@ TAME_VALUES = {
 }
 # values of the right type but wrong otherwise
 WRONG_VALUES = {
-    "size": ["0", "-512", "1000", "16T", "1P", "999999999P", "1e9", -1, 0,
+    "size": ["0", "-512", "1000", "128T", "1P", "999999999P", "1e9", -1, 0,
              MAX_VDISK_BYTES + 512, 1 << 80],
     "key": ["bogus.key", "acl.not-an-iqn", "store.", "auth.target..chap_secret"],
     "target": ["not-an-iqn"], "tier": ["tape"], "min": ["200%", "-1"], "max": ["x"],

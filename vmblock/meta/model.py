@@ -68,7 +68,7 @@ def check_size(size_bytes: int, block_size: int = BLOCK_SIZE) -> None:
                               f"not {size_bytes}")
     if size_bytes > MAX_VDISK_BYTES:
         raise InvalidArgument(f"size {format_size(size_bytes)} is over the largest vdisk, "
-                              f"{format_size(MAX_VDISK_BYTES)} (its extent map lives in RAM)")
+                              f"{format_size(MAX_VDISK_BYTES)}")
 
 
 def check_name(kind: str, name: str) -> str:
