@@ -17,6 +17,7 @@ from vmblock.scsi.task import Nexus
 from vmblock.store.backend import (
     BackingStore,
     LbaStatus,
+    NowaitReadable,
     Unmappable,
     WriteSameable,
     checked_abilities,
@@ -65,6 +66,8 @@ class LogicalUnit:
         self.can_unmap = Unmappable in abilities
         self.can_write_same = WriteSameable in abilities
         self.can_lba_status = LbaStatus in abilities
+        # small reads: on the loop when cached, else in the executor; None: always on the loop
+        self.read_nowait = store.read_nowait if NowaitReadable in abilities else None
         self.max_transfer_blocks = MAX_TRANSFER_BYTES // bs
         self.optimal_transfer_blocks = OPTIMAL_TRANSFER_BYTES // bs
         self.optimal_granularity_blocks = max(OPTIMAL_GRANULARITY_BYTES // bs, 1)

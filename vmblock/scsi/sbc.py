@@ -66,13 +66,18 @@ async def _flush(lu: LogicalUnit) -> None:
 
 # -- READ (SBC-3 5.10 - 5.14)
 def read(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, options: int):
-    """READ: small reads inline, large ones in the executor."""
+    """READ: small reads inline (when the store can tell, only those it serves without waiting
+    for the device), the others in the executor."""
     nbytes = blocks * lu.block_size
     if not nbytes:
         return None
     buf = bytearray(nbytes)
     if nbytes <= lu.sync_io_bytes:
-        lu.store.read_into(lba * lu.block_size, memoryview(buf))
+        nowait = lu.read_nowait
+        if nowait is None:
+            lu.store.read_into(lba * lu.block_size, memoryview(buf))
+        elif not nowait(lba * lu.block_size, memoryview(buf)):
+            return _read_async(lu, task, lba * lu.block_size, buf)
         task.data_in = buf
         return None
     return _read_async(lu, task, lba * lu.block_size, buf)

@@ -3,7 +3,8 @@
 Like LIO's ``struct sbc_ops`` or tgt's backing-store opcode map: ``BackingStore`` is the
 ``typing.Protocol`` of what every store must do (read, write, flush, close, a size and a
 block size). The optional operations are small Protocols of their own (``Unmappable``,
-``WriteSameable``, ``LbaStatus``), and a store lists the ones it offers in ``abilities``.
+``WriteSameable``, ``LbaStatus``, ``NowaitReadable``), and a store lists the ones it offers
+in ``abilities``.
 The SCSI core reads that set once, when a logical unit is created (``checked_abilities``),
 and derives its command table, VPD B0/B2 and REPORT SUPPORTED OPERATION CODES from it.
 
@@ -62,12 +63,22 @@ class LbaStatus(Protocol):
 
 
 @runtime_checkable
+class NowaitReadable(Protocol):
+    """Ability: read only what needs no wait for the device (the page cache), so the SCSI core
+    serves small cached reads on the event loop and sends the rest to the executor, where a
+    slow device delays only that command, not every session on the loop."""
+
+    def read_nowait(self, offset: int, buf: memoryview) -> bool:
+        """Fill ``buf`` from ``offset`` and return True, or return False without waiting."""
+
+
+@runtime_checkable
 class BackingStore(Protocol):
     """What every store a LUN sits on must do. Stores may subclass it to inherit the
     defaults (no abilities, no unmap granularity)."""
 
     block_size: int
-    # The optional abilities this store offers, from Unmappable, WriteSameable, LbaStatus.
+    # The optional abilities this store offers, from ABILITIES.
     abilities: frozenset[type] = frozenset()
     # Bytes an UNMAP must cover, aligned, to deallocate anything (VPD B0 OPTIMAL UNMAP
     # GRANULARITY); 0 = the LU's optimal transfer granularity.
@@ -90,7 +101,7 @@ class BackingStore(Protocol):
         """Release file descriptors; the store is unusable afterwards."""
 
 
-ABILITIES = (Unmappable, WriteSameable, LbaStatus)
+ABILITIES = (Unmappable, WriteSameable, LbaStatus, NowaitReadable)
 
 
 def checked_abilities(store: BackingStore) -> frozenset[type]:

@@ -6,13 +6,20 @@ modules ``vmblock.store.pool_store`` lists.
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
 
 from vmblock.errors import PoolError
 from vmblock.native.extent import LEAF_BITS, LEAF_MASK
-from vmblock.store.backend import BackingStore, LbaStatus, Unmappable, WriteSameable
+from vmblock.store.backend import (
+    BackingStore,
+    LbaStatus,
+    NowaitReadable,
+    Unmappable,
+    WriteSameable,
+)
 from vmblock.store.layout import UNMAPPED
 from vmblock.store.pool_store import PoolStore
 from vmblock.store.tier import read_full, write_full
@@ -21,7 +28,7 @@ from vmblock.store.tier import read_full, write_full
 class ExtentStore(BackingStore):
     """One vdisk's blocks: a view of one live extent map of a ``PoolStore``."""
 
-    abilities = frozenset({Unmappable, WriteSameable, LbaStatus})
+    abilities = frozenset({Unmappable, WriteSameable, LbaStatus, NowaitReadable})
 
     def __init__(self, pool: PoolStore, map_id: int, block_size: int = 512):
         if map_id not in pool.live.maps:
@@ -40,6 +47,7 @@ class ExtentStore(BackingStore):
         self._zeros = pool.data.zeros
         self._read = pool.data.read
         self._write = pool.data.write
+        self._nowait = True     # until the file system refuses RWF_NOWAIT
 
     @property
     def size_bytes(self) -> int:
@@ -59,32 +67,59 @@ class ExtentStore(BackingStore):
 
     def read_into(self, offset: int, buf: memoryview) -> None:
         """Fill ``buf`` from ``offset``."""
+        if not self._read_in_one_au(offset, buf, 0):
+            self._read(self.map_id, offset, buf)
+
+    def read_nowait(self, offset: int, buf: memoryview) -> bool:
+        """Fill ``buf`` from ``offset`` if that needs no wait for the device: True when done;
+        False (``buf`` undefined) when the data is not all in the page cache (preadv2 with
+        RWF_NOWAIT) or the range spans AUs, so the caller reads it with ``read_into`` off the
+        event loop."""
+        if not self._nowait:
+            return False
+        try:
+            return self._read_in_one_au(offset, buf, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno != errno.EOPNOTSUPP:
+                raise
+            self._nowait = False    # this file system cannot tell: every read off the loop
+            return False
+
+    def _read_in_one_au(self, offset: int, buf: memoryview, flags: int) -> bool:
+        """Read a range inside one AU: one L1 load, one leaf load and one ``preadv2`` with
+        ``flags``; False when the range spans AUs, the map is gone (``read_into``'s slow path
+        says so) or, with RWF_NOWAIT, only part of it was cached."""
         n = len(buf)
         au = self._au
         first = offset // au
-        if n and (offset + n - 1) // au == first:
-            space = self._space
-            tok = next(space.tokens)
-            inflight = space.inflight
-            inflight.add(tok)
-            try:
-                l1 = self._maps.get(self.map_id)
-                if l1 is not None:
-                    p = self._leaves.item((l1.item(first >> LEAF_BITS) << LEAF_BITS)
-                                          | (first & LEAF_MASK))
-                    if p == UNMAPPED:
-                        buf[:] = self._zeros[:n]
-                    else:
-                        if p < space.ncap:
-                            fd, pos = space.fd, (p - first) * au + offset
-                        else:
-                            fd, pos = space.ffd, (p - space.fshift - first) * au + offset
-                        if os.preadv(fd, [buf], pos) != n:
-                            read_full(fd, buf, pos)
-                    return
-            finally:
-                inflight.discard(tok)
-        self._read(self.map_id, offset, buf)
+        if not n or (offset + n - 1) // au != first:
+            return False
+        space = self._space
+        tok = next(space.tokens)
+        inflight = space.inflight
+        inflight.add(tok)
+        try:
+            l1 = self._maps.get(self.map_id)
+            if l1 is None:
+                return False
+            p = self._leaves.item((l1.item(first >> LEAF_BITS) << LEAF_BITS)
+                                  | (first & LEAF_MASK))
+            if p == UNMAPPED:
+                buf[:] = self._zeros[:n]
+                return True
+            if p < space.ncap:
+                fd, pos = space.fd, (p - first) * au + offset
+            else:
+                fd, pos = space.ffd, (p - space.fshift - first) * au + offset
+            if os.preadv(fd, [buf], pos, flags) != n:
+                if flags:
+                    return False
+                read_full(fd, buf, pos)
+            return True
+        finally:
+            inflight.discard(tok)
 
     def write(self, offset: int, data: memoryview) -> None:
         """Write ``data`` at ``offset`` (durable at the next flush)."""
