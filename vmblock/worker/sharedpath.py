@@ -102,7 +102,7 @@ class SharedMapsFastPath:
             return False
         r = record(slot)
         words = self.words
-        if words[r + FLAGS] & FORWARD:
+        if words.item(r + FLAGS) & FORWARD:
             return False
         if size == 6:
             lba = ((cdb[1] & RW6_LBA_HIGH_MASK) << 16) | (cdb[2] << 8) | cdb[3]
@@ -111,9 +111,9 @@ class SharedMapsFastPath:
             flags, lba, blocks = BLOCK_LAYOUTS[size].fields.unpack_from(cdb, 1)
             if flags & (PROTECT_MASK | FUA):
                 return False
-        bs = int(words[r + BLOCK_SIZE])
+        bs = words.item(r + BLOCK_SIZE)
         nbytes = blocks * bs
-        if not blocks or nbytes > MAX_TRANSFER_BYTES or lba + blocks > words[r + BLOCKS]:
+        if not blocks or nbytes > MAX_TRANSFER_BYTES or lba + blocks > words.item(r + BLOCKS):
             return False
         write = op in WRITE_OPS
         if write:
@@ -133,49 +133,87 @@ class SharedMapsFastPath:
         r, offset, n, write = task.handler
         words = self.words
         me = ACTIVE + self.index
-        words[me] = words[EPOCH]              # before any flag, entry, leaf or refcount load
+        words[me] = words.item(EPOCH)          # before any flag, entry, leaf or refcount load
         try:
-            flags = int(words[r + FLAGS])
+            flags = words.item(r + FLAGS)
             if flags & FORWARD or (write and flags & WRITE_THROUGH):
                 return self._give_back(task)
             au = self.au
             first = offset // au
+            off = words.item(r + L1_OFF)
+            if (offset + n - 1) // au == first:      # one AU: every 4 KiB I/O, inline
+                return self._one(task, off, first, offset, n, write)
             count = (offset + n - 1) // au - first + 1
-            off = int(words[r + L1_OFF])
-            l1 = self.l1[off:off + int(words[r + L1_LEN])]
-            paus = self._lookup(l1, first, count)
+            l1 = self.l1[off:off + words.item(r + L1_LEN)]
+            paus = extent_kernels.lookup_batch(
+                l1, self.leaves, np.arange(first, first + count, dtype=np.int64))
             if write:
                 refs = self.refs
                 if (paus == UNMAPPED).any() or (refs[paus] != 1).any():
                     return self._give_back(task)
                 # a copy-on-write remaps before it drops the old AU's count: read the map
                 # again after the counts (as ExtentStore.write does)
-                if not np.array_equal(self._lookup(l1, first, count), paus):
+                again = extent_kernels.lookup_batch(
+                    l1, self.leaves, np.arange(first, first + count, dtype=np.int64))
+                if not np.array_equal(again, paus):
                     return self._give_back(task)
                 self._pause("write")
-                self._write(paus, first, offset, task.data_out[:n])
+                data = task.data_out
+                for a, b, fd, pos in self._segments(paus, first, offset, n):
+                    write_full(fd, [data[a:b]], pos)
                 words[WRITES + self.index] += 1
             else:
                 self._pause("read")
                 buf = bytearray(n)
-                self._read(paus, first, offset, memoryview(buf))
+                view = memoryview(buf)
+                for a, b, fd, pos in self._segments(paus, first, offset, n):
+                    if fd is not None:              # unmapped: the buffer's zeros
+                        part = view[a:b]
+                        if os.preadv(fd, [part], pos) != b - a:
+                            read_full(fd, part, pos)
                 task.data_in = buf
                 words[READS + self.index] += 1
         finally:
             words[me] = 0
         return None
 
+    def _one(self, task: ScsiTask, off: int, first: int, offset: int, n: int, write: bool):
+        """``execute`` of a command inside one AU (in the caller's section)."""
+        leaves = self.leaves
+        i = (self.l1.item(off + (first >> LEAF_BITS)) << LEAF_BITS) | (first & LEAF_MASK)
+        p = leaves.item(i)
+        if p == UNMAPPED:
+            if write:
+                return self._give_back(task)
+            self._pause("read")
+            task.data_in = bytearray(n)
+            self.words[READS + self.index] += 1
+            return None
+        if p < self.ncap:
+            fd, pos = self.cap_fd, (p - first) * self.au + offset
+        else:
+            fd, pos = self.flash_fd, (p - self.fshift - first) * self.au + offset
+        if write:
+            # owned, and the map read again after the count (as ExtentStore.write does)
+            if self.refs.item(p) != 1 or leaves.item(i) != p:
+                return self._give_back(task)
+            self._pause("write")
+            data = task.data_out[:n]
+            if os.pwrite(fd, data, pos) != n:
+                write_full(fd, [data], pos)
+            self.words[WRITES + self.index] += 1
+            return None
+        self._pause("read")
+        buf = bytearray(n)
+        if os.preadv(fd, [buf], pos) != n:
+            read_full(fd, memoryview(buf), pos)
+        task.data_in = buf
+        self.words[READS + self.index] += 1
+        return None
+
     def _give_back(self, task: ScsiTask):
         task.handler = None
         return self.forward(task)
-
-    def _lookup(self, l1: np.ndarray, first: int, count: int) -> np.ndarray:
-        if count == 1:
-            p = self.leaves.item((l1.item(first >> LEAF_BITS) << LEAF_BITS)
-                                 | (first & LEAF_MASK))
-            return np.array([p], dtype=self.leaves.dtype)
-        return extent_kernels.lookup_batch(l1, self.leaves,
-                                           np.arange(first, first + count, dtype=np.int64))
 
     def _segments(self, paus: np.ndarray, first: int, offset: int, n: int):
         """(start, end) in the caller's buffer, fd and file offset of each run of AUs that
@@ -201,18 +239,6 @@ class SharedMapsFastPath:
             run = [a, b, fd, pos]
         if run is not None:
             yield tuple(run)
-
-    def _read(self, paus: np.ndarray, first: int, offset: int, buf: memoryview) -> None:
-        for a, b, fd, pos in self._segments(paus, first, offset, len(buf)):
-            if fd is None:
-                continue                        # unmapped: the buffer's zeros
-            view = buf[a:b]
-            if os.preadv(fd, [view], pos) != b - a:
-                read_full(fd, view, pos)
-
-    def _write(self, paus: np.ndarray, first: int, offset: int, data: memoryview) -> None:
-        for a, b, fd, pos in self._segments(paus, first, offset, len(data)):
-            write_full(fd, [data[a:b]], pos)
 
     def _pause(self, what: str) -> None:
         """Test-only (``HOOK_ENV``): while the file ``pause-<what>`` exists in the hook
