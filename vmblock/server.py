@@ -354,18 +354,21 @@ class LiveApi(Api):
         return lus
 
     @asynccontextmanager
-    async def _changing(self, disks: list[Vdisk]):
+    async def _changing(self, disks: list[Vdisk], drain: bool = True):
         """Around a wholesale change of the disks' maps: with worker processes, their fast
         path stays off these LUs (``Publisher.changing_maps``: no in-place write that checked
-        ownership before is still running), then the owner's writes in flight drain."""
+        ownership before is still running), then (``drain``) the owner's writes in flight
+        drain."""
         publisher = self.server.publisher
+        lus = [lu for lu in map(self.server.lu, disks) if lu is not None]
         if publisher is None:
-            await self._drain(disks)
+            if drain:
+                await self._drain(disks)
             yield
             return
-        lus = [lu for lu in map(self.server.lu, disks) if lu is not None]
         async with publisher.changing_maps(lus):
-            await self._drain(disks)
+            if drain:
+                await self._drain(disks)
             yield
 
     async def vm_snapshot(self, name: str, snapshot: str) -> dict:
@@ -438,7 +441,7 @@ class LiveApi(Api):
             cache.invalidate_vdisk(disk.uuid)
         loop = asyncio.get_running_loop()
         try:
-            async with self._changing([disk]):
+            async with self._changing([disk], drain=False):    # the mover keeps racing writes
                 result = await loop.run_in_executor(None, super().vdisk_move, name, tier)
         except BaseException:
             if cache is not None and self.pool.vdisk(name).tier != "flash":
