@@ -403,18 +403,18 @@ class LiveApi(Api):
         unit attention (MEDIUM MAY HAVE CHANGED, or CAPACITY DATA HAS CHANGED) so initiators
         drop what they cached of the old data."""
         self._refuse_in_use(disks, force, "revert")
-        async with self._changing(disks):
+        async with self._changing(disks):      # the unit attentions published at its end
             result = work()
-        for entry in result["vdisks"]:
-            disk = self.pool.vdisk(entry["name"])
-            if self.server.cache is not None:
-                self.server.cache.invalidate_vdisk(disk.uuid)
-            lu = self.server.lu(disk)
-            if lu is None:
-                continue
-            if entry["size_changed"]:
-                lu.capacity_changed()
-            lu.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED)
+            for entry in result["vdisks"]:
+                disk = self.pool.vdisk(entry["name"])
+                if self.server.cache is not None:
+                    self.server.cache.invalidate_vdisk(disk.uuid)
+                lu = self.server.lu(disk)
+                if lu is None:
+                    continue
+                if entry["size_changed"]:
+                    lu.capacity_changed()
+                lu.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED)
         return result
 
     async def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:

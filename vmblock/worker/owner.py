@@ -125,11 +125,18 @@ class WorkerPool:
         self.service = service
         self.count = count
         self.publisher = publisher      # the fast path's shared state; None: Forward only
+        if publisher is not None:
+            publisher.tsih_of = self._tsih_of
         self.workers: list[Worker | None] = [None] * count
         self.loop = None
         self.stopping = False
         self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
         self.next = itertools.count()             # round robin among the least loaded
+
+    def _tsih_of(self, nexus) -> int | None:
+        """The TSIH of ``nexus``'s session, None when it has none."""
+        sess = self.service.registry.by_key.get((nexus.initiator, nexus.isid, nexus.target))
+        return sess.tsih if sess is not None else None
 
     # ---- processes ----------------------------------------------------------------------
     async def start(self) -> None:

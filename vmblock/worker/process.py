@@ -206,7 +206,7 @@ class WorkerProcess:
         elif mtype == Msg.STORE:
             info = unpack_json(payload)
             fds = [self.channel.take_fd() for _ in range(info["fds"])]
-            self.fast = SharedMapsFastPath(self.index, info, fds, self.forward)
+            self.fast = SharedMapsFastPath(self.index, info, fds, self.forward, self._tsih)
             for target in self.targets.values():
                 target.fast = self.fast
         elif mtype == Msg.STOP:

@@ -17,11 +17,13 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from vmblock.native.extent import L1_DTYPE, LEAF_AUS, MAP_DTYPE, REF_DTYPE
 from vmblock.scsi.lu import LogicalUnit
+from vmblock.scsi.task import Nexus
 from vmblock.store.extent import ExtentStore
 from vmblock.store.maps import L1_RESERVE, LEAF_RESERVE
 from vmblock.store.pool_store import PoolStore
@@ -35,6 +37,8 @@ from .shared import (
     L1_OFF,
     MAX_LUS,
     STATE,
+    UA_BASE,
+    UA_BITS,
     UNUSED,
     WRITE_THROUGH,
     Fence,
@@ -58,6 +62,9 @@ class Publisher:
         self.slot_of: dict[LogicalUnit, int] = {}
         self.next_slot = 0      # slots are not reused within a run (a worker may hold one)
         self.changing: dict[int, int] = {}     # slot -> wholesale changes under way
+        self.ua_tsihs: dict[int, set[int]] = {}    # slot -> sessions with a UA pending there
+        # the TSIH of a nexus's session, None when it has none (set by the WorkerPool)
+        self.tsih_of: Callable[[Nexus], int | None] = lambda nexus: None
 
     def store_message(self) -> tuple[dict, tuple[int, ...]]:
         """(JSON, new descriptors) of the ``STORE`` message: the shared words, the leaf and L1
@@ -89,6 +96,7 @@ class Publisher:
         if slot is not None:
             self.words[record(slot) + FLAGS] = UNUSED
             self.changing.pop(slot, None)
+            self._sessions_ua(slot, set())
 
     def slots(self, luns: dict[int, LogicalUnit]) -> dict[str, int]:
         """LUN -> slot of the published LUs among ``luns`` (for ``LUNS`` and ``HANDOFF``)."""
@@ -103,15 +111,21 @@ class Publisher:
         self.words[r + BLOCK_SIZE] = lu.block_size
 
     def refresh(self, lus) -> None:
-        """Set each LU's flag word from its state: STATE while it has PR registrations, a
-        reservation or a pending unit attention, WRITE_THROUGH while WCE is 0."""
+        """Set each LU's flag word from its state: STATE while it has PR registrations or a
+        reservation, WRITE_THROUGH while WCE is 0; and the unit-attention bits of the
+        sessions whose nexus has one pending there."""
         words = self.words
         for lu in lus:
             slot = self.slot_of.get(lu)
             if slot is None:
                 continue
             res = lu.reservations
-            flags = STATE if (lu.ua or res.active or res.registrations) else 0
+            flags = STATE if (res.active or res.registrations) else 0
+            pending = {self.tsih_of(nexus) for nexus, queue in lu.ua.items() if queue}
+            if None in pending:          # a nexus without a session here: every one forwards
+                flags |= STATE
+                pending.discard(None)
+            self._sessions_ua(slot, pending)
             if not lu.write_cache:
                 flags |= WRITE_THROUGH
             if self.changing.get(slot):
@@ -119,6 +133,27 @@ class Publisher:
             i = record(slot) + FLAGS
             if words[i] != flags:
                 words[i] = flags
+
+    def _sessions_ua(self, slot: int, pending: set[int]) -> None:
+        """Sessions ``pending`` have a unit attention pending on LU ``slot``: set the bit of
+        the slot in each one's word, clear it in the others' (unless another slot of the
+        same bit has one for them)."""
+        old = self.ua_tsihs.get(slot, set())
+        if pending == old:
+            return
+        if pending:
+            self.ua_tsihs[slot] = pending
+        else:
+            self.ua_tsihs.pop(slot, None)
+        bit = slot % UA_BITS
+        for tsih in old ^ pending:
+            word = 0
+            for s, tsihs in self.ua_tsihs.items():
+                if s % UA_BITS == bit and tsih in tsihs:
+                    word = 1 << bit
+                    break
+            cur = int(self.words[UA_BASE + tsih])
+            self.words[UA_BASE + tsih] = (cur & ~(1 << bit)) | word
 
     # ---- wholesale changes --------------------------------------------------------------
     def _begin(self, lus) -> int:

@@ -11,6 +11,8 @@ worker's own two words:
   worker's word is 0 or >= ``m``; a dead worker's word is set to 0 by the owner;
 * ``WRITES + i``: in-place writes worker ``i`` made (the owner's commit fdatasyncs the tier
   files when the sum changed, so SYNCHRONIZE CACHE covers them);
+* one word per TSIH: the LU slots (``slot % UA_BITS``) where the session's nexus has a unit
+  attention pending: its commands there go to the owner, which reports it;
 * one record of ``LU_WORDS`` per fast-path LU slot: ``FLAGS`` (the FORWARD bits and
   ``WRITE_THROUGH``), the map's L1 slot (offset and entries in the L1 arena), the LU's blocks
   and block size. A worker uses a record only while ``FLAGS`` has no FORWARD bit; the owner
@@ -41,10 +43,16 @@ LU_BASE = READS + MAX_WORKERS
 LU_WORDS = 8
 # the words of an LU record
 FLAGS, L1_OFF, L1_LEN, BLOCKS, BLOCK_SIZE = range(5)
-WORDS = LU_BASE + MAX_LUS * LU_WORDS
+# per session (by TSIH): bit ``slot % UA_BITS`` set while the session's nexus has a unit
+# attention pending on an LU of that slot (several slots share a bit: more forwarding, never
+# less)
+UA_BASE = LU_BASE + MAX_LUS * LU_WORDS
+UA_BITS = 63                # bits of a non-negative int64
+MAX_TSIH = 1 << 16
+WORDS = UA_BASE + MAX_TSIH
 
 # FLAGS bits. Any FORWARD bit: every command of the LU goes to the owner.
-STATE = 0x1             # PR registrations, an SPC-2 reservation or a pending unit attention
+STATE = 0x1             # PR registrations or a reservation (PR or SPC-2)
 CHANGING = 0x2          # the owner changes the map wholesale (snapshot, clone, revert, ...)
 UNUSED = 0x4            # the slot serves no LU
 FORWARD = STATE | CHANGING | UNUSED

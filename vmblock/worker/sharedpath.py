@@ -8,7 +8,7 @@ flash file at ``(p - fshift) * au``. ``LUNS`` and ``HANDOFF`` bring each target'
 record slot.
 
 ``claim`` takes READ/WRITE(6/10/12/16) of an LU with a record whose flag word has no FORWARD
-bit, a SIMPLE task, no protection bits, in range, a WRITE without FUA whose EDTL is its
+bit, from a session with no unit attention pending there (its UA word), a SIMPLE task, no protection bits, in range, a WRITE without FUA whose EDTL is its
 transfer length; anything else, and anything ``execute`` finds changed, goes to the owner
 (which builds the right sense). ``execute`` is one read-side section (``shared``): publish
 the epoch, check the flag word again, look the AUs up; a READ ``preadv``s mapped AUs (zeros
@@ -49,9 +49,11 @@ from .shared import (
     FORWARD,
     L1_LEN,
     L1_OFF,
+    READS,
+    UA_BASE,
+    UA_BITS,
     WORDS,
     WRITE_THROUGH,
-    READS,
     WRITES,
     record,
 )
@@ -66,9 +68,10 @@ class SharedMapsFastPath:
     """The fast path over the shared maps (module docstring); ``forward`` sends a command
     that ``execute`` gives back to the owner."""
 
-    def __init__(self, index: int, info: dict, fds: list[int], forward):
+    def __init__(self, index: int, info: dict, fds: list[int], forward, tsih_of):
         self.index = index
         self.forward = forward
+        self.tsih_of = tsih_of          # Nexus -> the TSIH of its session in this worker
         ctl, leaves, l1, refs, self.cap_fd, self.flash_fd = fds
         self.words = SharedArray("", np.int64, WORDS, fd=ctl).array       # own words written
         map_dt, l1_dt, ref_dt = info["dtypes"]
@@ -102,7 +105,8 @@ class SharedMapsFastPath:
             return False
         r = record(slot)
         words = self.words
-        if words.item(r + FLAGS) & FORWARD:
+        ua, bit = UA_BASE + self.tsih_of(task.nexus), 1 << (slot % UA_BITS)
+        if words.item(r + FLAGS) & FORWARD or words.item(ua) & bit:
             return False
         if size == 6:
             lba = ((cdb[1] & RW6_LBA_HIGH_MASK) << 16) | (cdb[2] << 8) | cdb[3]
@@ -123,20 +127,20 @@ class SharedMapsFastPath:
         else:
             task.data_out_len = 0
         task.cdb_xfer_len = nbytes
-        task.handler = (r, lba * bs, nbytes, write)
+        task.handler = (r, lba * bs, nbytes, write, ua, bit)
         return True
 
     # ---- execute ------------------------------------------------------------------------
     def execute(self, task: ScsiTask):
         """Run a claimed command in one read-side section; a ``Forwarded`` when it has to go
         to the owner after all, else None (done)."""
-        r, offset, n, write = task.handler
+        r, offset, n, write, ua, bit = task.handler
         words = self.words
         me = ACTIVE + self.index
         words[me] = words.item(EPOCH)          # before any flag, entry, leaf or refcount load
         try:
             flags = words.item(r + FLAGS)
-            if flags & FORWARD or (write and flags & WRITE_THROUGH):
+            if flags & FORWARD or (write and flags & WRITE_THROUGH) or words.item(ua) & bit:
                 return self._give_back(task)
             au = self.au
             first = offset // au
