@@ -9,8 +9,9 @@ meta DB stores (AU in its tier, tier). The reference counts live in shared memor
 
 A freed AU (UNMAP, snapshot or vdisk deletion, COW of the last reference) is *held*: not
 reusable until the batch that frees it is durable *and* every I/O that could still have looked
-it up has finished (a generation count of in-flight I/O, and the worker processes' fence). Otherwise a crash could bring back
-the old mapping over another VM's data, or a racing read could return it.
+it up has finished (a generation count of in-flight I/O, and the worker processes' fence).
+Otherwise a crash could bring back the old mapping over another VM's data, or a racing read
+could return it.
 """
 
 from __future__ import annotations
