@@ -9,8 +9,9 @@ record slot.
 
 ``claim`` takes READ/WRITE(6/10/12/16) of an LU with a record whose flag word has no FORWARD
 bit, from a session with no unit attention pending there (its UA word), a SIMPLE task, no
-protection bits, in range, a WRITE without FUA whose EDTL is its transfer length; anything else, and anything ``execute`` finds changed, goes to the owner
-(which builds the right sense). ``execute`` is one read-side section (``shared``): publish
+protection bits, in range, a WRITE without FUA whose EDTL is its transfer length; anything
+else, and anything ``execute`` finds changed, goes to the owner (which builds the right
+sense). ``execute`` is one read-side section (``shared``): publish
 the epoch, check the flag word again, look the AUs up; a READ ``preadv``s mapped AUs (zeros
 for unmapped ones); a WRITE overwrites in place only when every AU it touches is mapped and
 owned (refcount 1) and the LU is not write-through, else it is forwarded.
