@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""The cost (or gain) of worker processes: the same workloads against ``server.workers`` 0 and N.
+"""The cost (or gain) of worker processes: the same workloads against ``server.workers`` 0, N, ...
 
-usage: tools/bench_workers.py [--workers 2] [--rounds 3] [--sessions 8] [--only NAME]
+usage: tools/bench_workers.py [--workers 2[,1...]] [--cache SIZE] [--rounds 3] [--sessions 8]
+                              [--only NAME]
 
-Two servers on two scratch pools (the README's default configuration, plus ``server.workers N``
-on the second), each with one 1 GiB thin vdisk written whole first (1 MiB writes, so reads hit
-mapped data). Then, alternating the servers round by round: qemu-img bench 4K QD32 sequential
-read and write (one session), and N sessions at once (``--sessions`` qemu-img bench processes
-of 4K QD8 reads, the aggregate IOPS). Prints the median IOPS of each side, the ratio
-(workers / one process), and where the servers' CPU time went: the owner's and the workers'
-seconds of CPU per round, which says whether the work spread over the cores. Numba's compile
-time is outside every figure (the servers are started and warmed before the first round).
+One server per worker count on its own scratch pool (the README's default configuration, plus
+``server.workers`` and, with ``--cache``, ``cache.size``: ``--cache 0`` is the workers' fast
+path), each with one 1 GiB thin vdisk written whole first (1 MiB writes, so reads hit mapped
+data and writes overwrite in place). Then, alternating the servers workload by workload, round
+by round: qemu-img bench 4K QD1 and QD32 sequential read and write (one session), and N
+sessions at once (``--sessions`` qemu-img bench processes of 4K QD8 reads, then writes: the
+aggregate IOPS). Prints the median IOPS of each server, each one's ratio to workers=0, and
+where the servers' CPU time went: the owner's and the workers' seconds of CPU per round, which
+says whether the work spread over the cores. Numba's compile time is outside every figure (the
+servers are started and warmed before the first round).
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ from support.server import VmblockServer, run_cli  # noqa: E402
 LUN_BYTES = 1 << 30
 CLK_TCK = 100        # os.sysconf("SC_CLK_TCK") on Linux
 WORKLOADS = {
+    "read4k_qd1": ["-c", "5000", "-d", "1", "-s", "4096"],
+    "write4k_qd1": ["-w", "-c", "5000", "-d", "1", "-s", "4096"],
     "read4k_qd32": ["-c", "40000", "-d", "32", "-s", "4096"],
     "write4k_qd32": ["-w", "-c", "20000", "-d", "32", "-s", "4096"],
 }
-SESSION_READ = ["-c", "6000", "-d", "8", "-s", "4096"]
+SESSIONS = {
+    "sessions_read4k_qd8": ["-c", "6000", "-d", "8", "-s", "4096"],
+    "sessions_write4k_qd8": ["-w", "-c", "4000", "-d", "8", "-s", "4096"],
+}
 
 
 def bench_cmd(url: str, args: list[str]) -> list[str]:
@@ -53,15 +61,17 @@ def iops(url: str, args: list[str]) -> float:
         re.search(r"completed in ([\d.]+) seconds", p.stdout).group(1))
 
 
-def sessions_iops(url: str, n: int) -> float:
-    """Aggregate commands per second of ``n`` qemu-img bench processes at once."""
+def sessions_iops(url: str, n: int, args: list[str]) -> float:
+    """Aggregate commands per second of ``n`` qemu-img bench processes at once; each starts
+    at its own offset (``-o``), so writers do not overwrite each other's blocks."""
     start = time.monotonic()
-    procs = [subprocess.Popen(bench_cmd(url, SESSION_READ), stdout=subprocess.DEVNULL)
-             for _ in range(n)]
+    count = int(args[args.index("-c") + 1])
+    procs = [subprocess.Popen(bench_cmd(url, [*args, "-o", str(i * count * 4096)]),
+                              stdout=subprocess.DEVNULL) for i in range(n)]
     for p in procs:
         if p.wait(600) != 0:
             raise RuntimeError("qemu-img bench failed")
-    return n * int(SESSION_READ[1]) / (time.monotonic() - start)
+    return n * count / (time.monotonic() - start)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -78,11 +88,14 @@ def workers_of(pid: int) -> list[int]:
     return out
 
 
-def start(work: Path, name: str, workers: int) -> VmblockServer:
-    """A server on a new pool under ``work`` with ``workers``, its bench vdisk written whole."""
+def start(work: Path, name: str, workers: int, cache: str | None) -> VmblockServer:
+    """A server on a new pool under ``work`` with ``workers`` (and ``cache.size`` when not
+    None), its bench vdisk written whole."""
     pool = work / name / "pool"
     pool.parent.mkdir(parents=True)
     run_cli(pool, "config", "set", "server.workers", str(workers))
+    if cache is not None:
+        run_cli(pool, "config", "set", "cache.size", cache)
     server = VmblockServer(pool, ("--insecure",))
     server.cli("vdisk", "create", "bench", "--size", str(LUN_BYTES))
     lun = json.loads(server.cli("vdisk", "show", "bench", "--json").stdout)["lun"]
@@ -96,8 +109,8 @@ def measure(server: VmblockServer, name: str, sessions: int) -> tuple[float, flo
     """(IOPS, owner CPU seconds, workers' CPU seconds) of one run."""
     pids = workers_of(server.proc.pid)
     before = cpu_seconds(server.proc.pid), sum(map(cpu_seconds, pids))
-    if name == "sessions_read4k_qd8":
-        rate = sessions_iops(server.bench_url, sessions)
+    if name in SESSIONS:
+        rate = sessions_iops(server.bench_url, sessions, SESSIONS[name])
     else:
         rate = iops(server.bench_url, WORKLOADS[name])
     after = cpu_seconds(server.proc.pid), sum(map(cpu_seconds, pids))
@@ -107,31 +120,39 @@ def measure(server: VmblockServer, name: str, sessions: int) -> tuple[float, flo
 def main() -> int:
     """Run the rounds and print the table (module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", default="2", help="worker counts beside 0, comma-separated")
+    ap.add_argument("--cache", default=None, help="cache.size of every server (0: none)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--only", default="")
     a = ap.parse_args()
-    names = [n for n in [*WORKLOADS, "sessions_read4k_qd8"] if not a.only or a.only in n]
+    counts = [0, *(int(w) for w in a.workers.split(",") if int(w))]
+    names = [n for n in [*WORKLOADS, *SESSIONS] if not a.only or a.only in n]
     with tempfile.TemporaryDirectory(prefix="vmblock-bench-workers-") as tmp:
         work = Path(tmp)
-        servers = {0: start(work, "single", 0), a.workers: start(work, "workers", a.workers)}
+        servers = {}
         try:
+            for w in counts:
+                servers[w] = start(work, f"workers{w}", w, a.cache)
             results = {(n, w): [] for n in names for w in servers}
             for r in range(a.rounds):
                 for name in names:
                     for w, server in servers.items():
                         results[(name, w)].append(measure(server, name, a.sessions))
-            print(f"{'workload':<22}{'workers=0':>11}{f'workers={a.workers}':>11}{'ratio':>8}"
-                  f"   CPU s/round: owner, workers (workers={a.workers})")
+            print(f"cache.size {a.cache if a.cache is not None else 'default'}, "
+                  f"{a.rounds} rounds, medians; CPU s/round as owner+workers")
+            print(f"{'workload':<22}" + "".join(f"{f'workers={w}':>12}{'ratio':>7}{'CPU':>11}"
+                                                for w in counts))
             for name in names:
                 base = statistics.median(x[0] for x in results[(name, 0)])
-                ours = statistics.median(x[0] for x in results[(name, a.workers)])
-                owner = statistics.median(x[1] for x in results[(name, a.workers)])
-                wcpu = statistics.median(x[2] for x in results[(name, a.workers)])
-                single = statistics.median(x[1] for x in results[(name, 0)])
-                print(f"{name:<22}{base:>11.0f}{ours:>11.0f}{ours / base:>8.2f}"
-                      f"   {owner:.1f}, {wcpu:.1f}   (workers=0: {single:.1f})")
+                row = f"{name:<22}"
+                for w in counts:
+                    got = results[(name, w)]
+                    rate = statistics.median(x[0] for x in got)
+                    owner = statistics.median(x[1] for x in got)
+                    wcpu = statistics.median(x[2] for x in got)
+                    row += f"{rate:>12.0f}{rate / base:>7.2f}{f'{owner:.1f}+{wcpu:.1f}':>11}"
+                print(row)
         finally:
             for server in servers.values():
                 server.stop()

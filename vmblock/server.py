@@ -15,6 +15,7 @@ import os
 import signal
 import stat
 import sys
+from contextlib import asynccontextmanager
 
 import uvloop
 
@@ -33,6 +34,7 @@ from vmblock.scsi.target import ScsiTarget
 from vmblock.settings import Apply, Settings, format_portal, lookup
 from vmblock.store.backend import BackingStore
 from vmblock.worker.owner import WorkerPool
+from vmblock.worker.publish import Publisher
 
 log = logging.getLogger("vmblock")
 
@@ -168,6 +170,8 @@ class Server:
         self.committer: asyncio.Task | None = None
         self.cache = None               # vmblock.cache.flash.FlashCache, None when cache.size is 0
         self.workers: WorkerPool | None = None    # server.workers > 0: the worker processes
+        # the workers' fast path (shared maps): with workers and without the flash cache
+        self.publisher: Publisher | None = None
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -217,6 +221,8 @@ class Server:
                          vendor="VMBLOCK", product="vdisk", write_cache=True)
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
+        if self.publisher is not None:
+            self.publisher.add(lu)
         if self.workers is not None:
             self.workers.luns_changed(disk.target, scsi.luns)
 
@@ -224,6 +230,9 @@ class Server:
         """Take a vdisk's LUN out of its target, flush and close its store, drop its cache
         blocks. The caller drains its writes first (``LiveApi._unserve``)."""
         scsi = self.targets[disk.target].scsi
+        lu = scsi.luns.get(disk.lun)
+        if self.publisher is not None and lu is not None:
+            self.publisher.remove(lu)
         scsi.remove_lun(disk.lun)
         if self.workers is not None:
             self.workers.luns_changed(disk.target, scsi.luns)
@@ -268,6 +277,9 @@ class Server:
         interval = settings.get("store.commit_interval")
         if interval > 0:
             self.committer = asyncio.create_task(self._commit_loop(interval))
+        count = settings.get("server.workers")
+        if count and self.cache is None:     # the cache's state lives in the owner only
+            self.publisher = Publisher(self.pool.store, count)
         for t in self.pool.targets():
             self.add_target(t.iqn)
         # thousands of vdisks: the VMs' names read once, every vdisk's group set at once
@@ -278,10 +290,9 @@ class Server:
             groups = self.pool.eviction_groups
             self.cache.set_groups(groups.slot_table(), groups.members())
         self.service = IscsiService(self.targets, iscsi_config(settings))   # settings are checked
-        count = settings.get("server.workers")
         if count:
             # started before the portals: no login is handed over to a worker not yet ready
-            self.workers = WorkerPool(self.service, count)
+            self.workers = WorkerPool(self.service, count, self.publisher)
             await self.workers.start()
             self.service.handoff = self.workers.place
         try:
@@ -304,6 +315,8 @@ class Server:
             await self.service.stop()
         if self.workers is not None:
             await self.workers.stop()
+        if self.publisher is not None:
+            self.publisher.close()
         if self.committer is not None:
             self.committer.cancel()
         try:
@@ -355,6 +368,8 @@ class LiveApi(Api):
         lu = self.server.lu(disk)
         if lu is not None:
             lu.capacity_changed()
+            if self.server.publisher is not None:   # a new L1 slot and size
+                self.server.publisher.changed_now((lu,))
 
     # Verbs that change extent maps under a LUN: wait until the writes the LU has handed to
     # the executor have finished, then run the change synchronously on the event loop, so no
@@ -367,24 +382,43 @@ class LiveApi(Api):
             await asyncio.wait([f for lu in lus for f in lu.pending_writes])
         return lus
 
+    @asynccontextmanager
+    async def _changing(self, disks: list[Vdisk], drain: bool = True):
+        """Around a wholesale change of the disks' maps: with worker processes, their fast
+        path stays off these LUs (``Publisher.changing_maps``: no in-place write that checked
+        ownership before is still running), then (``drain``) the owner's writes in flight
+        drain."""
+        publisher = self.server.publisher
+        lus = [lu for lu in map(self.server.lu, disks) if lu is not None]
+        if publisher is None:
+            if drain:
+                await self._drain(disks)
+            yield
+            return
+        async with publisher.changing_maps(lus):
+            if drain:
+                await self._drain(disks)
+            yield
+
     async def vm_snapshot(self, name: str, snapshot: str) -> dict:
         """Drain the writes in flight on every vdisk of the VM, then snapshot them in one batch
         (crash-consistent)."""
-        await self._drain(self.pool.vdisks(vm=name))
-        return super().vm_snapshot(name, snapshot)
+        async with self._changing(self.pool.vdisks(vm=name)):
+            return super().vm_snapshot(name, snapshot)
 
     async def vdisk_snapshot(self, name: str, snapshot: str) -> dict:
         """Drain the vdisk's writes in flight, then snapshot it."""
-        await self._drain([self.pool.vdisk(name)])
-        return super().vdisk_snapshot(name, snapshot)
+        async with self._changing([self.pool.vdisk(name)]):
+            return super().vdisk_snapshot(name, snapshot)
 
     async def vm_clone(self, name: str, new_name: str, snapshot: str | None = None,
                        live: bool = False) -> dict:
         """Clone; a ``live`` clone first drains the source vdisks' writes in flight, so none is
         half done in the copy."""
-        if live:
-            await self._drain(self.pool.vdisks(vm=name))
-        return super().vm_clone(name, new_name, snapshot=snapshot, live=live)
+        if not live:
+            return super().vm_clone(name, new_name, snapshot=snapshot, live=live)
+        async with self._changing(self.pool.vdisks(vm=name)):
+            return super().vm_clone(name, new_name, snapshot=snapshot, live=live)
 
     def _refuse_in_use(self, disks: list[Vdisk], force: bool, verb: str) -> None:
         """Refuse a change that pulls data from under logged-in initiators unless ``force``."""
@@ -398,18 +432,18 @@ class LiveApi(Api):
         unit attention (MEDIUM MAY HAVE CHANGED, or CAPACITY DATA HAS CHANGED) so initiators
         drop what they cached of the old data."""
         self._refuse_in_use(disks, force, "revert")
-        await self._drain(disks)
-        result = work()
-        for entry in result["vdisks"]:
-            disk = self.pool.vdisk(entry["name"])
-            if self.server.cache is not None:
-                self.server.cache.invalidate_vdisk(disk.uuid)
-            lu = self.server.lu(disk)
-            if lu is None:
-                continue
-            if entry["size_changed"]:
-                lu.capacity_changed()
-            lu.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED)
+        async with self._changing(disks):      # the unit attentions published at its end
+            result = work()
+            for entry in result["vdisks"]:
+                disk = self.pool.vdisk(entry["name"])
+                if self.server.cache is not None:
+                    self.server.cache.invalidate_vdisk(disk.uuid)
+                lu = self.server.lu(disk)
+                if lu is None:
+                    continue
+                if entry["size_changed"]:
+                    lu.capacity_changed()
+                lu.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED)
         return result
 
     async def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
@@ -436,7 +470,8 @@ class LiveApi(Api):
             cache.invalidate_vdisk(disk.uuid)
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(None, super().vdisk_move, name, tier)
+            async with self._changing([disk], drain=False):    # the mover keeps racing writes
+                result = await loop.run_in_executor(None, super().vdisk_move, name, tier)
         except BaseException:
             if cache is not None and self.pool.vdisk(name).tier != "flash":
                 cache.invalidate_vdisk(disk.uuid)     # bypassed writes did not update it
@@ -449,10 +484,10 @@ class LiveApi(Api):
 
     async def _unserve(self, disks: list[Vdisk]) -> None:
         """Take LUNs out of service (no new commands), drain, flush, before their maps go."""
-        await self._drain(disks)
-        for disk in disks:
-            if disk.uuid in self.server.stores:
-                self.server.remove_vdisk(disk)
+        async with self._changing(disks):
+            for disk in disks:
+                if disk.uuid in self.server.stores:
+                    self.server.remove_vdisk(disk)
 
     async def vdisk_delete(self, name: str, force: bool = False) -> dict:
         """Delete a vdisk, refused while in use unless ``force``; unserved before its map goes."""

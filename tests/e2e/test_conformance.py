@@ -2,7 +2,8 @@
 
 The suite runs every SCSI and iSCSI test it has (-d allows tests that overwrite data). CUnit's
 own verdict decides: every test that ran must pass, with the server alone and with two
-worker processes (every command then crosses from a worker to the owner: docs/workers.md).
+worker processes, with the flash cache (every command then crosses from a worker to the
+owner) and without it (READ/WRITE run in the workers: docs/workers.md, "The fast path").
 tools/conformance prints the side-by-side score against tgt with ../shared/tools/cu_score.py.
 """
 
@@ -32,11 +33,16 @@ def failed_tests(output: str) -> list[str]:
     return failed
 
 
-@pytest.fixture(params=[0, 2], ids=["one-process", "two-workers"])
+@pytest.fixture(params=[(0, None), (2, None), (2, "0")],
+                ids=["one-process", "two-workers", "two-workers-fast-path"])
 def conformance_server(request, tmp_path, start_server):
-    """A server on a new pool with ``server.workers`` 0 or 2."""
+    """A server on a new pool with ``server.workers`` 0 or 2; without the flash cache
+    (``cache.size 0``) the workers run READ/WRITE themselves (the shared-memory fast path)."""
+    workers, cache = request.param
     pool = tmp_path / "pool"
-    run_cli(pool, "config", "set", "server.workers", str(request.param))
+    run_cli(pool, "config", "set", "server.workers", str(workers))
+    if cache is not None:
+        run_cli(pool, "config", "set", "cache.size", cache)
     return start_server(pool=pool)
 
 

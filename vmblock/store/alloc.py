@@ -9,8 +9,9 @@ meta DB stores (AU in its tier, tier). The reference counts live in shared memor
 
 A freed AU (UNMAP, snapshot or vdisk deletion, COW of the last reference) is *held*: not
 reusable until the batch that frees it is durable *and* every I/O that could still have looked
-it up has finished (a generation count of in-flight I/O). Otherwise a crash could bring back
-the old mapping over another VM's data, or a racing read could return it.
+it up has finished (a generation count of in-flight I/O, and the worker processes' fence).
+Otherwise a crash could bring back the old mapping over another VM's data, or a racing read
+could return it.
 """
 
 from __future__ import annotations
@@ -99,12 +100,23 @@ class Allocator:
         # AUs whose last reference went in not-yet-durable metadata (see hold), and durably
         # freed ones waiting for the I/O that was in flight when they were retired
         self.frees: list[np.ndarray] = []
-        self.waiting: deque[tuple[set[int], np.ndarray]] = deque()
+        self.waiting: deque[tuple[set[int], np.ndarray, int]] = deque()
         # Data I/O in progress outside the lock, by unique token (itertools.count and set
         # add/discard are atomic in CPython, so the 4 KiB path takes no lock at all).
         self.tokens = itertools.count(1)
         self.inflight: set[int] = set()
         self.biased: np.ndarray | None = None     # the old AUs a move step holds (MOVE_BIAS)
+        # Worker processes reading the shared maps (vmblock.worker.shared.Fence), or None:
+        # ``mark()`` when something is retired, ``passed(mark)`` once no worker can still use it.
+        self.fence = None
+
+    def mark(self) -> int:
+        """The fence mark of something retired now (0 without worker processes)."""
+        return self.fence.mark() if self.fence is not None else 0
+
+    def passed(self, mark: int) -> bool:
+        """No worker process can still be using what was retired at ``mark``."""
+        return self.fence is None or self.fence.passed(mark)
 
     @property
     def refcount_fd(self) -> int:
@@ -196,8 +208,9 @@ class Allocator:
         """Make durably freed AUs allocatable once every I/O that was in flight when they were
         retired has finished (it may have looked them up before they were unmapped).
         Called under the lock."""
-        while self.waiting and self.waiting[0][0].isdisjoint(self.inflight):
-            _, paus = self.waiting.popleft()
+        while (self.waiting and self.waiting[0][0].isdisjoint(self.inflight)
+               and self.passed(self.waiting[0][2])):
+            _, paus, _ = self.waiting.popleft()
             self.held[paus] = 0
             c, f = self.split_tiers(paus)
             self.t_free[0] += c
@@ -209,5 +222,5 @@ class Allocator:
         self.capacity.punch(paus[on_cap])
         self.flash.punch((paus[~on_cap].astype(np.int64) - self.fshift).astype(np.uint32))
         with self.lock:
-            self.waiting.append((self.inflight.copy(), paus))
+            self.waiting.append((self.inflight.copy(), paus, self.mark()))
             self.release()

@@ -98,7 +98,10 @@ class Committer:
             keys, rows = live.rows_at(sorted(pending))
             frees = space.take_frees()
             events = self.events.take()
-            written = self.last_write      # one load: a later write changes it again
+            # one load: a later write changes it again; with worker processes, their in-place
+            # writes too (the fence counts them)
+            written = (self.last_write if space.fence is None
+                       else (self.last_write, space.fence.written()))
             # a pending flash mapping is counted in t_used[1]; without flash AUs in use the
             # flash file holds only cache slots, which need no durability
             flash = space.t_used[1] > 0

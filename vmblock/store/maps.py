@@ -72,8 +72,9 @@ class LiveMaps:
         self.l1_top = 0
         self.l1_free: dict[int, list[int]] = {}     # capacity -> offsets of free slices
         self.l1_at: dict[int, tuple[int, int]] = {}  # map id -> (offset, capacity)
-        # leaves and L1 slices no longer used, with the I/O in flight when they went
-        self.limbo: deque[tuple[set[int], list[int], list[tuple[int, int]]]] = deque()
+        # leaves and L1 slices no longer used, with the I/O in flight when they went and the
+        # worker processes' fence mark (Allocator.mark)
+        self.limbo: deque[tuple[set[int], list[int], list[tuple[int, int]], int]] = deque()
         self.maps: dict[int, np.ndarray] = {}
         self.sizes: dict[int, int] = {}
         self.mapped: dict[int, int] = {}
@@ -110,8 +111,9 @@ class LiveMaps:
     def reclaim(self) -> None:
         """Reuse leaves and L1 slices once no I/O that could still read them is in flight."""
         inflight = self.space.inflight
-        while self.limbo and self.limbo[0][0].isdisjoint(inflight):
-            _, leaves, slices = self.limbo.popleft()
+        while (self.limbo and self.limbo[0][0].isdisjoint(inflight)
+               and self.space.passed(self.limbo[0][3])):
+            _, leaves, slices, _ = self.limbo.popleft()
             self.free_leaves.extend(leaves)
             for off, cap in slices:
                 self.l1_arena.zero(off, off + cap)
@@ -119,7 +121,7 @@ class LiveMaps:
 
     def _retire(self, leaves: list[int], slices: list[tuple[int, int]]) -> None:
         if leaves or slices:
-            self.limbo.append((self.space.inflight.copy(), leaves, slices))
+            self.limbo.append((self.space.inflight.copy(), leaves, slices, self.space.mark()))
 
     def _take_leaves(self, k: int) -> np.ndarray:
         """``k`` leaf numbers, contents undefined."""

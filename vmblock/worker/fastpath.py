@@ -6,12 +6,13 @@ would check, sets ``task.data_out_len``, ``task.cdb_xfer_len`` and ``task.handle
 ``execute(task)`` then runs it in the worker, or declines and the command is forwarded to the
 owner, which runs it through the one ``ScsiTarget`` (PR, UA, reservations, every opcode).
 
-``Forward`` is the one implementation today: it declines everything, so every command is run
-by the owner and a worker only moves bytes. docs/workers.md ("The fast path") gives the
-protocol a shared-memory READ/WRITE implementation must keep to plug in here: map lookups in
-the shared maps, in-place overwrite of owned AUs only, the per-LU flag word that sends a
-command to the owner while the LU has PR registrations or a pending unit attention, deferred
-frees and the quiescent points that end them.
+``Forward`` declines everything: every command is run by the owner and a worker only moves
+bytes (a worker's fast path until the owner's ``STORE``, and always with the flash cache on).
+``sharedpath.SharedMapsFastPath`` runs READ/WRITE over the owner's shared maps, keeping to the
+protocol of docs/workers.md ("The fast path"): map lookups in the shared maps, in-place
+overwrite of owned AUs only, the per-LU flag word that sends a command to the owner while
+the LU has PR registrations, a reservation or a pending unit attention, deferred frees and
+the read-side sections that end them.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import ScsiTask
 
 from .channel import Channel
+from .publish import Publisher
 from .wire import (
     CMD_READ,
     CMD_WRITE,
@@ -79,6 +80,7 @@ class Worker:
         self.channel: Channel | None = None
         self.sessions: dict[int, Session] = {}                 # TSIH -> the owner's session
         self.conns: dict[tuple[int, int], RemoteConnection] = {}   # (TSIH, CID) -> record
+        self.fence = None       # the fast path's shared words (shared.Fence), if any
 
     @property
     def up(self) -> bool:
@@ -102,10 +104,13 @@ class RemoteConnection:
 
     def info(self) -> dict:
         """The connection as ``session list`` shows it, with the worker that runs it."""
-        return {"cid": self.cid, "peer": f"{self.peer[0]}:{self.peer[1]}",
-                "portal": f"{self.portal[0]}:{self.portal[1]}",
-                "header_digest": self.header_digest, "data_digest": self.data_digest,
-                "worker": self.worker.index, "worker_pid": self.worker.pid}
+        out = {"cid": self.cid, "peer": f"{self.peer[0]}:{self.peer[1]}",
+               "portal": f"{self.portal[0]}:{self.portal[1]}",
+               "header_digest": self.header_digest, "data_digest": self.data_digest,
+               "worker": self.worker.index, "worker_pid": self.worker.pid}
+        if self.worker.fence is not None:   # the worker's fast-path commands so far
+            out["worker_fast"] = self.worker.fence.counts(self.worker.index)
+        return out
 
     def terminate(self, why: str) -> None:
         """Have the worker drop the connection; its ``CLOSED`` ends this record."""
@@ -116,14 +121,22 @@ class RemoteConnection:
 class WorkerPool:
     """The worker processes of one ``IscsiService`` (module docstring)."""
 
-    def __init__(self, service: IscsiService, count: int):
+    def __init__(self, service: IscsiService, count: int, publisher: Publisher | None = None):
         self.service = service
         self.count = count
+        self.publisher = publisher      # the fast path's shared state; None: Forward only
+        if publisher is not None:
+            publisher.tsih_of = self._tsih_of
         self.workers: list[Worker | None] = [None] * count
         self.loop = None
         self.stopping = False
         self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
         self.next = itertools.count()             # round robin among the least loaded
+
+    def _tsih_of(self, nexus) -> int | None:
+        """The TSIH of ``nexus``'s session, None when it has none."""
+        sess = self.service.registry.by_key.get((nexus.initiator, nexus.isid, nexus.target))
+        return sess.tsih if sess is not None else None
 
     # ---- processes ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -145,6 +158,10 @@ class WorkerPool:
             theirs.close()
         w = Worker(index, proc, self.loop)
         w.channel = Channel(ours, self.loop, partial(self._frame, w), partial(self._died, w))
+        if self.publisher is not None:
+            w.fence = self.publisher.fence
+            info, fds = self.publisher.store_message()
+            w.channel.send(Msg.STORE, pack_json({**info, "fds": len(fds)}), fds=fds)
         self.workers[index] = w
         return w
 
@@ -154,6 +171,8 @@ class WorkerPool:
         if not self.stopping:
             log.error("worker %d (pid %d) is gone; its %d sessions end", w.index, w.pid,
                       len(w.sessions))
+        if self.publisher is not None:
+            self.publisher.fence.quiescent(w.index)     # a dead worker holds nothing
         for conn in w.conns.values():
             self.service.release(conn)
         w.conns.clear()
@@ -249,6 +268,8 @@ class WorkerPool:
         sess.connections[conn.cid] = stub
         w.sessions[sess.tsih] = sess
         w.conns[(sess.tsih, conn.cid)] = stub
+        if self.publisher is not None:      # the new nexus's unit attention is pending
+            self.publisher.refresh(sess.target.scsi.luns.values())
         w.channel.send(Msg.HANDOFF, *pack_handoff(self._describe(conn, sess), pending),
                        fds=(sock.detach(),))
 
@@ -279,12 +300,17 @@ class WorkerPool:
             "peer": list(conn.peer[:2]), "portal": list(conn.portal[:2]),
             "offer": neg.offer, "result": neg.result,
             "send_targets": self.service.send_targets("All", sess),
+            "slots": self._slots(sess.target.scsi.luns),
             **self._fabric(),
         }
 
+    def _slots(self, luns) -> dict[str, int]:
+        return self.publisher.slots(luns) if self.publisher is not None else {}
+
     def luns_changed(self, target: str, luns) -> None:
-        """A target's LUNs changed: every worker learns the new list."""
-        msg = pack_json({"target": target, "luns": sorted(luns)})
+        """A target's LUNs changed: every worker learns the new list (and the fast path's
+        LU record slots)."""
+        msg = pack_json({"target": target, "luns": sorted(luns), "slots": self._slots(luns)})
         for w in self.workers:
             if w is not None:
                 w.channel.send(Msg.LUNS, msg)
@@ -321,28 +347,33 @@ class WorkerPool:
                         bool(flags & CMD_WRITE))
         scsi = sess.target.scsi
         if not scsi.prepare(task):
-            self._reply(w, tag, task)
+            self._reply(w, tag, task, sess)
             return
         if task.data_out_len > len(data):   # the worker gathers all of EDTL: never short
             fail(task, ScsiError(SenseReason.INVALID_FIELD_IN_INFORMATION_UNIT))
-            self._reply(w, tag, task)
+            self._reply(w, tag, task, sess)
             return
         task.data_out = data[:task.data_out_len]
         pending = scsi.execute(task)
         if pending is None:
-            self._reply(w, tag, task)
+            self._reply(w, tag, task, sess)
             return
         fut = asyncio.ensure_future(pending)
-        fut.add_done_callback(partial(self._executed, w, tag, task))
+        fut.add_done_callback(partial(self._executed, w, tag, task, sess))
 
-    def _executed(self, w: Worker, tag: int, task: ScsiTask, fut: asyncio.Future) -> None:
+    def _executed(self, w: Worker, tag: int, task: ScsiTask, sess: Session,
+                  fut: asyncio.Future) -> None:
         failed = fut.cancelled() or fut.exception() is not None
         if failed and not fut.cancelled():
             log.error("SCSI command failed", exc_info=fut.exception())
-        self._reply(w, tag, task, failed)
+        self._reply(w, tag, task, sess, failed)
 
-    @staticmethod
-    def _reply(w: Worker, tag: int, task: ScsiTask, failed: bool = False) -> None:
+    def _reply(self, w: Worker, tag: int, task: ScsiTask, sess: Session,
+               failed: bool = False) -> None:
+        if self.publisher is not None:      # the command may have changed the LU's state
+            lu = sess.target.scsi.luns.get(task.lun)
+            if lu is not None:
+                self.publisher.refresh((lu,))
         flags = (RESULT_DATA_IN if task.data_in is not None else 0) | (RESULT_FAILED if failed
                                                                        else 0)
         w.channel.send(Msg.RESULT, *pack_result(tag, task.status, flags, task.cdb_xfer_len,
@@ -362,6 +393,8 @@ class WorkerPool:
                     if other is not None and other is not w:
                         other.channel.send(Msg.ABORT, msg)
             ok = sess.target.scsi.task_management(function.name, sess.nexus, lun)
+            if self.publisher is not None:  # unit attentions: FORWARD before TMF_DONE
+                self.publisher.refresh(sess.target.scsi.luns.values())
         w.channel.send(Msg.TMF_DONE, TMF_DONE.pack(tag, ok))
 
     def _closed(self, w: Worker, tsih: int, cid: int) -> None:

@@ -38,7 +38,8 @@ from vmblock.native import extent as extent_kernels
 from vmblock.scsi.task import Nexus, ScsiTask
 
 from .channel import Channel
-from .fastpath import Forward
+from .fastpath import FastPath, Forward
+from .sharedpath import SharedMapsFastPath
 from .target import WorkerTarget
 from .wire import (
     CMD_READ,
@@ -172,7 +173,7 @@ class WorkerProcess:
         self.channel = Channel(sock, loop, self._frame, self._owner_gone)
         self.service = WorkerService(self)
         self.targets: dict[str, WorkerTarget] = {}
-        self.fast = Forward()
+        self.fast: FastPath = Forward()     # until STORE (none with the flash cache on)
         self.tags = itertools.count(1)
         self.waiting: dict[int, Forwarded] = {}
         self.corked: list[ConnectionMachine] = []      # answering a batch of RESULTs
@@ -202,12 +203,24 @@ class WorkerProcess:
             target = self.targets.get(msg["target"])
             if target is not None:
                 target.luns = set(msg["luns"])
+            self._slots(msg["target"], msg)
         elif mtype == Msg.CONFIG:
             self.service.configure(unpack_json(payload))
+        elif mtype == Msg.STORE:
+            info = unpack_json(payload)
+            fds = [self.channel.take_fd() for _ in range(info["fds"])]
+            self.fast = SharedMapsFastPath(self.index, info, fds, self.forward, self._tsih)
+            for target in self.targets.values():
+                target.fast = self.fast
         elif mtype == Msg.STOP:
             self.stop()
         else:
             log.error("worker %d: unexpected message %s", self.index, mtype.name)
+
+    def _slots(self, target: str, msg: dict) -> None:
+        """The fast path learns the LU record slots of ``target``'s LUNs."""
+        if isinstance(self.fast, SharedMapsFastPath):
+            self.fast.set_slots(target, msg.get("slots", {}))
 
     def _owner_gone(self) -> None:
         log.info("worker %d: the owner is gone, exiting", self.index)
@@ -236,6 +249,7 @@ class WorkerProcess:
                                                                  self, self.fast)
         else:
             target.luns = set(info["luns"])
+        self._slots(target.name, info)
         neg = Negotiation(info["offer"], False)
         neg.result = dict(info["result"])
         neg.declared = True

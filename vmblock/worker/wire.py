@@ -4,7 +4,8 @@ Each message is one frame on the unix socketpair: a little-endian header ``<IB``
 length, message type), then the payload. The per-command messages (``COMMAND``, ``RESULT``)
 have fixed binary heads followed by raw bytes (CDB, sense, data), so a 4 KiB write costs one
 ``struct`` pack and one gather ``sendmsg``; the rare ones (``READY``, ``HANDOFF``, ``LUNS``,
-``ABORT``, ``CONFIG``) carry JSON. A ``HANDOFF`` frame carries the connection's socket as SCM_RIGHTS
+``ABORT``, ``CONFIG``, ``STORE``) carry JSON. A ``HANDOFF`` frame carries the connection's
+socket as SCM_RIGHTS
 ancillary data on its first byte. This module only packs and unpacks: no I/O.
 """
 
@@ -50,6 +51,7 @@ class Msg(enum.IntEnum):
     LUNS = 15           # the LUNs of a target changed
     STOP = 16           # close every connection and exit
     CONFIG = 17         # the fabric settings changed: {"config", "max_pdu"} as in HANDOFF
+    STORE = 18          # the fast path's shared memory and tier files (SCM_RIGHTS), once
 
 
 def frame(mtype: Msg, *parts) -> list:
