@@ -8,7 +8,7 @@ One ``ConnectionMachine`` logged in (tests/support's initiator machine), a LUN o
 of --batch READ(10) or WRITE(10) commands (4 KiB, immediate data) handed over as one receive
 buffer, as at QD32 over TCP; the answers are written into a list and dropped. Printed: process
 CPU microseconds per command, the median of --repeat runs, after a warm-up run; the garbage
-collector as the server sets it (``server.settle_gc``).
+collector as the server sets it (``collector.settle_gc``).
 """
 
 import argparse
@@ -26,7 +26,7 @@ from vmblock.iscsi.machine import ConnectionMachine  # noqa: E402
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry  # noqa: E402
 from vmblock.scsi.lu import LogicalUnit  # noqa: E402
 from vmblock.scsi.target import ScsiTarget  # noqa: E402
-from vmblock.server import settle_gc  # noqa: E402
+from vmblock.collector import settle_gc  # noqa: E402
 from vmblock.store.backend import BackingStore  # noqa: E402
 
 TARGET = "iqn.2026-11.io.vmblock:fabric-bench"

@@ -8,7 +8,6 @@ which the iSCSI service reads live (a new vdisk is a new LUN at once, a new targ
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import logging
 import os
@@ -31,6 +30,7 @@ from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
+from vmblock.collector import settle_gc
 from vmblock.settings import Apply, Settings, format_portal, lookup
 from vmblock.store.backend import BackingStore
 from vmblock.worker.owner import WorkerPool
@@ -533,22 +533,6 @@ class LiveApi(Api):
     def session_list(self) -> list[dict]:
         """The iSCSI sessions logged in to this server (``Session.info`` each)."""
         return self.server.service.sessions()
-
-
-# The data path makes a few short-lived objects per command: with Python's default young
-# generation threshold (700) the collector ran thousands of times a second (~9% of the
-# server's CPU in `perf`, docs/benchmarks.md), and each full collection walked the ~150k
-# objects numba, numpy and the pool left at start. Those are frozen once the server is up
-# (never collected, never walked), and the young generation is collected less often (a closed
-# connection frees its receive buffer itself, so garbage cycles waiting longer stay small).
-GC_YOUNG_THRESHOLD = 10_000
-
-
-def settle_gc() -> None:
-    """Freeze what start-up made and raise the young generation's threshold (above)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import uvloop
 
+from vmblock.collector import settle_gc
 from vmblock.iscsi.budget import DataBudget
 from vmblock.iscsi.machine import ConnectionMachine
 from vmblock.iscsi.params import Negotiation
@@ -348,6 +349,7 @@ async def _serve(sock: socket.socket, index: int) -> None:
     loop = asyncio.get_running_loop()
     process = WorkerProcess(sock, index, loop)
     loop.add_signal_handler(signal.SIGTERM, process.stop)
+    settle_gc()
     process.channel.send(Msg.READY, pack_json({"index": index, "pid": os.getpid()}))
     await process.done.wait()
     process.channel.close()
