@@ -29,7 +29,7 @@ from vmblock.admin.schema import (
 from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
-from vmblock.meta.model import Snapshot, Vdisk
+from vmblock.meta.model import Snapshot, Vdisk, Vm
 from vmblock.settings import format_portal
 from vmblock.units import parse_size
 
@@ -188,8 +188,10 @@ class Api:
                  live: bool = False) -> dict:
         """A new VM whose vdisks (new LUNs) share a snapshot's (or, ``live``, the current)
         blocks copy-on-write."""
-        vm, disks, new_targets = self.pool.clone_vm(name, new_name, snapshot=snapshot,
-                                                    live=live)
+        return self._cloned(*self.pool.clone_vm(name, new_name, snapshot=snapshot, live=live))
+
+    def _cloned(self, vm: Vm, disks: list[Vdisk], new_targets: set[str]) -> dict:
+        """Serve a new clone's vdisks (their LUNs, new targets) and show it."""
         for disk in disks:
             self.vdisk_created(disk, disk.target in new_targets)
             if disk.target in new_targets:
