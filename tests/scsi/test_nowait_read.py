@@ -8,9 +8,8 @@ import os
 
 import pytest
 from support.scsi_rig import Rig, read10, write10
-from support.stores import store_of
+from support.stores import small_pool, store_of
 
-from vmblock.meta import Pool
 from vmblock.scsi.task import SAM_STAT_GOOD, ScsiTask
 from vmblock.store.backend import NowaitReadable
 
@@ -20,10 +19,7 @@ BLOCK = 512
 
 @pytest.fixture
 def pool(tmp_path):
-    p = Pool(str(tmp_path / "pool"), create=True)
-    p.config_set("store.capacity_size", "64M")
-    p.create_vm("vm1")
-    p.create_vdisk("d1", 16 * MiB, vm="vm1")
+    p = small_pool(tmp_path / "pool", {"store.capacity_size": "64M"}, {"d1": 16 * MiB})
     yield p
     p.close()
 

@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from support.stores import read, store_of
+from support.stores import read, small_pool, store_of
 
 from vmblock.errors import AlreadyExists, InvalidArgument
 from vmblock.meta import Pool
@@ -23,12 +23,7 @@ AU = AU_SIZE
 
 @pytest.fixture
 def pool(tmp_path):
-    p = Pool(str(tmp_path / "pool"), create=True)
-    p.config_set("store.capacity_size", "64M")
-    p.close()
-    p = Pool(str(tmp_path / "pool"))
-    p.create_vm("vm1")
-    p.create_vdisk("d1", 256 * MiB, vm="vm1")
+    p = small_pool(tmp_path / "pool", {"store.capacity_size": "64M"}, {"d1": 256 * MiB})
     yield p
     p.close()
 

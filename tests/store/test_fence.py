@@ -5,9 +5,8 @@ started before is not reused until that section ends (or the worker is gone)."""
 from __future__ import annotations
 
 import pytest
-from support.stores import store_of
+from support.stores import small_pool, store_of
 
-from vmblock.meta import Pool
 from vmblock.store.layout import AU_SIZE, LEAF_AUS
 from vmblock.worker.shared import ACTIVE, EPOCH, WRITES, Fence
 
@@ -16,10 +15,7 @@ AU = AU_SIZE
 
 @pytest.fixture
 def pool(tmp_path):
-    p = Pool(str(tmp_path / "pool"), create=True)
-    p.config_set("store.capacity_size", "256M")
-    p.create_vm("vm1")
-    p.create_vdisk("d1", 64 << 20, vm="vm1")
+    p = small_pool(tmp_path / "pool", {"store.capacity_size": "256M"}, {"d1": 64 << 20})
     yield p
     p.close()
 

@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pytest
 from rocksdict import WriteBatch
-from support.stores import read, store_of
+from support.stores import read, small_pool, store_of
 
 from vmblock.errors import InvalidArgument
 from vmblock.meta import Pool
@@ -32,11 +32,7 @@ AU = AU_SIZE
 
 @pytest.fixture
 def pool_dir(tmp_path):
-    p = Pool(str(tmp_path / "pool"), create=True)
-    p.config_set("store.capacity_size", "256M")
-    p.create_vm("vm1")
-    p.create_vdisk("d1", 64 * MiB, vm="vm1")
-    p.close()
+    small_pool(tmp_path / "pool", {"store.capacity_size": "256M"}, {"d1": 64 * MiB}).close()
     return str(tmp_path / "pool")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from support.stores import read, store_of
+from support.stores import read, small_pool, store_of
 
 from vmblock.errors import InvalidArgument, NoSpace
 from vmblock.meta import Pool
@@ -19,12 +19,8 @@ AU = AU_SIZE
 
 @pytest.fixture
 def pool_dir(tmp_path):
-    p = Pool(str(tmp_path / "pool"), create=True)
-    p.config_set("store.capacity_size", "64M")
-    p.create_vm("vm1")
-    p.create_vdisk("d1", 32 * MiB, vm="vm1")
-    p.create_vdisk("d2", 32 * MiB, vm="vm1")
-    p.close()
+    small_pool(tmp_path / "pool", {"store.capacity_size": "64M"},
+               {"d1": 32 * MiB, "d2": 32 * MiB}).close()
     return str(tmp_path / "pool")
 
 

@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 import pytest
-from support.stores import read, store_of
+from support.stores import read, small_pool, store_of
 
 from vmblock.errors import NoSpace
 from vmblock.meta import Pool
@@ -21,14 +21,8 @@ AU = AU_SIZE
 
 @pytest.fixture
 def pool(tmp_path):
-    p = Pool(str(tmp_path / "pool"), create=True)
-    p.config_set("store.capacity_size", "64M")
-    p.config_set("store.flash_size", "32M")
-    p.config_set("cache.size", "8M")
-    p.close()
-    p = Pool(str(tmp_path / "pool"))
-    p.create_vm("vm1")
-    p.create_vdisk("d1", 16 * MiB, vm="vm1")
+    p = small_pool(tmp_path / "pool", {"store.capacity_size": "64M", "store.flash_size": "32M",
+                                       "cache.size": "8M"}, {"d1": 16 * MiB})
     p.closed_by_test = False
     yield p
     if not p.closed_by_test:

@@ -13,3 +13,19 @@ def read(store, off: int, n: int) -> bytes:
     buf = bytearray(n)
     store.read_into(off, memoryview(buf))
     return bytes(buf)
+
+
+def small_pool(path, config: dict[str, str], vdisks: dict[str, int]):
+    """A new pool at ``path`` with ``config`` set (applied by reopening it), VM ``vm1`` and its
+    thin ``vdisks`` (name -> size in bytes), open."""
+    from vmblock.meta import Pool     # the pool brings the store (numpy, Numba) only here
+
+    pool = Pool(str(path), create=True)
+    for key, value in config.items():
+        pool.config_set(key, value)
+    pool.close()
+    pool = Pool(str(path))
+    pool.create_vm("vm1")
+    for name, size in vdisks.items():
+        pool.create_vdisk(name, size, vm="vm1")
+    return pool
