@@ -20,7 +20,8 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
                                   "disks": [{"vdisk", "name", "map_id", "src_map",
                                              "size_bytes", "used_bytes"}]}
     snapname/<scope>/<name>      "<snapshot uuid>"   scope: VM uuid (VM snapshot) or vdisk uuid
-    event/<usec:020d>/<kind>     {"time", "kind", ...}             low-space events etc.
+    event/<usec:020d>/<kind>     {"id", "time", "kind", "severity", "message", "vm"?, "vdisk"?,
+                                  "advice"?, ...}   Pool.record_event; store events (low space)
     config/<dotted.key>          "<value>"                          see vmblock.settings.TABLE
     cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
 
@@ -52,6 +53,9 @@ BLOCK_SIZE = 512
 # not an IEEE-registered OUI) placed in the NAA designator of every vdisk.
 VMBLOCK_CID = 0x7A6D62
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+EVENT_SEVERITIES = ("info", "warning", "error", "critical")
 
 
 def now() -> str:

@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import stat
+import time
 import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -45,6 +46,7 @@ from vmblock.meta.check import check_pool
 from vmblock.meta.db import MetaDB, MetaIOError
 from vmblock.meta.groups import EvictionGroups
 from vmblock.meta.model import (
+    EVENT_SEVERITIES,
     MAX_LUN,
     Snapshot,
     Target,
@@ -102,6 +104,8 @@ class Pool:
         self._store: PoolStore | None = None
         # settings that win over the pool's config keys for this process (serve --config)
         self.overrides: dict[str, str] = {}
+        # called with each event record_event persists (the server's delivery hangs here)
+        self.event_listeners: list = []
         self.eviction_groups = EvictionGroups(self)
         if os.path.isdir(self.path) and not os.access(self.path, os.R_OK | os.W_OK | os.X_OK):
             raise PoolError(f"pool {self.path} belongs to uid {os.stat(self.path).st_uid} and "
@@ -498,6 +502,24 @@ class Pool:
         return snapshots.clone_vm(self, src_name, new_name, snapshot, live)
 
     # --- events -------------------------------------------------------------------------------
+
+    def record_event(self, kind: str, severity: str, message: str, *, vm: str | None = None,
+                     vdisk: str | None = None, advice: str | None = None, **fields) -> dict:
+        """Persist one event ``{id, time, kind, severity, vm?, vdisk?, message, advice?, ...}``
+        now (one synced write) and hand it to every listener in ``event_listeners`` (delivery:
+        follow streams, hooks); the record, whose ``id`` is its key in time order."""
+        if severity not in EVENT_SEVERITIES:
+            raise InvalidArgument(f"event severity {severity!r} is not one of "
+                                  f"{', '.join(EVENT_SEVERITIES)}")
+        t = time.time()
+        event = dict(time=t, kind=kind, severity=severity, message=message, **fields)
+        event.update({k: v for k, v in (("vm", vm), ("vdisk", vdisk), ("advice", advice))
+                      if v is not None})
+        event["id"] = f"{int(t * 1e6):020d}/{kind}"
+        self.write_records({f"event/{event['id']}": event})
+        for listener in list(self.event_listeners):
+            listener(event)
+        return event
 
     def events(self, limit: int = 100) -> list[dict]:
         """Recorded events, oldest first, with those not yet committed at the end."""
