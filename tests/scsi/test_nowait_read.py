@@ -45,8 +45,21 @@ def test_read_nowait_serves_cached_and_unwritten_data_and_declines_the_rest(pool
     store.read_into(1 * MiB, memoryview(buf))
     assert bytes(buf) == data
     assert store.read_nowait(1 * MiB, memoryview(buf)) and bytes(buf) == data   # cached again
-    # a range over two AUs is not the one-AU path: read it off the loop
-    assert not store.read_nowait(pool.store.au - 4096, memoryview(bytearray(8192)))
+    # a range over two AUs is read one AU at a time: inline when both parts are cached
+    au = pool.store.au
+    two = os.urandom(8192)
+    store.write(au - 4096, memoryview(two))
+    buf = bytearray(8192)
+    assert store.read_nowait(au - 4096, memoryview(buf)) and bytes(buf) == two
+    half = bytearray(8192)
+    assert store.read_nowait(3 * au - 4096, memoryview(half)) and bytes(half) == bytes(8192)
+    drop_page_cache(pool)
+    # the second AU's part cached, the first not: the whole read waits for the disk (checked
+    # once: a RWF_NOWAIT miss starts readahead, so a second try may find the page)
+    store.write(au, memoryview(two[4096:]))
+    assert not store.read_nowait(au - 4096, memoryview(buf))
+    store.read_into(au - 4096, memoryview(buf))
+    assert bytes(buf) == two
 
 
 def test_uncached_small_read_runs_in_the_executor_cached_one_inline(pool):

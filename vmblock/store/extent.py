@@ -73,12 +73,25 @@ class ExtentStore(BackingStore):
     def read_nowait(self, offset: int, buf: memoryview) -> bool:
         """Fill ``buf`` from ``offset`` if that needs no wait for the device: True when done;
         False (``buf`` undefined) when the data is not all in the page cache (preadv2 with
-        RWF_NOWAIT) or the range spans AUs, so the caller reads it with ``read_into`` off the
-        event loop."""
+        RWF_NOWAIT), so the caller reads it with ``read_into`` off the event loop. A range
+        over two or more AUs (a 4 KiB read at an LBA not aligned to 4 KiB crosses an AU
+        boundary once in 128) is read one AU at a time: an executor hop costs far more."""
         if not self._nowait:
             return False
         try:
-            return self._read_in_one_au(offset, buf, os.RWF_NOWAIT)
+            if self._read_in_one_au(offset, buf, os.RWF_NOWAIT):
+                return True
+            n = len(buf)
+            au = self._au
+            if not n or (offset + n - 1) // au == offset // au:
+                return False        # in one AU, not all cached (or the map is gone)
+            pos = 0
+            while pos < n:
+                end = min(n, ((offset + pos) // au + 1) * au - offset)
+                if not self._read_in_one_au(offset + pos, buf[pos:end], os.RWF_NOWAIT):
+                    return False
+                pos = end
+            return True
         except BlockingIOError:
             return False
         except OSError as e:
