@@ -1,0 +1,137 @@
+"""Hypervisors through a live server and the real CLI: ``hypervisor add|list|show|sync|remove``
+with libvirt's test driver, bad URIs, and a libvirt that hangs while I/O and the admin API go on.
+
+Each wait polls the admin API for a condition with a generous deadline; nothing asserts after
+a fixed sleep."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid as uuidlib
+
+import pytest
+from support.clients import cli_json, qemu_io
+from support.server import run_cli
+
+from vmblock import DEFAULT_TARGET
+
+pytest.importorskip("libvirt")
+
+DEADLINE = 60.0
+
+
+def until(what: str, cond, deadline: float = DEADLINE):
+    """Poll ``cond()`` until it is true (returns it); fail naming ``what`` at the deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"not within {deadline} s: {what}")
+        time.sleep(0.1)
+
+
+def test_domain_becomes_vm_through_the_cli(vmblock_server, tmp_path):
+    s = vmblock_server
+    uid = str(uuidlib.uuid4())
+    node = tmp_path / "node.xml"
+    node.write_text(
+        f"<node><domain type='test'><name>web</name><uuid>{uid}</uuid><memory>65536</memory>"
+        f"<os><type>hvm</type></os><devices>"
+        f"<disk type='network' device='disk'><source protocol='iscsi' "
+        f"name='{DEFAULT_TARGET}/0'><host name='{s.host}' port='{s.port}'/></source>"
+        f"<target dev='vda' bus='virtio'/></disk>"
+        f"<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>"
+        f"</devices></domain></node>")
+    out = s.cli("hypervisor", "add", "h1", "--uri", f"test://{node}", "--interval", "1h").stdout
+    assert "added hypervisor h1" in out
+    vm = until("the domain's VM", lambda: next(
+        (v for v in cli_json(s, "vm", "list") if v["uuid"] == uid), None))
+    assert (vm["name"], vm["active"], vm["hypervisor"], vm["vdisks"]) == \
+        ("web", True, "h1", ["demo"])
+    shown = cli_json(s, "hypervisor", "sync", "h1")
+    assert shown["state"] == "connected" and shown["domains"][0]["vdisks"] == ["demo"]
+    assert [(u["target"], u["device"]) for u in shown["unmapped_disks"]] == [("hdc", "cdrom")]
+    assert cli_json(s, "hypervisor", "list")[0]["vms"] == 1
+    assert "domain:           web  running  demo" in s.cli("hypervisor", "show", "h1").stdout
+    s.cli("hypervisor", "remove", "h1")
+    assert cli_json(s, "vm", "show", "web")["meta_stale"] is True
+
+
+@pytest.mark.parametrize("uri, said", [
+    ("qemu+tcp://root:hunter2@example.com/system", "password"),
+    ("not a uri", "bad libvirt URI"),
+    ("qemu:///system\n", "control characters"),
+])
+def test_bad_uri_is_refused_in_one_line(vmblock_server, uri, said):
+    p = vmblock_server.cli("hypervisor", "add", "h1", "--uri", uri, check=False)
+    assert p.returncode == 2 and said in p.stderr and len(p.stderr.splitlines()) == 1
+    assert "hunter2" not in vmblock_server.cli("pool", "show", "--json").stdout
+
+
+def test_records_without_a_server(tmp_path):
+    pool = tmp_path / "pool"
+    run_cli(pool, "vm", "create", "x")
+    run_cli(pool, "hypervisor", "add", "h1", "--uri", "qemu:///system")
+    listed = json.loads(run_cli(pool, "hypervisor", "list", "--json").stdout)
+    assert [(h["name"], h["state"], h["interval"]) for h in listed] == \
+        [("h1", "not connected", 30.0)]
+    p = run_cli(pool, "hypervisor", "sync", "h1", check=False)
+    assert p.returncode == 2 and "no server is running" in p.stderr
+    run_cli(pool, "hypervisor", "remove", "h1")
+    assert json.loads(run_cli(pool, "hypervisor", "list", "--json").stdout) == []
+
+
+class HangingListener:
+    """A TCP port that accepts connections and never says a word: a libvirtd that hangs."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for c in self.accepted:
+            c.close()
+
+
+@pytest.fixture
+def hanging():
+    listener = HangingListener()
+    yield listener
+    listener.close()
+
+
+def test_hung_libvirt_delays_neither_io_nor_admin(start_server, tmp_path, hanging):
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "hypervisor.call_timeout", "20s")
+    s = start_server(pool=pool)
+    s.cli("hypervisor", "add", "hung", "--uri",
+          f"qemu+tcp://127.0.0.1:{hanging.port}/system", "--interval", "1h")
+    until("libvirt connected to the hanging port", lambda: hanging.accepted)
+    # the connect call now waits for an answer that never comes; meanwhile:
+    qemu_io(s.url(), "write -P 0x5a 0 1M", "read -P 0x5a 0 1M")
+    assert [v["name"] for v in cli_json(s, "vm", "list")] == ["demo"]
+    assert cli_json(s, "hypervisor", "show", "hung")["state"] == "connecting"   # still hung
+    shown = until("unreachable after the call timeout", lambda: (
+        h := cli_json(s, "hypervisor", "show", "hung"))["state"] == "unreachable" and h)
+    assert "did not answer within 20 s" in shown["error"]
+    ev = [e for e in cli_json(s, "events") if e["kind"] == "hypervisor_unreachable"]
+    assert ev and ev[0]["hypervisor"] == "hung"
+    qemu_io(s.url(), "read -P 0x5a 0 1M")
+    assert s.stop() == 0            # a thread stuck in libvirt does not hold up the exit
