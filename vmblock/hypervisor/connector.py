@@ -6,10 +6,10 @@ close, and reads every domain (a full sync). Then it waits: an event marks its d
 only that domain is read again; every ``interval`` seconds, or on ``request_sync``, all are read
 again (the backstop for a lost event). A failed or timed-out call, or the connection closing
 (libvirtd gone; keepalive for remote URIs), makes the hypervisor unreachable: ``on_state`` is
-told once, and it reconnects with exponential backoff (``BACKOFF_FIRST`` doubling up to the
-interval), resyncing when back. Every libvirt call that may wait runs on the connection's
-``Caller`` thread with ``timeout``: the event loop, and with it I/O and the admin API, never
-waits for libvirt.
+told once, and it reconnects with exponential backoff (``BACKOFF_FIRST`` doubling up to
+``BACKOFF_MAX`` or the interval), resyncing when back. Every libvirt call that may wait runs
+on the connection's ``Caller`` thread with ``timeout``: the event loop, and with it I/O and
+the admin API, never waits for libvirt.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from vmblock.hypervisor.mapping import Served, hypervisor_is_local, map_disk
 
 log = logging.getLogger("vmblock.hypervisor")
 
-BACKOFF_FIRST = 1.0             # seconds before the first reconnect; doubles up to interval
+BACKOFF_FIRST = 1.0             # seconds before the first reconnect; doubles up to
+BACKOFF_MAX = 30.0              # this, or the resync interval when that is shorter
 KEEPALIVE_INTERVAL = 5          # seconds between keepalive probes of a remote connection
 KEEPALIVE_COUNT = 3             # unanswered probes before libvirt closes it
 VIR_ERR_NO_DOMAIN = 42          # virErrorNumber: the domain is gone (undefined meanwhile)
@@ -152,7 +153,7 @@ class Connector:
                 raise
             except Exception as e:      # libvirtError, CallTimeout, a closed connection
                 self._went_away(str(e) or type(e).__name__)
-                wait, backoff = backoff, min(backoff * 2, max(self.interval, BACKOFF_FIRST))
+                wait, backoff = backoff, min(backoff * 2, self.interval, BACKOFF_MAX)
             if not (self._wake.is_set() or self._dirty or self._lost):
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)
