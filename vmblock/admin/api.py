@@ -47,7 +47,7 @@ class Api:
     def __init__(self, pool: Pool, runtime: Runtime | None = None):
         self.pool = pool
         self.cache = CacheVerbs(pool, runtime)
-        self.hypervisor = HypervisorVerbs(pool, runtime)
+        self.hypervisor = HypervisorVerbs(pool, runtime, api=self)
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""

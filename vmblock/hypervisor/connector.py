@@ -275,17 +275,22 @@ class Connector:
             pass
         self._retire()
 
-    async def define(self, xml: str) -> None:
-        """Define (redefine) a domain from ``xml`` on this hypervisor (``vm import --switch``)."""
-        if self._conn is None:
-            raise ConnectionError(f"hypervisor {self.name} is not connected ({self.error})")
-        await self._call(self._conn.defineXML, xml)
-
     async def run_on(self, fn, *args):
-        """``fn(connection, *args)`` on the connection's thread, with the timeout."""
+        """``fn(connection, *args)`` on the connection's thread, with the timeout; libvirt's
+        errors come back as ServerError naming this hypervisor."""
         if self._conn is None:
-            raise ConnectionError(f"hypervisor {self.name} is not connected ({self.error})")
-        return await self._call(fn, self._conn, *args)
+            raise ServerError(f"hypervisor {self.name} is not connected"
+                              f"{': ' + self.error if self.error else ''}")
+        libvirt = libvirt_module()
+        try:
+            return await self._call(fn, self._conn, *args)
+        except libvirt.libvirtError as e:
+            raise ServerError(f"hypervisor {self.name}: {e}") from None
+
+    @property
+    def local(self) -> bool:
+        """Whether the hypervisor runs on this machine (known once connected)."""
+        return bool(self._local)
 
     def show(self, vdisk_names: dict[str, str]) -> dict:
         """The live state for ``hypervisor show``: connection, domains, unmapped disks."""

@@ -3,6 +3,10 @@
 Key layout (text keys, JSON values, written through ``Pool.write_records``)::
 
     hypervisor/<name>            {"name", "uri", "interval", "created"}
+    vmimport/<vm uuid>           {"hypervisor", "domain", "vm", "disks": [{"target", "path",
+                                  "format", "vdisk", "size_bytes", "done"}]}
+                                 a ``vm import`` under way: what a re-run resumes (or
+                                 ``abort`` undoes); gone once the import is finished
 
 A VM learned from a hypervisor (``vmblock.hypervisor`` watches them) has, besides the usual
 fields of ``vmblock.meta.model.Vm``:
@@ -196,3 +200,21 @@ def update_vm(pool, uid: str, **fields) -> list[str]:
         rec.update(fields)
         pool.write_records({f"vm/{uid}": rec})
     return changed
+
+
+IMPORT_PREFIX = "vmimport/"
+
+
+def import_state(pool, uid: str) -> dict | None:
+    """The ``vm import`` under way for VM ``uid``, or None."""
+    return pool.record(IMPORT_PREFIX + uid)
+
+
+def put_import_state(pool, uid: str, state: dict) -> None:
+    """Record (or update) the ``vm import`` under way for VM ``uid``."""
+    pool.write_records({IMPORT_PREFIX + uid: state})
+
+
+def end_import(pool, uid: str) -> None:
+    """Forget the import of VM ``uid`` (finished or undone)."""
+    pool.write_records({}, delete=[IMPORT_PREFIX + uid])
