@@ -7,6 +7,7 @@ is shared)."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid as uuidlib
 
@@ -101,3 +102,41 @@ def test_real_domain_is_followed(start_server, libvirtd, tmp_path):
     assert v["active"] is False and v["vdisks"] == ["demo"]
     assert any(e["kind"] == "vm_orphaned" and e["vm"] == name + "-renamed"
                for e in cli_json(s, "events"))
+
+
+def test_import_switch_then_boot_from_the_lun(start_server, libvirtd, tmp_path):
+    """A shut-off domain on a raw image is imported with --switch into a CHAP target: its
+    disk becomes an iSCSI disk with a libvirt secret, and QEMU starts on the new LUN."""
+    s = start_server()
+    image = tmp_path / "disk.raw"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 64k", str(image)],
+                   check=True, capture_output=True)
+    uid, name = str(uuidlib.uuid4()), f"vmb-imp-{uuidlib.uuid4().hex[:6]}"
+    libvirtd.domains += [uid]
+    libvirtd.secrets += [f"vmblock-{DEFAULT_TARGET}"]
+    xml = tmp_path / "dom.xml"
+    xml.write_text(domain_xml(name, uid, s.host, s.port, "kvm").replace(
+        "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source protocol='iscsi' name='{DEFAULT_TARGET}/0'>"
+        f"<host name='{s.host}' port='{s.port}'/></source>",
+        f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source file='{image}'/>"))
+    lv.virsh("define", str(xml))
+    s.cli("hypervisor", "add", "kvm", "--uri", lv.URI, "--interval", "1h")
+    out = s.cli("vm", "import", "--from", "kvm", name, "--switch").stdout
+    assert f"imported domain {name} as VM {name}" in out
+    assert cli_json(s, "vm", "show", name)["vdisks"][0]["used_bytes"] == 64 * 1024
+    dumped = lv.virsh("dumpxml", name).stdout
+    assert "protocol='iscsi'" in dumped and f"usage='vmblock-{DEFAULT_TARGET}'" in dumped
+    for virt in ("kvm", "qemu"):
+        if lv.virsh("start", name, check=False).returncode == 0:
+            break
+        xml2 = lv.virsh("dumpxml", name).stdout.replace("type='kvm'", "type='qemu'", 1)
+        (tmp_path / "tcg.xml").write_text(xml2)
+        lv.virsh("define", str(tmp_path / "tcg.xml"))
+    else:
+        pytest.fail("the switched domain did not start")
+    until("QEMU logged in with CHAP", lambda: cli_json(s, "session", "list"))
+    until("the VM active", lambda: cli_json(s, "vm", "show", name)["active"] is True)

@@ -5,7 +5,7 @@ to files and no cgroups when ``/etc/libvirt/qemu.conf`` says ``user = "root"``, 
 "root"``, ``stdio_handler = "file"``, ``cgroup_controllers = [ ]``. The user's qemu.conf is
 never touched: libvirtd runs in a private mount namespace (``unshare -m``) where a copy with
 those lines appended is bind-mounted over it. ``stop`` destroys and undefines the domains it
-was asked to clean before it stops libvirtd, so no QEMU is left behind.
+was asked to clean (and the secrets) before it stops libvirtd, so no QEMU is left behind.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class Libvirtd:
         self.log = workdir / "libvirtd.log"
         self.proc: subprocess.Popen | None = None
         self.domains: list[str] = []        # names (or uuids) to destroy and undefine at stop
+        self.secrets: list[str] = []        # iSCSI usage names of secrets to undefine at stop
 
     def start(self) -> None:
         """Start libvirtd and wait until ``virsh version`` answers."""
@@ -81,6 +82,10 @@ class Libvirtd:
         for dom in self.domains:
             virsh("destroy", dom, check=False)
             virsh("undefine", dom, check=False)
+        for usage in self.secrets:
+            for line in virsh("secret-list", check=False).stdout.splitlines():
+                if usage in line:
+                    virsh("secret-undefine", line.split()[0], check=False)
         self.proc.terminate()
         try:
             self.proc.wait(20)
