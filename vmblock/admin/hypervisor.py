@@ -42,6 +42,7 @@ from vmblock.meta.hypervisors import (
     import_state,
     put_import_state,
     sync_vm,
+    update_vm,
 )
 from vmblock.units import parse_seconds
 
@@ -139,6 +140,9 @@ class HypervisorVerbs:
         hv = self.pool.remove_hypervisor(name)
         live = self._live()
         if live is None:
+            for vm in self.pool.vms():
+                if vm.hypervisor == name:
+                    update_vm(self.pool, vm.uuid, meta_stale=True)
             return hv.dump()
 
         async def disconnect() -> dict:
