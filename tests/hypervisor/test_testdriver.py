@@ -222,3 +222,54 @@ def test_unreachable_uri_marks_vms_stale(pool, tmp_path):
     ev = events(pool, "hypervisor_unreachable")[-1]
     assert ev["hypervisor"] == "h1" and "Connection refused" in ev["message"]
     assert not vm_by_uuid(pool, uid).orphaned
+
+
+TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
+
+
+def test_migration_moves_the_vm_to_where_it_runs(pool, tmp_path):
+    uid = str(uuidlib.uuid4())
+    disk = network_disk("vda", f"{DEFAULT_TARGET}/0")
+    shut_off = domain_xml("web", uid, disk).replace(
+        "<domain type='test'>", f"<domain type='test' xmlns:test='{TEST_NS}'>").replace(
+        "</domain>", "<test:runstate>5</test:runstate></domain>")
+    a = write_node(tmp_path / "a.xml", domain_xml("web", uid, disk))
+    b = write_node(tmp_path / "b.xml", shut_off)
+
+    async def main():
+        hv = await started(pool, a=a, b=b)
+        try:
+            await until("on a", lambda: (vm := vm_by_uuid(pool, uid)) is not None
+                        and set(vm.claims) == {"a", "b"} and vm.hypervisor == "a")
+            # the domain leaves a and starts on b (libvirt's migration, as the hosts see it)
+            await hv.connectors["a"].run_on(lambda conn: conn.lookupByUUIDString(uid).destroy())
+            await hv.connectors["a"].run_on(lambda conn: conn.lookupByUUIDString(uid).undefine())
+            await hv.connectors["b"].run_on(lambda conn: conn.lookupByUUIDString(uid).create())
+            await until("on b", lambda: (vm := vm_by_uuid(pool, uid)).hypervisor == "b"
+                        and vm.active and set(vm.claims) == {"b"})
+        finally:
+            await hv.stop()
+    run(main())
+    vm = vm_by_uuid(pool, uid)
+    assert not vm.orphaned and vm.source == SOURCE_PREFIX + "b"
+    assert not events(pool, "vm_orphaned")
+
+
+def test_resync_catches_what_no_event_said(pool, tmp_path):
+    uid = str(uuidlib.uuid4())
+    uri = write_node(tmp_path / "node.xml",
+                     domain_xml("web", uid, network_disk("vda", f"{DEFAULT_TARGET}/0")))
+
+    async def main():
+        pool.add_hypervisor("h1", uri, 0.5)         # a full resync every half second
+        hv = Hypervisors(pool, lambda: [PORTAL], 5.0)
+        await hv.start()
+        c = hv.connectors["h1"]
+        try:
+            await until("discovered", lambda: vm_by_uuid(pool, uid))
+            await c.run_on(lambda conn: conn.domainEventDeregisterAny(c.event_id))
+            await c.run_on(lambda conn: conn.lookupByUUIDString(uid).destroy())
+            await until("inactive by resync alone", lambda: not vm_by_uuid(pool, uid).active)
+        finally:
+            await hv.stop()
+    run(main())

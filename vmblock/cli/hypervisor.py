@@ -1,4 +1,4 @@
-"""``vmblock hypervisor ...``: libvirt hypervisors whose domains become VMs (docs/hypervisors.md)."""
+"""``vmblock hypervisor ...``: libvirt hypervisors whose domains become VMs (docs/hypervisors.md)"""
 
 from __future__ import annotations
 

@@ -94,6 +94,7 @@ class Connector:
         self.last_sync = 0.0
         self.domains: dict[str, Mapped] = {}
         self._caller: Caller | None = None
+        self.event_id = -1              # the lifecycle callback's id on this connection
         self._conn = None
         self._local: bool | None = None
         self._dirty: set[str] = set()
@@ -175,8 +176,8 @@ class Connector:
         self._lost = ""
 
     def _subscribe(self, libvirt, conn) -> None:
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                    self._lifecycle, None)
+        self.event_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                    self._lifecycle, None)
         conn.registerCloseCallback(self._closed, None)
         try:
             conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
