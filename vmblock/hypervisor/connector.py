@@ -95,6 +95,7 @@ class Connector:
         self.domains: dict[str, Mapped] = {}
         self._caller: Caller | None = None
         self.event_id = -1              # the lifecycle callback's id on this connection
+        self._generation = 0            # which connection a close callback speaks of
         self._conn = None
         self._local: bool | None = None
         self._dirty: set[str] = set()
@@ -111,16 +112,18 @@ class Connector:
         uid = dom.UUIDString()          # kept in the handle: no call to libvirtd
         self._loop.call_soon_threadsafe(self._mark, uid)
 
-    def _closed(self, conn, reason, opaque) -> None:
-        self._loop.call_soon_threadsafe(self._drop_soon, f"connection closed (reason {reason})")
+    def _closed(self, conn, reason, generation) -> None:
+        self._loop.call_soon_threadsafe(self._drop_soon, f"connection closed (reason {reason})",
+                                        generation)
 
     def _mark(self, uid: str) -> None:
         self._dirty.add(uid)
         self._wake.set()
 
-    def _drop_soon(self, why: str) -> None:
-        self._lost = why
-        self._wake.set()
+    def _drop_soon(self, why: str, generation: int) -> None:
+        if generation == self._generation:      # not a connection dropped before
+            self._lost = why
+            self._wake.set()
 
     def request_sync(self) -> asyncio.Future:
         """A full sync now (or a reconnect attempt now); the future ends with the next one."""
@@ -167,6 +170,7 @@ class Connector:
 
     async def _connect(self) -> None:
         libvirt = libvirt_module()
+        self._generation += 1
         self._caller = Caller(self.name)
         if self._local is None:
             self._local = await self._call(hypervisor_is_local, self.uri)
@@ -178,7 +182,7 @@ class Connector:
     def _subscribe(self, libvirt, conn) -> None:
         self.event_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                                     self._lifecycle, None)
-        conn.registerCloseCallback(self._closed, None)
+        conn.registerCloseCallback(self._closed, self._generation)
         try:
             conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
         except libvirt.libvirtError:
@@ -264,7 +268,8 @@ class Connector:
     def _retire(self) -> None:
         conn, self._conn = self._conn, None
         if self._caller is not None:
-            self._caller.retire(*([conn.close] if conn is not None else []))
+            closers = [conn.unregisterCloseCallback, conn.close] if conn is not None else []
+            self._caller.retire(*closers)
             self._caller = None
 
     async def stop(self) -> None:
