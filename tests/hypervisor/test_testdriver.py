@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 import uuid as uuidlib
 
@@ -273,3 +274,21 @@ def test_resync_catches_what_no_event_said(pool, tmp_path):
         finally:
             await hv.stop()
     run(main())
+
+
+def test_without_libvirt_python_the_server_runs_and_add_says_what_to_install(
+        pool, monkeypatch):
+    from vmblock.admin.hypervisor import HypervisorVerbs
+    from vmblock.errors import InvalidArgument
+
+    pool.add_hypervisor("h1", "qemu:///system", 30.0)
+    monkeypatch.setitem(sys.modules, "libvirt", None)     # import libvirt: ImportError
+
+    async def main():
+        hv = Hypervisors(pool, lambda: [PORTAL], 5.0)
+        await hv.start()                # logs that h1 is not followed, raises nothing
+        return hv.show("h1")
+    assert run(main())["state"] == "not connected"
+    with pytest.raises(InvalidArgument, match=r"pip install 'vmblock\[libvirt\]'"):
+        HypervisorVerbs(pool).hypervisor_add("h2", "qemu:///system")
+    assert [h.name for h in pool.hypervisors()] == ["h1"]
