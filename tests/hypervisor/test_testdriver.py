@@ -20,6 +20,7 @@ from support.hvloop import run
 from support.stores import small_pool
 
 from vmblock import DEFAULT_TARGET
+from vmblock.cache.groups import GroupSpec
 from vmblock.hypervisor.manager import Hypervisors
 from vmblock.meta.hypervisors import SOURCE_PREFIX
 
@@ -112,6 +113,10 @@ def test_domain_disks_map_and_odd_disks_are_listed(pool, tmp_path):
     disks = (network_disk("vda", f"{DEFAULT_TARGET}/0")
              + block_disk("vdb", f"/dev/disk/by-id/wwn-0x{d2.naa:032x}") + ODD_DISKS)
     uri = write_node(tmp_path / "node.xml", domain_xml("web server", uid, disks, OS_ID))
+    # a snapshot and an eviction group go with vm1 when the domain adopts it
+    pool.snapshot_vm("vm1", "before")
+    pool.eviction_groups.create(GroupSpec("g1", priority=1, min=0.0, max=0.5, promote="read"))
+    pool.eviction_groups.assign("vm1", "g1", "vm")
 
     async def main():
         hv = await started(pool, h1=uri)
@@ -134,6 +139,10 @@ def test_domain_disks_map_and_odd_disks_are_listed(pool, tmp_path):
     assert "3261" in reasons["vdy"] and "LUN 7 is not served" in reasons["vdz"]
     assert "not served" in reasons["vdw"] and "nbd" in reasons["vdv"]
     assert shown["domains"][0]["vdisks"] == ["d1", "d2"]
+    assert [s.name for s in pool.snapshots(vm="web_server")] == ["before"]
+    assert pool.eviction_groups.group_of(pool.vdisk("d1")) == "g1"
+    check = pool.check()
+    assert check["ok"], check["errors"]
 
 
 def test_lifecycle_events_update_the_vm(pool, tmp_path):
