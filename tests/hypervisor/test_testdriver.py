@@ -30,6 +30,7 @@ PORTAL = ("127.0.0.1", 3260)
 HOUR = "3600"
 DEADLINE = 20.0
 OS_ID = "http://debian.org/debian/12"
+TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 
 
 def network_disk(dev: str, name: str, host: str = "127.0.0.1", port: int = 3260,
@@ -190,8 +191,10 @@ def test_two_hypervisors_claim_one_vdisk(pool, tmp_path):
     uid, other = str(uuidlib.uuid4()), str(uuidlib.uuid4())
     disk = network_disk("vda", f"{DEFAULT_TARGET}/0")
     a = write_node(tmp_path / "a.xml", domain_xml("web", uid, disk))
-    b = write_node(tmp_path / "b.xml", domain_xml("web", uid, disk),
-                   domain_xml("intruder", other, disk))
+    intruder = domain_xml("intruder", other, disk).replace(   # shut off: web keeps d1
+        "<domain type='test'>", f"<domain type='test' xmlns:test='{TEST_NS}'>").replace(
+        "</domain>", "<test:runstate>5</test:runstate></domain>")
+    b = write_node(tmp_path / "b.xml", domain_xml("web", uid, disk), intruder)
 
     async def main():
         hv = await started(pool, a=a, b=b)
@@ -232,9 +235,6 @@ def test_unreachable_uri_marks_vms_stale(pool, tmp_path):
     ev = events(pool, "hypervisor_unreachable")[-1]
     assert ev["hypervisor"] == "h1" and "Connection refused" in ev["message"]
     assert not vm_by_uuid(pool, uid).orphaned
-
-
-TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 
 
 def test_migration_moves_the_vm_to_where_it_runs(pool, tmp_path):

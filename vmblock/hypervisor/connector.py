@@ -268,7 +268,11 @@ class Connector:
     def _retire(self) -> None:
         conn, self._conn = self._conn, None
         if self._caller is not None:
-            closers = [conn.unregisterCloseCallback, conn.close] if conn is not None else []
+            # no callback of this connection runs after it is closed (on the loop, its last
+            # reference could close it there)
+            closers = [] if conn is None else [
+                lambda event_id=self.event_id: conn.domainEventDeregisterAny(event_id),
+                conn.unregisterCloseCallback, conn.close]
             self._caller.retire(*closers)
             self._caller = None
 
