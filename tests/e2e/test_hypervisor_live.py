@@ -79,6 +79,8 @@ def test_records_without_a_server(tmp_path):
     pool = tmp_path / "pool"
     run_cli(pool, "vm", "create", "x")
     run_cli(pool, "hypervisor", "add", "h1", "--uri", "qemu:///system")
+    p = run_cli(pool, "hypervisor", "add", "h2", "--uri", "qemu:///system", check=False)
+    assert p.returncode == 2 and "h1 already follows qemu:///system" in p.stderr
     listed = json.loads(run_cli(pool, "hypervisor", "list", "--json").stdout)
     assert [(h["name"], h["state"], h["interval"]) for h in listed] == \
         [("h1", "not connected", 30.0)]

@@ -107,6 +107,13 @@ class Hypervisors:
             log.exception("hypervisor %s: updating the VM records failed", connector.name)
 
     def _state(self, connector: Connector, reachable: bool, why: str) -> None:
+        try:
+            self._record_state(connector, reachable, why)
+        except Exception:       # a failing meta DB: logged; the connector carries on
+            log.exception("hypervisor %s: recording its state failed", connector.name)
+        self._changed(connector)
+
+    def _record_state(self, connector: Connector, reachable: bool, why: str) -> None:
         if reachable:
             self.pool.record_event("hypervisor_reachable", "info",
                                    f"hypervisor {connector.name} ({connector.uri}) is "
@@ -117,7 +124,6 @@ class Hypervisors:
                 f"hypervisor {connector.name} ({connector.uri}) cannot be reached: {why}",
                 advice="its VMs are marked meta_stale until it answers; vmblock retries "
                        "with backoff", hypervisor=connector.name)
-        self._changed(connector)
 
     # --- facts into records --------------------------------------------------------------------
 

@@ -94,6 +94,9 @@ def add_hypervisor(pool, name: str, uri: str, interval: float) -> Hypervisor:
         raise InvalidArgument(f"interval must be above 0 seconds, not {interval:g}")
     if pool.record(PREFIX + name) is not None:
         raise AlreadyExists(f"a hypervisor named {name!r} already exists")
+    for other in hypervisors(pool):
+        if other.uri == uri:        # two followers of one hypervisor would claim every VM twice
+            raise AlreadyExists(f"hypervisor {other.name} already follows {uri}")
     hv = Hypervisor(name, uri, interval, now())
     pool.write_records({PREFIX + name: hv.dump()})
     return hv
