@@ -234,3 +234,20 @@ def test_vm_import_failure_is_undone_and_a_killed_one_resumes(vmblock_server, tm
     assert cli_json(s, "vm", "show", "good")["vdisks"][0]["used_bytes"] == MIB + 64 * 1024
     p = s.cli("vm", "import", "--from", "h1", "good", check=False)
     assert p.returncode == 2 and "exists already" in p.stderr
+
+
+def test_vm_import_of_a_running_domain_warns_and_switch_is_refused(vmblock_server, tmp_path):
+    s = vmblock_server
+    _, b = make_images(tmp_path)
+    uid = str(uuidlib.uuid4())
+    node = tmp_path / "node.xml"       # a test-driver domain runs unless told otherwise
+    node.write_text("<node>" + image_domain("live", uid, [("vda", "raw", str(b))]).replace(
+        f"<test:runstate>{SHUTOFF}</test:runstate>", "") + "</node>")
+    s.cli("hypervisor", "add", "h1", "--uri", f"test://{node}", "--interval", "1h")
+    until("connected", lambda: cli_json(s, "hypervisor", "show", "h1")["state"] == "connected")
+    p = s.cli("vm", "import", "--from", "h1", "live", "--switch", check=False)
+    assert p.returncode == 2 and "--switch needs it shut off" in p.stderr
+    assert "live" not in {v["name"] for v in cli_json(s, "vm", "list")}
+    p = s.cli("vm", "import", "--from", "h1", "live")
+    assert "the copy is not consistent" in p.stderr and "imported domain live" in p.stdout
+    assert cli_json(s, "vm", "show", "live")["vdisks"][0]["used_bytes"] == MIB

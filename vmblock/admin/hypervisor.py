@@ -170,8 +170,9 @@ class HypervisorVerbs:
     @verb
     def vm_import(self, hypervisor: Name, domain: DomainName, step: ImportStep = "prepare",
                   disk: Name | None = None, switch: bool = False) -> dict:
-        """Import a shut-off domain whose disks are raw or qcow2 image files: one step of it
-        (prepare, copied DISK, finish [switch], abort); the CLI copies between them."""
+        """Import a domain whose disks are raw or qcow2 image files: one step of it (prepare
+        [switch: refused unless shut off], copied DISK, finish [switch], abort); the CLI
+        copies between them."""
         find_hypervisor(self.pool, hypervisor)
         live = self._live()
         if live is None:
@@ -189,7 +190,7 @@ class HypervisorVerbs:
         if step == "prepare":
             if st is not None:
                 return self._plan(st, resumed=True)
-            return self._plan(await self._prepare(c, dom), resumed=False)
+            return self._plan(await self._prepare(c, dom, switch), resumed=False)
         if st is None:
             raise NotFound(f"no import of domain {dom.name} is under way")
         if step == "copied":
@@ -215,10 +216,10 @@ class HypervisorVerbs:
         end_import(self.pool, dom.uuid)
         return dict(self._plan(st, resumed=False), finished=True, switched=switch)
 
-    async def _prepare(self, c, dom) -> dict:
-        if dom.active:
-            raise InvalidArgument(f"domain {dom.name} is {dom.state}: shut it down first (a "
-                                  f"running guest changes its disks while they are copied)")
+    async def _prepare(self, c, dom, switch: bool) -> dict:
+        if dom.active and switch:
+            raise InvalidArgument(f"domain {dom.name} is {dom.state}: --switch needs it shut "
+                                  f"off (shut it down, then import)")
         if not c.local:
             raise InvalidArgument(f"hypervisor {c.name} runs on {c.host}, not here: vm import "
                                   f"reads the image files where vmblock runs; copy them here "
@@ -237,8 +238,13 @@ class HypervisorVerbs:
         vm, _ = sync_vm(self.pool, dom.uuid, {
             "name": dom.name, "guest_os": dom.guest_os, "active": False, "location": c.host,
             "hypervisor": c.name, "source": SOURCE_PREFIX + c.name}, [])
+        # a running guest writes its images while they are copied: read them all the same
+        # (qemu-img -U, past QEMU's lock), and say the copy is not consistent
+        warning = (f"domain {dom.name} is {dom.state}: its disks change while they are "
+                   f"copied, so the copy is not consistent; shut it down and import again "
+                   f"for one that is") if dom.active else ""
         st = {"hypervisor": c.name, "domain": dom.name, "uuid": dom.uuid, "disks": [],
-              "skipped": skipped}
+              "skipped": skipped, "warning": warning}
         try:
             for d, size in zip(images, sizes):
                 name = self._vdisk_name(f"{vm.name}-{d.target}", dom.uuid)
@@ -249,7 +255,8 @@ class HypervisorVerbs:
                 self.runtime.add_vdisk(made)
                 st["disks"].append({"target": d.target, "path": d.source["file"],
                                     "format": d.format or "raw", "vdisk": name,
-                                    "size_bytes": size, "done": False})
+                                    "size_bytes": size, "done": False,
+                                    "shared": dom.active})
             put_import_state(self.pool, dom.uuid, st)
         except BaseException:
             self._undo(st)
@@ -293,4 +300,4 @@ class HypervisorVerbs:
         vm = self.pool.vm_by_uuid(st["uuid"])
         return {"vm": vm.name, "uuid": vm.uuid, "domain": st["domain"],
                 "hypervisor": st["hypervisor"], "resumed": resumed, "disks": disks,
-                "skipped": st["skipped"]}
+                "skipped": st["skipped"], "warning": st.get("warning", "")}

@@ -127,9 +127,9 @@ def vm_revert(call, name: str, snapshot: str, force: bool) -> None:
 @click.option("--switch", is_flag=True,
               help="Then redefine the (shut off) domain's disks on the new LUNs.")
 def vm_import(call, domain: str, hypervisor: str, switch: bool) -> None:
-    """Copy a shut-off domain's raw/qcow2 image disks onto new vdisks of a new VM (thin:
-    holes and zero clusters stay unallocated). Interrupted or failed, what it made is
-    deleted; killed, running it again resumes."""
+    """Copy a domain's raw/qcow2 image disks onto new vdisks of a new VM (thin: holes and
+    zero clusters stay unallocated); shut it off first for a consistent copy. Interrupted or
+    failed, what it made is deleted; killed, running it again resumes."""
     import signal
 
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
@@ -137,11 +137,13 @@ def vm_import(call, domain: str, hypervisor: str, switch: bool) -> None:
     from vmblock.errors import VmblockError
     from vmblock.hypervisor.importer import LunAddress, copy_image
 
-    plan = call(hypervisor=hypervisor, domain=domain)
+    plan = call(hypervisor=hypervisor, domain=domain, switch=switch)
     if plan["resumed"]:
         click.echo(f"resuming the import of {domain} into VM {plan['vm']}")
     for s in plan["skipped"]:
         click.echo(f"left alone: {s['target']} ({s['reason']})")
+    if plan["warning"]:
+        click.echo(f"vmblock: warning: {plan['warning']}", err=True)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()) \
@@ -151,7 +153,8 @@ def vm_import(call, domain: str, hypervisor: str, switch: bool) -> None:
                     continue
                 task = bar.add_task(f"{d['target']} -> {d['vdisk']}", total=100)
                 copy_image(d["path"], d["format"], LunAddress(**d["lun"]),
-                           lambda pct, task=task: bar.update(task, completed=pct))
+                           lambda pct, task=task: bar.update(task, completed=pct),
+                           shared=d.get("shared", False))
                 bar.update(task, completed=100)
                 call(hypervisor=hypervisor, domain=domain, step="copied", disk=d["target"])
     except (KeyboardInterrupt, VmblockError) as e:

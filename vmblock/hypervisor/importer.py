@@ -77,14 +77,17 @@ class LunAddress:
     chap_secret: str = ""
 
 
-def copy_image(path: str, fmt: str, lun: LunAddress, progress: Callable[[float], None]) -> None:
+def copy_image(path: str, fmt: str, lun: LunAddress, progress: Callable[[float], None],
+               shared: bool = False) -> None:
     """Copy image ``path`` onto a new (all-zero) LUN, only its data; ``progress(percent)`` as
-    qemu-img reports it. Raises InvalidArgument with qemu-img's message when it fails;
+    qemu-img reports it; ``shared``: the image is in use by a running QEMU (read past its
+    lock, ``-U``). Raises InvalidArgument with qemu-img's message when it fails;
     interrupted (KeyboardInterrupt), qemu-img is stopped before this returns."""
     opts = (f"driver=iscsi,transport=tcp,portal={lun.host}:{lun.port},target={lun.iqn},"
             f"lun={lun.lun}")
     with tempfile.TemporaryDirectory(prefix="vmblock-import-") as tmp:   # 0700
-        args = ["qemu-img", "convert", "-p", "-n", "--target-is-zero", "-f", fmt, path]
+        args = ["qemu-img", "convert", "-p", "-n", "--target-is-zero", "-f", fmt]
+        args += (["-U"] if shared else []) + [path]
         if lun.chap_user:
             secret = os.path.join(tmp, "secret")
             fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
