@@ -191,40 +191,48 @@ class Connector:
     def _read(self, dom) -> tuple[str, int]:
         return dom.XMLDesc(0), dom.state()[0]
 
-    def _read_all(self, conn, served: Served) -> dict[str, Mapped]:
+    def _read_all(self, conn) -> list[tuple[str, int]]:
         libvirt = libvirt_module()
-        out = {}
+        out = []
         for dom in conn.listAllDomains(0):
             try:
-                xml, state = self._read(dom)
+                out.append(self._read(dom))
             except libvirt.libvirtError as e:
-                if e.get_error_code() == VIR_ERR_NO_DOMAIN:
-                    continue            # undefined while listed
-                raise
-            m = self._map(xml, state, served)
-            out[m.domain.uuid] = m
+                if e.get_error_code() != VIR_ERR_NO_DOMAIN:
+                    raise               # (else: undefined while listed)
         return out
 
-    def _read_some(self, conn, uids: list[str], served: Served) -> dict[str, Mapped | None]:
+    def _read_some(self, conn, uids: list[str]) -> dict[str, tuple[str, int] | None]:
         libvirt = libvirt_module()
-        out: dict[str, Mapped | None] = {}
+        out: dict[str, tuple[str, int] | None] = {}
         for uid in uids:
             try:
-                out[uid] = self._map(*self._read(conn.lookupByUUIDString(uid)), served)
+                out[uid] = self._read(conn.lookupByUUIDString(uid))
             except libvirt.libvirtError as e:
                 if e.get_error_code() != VIR_ERR_NO_DOMAIN:
                     raise
                 out[uid] = None
         return out
 
-    def _map(self, xml: str, state: int, served: Served) -> Mapped:
-        domain = parse_domain(xml, state)
-        return Mapped(domain, [map_disk(d, served, self._local) for d in domain.disks])
+    async def _map(self, raw: list[tuple[str, int]]) -> list[Mapped]:
+        """The domains read, parsed and mapped in the executor: mapping may resolve host
+        names, which takes as long as DNS does and is no libvirt call (no timeout)."""
+        served = self._served()
+        local = self._local
+
+        def work() -> list[Mapped]:
+            out = []
+            for xml, state in raw:
+                domain = parse_domain(xml, state)
+                out.append(Mapped(domain, [map_disk(d, served, local) for d in domain.disks]))
+            return out
+        return await self._loop.run_in_executor(None, work)
 
     async def _sync_all(self) -> None:
         self._full = False
         self._dirty.clear()
-        self.domains = await self._call(self._read_all, self._conn, self._served())
+        raw = await self._call(self._read_all, self._conn)
+        self.domains = {m.domain.uuid: m for m in await self._map(raw)}
         self.synced = True
         self.last_sync = time.time()
         self._set_reachable()
@@ -236,12 +244,11 @@ class Connector:
 
     async def _sync_some(self) -> None:
         uids, self._dirty = sorted(self._dirty), set()
-        for uid, mapped in (await self._call(self._read_some, self._conn, uids,
-                                             self._served())).items():
-            if mapped is None:
-                self.domains.pop(uid, None)
-            else:
-                self.domains[uid] = mapped
+        raw = await self._call(self._read_some, self._conn, uids)
+        for uid in [u for u, r in raw.items() if r is None]:
+            self.domains.pop(uid, None)
+        for m in await self._map([r for r in raw.values() if r is not None]):
+            self.domains[m.domain.uuid] = m
         self._on_change(self)
 
     def _set_reachable(self) -> None:

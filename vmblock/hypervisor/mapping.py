@@ -41,6 +41,13 @@ class Served:
     portals: list[tuple[str, int]] = field(default_factory=list)
     luns: dict[tuple[str, int], str] = field(default_factory=dict)   # (iqn, lun) -> vdisk
     by_naa: dict[str, str] = field(default_factory=dict)     # 32 hex digits -> vdisk uuid
+    resolved: dict[str, set[str]] = field(default_factory=dict)  # host -> addresses, this read
+
+    def addresses(self, host: str) -> set[str]:
+        """``resolve(host)``, once per host for the life of this copy (one read of domains)."""
+        if host not in self.resolved:
+            self.resolved[host] = resolve(host)
+        return self.resolved[host]
 
 
 def resolve(host: str) -> set[str]:
@@ -76,7 +83,7 @@ def hypervisor_is_local(uri: str) -> bool:
 
 def our_portal(host: str, port: int, served: Served, local: bool) -> bool:
     """Whether host:port (as the hypervisor's host sees it) reaches one of our portals."""
-    addrs = resolve(host)
+    addrs = served.addresses(host)
     if not addrs or (not local and any(ipaddress.ip_address(a).is_loopback for a in addrs)):
         return False
     for bhost, bport in served.portals:
@@ -85,7 +92,7 @@ def our_portal(host: str, port: int, served: Served, local: bool) -> bool:
         if bhost in WILDCARDS:
             if any(is_local(a) for a in addrs):
                 return True
-        elif addrs & resolve(bhost):
+        elif addrs & served.addresses(bhost):
             return True
     return False
 
