@@ -140,6 +140,7 @@ class Connector:
         backoff = BACKOFF_FIRST
         next_full = 0.0
         while True:
+            failed = False
             try:
                 if self._lost:
                     raise ConnectionError(self._lost)
@@ -158,7 +159,9 @@ class Connector:
             except Exception as e:      # libvirtError, CallTimeout, a closed connection
                 self._went_away(str(e) or type(e).__name__)
                 wait, backoff = backoff, min(backoff * 2, self.interval, BACKOFF_MAX)
-            if not (self._wake.is_set() or self._dirty or self._lost):
+                failed = True           # only the backoff or a request_sync from now wakes it
+                self._wake.clear()
+            if failed or not (self._wake.is_set() or self._dirty or self._lost):
                 try:
                     await asyncio.wait_for(self._wake.wait(), wait)
                 except asyncio.TimeoutError:
@@ -172,12 +175,12 @@ class Connector:
         libvirt = libvirt_module()
         self._generation += 1
         self._caller = Caller(self.name)
+        self._lost = ""
         if self._local is None:
             self._local = await self._call(hypervisor_is_local, self.uri)
         auth = [[libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE], _no_prompt, None]
         self._conn = await self._call(libvirt.openAuth, self.uri, auth, 0)
         await self._call(self._subscribe, libvirt, self._conn)
-        self._lost = ""
 
     def _subscribe(self, libvirt, conn) -> None:
         self.event_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
@@ -261,6 +264,7 @@ class Connector:
         log.warning("hypervisor %s: %s", self.name, why)
         self._retire()
         self._lost = ""
+        self._dirty.clear()             # the full sync after reconnecting reads them all
         self.synced = False
         self.error = why
         was = self.reachable or self.state == "connecting"
