@@ -21,6 +21,11 @@ setup(
     install_requires=[
         "numpy", "numba", "rocksdict", "pyroute2", "click", "aiohttp", "uvloop", "crc32c",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy"]},
+    extras_require={
+        # hypervisor connectors (vmblock hypervisor, vm import): builds against libvirt-dev
+        "libvirt": ["libvirt-python", "rich"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy",
+                 "libvirt-python", "rich"],
+    },
     entry_points={"console_scripts": ["vmblock = vmblock.cli:main"]},
 )

@@ -11,11 +11,15 @@ if [ "${1:-}" = "--foreground" ]; then foreground=1; shift; fi
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv python3-dev
+    # libvirt-dev, pkg-config, gcc: what pip builds libvirt-python (the hypervisor connectors) with
+    DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv python3-dev \
+        libvirt-dev pkg-config gcc
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install --upgrade pip
-.venv/bin/python -m pip install -e .
+# the libvirt extra: `vmblock hypervisor` (docs/hypervisors.md); without libvirt's headers the
+# server is installed without it and `hypervisor add` says what is missing
+.venv/bin/python -m pip install -e '.[libvirt]' || .venv/bin/python -m pip install -e .
 
 if [ "$foreground" = 1 ]; then
     exec .venv/bin/vmblock serve --demo "$@"

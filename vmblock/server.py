@@ -23,6 +23,7 @@ from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
 from vmblock.cache import flash as flash_cache
 from vmblock.errors import InvalidArgument, NotFound, ServerError
+from vmblock.hypervisor.manager import Hypervisors
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk
@@ -173,6 +174,7 @@ class Server:
         self.workers: WorkerPool | None = None    # server.workers > 0: the worker processes
         # the workers' fast path (shared maps): with workers and without the flash cache
         self.publisher: Publisher | None = None
+        self.hypervisors: Hypervisors | None = None     # the libvirt connectors
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -302,6 +304,9 @@ class Server:
             where = ", ".join(format_portal(h, p) for h, p in self.portals)
             raise ServerError(f"cannot listen on {where}: {e.strerror or e}") from None
         self.warn_open(list(self.targets))
+        self.hypervisors = Hypervisors(self.pool, self.bound_portals,
+                                       settings.get("hypervisor.call_timeout"))
+        await self.hypervisors.start()
         self.admin = await admin_http.start(LiveApi(self), self.pool.socket_path)
 
     async def stop(self) -> None:
@@ -312,6 +317,8 @@ class Server:
                 os.unlink(self.pool.socket_path)
             except FileNotFoundError:
                 pass
+        if self.hypervisors is not None:
+            await self.hypervisors.stop()
         if self.service is not None:
             await self.service.stop()
         if self.workers is not None:

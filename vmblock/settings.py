@@ -341,6 +341,8 @@ _ROWS = (
               f"CHAP {field} for normal sessions to one target") for field in CHAP_FIELDS),
     Setting("acl.<iqn>", list, "", _iqns, Apply.TARGET,
             "initiator names that may log in to a target; empty: any"),
+    Setting("hypervisor.call_timeout", float, "10", _login_seconds, Apply.RESTART,
+            "seconds a libvirt call may take before its hypervisor counts as unreachable"),
 )
 TABLE = {row.key: row for row in _ROWS}
 _FAMILIES = [(row, *row.key.split(placeholder)) for row in _ROWS

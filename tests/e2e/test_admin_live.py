@@ -112,6 +112,9 @@ TAME_VALUES = {
     "priority": [0, 5, -3], "limit": [0, 1, 100], "live": FLAG, "purge": FLAG,
     "force": FLAG, "active": FLAG, "pinned": FLAG, "guest_os": ["debian12", ""],
     "location": ["hv-a:/datastore1"],
+    "hypervisor": ["h1"], "uri": ["test:///default", "qemu+tcp://127.0.0.1:1/system"],
+    "interval": ["1h", "30s"], "domain": ["test"], "disk": ["vda"], "switch": FLAG,
+    "step": ["prepare", "copied", "finish", "abort"],
 }
 # values of the right type but wrong otherwise
 WRONG_VALUES = {
@@ -121,6 +124,8 @@ WRONG_VALUES = {
     "target": ["not-an-iqn"], "tier": ["tape"], "min": ["200%", "-1"], "max": ["x"],
     "promote": ["sometimes"], "kind": ["lun"], "priority": [-(1 << 40), 1 << 64],
     "limit": [-1, 1 << 70],
+    "uri": ["not a uri", "qemu+tcp://u:pw@h/system"], "interval": ["0", "-1s", "forever"],
+    "step": ["later"],
 }
 WRONG_TEXT = ["", ".hidden", "a/b", "nope"] + HUGE
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vmblock.admin.cache import CacheVerbs, Runtime
+from vmblock.admin.hypervisor import HypervisorVerbs
 from vmblock.admin.schema import (
     EventLimit,
     GuestOs,
@@ -46,6 +47,7 @@ class Api:
     def __init__(self, pool: Pool, runtime: Runtime | None = None):
         self.pool = pool
         self.cache = CacheVerbs(pool, runtime)
+        self.hypervisor = HypervisorVerbs(pool, runtime, api=self)
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""
@@ -319,8 +321,9 @@ class Api:
         usage, recent events and eviction groups."""
         return self.pool.dump()
 
-# (noun, verb) -> Verb of every admin verb: Api's own and those of its part ``cache``
-VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs})
+# (noun, verb) -> Verb of every admin verb: Api's own and those of its parts
+VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs,
+                                              "hypervisor": HypervisorVerbs})
 
 
 def run_verb(api: Api, noun: str, name: str, kwargs: dict):

@@ -118,3 +118,53 @@ def vm_revert(call, name: str, snapshot: str, force: bool) -> None:
     """Revert every vdisk of a VM to a snapshot; writes since then are gone."""
     r = call(name=name, snapshot=snapshot, force=force)
     click.echo(f"reverted {', '.join(d['name'] for d in r['vdisks'])} to {snapshot}")
+
+
+@verb_command(vm, "import")
+@click.argument("domain")
+@click.option("--from", "hypervisor", required=True, metavar="HV",
+              help="The hypervisor (vmblock hypervisor add) that defines DOMAIN.")
+@click.option("--switch", is_flag=True,
+              help="Then redefine the (shut off) domain's disks on the new LUNs.")
+def vm_import(call, domain: str, hypervisor: str, switch: bool) -> None:
+    """Copy a domain's raw/qcow2 image disks onto new vdisks of a new VM (thin: holes and
+    zero clusters stay unallocated); shut it off first for a consistent copy. Interrupted or
+    failed, what it made is deleted; killed, running it again resumes."""
+    import signal
+
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    from vmblock.errors import VmblockError
+    from vmblock.hypervisor.importer import LunAddress, copy_image
+
+    plan = call(hypervisor=hypervisor, domain=domain, switch=switch)
+    if plan["resumed"]:
+        click.echo(f"resuming the import of {domain} into VM {plan['vm']}")
+    for s in plan["skipped"]:
+        click.echo(f"left alone: {s['target']} ({s['reason']})")
+    if plan["warning"]:
+        click.echo(f"vmblock: warning: {plan['warning']}", err=True)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()) \
+                as bar:
+            for d in plan["disks"]:
+                if d["done"]:
+                    continue
+                task = bar.add_task(f"{d['target']} -> {d['vdisk']}", total=100)
+                copy_image(d["path"], d["format"], LunAddress(**d["lun"]),
+                           lambda pct, task=task: bar.update(task, completed=pct),
+                           shared=d.get("shared", False))
+                bar.update(task, completed=100)
+                call(hypervisor=hypervisor, domain=domain, step="copied", disk=d["target"])
+    except (KeyboardInterrupt, VmblockError) as e:
+        call(hypervisor=hypervisor, domain=domain, step="abort")
+        raise click.ClickException(f"import of {domain} undone: "
+                                   f"{str(e) or 'interrupted'}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    r = call(hypervisor=hypervisor, domain=domain, step="finish", switch=switch)
+    for d in r["disks"]:
+        click.echo(f"imported {d['target']} ({d['format']}) into vdisk {d['vdisk']}")
+    click.echo(f"imported domain {domain} as VM {r['vm']} ({r['uuid']})"
+               + ("; its disks are now the new LUNs" if switch else ""))

@@ -8,7 +8,9 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     pool/next_map                next extent-map id (u32)
     target/<iqn>                 {"iqn", "alias", "created"}
     vm/<uuid>                    {"uuid", "name", "guest_os", "active", "created", "meta_stale",
-                                  "parent"}                          parent: clone lineage
+                                  "parent", "source", "hypervisor", "orphaned", "claims"}
+                                                     parent: clone lineage; the rest:
+                                                     vmblock.meta.hypervisors
     vmname/<name>                "<vm uuid>"                       unique VM names
     vdisk/<uuid>                 {"uuid", "name", "vm", "size_bytes", "target", "lun",
                                   "block_size", "created", "map_id", "parent", "tier"}
@@ -24,6 +26,7 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
                                   "advice"?, ...}   Pool.record_event; store events (low space)
     config/<dotted.key>          "<value>"                          see vmblock.settings.TABLE
     cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
+    hypervisor/<name>            {"name", "uri", "interval", "created"}: vmblock.meta.hypervisors
 
 Binary keys ``M<map id><vAU>`` hold the extent maps; their layout is documented in
 ``vmblock.store.extent``, which owns them. A vdisk record and its map keys change in the same
@@ -110,6 +113,11 @@ class Vm:
     parent: dict | None = None      # clone lineage: source VM and snapshot
     location: str = ""              # where it runs: hypervisor host / datastore reference
     policies: dict = field(default_factory=dict)   # named policies (QoS, quota) by kind
+    # what learned it (vmblock.meta.hypervisors): "" made by hand, "libvirt:<hypervisor>"
+    source: str = ""
+    hypervisor: str = ""            # the hypervisor record whose domain this is (primary)
+    orphaned: bool = False          # its domain was undefined; the VM and its data stay
+    claims: dict = field(default_factory=dict)     # hypervisor -> what its domain says
 
     EDITABLE = ("guest_os", "location", "active")
 

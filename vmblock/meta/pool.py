@@ -41,7 +41,7 @@ from rocksdict import WriteBatch
 
 from vmblock import DEFAULT_TARGET
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
-from vmblock.meta import config, snapshots
+from vmblock.meta import config, hypervisors, snapshots
 from vmblock.meta.check import check_pool
 from vmblock.meta.db import MetaDB, MetaIOError
 from vmblock.meta.groups import EvictionGroups
@@ -528,6 +528,20 @@ class Pool:
             evs += self._store.pending_events()
         return evs[-limit:] if limit else evs
 
+    # --- hypervisor records: vmblock.meta.hypervisors ---------------------------------------
+
+    def hypervisors(self) -> list[hypervisors.Hypervisor]:
+        """Every hypervisor record (``vmblock hypervisor list``), by name."""
+        return hypervisors.hypervisors(self)
+
+    def add_hypervisor(self, name: str, uri: str, interval: float) -> hypervisors.Hypervisor:
+        """Store a new hypervisor record (name valid and unused, URI without a password)."""
+        return hypervisors.add_hypervisor(self, name, uri, interval)
+
+    def remove_hypervisor(self, name: str) -> hypervisors.Hypervisor:
+        """Delete a hypervisor record; its VMs stay."""
+        return hypervisors.remove_hypervisor(self, name)
+
     # --- fsck: vmblock.meta.check -------------------------------------------------------------
 
     def check(self) -> dict:
@@ -569,4 +583,5 @@ class Pool:
             "store": self.store.usage(),
             "events": self.events(20),
             "eviction_groups": self.eviction_groups.dump(),
+            "hypervisors": [h.dump() for h in self.hypervisors()],
         }
