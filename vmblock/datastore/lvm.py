@@ -46,8 +46,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vmblock.errors import VmblockError
-
 SECTOR_SIZE = 512
 LABEL_SCAN_SECTORS = 4              # lvm2 looks for the label in sectors 0..3
 LABEL_SCAN_BYTES = LABEL_SCAN_SECTORS * SECTOR_SIZE
@@ -69,8 +67,9 @@ MAX_NESTING = 32                    # sections within sections in the metadata t
 _MASK32 = 0xFFFFFFFF
 
 
-class DatastoreError(VmblockError):
-    """A datastore's on-disk structures cannot be read; the message says where and why."""
+class DatastoreError(ValueError):
+    """A datastore's on-disk structures cannot be read; the message says where and why (a
+    scan's finding, stored and reported as an event, never an error of a command)."""
 
 
 class NotAPhysicalVolume(DatastoreError):

@@ -8,7 +8,7 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     pool/next_map                next extent-map id (u32)
     target/<iqn>                 {"iqn", "alias", "created"}
     vm/<uuid>                    {"uuid", "name", "guest_os", "active", "created", "meta_stale",
-                                  "parent"}                          parent: clone lineage
+                                  "parent", "source"}   parent: clone lineage; source: "lvm:<vg>"
     vmname/<name>                "<vm uuid>"                       unique VM names
     vdisk/<uuid>                 {"uuid", "name", "vm", "size_bytes", "target", "lun",
                                   "block_size", "created", "map_id", "parent", "tier"}
@@ -23,6 +23,8 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     event/<usec:020d>/<kind>     {"id", "time", "kind", "severity", "message", "vm"?, "vdisk"?,
                                   "advice"?, ...}   Pool.record_event; store events (low space)
     config/<dotted.key>          "<value>"                          see vmblock.settings.TABLE
+    datastore/<vdisk uuid>       {"type", "vg", "seqno", "volumes", "watch", "problem", ...}
+                                 what a vdisk holds (an LVM2 PV): vmblock.meta.datastores
     cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
 
 Binary keys ``M<map id><vAU>`` hold the extent maps; their layout is documented in
@@ -110,6 +112,7 @@ class Vm:
     parent: dict | None = None      # clone lineage: source VM and snapshot
     location: str = ""              # where it runs: hypervisor host / datastore reference
     policies: dict = field(default_factory=dict)   # named policies (QoS, quota) by kind
+    source: str = ""                # who made it: "" (vm create), "lvm:<vg>" (a datastore scan)
 
     EDITABLE = ("guest_os", "location", "active")
 

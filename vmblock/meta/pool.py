@@ -410,6 +410,7 @@ class Pool:
         delete_record(batch, f"vdisk/{disk.uuid}")
         delete_record(batch, f"vdiskname/{disk.name}")
         delete_record(batch, f"lun/{disk.target}/{disk.lun:05d}")
+        delete_record(batch, f"datastore/{disk.uuid}")     # vmblock.meta.datastores
         txn.drop_map(disk.map_id)
 
     def delete_vdisk(self, name: str) -> Vdisk:
