@@ -499,6 +499,7 @@ class LiveApi(Api):
                 if entry["size_changed"]:
                     lu.capacity_changed()
                 lu.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED)
+                self.server.datastore_scan(disk)    # a VG reverted with it: its old map
         return result
 
     async def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:

@@ -80,12 +80,15 @@ class Debounce:
         self.fire = fire
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.first: dict[str, float] = {}
+        self.closed = False
 
     def touch(self, key: str) -> None:
         """A watched write landed on ``key``: (re)arm its timer, from any thread."""
         self.loop.call_soon_threadsafe(self._arm, key)
 
     def _arm(self, key: str) -> None:
+        if self.closed:
+            return
         now = time.monotonic()
         first = self.first.setdefault(key, now)
         old = self.timers.pop(key, None)
@@ -107,6 +110,7 @@ class Debounce:
         self.first.pop(key, None)
 
     def close(self) -> None:
-        """Cancel every pending re-read."""
+        """Cancel every pending re-read; later touches are ignored."""
+        self.closed = True
         for key in list(self.timers):
             self.cancel(key)

@@ -138,8 +138,8 @@ def scan_vdisk(pool: Pool, disk: Vdisk, read: Callable[[int, int], bytes]
         if old is not None:
             pool.write_records({}, delete=[key])
             if old.get("volumes"):
-                _changed(pool, disk, old, None, [], [v["name"] for v in old["volumes"]], [],
-                         [])
+                gone = sorted(v["name"] for v in old["volumes"])
+                _changed(pool, disk, old, None, [], gone, [], [])
         return label_only
     watch = found.pv.watched()
     vg = found.vg
