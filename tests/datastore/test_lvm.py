@@ -199,25 +199,19 @@ stripes = ["pv0", 11]
 
 
 def test_thin_pool_is_mapped_thin_lvs_are_not(tmp_path):
-    """The text of a thin pool as lvm2 writes it, parsed (vgcfgrestore refuses thin pools
-    without device-mapper, so this one is not restored on a loop device)."""
+    """A thin pool and a thin LV restored by vgcfgrestore --force: the pool owns its hidden
+    data and metadata LVs' ranges (as lvm2 reports them); the thin LV maps nothing."""
     path = tmp_path / "thin.img"
-    make_vg(path, SIZE, "pve", {"vm-100-disk-0": [(0, 2)]})
-    data = path.read_bytes()
-    pv = scan_image(data).pv
-    text = _metadata_text(data)
-    text = text.replace("logical_volumes {", "logical_volumes {\n" + THIN, 1)
-    vg = lvm2.volume_group(lvm2.parse_text(text), pv, len(data))
-    by = {v.name: v for v in vg.volumes}
+    make_vg(path, SIZE, "pve", {"vm-100-disk-0": [(0, 2)]}, THIN)
+    s = scan_image(path.read_bytes())
+    by = {v.name: v for v in s.vg.volumes}
     assert set(by) == {"vm-100-disk-0", "pool", "thin1"}     # tmeta/tdata belong to the pool
+    ranges = lvm_ranges(path)
+    assert by["pool"].extents == lvm2.merge(ranges["[pool_tdata]"] + ranges["[pool_tmeta]"])
     assert by["pool"].extents == [[MiB + 10 * EXTENT, 3 * EXTENT]] and by["pool"].mapped
+    assert by["pool"].kind == "thin-pool" and by["thin1"].kind == "thin"
     assert by["thin1"].extents == [] and not by["thin1"].mapped
-    assert "thin LV" in by["thin1"].note
-
-
-def _metadata_text(data: bytes) -> str:
-    at, size = _metadata_offset(data)
-    return data[at:at + size].rstrip(b"\0").decode()
+    assert "thin LV" in by["thin1"].note and "'pool'" in by["thin1"].note
 
 
 def test_the_circular_buffer_wraps(image):

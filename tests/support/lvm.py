@@ -86,7 +86,8 @@ def lv_uuid(i: int) -> str:
 def write_vg(dev: str, vg: str, lvs: dict[str, list[tuple[int, int]]],
              extra: str = "") -> None:
     """Declare exactly ``lvs`` (name -> segments, see ``lv_text``) and ``extra`` raw LV
-    sections in ``vg`` with vgcfgrestore: a new metadata version (seqno + 1)."""
+    sections in ``vg`` with vgcfgrestore: a new metadata version (seqno + 1). With thin
+    volumes lvm2 asks for ``--force`` (their pool's own metadata is not checked)."""
     backup = Path(dev.replace("/dev/", "/tmp/vmblock-test-")).with_suffix(".vg")
     try:
         lvm(dev, "vgcfgbackup", "-f", str(backup), vg)
@@ -107,7 +108,8 @@ def write_vg(dev: str, vg: str, lvs: dict[str, list[tuple[int, int]]],
                          enumerate(sorted(lvs.items()), 1))
         new = (head + pvs[:end] + "\nlogical_volumes {\n" + body + "\n" + extra + "\n}\n}\n")
         backup.write_text(new)
-        lvm(dev, "vgcfgrestore", "-f", str(backup), vg)
+        force = ["--force"] if 'type = "thin' in extra else []
+        lvm(dev, "vgcfgrestore", *force, "-f", str(backup), vg)
     finally:
         backup.unlink(missing_ok=True)
 
