@@ -214,6 +214,89 @@ def test_thin_pool_is_mapped_thin_lvs_are_not(tmp_path):
     assert "thin LV" in by["thin1"].note and "'pool'" in by["thin1"].note
 
 
+RAID1 = """
+r1 {
+id = "rrrrrr-tttt-tttt-tttt-tttt-tttt-tttttt"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 2
+type = "raid1"
+device_count = 2
+region_size = 1024
+raids = ["r1_rmeta_0", "r1_rimage_0", "r1_rmeta_1", "r1_rimage_1"]
+}
+}
+r1_rmeta_0 {
+id = "rrrrr0-tttt-tttt-tttt-tttt-tttt-tttttt"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 12]
+}
+}
+r1_rimage_0 {
+id = "rrrrr1-tttt-tttt-tttt-tttt-tttt-tttttt"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 2
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 13]
+}
+}
+r1_rmeta_1 {
+id = "rrrrr2-tttt-tttt-tttt-tttt-tttt-tttttt"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 1
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 15]
+}
+}
+r1_rimage_1 {
+id = "rrrrr3-tttt-tttt-tttt-tttt-tttt-tttttt"
+status = ["READ", "WRITE"]
+flags = []
+segment_count = 1
+segment1 {
+start_extent = 0
+extent_count = 2
+type = "striped"
+stripe_count = 1
+stripes = ["pv0", 16]
+}
+}
+"""
+
+
+def test_raid1_counts_its_images_and_metadata_to_the_lv(tmp_path):
+    """A raid1 LV restored by vgcfgrestore: its hidden rimage/rmeta sub-LVs' ranges (as lvm2
+    reports them) are the LV's."""
+    path = tmp_path / "raid.img"
+    make_vg(path, 2 * SIZE, "pve", {"vm-100-disk-0": [(0, 2)]}, RAID1)
+    by = {v.name: v for v in scan_image(path.read_bytes()).vg.volumes}
+    assert set(by) == {"vm-100-disk-0", "r1"} and by["r1"].kind == "raid1"
+    ranges = lvm_ranges(path)
+    parts = [r for name in ("[r1_rmeta_0]", "[r1_rimage_0]", "[r1_rmeta_1]", "[r1_rimage_1]")
+             for r in ranges[name]]
+    assert by["r1"].extents == lvm2.merge(parts) == [[MiB + 12 * EXTENT, 6 * EXTENT]]
+
+
 def test_the_circular_buffer_wraps(image):
     """The text moved so it wraps past the area's end to just after the header, as lvm2
     leaves it after enough versions; checksum over the wrapped bytes."""

@@ -32,7 +32,9 @@ is good (``BadMetadata``). A ``LABELONE`` sector whose checksum, sector number o
 is not an LVM PV (``NotAPhysicalVolume``), as for lvm2.
 
 What is mapped: linear and striped segments on this PV, and through them mirror, RAID and
-thin-pool sub-LVs (their ranges belong to the LV that uses them). What is not: the blocks of a
+thin-pool sub-LVs (their ranges belong to the LV that uses them); an old-style snapshot's COW
+LV is an LV of its own (the hidden ``snapshot`` LV that ties it to its origin maps nothing).
+What is not: the blocks of a
 thin LV (allocated inside its pool's data LV by the pool's own metadata, which is not read here:
 the pool's ranges stay the pool's), extents of the VG that lie on other PVs, and segment types
 not listed (cache, vdo, ...); each such volume says so in ``note`` with ``mapped`` False.
@@ -392,7 +394,7 @@ def _int(section: dict, key: str, where: str) -> int:
 
 # ---- from metadata to byte ranges --------------------------------------------------------
 
-_SUB_LV_KEYS = ("metadata", "pool", "cow_store")     # thin-pool, old-style snapshot
+_SUB_LV_KEYS = ("metadata", "pool", "mirror_log")   # thin pool: metadata, data; mirror log
 
 
 def _areas(seg: dict, where: str) -> list[tuple[str, int | None, int]]:
