@@ -18,7 +18,7 @@ do not exist yet (``source`` ``"lvm:<vg>"``) in the same batch as the record, an
 event when something changed: ``datastore_changed`` (info: volumes added, removed or moved, the
 new seqno), ``datastore_error`` (error: the metadata cannot be read; the last good map is kept),
 ``datastore_not_pv`` (warning: a label-like sector that is not an LVM2 label; nothing else
-changes). Scanning the same bytes again writes and records nothing.
+changes), ``datastore_recovered`` (info: good metadata again after an error). Scanning the same bytes again writes and records nothing.
 
 ``lu_ranges`` is the one function the per-VM layers (statistics, QoS, quotas) call: per LU
 (vdisk uuid), the sorted byte ranges and the VM and sub-vdisk owning each.
@@ -41,6 +41,11 @@ if TYPE_CHECKING:
     from vmblock.store.backend import BackingStore
 
 PREFIX = "datastore/"
+# the event kinds (Pool.record_event); a layer that keeps ranges re-reads lu_ranges on CHANGED
+CHANGED = "datastore_changed"
+ERROR = "datastore_error"
+NOT_PV = "datastore_not_pv"
+RECOVERED = "datastore_recovered"
 # Proxmox VE's LVM and LVM-thin storage names its volumes vm-<vmid>-disk-<n> (base-<vmid>-...
 # for templates, vm-<vmid>-cloudinit, vm-<vmid>-state-<snapshot> for RAM state).
 PROXMOX = re.compile(r"^(?:vm|base)-(?P<vm>[1-9]\d*)-(?:disk-\d+|cloudinit|state-.+)$")
@@ -161,8 +166,12 @@ def scan_vdisk(pool: Pool, disk: Vdisk, read: Callable[[int, int], bytes]
     if added or removed or changed or (old or {}).get("vg") != new["vg"] \
             or (old or {}).get("seqno") != new["seqno"]:
         _changed(pool, disk, old, new, added, removed, changed, made)
+    if (old or {}).get("problem") and not new["problem"] and old.get("type") == "lvm2":
+        pool.record_event(RECOVERED, "info", f"vdisk {disk.name}: LVM2 VG {new['vg']} is "
+                          f"readable again (seqno {new['seqno']})", vdisk=disk.name,
+                          vg=new["vg"], seqno=new["seqno"])
     if new["problem"] and new["problem"] != (old or {}).get("problem"):
-        pool.record_event("datastore_error", "warning",
+        pool.record_event(ERROR, "warning",
                           f"vdisk {disk.name}: {new['problem']}", vdisk=disk.name,
                           vg=new["vg"], advice="a good copy was used; repair the other with "
                           "vgck --updatemetadata on a host")
@@ -183,7 +192,7 @@ def _changed(pool: Pool, disk: Vdisk, old: dict | None, new: dict | None, added:
         head = (f"vdisk {disk.name}: LVM2 VG {vg} seqno {seqno}" if vg else
                 f"vdisk {disk.name}: an LVM2 PV with no VG") + \
             (f" (was {was})" if was not in (None, seqno) else "")
-    pool.record_event("datastore_changed", "info", "; ".join([head] + parts),
+    pool.record_event(CHANGED, "info", "; ".join([head] + parts),
                       vdisk=disk.name, vg=vg, seqno=seqno,
                       old_seqno=(old or {}).get("seqno"), added=added, removed=removed,
                       changed=changed, vms_created=made)
@@ -199,7 +208,7 @@ def _failed(pool: Pool, disk: Vdisk, old: dict | None, problem: str,
         kept = dict(old, problem=problem, watch=sorted({tuple(w) for w in old["watch"]} |
                                                        set(watch)))
         pool.write_records({PREFIX + disk.uuid: kept})
-        pool.record_event("datastore_error", "error",
+        pool.record_event(ERROR, "error",
                           f"vdisk {disk.name}: {problem}; the last good map (VG {old['vg']} "
                           f"seqno {old['seqno']}) is kept", vdisk=disk.name, vg=old["vg"],
                           seqno=old["seqno"],
@@ -208,14 +217,14 @@ def _failed(pool: Pool, disk: Vdisk, old: dict | None, problem: str,
         return
     if not_pv:
         pool.write_records({PREFIX + disk.uuid: {"type": "none", "problem": problem}})
-        pool.record_event("datastore_not_pv", "warning", f"vdisk {disk.name}: {problem}",
+        pool.record_event(NOT_PV, "warning", f"vdisk {disk.name}: {problem}",
                           vdisk=disk.name, advice="nothing is mapped; if it should be a PV, "
                           "run pvcreate on it again from a host")
         return
     pool.write_records({PREFIX + disk.uuid: {
         "type": "lvm2", "vg": None, "vg_uuid": "", "seqno": 0, "pv": "", "extent_size": 0,
         "pe_start": 0, "volumes": [], "watch": [list(w) for w in watch], "problem": problem}})
-    pool.record_event("datastore_error", "error", f"vdisk {disk.name}: {problem}",
+    pool.record_event(ERROR, "error", f"vdisk {disk.name}: {problem}",
                       vdisk=disk.name, advice="nothing is mapped until a good copy is written")
 
 
