@@ -7,7 +7,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from support.lvm import EXTENT, MiB, change_vg, loop_device, lvm, make_vg, needs_lvm
+from support.lvm import (EXTENT, MiB, change_vg, changed_runs, loop_device, lvm, make_vg,
+                         needs_lvm)
 
 from vmblock.datastore import lvm as lvm2
 from vmblock.datastore.lvm import BadMetadata, NotAPhysicalVolume, lvm_crc
@@ -71,6 +72,31 @@ def test_the_newest_version_wins(image, tmp_path):
     s = scan_image(path.read_bytes())
     assert s.vg.seqno == before + 1
     assert {v.name: v.extents for v in s.vg.volumes} == lvm_ranges(path)
+
+
+def test_a_half_written_version(image, tmp_path):
+    """lvm2 writes the new text, then the area header that points at it: with the text alone
+    the old version still reads; a header whose text is not all there yet is bad metadata."""
+    path = tmp_path / "v2.img"
+    path.write_bytes(image.read_bytes())
+    change_vg(path, "pve", {**LVS, "vm-102-disk-0": [(8, 2)]})
+    old, new = image.read_bytes(), path.read_bytes()
+    runs = changed_runs(old, new)
+    header = [r for r in runs if r[0] == 4096]
+    text = [r for r in runs if r[0] != 4096]
+    assert header and text
+
+    def applied(chosen):
+        out = bytearray(old)
+        for off, n in chosen:
+            out[off:off + n] = new[off:off + n]
+        return bytes(out)
+    seqno = scan_image(old).vg.seqno
+    assert scan_image(applied(text)).vg.seqno == seqno
+    for partial in ([], [(text[0][0], 512)]):     # the header and none or a sector of the text
+        with pytest.raises(BadMetadata, match="metadata checksum"):
+            scan_image(applied(header + partial))
+    assert scan_image(applied(runs)).vg.seqno == seqno + 1
 
 
 def _metadata_offset(data: bytes) -> tuple[int, int]:
