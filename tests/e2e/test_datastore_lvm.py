@@ -95,15 +95,18 @@ def images(tmp_path_factory):
     return (d / "v1.img").read_bytes(), (d / "v2.img").read_bytes(), d / "v1.img"
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_lvm_on_a_lun(start_server, tmp_path, images, workers):
+@pytest.mark.parametrize("workers, cache", [(0, "0"), (1, "0"), (0, "50%")],
+                         ids=["one-process", "workers", "flash-cache"])
+def test_lvm_on_a_lun(start_server, tmp_path, images, workers, cache):
+    """One process; a worker whose fast path would overwrite the metadata area in place unless
+    it forwards; the flash cache in front of the watched store."""
     v1, v2, v1_path = images
     pool = tmp_path / "pool"
     server = start_server(pool=pool)
     for key, value in (("datastore.lvm.vm_pattern", "^db-(?P<vm>.+)$"),):
         server.cli("config", "set", key, value)
     server.stop()
-    for key, value in (("server.workers", str(workers)), ("cache.size", "0"),
+    for key, value in (("server.workers", str(workers)), ("cache.size", cache),
                        ("datastore.lvm.rescan_delay", "0.1")):
         server.cli("config", "set", key, value)
     server = start_server(pool=pool)
