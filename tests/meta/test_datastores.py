@@ -76,6 +76,7 @@ def test_scan_maps_each_lv_to_its_vm(pool, image):
     evs = pool.events()
     assert [e["kind"] for e in evs] == ["datastore_changed"]
     assert evs[0]["vms_created"] == ["100", "web01"] and evs[0]["added"] == sorted(LVS)
+    assert pool.dump()["datastores"][pool.vdisk("lun").uuid]["vg"] == "pve"
     # the same bytes again: nothing written, no event; a plain vdisk: nothing at all
     scan(pool, "lun")
     scan(pool, "plain")

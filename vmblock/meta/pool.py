@@ -558,7 +558,8 @@ class Pool:
 
     def dump(self) -> dict:
         """The whole model tree as JSON-ready dicts (``vmblock pool show``): targets with LUNs,
-        VMs, vdisks with bytes used, snapshots, config, store usage, recent events, groups."""
+        VMs, vdisks with bytes used, snapshots, config, store usage, recent events, groups,
+        shared datastores."""
         return {
             "path": self.path,
             "targets": [dict(t.dump(), luns={str(k): v for k, v in self.luns(t.iqn).items()})
@@ -570,4 +571,6 @@ class Pool:
             "store": self.store.usage(),
             "events": self.events(20),
             "eviction_groups": self.eviction_groups.dump(),
+            # vdisk uuid -> what it holds (an LVM2 VG's map): vmblock.meta.datastores
+            "datastores": dict(self._scan("datastore/")),
         }
