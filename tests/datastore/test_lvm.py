@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support.lvm import (EXTENT, MiB, change_vg, changed_runs, loop_device, lvm, make_vg,
                          needs_lvm)
 
@@ -350,3 +352,37 @@ def test_the_circular_buffer_wraps(image):
 def test_bad_text_gets_a_clear_error(text, match):
     with pytest.raises(lvm2.DatastoreError, match=match):
         lvm2._vg_section(lvm2.parse_text(text))
+
+
+@pytest.fixture(scope="module")
+def image_head(image):
+    return image.read_bytes()[:2 * MiB]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_images_give_an_answer_or_a_datastore_error(image_head, data):
+    """Random bytes over a real PV's label, PV header, area header or text (the checksums
+    recomputed half the time, so the parsers behind them see the damage too): a Scan or a
+    DatastoreError, nothing else."""
+    buf = bytearray(image_head)                 # the rest of the image is zeros
+
+    def scan(data: bytes) -> lvm2.Scan:
+        return lvm2.scan(lambda off, n: data[off:off + n].ljust(n, b"\0"), SIZE)
+    pv = scan(bytes(buf)).pv
+    start = pv.metadata_areas[0][0]
+    at, size = struct.unpack_from("<QQ", buf, start + 40)
+    region = data.draw(st.sampled_from([(512, 512), (start, 512), (start + at, size)]))
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = region[0] + data.draw(st.integers(0, region[1] - 1))
+        buf[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        text = bytes(buf[start + at:start + at + size])
+        struct.pack_into("<I", buf, start + 56, lvm_crc(text))
+        struct.pack_into("<I", buf, start, lvm_crc(bytes(buf[start + 4:start + 512])))
+        struct.pack_into("<I", buf, 512 + 16, lvm_crc(bytes(buf[512 + 20:1024])))
+    try:
+        scan(bytes(buf))
+    except lvm2.DatastoreError:
+        pass

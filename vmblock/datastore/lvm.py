@@ -66,6 +66,7 @@ MDA_HEADER = struct.Struct("<I16sIQQ")  # checksum_xl, magic, version, start, si
 RAW_LOCN = struct.Struct("<QQII")   # offset, size, checksum, flags
 RAW_LOCN_IGNORED = 0x1
 MAX_NESTING = 32                    # sections within sections in the metadata text
+MAX_TEXT_BYTES = 64 << 20           # one metadata copy (lvm2's default area is 1 MiB)
 _MASK32 = 0xFFFFFFFF
 
 
@@ -242,6 +243,9 @@ def _metadata_copy(read: Callable[[int, int], bytes], size: int,
     if not MDA_HEADER_SIZE <= offset < length or not 0 < text_size <= ring:
         raise DatastoreError(f"{where}: metadata at {offset}, {text_size} bytes lies "
                              f"outside the area")
+    if text_size > MAX_TEXT_BYTES:
+        raise DatastoreError(f"{where}: {text_size} bytes of metadata text, more than the "
+                             f"{MAX_TEXT_BYTES} read")
     first = min(text_size, length - offset)
     raw = read(start + offset, first)
     if first < text_size:           # the circular buffer wraps to just after the header
@@ -385,6 +389,13 @@ def _vg_section(tree: dict) -> tuple[str, dict]:
     return sections[0]
 
 
+def _section(parent: dict, key: str, where: str) -> dict:
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        raise DatastoreError(f"{where}: {key} is not a section")
+    return value
+
+
 def _int(section: dict, key: str, where: str) -> int:
     value = section.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -414,7 +425,8 @@ def _areas(seg: dict, where: str) -> list[tuple[str, int | None, int]]:
                     not isinstance(first, int) or first < 0:
                 raise DatastoreError(f"{where}: bad {key} entry {name!r}, {first!r}")
             out.append((name, first, per))
-    for name in seg.get("raids") or []:
+    raids = seg.get("raids")
+    for name in raids if isinstance(raids, list) else []:
         if isinstance(name, str):
             out.append((name, None, count))
     for key in _SUB_LV_KEYS:
@@ -431,13 +443,14 @@ def volume_group(tree: dict, pv: PhysicalVolume, size: int) -> VolumeGroup:
     extent_size = _int(vg, "extent_size", where) * SECTOR_SIZE
     if extent_size == 0:
         raise DatastoreError(f"{where}: extent_size is 0")
-    pvs = vg.get("physical_volumes") or {}
+    pvs = _section(vg, "physical_volumes", where)
     mine = [k for k, v in pvs.items() if isinstance(v, dict) and v.get("id") == pv.uuid]
     if not mine:
         raise DatastoreError(f"{where} does not list this PV ({pv.uuid})")
     pv_name = mine[0]
     pe_start = _int(pvs[pv_name], "pe_start", f"{where}, {pv_name}") * SECTOR_SIZE
-    lvs = {k: v for k, v in (vg.get("logical_volumes") or {}).items() if isinstance(v, dict)}
+    lvs = {k: v for k, v in _section(vg, "logical_volumes", where).items()
+           if isinstance(v, dict)}
 
     own: dict[str, list[list[int]]] = {}    # LV -> ranges on this PV
     subs: dict[str, list[str]] = {}         # LV -> sub-LVs it uses
@@ -496,7 +509,7 @@ def volume_group(tree: dict, pv: PhysicalVolume, size: int) -> VolumeGroup:
         if lv_name in used_by:
             continue                # its ranges belong to the LV that uses it
         ranges, why = collect(lv_name, frozenset())
-        status = lv.get("status") or []
+        status = lv.get("status") if isinstance(lv.get("status"), list) else []
         volumes.append(Volume(lv_name, str(lv.get("id", "")), "+".join(kinds[lv_name]),
                               "VISIBLE" in status, merge(ranges), not why,
                               "; ".join(dict.fromkeys(why))))
