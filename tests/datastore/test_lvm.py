@@ -359,8 +359,8 @@ def image_head(image):
     return image.read_bytes()[:2 * MiB]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_images_give_an_answer_or_a_datastore_error(image_head, data):
     """Random bytes over a real PV's label, PV header, area header or text (the checksums
