@@ -174,7 +174,7 @@ def read_label(head: bytes) -> PhysicalVolume | None:
         if len(raw) < SECTOR_SIZE or not raw.startswith(LABEL_ID):
             continue
         where = f"LVM2 label in sector {sector}"
-        ident, sector_xl, crc, offset, kind = LABEL_HEADER.unpack_from(raw)
+        _, sector_xl, crc, offset, kind = LABEL_HEADER.unpack_from(raw)
         if lvm_crc(raw[LABEL_CRC_FROM:]) != crc:
             raise NotAPhysicalVolume(f"{where}: checksum {crc:#010x} does not match its "
                                      f"contents ({lvm_crc(raw[LABEL_CRC_FROM:]):#010x}): "
@@ -218,8 +218,8 @@ def _pv_header(raw: bytes, offset: int, sector: int) -> PhysicalVolume:
 # ---- metadata areas ----------------------------------------------------------------------
 
 def _metadata_copy(read: Callable[[int, int], bytes], size: int,
-                   area: tuple[int, int]) -> tuple[str, int] | None:
-    """(text, seqno) of the committed copy in one metadata area; None when the area holds
+                   area: tuple[int, int]) -> tuple[dict, int] | None:
+    """(parsed text, seqno) of the committed copy in one metadata area; None when the area holds
     none yet (a PV not in a VG); DatastoreError when the header or the text fails a check."""
     start, length = area
     where = f"metadata area at byte {start}"
@@ -254,12 +254,11 @@ def _metadata_copy(read: Callable[[int, int], bytes], size: int,
         raise DatastoreError(f"{where}: metadata checksum {text_crc:#010x} does not match "
                              f"its {text_size} bytes ({lvm_crc(raw):#010x}): corrupted or "
                              f"half-written")
-    text = raw.rstrip(b"\0").decode("utf-8", "replace")
-    tree = parse_text(text)
+    tree = parse_text(raw.rstrip(b"\0").decode("utf-8", "replace"))
     seqno = _vg_section(tree)[1].get("seqno")
     if not isinstance(seqno, int):
         raise DatastoreError(f"{where}: the volume group has no seqno")
-    return text, seqno
+    return tree, seqno
 
 
 def scan(read: Callable[[int, int], bytes], size: int) -> Scan:
@@ -288,7 +287,7 @@ def scan(read: Callable[[int, int], bytes], size: int) -> Scan:
                             f"other PVs, not read")
         return Scan(pv, None, problems)
     try:
-        vg = volume_group(parse_text(best[0]), pv, size)
+        vg = volume_group(best[0], pv, size)
     except DatastoreError as e:
         raise BadMetadata(f"PV {pv.uuid}: {e}", pv) from None
     return Scan(pv, vg, problems)
