@@ -173,6 +173,12 @@ def test_lvm_on_a_lun(start_server, tmp_path, images, workers, cache):
     listed = cli_json(server, "datastore", "list")
     assert [(d["vdisk"], d["vg"]) for d in listed] == [("pve-lun", "pve")]
 
+    # the pattern unset on the running server: every datastore read again at once
+    assert "takes effect" not in server.cli("config", "unset", "datastore.lvm.vm_pattern").stdout
+    third = wait_event(server, "datastore_changed", 3)
+    assert third["changed"] == ["db-web01"]
+    assert volumes(server, "pve-lun")["db-web01"]["vm"] is None
+
 
 def test_scan_without_a_server(run, images, tmp_path):
     """``datastore scan`` on the pool (no server): the VG found, VMs created, the map stored;
