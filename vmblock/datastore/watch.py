@@ -83,8 +83,14 @@ class Debounce:
         self.closed = False
 
     def touch(self, key: str) -> None:
-        """A watched write landed on ``key``: (re)arm its timer, from any thread."""
-        self.loop.call_soon_threadsafe(self._arm, key)
+        """A watched write landed on ``key``: (re)arm its timer, from any thread. Never
+        raises into the write that called it (after ``close`` the loop may be gone)."""
+        if self.closed:
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._arm, key)
+        except RuntimeError:        # the loop closed under a write finishing in a thread
+            pass
 
     def _arm(self, key: str) -> None:
         if self.closed:
