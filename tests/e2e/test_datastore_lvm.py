@@ -168,6 +168,8 @@ def test_lvm_on_a_lun(start_server, tmp_path, images, workers, cache):
     warn = wait_event(server, "datastore_not_pv", 1)
     assert warn["vdisk"] == "demo" and "not an LVM physical volume" in warn["message"]
     assert cli_json(server, "vdisk", "show", "demo")["datastore"] is None
+    scanned = cli_json(server, "datastore", "scan", "demo")
+    assert scanned["datastore"] is None and "sector 1: checksum" in scanned["problem"]
     assert cli_json(server, "vdisk", "show", "pve-lun")["datastore"] == before
     assert len(events(server, "datastore_changed")) == 2
     listed = cli_json(server, "datastore", "list")

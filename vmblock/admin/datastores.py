@@ -49,7 +49,8 @@ class DatastoreVerbs:
     @verb
     def datastore_scan(self, vdisk: Name) -> dict:
         """Read the vdisk's LVM2 label and metadata now (as a write there would make the
-        server do) and answer what it holds: ``datastore`` (null: no LVM2 PV)."""
+        server do) and answer what it holds: ``datastore`` (null: no LVM2 PV) and
+        ``problem`` (why a label-like sector or the metadata did not read, else "")."""
         disk = self.pool.vdisk(vdisk)
         scan = getattr(self.runtime, "datastore_scan", None)
         if scan is not None:
@@ -60,4 +61,6 @@ class DatastoreVerbs:
                 datastores.scan_vdisk(self.pool, disk, datastores.store_reader(store))
             finally:
                 store.close()
-        return {"vdisk": disk.name, "datastore": datastores.datastore_json(self.pool, disk)}
+        rec = datastores.record(self.pool, disk) or {}
+        return {"vdisk": disk.name, "datastore": datastores.datastore_json(self.pool, disk),
+                "problem": rec.get("problem", "")}

@@ -29,7 +29,8 @@ def print_volumes(d: dict) -> None:
     """One line per volume: its owner VM, size and byte ranges on the LUN."""
     ds = d["datastore"]
     if ds is None:
-        click.echo(f"vdisk {d['vdisk']} holds no LVM2 physical volume")
+        click.echo(f"vdisk {d['vdisk']} holds no LVM2 physical volume"
+                   + (f" ({d['problem']})" if d["problem"] else ""))
         return
     click.echo(f"vdisk {d['vdisk']}: LVM2 VG {ds['vg']} seqno {ds['seqno']}"
                + (f" ({ds['problem']})" if ds["problem"] else ""))
