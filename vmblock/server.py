@@ -26,13 +26,14 @@ from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.hypervisor.manager import Hypervisors
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
-from vmblock.meta import Pool, Vdisk
+from vmblock.meta import Pool, Vdisk, datastores
 from vmblock.meta.config import check_settings
 from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.collector import settle_gc
+from vmblock.datastore.watch import Debounce, WatchedStore, thresholds
 from vmblock.settings import Apply, Settings, format_portal, lookup
 from vmblock.store.backend import BackingStore
 from vmblock.worker.owner import WorkerPool
@@ -175,6 +176,10 @@ class Server:
         # the workers' fast path (shared maps): with workers and without the flash cache
         self.publisher: Publisher | None = None
         self.hypervisors: Hypervisors | None = None     # the libvirt connectors
+        # shared datastores (docs/datastores.md): each served vdisk's store watches its label
+        # and metadata areas; a write there re-reads the map after datastore.lvm.rescan_delay
+        self.watched: dict[str, WatchedStore] = {}  # vdisk uuid -> its store
+        self.rescans: Debounce | None = None
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -215,7 +220,9 @@ class Server:
         """Serve a vdisk: open its store (behind the flash cache when there is one, bypassed on
         the flash tier) and add it as LUN ``disk.lun`` of its target. ``vm_names``: see
         ``cached_store`` (given by ``start`` only)."""
-        store = self.pool.open_store(disk)
+        watched = WatchedStore(self.pool.store, disk.map_id, disk.block_size,
+                               functools.partial(self.rescans.touch, disk.uuid))
+        self.watched[disk.uuid] = store = watched
         if self.cache is not None:
             store = cached_store(self.cache, self.pool, disk, store, vm_names)
             store.bypass = disk.tier == "flash"     # flash-tier data needs no cache
@@ -228,6 +235,36 @@ class Server:
             self.publisher.add(lu)
         if self.workers is not None:
             self.workers.luns_changed(disk.target, scsi.luns)
+        self.datastore_scan(disk)
+
+    def datastore_scan(self, disk: Vdisk) -> None:
+        """Read what a served vdisk holds (``datastores.scan_vdisk``: the map stored, events)
+        and watch its label and metadata areas from now on, in the owner's store and in the
+        workers' fast path. When the watched ranges grew, read once more after the delay: a
+        worker's write checked against the old ranges may have landed meanwhile."""
+        store = self.watched.get(disk.uuid)
+        if store is None:
+            return
+        try:
+            watch = datastores.scan_vdisk(self.pool, disk, datastores.store_reader(store))
+        except Exception as e:      # a failing tier or meta DB: the next write tries again
+            log.warning("vdisk %s: datastore scan failed: %s", disk.name, e)
+            return
+        low, high = thresholds(watch, store.size_bytes)
+        grew = low > store.watch_low or high < store.watch_high
+        store.watch_low, store.watch_high = low, high
+        lu = self.lu(disk)
+        if self.publisher is not None and lu is not None:
+            self.publisher.watch(lu, low, high)
+            if grew:
+                self.rescans.touch(disk.uuid)
+
+    def _rescan(self, uid: str) -> None:
+        """The debounce fired for vdisk ``uid``: scan it if it is still served."""
+        if uid in self.watched:
+            disk = datastores.vdisk_by_uuid(self.pool, uid)
+            if disk is not None:
+                self.datastore_scan(disk)
 
     def remove_vdisk(self, disk: Vdisk) -> None:
         """Take a vdisk's LUN out of its target, flush and close its store, drop its cache
@@ -240,6 +277,8 @@ class Server:
         if self.workers is not None:
             self.workers.luns_changed(disk.target, scsi.luns)
         store = self.stores.pop(disk.uuid)
+        self.watched.pop(disk.uuid, None)
+        self.rescans.cancel(disk.uuid)
         store.flush()
         store.close()
         if self.cache is not None:
@@ -283,6 +322,8 @@ class Server:
         count = settings.get("server.workers")
         if count and self.cache is None:     # the cache's state lives in the owner only
             self.publisher = Publisher(self.pool.store, count)
+        self.rescans = Debounce(asyncio.get_running_loop(),
+                                settings.get("datastore.lvm.rescan_delay"), self._rescan)
         for t in self.pool.targets():
             self.add_target(t.iqn)
         # thousands of vdisks: the VMs' names read once, every vdisk's group set at once
@@ -327,6 +368,8 @@ class Server:
             self.publisher.close()
         if self.committer is not None:
             self.committer.cancel()
+        if self.rescans is not None:
+            self.rescans.close()
         try:
             for store in self.stores.values():
                 store.flush()
@@ -463,6 +506,7 @@ class LiveApi(Api):
                 if entry["size_changed"]:
                     lu.capacity_changed()
                 lu.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED)
+                self.server.datastore_scan(disk)    # a VG reverted with it: its old map
         return result
 
     async def vm_revert(self, name: str, snapshot: str, force: bool = False) -> dict:
@@ -533,6 +577,11 @@ class LiveApi(Api):
         row, name = found
         if row.apply is Apply.NEW_TARGET:
             return True        # read when a target is created
+        if row.apply is Apply.RESCAN:      # datastore.lvm.*: every datastore read again
+            for disk in self.pool.vdisks():
+                if datastores.record(self.pool, disk) is not None:
+                    self.server.datastore_scan(disk)
+            return True
         if row.apply is Apply.FABRIC:
             try:
                 self.server.service.reconfigure(iscsi_config(self.server.settings()))

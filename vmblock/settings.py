@@ -266,6 +266,19 @@ def _iqns(text: str, key: str) -> list[str]:
     return parse_iqn_list(text)
 
 
+def _vm_pattern(text: str, key: str) -> re.Pattern | None:
+    if not text:
+        return None
+    try:
+        pattern = re.compile(text)
+    except re.error as e:
+        raise InvalidArgument(f"{key}: {text!r} is not a regular expression ({e})") from None
+    if "vm" not in pattern.groupindex:
+        raise InvalidArgument(f"{key}: {text!r} needs a named group (?P<vm>...) that gives "
+                              f"the VM's name")
+    return pattern
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 class Apply(enum.Enum):
@@ -275,6 +288,7 @@ class Apply(enum.Enum):
     FABRIC = "fabric"            # the iSCSI service is reconfigured: new logins see it
     TARGET = "target"            # that target's ACL and CHAP are re-read: new logins see them
     NEW_TARGET = "new target"    # read each time a target is created
+    RESCAN = "rescan"            # every served datastore is scanned again
 
 
 @dataclass(frozen=True)
@@ -343,6 +357,12 @@ _ROWS = (
             "initiator names that may log in to a target; empty: any"),
     Setting("hypervisor.call_timeout", float, "10", _login_seconds, Apply.RESTART,
             "seconds a libvirt call may take before its hypervisor counts as unreachable"),
+    Setting("datastore.lvm.vm_pattern", re.Pattern, None, _vm_pattern, Apply.RESCAN,
+            "regex over LV names whose named group (?P<vm>...) names the owning VM, for LVs "
+            "that are not Proxmox's vm-<id>-disk-<n>; unset or empty: those stay unassigned"),
+    Setting("datastore.lvm.rescan_delay", float, "0.5", parse_seconds, Apply.RESTART,
+            "seconds without another write to a PV's label or metadata area before the "
+            "server reads its map again (docs/datastores.md)"),
 )
 TABLE = {row.key: row for row in _ROWS}
 _FAMILIES = [(row, *row.key.split(placeholder)) for row in _ROWS

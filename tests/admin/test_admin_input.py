@@ -19,6 +19,7 @@ from support.clients import admin_post, error_line
 from vmblock.admin.api import VERBS, Api
 from vmblock.admin.cache import CacheVerbs
 from vmblock.admin.hypervisor import HypervisorVerbs
+from vmblock.admin.datastores import DatastoreVerbs
 from vmblock.admin.client import AdminClient, LocalClient
 from vmblock.cache.groups import parse_group
 from vmblock.errors import CacheError, InvalidArgument, TraceError, VmblockError
@@ -276,7 +277,8 @@ def test_schema_matches_every_verb():
     ones that may be null default to None (also in the server's overrides)."""
     for (group, verb), v in VERBS.items():
         table = v.args
-        parts = {"cache": (CacheVerbs,), "hypervisor": (HypervisorVerbs,)}
+        parts = {"cache": (CacheVerbs,), "hypervisor": (HypervisorVerbs,),
+                 "datastores": (DatastoreVerbs,)}
         for cls in ((Api, LiveApi) if not v.part else parts[v.part]):
             params = dict(inspect.signature(getattr(cls, v.method)).parameters)
             params.pop("self")

@@ -266,8 +266,8 @@ def test_killed_worker_mid_write_loses_no_flushed_or_fua_write(fast_server, hook
     assert a.scsi(SYNC_CACHE).status == GOOD
     before = fast_counts(s)[wa]["writes"]
     written = {}
-    for i in range(16):                          # in place in the worker, then flushed
-        data = pattern(i * 13, 8)
+    for i in range(1, 17):      # in place in the worker, then flushed (from LBA 8: the
+        data = pattern(i * 13, 8)     # label sectors 0-3 are the owner's, docs/datastores.md)
         assert a.scsi(write10(8 * i, 8), write=data).status == GOOD
         written[8 * i] = data
     assert fast_counts(s)[wa]["writes"] - before == 16

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from vmblock.admin.cache import CacheVerbs, Runtime
 from vmblock.admin.hypervisor import HypervisorVerbs
+from vmblock.admin.datastores import DatastoreVerbs
 from vmblock.admin.schema import (
     EventLimit,
     GuestOs,
@@ -30,6 +31,7 @@ from vmblock.admin.schema import (
 from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
+from vmblock.meta import datastores
 from vmblock.meta.model import Snapshot, Vdisk, Vm
 from vmblock.settings import format_portal
 from vmblock.units import parse_size
@@ -48,6 +50,7 @@ class Api:
         self.pool = pool
         self.cache = CacheVerbs(pool, runtime)
         self.hypervisor = HypervisorVerbs(pool, runtime, api=self)
+        self.datastores = DatastoreVerbs(pool, runtime)
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""
@@ -107,6 +110,7 @@ class Api:
         else:
             vm_names = {vm.uuid: vm.name for vm in self.pool.vms()}
         url = self.urls()
+        found = datastores.records_of(self.pool, disks)
         out = []
         for disk in disks:
             d = disk.dump()
@@ -115,6 +119,9 @@ class Api:
             d["url"] = url(disk)
             d["used_bytes"] = d["allocated_bytes"] = self.pool.used_bytes(disk)
             d["tier_bytes"] = self.pool.tier_bytes(disk)    # used bytes on each tier
+            rec = found.get(disk.uuid)      # the LVM2 VG it holds (vmblock.meta.datastores)
+            d["datastore"] = (datastores.datastore_json(self.pool, disk, vm_names, rec)
+                              if rec is not None else None)
             out.append(d)
         return out
 
@@ -167,6 +174,7 @@ class Api:
                    "live": v.parent.get("live")}
                   for v in self.pool.vms() if v.parent and v.parent.get("vm") == vm.uuid]
         return dict(vm.dump(), vdisks=disks,
+                    sub_vdisks=datastores.sub_vdisks(self.pool, vm),     # LVs on shared LUNs
                     used_bytes=sum(d["used_bytes"] for d in disks),
                     snapshots=[self._snapshot_json(s) for s in self.pool.snapshots(vm=name)],
                     lineage={"parent": vm.parent, "clones": clones})
@@ -276,7 +284,8 @@ class Api:
 
     @verb
     def vdisk_show(self, name: Name) -> dict:
-        """One vdisk with the iscsi:// URL initiators use and its bytes on each tier."""
+        """One vdisk with the iscsi:// URL initiators use, its bytes on each tier and the
+        shared datastore it holds (``datastore``: an LVM2 VG's volumes, or null)."""
         return self._vdisk_json(self.pool.vdisk(name))
 
     @verb
@@ -323,7 +332,8 @@ class Api:
 
 # (noun, verb) -> Verb of every admin verb: Api's own and those of its parts
 VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs,
-                                              "hypervisor": HypervisorVerbs})
+                                              "hypervisor": HypervisorVerbs,
+                                              "datastores": DatastoreVerbs})
 
 
 def run_verb(api: Api, noun: str, name: str, kwargs: dict):

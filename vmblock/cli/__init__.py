@@ -14,8 +14,8 @@ import sys
 import click
 
 from vmblock import DEFAULT_POOL, __version__
-from vmblock.cli import (cache, config, events, group, hypervisor, pool, serve, session,
-                         snapshot, vdisk, vm)
+from vmblock.cli import (cache, config, datastore, events, group, hypervisor, pool, serve,
+                         session, snapshot, vdisk, vm)
 from vmblock.errors import VmblockError
 
 EXIT_USAGE = 2
@@ -56,7 +56,7 @@ def cli(pool: str | None) -> None:
 
 for _command in (serve.serve, vm.vm, vdisk.vdisk, snapshot.snapshot, config.config,
                  session.session, pool.pool, events.events, group.group, cache.cache,
-                 hypervisor.hypervisor):
+                 hypervisor.hypervisor, datastore.datastore):
     cli.add_command(_command)
 
 

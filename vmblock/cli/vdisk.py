@@ -46,6 +46,13 @@ def print_vdisk(d: dict) -> None:
     print_fields(shown, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "tier",
                          "tier_bytes", "block_size", "target", "lun", "url", "serial", "naa",
                          "created"])
+    ds = d.get("datastore")
+    if ds is not None:          # an LVM2 VG inside (docs/datastores.md): one line per volume
+        click.echo(f"{'datastore:':<18}LVM2 VG {ds['vg'] or '-'} seqno {ds['seqno']}"
+                   + (f" ({ds['problem']})" if ds["problem"] else ""))
+        for v in ds["volumes"]:
+            where = " ".join(f"{a}+{n}" for a, n in v["extents"]) or v["note"]
+            click.echo(f"{'':<18}{v['name']}  vm {v['vm'] or '-'}  {where}")
 
 
 @verb_command(vdisk, "show")

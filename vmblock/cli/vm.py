@@ -39,8 +39,9 @@ def vm_set(call, name: str, guest_os: str | None, location: str | None,
     click.echo(f"updated VM {v['name']}")
 
 
-VM_TABLE = Table(("NAME", "GUEST_OS", "VDISKS", "UUID"),
-                 lambda v: [v["name"], v["guest_os"], ",".join(v["vdisks"]), v["uuid"]])
+VM_TABLE = Table(("NAME", "GUEST_OS", "VDISKS", "SOURCE", "UUID"),
+                 lambda v: [v["name"], v["guest_os"], ",".join(v["vdisks"]),
+                            v.get("source") or "-", v["uuid"]])
 
 
 @verb_command(vm, "list")

@@ -9,8 +9,9 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     target/<iqn>                 {"iqn", "alias", "created"}
     vm/<uuid>                    {"uuid", "name", "guest_os", "active", "created", "meta_stale",
                                   "parent", "source", "hypervisor", "orphaned", "claims"}
-                                                     parent: clone lineage; the rest:
-                                                     vmblock.meta.hypervisors
+                                                     parent: clone lineage; source: "" (vm
+                                                     create), "libvirt:<hv>", "lvm:<vg>";
+                                                     the rest: vmblock.meta.hypervisors
     vmname/<name>                "<vm uuid>"                       unique VM names
     vdisk/<uuid>                 {"uuid", "name", "vm", "size_bytes", "target", "lun",
                                   "block_size", "created", "map_id", "parent", "tier"}
@@ -25,6 +26,8 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     event/<usec:020d>/<kind>     {"id", "time", "kind", "severity", "message", "vm"?, "vdisk"?,
                                   "advice"?, ...}   Pool.record_event; store events (low space)
     config/<dotted.key>          "<value>"                          see vmblock.settings.TABLE
+    datastore/<vdisk uuid>       {"type", "vg", "seqno", "volumes", "watch", "problem", ...}
+                                 what a vdisk holds (an LVM2 PV): vmblock.meta.datastores
     cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
     hypervisor/<name>            {"name", "uri", "interval", "created"}: vmblock.meta.hypervisors
 
@@ -113,7 +116,8 @@ class Vm:
     parent: dict | None = None      # clone lineage: source VM and snapshot
     location: str = ""              # where it runs: hypervisor host / datastore reference
     policies: dict = field(default_factory=dict)   # named policies (QoS, quota) by kind
-    # what learned it (vmblock.meta.hypervisors): "" made by hand, "libvirt:<hypervisor>"
+    # what learned it: "" made by hand (vm create), "libvirt:<hypervisor>"
+    # (vmblock.meta.hypervisors), "lvm:<vg>" (a datastore scan, vmblock.meta.datastores)
     source: str = ""
     hypervisor: str = ""            # the hypervisor record whose domain this is (primary)
     orphaned: bool = False          # its domain was undefined; the VM and its data stay

@@ -410,6 +410,7 @@ class Pool:
         delete_record(batch, f"vdisk/{disk.uuid}")
         delete_record(batch, f"vdiskname/{disk.name}")
         delete_record(batch, f"lun/{disk.target}/{disk.lun:05d}")
+        delete_record(batch, f"datastore/{disk.uuid}")     # vmblock.meta.datastores
         txn.drop_map(disk.map_id)
 
     def delete_vdisk(self, name: str) -> Vdisk:
@@ -571,7 +572,8 @@ class Pool:
 
     def dump(self) -> dict:
         """The whole model tree as JSON-ready dicts (``vmblock pool show``): targets with LUNs,
-        VMs, vdisks with bytes used, snapshots, config, store usage, recent events, groups."""
+        VMs, vdisks with bytes used, snapshots, config, store usage, recent events, groups,
+        shared datastores."""
         return {
             "path": self.path,
             "targets": [dict(t.dump(), luns={str(k): v for k, v in self.luns(t.iqn).items()})
@@ -584,4 +586,6 @@ class Pool:
             "events": self.events(20),
             "eviction_groups": self.eviction_groups.dump(),
             "hypervisors": [h.dump() for h in self.hypervisors()],
+            # vdisk uuid -> what it holds (an LVM2 VG's map): vmblock.meta.datastores
+            "datastores": dict(self._scan("datastore/")),
         }

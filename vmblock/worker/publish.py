@@ -36,10 +36,13 @@ from .shared import (
     L1_LEN,
     L1_OFF,
     MAX_LUS,
+    NOTHING_WATCHED,
     STATE,
     UA_BASE,
     UA_BITS,
     UNUSED,
+    WATCH_HIGH,
+    WATCH_LOW,
     WRITE_THROUGH,
     Fence,
     record,
@@ -88,7 +91,22 @@ class Publisher:
         self.next_slot += 1
         self.slot_of[lu] = slot
         self._fields(lu, slot)
+        self.words[record(slot) + WATCH_LOW] = 0
+        self.words[record(slot) + WATCH_HIGH] = NOTHING_WATCHED
         self.refresh([lu])
+
+    def watch(self, lu: LogicalUnit, low: int, high: int) -> None:
+        """Writes to the LU starting below byte ``low`` or ending past byte ``high`` go to the
+        owner from now on (a datastore's label and metadata areas: the owner's store watches
+        them). A write a worker already checked may still land in place: the caller reads
+        the ranges again once more after widening them (vmblock.datastore.watch)."""
+        slot = self.slot_of.get(lu)
+        if slot is None:
+            return
+        bs = lu.block_size
+        r = record(slot)
+        self.words[r + WATCH_LOW] = -(-low // bs)
+        self.words[r + WATCH_HIGH] = min(high // bs, NOTHING_WATCHED)
 
     def remove(self, lu: LogicalUnit) -> None:
         """The LU is no longer served: its commands go to the owner (which has no LU)."""

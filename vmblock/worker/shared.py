@@ -15,7 +15,8 @@ worker's own two words:
   attention pending: its commands there go to the owner, which reports it;
 * one record of ``LU_WORDS`` per fast-path LU slot: ``FLAGS`` (the FORWARD bits and
   ``WRITE_THROUGH``), the map's L1 slot (offset and entries in the L1 arena), the LU's blocks
-  and block size. A worker uses a record only while ``FLAGS`` has no FORWARD bit; the owner
+  and block size, the watched blocks (``WATCH_LOW``, ``WATCH_HIGH``: writes there are
+  forwarded). A worker uses a record only while ``FLAGS`` has no FORWARD bit; the owner
   sets ``CHANGING`` and waits for the workers (``Fence.quiesced``) before it changes the
   other words.
 
@@ -41,8 +42,11 @@ WRITES = ACTIVE + MAX_WORKERS
 READS = WRITES + MAX_WORKERS
 LU_BASE = READS + MAX_WORKERS
 LU_WORDS = 8
-# the words of an LU record
-FLAGS, L1_OFF, L1_LEN, BLOCKS, BLOCK_SIZE = range(5)
+# the words of an LU record; WATCH_LOW/WATCH_HIGH (blocks): a WRITE starting below the one or
+# ending above the other goes to the owner, whose store watches a datastore's label and
+# metadata areas there (vmblock.datastore.watch)
+FLAGS, L1_OFF, L1_LEN, BLOCKS, BLOCK_SIZE, WATCH_LOW, WATCH_HIGH = range(7)
+NOTHING_WATCHED = 1 << 62       # WATCH_HIGH when no block at the end is watched
 # per session (by TSIH): bit ``slot % UA_BITS`` set while the session's nexus has a unit
 # attention pending on an LU of that slot (several slots share a bit: more forwarding, never
 # less)

@@ -9,7 +9,9 @@ record slot.
 
 ``claim`` takes READ/WRITE(6/10/12/16) of an LU with a record whose flag word has no FORWARD
 bit, from a session with no unit attention pending there (its UA word), a SIMPLE task, no
-protection bits, in range, a WRITE without FUA whose EDTL is its transfer length; anything
+protection bits, in range, a WRITE without FUA whose EDTL is its transfer length and that
+touches no watched block (a datastore's label or metadata area: ``WATCH_LOW``/``WATCH_HIGH``,
+set by the owner, whose store sees the write and re-reads the map); anything
 else, and anything ``execute`` finds changed, goes to the owner (which builds the right
 sense). ``execute`` is one read-side section (``shared``): publish
 the epoch, check the flag word again, look the AUs up; a READ ``preadv``s mapped AUs (zeros
@@ -53,6 +55,8 @@ from .shared import (
     READS,
     UA_BASE,
     UA_BITS,
+    WATCH_HIGH,
+    WATCH_LOW,
     WORDS,
     WRITE_THROUGH,
     WRITES,
@@ -124,6 +128,8 @@ class SharedMapsFastPath:
         if write:
             if not task.write or task.edtl != nbytes:
                 return False
+            if lba < words.item(r + WATCH_LOW) or lba + blocks > words.item(r + WATCH_HIGH):
+                return False        # a datastore's label or metadata: the owner watches it
             task.data_out_len = nbytes
         else:
             task.data_out_len = 0
