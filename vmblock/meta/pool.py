@@ -41,7 +41,7 @@ from rocksdict import WriteBatch
 
 from vmblock import DEFAULT_TARGET
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
-from vmblock.meta import config, snapshots
+from vmblock.meta import config, policies, snapshots
 from vmblock.meta.check import check_pool
 from vmblock.meta.db import MetaDB, MetaIOError
 from vmblock.meta.groups import EvictionGroups
@@ -246,7 +246,15 @@ class Pool:
                 cap.close()
                 flash.close()
                 raise
+            # the store's events are delivered as the pool's own; quotas follow the records
+            self._store.events.listeners = self.event_listeners
+            policies.attach(self)
         return self._store
+
+    @property
+    def store_open(self) -> bool:
+        """Whether the extent store is open (``store`` opens it on first use)."""
+        return self._store is not None
 
     def next_map_ids(self, batch: WriteBatch, count: int = 1) -> list[int]:
         """``count`` new extent-map ids, reserved in ``batch``; ids are never reused."""

@@ -194,8 +194,9 @@ def clone_vm(pool, src_name: str, new_name: str, snapshot_name: str | None = Non
     lineage = {"vm": src.uuid, "vm_name": src.name, "live": live, "created": when,
                "snapshot": snap.uuid if snap else None,
                "snapshot_name": snap.name if snap else None}
+    # a clone inherits its source's policies (quota, snapshot schedule, QoS): docs/events.md
     vm = Vm(str(uuidlib.uuid4()), new_name, guest_os=src.guest_os, created=when,
-            parent=lineage)
+            parent=lineage, policies=dict(src.policies))
     disks = []
     copies = []
     batch = new_batch()

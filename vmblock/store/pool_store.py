@@ -11,6 +11,7 @@
 * ``commit.Committer``: dirty leaves, the commit order (data before the keys that point at
   it), faults, metadata transactions (``MapTxn``);
 * ``datapath.DataPath``: reads and writes; ``move.TierMover``: tier moves;
+* ``quota.Quotas``: per-VM space quotas, checked by the data path before it allocates;
 * ``prealloc.preallocate``: mapping zeroed AUs without writing them (benchmarks);
 * ``fsck.check_store`` and ``usage.usage_report``: the reports.
 
@@ -73,6 +74,7 @@ class PoolStore:
         self.events = StoreEvents(self.space, thresholds)
         self.committer = Committer(db, self.space, self.live, self.events, self.lock)
         self.data = DataPath(self.live, self.space, self.committer, self.events)
+        self.quotas = self.data.quotas
         self.mover = TierMover(self.committer)
         self.closed = False
 

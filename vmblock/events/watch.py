@@ -1,0 +1,86 @@
+"""``vm_space_hog``: the VMs that hold, or will soon hold, too much of the pool.
+
+Each ``check`` (every ``events.check_interval`` in a server, in the executor) counts every VM's
+space by the quota's rule (``vmblock.store.quota``: distinct AUs its vdisks and snapshots
+reference, shared or not) and compares it with the capacity tier:
+
+* over ``events.hog_share`` of the tier (default 30%): a hog by share;
+* else the VM growing fastest since the last check, if at that rate the tier's free space
+  lasts less than ``events.hog_horizon`` (default 1 h): a hog by growth.
+
+An event is raised once per crossing: a VM stays a hog, silently, until a check finds it
+under both conditions, and the next crossing is news again. The advice names the VM to move
+or trim.
+
+The cost is one pass over the mapped AUs of every map (numpy), and reading snapshots' frozen
+maps from the meta DB; hence a check interval in seconds, not per write.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vmblock.meta import policies
+from vmblock.units import human_size
+
+
+class SpaceWatch:
+    """The hogs seen by the last check and each VM's space then (for its growth)."""
+
+    def __init__(self, pool, clock=time.monotonic):
+        self.pool = pool
+        self.clock = clock
+        self.hogs: set[str] = set()
+        self.last: dict[str, tuple[float, int]] = {}    # VM uuid -> (clock, bytes)
+
+    def space(self) -> dict[str, int]:
+        """VM uuid -> bytes it is charged (the quota's rule)."""
+        store = self.pool.store
+        return {uid: store.quotas.distinct_aus(live, frozen) * store.au
+                for uid, (live, frozen) in policies.vm_maps(self.pool).items()}
+
+    def check(self) -> list[dict]:
+        """One check; the events it recorded."""
+        pool = self.pool
+        settings = pool.settings()
+        share, horizon = settings.get("events.hog_share"), settings.get("events.hog_horizon")
+        usage = pool.store.usage()
+        cap, free = usage["capacity_bytes"], usage["free_bytes"]
+        now = self.clock()
+        space = self.space()
+        rates = {}
+        for uid, b in space.items():
+            prev = self.last.get(uid)
+            if prev is not None and now > prev[0]:
+                rates[uid] = (b - prev[1]) / (now - prev[0])
+        self.last = {uid: (now, b) for uid, b in space.items()}
+        fastest = max(rates, key=rates.get, default=None)
+        if fastest is not None and rates[fastest] <= 0:
+            fastest = None
+        names = {vm.uuid: vm.name for vm in pool.vms()}
+        recorded = []
+        for uid, b in space.items():
+            name = names.get(uid)
+            if name is None:
+                continue
+            message = None
+            if cap and b > share * cap:
+                message = (f"VM {name} holds {b / cap:.0%} of the capacity tier "
+                           f"({human_size(b)} of {human_size(cap)}), over events.hog_share "
+                           f"{share:.0%}")
+            elif uid == fastest and free / rates[uid] < horizon:
+                message = (f"VM {name} grows {human_size(int(rates[uid]))}/s: at that rate "
+                           f"the pool's free {human_size(free)} is gone in "
+                           f"{free / rates[uid] / 60:.0f} min (events.hog_horizon "
+                           f"{horizon / 60:.0f} min)")
+            if message is None:
+                self.hogs.discard(uid)
+                continue
+            if uid in self.hogs:
+                continue
+            self.hogs.add(uid)
+            recorded.append(pool.record_event(
+                "vm_space_hog", "warning", message, vm=name, used_bytes=b,
+                capacity_bytes=cap, advice=f"move VM {name} to another pool, trim (UNMAP) "
+                f"inside its guest or delete its old snapshots"))
+        return recorded
