@@ -5,8 +5,10 @@ space by the quota's rule (``vmblock.store.quota``: distinct AUs its vdisks and 
 reference, shared or not) and compares it with the capacity tier:
 
 * over ``events.hog_share`` of the tier (default 30%): a hog by share;
-* else the VM growing fastest since the last check, if at that rate the tier's free space
-  lasts less than ``events.hog_horizon`` (default 1 h): a hog by growth.
+* else the VM growing fastest, if at that rate the tier's free space lasts less than
+  ``events.hog_horizon`` (default 1 h): a hog by growth. The rate is over the checks of the
+  last ``GROWTH_WINDOW`` seconds and only once they span ``GROWTH_MIN_SPAN``, so a burst (a
+  guest installing, a copy) is not a trend.
 
 An event is raised once per crossing: a VM stays a hog, silently, until a check finds it
 under both conditions, and the next crossing is news again. The advice names the VM to move
@@ -18,10 +20,14 @@ maps from the meta DB; hence a check interval in seconds, not per write.
 
 from __future__ import annotations
 
+import collections
 import time
 
 from vmblock.meta import policies
 from vmblock.units import human_size
+
+GROWTH_WINDOW = 600.0
+GROWTH_MIN_SPAN = 60.0
 
 
 class SpaceWatch:
@@ -31,7 +37,8 @@ class SpaceWatch:
         self.pool = pool
         self.clock = clock
         self.hogs: set[str] = set()
-        self.last: dict[str, tuple[float, int]] = {}    # VM uuid -> (clock, bytes)
+        # VM uuid -> (clock, bytes) of the checks of the last GROWTH_WINDOW seconds
+        self.samples: dict[str, collections.deque] = {}
 
     def space(self) -> dict[str, int]:
         """VM uuid -> bytes it is charged (the quota's rule)."""
@@ -49,11 +56,15 @@ class SpaceWatch:
         now = self.clock()
         space = self.space()
         rates = {}
+        self.samples = {uid: self.samples.get(uid, collections.deque()) for uid in space}
         for uid, b in space.items():
-            prev = self.last.get(uid)
-            if prev is not None and now > prev[0]:
-                rates[uid] = (b - prev[1]) / (now - prev[0])
-        self.last = {uid: (now, b) for uid, b in space.items()}
+            samples = self.samples[uid]
+            samples.append((now, b))
+            while now - samples[0][0] > GROWTH_WINDOW:
+                samples.popleft()
+            t0, b0 = samples[0]
+            if now - t0 >= GROWTH_MIN_SPAN:
+                rates[uid] = (b - b0) / (now - t0)
         fastest = max(rates, key=rates.get, default=None)
         if fastest is not None and rates[fastest] <= 0:
             fastest = None
