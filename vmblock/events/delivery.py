@@ -61,9 +61,11 @@ def one_line(event: dict) -> str:
 class Delivery:
     """The server's delivery of events; ``start`` and ``stop`` on the event loop."""
 
-    def __init__(self, pool, syslog_path: str = SYSLOG_PATH):
+    def __init__(self, pool, syslog_path: str = SYSLOG_PATH,
+                 backoff_first: float = BACKOFF_FIRST):
         self.pool = pool
         self.syslog_path = syslog_path
+        self.backoff_first = backoff_first
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ring: collections.deque[tuple[int, dict]] = collections.deque(maxlen=RING)
         self.seq = 0
@@ -226,7 +228,7 @@ class Delivery:
             if self._session is None:
                 self._session = aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
-            delay = BACKOFF_FIRST
+            delay = self.backoff_first
             for attempt in range(retries + 1):
                 error = await self._post(url, event)
                 if error is None:
