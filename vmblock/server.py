@@ -307,7 +307,8 @@ class Server:
         self.warn_open(list(self.targets))
         api = LiveApi(self)
         self.events = EventsRuntime(self.pool, api.vm_snapshot,
-                                    lambda vm, snap: api.snapshot_delete(snap, vm=vm))
+                                    lambda vm, snap: api.snapshot_delete(snap, vm=vm),
+                                    self.cache)
         await self.events.start()
         self.admin = await admin_http.start(api, self.pool.socket_path)
 

@@ -295,3 +295,22 @@ def test_no_new_vms_while_space_is_low(tmp_path, start_server):
     assert "db-0" not in [d["name"] for d in cli_json(server, "vdisk", "list")]
     server.cli("vdisk", "create", "db-0", "--size", "8M", "--vm", "db", "--force")
     server.cli("vm", "clone", "web", "--name", "web2", "--live", "--force")
+
+
+def test_flash_hog_is_named_while_another_vm_of_its_group_misses(tmp_path, start_server):
+    pool = new_pool(tmp_path, {"cache.size": "8M", "events.check_interval": "0.2"})
+    server = start_server(pool=pool)
+    server.cli("vdisk", "create", "web-0", "--size", "16M", "--vm", "web")
+    server.cli("vdisk", "create", "db-0", "--size", "16M", "--vm", "db")
+    web, db = lun_of(server, "web-0"), lun_of(server, "db-0")
+    qemu_io(web, "write -P 1 0 6M")
+    qemu_io(db, "write -P 2 0 12M")
+    for _ in range(3):                          # web's blocks hot: they stay in the cache
+        qemu_io(web, "read -P 1 0 6M", cache="none")
+
+    def flash_hog():
+        qemu_io(db, "read -P 2 0 12M", cache="none")               # db keeps missing
+        return [e for e in cli_json(server, "events") if e["kind"] == "vm_flash_hog"]
+    found = wait_for("vm_flash_hog", flash_hog)
+    assert [e["vm"] for e in found] == ["web"]
+    assert "db" in found[0]["message"] and "eviction group" in found[0]["advice"]

@@ -1,7 +1,7 @@
 """The events side of a running server: delivery, the space watch and the snapshot schedule.
 
-Two background tasks besides delivery's: the watch runs ``SpaceWatch.check`` in the executor
-every ``events.check_interval``; the schedule runs ``SnapshotSchedule.tick`` on the loop and
+Two background tasks besides delivery's: the watch runs ``SpaceWatch.check`` (and, with a
+flash cache, ``FlashWatch.check``) in the executor every ``events.check_interval``; the schedule runs ``SnapshotSchedule.tick`` on the loop and
 sleeps until the next slot is due (at most ``events.check_interval``), or until
 ``policies_changed`` (``vm set``) wakes it. Errors of a round are logged and the next round
 runs: a policy never stops the server.
@@ -14,19 +14,20 @@ import logging
 
 from vmblock.events.delivery import Delivery
 from vmblock.events.schedule import SnapshotSchedule
-from vmblock.events.watch import SpaceWatch
+from vmblock.events.watch import FlashWatch, SpaceWatch
 
 log = logging.getLogger(__name__)
 
 
 class EventsRuntime:
-    """Delivery, watch and schedule of one server; ``take``/``delete`` as for
-    ``SnapshotSchedule``."""
+    """Delivery, watches and schedule of one server; ``take``/``delete`` as for
+    ``SnapshotSchedule``; ``cache``: the server's flash cache, None when it has none."""
 
-    def __init__(self, pool, take, delete):
+    def __init__(self, pool, take, delete, cache=None):
         self.pool = pool
         self.delivery = Delivery(pool)
         self.watch = SpaceWatch(pool)
+        self.flash = FlashWatch(pool, cache) if cache is not None else None
         self.schedule = SnapshotSchedule(pool, take, delete)
         self._wake = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
@@ -56,8 +57,10 @@ class EventsRuntime:
         while True:
             try:
                 await loop.run_in_executor(None, self.watch.check)
+                if self.flash is not None:
+                    await loop.run_in_executor(None, self.flash.check)
             except Exception:
-                log.exception("events: space check failed")
+                log.exception("events: space or flash check failed")
             await asyncio.sleep(self._interval())
 
     async def _schedule_loop(self) -> None:

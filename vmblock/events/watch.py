@@ -1,4 +1,5 @@
-"""``vm_space_hog``: the VMs that hold, or will soon hold, too much of the pool.
+"""``vm_space_hog`` and ``vm_flash_hog``: the VMs that hold, or will soon hold, too much of
+the pool or of their eviction group's flash.
 
 Each ``check`` (every ``events.check_interval`` in a server, in the executor) counts every VM's
 space by the quota's rule (``vmblock.store.quota``: distinct AUs its vdisks and snapshots
@@ -16,6 +17,13 @@ or trim.
 
 The cost is one pass over the mapped AUs of every map (numpy), and reading snapshots' frozen
 maps from the meta DB; hence a check interval in seconds, not per write.
+
+``FlashWatch`` looks at the flash cache's per-vdisk occupancy and read misses (copies of the
+directory's arrays, ``FlashCache.snapshot``): in an eviction group whose vdisks belong to
+several VMs, a VM holding more than ``FLASH_HOG_FACTOR`` times its even share of the group's
+cached blocks while another VM of the group had read misses since the last check is a
+``vm_flash_hog``, once per crossing. The advice: its own eviction group (or a lower share for
+its group), or pinning what the others need.
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ from __future__ import annotations
 import collections
 import time
 
+from vmblock.cache.directory import COUNTERS
 from vmblock.meta import policies
 from vmblock.units import human_size
 
 GROWTH_WINDOW = 600.0
 GROWTH_MIN_SPAN = 60.0
+# a VM holding more than this times its even share of its group's flash is a flash hog
+FLASH_HOG_FACTOR = 1.5
 
 
 class SpaceWatch:
@@ -94,4 +105,57 @@ class SpaceWatch:
                 "vm_space_hog", "warning", message, vm=name, used_bytes=b,
                 capacity_bytes=cap, advice=f"move VM {name} to another pool, trim (UNMAP) "
                 f"inside its guest or delete its old snapshots"))
+        return recorded
+
+
+class FlashWatch:
+    """The flash hogs seen by the last check and each VM's read misses then."""
+
+    def __init__(self, pool, cache):
+        self.pool = pool
+        self.cache = cache          # vmblock.cache.flash.FlashCache
+        self.hogs: set[str] = set()
+        self.misses: dict[str, int] = {}
+
+    def check(self) -> list[dict]:
+        """One check; the events it recorded."""
+        snap = self.cache.snapshot()
+        col = COUNTERS.index("read_misses")
+        held: dict[int, dict[str, int]] = {}       # group slot -> VM -> cached blocks
+        misses: dict[str, int] = {}
+        group_of: dict[str, int] = {}
+        for vid, (_, vm) in snap["names"].items():
+            if vm is None:
+                continue
+            g = int(snap["vd_group"][vid])
+            held.setdefault(g, {}).setdefault(vm, 0)
+            held[g][vm] += int(snap["vd_used"][vid])
+            misses[vm] = misses.get(vm, 0) + int(snap["vd_cnt"][vid, col])
+            group_of[vm] = g
+        missed = {vm for vm, n in misses.items() if n > self.misses.get(vm, n)}
+        self.misses = misses
+        recorded = []
+        hogs = set()
+        for g, vms in held.items():
+            total = sum(vms.values())
+            if len(vms) < 2 or not total:
+                continue
+            fair = total / len(vms)
+            group = snap["groups"][g].name
+            for vm, blocks in vms.items():
+                starved = sorted(v for v in vms if v != vm and v in missed)
+                if blocks <= FLASH_HOG_FACTOR * fair or not starved:
+                    continue
+                hogs.add(vm)
+                if vm in self.hogs:
+                    continue
+                recorded.append(self.pool.record_event(
+                    "vm_flash_hog", "warning",
+                    f"VM {vm} holds {blocks / total:.0%} of eviction group {group}'s flash "
+                    f"({blocks} of {total} blocks, {len(vms)} VMs) while "
+                    f"{', '.join(starved)} miss", vm=vm, group=group, cached_blocks=blocks,
+                    advice=f"put VM {vm} in an eviction group of its own (vmblock group "
+                    f"create, group assign {vm} ...) or lower its group's share, or pin the "
+                    f"vdisks of {', '.join(starved)}"))
+        self.hogs = {vm for vm in self.hogs if vm in hogs} | hogs
         return recorded
