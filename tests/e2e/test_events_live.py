@@ -314,3 +314,19 @@ def test_flash_hog_is_named_while_another_vm_of_its_group_misses(tmp_path, start
     found = wait_for("vm_flash_hog", flash_hog)
     assert [e["vm"] for e in found] == ["web"]
     assert "db" in found[0]["message"] and "eviction group" in found[0]["advice"]
+
+
+def test_space_quota_holds_with_worker_processes(tmp_path, start_server):
+    # a worker writes in place only over owned AUs; every allocation is forwarded to the owner,
+    # whose store checks the quota
+    pool = new_pool(tmp_path, {"server.workers": "1", "cache.size": "0"})
+    server = start_server(pool=pool)
+    server.cli("vdisk", "create", "web-0", "--size", "64M", "--vm", "web")
+    server.cli("vm", "set", "web", "--space-quota", "1M")
+    web = lun_of(server, "web-0")
+    qemu_io(web, "write -P 1 0 1M")
+    out = qemu_io(web, "write -P 2 1M 64K", check=False)
+    assert "No space left on device" in out, out
+    qemu_io(web, "write -P 3 0 64K", "read -P 3 0 64K", "read -P 1 64K 960K")   # in place
+    qemu_io(server.url(0), "write -P 4 0 4M", "read -P 4 0 4M")                # demo VM
+    assert [e["vm"] for e in cli_json(server, "events", "--kind", "vm_quota")] == ["web"]
