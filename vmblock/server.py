@@ -430,14 +430,15 @@ class LiveApi(Api):
                 None, super().vdisk_snapshot, name, snapshot)
 
     async def vm_clone(self, name: str, new_name: str, snapshot: str | None = None,
-                       live: bool = False, force: bool = False) -> dict:
+                       live: bool = False, force: bool = False,
+                       no_policies: bool = False) -> dict:
         """Clone in the executor; a ``live`` clone first drains the source vdisks' writes in
         flight, so none is half done in the copy. The new LUNs are served from the loop.
         Refused while space is low unless ``force``."""
         policies.check_admission(self.pool, force, "clone")
         loop = asyncio.get_running_loop()
         work = functools.partial(self.pool.clone_vm, name, new_name, snapshot=snapshot,
-                                 live=live)
+                                 live=live, inherit=not no_policies)
         if not live:
             return self._cloned(*await loop.run_in_executor(None, work))
         async with self._changing(self.pool.vdisks(vm=name)):

@@ -212,12 +212,13 @@ class Api:
 
     @verb
     def vm_clone(self, name: Name, new_name: Name, snapshot: Name | None = None,
-                 live: bool = False, force: bool = False) -> dict:
+                 live: bool = False, force: bool = False, no_policies: bool = False) -> dict:
         """A new VM whose vdisks (new LUNs) share a snapshot's (or, ``live``, the current)
-        blocks copy-on-write, with the source's policies. Refused while space is low
-        (``pool show``'s ``accepting_new_vms``) unless ``force``."""
+        blocks copy-on-write, with the source's policies unless ``no_policies``. Refused while
+        space is low (``pool show``'s ``accepting_new_vms``) unless ``force``."""
         policies.check_admission(self.pool, force, "clone")
-        return self._cloned(*self.pool.clone_vm(name, new_name, snapshot=snapshot, live=live))
+        return self._cloned(*self.pool.clone_vm(name, new_name, snapshot=snapshot, live=live,
+                                                inherit=not no_policies))
 
     def _cloned(self, vm: Vm, disks: list[Vdisk], new_targets: set[str]) -> dict:
         """Serve a new clone's vdisks (their LUNs, new targets) and show it."""

@@ -117,11 +117,14 @@ def vm_snapshot(call, name: str, snapshot: str) -> None:
 @click.option("--snapshot", metavar="SNAPSHOT", help="Clone this snapshot of the VM.")
 @click.option("--live", is_flag=True, help="Clone the VM's current state instead.")
 @click.option("--force", is_flag=True, help="Clone even while the pool is low on space.")
+@click.option("--no-policies", is_flag=True,
+              help="Do not copy the source's policies (quota, snapshot schedule, QoS).")
 def vm_clone(call, name: str, new_name: str, snapshot: str | None, live: bool,
-             force: bool) -> None:
+             force: bool, no_policies: bool) -> None:
     """Create a new VM whose vdisks (new LUNs) share the source's blocks copy-on-write; it
-    gets the source's policies (quota, snapshot schedule, QoS)."""
-    v = call(name=name, new_name=new_name, snapshot=snapshot, live=live, force=force)
+    gets the source's policies (quota, snapshot schedule, QoS) unless --no-policies."""
+    v = call(name=name, new_name=new_name, snapshot=snapshot, live=live, force=force,
+             no_policies=no_policies)
     for d in v["vdisks"]:
         click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
     click.echo(f"cloned VM {name} to {new_name}")

@@ -504,10 +504,11 @@ class Pool:
         return snapshots.revert(self, snap)
 
     def clone_vm(self, src_name: str, new_name: str, snapshot: str | None = None,
-                 live: bool = False) -> tuple[Vm, list[Vdisk], list[str]]:
-        """A new VM sharing every AU of a snapshot (or the live vdisks) of ``src_name``; the
-        VM, its vdisks and the targets that had to be created."""
-        return snapshots.clone_vm(self, src_name, new_name, snapshot, live)
+                 live: bool = False, inherit: bool = True) -> tuple[Vm, list[Vdisk], list[str]]:
+        """A new VM sharing every AU of a snapshot (or the live vdisks) of ``src_name``, with
+        its policies unless not ``inherit``; the VM, its vdisks and the targets that had to
+        be created."""
+        return snapshots.clone_vm(self, src_name, new_name, snapshot, live, inherit)
 
     # --- events -------------------------------------------------------------------------------
 

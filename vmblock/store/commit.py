@@ -232,7 +232,10 @@ class Committer:
             if events:
                 self.events.committed(events)
             for hook in list(self.txn_hooks):
-                hook()
+                try:
+                    hook()
+                except Exception:   # the change is durable; a hook must not undo its answer
+                    log.exception("after a metadata transaction: %s failed", hook)
 
     def resolve_txn(self) -> None:
         """After a good commit: apply the in-memory side of a failed transaction if its batch
