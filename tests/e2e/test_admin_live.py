@@ -112,6 +112,10 @@ TAME_VALUES = {
     "priority": [0, 5, -3], "limit": [0, 1, 100], "live": FLAG, "purge": FLAG,
     "force": FLAG, "active": FLAG, "pinned": FLAG, "guest_os": ["debian12", ""],
     "location": ["hv-a:/datastore1"],
+    "space_quota": ["1G", "none", "64K"], "snapshot_every": ["1h", "none", "30s"],
+    "snapshot_keep": ["3", "none"], "since": [0, 1_700_000_000, None],
+    "id": ["00000000000000000001/low_space"], "cursor": [0, None], "timeout": [0, 1],
+    "no_policies": FLAG,
 }
 # values of the right type but wrong otherwise
 WRONG_VALUES = {
@@ -121,6 +125,9 @@ WRONG_VALUES = {
     "target": ["not-an-iqn"], "tier": ["tape"], "min": ["200%", "-1"], "max": ["x"],
     "promote": ["sometimes"], "kind": ["lun"], "priority": [-(1 << 40), 1 << 64],
     "limit": [-1, 1 << 70],
+    "space_quota": ["-1G", "1K", "999999999P", "x"], "snapshot_every": ["0s", "5x", "1w"],
+    "snapshot_keep": ["-1", "99999", "x"], "since": [-1, 1 << 60], "id": ["x", "1/2"],
+    "cursor": [-1, 1 << 70], "timeout": [-1, 31, 1 << 40],
 }
 WRONG_TEXT = ["", ".hidden", "a/b", "nope"] + HUGE
 
