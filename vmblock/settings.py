@@ -402,7 +402,7 @@ _ROWS = (
             "share of the capacity tier above which a VM is a vm_space_hog"),
     Setting("events.hog_horizon", float, "1h", parse_seconds, Apply.LIVE,
             "a VM whose growth would fill the pool within this is a vm_space_hog too"),
-    Setting("events.check_interval", float, "30", _positive_seconds, Apply.LIVE,
+    Setting("events.check_interval", float, "5", _positive_seconds, Apply.LIVE,
             "seconds between the server's space, flash and snapshot-schedule checks"),
     Setting("events.refuse_new_at", float, "90%", parse_fraction, Apply.LIVE,
             "capacity tier use from which vdisk create and vm clone are refused without "

@@ -1,9 +1,9 @@
 """The events side of a running server: delivery, the space watch and the snapshot schedule.
 
 Two background tasks besides delivery's: the watch runs ``SpaceWatch.check`` (and, with a
-flash cache, ``FlashWatch.check``) in the executor every ``events.check_interval``; the schedule runs ``SnapshotSchedule.tick`` on the loop and
-sleeps until the next slot is due (at most ``events.check_interval``), or until
-``policies_changed`` (``vm set``) wakes it. Errors of a round are logged and the next round
+flash cache, ``FlashWatch.check``) in the executor every ``events.check_interval``; the
+schedule runs ``SnapshotSchedule.tick`` on the loop and sleeps until the next slot is due (at
+most ``events.check_interval``), or until ``policies_changed`` (``vm set``) wakes it. Errors of a round are logged and the next round
 runs: a policy never stops the server.
 """
 

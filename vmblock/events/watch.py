@@ -1,7 +1,7 @@
 """``vm_space_hog`` and ``vm_flash_hog``: the VMs that hold, or will soon hold, too much of
 the pool or of their eviction group's flash.
 
-Each ``check`` (every ``events.check_interval`` in a server, in the executor) counts every VM's
+Each ``check`` (every ``events.check_interval`` in a server, in the executor) takes every VM's
 space by the quota's rule (``vmblock.store.quota``: distinct AUs its vdisks and snapshots
 reference, shared or not) and compares it with the capacity tier:
 
@@ -15,8 +15,10 @@ An event is raised once per crossing: a VM stays a hog, silently, until a check 
 under both conditions, and the next crossing is news again. The advice names the VM to move
 or trim.
 
-The cost is one pass over the mapped AUs of every map (numpy), and reading snapshots' frozen
-maps from the meta DB; hence a check interval in seconds, not per write.
+A check reads the VM, vdisk and snapshot records and the maps' mapped-AU counters: a bound
+on each VM's charge (live mapped bytes plus what its snapshots mapped when taken). Only a VM
+whose bound is over the share is counted exactly (numpy over its maps, frozen ones read from
+the meta DB); growth is measured on the bounds.
 
 ``FlashWatch`` looks at the flash cache's per-vdisk occupancy and read misses (copies of the
 directory's arrays, ``FlashCache.snapshot``): in an eviction group whose vdisks belong to
@@ -51,11 +53,29 @@ class SpaceWatch:
         # VM uuid -> (clock, bytes) of the checks of the last GROWTH_WINDOW seconds
         self.samples: dict[str, collections.deque] = {}
 
-    def space(self) -> dict[str, int]:
-        """VM uuid -> bytes it is charged (the quota's rule)."""
+    def bounds(self) -> dict[str, tuple[int, list[int], list[int]]]:
+        """VM uuid -> (a bound on the bytes it is charged, its live and frozen map ids): the
+        bytes its live maps map (counters) plus what its snapshots mapped when taken
+        (their records), no map read."""
+        pool, store = self.pool, self.pool.store
+        out = {vm.uuid: [0, [], []] for vm in pool.vms()}
+        for d in pool.vdisks():
+            if d.vm in out:
+                out[d.vm][0] += store.map_used_bytes(d.map_id)
+                out[d.vm][1].append(d.map_id)
+        for snap in pool.snapshots():
+            if snap.vm in out:
+                out[snap.vm][0] += sum(e["used_bytes"] for e in snap.disks)
+                out[snap.vm][2].extend(e["map_id"] for e in snap.disks)
+        return {uid: tuple(v) for uid, v in out.items()}
+
+    def space(self, over: float = 0) -> dict[str, int]:
+        """VM uuid -> bytes it is charged (the quota's rule), counted exactly for the VMs
+        whose bound is above ``over`` bytes; the others get their bound."""
         store = self.pool.store
-        return {uid: store.quotas.distinct_aus(live, frozen) * store.au
-                for uid, (live, frozen) in policies.vm_maps(self.pool).items()}
+        return {uid: (store.quotas.distinct_aus(live, frozen) * store.au if bound > over
+                      else bound)
+                for uid, (bound, live, frozen) in self.bounds().items()}
 
     def check(self) -> list[dict]:
         """One check; the events it recorded."""
@@ -65,7 +85,7 @@ class SpaceWatch:
         usage = pool.store.usage()
         cap, free = usage["capacity_bytes"], usage["free_bytes"]
         now = self.clock()
-        space = self.space()
+        space = self.space(share * cap)
         rates = {}
         self.samples = {uid: self.samples.get(uid, collections.deque()) for uid in space}
         for uid, b in space.items():
