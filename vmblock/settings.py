@@ -23,7 +23,6 @@ from __future__ import annotations
 import enum
 import os
 import re
-import shlex
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -265,13 +264,6 @@ def _text(text: str, key: str) -> str:
     return text
 
 
-def _command(text: str, key: str) -> list[str]:
-    try:
-        return shlex.split(text)
-    except ValueError as e:
-        raise InvalidArgument(f"{key}: {e} in {shown(text)}") from None
-
-
 def _http_url(text: str, key: str) -> str:
     t = text.strip()
     if t and not re.match(r"^https?://[^\s/]+(/\S*)?$", t):
@@ -388,8 +380,8 @@ _ROWS = (
               f"CHAP {field} for normal sessions to one target") for field in CHAP_FIELDS),
     Setting("acl.<iqn>", list, "", _iqns, Apply.TARGET,
             "initiator names that may log in to a target; empty: any"),
-    Setting("events.exec", list, "", _command, Apply.LIVE,
-            "command run per event, the event's JSON on its stdin (shell words, no shell)"),
+    Setting("events.exec", str, "", _text, Apply.LIVE,
+            "shell command run per event (/bin/sh -c), the event's JSON on its stdin"),
     Setting("events.exec_timeout", float, "30", _positive_seconds, Apply.LIVE,
             "seconds an events.exec command may run before it is killed (then retried once)"),
     Setting("events.webhook", str, "", _http_url, Apply.LIVE,

@@ -156,3 +156,18 @@ def test_retention_keeps_the_newest_and_ack_marks_one(pool):
     assert meta_events.ack(pool, evs[4]["id"])["acked"]
     assert meta_events.list_events(pool, 0)[-1]["acked"]
     assert meta_events.list_events(pool, 0, since=evs[3]["time"])[0]["message"] == "n3"
+
+
+def test_exec_is_a_shell_command(pool, tmp_path):
+    got = tmp_path / "events.jsonl"
+    pool.config_set("events.exec", f"cat >> {got}")
+
+    async def run():
+        d = Delivery(pool, syslog_path=str(tmp_path / "none"))
+        await d.start()
+        ev = pool.record_event("vm_space_hog", "warning", "VM a is big", vm="a")
+        await until(lambda: d.counts["exec_delivered"] == 1)
+        await d.stop()
+        return ev
+    ev = asyncio.run(run())
+    assert [json.loads(line) for line in got.read_text().splitlines()] == [ev]

@@ -10,7 +10,8 @@ only hands it to the event loop (``call_soon_threadsafe``); there it is
 * queued, bounded (``QUEUE_MAX``; beyond it an event is dropped for that channel and the drop
   logged), for the exec worker and the webhook worker, each one task working through its queue.
 
-The exec worker runs ``events.exec`` (shell words, no shell) with the event's JSON on stdin,
+The exec worker runs ``events.exec`` (a shell command, ``/bin/sh -c``: a script's path or a
+pipeline such as ``cat >> /var/log/vmblock-events.jsonl``) with the event's JSON on stdin,
 killed (its whole process group) after ``events.exec_timeout``; a failure (exit status not 0,
 timeout, cannot start) is logged and the command run once more. The webhook worker POSTs the
 JSON to ``events.webhook`` with aiohttp, ``WEBHOOK_TIMEOUT`` per attempt, retrying
@@ -166,28 +167,29 @@ class Delivery:
             event = await self.exec_queue.get()
             try:
                 settings = self.pool.settings()
-                argv, timeout = settings.get("events.exec"), settings.get("events.exec_timeout")
+                command = settings.get("events.exec").strip()
+                timeout = settings.get("events.exec_timeout")
             except Exception as e:
                 log.warning("events.exec: cannot read the settings: %s", e)
                 continue
-            if not argv:
+            if not command:
                 continue
             data = json.dumps(event).encode() + b"\n"
             for attempt in range(1, EXEC_ATTEMPTS + 1):
-                error = await self._run(argv, data, timeout)
+                error = await self._run(command, data, timeout)
                 if error is None:
                     self.counts["exec_delivered"] += 1
                     break
-                log.warning("events.exec %s for event %s failed (attempt %d of %d): %s",
-                            argv[0], event.get("id"), attempt, EXEC_ATTEMPTS, error)
+                log.warning("events.exec %r for event %s failed (attempt %d of %d): %s",
+                            command[:80], event.get("id"), attempt, EXEC_ATTEMPTS, error)
             else:
                 self.counts["exec_failed"] += 1
 
-    async def _run(self, argv: list[str], data: bytes, timeout: float) -> str | None:
-        """Run ``argv`` with ``data`` on stdin; None when it exits 0, else why not."""
+    async def _run(self, command: str, data: bytes, timeout: float) -> str | None:
+        """Run the shell command with ``data`` on stdin; None when it exits 0, else why not."""
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            proc = await asyncio.create_subprocess_shell(
+                command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as e:
             return f"cannot run it: {e.strerror or e}"

@@ -22,7 +22,7 @@ from vmblock.meta.model import Vm
 from vmblock.settings import MAX_TIER_BYTES
 from vmblock.units import format_size, parse_duration, parse_size, shown
 
-# the words that clear a policy
+# the words that clear a policy (keeping 0 snapshots is refused, not a clearing)
 CLEAR = ("none", "0")
 # a quota can be at most what the two largest tiers hold
 MAX_QUOTA_BYTES = 2 * MAX_TIER_BYTES
@@ -36,7 +36,7 @@ POLICY_KEYS = ("space_quota", "snapshot_every", "snapshot_keep")
 def _parse(key: str, text: str, au: int) -> int | None:
     """The stored value of one ``vm set`` option; None clears it."""
     t = str(text).strip().lower()
-    if t in CLEAR:
+    if t == "none" or (t in CLEAR and key != "snapshot_keep"):
         return None
     if key == "space_quota":
         v = parse_size(t, "--space-quota", MAX_QUOTA_BYTES)
