@@ -314,14 +314,14 @@ class Server:
 
     async def stop(self) -> None:
         """Stop taking admin calls and logins, end sessions, then make every write durable."""
+        if self.events is not None:        # first: it answers the followers' long polls
+            await self.events.stop()
         if self.admin is not None:
             await self.admin.cleanup()
             try:
                 os.unlink(self.pool.socket_path)
             except FileNotFoundError:
                 pass
-        if self.events is not None:
-            await self.events.stop()
         if self.service is not None:
             await self.service.stop()
         if self.workers is not None:

@@ -330,3 +330,15 @@ def test_space_quota_holds_with_worker_processes(tmp_path, start_server):
     qemu_io(web, "write -P 3 0 64K", "read -P 3 0 64K", "read -P 1 64K 960K")   # in place
     qemu_io(server.url(0), "write -P 4 0 4M", "read -P 4 0 4M")                # demo VM
     assert [e["vm"] for e in cli_json(server, "events", "--kind", "vm_quota")] == ["web"]
+
+
+def test_a_follower_does_not_hold_up_the_servers_shutdown(tmp_path, start_server):
+    server = start_server(pool=new_pool(tmp_path, {}))
+    server.cli("vdisk", "create", "web-0", "--size", "16M", "--vm", "web")
+    server.cli("vm", "set", "web", "--space-quota", "64K")
+    qemu_io(lun_of(server, "web-0"), "write 0 128K", check=False)      # a vm_quota event
+    follow = Follower(server.pool, "--since", "1h")
+    assert follow.next()["kind"] == "vm_quota"     # printed: its long poll comes next
+    assert server.stop() == 0          # SIGTERM answered cleanly, not killed after 20 s
+    assert follow.proc.wait(30) == 2   # one error line: the server went away
+    follow.close()

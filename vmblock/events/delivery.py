@@ -70,6 +70,7 @@ class Delivery:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ring: collections.deque[tuple[int, dict]] = collections.deque(maxlen=RING)
         self.seq = 0
+        self.closed = False         # stopping: followers are answered at once
         self._arrived = asyncio.Event()
         self.exec_queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
         self.webhook_queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
@@ -94,7 +95,10 @@ class Delivery:
         await self.loop.run_in_executor(None, self._prune)
 
     async def stop(self) -> None:
-        """Stop listening and delivering (events still queued are not delivered)."""
+        """Stop listening and delivering (events still queued are not delivered); answer the
+        followers waiting now, so the admin socket can close without waiting for them."""
+        self.closed = True
+        self._arrived.set()
         if self.listener in self.pool.event_listeners:
             self.pool.event_listeners.remove(self.listener)
         for task in self.tasks:
@@ -150,7 +154,7 @@ class Delivery:
         if cursor is None or cursor > self.seq:
             return {"cursor": self.seq, "events": [], "missed": 0}
         deadline = self.loop.time() + timeout
-        while self.seq == cursor and self.loop.time() < deadline:
+        while self.seq == cursor and not self.closed and self.loop.time() < deadline:
             arrived = self._arrived
             try:
                 await asyncio.wait_for(arrived.wait(), deadline - self.loop.time())
