@@ -171,3 +171,19 @@ def test_exec_is_a_shell_command(pool, tmp_path):
         return ev
     ev = asyncio.run(run())
     assert [json.loads(line) for line in got.read_text().splitlines()] == [ev]
+
+
+def test_a_syslog_socket_nobody_listens_on_is_skipped(pool, tmp_path):
+    path = str(tmp_path / "log")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.close()                            # the file stays; nothing listens
+
+    async def run():
+        d = Delivery(pool, syslog_path=path)
+        await d.start()
+        pool.record_event("vm_quota", "error", "VM a at its quota", vm="a")
+        await until(lambda: d.seq == 1)
+        await d.stop()
+        return d.syslog
+    assert asyncio.run(run()) is None

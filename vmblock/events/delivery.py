@@ -84,11 +84,17 @@ class Delivery:
         the retention."""
         self.loop = asyncio.get_running_loop()
         if os.path.exists(self.syslog_path):
-            handler = logging.handlers.SysLogHandler(
-                address=self.syslog_path, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-            handler.setFormatter(logging.Formatter("vmblock: %(message)s"))
-            self.syslog = logging.Logger("vmblock.events.syslog")
-            self.syslog.addHandler(handler)
+            try:
+                handler = logging.handlers.SysLogHandler(
+                    address=self.syslog_path,
+                    facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            except OSError as e:    # there, but nothing listens
+                log.warning("events: no syslog delivery: %s: %s", self.syslog_path,
+                            e.strerror or e)
+            else:
+                handler.setFormatter(logging.Formatter("vmblock: %(message)s"))
+                self.syslog = logging.Logger("vmblock.events.syslog")
+                self.syslog.addHandler(handler)
         self.pool.event_listeners.append(self.listener)
         self.tasks = [asyncio.create_task(self._exec_worker()),
                       asyncio.create_task(self._webhook_worker())]
