@@ -32,6 +32,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 
 import aiohttp
 
@@ -50,6 +51,17 @@ STDERR_SHOWN = 200          # bytes of a failed command's stderr in the log
 # syslog level of each severity
 SYSLOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
                  "critical": logging.CRITICAL}
+
+
+class _SysLog(logging.handlers.SysLogHandler):
+    """A syslog handler that counts a failed send instead of printing a traceback (syslogd
+    restarting must not flood the server's log)."""
+
+    failures = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Count it."""
+        self.failures += 1
 
 
 def one_line(event: dict) -> str:
@@ -85,9 +97,13 @@ class Delivery:
         self.loop = asyncio.get_running_loop()
         if os.path.exists(self.syslog_path):
             try:
-                handler = logging.handlers.SysLogHandler(
-                    address=self.syslog_path,
-                    facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                try:
+                    probe.connect(self.syslog_path)
+                finally:
+                    probe.close()
+                handler = _SysLog(address=self.syslog_path,
+                                  facility=logging.handlers.SysLogHandler.LOG_DAEMON)
             except OSError as e:    # there, but nothing listens
                 log.warning("events: no syslog delivery: %s: %s", self.syslog_path,
                             e.strerror or e)
