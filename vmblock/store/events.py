@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 LOW_SPACE_ADVICE = ("delete old snapshots, trim (UNMAP) inside the guests, move a VM to another "
                     "pool or grow the capacity tier; `vmblock events --kind vm_space_hog` "
                     "names the VMs using most")
+# a kind without a row: its name as the message
+DEFAULT_KIND = ("warning", lambda e: e["kind"].replace("_", " "), None)
 # kind -> (severity, message from the event's fields, advice or None)
 KINDS = {
     "low_space": ("warning", lambda e: f"capacity tier {e['used_pct']}% used (threshold "
@@ -64,7 +66,7 @@ class StoreEvents:
         t = time.time()
         event = dict(time=t, kind=kind, used_bytes=space.t_used[TIER_CAPACITY] * space.au,
                      capacity_bytes=space.capacity.size_bytes, **fields)
-        severity, message, advice = KINDS[kind]
+        severity, message, advice = KINDS.get(kind, DEFAULT_KIND)
         event.update(id=f"{int(t * 1e6):020d}/{kind}", severity=severity,
                      message=message(event))
         if advice is not None:
