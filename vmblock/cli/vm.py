@@ -67,8 +67,14 @@ def print_vm(v: dict) -> None:
     """``vm show`` as text: the VM's fields, then one line per vdisk, snapshot and clone."""
     print_fields(v, ["name", "uuid", "guest_os", "location", "active", "meta_stale", "created"])
     click.echo(f"{'used:':<18}{human_size(v['used_bytes'])}")
-    for k, value in v.get("policies", {}).items():
-        click.echo(f"{k + ':':<18}{value}")
+    pol = v.get("policies", {})
+    if "space_quota" in pol:
+        full = ", reached" if pol.get("space_quota_reached") else ""
+        click.echo(f"{'space quota:':<18}{human_size(pol['space_quota'])} (charged "
+                   f"{human_size(pol.get('space_charged_bytes', 0))}{full})")
+    if "snapshot_every" in pol:
+        click.echo(f"{'snapshots:':<18}every {pol['snapshot_every']} s, keep "
+                   f"{pol['snapshot_keep']} automatic")
     parent = v["lineage"]["parent"]
     if parent:
         how = "live" if parent["live"] else f"snapshot {parent['snapshot_name']}"

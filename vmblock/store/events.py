@@ -18,6 +18,7 @@ import time
 
 from vmblock.store.alloc import Allocator
 from vmblock.store.layout import TIER_CAPACITY, TIER_NAMES
+from vmblock.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ KINDS = {
     "tier_recovered": ("info", lambda e: f"{e['where']} tier works again after "
                        f"{e['fault_s']} s", None),
     "vm_quota": ("error", lambda e: f"VM {e['vm']} reached its space quota "
-                 f"({e['quota_bytes']} bytes): writes that need new space fail (27h/07h)",
+                 f"({format_size(e['quota_bytes'])}): writes that need new space fail "
+                 f"(27h/07h)",
                  "raise it with `vmblock vm set VM --space-quota SIZE`, delete its old "
                  "snapshots or trim inside the guest"),
 }

@@ -28,6 +28,7 @@ import numpy as np
 from vmblock.store.backend import SpaceExhausted
 from vmblock.store.events import StoreEvents
 from vmblock.store.maps import LiveMaps
+from vmblock.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class Quotas:
             log.warning("VM %s at its space quota (%d AUs): refusing writes that need "
                         "new space", g.name, g.limit)
         raise QuotaExceeded(f"VM {g.name} is at its space quota "
-                            f"({g.limit * self.au} bytes)")
+                            f"({format_size(g.limit * self.au)})")
 
     def report(self, key: str) -> dict | None:
         """The quota of group ``key`` in bytes, counted now; None when it has none."""
