@@ -342,3 +342,23 @@ def test_a_follower_does_not_hold_up_the_servers_shutdown(tmp_path, start_server
     assert server.stop() == 0          # SIGTERM answered cleanly, not killed after 20 s
     assert follow.proc.wait(30) == 2   # one error line: the server went away
     follow.close()
+
+
+def test_schedule_survives_a_restart_and_takes_a_missed_slot_once(tmp_path, start_server):
+    pool = new_pool(tmp_path, {})
+    run_cli(pool, "vdisk", "create", "web-0", "--size", "16M", "--vm", "web")
+    # the state a server stopped for years leaves: its last automatic snapshot, and the policy
+    run_cli(pool, "vm", "snapshot", "web", "--name", "auto-20200101T000000Z")
+    run_cli(pool, "vm", "set", "web", "--snapshot-every", "1h", "--snapshot-keep", "24")
+    server = start_server(pool=pool)
+
+    def autos():
+        names = [s["name"] for s in cli_json(server, "snapshot", "list", "--vm", "web")]
+        return names if len(names) >= 2 else None
+    names = wait_for("the missed slot's snapshot", autos)
+    assert len(names) == 2 and names[0] == "auto-20200101T000000Z"   # once, not per slot
+    qemu_io(lun_of(server, "web-0"), "write -P 1 0 64K")
+    server.stop()
+    server = start_server(pool=pool)           # not due again for an hour: nothing new
+    assert cli_json(server, "vm", "show", "web")["policies"]["snapshot_every"] == 3600
+    assert [s["name"] for s in cli_json(server, "snapshot", "list", "--vm", "web")] == names
