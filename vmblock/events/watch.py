@@ -18,7 +18,8 @@ or trim.
 A check reads the VM, vdisk and snapshot records and the maps' mapped-AU counters: a bound
 on each VM's charge (live mapped bytes plus what its snapshots mapped when taken). Only a VM
 whose bound is over the share is counted exactly (numpy over its maps, frozen ones read from
-the meta DB); growth is measured on the bounds.
+the meta DB), and counted again only once its bound has moved by ``RECOUNT_SHIFT`` of the tier
+since (a steady hog costs nothing per check); growth is measured on the bounds.
 
 ``FlashWatch`` looks at the flash cache's per-vdisk occupancy and read misses (copies of the
 directory's arrays, ``FlashCache.snapshot``): in an eviction group whose vdisks belong to
@@ -39,6 +40,8 @@ from vmblock.units import human_size
 
 GROWTH_WINDOW = 600.0
 GROWTH_MIN_SPAN = 60.0
+# an exact count is reused while the VM's bound moved less than this share of the tier
+RECOUNT_SHIFT = 0.01
 # a VM holding more than this times its even share of its group's flash is a flash hog
 FLASH_HOG_FACTOR = 1.5
 
@@ -50,6 +53,8 @@ class SpaceWatch:
         self.pool = pool
         self.clock = clock
         self.hogs: set[str] = set()
+        # VM uuid -> (its bound, its exact charge) when last counted exactly
+        self.counted: dict[str, tuple[int, int]] = {}
         # VM uuid -> (clock, bytes) of the checks of the last GROWTH_WINDOW seconds
         self.samples: dict[str, collections.deque] = {}
 
@@ -69,39 +74,54 @@ class SpaceWatch:
                 out[snap.vm][2].extend(e["map_id"] for e in snap.disks)
         return {uid: tuple(v) for uid, v in out.items()}
 
-    def space(self, over: float = 0) -> dict[str, int]:
-        """VM uuid -> bytes it is charged (the quota's rule), counted exactly for the VMs
-        whose bound is above ``over`` bytes; the others get their bound."""
+    def space(self, over: float = 0, slack: float = 0) -> dict[str, tuple[int, int]]:
+        """VM uuid -> (its bound, the bytes it is charged by the quota's rule): counted
+        exactly for the VMs whose bound is above ``over`` bytes, the others' bound. A VM's
+        exact count
+        is reused, moved by what its bound moved, while the bound is within ``slack`` bytes
+        of what it was at that count."""
         store = self.pool.store
-        return {uid: (store.quotas.distinct_aus(live, frozen) * store.au if bound > over
-                      else bound)
-                for uid, (bound, live, frozen) in self.bounds().items()}
+        out = {}
+        counted = {}
+        for uid, (bound, live, frozen) in self.bounds().items():
+            if bound <= over:
+                out[uid] = (bound, bound)
+                continue
+            last = self.counted.get(uid)
+            if last is not None and abs(bound - last[0]) <= slack:
+                out[uid] = (bound, last[1] + bound - last[0])
+                counted[uid] = last
+                continue
+            out[uid] = (bound, store.quotas.distinct_aus(live, frozen) * store.au)
+            counted[uid] = out[uid]
+        self.counted = counted
+        return out
 
     def check(self) -> list[dict]:
         """One check; the events it recorded."""
         pool = self.pool
         settings = pool.settings()
         share, horizon = settings.get("events.hog_share"), settings.get("events.hog_horizon")
-        usage = pool.store.usage()
+        usage = pool.store.capacity_use()
         cap, free = usage["capacity_bytes"], usage["free_bytes"]
         now = self.clock()
-        space = self.space(share * cap)
+        space = self.space(share * cap, RECOUNT_SHIFT * cap)
         rates = {}
         self.samples = {uid: self.samples.get(uid, collections.deque()) for uid in space}
-        for uid, b in space.items():
+        for uid, (bound, _) in space.items():
             samples = self.samples[uid]
-            samples.append((now, b))
+            samples.append((now, bound))
             while now - samples[0][0] > GROWTH_WINDOW:
                 samples.popleft()
             t0, b0 = samples[0]
             if now - t0 >= GROWTH_MIN_SPAN:
-                rates[uid] = (b - b0) / (now - t0)
+                rates[uid] = (bound - b0) / (now - t0)
         fastest = max(rates, key=rates.get, default=None)
         if fastest is not None and rates[fastest] <= 0:
             fastest = None
         names = {vm.uuid: vm.name for vm in pool.vms()}
         recorded = []
-        for uid, b in space.items():
+        for uid, (_, b) in space.items():
             name = names.get(uid)
             if name is None:
                 continue

@@ -138,7 +138,7 @@ def admission(pool) -> tuple[bool, str]:
     """(whether new vdisks and clones are accepted, why not): refused while the capacity
     tier is used to ``events.refuse_new_at`` or more, or a write has found it full."""
     limit = pool.settings().get("events.refuse_new_at")
-    usage = pool.store.usage()
+    usage = pool.store.capacity_use()
     pct = usage["used_pct"]
     if pool.store.events.full:
         return False, "the capacity tier is full: writes that need new space fail"

@@ -130,6 +130,14 @@ class PoolStore:
         """Move the live map ``mid`` to ``tier`` while I/O goes on (``TierMover.move``)."""
         return self.mover.move(mid, tier, chunk_aus)
 
+    def capacity_use(self) -> dict:
+        """The capacity tier's size, free bytes and percent used, from counters (no pass over
+        the reference counts, unlike ``usage``): what periodic checks read."""
+        space = self.space
+        return {"capacity_bytes": space.capacity.size_bytes,
+                "free_bytes": space.t_free[0] * space.au,
+                "used_pct": round(space.used_pct(0), 2)}
+
     def usage(self) -> dict:
         """Space per tier (``usage_report``)."""
         return usage_report(self.committer)
