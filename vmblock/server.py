@@ -23,10 +23,11 @@ from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
 from vmblock.cache import flash as flash_cache
 from vmblock.errors import InvalidArgument, NotFound, ServerError
+from vmblock.events.runtime import EventsRuntime
 from vmblock.hypervisor.manager import Hypervisors
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
-from vmblock.meta import Pool, Vdisk, datastores
+from vmblock.meta import Pool, Vdisk, datastores, policies
 from vmblock.meta.config import check_settings
 from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
@@ -180,6 +181,7 @@ class Server:
         # and metadata areas; a write there re-reads the map after datastore.lvm.rescan_delay
         self.watched: dict[str, WatchedStore] = {}  # vdisk uuid -> its store
         self.rescans: Debounce | None = None
+        self.events: EventsRuntime | None = None   # delivery, space watch, snapshot schedule
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -348,10 +350,17 @@ class Server:
         self.hypervisors = Hypervisors(self.pool, self.bound_portals,
                                        settings.get("hypervisor.call_timeout"))
         await self.hypervisors.start()
-        self.admin = await admin_http.start(LiveApi(self), self.pool.socket_path)
+        api = LiveApi(self)
+        self.events = EventsRuntime(self.pool, api.vm_snapshot,
+                                    lambda vm, snap: api.snapshot_delete(snap, vm=vm),
+                                    self.cache)
+        await self.events.start()
+        self.admin = await admin_http.start(api, self.pool.socket_path)
 
     async def stop(self) -> None:
         """Stop taking admin calls and logins, end sessions, then make every write durable."""
+        if self.events is not None:        # first: it answers the followers' long polls
+            await self.events.stop()
         if self.admin is not None:
             await self.admin.cleanup()
             try:
@@ -470,12 +479,15 @@ class LiveApi(Api):
                 None, super().vdisk_snapshot, name, snapshot)
 
     async def vm_clone(self, name: str, new_name: str, snapshot: str | None = None,
-                       live: bool = False) -> dict:
+                       live: bool = False, force: bool = False,
+                       no_policies: bool = False) -> dict:
         """Clone in the executor; a ``live`` clone first drains the source vdisks' writes in
-        flight, so none is half done in the copy. The new LUNs are served from the loop."""
+        flight, so none is half done in the copy. The new LUNs are served from the loop.
+        Refused while space is low unless ``force``."""
+        policies.check_admission(self.pool, force, "clone")
         loop = asyncio.get_running_loop()
         work = functools.partial(self.pool.clone_vm, name, new_name, snapshot=snapshot,
-                                 live=live)
+                                 live=live, inherit=not no_policies)
         if not live:
             return self._cloned(*await loop.run_in_executor(None, work))
         async with self._changing(self.pool.vdisks(vm=name)):
@@ -575,8 +587,8 @@ class LiveApi(Api):
         if found is None or key in self.pool.overrides:
             return False
         row, name = found
-        if row.apply is Apply.NEW_TARGET:
-            return True        # read when a target is created
+        if row.apply in (Apply.NEW_TARGET, Apply.LIVE):
+            return True        # read when a target is created / each time it is used
         if row.apply is Apply.RESCAN:      # datastore.lvm.*: every datastore read again
             for disk in self.pool.vdisks():
                 if datastores.record(self.pool, disk) is not None:
@@ -601,6 +613,16 @@ class LiveApi(Api):
     def session_list(self) -> list[dict]:
         """The iSCSI sessions logged in to this server (``Session.info`` each)."""
         return self.server.service.sessions()
+
+    def policies_changed(self) -> None:
+        """The snapshot schedule looks at the VMs' policies again now."""
+        self.server.events.policies_changed()
+
+    async def event_wait(self, cursor: int | None = None, kind: str | None = None,
+                         timeout: int = 25) -> dict:
+        """Events delivered after ``cursor``, waiting up to ``timeout`` s for one
+        (``Delivery.wait``)."""
+        return await self.server.events.delivery.wait(cursor, kind, timeout)
 
 
 async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:

@@ -75,6 +75,12 @@ MAX_WORKERS = 64
 CACHE_SIZE_AUTO = "auto"
 AUTO_CACHE_FRACTION = 0.5
 
+# Events (vmblock.events): the webhook's attempts after the first, and how many events the
+# meta DB keeps (the oldest beyond it are deleted).
+MAX_EVENT_RETRIES = 10
+MIN_EVENT_RETENTION = 100
+MAX_EVENT_RETENTION = 1_000_000
+
 # RFC 7143 section 13: the operational keys the target offers at login, which iscsi.<Key>
 # overrides (the names of vmblock.iscsi.params.TARGET_OFFER; their rules live there).
 NEGOTIATION_KEYS = (
@@ -258,6 +264,38 @@ def _text(text: str, key: str) -> str:
     return text
 
 
+def _http_url(text: str, key: str) -> str:
+    t = text.strip()
+    if t and not re.match(r"^https?://[^\s/]+(/\S*)?$", t):
+        raise InvalidArgument(f"{key} must be empty or an http:// or https:// URL, "
+                              f"not {shown(t)}")
+    return t
+
+
+def _retries(text: str, key: str) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit() and int(t) <= MAX_EVENT_RETRIES):
+        raise InvalidArgument(f"{key} must be a whole number from 0 to {MAX_EVENT_RETRIES}, "
+                              f"not {shown(text)}")
+    return int(t)
+
+
+def _retention(text: str, key: str) -> int:
+    t = text.strip()
+    if not (t.isascii() and t.isdigit() and MIN_EVENT_RETENTION <= int(t)
+            <= MAX_EVENT_RETENTION):
+        raise InvalidArgument(f"{key} must be a whole number from {MIN_EVENT_RETENTION} to "
+                              f"{MAX_EVENT_RETENTION}, not {shown(text)}")
+    return int(t)
+
+
+def _positive_seconds(text: str, key: str) -> float:
+    v = parse_seconds(text, key)
+    if v <= 0:
+        raise InvalidArgument(f"{key} must be above 0 seconds, not {shown(text)}")
+    return v
+
+
 def _portals(text: str, key: str) -> list[tuple[str, int]]:
     return parse_portals(text)
 
@@ -289,6 +327,7 @@ class Apply(enum.Enum):
     TARGET = "target"            # that target's ACL and CHAP are re-read: new logins see them
     NEW_TARGET = "new target"    # read each time a target is created
     RESCAN = "rescan"            # every served datastore is scanned again
+    LIVE = "live"                # read each time it is used (events, policies)
 
 
 @dataclass(frozen=True)
@@ -363,6 +402,25 @@ _ROWS = (
     Setting("datastore.lvm.rescan_delay", float, "0.5", parse_seconds, Apply.RESTART,
             "seconds without another write to a PV's label or metadata area before the "
             "server reads its map again (docs/datastores.md)"),
+    Setting("events.exec", str, "", _text, Apply.LIVE,
+            "shell command run per event (/bin/sh -c), the event's JSON on its stdin"),
+    Setting("events.exec_timeout", float, "30", _positive_seconds, Apply.LIVE,
+            "seconds an events.exec command may run before it is killed (then retried once)"),
+    Setting("events.webhook", str, "", _http_url, Apply.LIVE,
+            "URL each event's JSON is POSTed to"),
+    Setting("events.webhook_retries", int, "3", _retries, Apply.LIVE,
+            "webhook attempts after a failed one, waiting 1, 2, 4 ... seconds between"),
+    Setting("events.retention", int, "10000", _retention, Apply.LIVE,
+            "events the meta DB keeps; the oldest beyond it are deleted"),
+    Setting("events.hog_share", float, "30%", parse_fraction, Apply.LIVE,
+            "share of the capacity tier above which a VM is a vm_space_hog"),
+    Setting("events.hog_horizon", float, "1h", parse_seconds, Apply.LIVE,
+            "a VM whose growth would fill the pool within this is a vm_space_hog too"),
+    Setting("events.check_interval", float, "5", _positive_seconds, Apply.LIVE,
+            "seconds between the server's space, flash and snapshot-schedule checks"),
+    Setting("events.refuse_new_at", float, "90%", parse_fraction, Apply.LIVE,
+            "capacity tier use from which vdisk create and vm clone are refused without "
+            "--force"),
 )
 TABLE = {row.key: row for row in _ROWS}
 _FAMILIES = [(row, *row.key.split(placeholder)) for row in _ROWS

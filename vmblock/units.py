@@ -123,3 +123,20 @@ def parse_kv_list(text: str, what: str = "list", known: tuple[str, ...] | None =
             raise InvalidArgument(f"{what}: {key} is given twice")
         out[key] = value.strip()
     return out
+
+
+_DURATION_RE = re.compile(r"^\s*(\d{1,9})\s*([smhd])\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, what: str = "duration", lo: int = 1,
+                   hi: int = 366 * 86400) -> int:
+    """Whole seconds from '30s', '5m', '1h' or '7d' (a unit is required), from ``lo`` to
+    ``hi``."""
+    m = _DURATION_RE.match(str(text))
+    if not m:
+        raise InvalidArgument(f"bad {what} {shown(text)} (use e.g. 30s, 5m, 1h, 7d)")
+    v = int(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    if not lo <= v <= hi:
+        raise InvalidArgument(f"{what} {shown(text)} must be from {lo} s to {hi // 86400} days")
+    return v

@@ -12,8 +12,9 @@ from vmblock.admin.api import VERBS
 from vmblock.cli import cli
 from vmblock.cli.common import verb_command
 
-# verbs answered on the admin socket only, with no CLI command on purpose (none today)
-SERVER_ONLY: set[tuple[str, str]] = set()
+# verbs answered on the admin socket only, with no CLI command of their own on purpose:
+# event wait is the long poll of `events --follow`
+SERVER_ONLY: set[tuple[str, str]] = {("event", "wait")}
 
 
 def cli_verbs(group: click.Group) -> dict[tuple[str, str], str]:
@@ -21,6 +22,8 @@ def cli_verbs(group: click.Group) -> dict[tuple[str, str], str]:
     found = {}
     for name, cmd in group.commands.items():
         if isinstance(cmd, click.Group):
+            if getattr(cmd, "verb", None) is not None:     # a group that is a command too
+                found[cmd.verb] = name
             found.update({v: f"{name} {path}" for v, path in cli_verbs(cmd).items()})
         elif getattr(cmd, "verb", None) is not None:
             found[cmd.verb] = name

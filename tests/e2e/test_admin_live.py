@@ -115,6 +115,10 @@ TAME_VALUES = {
     "hypervisor": ["h1"], "uri": ["test:///default", "qemu+tcp://127.0.0.1:1/system"],
     "interval": ["1h", "30s"], "domain": ["test"], "disk": ["vda"], "switch": FLAG,
     "step": ["prepare", "copied", "finish", "abort"],
+    "space_quota": ["1G", "none", "64K"], "snapshot_every": ["1h", "none", "30s"],
+    "snapshot_keep": ["3", "none"], "since": [0, 1_700_000_000, None],
+    "id": ["00000000000000000001/low_space"], "cursor": [0, None], "timeout": [0, 1],
+    "no_policies": FLAG,
 }
 # values of the right type but wrong otherwise
 WRONG_VALUES = {
@@ -126,6 +130,9 @@ WRONG_VALUES = {
     "limit": [-1, 1 << 70],
     "uri": ["not a uri", "qemu+tcp://u:pw@h/system"], "interval": ["0", "-1s", "forever"],
     "step": ["later"],
+    "space_quota": ["-1G", "1K", "999999999P", "x"], "snapshot_every": ["0s", "5x", "1w"],
+    "snapshot_keep": ["-1", "99999", "x"], "since": [-1, 1 << 60], "id": ["x", "1/2"],
+    "cursor": [-1, 1 << 70], "timeout": [-1, 31, 1 << 40],
 }
 WRONG_TEXT = ["", ".hidden", "a/b", "nope"] + HUGE
 

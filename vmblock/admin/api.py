@@ -17,21 +17,29 @@ from vmblock.admin.cache import CacheVerbs, Runtime
 from vmblock.admin.hypervisor import HypervisorVerbs
 from vmblock.admin.datastores import DatastoreVerbs
 from vmblock.admin.schema import (
+    Cursor,
+    Epoch,
+    EventId,
+    EventKind,
     EventLimit,
     GuestOs,
     Iqn,
     Key,
     Location,
     Name,
+    PolicyText,
     SizeText,
     TierName,
     Value,
+    WaitSeconds,
     check_args,
 )
 from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.errors import InvalidArgument, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.meta import datastores
+from vmblock.meta import events as meta_events
+from vmblock.meta import policies
 from vmblock.meta.model import Snapshot, Vdisk, Vm
 from vmblock.settings import format_portal
 from vmblock.units import parse_size
@@ -141,13 +149,32 @@ class Api:
         """Create a VM (a pool is created for it if new)."""
         return self.pool.create_vm(name, guest_os, location).dump()
 
+    def policies_changed(self) -> None:
+        """A VM's policies changed (a running server's schedule looks again)."""
+
     @verb
     def vm_set(self, name: Name, guest_os: GuestOs | None = None,
-               location: Location | None = None, active: bool | None = None) -> dict:
-        """Change a VM's guest OS, location or active flag (None keeps one)."""
+               location: Location | None = None, active: bool | None = None,
+               space_quota: PolicyText | None = None, snapshot_every: PolicyText | None = None,
+               snapshot_keep: PolicyText | None = None) -> dict:
+        """Change a VM's guest OS, location or active flag, and its policies: space quota
+        (a size), snapshot schedule (every 30s/5m/1h/1d, keep N); 'none' or 0 clears a
+        policy; None keeps a field. Every value is checked before anything changes."""
         fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
                                     ("active", active)) if v is not None}
-        return self.pool.update_vm(name, **fields).dump()
+        changes = {k: v for k, v in (("space_quota", space_quota),
+                                     ("snapshot_every", snapshot_every),
+                                     ("snapshot_keep", snapshot_keep)) if v is not None}
+        self.pool.vm(name)              # an unknown VM: NotFound before anything changes
+        if changes:
+            policies.check(self.pool, name, changes)
+        if fields:
+            self.pool.update_vm(name, **fields)
+        if changes:
+            policies.set_policies(self.pool, name, changes)
+            self.policies_changed()
+        vm = self.pool.vm(name)
+        return dict(vm.dump(), **policies.show(self.pool, vm))
 
     @verb
     def vm_list(self) -> list[dict]:
@@ -173,7 +200,7 @@ class Api:
         clones = [{"name": v.name, "uuid": v.uuid, "snapshot": v.parent.get("snapshot_name"),
                    "live": v.parent.get("live")}
                   for v in self.pool.vms() if v.parent and v.parent.get("vm") == vm.uuid]
-        return dict(vm.dump(), vdisks=disks,
+        return dict(vm.dump(), vdisks=disks, **policies.show(self.pool, vm),
                     sub_vdisks=datastores.sub_vdisks(self.pool, vm),     # LVs on shared LUNs
                     used_bytes=sum(d["used_bytes"] for d in disks),
                     snapshots=[self._snapshot_json(s) for s in self.pool.snapshots(vm=name)],
@@ -195,10 +222,13 @@ class Api:
 
     @verb
     def vm_clone(self, name: Name, new_name: Name, snapshot: Name | None = None,
-                 live: bool = False) -> dict:
+                 live: bool = False, force: bool = False, no_policies: bool = False) -> dict:
         """A new VM whose vdisks (new LUNs) share a snapshot's (or, ``live``, the current)
-        blocks copy-on-write."""
-        return self._cloned(*self.pool.clone_vm(name, new_name, snapshot=snapshot, live=live))
+        blocks copy-on-write, with the source's policies unless ``no_policies``. Refused while
+        space is low (``pool show``'s ``accepting_new_vms``) unless ``force``."""
+        policies.check_admission(self.pool, force, "clone")
+        return self._cloned(*self.pool.clone_vm(name, new_name, snapshot=snapshot, live=live,
+                                                inherit=not no_policies))
 
     def _cloned(self, vm: Vm, disks: list[Vdisk], new_targets: set[str]) -> dict:
         """Serve a new clone's vdisks (their LUNs, new targets) and show it."""
@@ -265,14 +295,31 @@ class Api:
         return self.pool.check()
 
     @verb
-    def event_list(self, limit: EventLimit = 100) -> list[dict]:
-        """The newest ``limit`` events (0: all), oldest first."""
-        return self.pool.events(limit)
+    def event_list(self, limit: EventLimit = 100, since: Epoch | None = None,
+                   kind: EventKind | None = None) -> list[dict]:
+        """The newest ``limit`` events (0: all), oldest first; from time ``since`` (Unix
+        seconds) on, of ``kind`` only."""
+        return meta_events.list_events(self.pool, limit, since=since, kind=kind)
+
+    @verb
+    def event_ack(self, id: EventId) -> dict:
+        """Acknowledge an event (its record gets ``acked``, the time)."""
+        return meta_events.ack(self.pool, id)
+
+    @verb
+    def event_wait(self, cursor: Cursor | None = None, kind: EventKind | None = None,
+                   timeout: WaitSeconds = 25) -> dict:
+        """Events delivered after ``cursor`` (``events --follow``'s long poll); only a
+        running server delivers events."""
+        raise ServerError(f"no server is running on pool {self.pool.path}; events are "
+                          f"followed only while `vmblock serve` runs")
 
     @verb
     def vdisk_create(self, name: Name, size: SizeText, vm: Name | None = None,
-                     target: Iqn | None = None) -> dict:
-        """Create a thin vdisk at the lowest free LUN of ``target`` (created if new)."""
+                     target: Iqn | None = None, force: bool = False) -> dict:
+        """Create a thin vdisk at the lowest free LUN of ``target`` (created if new); refused
+        while space is low (``pool show``'s ``accepting_new_vms``) unless ``force``."""
+        policies.check_admission(self.pool, force, "create it")
         disk, new_target = self.pool.create_vdisk(name, parse_size(size), vm=vm, target=target)
         self.vdisk_created(disk, new_target)
         return self._vdisk_json(disk)
@@ -327,8 +374,11 @@ class Api:
     @verb
     def pool_show(self) -> dict:
         """The whole model tree: targets and LUNs, VMs, vdisks, snapshots, config, store
-        usage, recent events and eviction groups."""
-        return self.pool.dump()
+        usage, recent events and eviction groups; ``accepting_new_vms`` and, when not, the
+        reason (space is low)."""
+        accepting, reason = policies.admission(self.pool)
+        return dict(self.pool.dump(), accepting_new_vms=accepting,
+                    accepting_new_vms_reason=reason or None)
 
 # (noun, verb) -> Verb of every admin verb: Api's own and those of its parts
 VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs,

@@ -137,6 +137,13 @@ FRACTION = Text(32)
 # unused cache directory slots sit at priority -(1 << 30), below every real group
 PRIORITY = Int(-(1 << 30) + 1, (1 << 30) - 1)
 EVENT_LIMIT = Int(0, 1 << 31)
+POLICY = Text(32)
+EVENT_KIND = Text(64)
+EVENT_ID = Text(100)
+EPOCH = Int(0, 1 << 40)
+CURSOR = Int(0, 1 << 62)
+# a follower's long poll: below the admin client's timeout
+WAIT_SECONDS = Int(0, 30)
 
 # The types of verb parameters: a verb's signature says which one each parameter is
 # (``name: Name``); a bool parameter is a Flag. Whether an argument is required or may be null
@@ -151,6 +158,12 @@ Location = Annotated[str, LOCATION]
 Share = Annotated[str, FRACTION]
 Priority = Annotated[int, PRIORITY]
 EventLimit = Annotated[int, EVENT_LIMIT]
+PolicyText = Annotated[str, POLICY]
+EventKind = Annotated[str, EVENT_KIND]
+EventId = Annotated[str, EVENT_ID]
+Epoch = Annotated[int, EPOCH]
+Cursor = Annotated[int, CURSOR]
+WaitSeconds = Annotated[int, WAIT_SECONDS]
 SizeText = Annotated[str | int, Size()]
 TierName = Annotated[str, OneOf("vmblock.store.layout:TIER_NAMES")]
 Promotion = Annotated[str, OneOf("vmblock.cache.groups:PROMOTE")]

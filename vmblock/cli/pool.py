@@ -30,7 +30,7 @@ def print_tree(tree: dict) -> None:
     click.echo(f"{len(tree['vms'])} VM(s), {len(tree['vdisks'])} vdisk(s), "
                f"{len(tree['snapshots'])} snapshot(s), {len(tree['config'])} config key(s)")
     for e in tree["events"][-5:]:
-        click.echo(f"event: {e['kind']} at {e.get('used_pct')}% used")
+        click.echo(f"event: {e['kind']}: {e.get('message', '')}")
 
 
 @verb_command(pool, "show")

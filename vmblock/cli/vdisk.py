@@ -19,9 +19,12 @@ def vdisk() -> None:
 @click.option("--vm", "vm_name", metavar="VM", help="Owning VM.")
 @click.option("--target", metavar="IQN", help="Target to add it to (created if new); "
               "default iqn.2026-11.io.vmblock:default.")
-def vdisk_create(call, name: str, size: str, vm_name: str | None, target: str | None) -> None:
-    """Create a thin vdisk at the lowest free LUN (creates the pool if new)."""
-    d = call(name=name, size=size, vm=vm_name, target=target)
+@click.option("--force", is_flag=True, help="Create it even while the pool is low on space.")
+def vdisk_create(call, name: str, size: str, vm_name: str | None, target: str | None,
+                 force: bool) -> None:
+    """Create a thin vdisk at the lowest free LUN (creates the pool if new); refused while
+    the pool is low on space unless --force."""
+    d = call(name=name, size=size, vm=vm_name, target=target, force=force)
     click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
 
 

@@ -28,15 +28,28 @@ def vm_create(call, name: str, guest_os: str, location: str) -> None:
 @click.option("--guest-os", help="Guest operating system, free text.")
 @click.option("--location", help="Hypervisor host or datastore it runs on.")
 @click.option("--active/--inactive", default=None, help="Whether the VM is running.")
+@click.option("--space-quota", metavar="SIZE",
+              help="Cap on the space its vdisks and snapshots hold, e.g. 64G (none: no cap).")
+@click.option("--snapshot-every", metavar="DURATION",
+              help="Take an automatic snapshot this often: 30s, 15m, 1h, 1d (none: stop).")
+@click.option("--snapshot-keep", metavar="N",
+              help="Automatic snapshots to keep (default 24); the oldest go first.")
+@json_option
 def vm_set(call, name: str, guest_os: str | None, location: str | None,
-           active: bool | None) -> None:
-    """Change a VM's guest OS, location or active flag."""
+           active: bool | None, space_quota: str | None, snapshot_every: str | None,
+           snapshot_keep: str | None, as_json: bool) -> None:
+    """Change a VM's guest OS, location or active flag, or its policies (space quota,
+    snapshot schedule); 'none' (or 0) clears a policy."""
     fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
-                                ("active", active)) if v is not None}
+                                ("active", active), ("space_quota", space_quota),
+                                ("snapshot_every", snapshot_every),
+                                ("snapshot_keep", snapshot_keep)) if v is not None}
     if not fields:
-        raise click.UsageError("nothing to set: give --guest-os, --location or --active/--inactive")
+        raise click.UsageError("nothing to set: give --guest-os, --location, "
+                               "--active/--inactive, --space-quota, --snapshot-every or "
+                               "--snapshot-keep")
     v = call(name=name, **fields)
-    click.echo(f"updated VM {v['name']}")
+    emit(v, as_json, lambda v: click.echo(f"updated VM {v['name']}"))
 
 
 VM_TABLE = Table(("NAME", "GUEST_OS", "VDISKS", "SOURCE", "UUID"),
@@ -55,6 +68,14 @@ def print_vm(v: dict) -> None:
     """``vm show`` as text: the VM's fields, then one line per vdisk, snapshot and clone."""
     print_fields(v, ["name", "uuid", "guest_os", "location", "active", "meta_stale", "created"])
     click.echo(f"{'used:':<18}{human_size(v['used_bytes'])}")
+    pol = v.get("policies", {})
+    if "space_quota" in pol:
+        full = ", reached" if pol.get("space_quota_reached") else ""
+        click.echo(f"{'space quota:':<18}{human_size(pol['space_quota'])} (charged "
+                   f"{human_size(pol.get('space_charged_bytes', 0))}{full})")
+    if "snapshot_every" in pol:
+        click.echo(f"{'snapshots:':<18}every {pol['snapshot_every']} s, keep "
+                   f"{pol['snapshot_keep']} automatic")
     parent = v["lineage"]["parent"]
     if parent:
         how = "live" if parent["live"] else f"snapshot {parent['snapshot_name']}"
@@ -102,9 +123,15 @@ def vm_snapshot(call, name: str, snapshot: str) -> None:
 @click.option("--name", "new_name", required=True, metavar="NEW", help="Name of the new VM.")
 @click.option("--snapshot", metavar="SNAPSHOT", help="Clone this snapshot of the VM.")
 @click.option("--live", is_flag=True, help="Clone the VM's current state instead.")
-def vm_clone(call, name: str, new_name: str, snapshot: str | None, live: bool) -> None:
-    """Create a new VM whose vdisks (new LUNs) share the source's blocks copy-on-write."""
-    v = call(name=name, new_name=new_name, snapshot=snapshot, live=live)
+@click.option("--force", is_flag=True, help="Clone even while the pool is low on space.")
+@click.option("--no-policies", is_flag=True,
+              help="Do not copy the source's policies (quota, snapshot schedule, QoS).")
+def vm_clone(call, name: str, new_name: str, snapshot: str | None, live: bool,
+             force: bool, no_policies: bool) -> None:
+    """Create a new VM whose vdisks (new LUNs) share the source's blocks copy-on-write; it
+    gets the source's policies (quota, snapshot schedule, QoS) unless --no-policies."""
+    v = call(name=name, new_name=new_name, snapshot=snapshot, live=live, force=force,
+             no_policies=no_policies)
     for d in v["vdisks"]:
         click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
     click.echo(f"cloned VM {name} to {new_name}")

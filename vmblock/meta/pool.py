@@ -41,7 +41,7 @@ from rocksdict import WriteBatch
 
 from vmblock import DEFAULT_TARGET
 from vmblock.errors import AlreadyExists, InvalidArgument, NotFound, PoolError, io_failure
-from vmblock.meta import config, hypervisors, snapshots
+from vmblock.meta import config, hypervisors, policies, snapshots
 from vmblock.meta.check import check_pool
 from vmblock.meta.db import MetaDB, MetaIOError
 from vmblock.meta.groups import EvictionGroups
@@ -246,7 +246,15 @@ class Pool:
                 cap.close()
                 flash.close()
                 raise
+            # the store's events are delivered as the pool's own; quotas follow the records
+            self._store.events.listeners = self.event_listeners
+            policies.attach(self)
         return self._store
+
+    @property
+    def store_open(self) -> bool:
+        """Whether the extent store is open (``store`` opens it on first use)."""
+        return self._store is not None
 
     def next_map_ids(self, batch: WriteBatch, count: int = 1) -> list[int]:
         """``count`` new extent-map ids, reserved in ``batch``; ids are never reused."""
@@ -497,10 +505,11 @@ class Pool:
         return snapshots.revert(self, snap)
 
     def clone_vm(self, src_name: str, new_name: str, snapshot: str | None = None,
-                 live: bool = False) -> tuple[Vm, list[Vdisk], list[str]]:
-        """A new VM sharing every AU of a snapshot (or the live vdisks) of ``src_name``; the
-        VM, its vdisks and the targets that had to be created."""
-        return snapshots.clone_vm(self, src_name, new_name, snapshot, live)
+                 live: bool = False, inherit: bool = True) -> tuple[Vm, list[Vdisk], list[str]]:
+        """A new VM sharing every AU of a snapshot (or the live vdisks) of ``src_name``, with
+        its policies unless not ``inherit``; the VM, its vdisks and the targets that had to
+        be created."""
+        return snapshots.clone_vm(self, src_name, new_name, snapshot, live, inherit)
 
     # --- events -------------------------------------------------------------------------------
 

@@ -155,10 +155,11 @@ def clone_name(src_vm: str, new_vm: str, vdisk_name: str) -> str:
 
 
 def clone_vm(pool, src_name: str, new_name: str, snapshot_name: str | None = None,
-             live: bool = False) -> tuple[Vm, list[Vdisk], list[str]]:
+             live: bool = False, inherit: bool = True) -> tuple[Vm, list[Vdisk], list[str]]:
     """A new VM whose vdisks share every AU of a snapshot of ``src_name`` (or of its
     live vdisks: the server drains them first), as new LUNs of the same targets; metadata
-    only, one batch. Returns the VM, its vdisks and the targets that had to be created."""
+    only, one batch; with the source's policies unless not ``inherit``. Returns the VM, its
+    vdisks and the targets that had to be created."""
     if (snapshot_name is None) == (not live):
         raise InvalidArgument("clone from --snapshot NAME or --live (exactly one)")
     check_name("VM", new_name)
@@ -194,8 +195,9 @@ def clone_vm(pool, src_name: str, new_name: str, snapshot_name: str | None = Non
     lineage = {"vm": src.uuid, "vm_name": src.name, "live": live, "created": when,
                "snapshot": snap.uuid if snap else None,
                "snapshot_name": snap.name if snap else None}
+    # a clone inherits its source's policies (quota, snapshot schedule, QoS): docs/events.md
     vm = Vm(str(uuidlib.uuid4()), new_name, guest_os=src.guest_os, created=when,
-            parent=lineage)
+            parent=lineage, policies=dict(src.policies) if inherit else {})
     disks = []
     copies = []
     batch = new_batch()

@@ -79,6 +79,9 @@ class Committer:
         self.last_write = 0
         self.synced = 0
         self.commits = 0
+        # called after each metadata transaction (flush lock held, store lock not): the
+        # quotas' owner re-reads which maps each quota covers
+        self.txn_hooks: list = []
 
     def over_limit(self) -> bool:
         """Enough leaves are dirty that the writer should commit by itself (under lock)."""
@@ -142,6 +145,8 @@ class Committer:
                 return      # only events waited: every completed write is durable anyway
             raise
         self.commits += 1
+        if events:
+            self.events.committed(events)
         if self.in_doubt is not None:
             self.resolve_txn()
         if self.fault is not None:
@@ -224,6 +229,13 @@ class Committer:
                 raise io_failure(e) from None
             txn.apply()
             txn.drain()
+            if events:
+                self.events.committed(events)
+            for hook in list(self.txn_hooks):
+                try:
+                    hook()
+                except Exception:   # the change is durable; a hook must not undo its answer
+                    log.exception("after a metadata transaction: %s failed", hook)
 
     def resolve_txn(self) -> None:
         """After a good commit: apply the in-memory side of a failed transaction if its batch

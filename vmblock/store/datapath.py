@@ -22,6 +22,7 @@ from vmblock.store.commit import Committer
 from vmblock.store.events import StoreEvents
 from vmblock.store.layout import TIER_NAMES, UNMAPPED
 from vmblock.store.maps import LiveMaps
+from vmblock.store.quota import Quotas
 from vmblock.store.ranges import pieces, units
 from vmblock.store.tier import read_full, write_full
 
@@ -44,6 +45,8 @@ class DataPath:
         self.events = events
         self.lock = committer.lock
         self.au = au = space.au
+        # space quotas per VM, checked before every allocation (vmblock.store.quota)
+        self.quotas = Quotas(live, events, self.lock, au)
         self.zeros = memoryview(bytes(max(ZERO_BYTES, au)))
         self._paus = np.empty(CHUNK_AUS + 1, dtype=np.uint32)
         self._kinds = np.empty(CHUNK_AUS + 1, dtype=np.uint8)
@@ -222,6 +225,8 @@ class DataPath:
         t = self.live.tier(mid)
         if need > space.t_free[t]:
             return False
+        if need:
+            self.quotas.admit(mid, need)    # QuotaExceeded: nothing changed
         new = space.alloc(t, need)
         z = self.zeros
         position = space.position
@@ -301,6 +306,7 @@ class DataPath:
             if not len(paus):
                 return
             committer.pending.update((mid, s) for s in slots.tolist())
+            self.quotas.touched(mid)
             zeroed = extent_kernels._add_refs(self.space.refcount, paus, -1)
             self.space.hold(paus[:zeroed])
             commit = committer.over_limit()

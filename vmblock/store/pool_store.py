@@ -11,6 +11,7 @@
 * ``commit.Committer``: dirty leaves, the commit order (data before the keys that point at
   it), faults, metadata transactions (``MapTxn``);
 * ``datapath.DataPath``: reads and writes; ``move.TierMover``: tier moves;
+* ``quota.Quotas``: per-VM space quotas, checked by the data path before it allocates;
 * ``prealloc.preallocate``: mapping zeroed AUs without writing them (benchmarks);
 * ``fsck.check_store`` and ``usage.usage_report``: the reports.
 
@@ -73,6 +74,7 @@ class PoolStore:
         self.events = StoreEvents(self.space, thresholds)
         self.committer = Committer(db, self.space, self.live, self.events, self.lock)
         self.data = DataPath(self.live, self.space, self.committer, self.events)
+        self.quotas = self.data.quotas
         self.mover = TierMover(self.committer)
         self.closed = False
 
@@ -127,6 +129,14 @@ class PoolStore:
     def move(self, mid: int, tier: int, chunk_aus: int = MOVE_CHUNK_AUS) -> dict:
         """Move the live map ``mid`` to ``tier`` while I/O goes on (``TierMover.move``)."""
         return self.mover.move(mid, tier, chunk_aus)
+
+    def capacity_use(self) -> dict:
+        """The capacity tier's size, free bytes and percent used, from counters (no pass over
+        the reference counts, unlike ``usage``): what periodic checks read."""
+        space = self.space
+        return {"capacity_bytes": space.capacity.size_bytes,
+                "free_bytes": space.t_free[0] * space.au,
+                "used_pct": round(space.used_pct(0), 2)}
 
     def usage(self) -> dict:
         """Space per tier (``usage_report``)."""

@@ -1,0 +1,156 @@
+"""Per-VM policies: what ``vm set`` stores in ``Vm.policies`` and the quotas the store checks.
+
+``Vm.policies`` (``vm/<uuid>``) holds, each key present only while set::
+
+    space_quota      bytes: the VM's cap (vmblock.store.quota has the accounting rule)
+    snapshot_every   seconds between automatic snapshots (vmblock.events.schedule)
+    snapshot_keep    automatic snapshots kept (the oldest beyond it are deleted)
+    qos              the QoS limits (reserved for the QoS scheduler; ``vm show`` lists it)
+
+``set_policies`` checks every value first and writes the record once: bad input changes
+nothing. The store's quota groups follow the records: ``sync_quotas`` runs when the store
+opens, after every metadata transaction (a vdisk or snapshot made or deleted changes which
+maps a quota covers) and after ``set_policies``. With no quota anywhere it does nothing.
+
+These are functions of an open ``Pool`` (it does not import this module's caller).
+"""
+
+from __future__ import annotations
+
+from vmblock.errors import InvalidArgument, NoSpace
+from vmblock.meta.model import Vm
+from vmblock.settings import MAX_TIER_BYTES
+from vmblock.units import format_size, parse_duration, parse_size, shown
+
+# the words that clear a policy (keeping 0 snapshots is refused, not a clearing)
+CLEAR = ("none", "0")
+# a quota can be at most what the two largest tiers hold
+MAX_QUOTA_BYTES = 2 * MAX_TIER_BYTES
+MAX_SNAPSHOT_KEEP = 10000
+DEFAULT_SNAPSHOT_KEEP = 24
+# the shortest schedule: a snapshot per second is what the tests use
+MIN_SNAPSHOT_EVERY = 1
+POLICY_KEYS = ("space_quota", "snapshot_every", "snapshot_keep")
+
+
+def _parse(key: str, text: str, au: int) -> int | None:
+    """The stored value of one ``vm set`` option; None clears it."""
+    t = str(text).strip().lower()
+    if t == "none" or (t in CLEAR and key != "snapshot_keep"):
+        return None
+    if key == "space_quota":
+        v = parse_size(t, "--space-quota", MAX_QUOTA_BYTES)
+        if v < au:
+            raise InvalidArgument(f"--space-quota {shown(text)} is below one allocation unit "
+                                  f"({format_size(au)}); use none to clear it")
+        return v
+    if key == "snapshot_every":
+        return parse_duration(t, "--snapshot-every", MIN_SNAPSHOT_EVERY)
+    try:
+        v = int(t)
+    except ValueError:
+        raise InvalidArgument(f"--snapshot-keep must be a whole number, not "
+                              f"{shown(text)}") from None
+    if not 1 <= v <= MAX_SNAPSHOT_KEEP:
+        raise InvalidArgument(f"--snapshot-keep must be from 1 to {MAX_SNAPSHOT_KEEP} "
+                              f"(none clears it), not {shown(text)}")
+    return v
+
+
+def check(pool, name: str, changes: dict[str, str]) -> dict:
+    """The policies VM ``name`` would have after ``changes``; InvalidArgument (nothing
+    changed) for any bad value."""
+    return _changed(pool.vm(name), changes, pool.store.au)
+
+
+def set_policies(pool, name: str, changes: dict[str, str]) -> Vm:
+    """Apply ``vm set`` policy options (``POLICY_KEYS`` -> text; 'none' or '0' clears) to the
+    VM ``name`` in one write, after checking all of them; then the store's quotas follow.
+    A quota below what the VM holds now is allowed: nothing is lost or refused to read or
+    overwrite, only new allocations fail until it is under again."""
+    vm = pool.vm(name)
+    vm.policies = _changed(vm, changes, pool.store.au)
+    pool.write_records({f"vm/{vm.uuid}": vm.dump()})
+    sync_quotas(pool)
+    return vm
+
+
+def _changed(vm: Vm, changes: dict[str, str], au: int) -> dict:
+    policies = dict(vm.policies)
+    for key, text in changes.items():
+        if key not in POLICY_KEYS:
+            raise InvalidArgument(f"unknown policy {key!r} (known: {', '.join(POLICY_KEYS)})")
+        value = _parse(key, text, au)
+        if value is None:
+            policies.pop(key, None)
+        else:
+            policies[key] = value
+    if "snapshot_every" in policies:
+        policies.setdefault("snapshot_keep", DEFAULT_SNAPSHOT_KEEP)
+    elif "snapshot_keep" in changes and "snapshot_keep" in policies:
+        raise InvalidArgument("--snapshot-keep needs a schedule: give --snapshot-every too")
+    else:
+        policies.pop("snapshot_keep", None)
+    return policies
+
+
+def show(pool, vm: Vm) -> dict:
+    """``vm show``'s ``policies`` (each set policy, the quota with what the VM is charged)
+    and ``qos`` (the QoS limits; empty while none are set)."""
+    out = {k: vm.policies[k] for k in POLICY_KEYS if k in vm.policies}
+    if "space_quota" in out:
+        report = pool.store.quotas.report(vm.uuid) or {}
+        out["space_charged_bytes"] = report.get("charged_bytes", 0)
+        out["space_quota_reached"] = report.get("over", False)
+    return {"policies": out, "qos": dict(vm.policies.get("qos", {}))}
+
+
+def vm_maps(pool) -> dict[str, tuple[list[int], list[int]]]:
+    """VM uuid -> (its vdisks' live map ids, its snapshots' frozen map ids)."""
+    maps: dict[str, tuple[list[int], list[int]]] = {vm.uuid: ([], []) for vm in pool.vms()}
+    for d in pool.vdisks():
+        if d.vm in maps:
+            maps[d.vm][0].append(d.map_id)
+    for s in pool.snapshots():
+        if s.vm in maps:
+            maps[s.vm][1].extend(e["map_id"] for e in s.disks)
+    return maps
+
+
+def sync_quotas(pool) -> None:
+    """Give the store the quota of every VM that has one and the maps it covers."""
+    quotas = pool.store.quotas
+    vms = [vm for vm in pool.vms() if vm.policies.get("space_quota")]
+    if not vms and not quotas.groups:
+        return
+    maps = vm_maps(pool)
+    quotas.set_groups({vm.uuid: (vm.name, vm.policies["space_quota"], *maps[vm.uuid])
+                       for vm in vms})
+
+
+def attach(pool) -> None:
+    """Once the store is open: its quotas follow every metadata transaction from now on."""
+    pool.store.committer.txn_hooks.append(lambda: sync_quotas(pool))
+    sync_quotas(pool)
+
+
+def admission(pool) -> tuple[bool, str]:
+    """(whether new vdisks and clones are accepted, why not): refused while the capacity
+    tier is used to ``events.refuse_new_at`` or more, or a write has found it full."""
+    limit = pool.settings().get("events.refuse_new_at")
+    usage = pool.store.capacity_use()
+    pct = usage["used_pct"]
+    if pool.store.events.full:
+        return False, "the capacity tier is full: writes that need new space fail"
+    if pct >= limit * 100:
+        return False, (f"the capacity tier is {pct:.1f}% used, at or over events.refuse_new_at "
+                       f"{limit:.0%}")
+    return True, ""
+
+
+def check_admission(pool, force: bool, what: str) -> None:
+    """Refuse ``what`` (a new vdisk, a clone) in one line while space is low, unless
+    ``force``."""
+    ok, why = admission(pool)
+    if not ok and not force:
+        raise NoSpace(f"not accepting new VMs or vdisks: {why}; {what} anyway with --force")
