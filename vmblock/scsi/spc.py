@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from vmblock.scsi import modepages, pr
+from vmblock.scsi import modepages, pr, xcopy
 from vmblock.scsi.command_spec import CommandSpec, CommandTable, Handler, supported_specs
 from vmblock.scsi.constants import (
     ASSOCIATION_LU,
@@ -238,6 +238,7 @@ VPD_PAGES = {
     VpdPage.BLOCK_LIMITS: _vpd_block_limits,
     VpdPage.BLOCK_DEVICE_CHARACTERISTICS: _vpd_block_device_characteristics,
     VpdPage.LOGICAL_BLOCK_PROVISIONING: _vpd_logical_block_provisioning,
+    VpdPage.THIRD_PARTY_COPY: xcopy.vpd_third_party_copy,
 }
 
 
