@@ -23,6 +23,9 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     event/<usec:020d>/<kind>     {"id", "time", "kind", "severity", "message", "vm"?, "vdisk"?,
                                   "advice"?, ...}   Pool.record_event; store events (low space)
     config/<dotted.key>          "<value>"                          see vmblock.settings.TABLE
+    pr/<vdisk uuid>              {"generation", "type", "holder", "registrations": [{"initiator",
+                                  "isid", "target", "tpgt", "key"}]}   persistent reservations
+                                                     with APTPL: vmblock.meta.reservations
     cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
 
 Binary keys ``M<map id><vAU>`` hold the extent maps; their layout is documented in

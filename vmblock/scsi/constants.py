@@ -87,6 +87,7 @@ class PrOutAction(IntEnum):
     PREEMPT = 0x04
     PREEMPT_AND_ABORT = 0x05
     REGISTER_AND_IGNORE_EXISTING_KEY = 0x06
+    REGISTER_AND_MOVE = 0x07
 
 
 class PrType(IntEnum):
