@@ -52,18 +52,13 @@ def check_pool(pool) -> dict:
             maps_info[e["map_id"]] = {"what": f"snapshot {s.name} of {e['name']}",
                                       "size_bytes": e["size_bytes"], "live": False}
             union(e["map_id"], e["src_map"])
-    served: dict[str, int] = {}
     for iqn in [t.iqn for t in pool.targets()]:
         for lun, uid in pool.luns(iqn).items():
             if pool.record(f"vdisk/{uid}") is None:
                 errors.append(f"LUN {lun} of {iqn} points at a missing vdisk")
-    for d in vdisks:
-        # EXTENDED COPY shares AUs between the LUNs of one target (whoever logs in to it
-        # reads them all): one family per target, as for a lineage
-        if d.target in served:
-            union(d.map_id, served[d.target])
-        else:
-            served[d.target] = d.map_id
+    # maps EXTENDED COPY made share AUs (LUNs of one target) are one family, as a lineage
+    for a, b in pool.store.copy_pairs():
+        union(a, b)
     result = pool.store.check(maps_info, {m: find(m) for m in maps_info})
     result["errors"] = errors + result["errors"]
     result["ok"] = not result["errors"]

@@ -140,6 +140,7 @@ def standard_inquiry(lu: LogicalUnit | None) -> bytes:
         vendor, product, revision = "", "", ""
     else:
         buf[0] = PERIPHERAL_DEVICE_TYPE_DISK
+        buf[5] |= xcopy.INQUIRY_3PC
         vendor, product, revision = lu.vendor, lu.product, lu.revision
     buf[2] = INQUIRY_VERSION_SPC4
     buf[3] = INQUIRY_HISUP | INQUIRY_RESPONSE_DATA_FORMAT

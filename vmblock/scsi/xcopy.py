@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from vmblock.scsi.lu import LogicalUnit
     from vmblock.scsi.target import ScsiTarget
 
+# SPC-4 6.4.2 table 142: standard INQUIRY byte 5, 3PC: the LU is a copy manager (what ESXi's
+# T10 VAAI plugin looks at before it offers full copy).
+INQUIRY_3PC = 0x08
 # SPC-4 6.4 / 6.18: the two opcodes and their service actions.
 EXTENDED_COPY = 0x83
 RECEIVE_COPY_RESULTS = 0x84

@@ -29,7 +29,7 @@ import numpy as np
 
 from vmblock.native import extent as extent_kernels
 from vmblock.native.extent import LEAF_BITS, MAP_DTYPE
-from vmblock.store.layout import UNMAPPED
+from vmblock.store.layout import UNMAPPED, copy_key
 
 # Bytes read and written per step when a range is copied as data.
 COPY_CHUNK = 1 << 20
@@ -121,6 +121,9 @@ def _share_aus(pool, src_mid: int, src_first: int, dst_mid: int, first: int,
                 zeroed = extent_kernels.add_refs(space.refcount, paus, -1)
                 space.hold(paus[:zeroed].copy())
         committer.pending.update((dst_mid, s) for s in slots)
+        if src_mid != dst_mid and len(new):
+            # in the same batch as the leaves: ``pool check`` lets these two maps share
+            committer.pending_puts[copy_key(src_mid, dst_mid)] = b""
         inflight = set(space.inflight)
     mark = space.mark()
     while not inflight.isdisjoint(space.inflight) or not space.passed(mark):
