@@ -167,3 +167,28 @@ def test_the_workers_see_the_remap(workers_server):
         qemu_io(b["url"], "read -P 0x3c 0 8M")
         qemu_io(a["url"], "read -P 0x4d 0 1M", "read -P 0x3c 1M 7M")
     pool_clean(s)
+
+
+@pytest.mark.timeout(180)
+def test_a_reservation_on_the_destination_holds_for_the_copy(vmblock_server):
+    s = vmblock_server
+    s.cli("vdisk", "create", "from", "--size", "16M")
+    s.cli("vdisk", "create", "held", "--size", "16M")
+    src, dst = vdisk(s, "from"), vdisk(s, "held")
+    qemu_io(src["url"], "write -P 0x21 0 1M")
+    # another initiator registers and holds WRITE EXCLUSIVE on the destination
+    with IscsiClient(s.host, s.port) as c:
+        assert c.login(DEFAULT_TARGET, initiator="iqn.2026-11.io.vmblock.test:holder",
+                       chap=s.chap()).login_status == 0
+        for sa, scope_type, key, sa_key in ((0x00, 0, 0, 0x77), (0x01, 0x01, 0x77, 0)):
+            param = struct.pack(">QQ8x", key, sa_key)
+            cdb = bytes([0x5F, sa, scope_type, 0, 0]) + struct.pack(">I", len(param)) + b"\0"
+            for _ in range(4):
+                r = c.scsi(cdb, write=param, lun=dst["lun"])
+                if not (r.status == 0x02 and (r.sense[2] & 0x0F) == 0x06):
+                    break
+            assert r.status == 0, r
+        r = xcopy(s, src["lun"], [cscd(src["naa"]), cscd(dst["naa"])],
+                  [segment(0, 1, 2048, 0, 0)])
+        assert r.status == 0x18, r                  # RESERVATION CONFLICT, nothing copied
+    qemu_io(dst["url"], "read -P 0 0 1M")

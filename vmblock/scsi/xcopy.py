@@ -7,7 +7,8 @@ targets with identification CSCD descriptors (E4h, an NAA designator of VPD page
 copies with block-to-block segment descriptors (02h). A CSCD descriptor resolves only to a LUN
 of the target the I_T nexus is logged in to: a descriptor naming any other LU — another VM's
 vdisk — is refused with COPY ABORTED, COPY TARGET DEVICE NOT REACHABLE (LIO's CVE-2020-28374
-came from resolving it over every LU of the host). Segments run in order, in the executor; a
+came from resolving it over every LU of the host), and the copy targets' reservations apply
+to the nexus as if it read and wrote them itself. Segments run in order, in the executor; a
 store that offers ``Remappable`` copies by sharing whole allocation units within its pool
 (``vmblock.store.remap``), anything else is copied with reads and writes. Like WRITE, the copy
 is durable at the next SYNCHRONIZE CACHE, or before status on a write-through LU (WCE=0).
@@ -24,9 +25,9 @@ import struct
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from vmblock.scsi.constants import PERIPHERAL_DEVICE_TYPE_DISK
+from vmblock.scsi.constants import PERIPHERAL_DEVICE_TYPE_DISK, PrAccess
 from vmblock.scsi.sense import ScsiError, SenseReason
-from vmblock.scsi.task import ScsiTask
+from vmblock.scsi.task import Nexus, ScsiTask
 from vmblock.store.backend import Remappable
 
 if TYPE_CHECKING:
@@ -146,9 +147,10 @@ def _resolve(t: ScsiTarget, desc: bytes, at: int) -> LogicalUnit | None:
     return None
 
 
-def parse(t: ScsiTarget, param: bytes) -> tuple[int, int, list[Segment]]:
+def parse(t: ScsiTarget, nexus: Nexus, param: bytes) -> tuple[int, int, list[Segment]]:
     """(list identifier, list id usage, segments) of an EXTENDED COPY(LID1) parameter list,
-    every check of SPC-4 6.4.3 made before anything is copied."""
+    every check of SPC-4 6.4.3 made before anything is copied; the copy targets' reservations
+    apply to ``nexus`` as if it read the source and wrote the destination itself."""
     if len(param) < HEADER_LEN:
         raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
     list_id, flags, cscd_len, seg_len, inline_len = struct.unpack_from(">BBH4xII", param)
@@ -186,7 +188,11 @@ def parse(t: ScsiTarget, param: bytes) -> tuple[int, int, list[Segment]]:
             raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
         if len(segments) == MAX_SEGMENT_DESCRIPTORS:
             raise ScsiError(SenseReason.TOO_MANY_SEGMENT_DESCRIPTORS)
-        segments.append(_segment(targets, param, at, dc & SEGMENT_DC))
+        seg = _segment(targets, param, at, dc & SEGMENT_DC)
+        for lu, access in ((seg.src, PrAccess.READ), (seg.dst, PrAccess.WRITE)):
+            if lu.reservations.active:
+                lu.reservations.check(nexus, access, False)
+        segments.append(seg)
         at += SEGMENT_HEADER_LEN + length
     return list_id, usage, segments
 
@@ -239,7 +245,7 @@ def extended_copy(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, o
     param = bytes(task.data_out) if task.data_out is not None else b""
     if not param:
         return None          # SPC-4 6.4.1: a PARAMETER LIST LENGTH of 0 is not an error
-    list_id, usage, segments = parse(t, param)
+    list_id, usage, segments = parse(t, task.nexus, param)
     return _run_copy(t, lu, task, list_id, usage, segments)
 
 
