@@ -192,3 +192,24 @@ def test_a_reservation_on_the_destination_holds_for_the_copy(vmblock_server):
                   [segment(0, 1, 2048, 0, 0)])
         assert r.status == 0x18, r                  # RESERVATION CONFLICT, nothing copied
     qemu_io(dst["url"], "read -P 0 0 1M")
+
+
+@pytest.mark.timeout(300)
+def test_behind_the_flash_cache_the_copy_is_reads_and_writes(tmp_path, start_server):
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "cache.size", "32M")
+    s = start_server(pool=pool)
+    s.cli("vdisk", "create", "c-src", "--size", "32M")
+    s.cli("vdisk", "create", "c-dst", "--size", "32M")
+    src, dst = vdisk(s, "c-src"), vdisk(s, "c-dst")
+    qemu_io(src["url"], "write -P 0x31 0 4M")
+    qemu_io(dst["url"], "write -P 0x13 0 4M", "read -P 0x13 0 4M")   # cached blocks of dst
+    before = store_used(s)
+    r = xcopy(s, src["lun"], [cscd(src["naa"]), cscd(dst["naa"])],
+              [segment(0, 1, 4 * MiB // BLOCK, 0, 0)])
+    assert r.status == 0, r
+    qemu_io(dst["url"], "read -P 0x31 0 4M")        # not the stale cached blocks
+    assert store_used(s) == before                  # written in place, nothing shared
+    qemu_io(src["url"], "write -P 0x41 0 64k")
+    qemu_io(dst["url"], "read -P 0x31 0 4M")
+    pool_clean(s)
