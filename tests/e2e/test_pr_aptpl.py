@@ -9,6 +9,7 @@ import struct
 
 import pytest
 from support.iscsi_client import IscsiClient, write10
+from support.server import run_cli
 
 from vmblock import DEFAULT_TARGET
 
@@ -85,9 +86,18 @@ def restart(server, start_server):
     return start_server(pool=pool)
 
 
+@pytest.fixture(params=[0, 2], ids=["one-process", "two-workers"])
+def pr_server(request, tmp_path, start_server):
+    """A server on a new pool, alone or with ``server.workers 2`` (PR commands are forwarded
+    to the owner; the restored state must keep the workers' fast path off the LU)."""
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", str(request.param))
+    return start_server(pool=pool)
+
+
 @pytest.mark.timeout(240)
-def test_aptpl_state_survives_a_restart_and_register_and_move(vmblock_server, start_server):
-    s = vmblock_server
+def test_aptpl_state_survives_a_restart_and_register_and_move(pr_server, start_server):
+    s = pr_server
     a, b = Initiator(s, A), Initiator(s, B)
     caps = a.prin(REPORT_CAPABILITIES)
     assert caps[2] & 0x01 and not caps[3] & 0x01          # PTPL_C, not yet PTPL_A
