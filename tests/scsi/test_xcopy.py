@@ -5,7 +5,7 @@ among the target's LUNs, copy status per nexus and list identifier, the limits r
 import struct
 
 import pytest
-from support.scsi_rig import BLOCK, MemoryStore, sense_of
+from support.scsi_rig import BLOCK, MemoryStore, Rig, sense_of
 
 from vmblock.scsi import xcopy
 from vmblock.scsi.lu import LogicalUnit
@@ -122,3 +122,14 @@ def test_operating_parameters_and_vpd_8f(rig):
     assert listed[:3] == bytes([0x83, 1, 0x00]) and listed[3:7] == bytes([0x84, 2, 0x00, 0x03])
     std = bytes(rig.run(bytes([0x12, 0, 0, 0, 96, 0])).data_in)
     assert std[5] & xcopy.INQUIRY_3PC
+
+
+@pytest.mark.parametrize("src_lba,dst_lba", [(0, 3), (3, 0)])
+def test_an_overlapping_copy_inside_one_lun_is_a_memmove(src_lba, dst_lba):
+    rig = Rig(MemoryStore(blocks=40000))
+    n = rig.lu.max_transfer_blocks + 1000            # two chunks of the data copy
+    data = bytes(range(256)) * (n * BLOCK // 256)
+    rig.store.data[src_lba * BLOCK:(src_lba + n) * BLOCK] = data
+    t = xcopy_run(rig, [cscd(rig.lu.naa)], [segment(0, 0, n, src_lba, dst_lba)])
+    assert t.status == SAM_STAT_GOOD
+    assert rig.store.data[dst_lba * BLOCK:(dst_lba + n) * BLOCK] == data

@@ -147,3 +147,14 @@ def test_a_store_of_another_pool_is_refused(tmp_path, pool):
     finally:
         other.close()
     assert os.path.exists(tmp_path / "other")
+
+
+@pytest.mark.parametrize("shift", [AU, -AU, 3 * AU // 2, -512])
+def test_an_overlapping_copy_inside_one_vdisk_reads_before_it_writes(pool, shift):
+    src = store_of(pool, "src")
+    data = pattern(40 * AU, 7)          # 2.5 MiB: several chunks of the data copy
+    src.write(4 * AU, memoryview(data))
+    assert src.remap_from(src, 4 * AU, 4 * AU + shift, 40 * AU)
+    assert read(src, 4 * AU + shift, 40 * AU) == data
+    pool.store.flush()
+    assert_clean(pool)

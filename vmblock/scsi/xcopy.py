@@ -229,15 +229,17 @@ def _copy(segments: list[Segment]) -> int:
 
 
 def _copy_data(src, dst, seg: Segment) -> None:
-    """A segment copied with reads and writes (stores of different pools or kinds)."""
-    chunk = memoryview(bytearray(min(seg.dst.max_transfer_blocks * seg.dst.block_size,
-                                     seg.length)))
-    done = 0
-    while done < seg.length:
-        k = min(len(chunk), seg.length - done)
-        src.read_into(seg.src_offset + done, chunk[:k])
-        dst.write(seg.dst_offset + done, chunk[:k])
-        done += k
+    """A segment copied with reads and writes (stores of different pools or kinds); inside
+    one store an overlapping range is copied as if read whole first (``copy_bytes``)."""
+    buf = memoryview(bytearray(min(seg.dst.max_transfer_blocks * seg.dst.block_size,
+                                   seg.length)))
+    starts = list(range(0, seg.length, len(buf)))
+    if src is dst and seg.src_offset < seg.dst_offset < seg.src_offset + seg.length:
+        starts.reverse()        # the destination starts inside the source: from the end
+    for done in starts:
+        k = min(len(buf), seg.length - done)
+        src.read_into(seg.src_offset + done, buf[:k])
+        dst.write(seg.dst_offset + done, buf[:k])
 
 
 def extended_copy(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options):

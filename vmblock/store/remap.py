@@ -37,15 +37,19 @@ COPY_CHUNK = 1 << 20
 DRAIN_POLL = 0.0002
 
 
-def copy_bytes(read_into, write, src_offset: int, offset: int, length: int) -> None:
-    """Copy ``length`` bytes as data, ``COPY_CHUNK`` at a time, with the two stores' calls."""
-    buf = memoryview(bytearray(min(COPY_CHUNK, length)))
-    done = 0
-    while done < length:
+def copy_bytes(read_into, write, src_offset: int, offset: int, length: int,
+               chunk: int = COPY_CHUNK) -> None:
+    """Copy ``length`` bytes as data, ``chunk`` at a time, with the two stores' calls; from
+    the end backwards when the destination starts inside the source (the same store), so
+    an overlapping copy reads every byte before it is overwritten (memmove)."""
+    buf = memoryview(bytearray(min(chunk, length)))
+    starts = list(range(0, length, len(buf))) if length else []
+    if src_offset < offset < src_offset + length:
+        starts.reverse()
+    for done in starts:
         k = min(len(buf), length - done)
         read_into(src_offset + done, buf[:k])
         write(offset + done, buf[:k])
-        done += k
 
 
 def share_range(pool, src_mid: int, src_offset: int, dst_mid: int, offset: int,
@@ -64,7 +68,10 @@ def share_range(pool, src_mid: int, src_offset: int, dst_mid: int, offset: int,
 
     if not length:
         return 0
-    if (src_offset - offset) % au:
+    overlap = src_mid == dst_mid and offset < src_offset + length and src_offset < offset + length
+    if (src_offset - offset) % au or overlap:
+        # an overlapping copy inside one vdisk goes as data, in the safe direction: the
+        # head and tail copies around a remap would read what the remap already changed
         copy_bytes(read, write, src_offset, offset, length)
         return 0
     end = offset + length
