@@ -3,12 +3,14 @@
 
 usage: tools/bench_xcopy.py [--gib 8] [--rounds 3] [--segment-mib 16] [--pool DIR] [--keep]
 
-A scratch pool with one VM and three vdisks of N GiB on one target: ``src`` is written whole
-with a pattern (qemu-io), then each round copies it twice, alternating which goes first:
+A scratch pool with one VM and four vdisks of N GiB on one target: ``src`` is written whole
+with a pattern (qemu-io), then each round copies it three ways, the order rotating:
 
 * **xcopy**: a raw initiator sends EXTENDED COPY(LID1) to ``src``'s LUN, 64 block-to-block
   segments of ``--segment-mib`` MiB per command (16 MiB is ESXi's largest
   DataMover.MaxHWTransferSize), then SYNCHRONIZE CACHE; into ``dst-x``;
+* **qemu-img -C**: ``qemu-img convert -C`` (copy offload: QEMU's iSCSI driver sends EXTENDED
+  COPY itself, one segment per request) into ``dst-c``;
 * **qemu-img**: ``qemu-img convert -n -t none`` from ``src``'s URL to ``dst-q``'s (READ +
   WRITE through the initiator, what a host does without the offload), then a flush.
 
@@ -128,10 +130,10 @@ def main() -> int:
     size = a.gib * GiB
     work = Path(a.pool) if a.pool else Path(tempfile.mkdtemp(prefix="vmblock-xcopy-"))
     pool = work / "pool"
-    vmblock(pool, "config", "set", "store.capacity_size", f"{3 * a.gib + 1}G")
+    vmblock(pool, "config", "set", "store.capacity_size", f"{4 * a.gib + 1}G")
     vmblock(pool, "config", "set", "cache.size", "0")
     vmblock(pool, "vm", "create", "bench")
-    for name in ("src", "dst-x", "dst-q"):
+    for name in ("src", "dst-x", "dst-c", "dst-q"):
         vmblock(pool, "vdisk", "create", name, "--size", f"{a.gib}G", "--vm", "bench")
     log = open(work / "server.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "vmblock", "--pool", str(pool), "serve",
@@ -144,12 +146,13 @@ def main() -> int:
                 raise RuntimeError((work / "server.log").read_text()[-3000:])
             time.sleep(0.1)
         disks = {d["name"]: d for d in json.loads(vmblock(pool, "vdisk", "list", "--json"))}
-        src, dx, dq = disks["src"], disks["dst-x"], disks["dst-q"]
+        src, dx, dc, dq = disks["src"], disks["dst-x"], disks["dst-c"], disks["dst-q"]
         t = time.monotonic()
         qemu_io(src["url"], *[f"write -P {PATTERN:#04x} {o} {GiB}" for o in range(0, size, GiB)])
         print(f"bench_xcopy: src filled ({a.gib} GiB) in {time.monotonic() - t:.1f} s; "
               f"{a.rounds} rounds, segments of {a.segment_mib} MiB", flush=True)
-        results: dict[str, list[tuple[float, int, int]]] = {"xcopy": [], "qemu-img": []}
+        results: dict[str, list[tuple[float, int, int]]] = {"xcopy": [], "qemu-img -C": [],
+                                                             "qemu-img": []}
 
         def run_xcopy():
             c = Copier(src["url"])
@@ -165,13 +168,19 @@ def main() -> int:
                            capture_output=True, timeout=3600)
             return dq
 
+        def run_offload():
+            subprocess.run(["qemu-img", "convert", "-C", "-n", "-f", "raw", "-O", "raw",
+                            src["url"], dc["url"]], check=True, capture_output=True,
+                           timeout=3600)
+            return dc
+
         for r in range(a.rounds):
-            for d in (dx, dq):
+            for d in (dx, dc, dq):
                 qemu_io(d["url"], *[f"discard {o} {GiB}" for o in range(0, size, GiB)])
             vmblock(pool, "pool", "check")
-            order = [("xcopy", run_xcopy), ("qemu-img", run_convert)]
-            if r % 2:
-                order.reverse()
+            order = [("xcopy", run_xcopy), ("qemu-img -C", run_offload),
+                     ("qemu-img", run_convert)]
+            order = order[r % 3:] + order[:r % 3]
             for name, fn in order:
                 w0, u0, t0 = written(server.pid), used(pool), time.monotonic()
                 d = fn()
@@ -179,7 +188,7 @@ def main() -> int:
                 results[name].append((secs, written(server.pid) - w0, used(pool) - u0))
                 qemu_io(d["url"], f"read -P {PATTERN:#04x} 0 {min(size, GiB)}",
                         f"read -P {PATTERN:#04x} {size - GiB} {GiB}")
-                print(f"  round {r + 1} {name:8s}: {secs:7.2f} s, {size / secs / GiB:6.2f} GiB/s, "
+                print(f"  round {r + 1} {name:11s}: {secs:7.2f} s, {size / secs / GiB:6.2f} GiB/s, "
                       f"server wrote {results[name][-1][1] / MiB:9.1f} MiB, pool used "
                       f"+{results[name][-1][2] / MiB:8.1f} MiB", flush=True)
         check = json.loads(vmblock(pool, "pool", "check", "--json"))
@@ -189,7 +198,8 @@ def main() -> int:
               + "; ".join(f"{k} {m[0]:.2f} s ({size / m[0] / GiB:.2f} GiB/s), server wrote "
                           f"{m[1] / MiB:.1f} MiB, pool +{m[2] / MiB:.1f} MiB"
                           for k, m in med.items())
-              + f"; xcopy takes {med['xcopy'][0] / med['qemu-img'][0]:.3f}x the time; "
+              + f"; xcopy takes {med['xcopy'][0] / med['qemu-img'][0]:.4f}x the time of "
+              f"qemu-img, qemu-img -C {med['qemu-img -C'][0] / med['qemu-img'][0]:.4f}x; "
               f"pool check {'clean' if check['ok'] else check['errors']}")
         return 0 if check["ok"] else 1
     finally:

@@ -213,3 +213,22 @@ def test_behind_the_flash_cache_the_copy_is_reads_and_writes(tmp_path, start_ser
     qemu_io(src["url"], "write -P 0x41 0 64k")
     qemu_io(dst["url"], "read -P 0x31 0 4M")
     pool_clean(s)
+
+
+@pytest.mark.timeout(300)
+def test_qemu_img_convert_copy_offload_uses_the_remap(vmblock_server):
+    """QEMU's iSCSI driver offloads ``qemu-img convert -C`` with EXTENDED COPY (E4h + 02h):
+    a real client of its own, whose copy must be a remap that writes nothing."""
+    s = vmblock_server
+    s.cli("vdisk", "create", "q-src", "--size", "256M")
+    s.cli("vdisk", "create", "q-dst", "--size", "256M")
+    src, dst = vdisk(s, "q-src"), vdisk(s, "q-dst")
+    qemu_io(src["url"], "write -P 0x5c 0 64M", "write -P 0x6d 100M 1M")
+    before = store_used(s)
+    subprocess.run(["qemu-img", "convert", "-C", "-n", "-f", "raw", "-O", "raw",
+                    src["url"], dst["url"]], check=True, capture_output=True, timeout=120)
+    assert store_used(s) == before
+    qemu_io(dst["url"], "read -P 0x5c 0 64M", "read -P 0 64M 36M", "read -P 0x6d 100M 1M")
+    qemu_io(src["url"], "write -P 0x7e 0 1M")
+    qemu_io(dst["url"], "read -P 0x5c 0 1M")
+    pool_clean(s)
