@@ -137,6 +137,16 @@ def test_a_descriptor_naming_another_targets_lun_is_refused(vmblock_server):
         assert (r.sense[2] & 0x0F, r.sense[12], r.sense[13]) == (0x0A, 0x0D, 0x02), r.sense
     qemu_io(s.url(mine["lun"]), "read -P 0 0 1M")
     qemu_io(s.url(secret["lun"], OTHER_TARGET), "read -P 0x42 0 1M")
+    # QEMU's copy offload sends the EXTENDED COPY on the destination's session: from the other
+    # target's LUN into mine it names a LUN that session cannot see, is refused, and qemu-img
+    # falls back to reading and writing (it holds both targets' credentials): the data
+    # arrives, written, not shared
+    before = store_used(s)
+    subprocess.run(["qemu-img", "convert", "-C", "-n", "-f", "raw", "-O", "raw",
+                    s.url(secret["lun"], OTHER_TARGET), s.url(mine["lun"])],
+                   check=True, capture_output=True, timeout=120)
+    qemu_io(s.url(mine["lun"]), "read -P 0x42 0 1M")
+    assert store_used(s) >= before + MiB
     pool_clean(s)
 
 
