@@ -101,7 +101,7 @@ MAX_DESCRIPTOR_LIST_LENGTH = (MAX_CSCD_DESCRIPTORS * CSCD_DESCRIPTOR_LEN
                               + MAX_SEGMENT_DESCRIPTORS
                               * (SEGMENT_HEADER_LEN + SEGMENT_BLOCK_TO_BLOCK_LEN))
 MAX_SEGMENT_LENGTH = 256 << 20
-MAX_CONCURRENT_COPIES = 16          # per copy manager; each EXTENDED COPY completes in turn
+MAX_CONCURRENT_COPIES = 16          # reported; each copy completes before its status
 # Held results per I_T nexus (the oldest go first): RECEIVE COPY RESULTS asks soon after.
 MAX_HELD_RESULTS = 16
 # log2 granularities: a segment is any whole number of blocks; nothing held or inline.
@@ -230,7 +230,7 @@ def _copy(segments: list[Segment]) -> int:
 
 def _copy_data(src, dst, seg: Segment) -> None:
     """A segment copied with reads and writes (stores of different pools or kinds); inside
-    one store an overlapping range is copied as if read whole first (``copy_bytes``)."""
+    one store an overlapping range is copied as if read whole first (a memmove)."""
     buf = memoryview(bytearray(min(seg.dst.max_transfer_blocks * seg.dst.block_size,
                                    seg.length)))
     starts = list(range(0, seg.length, len(buf)))
