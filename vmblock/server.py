@@ -29,6 +29,7 @@ from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk, datastores, policies
 from vmblock.meta.config import check_settings
+from vmblock.meta.reservations import PrRecord
 from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
@@ -231,6 +232,8 @@ class Server:
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
                          vendor="VMBLOCK", product="vdisk", write_cache=True)
+        # APTPL: the reservations the vdisk's record kept, before anyone sees the LU
+        lu.reservations.restore(PrRecord(self.pool, disk.uuid))
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
         if self.publisher is not None:

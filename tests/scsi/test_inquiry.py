@@ -52,7 +52,7 @@ def test_inquiry_unknown_vpd_page_is_invalid_field(rig):
 
 def test_supported_vpd_pages_are_ascending(rig):
     pages = list(vpd(rig, 0x00)[4:])
-    assert pages == [0x00, 0x80, 0x83, 0x86, 0xB0, 0xB1, 0xB2]
+    assert pages == [0x00, 0x80, 0x83, 0x86, 0x8F, 0xB0, 0xB1, 0xB2]
 
 
 def test_every_supported_vpd_page_answers(rig):

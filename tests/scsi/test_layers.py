@@ -14,7 +14,7 @@ LAYERS = [
     {"cdb"},
     {"command_spec", "pr", "modepages"},
     {"lu"},
-    {"sbc", "spc"},
+    {"sbc", "spc", "xcopy"},
     {"commands"},
     {"target"},
 ]

@@ -1,8 +1,10 @@
+import json
 import struct
 
 import pytest
 from support.scsi_rig import BLOCK, read10, sense_of, write10
 
+from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.task import SAM_STAT_GOOD, SAM_STAT_RESERVATION_CONFLICT
 
 ILLEGAL = 0x05
@@ -211,3 +213,84 @@ def test_registrations_are_bounded(rig, monkeypatch):
     monkeypatch.setattr(pr, "MAX_REGISTRATIONS", 1)
     register(rig, rig.a, K1)
     assert sense_of(prout(rig, rig.b, 6, sa_key=K2)) == (ILLEGAL, 0x55, 0x04)
+
+
+class DictPersister:
+    """A persister that keeps the saved state in a dict, as the meta DB record would."""
+
+    def __init__(self):
+        self.saved = None
+        self.writes = 0
+
+    def load(self):
+        return self.saved
+
+    def save(self, state):
+        self.saved = None if state is None else json.loads(json.dumps(state))
+        self.writes += 1
+
+
+def fresh_lu_from(rig, persister):
+    """A new LU (a restart) whose reservations start from what ``persister`` kept."""
+    lu = LogicalUnit(rig.store, name="demo", serial="0123456789abcdef", naa=0x6001405A0B1C2D3E)
+    lu.reservations.restore(persister)
+    return lu
+
+
+def test_aptpl_keeps_registrations_and_reservation_for_a_restart(rig):
+    p = DictPersister()
+    rig.lu.reservations.restore(p)
+    caps = bytes(prin(rig, rig.a, 2).data_in)
+    assert caps[2] & 0x01 and not caps[3] & 0x01           # PTPL_C, PTPL_A not yet
+    assert prout(rig, rig.a, 0, sa_key=K1, flags=0x01).status == SAM_STAT_GOOD
+    assert prout(rig, rig.b, 0, sa_key=K2, flags=0x01).status == SAM_STAT_GOOD
+    assert prout(rig, rig.a, 1, key=K1, rtype=0x01).status == SAM_STAT_GOOD
+    assert bytes(prin(rig, rig.a, 2).data_in)[3] & 0x01     # PTPL_A
+    res = fresh_lu_from(rig, p).reservations
+    assert res.registrations == {rig.a: K1, rig.b: K2}
+    assert res.holder == rig.a and res.type == 0x01 and res.generation == 2
+    assert res.active
+
+
+def test_clearing_aptpl_deletes_the_saved_state(rig):
+    p = DictPersister()
+    rig.lu.reservations.restore(p)
+    assert prout(rig, rig.a, 0, sa_key=K1, flags=0x01).status == SAM_STAT_GOOD
+    assert p.saved is not None
+    assert prout(rig, rig.a, 0, key=K1, sa_key=K1).status == SAM_STAT_GOOD    # APTPL=0
+    assert p.saved is None
+    assert prout(rig, rig.a, 1, key=K1, rtype=0x01).status == SAM_STAT_GOOD
+    assert p.saved is None and p.writes == 2               # nothing saved without APTPL
+    assert fresh_lu_from(rig, p).reservations.registrations == {}
+
+
+def register_and_move(rig, nexus, key, sa_key, dest, flags=0, rtpi=1):
+    name = f"{dest.initiator},i,0x{dest.isid:012x}".encode() + b"\0"
+    name += b"\0" * (-len(name) % 4)
+    tid = struct.pack(">BxH", 0x45, len(name)) + name
+    param = struct.pack(">QQxBHI", key, sa_key, flags, rtpi, len(tid)) + tid
+    cdb = struct.pack(">BBBxxIx", 0x5F, 0x07, 0, len(param))
+    return rig.run(cdb, param, nexus=nexus)
+
+
+def test_register_and_move_hands_the_reservation_over(rig):
+    register(rig, rig.a, K1)
+    assert prout(rig, rig.a, 1, key=K1, rtype=0x01).status == SAM_STAT_GOOD
+    assert register_and_move(rig, rig.a, K1, K2, rig.b, flags=0x02).status == SAM_STAT_GOOD
+    res = rig.lu.reservations
+    assert res.holder == rig.b and res.registrations == {rig.b: K2}
+    assert can_write(rig, rig.b) and not can_write(rig, rig.a)
+
+
+def test_register_and_move_refusals(rig):
+    register(rig, rig.a, K1)
+    register(rig, rig.b, K2)
+    # not the holder (no reservation at all)
+    assert register_and_move(rig, rig.a, K1, K2, rig.b).status == SAM_STAT_RESERVATION_CONFLICT
+    assert prout(rig, rig.a, 1, key=K1, rtype=0x01).status == SAM_STAT_GOOD
+    assert register_and_move(rig, rig.b, K2, K1, rig.a).status == SAM_STAT_RESERVATION_CONFLICT
+    # a key of 0, the issuing nexus itself, APTPL without a persister
+    assert sense_of(register_and_move(rig, rig.a, K1, 0, rig.b)) == (ILLEGAL, 0x26, 0)
+    assert sense_of(register_and_move(rig, rig.a, K1, K2, rig.a)) == (ILLEGAL, 0x26, 0)
+    assert sense_of(register_and_move(rig, rig.a, K1, K2, rig.b, flags=0x01)) == (ILLEGAL, 0x26, 0)
+    assert rig.lu.reservations.holder == rig.a

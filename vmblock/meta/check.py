@@ -56,6 +56,9 @@ def check_pool(pool) -> dict:
         for lun, uid in pool.luns(iqn).items():
             if pool.record(f"vdisk/{uid}") is None:
                 errors.append(f"LUN {lun} of {iqn} points at a missing vdisk")
+    # maps EXTENDED COPY made share AUs (LUNs of one target) are one family, as a lineage
+    for a, b in pool.store.copy_pairs():
+        union(a, b)
     result = pool.store.check(maps_info, {m: find(m) for m in maps_info})
     result["errors"] = errors + result["errors"]
     result["ok"] = not result["errors"]

@@ -28,6 +28,9 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     config/<dotted.key>          "<value>"                          see vmblock.settings.TABLE
     datastore/<vdisk uuid>       {"type", "vg", "seqno", "volumes", "watch", "problem", ...}
                                  what a vdisk holds (an LVM2 PV): vmblock.meta.datastores
+    pr/<vdisk uuid>              {"generation", "type", "holder", "registrations": [{"initiator",
+                                  "isid", "target", "tpgt", "key"}]}   persistent reservations
+                                                     with APTPL: vmblock.meta.reservations
     cachegroup/, cacheassign/, cachepin/                eviction groups: vmblock.meta.groups
     hypervisor/<name>            {"name", "uri", "interval", "created"}: vmblock.meta.hypervisors
 

@@ -60,6 +60,7 @@ from vmblock.meta.model import (
     put_record,
     put_vdisk,
 )
+from vmblock.meta.reservations import pr_key
 from vmblock.settings import NEW_TARGET_CHAP_KEY, Settings, check_iqn
 from vmblock.store.extent import ExtentStore
 from vmblock.store.layout import AU_SIZE, TIER_NAMES
@@ -419,6 +420,7 @@ class Pool:
         delete_record(batch, f"vdiskname/{disk.name}")
         delete_record(batch, f"lun/{disk.target}/{disk.lun:05d}")
         delete_record(batch, f"datastore/{disk.uuid}")     # vmblock.meta.datastores
+        delete_record(batch, pr_key(disk.uuid))
         txn.drop_map(disk.map_id)
 
     def delete_vdisk(self, name: str) -> Vdisk:

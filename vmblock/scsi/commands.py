@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vmblock.scsi import cdb as decoders
-from vmblock.scsi import sbc, spc
+from vmblock.scsi import sbc, spc, xcopy
 from vmblock.scsi.command_spec import CommandSpec, CommandTable, DataRule
 from vmblock.scsi.constants import (
     CONTROL_NACA,
@@ -232,6 +232,30 @@ def _spc_specs(table: CommandTable) -> list[CommandSpec]:
     return specs
 
 
+def _xcopy_specs() -> list[CommandSpec]:
+    """EXTENDED COPY(LID1) and RECEIVE COPY RESULTS (SPC-4 6.4, 6.18; ``xcopy``)."""
+    return [
+        _group([
+            CommandSpec(xcopy.EXTENDED_COPY, "EXTENDED COPY(LID1)", decoders.length_field(10, 4),
+                        xcopy.extended_copy,
+                        usage(xcopy.EXTENDED_COPY, xcopy.ExtendedCopyAction.EXTENDED_COPY_LID1,
+                              *((0,) * 8), *ALL_BITS_4, 0, CONTROL_NACA),
+                        Direction.OUT, PrAccess.WRITE, DataRule.PARAM,
+                        service_action=xcopy.ExtendedCopyAction.EXTENDED_COPY_LID1),
+        ]),
+        _group([
+            CommandSpec(xcopy.RECEIVE_COPY_RESULTS, f"RECEIVE COPY RESULTS/{action.name}",
+                        decoders.length_field(10, 4), handler,
+                        usage(xcopy.RECEIVE_COPY_RESULTS, action, 0xFF, *((0,) * 7),
+                              *ALL_BITS_4, 0, CONTROL_NACA),
+                        Direction.IN, PrAccess.READ, service_action=action)
+            for action, handler in ((xcopy.ReceiveCopyAction.COPY_STATUS, xcopy.copy_status),
+                                    (xcopy.ReceiveCopyAction.OPERATING_PARAMETERS,
+                                     xcopy.operating_parameters))
+        ]),
+    ]
+
+
 def _group(members: list[CommandSpec]) -> CommandSpec:
     """A dispatch entry for an opcode whose CDB byte 1 carries a SERVICE ACTION."""
     first = members[0]
@@ -277,5 +301,5 @@ def build_table(lu: LogicalUnit) -> CommandTable:
     table = _TABLES.get(key)
     if table is None:
         table = [None] * 256
-        _TABLES[key] = _fill(table, _spc_specs(table) + _sbc_specs(lu))
+        _TABLES[key] = _fill(table, _spc_specs(table) + _sbc_specs(lu) + _xcopy_specs())
     return table

@@ -87,6 +87,7 @@ class PrOutAction(IntEnum):
     PREEMPT = 0x04
     PREEMPT_AND_ABORT = 0x05
     REGISTER_AND_IGNORE_EXISTING_KEY = 0x06
+    REGISTER_AND_MOVE = 0x07
 
 
 class PrType(IntEnum):
@@ -110,6 +111,7 @@ class SenseKey(IntEnum):
     ILLEGAL_REQUEST = 0x5
     UNIT_ATTENTION = 0x6
     DATA_PROTECT = 0x7
+    COPY_ABORTED = 0xA
     ABORTED_COMMAND = 0xB
     MISCOMPARE = 0xE
 
@@ -124,6 +126,7 @@ class VpdPage(IntEnum):
     BLOCK_LIMITS = 0xB0
     BLOCK_DEVICE_CHARACTERISTICS = 0xB1
     LOGICAL_BLOCK_PROVISIONING = 0xB2
+    THIRD_PARTY_COPY = 0x8F
 
 
 class ModePage(IntEnum):

@@ -2,14 +2,21 @@
 
 ``Reservations`` is the per-LU state; ``check`` is the conflict test the common path runs for
 every command (SPC-4 5.9.1 table 60); ``persistent_reserve_in``/``_out`` implement the two
-commands. Registrations belong to an I_T nexus and survive its loss; APTPL is not supported,
-so nothing persists across a restart (REPORT CAPABILITIES says PTPL_C=0).
+commands. Registrations belong to an I_T nexus and survive its loss.
+
+Persist through power loss (APTPL, SPC-4 5.9.5): the server gives each LU's reservations a
+``Persister`` (the meta DB record of its vdisk; this layer does not know the meta DB) and
+restores what it holds before the LU is served. The APTPL bit of the last REGISTER, REGISTER
+AND IGNORE EXISTING KEY or REGISTER AND MOVE decides: while it is one, every PERSISTENT
+RESERVE OUT that completes has saved the registrations, the reservation and the generation
+before its status; once it is zero, the saved state is deleted, so a restart forgets it. With
+no persister (an LU without a pool) APTPL is refused and REPORT CAPABILITIES says PTPL_C=0.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from vmblock.scsi.constants import PrAccess, PrInAction, PrOutAction, PrType, PROTOCOL_ID_ISCSI
 from vmblock.scsi.sense import ScsiError, SenseReason
@@ -25,9 +32,14 @@ ALL_TG_PT = 0x04
 APTPL = 0x01
 SCOPE_LU = 0x0
 
+# SPC-4 6.16.4: REGISTER AND MOVE parameter list (header, then a TransportID).
+REGISTER_AND_MOVE_HEADER_LEN = 24
+UNREG = 0x02
 # SPC-4 6.15.4 table 168: REPORT CAPABILITIES.
 REPORT_CAPABILITIES_LEN = 8
 TMV = 0x80
+PTPL_C = 0x01
+PTPL_A = 0x01
 ALLOW_COMMANDS_SHIFT = 4
 # ALLOW COMMANDS 001b: TEST UNIT READY is allowed under every type, as ``check`` does.
 ALLOW_COMMANDS = 0x1
@@ -49,6 +61,8 @@ WRITE_EXCLUSIVE_TYPES = frozenset({PrType.WRITE_EXCLUSIVE, PrType.WRITE_EXCLUSIV
 R_HOLDER = 0x01
 # SPC-4 7.6.4.6: iSCSI TransportID, format 01b (name + ISID).
 TRANSPORT_ID_ISCSI_WITH_ISID = 0x40 | PROTOCOL_ID_ISCSI
+TRANSPORT_ID_HEADER_LEN = 4
+ISID_SEPARATOR = ",i,0x"
 
 # Registrations survive I_T nexus loss, so they are bounded (SPC-4 5.9.7: INSUFFICIENT
 # REGISTRATION RESOURCES when the device server cannot keep another one).
@@ -59,10 +73,30 @@ def _conflict() -> ScsiError:
     return ScsiError(SenseReason.RESERVATION_CONFLICT)
 
 
+class Persister(Protocol):
+    """Where an LU's persistent reservations are kept through a restart (APTPL)."""
+
+    def load(self) -> dict | None:
+        """The state last saved (``Reservations.state``), None when there is none."""
+
+    def save(self, state: dict | None) -> None:
+        """Keep ``state`` durably before returning, or delete the saved state (None)."""
+
+
+def _nexus_state(nexus: Nexus) -> dict:
+    return {"initiator": nexus.initiator, "isid": nexus.isid, "target": nexus.target,
+            "tpgt": nexus.tpgt}
+
+
+def _nexus_of(d: dict) -> Nexus:
+    return Nexus(d["initiator"], int(d["isid"]), d["target"], int(d["tpgt"]))
+
+
 class Reservations:
     """Reservation state of one logical unit."""
 
-    __slots__ = ("spc2_holder", "registrations", "generation", "holder", "type", "active")
+    __slots__ = ("spc2_holder", "registrations", "generation", "holder", "type", "active",
+                 "aptpl", "persister", "saved")
 
     def __init__(self) -> None:
         self.spc2_holder: Nexus | None = None
@@ -71,9 +105,50 @@ class Reservations:
         self.holder: Nexus | None = None     # None for the all-registrants types
         self.type: PrType | None = None
         self.active = False                  # any reservation at all: the hot-path test
+        self.aptpl = False                   # the APTPL bit of the last REGISTER*
+        self.persister: Persister | None = None
+        self.saved = False                   # the persister holds a state
 
     def _update(self) -> None:
         self.active = self.spc2_holder is not None or self.type is not None
+
+    # -- persist through power loss (SPC-4 5.9.5)
+    def state(self) -> dict:
+        """The persistent state as JSON-ready data: registrations (nexus and key), holder,
+        type, generation."""
+        return {
+            "generation": self.generation,
+            "type": None if self.type is None else int(self.type),
+            "holder": None if self.holder is None else _nexus_state(self.holder),
+            "registrations": [dict(_nexus_state(n), key=k)
+                              for n, k in self.registrations.items()],
+        }
+
+    def restore(self, persister: Persister) -> None:
+        """Keep this LU's state with ``persister`` from now on, starting from what it saved
+        (registrations, reservation, generation; APTPL stays set)."""
+        self.persister = persister
+        state = persister.load()
+        if state is None:
+            return
+        self.registrations = {_nexus_of(r): int(r["key"]) for r in state["registrations"]}
+        self.generation = int(state["generation"])
+        self.type = None if state["type"] is None else PrType(state["type"])
+        self.holder = None if state["holder"] is None else _nexus_of(state["holder"])
+        self.aptpl = self.saved = True
+        self._update()
+
+    def persist(self) -> None:
+        """Save the state after a PERSISTENT RESERVE OUT that completed while APTPL is set;
+        delete the saved state once APTPL is cleared."""
+        if self.persister is None:
+            return
+        if self.aptpl:
+            self.persister.save(self.state())
+            self.saved = True
+        elif self.saved:
+            self.persister.save(None)
+            self.saved = False
 
     # -- the conflict test (SPC-4 5.9.1 table 60, SPC-2 5.5.1)
     def is_holder(self, nexus: Nexus) -> bool:
@@ -168,16 +243,28 @@ def persistent_reserve_out(lu: LogicalUnit, nexus: Nexus, action: int, scope_typ
     res = lu.reservations
     if res.spc2_holder is not None and res.spc2_holder != nexus:
         raise _conflict()
+    _reserve_out(lu, res, nexus, action, scope_type, param)
+    res.persist()
+
+
+def _reserve_out(lu: LogicalUnit, res: Reservations, nexus: Nexus, action: int,
+                 scope_type: int, param) -> None:
+    """Carry out one PERSISTENT RESERVE OUT service action on ``res``."""
+    if action == PrOutAction.REGISTER_AND_MOVE:
+        _register_and_move(lu, res, nexus, scope_type, param)
+        return
     if len(param) != PROUT_PARAM_LEN:
         raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
     key, sa_key, flags = struct.unpack_from(">QQ4xB", param, 0)
-    if flags & (SPEC_I_PT | ALL_TG_PT | APTPL):
+    unsupported = SPEC_I_PT | ALL_TG_PT | (0 if res.persister is not None else APTPL)
+    if flags & unsupported:
         # SPC-4 6.16.3: capabilities REPORT CAPABILITIES declares as unsupported.
         bit = 3 if flags & SPEC_I_PT else 2 if flags & ALL_TG_PT else 0
         raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(20, bit),
                         in_cdb=False)
     if action in (PrOutAction.REGISTER, PrOutAction.REGISTER_AND_IGNORE_EXISTING_KEY):
         _register(lu, res, nexus, key, sa_key, action == PrOutAction.REGISTER)
+        res.aptpl = bool(flags & APTPL)     # SPC-4 5.9.5: the last valid APTPL bit decides
         return
     _registered_key(res, nexus, key)
     if action == PrOutAction.CLEAR:
@@ -231,6 +318,61 @@ def _register(lu: LogicalUnit, res: Reservations, nexus: Nexus, key: int, sa_key
         raise ScsiError(SenseReason.INSUFFICIENT_REGISTRATION_RESOURCES)
     res.registrations[nexus] = sa_key
     res.generation += 1
+
+
+def parse_transport_id(tid: bytes, at: int) -> str:
+    """The initiator port name ('iqn...,i,0x<isid>') of an iSCSI TransportID of format 01b
+    (SPC-4 7.6.4.6); anything else is an invalid field at byte ``at`` of the list."""
+    if len(tid) < TRANSPORT_ID_HEADER_LEN or tid[0] != TRANSPORT_ID_ISCSI_WITH_ISID:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(at, None),
+                        in_cdb=False)
+    n = int.from_bytes(tid[2:4], "big")
+    name = tid[TRANSPORT_ID_HEADER_LEN:TRANSPORT_ID_HEADER_LEN + n].split(b"\0", 1)[0]
+    text = name.decode("utf-8", "replace")
+    if ISID_SEPARATOR not in text.lower():
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(at + 4, None),
+                        in_cdb=False)
+    return text
+
+
+def _register_and_move(lu: LogicalUnit, res: Reservations, nexus: Nexus, scope_type: int,
+                       param) -> None:
+    """REGISTER AND MOVE (SPC-4 5.9.8): the holder registers another I_T nexus, named by a
+    TransportID and a relative target port, with SERVICE ACTION RESERVATION KEY and hands it
+    the reservation; with UNREG the issuing nexus's registration goes."""
+    if len(param) < REGISTER_AND_MOVE_HEADER_LEN:
+        raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
+    key, sa_key, flags, rtpi, tid_len = struct.unpack_from(">QQxBHI", param, 0)
+    if REGISTER_AND_MOVE_HEADER_LEN + tid_len > len(param):
+        raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
+    if flags & APTPL and res.persister is None:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(17, 0),
+                        in_cdb=False)
+    if nexus not in res.registrations:
+        raise _conflict()
+    _registered_key(res, nexus, key)
+    # SPC-4 5.9.8: only the holder of a reservation that is not of an all-registrants type
+    if res.type is None or res.type in ALL_REGISTRANTS_TYPES or res.holder != nexus:
+        raise _conflict()
+    if sa_key == 0:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(8, None),
+                        in_cdb=False)
+    port = parse_transport_id(bytes(param[REGISTER_AND_MOVE_HEADER_LEN:
+                                          REGISTER_AND_MOVE_HEADER_LEN + tid_len]),
+                              REGISTER_AND_MOVE_HEADER_LEN)
+    initiator, isid = port.rsplit(",", 2)[0], int(port.lower().rsplit(ISID_SEPARATOR, 1)[1], 16)
+    dest = Nexus(initiator, isid, nexus.target, rtpi)
+    if dest == nexus:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(24, None),
+                        in_cdb=False)
+    if dest not in res.registrations and len(res.registrations) >= MAX_REGISTRATIONS:
+        raise ScsiError(SenseReason.INSUFFICIENT_REGISTRATION_RESOURCES)
+    res.registrations[dest] = sa_key
+    res.holder = dest
+    if flags & UNREG:
+        del res.registrations[nexus]
+    res.generation += 1
+    res.aptpl = bool(flags & APTPL)
 
 
 def _reserve(res: Reservations, nexus: Nexus, rtype: PrType) -> None:
@@ -298,8 +440,10 @@ def persistent_reserve_in(lu: LogicalUnit, action: int) -> bytes:
         mask = 0
         for bit in PR_TYPE_MASK.values():
             mask |= bit
-        return struct.pack(">HBBH2x", REPORT_CAPABILITIES_LEN, 0,
-                           TMV | (ALLOW_COMMANDS << ALLOW_COMMANDS_SHIFT), mask)
+        return struct.pack(">HBBH2x", REPORT_CAPABILITIES_LEN,
+                           PTPL_C if res.persister is not None else 0,
+                           TMV | (ALLOW_COMMANDS << ALLOW_COMMANDS_SHIFT)
+                           | (PTPL_A if res.aptpl else 0), mask)
     if action == PrInAction.READ_FULL_STATUS:
         return _read_full_status(res)
     raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))

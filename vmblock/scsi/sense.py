@@ -58,6 +58,14 @@ class SenseReason(Enum):
     CAPACITY_DATA_HAS_CHANGED = auto()
     REPORTED_LUNS_DATA_HAS_CHANGED = auto()
     MEDIUM_MAY_HAVE_CHANGED = auto()    # the LU's data was replaced (snapshot revert)
+    # EXTENDED COPY (SPC-4 6.4): parameter list and copy failures
+    TOO_MANY_TARGET_DESCRIPTORS = auto()
+    UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE = auto()
+    TOO_MANY_SEGMENT_DESCRIPTORS = auto()
+    UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE = auto()
+    UNREACHABLE_COPY_TARGET = auto()            # a CSCD index past the CSCD list
+    COPY_TARGET_DEVICE_NOT_REACHABLE = auto()   # a CSCD naming no LU this nexus may see
+    COPY_ABORTED_LBA_OUT_OF_RANGE = auto()      # a segment past a copy target's capacity
 
 
 _CC = SAM_STAT_CHECK_CONDITION
@@ -93,6 +101,14 @@ SENSE_TABLE: dict[SenseReason, tuple[int, int, int, int]] = {
     SenseReason.CAPACITY_DATA_HAS_CHANGED: (_CC, _UA, 0x2A, 0x09),
     SenseReason.REPORTED_LUNS_DATA_HAS_CHANGED: (_CC, _UA, 0x3F, 0x0E),
     SenseReason.MEDIUM_MAY_HAVE_CHANGED: (_CC, _UA, 0x28, 0x00),
+    SenseReason.TOO_MANY_TARGET_DESCRIPTORS: (_CC, _IR, 0x26, 0x06),
+    SenseReason.UNSUPPORTED_TARGET_DESCRIPTOR_TYPE_CODE: (_CC, _IR, 0x26, 0x07),
+    SenseReason.TOO_MANY_SEGMENT_DESCRIPTORS: (_CC, _IR, 0x26, 0x08),
+    SenseReason.UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE_CODE: (_CC, _IR, 0x26, 0x09),
+    SenseReason.UNREACHABLE_COPY_TARGET: (_CC, SenseKey.COPY_ABORTED, 0x08, 0x04),
+    SenseReason.COPY_TARGET_DEVICE_NOT_REACHABLE: (_CC, SenseKey.COPY_ABORTED, 0x0D, 0x02),
+    # SPC-4 6.4.4: the copy target's error is reported as COPY ABORTED
+    SenseReason.COPY_ABORTED_LBA_OUT_OF_RANGE: (_CC, SenseKey.COPY_ABORTED, 0x00, 0x00),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from vmblock.scsi import modepages, pr
+from vmblock.scsi import modepages, pr, xcopy
 from vmblock.scsi.command_spec import CommandSpec, CommandTable, Handler, supported_specs
 from vmblock.scsi.constants import (
     ASSOCIATION_LU,
@@ -140,6 +140,7 @@ def standard_inquiry(lu: LogicalUnit | None) -> bytes:
         vendor, product, revision = "", "", ""
     else:
         buf[0] = PERIPHERAL_DEVICE_TYPE_DISK
+        buf[5] |= xcopy.INQUIRY_3PC
         vendor, product, revision = lu.vendor, lu.product, lu.revision
     buf[2] = INQUIRY_VERSION_SPC4
     buf[3] = INQUIRY_HISUP | INQUIRY_RESPONSE_DATA_FORMAT
@@ -238,6 +239,7 @@ VPD_PAGES = {
     VpdPage.BLOCK_LIMITS: _vpd_block_limits,
     VpdPage.BLOCK_DEVICE_CHARACTERISTICS: _vpd_block_device_characteristics,
     VpdPage.LOGICAL_BLOCK_PROVISIONING: _vpd_logical_block_provisioning,
+    VpdPage.THIRD_PARTY_COPY: xcopy.vpd_third_party_copy,
 }
 
 

@@ -48,6 +48,8 @@ class ScsiTarget:
         # LUN -> (its LU, that LU's command table): one lookup per command
         self._dispatch: dict[int, tuple[LogicalUnit, CommandTable]] = {}
         self.nexuses: set[Nexus] = set()
+        # EXTENDED COPY results held for RECEIVE COPY RESULTS: nexus -> list id -> results
+        self.copy_results: dict[Nexus, dict[int, tuple[int, int]]] = {}
 
     # -- configuration
     def add_lun(self, lun: int, lu: LogicalUnit) -> None:
@@ -86,6 +88,7 @@ class ScsiTarget:
     def nexus_removed(self, nexus: Nexus) -> None:
         """A session ended: every LU forgets the I_T nexus."""
         self.nexuses.discard(nexus)
+        self.copy_results.pop(nexus, None)
         for lu in self.luns.values():
             lu.nexus_removed(nexus)
 

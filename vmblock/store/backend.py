@@ -3,7 +3,7 @@
 Like LIO's ``struct sbc_ops`` or tgt's backing-store opcode map: ``BackingStore`` is the
 ``typing.Protocol`` of what every store must do (read, write, flush, close, a size and a
 block size). The optional operations are small Protocols of their own (``Unmappable``,
-``WriteSameable``, ``LbaStatus``, ``NowaitReadable``), and a store lists the ones it offers
+``WriteSameable``, ``LbaStatus``, ``NowaitReadable``, ``Remappable``), and a store lists the ones it offers
 in ``abilities``.
 The SCSI core reads that set once, when a logical unit is created (``checked_abilities``),
 and derives its command table, VPD B0/B2 and REPORT SUPPORTED OPERATION CODES from it.
@@ -73,6 +73,19 @@ class NowaitReadable(Protocol):
 
 
 @runtime_checkable
+class Remappable(Protocol):
+    """Ability: copy a range from another store of the same pool by sharing its whole
+    allocation units (reference counted, copied on a later write, as snapshots share them);
+    only unaligned heads and tails are copied as data (EXTENDED COPY). Without it, or between
+    stores of different pools, the SCSI core copies with reads and writes."""
+
+    def remap_from(self, source: BackingStore, src_offset: int, offset: int,
+                   length: int) -> bool:
+        """Copy ``length`` bytes of ``source`` at ``src_offset`` to ``offset``, durable at the
+        next flush; False, with nothing changed, when ``source`` is not of the same pool."""
+
+
+@runtime_checkable
 class BackingStore(Protocol):
     """What every store a LUN sits on must do. Stores may subclass it to inherit the
     defaults (no abilities, no unmap granularity)."""
@@ -101,7 +114,7 @@ class BackingStore(Protocol):
         """Release file descriptors; the store is unusable afterwards."""
 
 
-ABILITIES = (Unmappable, WriteSameable, LbaStatus, NowaitReadable)
+ABILITIES = (Unmappable, WriteSameable, LbaStatus, NowaitReadable, Remappable)
 
 
 def checked_abilities(store: BackingStore) -> frozenset[type]:

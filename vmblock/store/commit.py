@@ -70,6 +70,8 @@ class Committer:
         self.lock = lock
         self.flush_lock = threading.Lock()
         self.pending: set[tuple[int, int]] = set()
+        # other keys the next commit writes with the leaves (EXTENDED COPY's sharing records)
+        self.pending_puts: dict[bytes, bytes] = {}
         # the commit that failed and is not recovered from yet (see StoreFault)
         self.fault: StoreFault | None = None
         # (marker, MapTxn, events) of a transaction whose synced write failed
@@ -97,6 +99,7 @@ class Committer:
         space, live = self.space, self.live
         with self.lock:
             pending, self.pending = self.pending, set()
+            puts, self.pending_puts = self.pending_puts, {}
             # the leaves as they are now: every mapping in them has its data written
             keys, rows = live.rows_at(sorted(pending))
             frees = space.take_frees()
@@ -121,8 +124,10 @@ class Committer:
                     os.fdatasync(space.flash.fd)
                 self.synced = written
             where = "meta"
-            if keys or events:
+            if keys or events or puts:
                 batch = WriteBatch(raw_mode=True)
+                for k, v in puts.items():
+                    batch.put(k, v)
                 if keys:
                     values = live.values(rows)
                     empty = (rows == UNMAPPED).all(axis=1).tolist()
@@ -137,6 +142,7 @@ class Committer:
         except BaseException as e:
             with self.lock:     # keep everything for the next attempt
                 self.pending |= pending
+                self.pending_puts.update(puts)
                 space.put_back_frees(frees)
                 self.events.put_back(events)
                 if isinstance(e, OSError):

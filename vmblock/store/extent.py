@@ -17,18 +17,20 @@ from vmblock.store.backend import (
     BackingStore,
     LbaStatus,
     NowaitReadable,
+    Remappable,
     Unmappable,
     WriteSameable,
 )
 from vmblock.store.layout import UNMAPPED
 from vmblock.store.pool_store import PoolStore
+from vmblock.store.remap import share_range
 from vmblock.store.tier import read_full, write_full
 
 
 class ExtentStore(BackingStore):
     """One vdisk's blocks: a view of one live extent map of a ``PoolStore``."""
 
-    abilities = frozenset({Unmappable, WriteSameable, LbaStatus, NowaitReadable})
+    abilities = frozenset({Unmappable, WriteSameable, LbaStatus, NowaitReadable, Remappable})
 
     def __init__(self, pool: PoolStore, map_id: int, block_size: int = 512):
         if map_id not in pool.live.maps:
@@ -184,6 +186,15 @@ class ExtentStore(BackingStore):
     def lba_status(self, offset: int) -> tuple[bool, int]:
         """(mapped, bytes from ``offset`` in that state)."""
         return self.pool.data.lba_status(self.map_id, offset, self.size_bytes)
+
+    def remap_from(self, source: BackingStore, src_offset: int, offset: int,
+                   length: int) -> bool:
+        """Copy from another vdisk (or this one) of the same pool by sharing whole AUs
+        (``vmblock.store.remap``); False when ``source`` is not an extent store of this pool."""
+        if not isinstance(source, ExtentStore) or source.pool is not self.pool:
+            return False
+        share_range(self.pool, source.map_id, src_offset, self.map_id, offset, length)
+        return True
 
     def mapped_aus(self) -> np.ndarray:
         """The vAU numbers of this vdisk that are mapped (what a cache preload reads)."""

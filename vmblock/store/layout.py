@@ -6,6 +6,8 @@ collide with them; big-endian numbers so one map's keys sort by leaf)::
     b"L" + map_id:u32be + leaf:u32be  ->  LEAF_AUS x u32le: AU in its tier file (UNMAPPED:
                                           none), then LEAF_AUS x u8: its tier
     b"T"                               ->  16 random bytes: the last transaction's marker
+    b"X" + map_a:u32be + map_b:u32be   ->  b"": EXTENDED COPY made maps a < b share AUs
+                                          (``remap``); ``pool check`` lets them share
     b"event/<microseconds:020d>/<kind>" -> JSON of one store event (low space, faults)
 
 One key holds one *leaf* of a map: the mappings of vAUs ``[leaf * LEAF_AUS, (leaf + 1) *
@@ -44,6 +46,8 @@ UNMAPPED = int(extent_kernels.UNMAPPED)
 KEY_MAP = b"M"      # the per-AU keys of old pools (migrated when opened)
 KEY_LEAF = b"L"
 KEY_TXN = b"T"      # a random marker, rewritten by every transaction (see Committer.resolve_txn)
+KEY_COPY = b"X"     # two maps EXTENDED COPY made share AUs (map ids are never reused)
+_COPY_KEY = struct.Struct(">cII")
 _KEY = struct.Struct(">cII")
 _VAL = struct.Struct("<IB")
 _KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("vau", ">u4")])
@@ -73,6 +77,16 @@ def leaf_prefix(mid: int) -> bytes:
     """The prefix every leaf key of map ``mid`` starts with (``leaf_prefix(mid + 1)`` ends
     its range)."""
     return KEY_LEAF + mid.to_bytes(4, "big")
+
+
+def copy_key(a: int, b: int) -> bytes:
+    """The meta DB key that records that maps ``a`` and ``b`` share AUs by EXTENDED COPY."""
+    return _COPY_KEY.pack(KEY_COPY, min(a, b), max(a, b))
+
+
+def scan_copies(db) -> list[tuple[int, int]]:
+    """Every (map a, map b) pair EXTENDED COPY made share AUs."""
+    return [_COPY_KEY.unpack(k)[1:] for k, _ in db.scan(KEY_COPY)]
 
 
 def leaf_values(file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:

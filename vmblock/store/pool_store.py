@@ -32,7 +32,7 @@ from vmblock.store.commit import Committer, StoreFault
 from vmblock.store.datapath import DataPath
 from vmblock.store.events import StoreEvents
 from vmblock.store.fsck import check_store
-from vmblock.store.layout import AU_SIZE, scan_leaves
+from vmblock.store.layout import AU_SIZE, scan_copies, scan_leaves
 from vmblock.store.maps import LiveMaps
 from vmblock.store.migrate import migrate_au_keys
 from vmblock.store.move import MOVE_CHUNK_AUS, TierMover
@@ -141,6 +141,10 @@ class PoolStore:
     def usage(self) -> dict:
         """Space per tier (``usage_report``)."""
         return usage_report(self.committer)
+
+    def copy_pairs(self) -> list[tuple[int, int]]:
+        """The (map, map) pairs EXTENDED COPY made share AUs (``remap``), durable ones."""
+        return scan_copies(self.db)
 
     def check(self, maps_info: dict[int, dict], families: dict[int, int]) -> dict:
         """The fsck (``check_store``)."""
