@@ -219,7 +219,8 @@ class Server:
             store.bypass = disk.tier == "flash"     # flash-tier data needs no cache
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
-                         vendor="VMBLOCK", product="vdisk", write_cache=True)
+                         vendor="VMBLOCK", product="vdisk", write_cache=True,
+                         read_only=disk.read_only, removable=disk.removable)
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
         if self.publisher is not None:
@@ -545,6 +546,30 @@ class LiveApi(Api):
     def session_list(self) -> list[dict]:
         """The iSCSI sessions logged in to this server (``Session.info`` each)."""
         return self.server.service.sessions()
+
+    def vdisk_protection_changed(self, disk: Vdisk) -> None:
+        """The LU refuses writes (or takes them again) from the next command on; workers
+        forward its commands to the owner while it is read-only."""
+        lu = self.server.lu(disk)
+        if lu is not None:
+            lu.read_only = disk.read_only
+            lu.state_changed()
+            self._republish(lu)
+
+    def set_medium(self, disk: Vdisk, present: bool) -> None:
+        """Eject (refused while a nexus prevents removal) or load the LU's medium."""
+        lu = self.server.lu(disk)
+        if lu is None:
+            raise ServerError(f"vdisk {disk.name} is not served")
+        if not present and lu.prevent:
+            raise InvalidArgument(f"an initiator prevents the removal of vdisk {disk.name}'s "
+                                  f"medium (PREVENT ALLOW MEDIUM REMOVAL)")
+        lu.set_medium(present)
+        self._republish(lu)
+
+    def _republish(self, lu: LogicalUnit) -> None:
+        if self.server.publisher is not None:
+            self.server.publisher.refresh((lu,))
 
 
 async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:

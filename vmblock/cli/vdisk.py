@@ -19,9 +19,17 @@ def vdisk() -> None:
 @click.option("--vm", "vm_name", metavar="VM", help="Owning VM.")
 @click.option("--target", metavar="IQN", help="Target to add it to (created if new); "
               "default iqn.2026-11.io.vmblock:default.")
-def vdisk_create(call, name: str, size: str, vm_name: str | None, target: str | None) -> None:
+@click.option("--block-size", type=click.Choice(["512", "4096"]), default="512",
+              show_default=True,
+              help="Logical block size in bytes: 512 (with 4 KiB physical blocks) or 4096 (4Kn).")
+@click.option("--removable", is_flag=True,
+              help="A removable medium (install media): initiators may eject it, "
+                   "`vmblock vdisk eject|load` too.")
+def vdisk_create(call, name: str, size: str, vm_name: str | None, target: str | None,
+                 block_size: str, removable: bool) -> None:
     """Create a thin vdisk at the lowest free LUN (creates the pool if new)."""
-    d = call(name=name, size=size, vm=vm_name, target=target)
+    d = call(name=name, size=size, vm=vm_name, target=target, block_size=int(block_size),
+             removable=removable)
     click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
 
 
@@ -44,8 +52,8 @@ def print_vdisk(d: dict) -> None:
     shown = dict(d, tier_bytes=f"capacity {human_size(tb['capacity'])}, "
                                f"flash {human_size(tb['flash'])}")
     print_fields(shown, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "tier",
-                         "tier_bytes", "block_size", "target", "lun", "url", "serial", "naa",
-                         "created"])
+                         "tier_bytes", "block_size", "read_only", "removable", "target", "lun",
+                         "url", "serial", "naa", "created"])
 
 
 @verb_command(vdisk, "show")
@@ -129,3 +137,30 @@ def vdisk_pin(call, name: str) -> None:
 def vdisk_unpin(call, name: str) -> None:
     """Let this vdisk's cached blocks be evicted again."""
     echo_pin(call(name=name))
+
+
+@verb_command(vdisk, "set")
+@click.argument("name")
+@click.option("--read-only/--read-write", "read_only", required=True,
+              help="Refuse every write (DATA PROTECT, WRITE PROTECTED), or take writes again.")
+def vdisk_set(call, name: str, read_only: bool) -> None:
+    """Make a vdisk read-only or writable; a running server applies it at once."""
+    call(name=name, read_only=read_only)
+    click.echo(f"vdisk {name} is {'read-only' if read_only else 'writable'}")
+
+
+@verb_command(vdisk, "eject")
+@click.argument("name")
+def vdisk_eject(call, name: str) -> None:
+    """Eject a removable vdisk's medium (needs a running server; refused while an initiator
+    prevents medium removal)."""
+    call(name=name)
+    click.echo(f"ejected the medium of vdisk {name}")
+
+
+@verb_command(vdisk, "load")
+@click.argument("name")
+def vdisk_load(call, name: str) -> None:
+    """Load a removable vdisk's medium again (needs a running server)."""
+    call(name=name)
+    click.echo(f"loaded the medium of vdisk {name}")

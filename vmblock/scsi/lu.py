@@ -34,6 +34,12 @@ MAX_COMPARE_WRITE_BYTES = 1024 * 1024
 MAX_WRITE_SAME_BYTES = 16 * 1024 * 1024     # 32768 blocks of 512 bytes
 MAX_UNMAP_BYTES = 256 * 1024 * 1024     # VPD B0 MAXIMUM UNMAP LBA COUNT stays <= 2^20 blocks
 MAX_UNMAP_DESCRIPTORS = 256
+# WRITE ATOMIC(16) (SBC-4 5.48): the most it writes as one unit; at least the 256 blocks
+# libiscsi's tests write, whatever the block size.
+MAX_ATOMIC_BYTES = 1024 * 1024
+# READ CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 5.16.2): the pool reads
+# and writes the tier files in 4 KiB pages, so that is the physical block reported.
+PHYSICAL_BLOCK_BYTES = 4096
 # Reads/writes up to this size run inline on the event loop; bigger ones go to the executor.
 SYNC_IO_BYTES = 128 * 1024
 # SPC-4 5.14: the queue of unit attentions per nexus is bounded; older ones are dropped.
@@ -49,7 +55,8 @@ class LogicalUnit:
     def __init__(self, store: BackingStore, name: str, serial: str, naa: int,
                  vendor: str = "VMBLOCK", product: str = "vdisk", revision: str = "0001",
                  write_cache: bool = True, executor: Executor | None = None,
-                 sync_io_bytes: int = SYNC_IO_BYTES):
+                 sync_io_bytes: int = SYNC_IO_BYTES, read_only: bool = False,
+                 removable: bool = False):
         abilities = checked_abilities(store)
         self.store = store
         self.name = name
@@ -80,6 +87,20 @@ class LogicalUnit:
         self.max_write_same_blocks = MAX_WRITE_SAME_BYTES // bs
         self.max_unmap_blocks = MAX_UNMAP_BYTES // bs if self.can_unmap else 0
         self.max_unmap_descriptors = MAX_UNMAP_DESCRIPTORS if self.can_unmap else 0
+        self.max_atomic_blocks = min(MAX_ATOMIC_BYTES // bs, self.max_transfer_blocks)
+        # 2^exponent logical blocks per physical block: 3 for 512-byte blocks, 0 for 4Kn
+        self.physical_block_exponent = max(PHYSICAL_BLOCK_BYTES // bs, 1).bit_length() - 1
+        # medium state (module docstring of ``target`` for what each one refuses):
+        # ``read_only`` is the vdisk's setting, ``software_write_protect`` the control mode
+        # page's SWP; a removable LU's medium can be ejected, and removal prevented per nexus
+        self.read_only = read_only
+        self.software_write_protect = False
+        self.removable = removable
+        self.medium_present = True
+        self.prevent: set[Nexus] = set()
+        self.sanitize_progress: int | None = None      # 0-65535 while a SANITIZE runs
+        self.gated = False
+        self.state_changed()
         # changeable mode parameter (caching page WCE) and its power-on default
         self.write_cache = write_cache
         self.default_write_cache = write_cache
@@ -87,6 +108,26 @@ class LogicalUnit:
         self.nexuses: set[Nexus] = set()
         self.ua: dict[Nexus, list[SenseReason]] = {}
         self.pending_writes: set[Future] = set()
+
+    # -- medium state
+    @property
+    def write_protected(self) -> bool:
+        """Read-only vdisk, or SWP set in the control mode page (SBC-3 4.13)."""
+        return self.read_only or self.software_write_protect
+
+    def state_changed(self) -> None:
+        """Recompute ``gated``: True while some commands are refused for the medium's state
+        (write protected, ejected, being sanitized); ``ScsiTarget.prepare`` checks it once."""
+        self.gated = (self.write_protected or not self.medium_present
+                      or self.sanitize_progress is not None)
+
+    def set_medium(self, present: bool, by: Nexus | None = None) -> None:
+        """Load or eject a removable LU's medium; a load tells every nexus but ``by`` (the
+        one that loaded it, if any) that the medium may have changed (SBC-3 4.10)."""
+        if present and not self.medium_present:
+            self.add_ua_all(SenseReason.MEDIUM_MAY_HAVE_CHANGED, exclude=by)
+        self.medium_present = present
+        self.state_changed()
 
     # -- unit attentions (SPC-4 5.14)
     def add_ua(self, nexus: Nexus, reason: SenseReason) -> None:
@@ -125,6 +166,7 @@ class LogicalUnit:
         """An I_T nexus is gone: its unit attentions and SPC-2 reservation with it."""
         self.nexuses.discard(nexus)
         self.ua.pop(nexus, None)
+        self.prevent.discard(nexus)     # SBC-3 5.9: I_T nexus loss ends its prevention
         # SPC-4 5.9.3 / SPC-2 5.5.1: I_T nexus loss releases a RESERVE(6/10) reservation;
         # persistent registrations survive it.
         self.reservations.nexus_lost(nexus)
@@ -136,6 +178,7 @@ class LogicalUnit:
         back of a host that chose write-through could lose writes it believes durable.
         """
         self.reservations.reset()
+        self.prevent.clear()            # SBC-3 5.9: a reset allows medium removal
         self.ua.clear()
         self.add_ua_all(reason)
 
