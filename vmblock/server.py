@@ -173,6 +173,7 @@ class Server:
         self.workers: WorkerPool | None = None    # server.workers > 0: the worker processes
         # the workers' fast path (shared maps): with workers and without the flash cache
         self.publisher: Publisher | None = None
+        self.sanitize_rate = self.settings().get("scsi.sanitize_rate")
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -220,7 +221,8 @@ class Server:
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
                          vendor="VMBLOCK", product="vdisk", write_cache=True,
-                         read_only=disk.read_only, removable=disk.removable)
+                         read_only=disk.read_only, removable=disk.removable,
+                         sanitize_rate=self.sanitize_rate)
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
         if self.publisher is not None:

@@ -47,6 +47,9 @@ UNMAP_ANCHOR = 0x01     # UNMAP byte 1 (SBC-3 5.28)
 SANITIZE_IMMED = 0x80   # SANITIZE byte 1 (SBC-3 5.21.1): IMMED, a reserved bit, AUSE
 SANITIZE_RESERVED = 0x40
 SANITIZE_AUSE = 0x20
+SANITIZE_ACTION_MASK = 0x1F
+SANITIZE_OVERWRITE = 0x01
+SANITIZE_HEADER_LEN = 4     # OVERWRITE parameter list header (SBC-3 5.21.2)
 # READ(6)/WRITE(6): LBA in the low five bits of byte 1 and bytes 2-3 (SBC-3 5.12, 5.39).
 RW6_LBA_HIGH_MASK = 0x1F
 
@@ -266,11 +269,18 @@ def write_atomic16(cdb, lu: LogicalUnit) -> Decoded:
 
 def sanitize(cdb, lu: LogicalUnit) -> Decoded:
     """SANITIZE (SBC-3 5.21): IMMED in byte 1 (AUSE is looked at by nobody: a SANITIZE here
-    never ends in the failure mode), bytes 2-6 reserved, PARAMETER LIST LENGTH in bytes 7-8."""
+    never ends in the failure mode), bytes 2-6 reserved, PARAMETER LIST LENGTH in bytes 7-8:
+    header and one pattern of at most a block for OVERWRITE, none for the others."""
     if cdb[1] & SANITIZE_RESERVED:
         raise invalid_cdb(1, 6)
     for byte in range(2, 7):
         if cdb[byte]:
             raise invalid_cdb(byte)
+    length = _LENGTH_FIELDS[2].unpack_from(cdb, 7)[0]
+    if cdb[1] & SANITIZE_ACTION_MASK == SANITIZE_OVERWRITE:
+        if not SANITIZE_HEADER_LEN < length <= lu.block_size + SANITIZE_HEADER_LEN:
+            raise invalid_cdb(7)
+    elif length:
+        raise invalid_cdb(7)
     options = OPTION_IMMED if cdb[1] & SANITIZE_IMMED else 0
-    return 0, 0, _LENGTH_FIELDS[2].unpack_from(cdb, 7)[0], options
+    return 0, 0, length, options

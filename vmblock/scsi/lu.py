@@ -56,7 +56,7 @@ class LogicalUnit:
                  vendor: str = "VMBLOCK", product: str = "vdisk", revision: str = "0001",
                  write_cache: bool = True, executor: Executor | None = None,
                  sync_io_bytes: int = SYNC_IO_BYTES, read_only: bool = False,
-                 removable: bool = False):
+                 removable: bool = False, sanitize_rate: int = 0):
         abilities = checked_abilities(store)
         self.store = store
         self.name = name
@@ -99,6 +99,7 @@ class LogicalUnit:
         self.medium_present = True
         self.prevent: set[Nexus] = set()
         self.sanitize_progress: int | None = None      # 0-65535 while a SANITIZE runs
+        self.sanitize_rate = sanitize_rate      # bytes/s of SANITIZE OVERWRITE; 0: unpaced
         self.gated = False
         self.state_changed()
         # changeable mode parameter (caching page WCE) and its power-on default

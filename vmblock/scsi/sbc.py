@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +25,7 @@ from vmblock.scsi.cdb import (
     OPTION_IMMED,
     OPTION_NDOB,
     OPTION_UNMAP,
+    SANITIZE_HEADER_LEN,
 )
 from vmblock.scsi.constants import LBA_STATUS_DEALLOCATED, LBA_STATUS_MAPPED
 from vmblock.scsi.sense import ScsiError, SenseReason
@@ -58,7 +60,6 @@ START_STOP_LOEJ = 0x02
 START_STOP_START = 0x01
 # SANITIZE OVERWRITE parameter list (SBC-3 5.21.2): INVERT, TEST, OVERWRITE COUNT, then the
 # INITIALIZATION PATTERN LENGTH (bytes 2-3) and the pattern.
-OVERWRITE_HEADER_LEN = 4
 OVERWRITE_INVERT = 0x80
 OVERWRITE_TEST = 0x60
 OVERWRITE_COUNT_MASK = 0x1F
@@ -446,9 +447,7 @@ def sanitize_overwrite(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
     """OVERWRITE: the initialization pattern (inverted on every other pass with INVERT) over
     the whole LU, OVERWRITE COUNT times."""
     param = bytes(task.data_out[:task.data_out_len]) if task.data_out is not None else b""
-    n = task.cdb_xfer_len
-    if n <= OVERWRITE_HEADER_LEN or n > lu.block_size + OVERWRITE_HEADER_LEN:
-        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(7, None))
+    n = task.cdb_xfer_len       # the decoder checked it: header and 1 to block size bytes
     if len(param) < n:
         raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
     count = param[0] & OVERWRITE_COUNT_MASK
@@ -456,10 +455,10 @@ def sanitize_overwrite(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
         raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(0, None),
                         in_cdb=False)
     length = struct.unpack_from(">H", param, 2)[0]
-    if not length or length > lu.block_size or length != n - OVERWRITE_HEADER_LEN:
+    if not length or length > lu.block_size or length != n - SANITIZE_HEADER_LEN:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(2, None),
                         in_cdb=False)
-    pattern = param[OVERWRITE_HEADER_LEN:n]
+    pattern = param[SANITIZE_HEADER_LEN:n]
     block = (pattern * (lu.block_size // length + 1))[:lu.block_size]
     inverted = bytes(b ^ 0xFF for b in block)
     passes = [inverted if param[0] & OVERWRITE_INVERT and i % 2 else block
@@ -470,8 +469,6 @@ def sanitize_overwrite(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
 def sanitize_block_erase(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
                          blocks: int, options: int):
     """BLOCK ERASE: unmap the whole LU (it reads back as zeros, LBPRZ=1; WABEREQ=01b)."""
-    if task.cdb_xfer_len:
-        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(7, None))
     return _start_sanitize(lu, options, _block_erase)
 
 
@@ -479,8 +476,6 @@ def sanitize_exit_failure_mode(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, l
                                blocks: int, options: int):
     """EXIT FAILURE MODE: a SANITIZE here never ends in the failure mode (a failed step
     fails the command and leaves the LU usable), so there is nothing to leave."""
-    if task.cdb_xfer_len:
-        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(7, None))
     return None
 
 
@@ -511,11 +506,18 @@ async def _sanitize_done(fut) -> None:
 
 
 def _overwrite(lu: LogicalUnit, report, passes: list[bytes]) -> None:
+    """Every pass over the whole LU, each step durable, paced to ``lu.sanitize_rate``."""
     total = lu.num_blocks * lu.block_size
     step = SANITIZE_STEP_BYTES // lu.block_size * lu.block_size
+    start = time.monotonic()
     for i, block in enumerate(passes):
         for offset in range(0, total, step):
-            report(i * total + offset, len(passes) * total)
+            done = i * total + offset
+            report(done, len(passes) * total)
+            if lu.sanitize_rate:
+                ahead = start + done / lu.sanitize_rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             n = min(step, total - offset)
             if lu.can_write_same:
                 lu.store.write_same(offset, n, memoryview(block))

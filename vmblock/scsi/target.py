@@ -162,8 +162,6 @@ class ScsiTarget:
             raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
         if lu is not None and lu.reservations.active:
             lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
-        if lu is not None and lu.gated:
-            self._check_medium(lu, spec.opcode)
         task.cdb_xfer_len = xfer
         if spec.direction == _OUT:
             # Data-Out only arrives with the W bit (RFC 7143 11.3.1)
@@ -171,6 +169,9 @@ class ScsiTarget:
                                                    xfer)
         else:
             task.data_out_len = 0
+        # last: a malformed command is refused as such, whatever the medium's state
+        if lu is not None and lu.gated:
+            self._check_medium(lu, spec.opcode)
         task.handler = (spec, lu, lba, blocks, options)
 
     @staticmethod
