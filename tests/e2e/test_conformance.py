@@ -4,17 +4,22 @@ The suite runs every SCSI and iSCSI test it has (-d allows tests that overwrite 
 own verdict decides: every test that ran must pass, with the server alone and with two
 worker processes, with the flash cache (every command then crosses from a worker to the
 owner) and without it (READ/WRITE run in the workers: docs/workers.md, "The fast path").
-tools/conformance prints the side-by-side score against tgt with ../shared/tools/cu_score.py.
+tools/conformance prints the side-by-side score against tgt with ../shared/tools/cu_score.py;
+``test_three_runs_pass_every_offered_test`` runs it (without tgt): strict scoring (a SKIP is not
+a pass) over an ordinary LUN with SANITIZE and a second path, a read-only and a removable LUN.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from support.server import run_cli
 
+REPO = Path(__file__).resolve().parents[2]
 SUMMARY_RE = re.compile(r"^\s+tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", re.MULTILINE)
 TEST_RE = re.compile(r"^Suite: (\S+)|^  Test: (\S+) \.\.\.", re.MULTILINE)
 
@@ -56,3 +61,23 @@ def test_iscsi_test_cu_has_no_failures(conformance_server):
     total, ran, passed, failed, inactive = map(int, m.groups())
     assert ran > 200, f"only {ran} of {total} tests ran"
     assert failed == 0, f"{failed} tests failed: {failed_tests(out)}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_three_runs_pass_every_offered_test(tmp_path):
+    """Every test PASSes in at least one of the three runs and none FAILs; a test that never
+    passed only ever skipped for a command the LU does not offer (REPORT SUPPORTED OPERATION
+    CODES does not list it), e.g. SANITIZE CRYPTOGRAPHIC ERASE."""
+    p = subprocess.run([sys.executable, str(REPO / "tools" / "conformance"), "--no-peer",
+                        "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=3500, cwd=REPO / "tools")
+    out = p.stdout + p.stderr
+    union = re.search(r"^union: (\d+) passed in some run, (\d+) failed in some run, "
+                      r"(\d+) never passed$", out, re.M)
+    assert union, out[-3000:]
+    assert int(union.group(2)) == 0, out[-6000:]
+    never = [line for line in out.splitlines() if line.startswith("never passed:")]
+    assert len(never) == int(union.group(3))
+    for line in never:
+        assert "not implemented" in line, line

@@ -256,10 +256,13 @@ def no_data(cdb, lu: LogicalUnit | None) -> Decoded:
 
 def write_atomic16(cdb, lu: LogicalUnit) -> Decoded:
     """WRITE ATOMIC(16) (SBC-4 5.48): LBA in bytes 2-9, ATOMIC BOUNDARY 10-11 (none is
-    supported: it must be 0), TRANSFER LENGTH 12-13 up to MAXIMUM ATOMIC TRANSFER LENGTH."""
+    supported: it must be 0), TRANSFER LENGTH 12-13 up to MAXIMUM ATOMIC TRANSFER LENGTH. A
+    range past the end is LBA OUT OF RANGE before its length is looked at."""
     flags = cdb[1]
     lba, boundary, blocks = _ATOMIC_16.unpack_from(cdb, 2)
     _check_protect(flags)
+    if lba + blocks > lu.num_blocks:
+        raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
     if boundary:
         raise invalid_cdb(10)
     if blocks > lu.max_atomic_blocks:

@@ -162,6 +162,10 @@ class ScsiTarget:
             raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
         if lu is not None and lu.reservations.active:
             lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
+        # before the Data-Out is sized: a write to a write-protected LU is refused as such
+        # whatever data came with it (libiscsi's ReadOnly test sends WRITE SAME without any)
+        if lu is not None and lu.gated:
+            self._check_medium(lu, spec.opcode)
         task.cdb_xfer_len = xfer
         if spec.direction == _OUT:
             # Data-Out only arrives with the W bit (RFC 7143 11.3.1)
@@ -169,9 +173,6 @@ class ScsiTarget:
                                                    xfer)
         else:
             task.data_out_len = 0
-        # last: a malformed command is refused as such, whatever the medium's state
-        if lu is not None and lu.gated:
-            self._check_medium(lu, spec.opcode)
         task.handler = (spec, lu, lba, blocks, options)
 
     @staticmethod
