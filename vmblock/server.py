@@ -222,7 +222,8 @@ class Server:
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
                          vendor="VMBLOCK", product="vdisk", write_cache=True,
                          read_only=disk.read_only, removable=disk.removable,
-                         sanitize_rate=self.sanitize_rate)
+                         sanitize_rate=self.sanitize_rate,
+                         physical_block_size=disk.physical_block_size)
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
         if self.publisher is not None:

@@ -136,6 +136,12 @@ def test_physical_block_is_4k_and_block_limits_agree(bs, exponent):
     assert struct.unpack_from(">IIII", bl, 48) == (0, 0, 0, 0)
 
 
+def test_512n_lu_reports_512_byte_physical_blocks():
+    rig = rig_with(physical_block_size=512)
+    assert read_capacity16(rig)[13] & 0x0F == 0
+    assert struct.unpack_from(">H", block_limits(rig), 6)[0] == 1
+
+
 def test_4kn_lu_reads_and_writes_4k_blocks():
     rig = rig_with(MemoryStore(blocks=512, block_size=4096))
     data = bytes(range(256)) * 32

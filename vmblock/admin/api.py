@@ -273,11 +273,13 @@ class Api:
     @verb
     def vdisk_create(self, name: Name, size: SizeText, vm: Name | None = None,
                      target: Iqn | None = None, block_size: BlockSize = 512,
-                     removable: bool = False) -> dict:
+                     removable: bool = False, physical_block_size: BlockSize = 4096) -> dict:
         """Create a thin vdisk at the lowest free LUN of ``target`` (created if new), with
-        ``block_size``-byte logical blocks (512 or 4096), removable (install media) or not."""
-        disk, new_target = self.pool.create_vdisk(name, parse_size(size), vm=vm, target=target,
-                                                  block_size=block_size, removable=removable)
+        ``block_size``-byte logical blocks (512 or 4096) on ``physical_block_size``-byte
+        physical ones (4096, or 512 for 512n), removable (install media) or not."""
+        disk, new_target = self.pool.create_vdisk(
+            name, parse_size(size), vm=vm, target=target, block_size=block_size,
+            removable=removable, physical_block_size=physical_block_size)
         self.vdisk_created(disk, new_target)
         return self._vdisk_json(disk)
 

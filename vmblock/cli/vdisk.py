@@ -22,14 +22,18 @@ def vdisk() -> None:
 @click.option("--block-size", type=click.Choice(["512", "4096"]), default="512",
               show_default=True,
               help="Logical block size in bytes: 512 (with 4 KiB physical blocks) or 4096 (4Kn).")
+@click.option("--physical-block-size", type=click.Choice(["512", "4096"]), default="4096",
+              show_default=True,
+              help="Physical block size reported (READ CAPACITY(16)): 512 for hosts that "
+                   "take only 512n disks.")
 @click.option("--removable", is_flag=True,
               help="A removable medium (install media): initiators may eject it, "
                    "`vmblock vdisk eject|load` too.")
 def vdisk_create(call, name: str, size: str, vm_name: str | None, target: str | None,
-                 block_size: str, removable: bool) -> None:
+                 block_size: str, physical_block_size: str, removable: bool) -> None:
     """Create a thin vdisk at the lowest free LUN (creates the pool if new)."""
     d = call(name=name, size=size, vm=vm_name, target=target, block_size=int(block_size),
-             removable=removable)
+             removable=removable, physical_block_size=int(physical_block_size))
     click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
 
 
@@ -52,7 +56,8 @@ def print_vdisk(d: dict) -> None:
     shown = dict(d, tier_bytes=f"capacity {human_size(tb['capacity'])}, "
                                f"flash {human_size(tb['flash'])}")
     print_fields(shown, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "tier",
-                         "tier_bytes", "block_size", "read_only", "removable", "target", "lun",
+                         "tier_bytes", "block_size", "physical_block_size", "read_only",
+                         "removable", "target", "lun",
                          "url", "serial", "naa", "created"])
 
 

@@ -12,7 +12,7 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
     vmname/<name>                "<vm uuid>"                       unique VM names
     vdisk/<uuid>                 {"uuid", "name", "vm", "size_bytes", "target", "lun",
                                   "block_size", "created", "map_id", "parent", "tier",
-                                  "read_only", "removable"}
+                                  "read_only", "removable", "physical_block_size"}
                                                      tier: "capacity" | "flash", where new
                                                      allocations go (vdisk move); block_size
                                                      512 or 4096 (4Kn), read_only: writes get
@@ -143,6 +143,7 @@ class Vdisk:
     tier: str = "capacity"          # where its new AUs go; `vdisk move` relocates the rest
     read_only: bool = False         # `vdisk set --read-only`: writes get DATA PROTECT
     removable: bool = False         # `vdisk create --removable`: RMB=1, `vdisk eject|load`
+    physical_block_size: int = 4096     # READ CAPACITY(16) LBPPB: 4096 (512e), or 512 (512n)
 
     @property
     def serial(self) -> str:

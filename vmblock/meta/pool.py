@@ -371,9 +371,11 @@ class Pool:
 
     def create_vdisk(self, name: str, size_bytes: int, vm: str | None = None,
                      target: str | None = None, block_size: int = BLOCK_SIZE,
-                     removable: bool = False) -> tuple[Vdisk, bool]:
+                     removable: bool = False,
+                     physical_block_size: int = BLOCK_SIZES[-1]) -> tuple[Vdisk, bool]:
         """Create a vdisk at the lowest free LUN of ``target`` (created if new), with logical
-        blocks of ``block_size`` bytes (one of ``BLOCK_SIZES``), removable or not.
+        blocks of ``block_size`` bytes on physical blocks of ``physical_block_size`` (both one
+        of ``BLOCK_SIZES``, the physical one not smaller), removable or not.
 
         Returns the vdisk and whether its target is new, so a live server can publish it.
         """
@@ -381,6 +383,10 @@ class Pool:
         if block_size not in BLOCK_SIZES:
             raise InvalidArgument(f"block size {block_size} is not one of "
                                   f"{', '.join(map(str, BLOCK_SIZES))}")
+        if physical_block_size not in BLOCK_SIZES or physical_block_size < block_size:
+            raise InvalidArgument(f"physical block size {physical_block_size} is not one of "
+                                  f"{', '.join(map(str, BLOCK_SIZES))} at least the block "
+                                  f"size {block_size}")
         check_size(size_bytes, block_size)
         iqn = check_iqn(target or DEFAULT_TARGET)
         if self._get(f"vdiskname/{name}") is not None:
@@ -393,7 +399,7 @@ class Pool:
             mid = self.next_map_ids(batch)[0]
             disk = Vdisk(str(uuidlib.uuid4()), name, owner, size_bytes, iqn, lun,
                          block_size=block_size, created=now(), map_id=mid,
-                         removable=removable)
+                         removable=removable, physical_block_size=physical_block_size)
             if new_target:
                 self.put_target(batch, Target(iqn, created=now()))
             put_vdisk(batch, disk)

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 # Limits reported in VPD B0 (SBC-3 6.5.3), in bytes so they scale with the block size.
 MAX_TRANSFER_BYTES = 8 * 1024 * 1024
 OPTIMAL_TRANSFER_BYTES = 1024 * 1024
-OPTIMAL_GRANULARITY_BYTES = 4096
 MAX_COMPARE_WRITE_BYTES = 1024 * 1024
 MAX_WRITE_SAME_BYTES = 16 * 1024 * 1024     # 32768 blocks of 512 bytes
 MAX_UNMAP_BYTES = 256 * 1024 * 1024     # VPD B0 MAXIMUM UNMAP LBA COUNT stays <= 2^20 blocks
@@ -38,7 +37,8 @@ MAX_UNMAP_DESCRIPTORS = 256
 # libiscsi's tests write, whatever the block size.
 MAX_ATOMIC_BYTES = 1024 * 1024
 # READ CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (SBC-3 5.16.2): the pool reads
-# and writes the tier files in 4 KiB pages, so that is the physical block reported.
+# and writes the tier files in 4 KiB pages, so that is the physical block reported by default
+# (a vdisk may say 512 instead, for hosts that take only 512n disks).
 PHYSICAL_BLOCK_BYTES = 4096
 # Reads/writes up to this size run inline on the event loop; bigger ones go to the executor.
 SYNC_IO_BYTES = 128 * 1024
@@ -56,7 +56,8 @@ class LogicalUnit:
                  vendor: str = "VMBLOCK", product: str = "vdisk", revision: str = "0001",
                  write_cache: bool = True, executor: Executor | None = None,
                  sync_io_bytes: int = SYNC_IO_BYTES, read_only: bool = False,
-                 removable: bool = False, sanitize_rate: int = 0):
+                 removable: bool = False, sanitize_rate: int = 0,
+                 physical_block_size: int = PHYSICAL_BLOCK_BYTES):
         abilities = checked_abilities(store)
         self.store = store
         self.name = name
@@ -77,7 +78,10 @@ class LogicalUnit:
         self.read_nowait = store.read_nowait if NowaitReadable in abilities else None
         self.max_transfer_blocks = MAX_TRANSFER_BYTES // bs
         self.optimal_transfer_blocks = OPTIMAL_TRANSFER_BYTES // bs
-        self.optimal_granularity_blocks = max(OPTIMAL_GRANULARITY_BYTES // bs, 1)
+        # 2^exponent logical blocks per physical block: 3 for 512-byte blocks on 4 KiB, else 0
+        self.physical_block_exponent = max(physical_block_size // bs, 1).bit_length() - 1
+        # OPTIMAL TRANSFER LENGTH GRANULARITY: one physical block
+        self.optimal_granularity_blocks = 1 << self.physical_block_exponent
         # VPD B0 OPTIMAL UNMAP GRANULARITY: the store's allocation unit when it has one
         self.unmap_granularity_blocks = (max(store.unmap_granularity // bs, 1)
                                          if store.unmap_granularity else
@@ -88,8 +92,6 @@ class LogicalUnit:
         self.max_unmap_blocks = MAX_UNMAP_BYTES // bs if self.can_unmap else 0
         self.max_unmap_descriptors = MAX_UNMAP_DESCRIPTORS if self.can_unmap else 0
         self.max_atomic_blocks = min(MAX_ATOMIC_BYTES // bs, self.max_transfer_blocks)
-        # 2^exponent logical blocks per physical block: 3 for 512-byte blocks, 0 for 4Kn
-        self.physical_block_exponent = max(PHYSICAL_BLOCK_BYTES // bs, 1).bit_length() - 1
         # medium state (module docstring of ``target`` for what each one refuses):
         # ``read_only`` is the vdisk's setting, ``software_write_protect`` the control mode
         # page's SWP; a removable LU's medium can be ejected, and removal prevented per nexus
