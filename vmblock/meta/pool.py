@@ -384,9 +384,9 @@ class Pool:
             raise InvalidArgument(f"block size {block_size} is not one of "
                                   f"{', '.join(map(str, BLOCK_SIZES))}")
         if physical_block_size not in BLOCK_SIZES or physical_block_size < block_size:
-            raise InvalidArgument(f"physical block size {physical_block_size} is not one of "
-                                  f"{', '.join(map(str, BLOCK_SIZES))} at least the block "
-                                  f"size {block_size}")
+            raise InvalidArgument(f"physical block size {physical_block_size} must be one of "
+                                  f"{', '.join(map(str, BLOCK_SIZES))} and at least the "
+                                  f"block size {block_size}")
         check_size(size_bytes, block_size)
         iqn = check_iqn(target or DEFAULT_TARGET)
         if self._get(f"vdiskname/{name}") is not None:
