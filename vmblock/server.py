@@ -228,8 +228,14 @@ class Server:
         scsi.add_lun(disk.lun, lu)
         if self.publisher is not None:
             self.publisher.add(lu)
+            lu.state_listener = self._republish
         if self.workers is not None:
             self.workers.luns_changed(disk.target, scsi.luns)
+
+    def _republish(self, lu: LogicalUnit) -> None:
+        """The LU's medium state changed (write protect, eject, SANITIZE): its flag word
+        now sends every command to the owner, or lets the workers run READ/WRITE again."""
+        self.publisher.refresh((lu,))
 
     def remove_vdisk(self, disk: Vdisk) -> None:
         """Take a vdisk's LUN out of its target, flush and close its store, drop its cache
@@ -557,7 +563,6 @@ class LiveApi(Api):
         if lu is not None:
             lu.read_only = disk.read_only
             lu.state_changed()
-            self._republish(lu)
 
     def set_medium(self, disk: Vdisk, present: bool) -> None:
         """Eject (refused while a nexus prevents removal) or load the LU's medium."""
@@ -568,11 +573,6 @@ class LiveApi(Api):
             raise InvalidArgument(f"an initiator prevents the removal of vdisk {disk.name}'s "
                                   f"medium (PREVENT ALLOW MEDIUM REMOVAL)")
         lu.set_medium(present)
-        self._republish(lu)
-
-    def _republish(self, lu: LogicalUnit) -> None:
-        if self.server.publisher is not None:
-            self.server.publisher.refresh((lu,))
 
 
 async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:

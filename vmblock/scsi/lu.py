@@ -8,6 +8,7 @@ command table is not kept here: ``ScsiTarget`` builds it from these facts when t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
@@ -103,6 +104,9 @@ class LogicalUnit:
         self.sanitize_progress: int | None = None      # 0-65535 while a SANITIZE runs
         self.sanitize_rate = sanitize_rate      # bytes/s of SANITIZE OVERWRITE; 0: unpaced
         self.gated = False
+        # called with the LU after ``gated`` is recomputed (the server republishes the LU's
+        # flag word, so workers forward its commands at once); None: nobody to tell
+        self.state_listener: Callable[[LogicalUnit], None] | None = None
         self.state_changed()
         # changeable mode parameter (caching page WCE) and its power-on default
         self.write_cache = write_cache
@@ -123,6 +127,8 @@ class LogicalUnit:
         (write protected, ejected, being sanitized); ``ScsiTarget.prepare`` checks it once."""
         self.gated = (self.write_protected or not self.medium_present
                       or self.sanitize_progress is not None)
+        if self.state_listener is not None:
+            self.state_listener(self)
 
     def set_medium(self, present: bool, by: Nexus | None = None) -> None:
         """Load or eject a removable LU's medium; a load tells every nexus but ``by`` (the
