@@ -229,6 +229,7 @@ class Server:
         if self.publisher is not None:
             self.publisher.add(lu)
             lu.state_listener = self._republish
+            lu.quiesce = functools.partial(self.publisher.changing_maps, (lu,))
         if self.workers is not None:
             self.workers.luns_changed(disk.target, scsi.luns)
 

@@ -327,3 +327,33 @@ def test_meta_db_bytes_per_mapped_au(tmp_path):
         assert len(leaf_prefix(1)) == 5
     finally:
         p.close()
+
+
+def test_atomic_write_goes_out_of_place_and_remaps_in_one_step(pool):
+    """WRITE ATOMIC's store half: even owned AUs get new ones (copy on write), the old ones
+    are freed, the bytes around the write survive, and the pool checks clean."""
+    s = store_of(pool)
+    s.write(0, memoryview(b"a" * (3 * AU)))
+    before = [pau(pool, "d1", v) for v in range(3)]
+    s.write_atomic(AU - 512, memoryview(b"b" * (AU + 1024)))      # AUs 0, 1 and 2, partly
+    after = [pau(pool, "d1", v) for v in range(3)]
+    assert all(a != b for a, b in zip(before, after))
+    assert read(s, 0, 3 * AU) == b"a" * (AU - 512) + b"b" * (AU + 1024) + b"a" * (AU - 512)
+    assert pool.used_bytes(pool.vdisk("d1")) == 3 * AU
+    pool.store.flush()
+    assert_clean(pool)
+
+
+def test_atomic_write_survives_a_reopen_whole(tmp_path):
+    p = small_pool(tmp_path / "pool", {"store.capacity_size": "64M"}, {"d1": 64 * MiB})
+    s = store_of(p)
+    s.write(0, memoryview(b"a" * (2 * AU)))
+    s.write_atomic(AU // 2, memoryview(b"z" * AU))
+    s.flush()
+    p.close()
+    p = Pool(str(tmp_path / "pool"))
+    try:
+        assert read(store_of(p), 0, 2 * AU) == b"a" * (AU // 2) + b"z" * AU + b"a" * (AU // 2)
+        assert_clean(p)
+    finally:
+        p.close()

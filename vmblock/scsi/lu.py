@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from vmblock.scsi.pr import Reservations
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.task import Nexus
 from vmblock.store.backend import (
+    AtomicWritable,
     BackingStore,
     LbaStatus,
     NowaitReadable,
@@ -75,6 +77,10 @@ class LogicalUnit:
         self.can_unmap = Unmappable in abilities
         self.can_write_same = WriteSameable in abilities
         self.can_lba_status = LbaStatus in abilities
+        self.can_write_atomic = AtomicWritable in abilities
+        # () -> async context manager inside which no worker runs a fast-path command on this
+        # LU (the server's, when workers read its maps); None: nothing else reads them
+        self.quiesce: Callable[[], AbstractAsyncContextManager] | None = None
         # small reads: on the loop when cached, else in the executor; None: always on the loop
         self.read_nowait = store.read_nowait if NowaitReadable in abilities else None
         self.max_transfer_blocks = MAX_TRANSFER_BYTES // bs

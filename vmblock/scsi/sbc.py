@@ -424,18 +424,29 @@ def read_defect_data12(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
 # -- WRITE ATOMIC(16) (SBC-4 5.48)
 def write_atomic(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                  options: int):
-    """All of the blocks or none, for readers and after a crash: the write runs with no
-    await between its start and its end (readers on the event loop see it whole), after
-    every write already in the executor, and the store's one write call makes it one
-    commit; FUA or WCE=0 flush it before status. Workers never run it (their fast path
-    claims READ and WRITE only), so it always runs here, in the owner."""
+    """All of the blocks or none, for readers and after a crash. It runs here, in the owner
+    (a worker's fast path claims READ and WRITE only), after every write already in the
+    executor, with no await inside, and, while workers could read the LU's maps, with them
+    kept off the LU (``lu.quiesce``). A store that can (``AtomicWritable``) writes it out of
+    place and remaps it in one locked step: one commit, and readers see the old blocks or
+    the new ones; another store gets an ordinary write. FUA or WCE=0 flush before status."""
     if not task.data_out_len:
         return None
+    if lu.quiesce is not None:
+        return _write_atomic_quiesced(lu, task, lba, options)
     return _atomically(lu, _write_atomic, task, lba, options)
 
 
+async def _write_atomic_quiesced(lu: LogicalUnit, task: ScsiTask, lba: int, options: int):
+    async with lu.quiesce():
+        pending = _atomically(lu, _write_atomic, task, lba, options)
+        if pending is not None:
+            await pending
+
+
 def _write_atomic(lu: LogicalUnit, task: ScsiTask, lba: int, options: int):
-    lu.store.write(lba * lu.block_size, task.data_out[:task.data_out_len])
+    write = lu.store.write_atomic if lu.can_write_atomic else lu.store.write
+    write(lba * lu.block_size, task.data_out[:task.data_out_len])
     if options & OPTION_FUA or not lu.write_cache:
         return _flush(lu)
     return None
