@@ -112,6 +112,8 @@ TAME_VALUES = {
     "priority": [0, 5, -3], "limit": [0, 1, 100], "live": FLAG, "purge": FLAG,
     "force": FLAG, "active": FLAG, "pinned": FLAG, "guest_os": ["debian12", ""],
     "location": ["hv-a:/datastore1"],
+    "read_only": FLAG, "removable": FLAG, "block_size": [512, 4096],
+    "physical_block_size": [512, 4096],
 }
 # values of the right type but wrong otherwise
 WRONG_VALUES = {
@@ -121,6 +123,7 @@ WRONG_VALUES = {
     "target": ["not-an-iqn"], "tier": ["tape"], "min": ["200%", "-1"], "max": ["x"],
     "promote": ["sometimes"], "kind": ["lun"], "priority": [-(1 << 40), 1 << 64],
     "limit": [-1, 1 << 70],
+    "block_size": [1024, 0, 8192], "physical_block_size": [1024, 0, 8192],
 }
 WRONG_TEXT = ["", ".hidden", "a/b", "nope"] + HUGE
 
