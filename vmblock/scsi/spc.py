@@ -453,7 +453,8 @@ def report_target_port_groups(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lb
     fmt = task.cdb[1] & RTPG_FORMAT_MASK
     if fmt not in (0, RTPG_EXTENDED):
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 7))
-    tpgts = sorted({task.nexus.tpgt, t.tpgt} | {n.tpgt for n in t.nexuses})
+    # the portal groups the target is reached through: every logged-in nexus says its own
+    tpgts = sorted({task.nexus.tpgt} | {n.tpgt for n in t.nexuses})
     body = b"".join(
         struct.pack(">BBHxxxBxxH", ALUA_STATE_ACTIVE_OPTIMIZED, ALUA_SUPPORTS_ACTIVE_OPTIMIZED,
                     tpgt, 1, tpgt)
