@@ -183,6 +183,7 @@ class Server:
         self.watched: dict[str, WatchedStore] = {}  # vdisk uuid -> its store
         self.rescans: Debounce | None = None
         self.events: EventsRuntime | None = None   # delivery, space watch, snapshot schedule
+        self.sanitize_rate = self.settings().get("scsi.sanitize_rate")
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -231,13 +232,18 @@ class Server:
             store.bypass = disk.tier == "flash"     # flash-tier data needs no cache
         self.stores[disk.uuid] = store
         lu = LogicalUnit(store, name=disk.name, serial=disk.serial, naa=disk.naa,
-                         vendor="VMBLOCK", product="vdisk", write_cache=True)
+                         vendor="VMBLOCK", product="vdisk", write_cache=True,
+                         read_only=disk.read_only, removable=disk.removable,
+                         sanitize_rate=self.sanitize_rate,
+                         physical_block_size=disk.physical_block_size)
         # APTPL: the reservations the vdisk's record kept, before anyone sees the LU
         lu.reservations.restore(PrRecord(self.pool, disk.uuid))
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
         if self.publisher is not None:
             self.publisher.add(lu)
+            lu.state_listener = self._republish
+            lu.quiesce = functools.partial(self.publisher.changing_maps, (lu,))
         if self.workers is not None:
             self.workers.luns_changed(disk.target, scsi.luns)
         self.datastore_scan(disk)
@@ -270,6 +276,11 @@ class Server:
             disk = datastores.vdisk_by_uuid(self.pool, uid)
             if disk is not None:
                 self.datastore_scan(disk)
+
+    def _republish(self, lu: LogicalUnit) -> None:
+        """The LU's medium state changed (write protect, eject, SANITIZE): its flag word
+        now sends every command to the owner, or lets the workers run READ/WRITE again."""
+        self.publisher.refresh((lu,))
 
     def remove_vdisk(self, disk: Vdisk) -> None:
         """Take a vdisk's LUN out of its target, flush and close its store, drop its cache
@@ -626,6 +637,24 @@ class LiveApi(Api):
         """Events delivered after ``cursor``, waiting up to ``timeout`` s for one
         (``Delivery.wait``)."""
         return await self.server.events.delivery.wait(cursor, kind, timeout)
+
+    def vdisk_protection_changed(self, disk: Vdisk) -> None:
+        """The LU refuses writes (or takes them again) from the next command on; workers
+        forward its commands to the owner while it is read-only."""
+        lu = self.server.lu(disk)
+        if lu is not None:
+            lu.read_only = disk.read_only
+            lu.state_changed()
+
+    def set_medium(self, disk: Vdisk, present: bool) -> None:
+        """Eject (refused while a nexus prevents removal) or load the LU's medium."""
+        lu = self.server.lu(disk)
+        if lu is None:
+            raise ServerError(f"vdisk {disk.name} is not served")
+        if not present and lu.prevent:
+            raise InvalidArgument(f"an initiator prevents the removal of vdisk {disk.name}'s "
+                                  f"medium (PREVENT ALLOW MEDIUM REMOVAL)")
+        lu.set_medium(present)
 
 
 async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> None:

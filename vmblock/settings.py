@@ -235,6 +235,10 @@ def _data_budget(text: str, key: str) -> int:
     return n
 
 
+def _rate(text: str, key: str) -> int:
+    return parse_size(text, key)
+
+
 def _cache_size(text: str, key: str) -> CacheSize:
     t = text.strip()
     if t == CACHE_SIZE_AUTO:
@@ -421,6 +425,9 @@ _ROWS = (
     Setting("events.refuse_new_at", float, "90%", parse_fraction, Apply.LIVE,
             "capacity tier use from which vdisk create and vm clone are refused without "
             "--force"),
+    Setting("scsi.sanitize_rate", int, "256M", _rate, Apply.RESTART,
+            "bytes per second a SANITIZE OVERWRITE writes, so one vdisk's sanitize leaves "
+            "the tier to the others (0: as fast as the tier takes it)"),
 )
 TABLE = {row.key: row for row in _ROWS}
 _FAMILIES = [(row, *row.key.split(placeholder)) for row in _ROWS

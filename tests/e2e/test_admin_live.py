@@ -119,6 +119,8 @@ TAME_VALUES = {
     "snapshot_keep": ["3", "none"], "since": [0, 1_700_000_000, None],
     "id": ["00000000000000000001/low_space"], "cursor": [0, None], "timeout": [0, 1],
     "no_policies": FLAG,
+    "read_only": FLAG, "removable": FLAG, "block_size": [512, 4096],
+    "physical_block_size": [512, 4096],
 }
 # values of the right type but wrong otherwise
 WRONG_VALUES = {
@@ -133,6 +135,7 @@ WRONG_VALUES = {
     "space_quota": ["-1G", "1K", "999999999P", "x"], "snapshot_every": ["0s", "5x", "1w"],
     "snapshot_keep": ["-1", "99999", "x"], "since": [-1, 1 << 60], "id": ["x", "1/2"],
     "cursor": [-1, 1 << 70], "timeout": [-1, 31, 1 << 40],
+    "block_size": [1024, 0, 8192], "physical_block_size": [1024, 0, 8192],
 }
 WRONG_TEXT = ["", ".hidden", "a/b", "nope"] + HUGE
 

@@ -39,11 +39,12 @@ def test_mode_sense6_caching_wce_follows_write_cache(rig):
     assert pages_of(data, 4, 0)[0x08][2] & 0x04
 
 
-def test_mode_sense6_changeable_marks_only_wce(rig):
+def test_mode_sense6_changeable_marks_only_wce_and_swp(rig):
     data = bytes(rig.run(mode_sense6(0x3F, pc=1, dbd=True)).data_in)
     pages = pages_of(data, 4, 0)
     assert pages[0x08][2] == 0x04
-    assert not any(pages[0x0A][2:])
+    control = pages[0x0A]
+    assert control[4] == 0x08 and not any(control[2:4] + control[5:])
 
 
 def test_mode_sense6_saved_values_not_supported(rig):

@@ -133,3 +133,20 @@ def test_an_overlapping_copy_inside_one_lun_is_a_memmove(src_lba, dst_lba):
     t = xcopy_run(rig, [cscd(rig.lu.naa)], [segment(0, 0, n, src_lba, dst_lba)])
     assert t.status == SAM_STAT_GOOD
     assert rig.store.data[dst_lba * BLOCK:(dst_lba + n) * BLOCK] == data
+
+
+def test_a_read_only_or_ejected_lun_is_no_destination(two):
+    rig, lu1 = two
+    rig.store.data[:BLOCK] = b"\x17" * BLOCK
+    lu1.read_only = True
+    lu1.state_changed()
+    t = xcopy_run(rig, [cscd(rig.lu.naa), cscd(lu1.naa)], [segment(0, 1, 1, 0, 0)])
+    assert sense_of(t) == (0x07, 0x27, 0x00)                       # DATA PROTECT
+    assert lu1.store.writes == 0
+    # the read-only LU may still be the source
+    t = xcopy_run(rig, [cscd(lu1.naa), cscd(rig.lu.naa)], [segment(0, 1, 1, 0, 8)])
+    assert t.status == SAM_STAT_GOOD, t.sense
+    lu1.read_only, lu1.removable = False, True
+    lu1.set_medium(False)
+    t = xcopy_run(rig, [cscd(lu1.naa), cscd(rig.lu.naa)], [segment(0, 1, 1, 0, 8)])
+    assert sense_of(t) == (COPY_ABORTED, 0x0D, 0x02)              # not reachable

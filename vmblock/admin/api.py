@@ -11,7 +11,7 @@ them (vmblock.admin.verbs) and ``run_verb`` is the one way in, arguments checked
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from vmblock.admin.cache import CacheVerbs, Runtime
 from vmblock.admin.hypervisor import HypervisorVerbs
@@ -23,6 +23,7 @@ from vmblock.admin.schema import (
     EventKind,
     EventLimit,
     GuestOs,
+    Int,
     Iqn,
     Key,
     Location,
@@ -48,6 +49,8 @@ if TYPE_CHECKING:       # the pool brings the store (numpy, Numba): see vmblock.
     from vmblock.meta import Pool
 
 _WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+# a logical block size in bytes; the pool accepts 512 and 4096 (vmblock.meta.model.BLOCK_SIZES)
+BlockSize = Annotated[int, Int(512, 4096)]
 
 
 class Api:
@@ -107,6 +110,14 @@ class Api:
     def config_changed(self, key: str) -> bool:
         """Apply a changed key to what runs; False when it takes effect at the next start."""
         return False
+
+    def vdisk_protection_changed(self, disk: Vdisk) -> None:
+        """Make a served vdisk's LU read-only or writable as its record now says."""
+
+    def set_medium(self, disk: Vdisk, present: bool) -> None:
+        """Eject or load a removable vdisk's medium: only a running server has one."""
+        raise ServerError(f"no server is running on pool {self.pool.path}; a removable "
+                          f"vdisk's medium is ejected or loaded only while `vmblock serve` runs")
 
     def _vdisk_json(self, disk: Vdisk) -> dict:
         return self._vdisks_json([disk])[0]
@@ -316,13 +327,47 @@ class Api:
 
     @verb
     def vdisk_create(self, name: Name, size: SizeText, vm: Name | None = None,
-                     target: Iqn | None = None, force: bool = False) -> dict:
-        """Create a thin vdisk at the lowest free LUN of ``target`` (created if new); refused
+                     target: Iqn | None = None, force: bool = False, block_size: BlockSize = 512,
+                     removable: bool = False, physical_block_size: BlockSize = 4096) -> dict:
+        """Create a thin vdisk at the lowest free LUN of ``target`` (created if new), with
+        ``block_size``-byte logical blocks (512 or 4096) on ``physical_block_size``-byte
+        physical ones (4096, or 512 for 512n), removable (install media) or not; refused
         while space is low (``pool show``'s ``accepting_new_vms``) unless ``force``."""
         policies.check_admission(self.pool, force, "create it")
-        disk, new_target = self.pool.create_vdisk(name, parse_size(size), vm=vm, target=target)
+        disk, new_target = self.pool.create_vdisk(
+            name, parse_size(size), vm=vm, target=target, block_size=block_size,
+            removable=removable, physical_block_size=physical_block_size)
         self.vdisk_created(disk, new_target)
         return self._vdisk_json(disk)
+
+    @verb
+    def vdisk_set(self, name: Name, read_only: bool) -> dict:
+        """Make a vdisk read-only (writes get DATA PROTECT, WRITE PROTECTED; MODE SENSE shows
+        WP) or writable again; a running server applies it at once."""
+        disk = self.pool.set_vdisk_read_only(name, read_only)
+        self.vdisk_protection_changed(disk)
+        return self._vdisk_json(disk)
+
+    @verb
+    def vdisk_eject(self, name: Name) -> dict:
+        """Eject a removable vdisk's medium (initiators get NOT READY, MEDIUM NOT PRESENT);
+        refused while an initiator prevents medium removal."""
+        disk = self._removable(name)
+        self.set_medium(disk, False)
+        return self._vdisk_json(disk)
+
+    @verb
+    def vdisk_load(self, name: Name) -> dict:
+        """Load a removable vdisk's medium again (initiators get a unit attention)."""
+        disk = self._removable(name)
+        self.set_medium(disk, True)
+        return self._vdisk_json(disk)
+
+    def _removable(self, name: str) -> Vdisk:
+        disk = self.pool.vdisk(name)
+        if not disk.removable:
+            raise InvalidArgument(f"vdisk {name} is not removable (vdisk create --removable)")
+        return disk
 
     @verb
     def vdisk_list(self, vm: Name | None = None) -> list[dict]:

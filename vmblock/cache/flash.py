@@ -45,7 +45,8 @@ from array import array
 import numpy as np
 
 from vmblock.errors import CacheError
-from vmblock.store.backend import BackingStore, NowaitReadable, Remappable
+from vmblock.store.backend import (AtomicWritable, BackingStore, NowaitReadable,
+                                   Remappable)
 from vmblock.store.ranges import pieces, units
 
 from .directory import CacheDirectory
@@ -464,8 +465,9 @@ class CachedStore(BackingStore):
         self.vid = vid
         self.block_size = inner.block_size
         # it can do what the store it wraps can, except read around the cache without waiting
-        # and remap (EXTENDED COPY would bypass the cached blocks: it copies with I/O instead)
-        self.abilities = inner.abilities - {NowaitReadable, Remappable}
+        # and remap (EXTENDED COPY would bypass the cached blocks: it copies with I/O instead);
+        # no atomic writes through the cache: WRITE ATOMIC is then an ordinary write
+        self.abilities = inner.abilities - {NowaitReadable, Remappable, AtomicWritable}
         self.unmap_granularity = inner.unmap_granularity
         # True while the vdisk lives on the flash tier (or moves there): its data is already
         # on flash, so every call goes straight to the extent store (docs/cache.md)

@@ -97,6 +97,8 @@ class Table:
 
 
 def print_fields(obj: dict, keys: list[str]) -> None:
-    """``key: value`` lines of a shown object, values aligned."""
+    """``key: value`` lines of a shown object, values aligned (column 18, or past the
+    longest key)."""
+    width = max([18] + [len(k) + 2 for k in keys])
     for k in keys:
-        click.echo(f"{k + ':':<18}{'' if obj.get(k) is None else obj[k]}")
+        click.echo(f"{k + ':':<{width}}{'' if obj.get(k) is None else obj[k]}")

@@ -20,11 +20,24 @@ def vdisk() -> None:
 @click.option("--target", metavar="IQN", help="Target to add it to (created if new); "
               "default iqn.2026-11.io.vmblock:default.")
 @click.option("--force", is_flag=True, help="Create it even while the pool is low on space.")
+@click.option("--block-size", type=click.Choice(["512", "4096"]), default="512",
+              show_default=True,
+              help="Logical block size in bytes: 512 (with 4 KiB physical blocks) or 4096 (4Kn).")
+@click.option("--physical-block-size", type=click.Choice(["512", "4096"]), default="4096",
+              show_default=True,
+              help="Physical block size reported (READ CAPACITY(16)): 512 for hosts that "
+                   "take only 512n disks.")
+@click.option("--removable", is_flag=True,
+              help="A removable medium (install media): initiators may eject it, "
+                   "`vmblock vdisk eject|load` too.")
 def vdisk_create(call, name: str, size: str, vm_name: str | None, target: str | None,
-                 force: bool) -> None:
+                 force: bool, block_size: str, physical_block_size: str,
+                 removable: bool) -> None:
     """Create a thin vdisk at the lowest free LUN (creates the pool if new); refused while
     the pool is low on space unless --force."""
-    d = call(name=name, size=size, vm=vm_name, target=target, force=force)
+    d = call(name=name, size=size, vm=vm_name, target=target, force=force,
+             block_size=int(block_size), removable=removable,
+             physical_block_size=int(physical_block_size))
     click.echo(f"created vdisk {d['name']} ({human_size(d['size_bytes'])}) at {d['url']}")
 
 
@@ -47,8 +60,9 @@ def print_vdisk(d: dict) -> None:
     shown = dict(d, tier_bytes=f"capacity {human_size(tb['capacity'])}, "
                                f"flash {human_size(tb['flash'])}")
     print_fields(shown, ["name", "uuid", "vm", "size_bytes", "allocated_bytes", "tier",
-                         "tier_bytes", "block_size", "target", "lun", "url", "serial", "naa",
-                         "created"])
+                         "tier_bytes", "block_size", "physical_block_size", "read_only",
+                         "removable", "target", "lun",
+                         "url", "serial", "naa", "created"])
     ds = d.get("datastore")
     if ds is not None:          # an LVM2 VG inside (docs/datastores.md): one line per volume
         click.echo(f"{'datastore:':<18}LVM2 VG {ds['vg'] or '-'} seqno {ds['seqno']}"
@@ -139,3 +153,30 @@ def vdisk_pin(call, name: str) -> None:
 def vdisk_unpin(call, name: str) -> None:
     """Let this vdisk's cached blocks be evicted again."""
     echo_pin(call(name=name))
+
+
+@verb_command(vdisk, "set")
+@click.argument("name")
+@click.option("--read-only/--read-write", "read_only", required=True,
+              help="Refuse every write (DATA PROTECT, WRITE PROTECTED), or take writes again.")
+def vdisk_set(call, name: str, read_only: bool) -> None:
+    """Make a vdisk read-only or writable; a running server applies it at once."""
+    call(name=name, read_only=read_only)
+    click.echo(f"vdisk {name} is {'read-only' if read_only else 'writable'}")
+
+
+@verb_command(vdisk, "eject")
+@click.argument("name")
+def vdisk_eject(call, name: str) -> None:
+    """Eject a removable vdisk's medium (needs a running server; refused while an initiator
+    prevents medium removal)."""
+    call(name=name)
+    click.echo(f"ejected the medium of vdisk {name}")
+
+
+@verb_command(vdisk, "load")
+@click.argument("name")
+def vdisk_load(call, name: str) -> None:
+    """Load a removable vdisk's medium again (needs a running server)."""
+    call(name=name)
+    click.echo(f"loaded the medium of vdisk {name}")

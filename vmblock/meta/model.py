@@ -14,9 +14,12 @@ change is one WriteBatch, written with sync so an acknowledged change survives a
                                                      the rest: vmblock.meta.hypervisors
     vmname/<name>                "<vm uuid>"                       unique VM names
     vdisk/<uuid>                 {"uuid", "name", "vm", "size_bytes", "target", "lun",
-                                  "block_size", "created", "map_id", "parent", "tier"}
+                                  "block_size", "created", "map_id", "parent", "tier",
+                                  "read_only", "removable", "physical_block_size"}
                                                      tier: "capacity" | "flash", where new
-                                                     allocations go (vdisk move)
+                                                     allocations go (vdisk move); block_size
+                                                     512 or 4096 (4Kn), read_only: writes get
+                                                     DATA PROTECT; removable: RMB=1, ejectable
     vdiskname/<name>             "<vdisk uuid>"                    unique vdisk names
     lun/<iqn>/<lun:05d>          "<vdisk uuid>"                    LUN map of each target
     snapshot/<uuid>              {"uuid", "name", "vm", "vdisk", "created",
@@ -58,6 +61,8 @@ from vmblock.units import format_size
 
 MAX_LUN = 16383            # SAM-5 flat space addressing
 BLOCK_SIZE = 512
+# the logical block sizes a vdisk can have: 512 (with 4 KiB physical blocks) and 4Kn
+BLOCK_SIZES = (512, 4096)
 # 24-bit company id in IEEE CID form (second-lowest bit of the first octet set: locally assigned,
 # not an IEEE-registered OUI) placed in the NAA designator of every vdisk.
 VMBLOCK_CID = 0x7A6D62
@@ -151,6 +156,9 @@ class Vdisk:
     map_id: int = 0                 # its live extent map (vmblock.store.extent)
     parent: dict | None = None      # clone lineage: source vdisk, snapshot and map
     tier: str = "capacity"          # where its new AUs go; `vdisk move` relocates the rest
+    read_only: bool = False         # `vdisk set --read-only`: writes get DATA PROTECT
+    removable: bool = False         # `vdisk create --removable`: RMB=1, `vdisk eject|load`
+    physical_block_size: int = 4096     # READ CAPACITY(16) LBPPB: 4096 (512e), or 512 (512n)
 
     @property
     def serial(self) -> str:

@@ -46,6 +46,8 @@ from vmblock.meta.check import check_pool
 from vmblock.meta.db import MetaDB, MetaIOError
 from vmblock.meta.groups import EvictionGroups
 from vmblock.meta.model import (
+    BLOCK_SIZE,
+    BLOCK_SIZES,
     EVENT_SEVERITIES,
     MAX_LUN,
     Snapshot,
@@ -377,13 +379,24 @@ class Pool:
         return Vdisk(**self._get(f"vdisk/{uid}"))
 
     def create_vdisk(self, name: str, size_bytes: int, vm: str | None = None,
-                     target: str | None = None) -> tuple[Vdisk, bool]:
-        """Create a vdisk at the lowest free LUN of ``target`` (created if new).
+                     target: str | None = None, block_size: int = BLOCK_SIZE,
+                     removable: bool = False,
+                     physical_block_size: int = BLOCK_SIZES[-1]) -> tuple[Vdisk, bool]:
+        """Create a vdisk at the lowest free LUN of ``target`` (created if new), with logical
+        blocks of ``block_size`` bytes on physical blocks of ``physical_block_size`` (both one
+        of ``BLOCK_SIZES``, the physical one not smaller), removable or not.
 
         Returns the vdisk and whether its target is new, so a live server can publish it.
         """
         check_name("vdisk", name)
-        check_size(size_bytes)
+        if block_size not in BLOCK_SIZES:
+            raise InvalidArgument(f"block size {block_size} is not one of "
+                                  f"{', '.join(map(str, BLOCK_SIZES))}")
+        if physical_block_size not in BLOCK_SIZES or physical_block_size < block_size:
+            raise InvalidArgument(f"physical block size {physical_block_size} must be one of "
+                                  f"{', '.join(map(str, BLOCK_SIZES))} and at least the "
+                                  f"block size {block_size}")
+        check_size(size_bytes, block_size)
         iqn = check_iqn(target or DEFAULT_TARGET)
         if self._get(f"vdiskname/{name}") is not None:
             raise AlreadyExists(f"a vdisk named {name!r} already exists")
@@ -394,7 +407,8 @@ class Pool:
         with self.store.transaction(batch) as txn:
             mid = self.next_map_ids(batch)[0]
             disk = Vdisk(str(uuidlib.uuid4()), name, owner, size_bytes, iqn, lun,
-                         created=now(), map_id=mid)
+                         block_size=block_size, created=now(), map_id=mid,
+                         removable=removable, physical_block_size=physical_block_size)
             if new_target:
                 self.put_target(batch, Target(iqn, created=now()))
             put_vdisk(batch, disk)
@@ -447,6 +461,16 @@ class Pool:
         with self.store.transaction(batch) as txn:
             put_record(batch, f"vdisk/{disk.uuid}", asdict(disk))
             txn.resize(disk.map_id, size_bytes)
+        return disk
+
+    def set_vdisk_read_only(self, name: str, read_only: bool) -> Vdisk:
+        """Make a vdisk read-only (every write gets DATA PROTECT) or writable again."""
+        disk = self.vdisk(name)
+        if disk.read_only != read_only:
+            disk.read_only = read_only
+            batch = new_batch()
+            put_record(batch, f"vdisk/{disk.uuid}", asdict(disk))
+            self._commit(batch)
         return disk
 
     def open_store(self, disk: Vdisk) -> ExtentStore:

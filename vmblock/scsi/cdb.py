@@ -44,6 +44,12 @@ WRITE_SAME_ANCHOR = 0x10
 WRITE_SAME_NDOB = 0x01
 IMMED = 0x02            # PRE-FETCH / SYNCHRONIZE CACHE
 UNMAP_ANCHOR = 0x01     # UNMAP byte 1 (SBC-3 5.28)
+SANITIZE_IMMED = 0x80   # SANITIZE byte 1 (SBC-3 5.21.1): IMMED, a reserved bit, AUSE
+SANITIZE_RESERVED = 0x40
+SANITIZE_AUSE = 0x20
+SANITIZE_ACTION_MASK = 0x1F
+SANITIZE_OVERWRITE = 0x01
+SANITIZE_HEADER_LEN = 4     # OVERWRITE parameter list header (SBC-3 5.21.2)
 # READ(6)/WRITE(6): LBA in the low five bits of byte 1 and bytes 2-3 (SBC-3 5.12, 5.39).
 RW6_LBA_HIGH_MASK = 0x1F
 
@@ -54,6 +60,7 @@ OPTION_UNMAP = 0x01               # WRITE SAME: deallocate the range (SBC-3 5.42
 OPTION_NDOB = 0x02                # WRITE SAME(16): no Data-Out, the block is zeros
 OPTION_BYTCHK_COMPARE = 0x10      # VERIFY BYTCHK=01b: compare Data-Out with the range
 OPTION_BYTCHK_ONE_BLOCK = 0x20    # VERIFY BYTCHK=11b: compare one block with every block
+OPTION_IMMED = 0x40               # SANITIZE: status before the medium is sanitized
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,7 @@ BLOCK_LAYOUTS = {
     16: BlockLayout(struct.Struct(">BQI"), 10),     # LBA 2-9, length 10-13
 }
 _LBA_16 = struct.Struct(">Q")
+_ATOMIC_16 = struct.Struct(">QHH")      # WRITE ATOMIC(16): LBA, ATOMIC BOUNDARY, length
 # unsigned big-endian length fields by width in bytes
 _LENGTH_FIELDS = {1: struct.Struct(">B"), 2: struct.Struct(">H"), 4: struct.Struct(">I")}
 
@@ -244,3 +252,38 @@ def get_lba_status(cdb, lu: LogicalUnit) -> Decoded:
 def no_data(cdb, lu: LogicalUnit | None) -> Decoded:
     """Commands that move no data and carry no field we check."""
     return 0, 0, 0, 0
+
+
+def write_atomic16(cdb, lu: LogicalUnit) -> Decoded:
+    """WRITE ATOMIC(16) (SBC-4 5.48): LBA in bytes 2-9, ATOMIC BOUNDARY 10-11 (none is
+    supported: it must be 0), TRANSFER LENGTH 12-13 up to MAXIMUM ATOMIC TRANSFER LENGTH. A
+    range past the end is LBA OUT OF RANGE before its length is looked at."""
+    flags = cdb[1]
+    lba, boundary, blocks = _ATOMIC_16.unpack_from(cdb, 2)
+    _check_protect(flags)
+    if lba + blocks > lu.num_blocks:
+        raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
+    if boundary:
+        raise invalid_cdb(10)
+    if blocks > lu.max_atomic_blocks:
+        raise invalid_cdb(12)
+    return lba, blocks, blocks * lu.block_size, flags & OPTION_FUA
+
+
+def sanitize(cdb, lu: LogicalUnit) -> Decoded:
+    """SANITIZE (SBC-3 5.21): IMMED in byte 1 (AUSE is looked at by nobody: a SANITIZE here
+    never ends in the failure mode), bytes 2-6 reserved, PARAMETER LIST LENGTH in bytes 7-8:
+    header and one pattern of at most a block for OVERWRITE, none for the others."""
+    if cdb[1] & SANITIZE_RESERVED:
+        raise invalid_cdb(1, 6)
+    for byte in range(2, 7):
+        if cdb[byte]:
+            raise invalid_cdb(byte)
+    length = _LENGTH_FIELDS[2].unpack_from(cdb, 7)[0]
+    if cdb[1] & SANITIZE_ACTION_MASK == SANITIZE_OVERWRITE:
+        if not SANITIZE_HEADER_LEN < length <= lu.block_size + SANITIZE_HEADER_LEN:
+            raise invalid_cdb(7)
+    elif length:
+        raise invalid_cdb(7)
+    options = OPTION_IMMED if cdb[1] & SANITIZE_IMMED else 0
+    return 0, 0, length, options

@@ -23,6 +23,7 @@ from vmblock.scsi.constants import (
     PrAccess,
     PrInAction,
     PrOutAction,
+    SanitizeAction,
     ServiceActionIn16,
 )
 
@@ -129,7 +130,7 @@ def _sbc_specs(lu: LogicalUnit) -> list[CommandSpec]:
                       WRITE_SAME_FLAGS | decoders.WRITE_SAME_NDOB | unmap_flag),
         CommandSpec(Opcode.START_STOP_UNIT, "START STOP UNIT", decoders.no_data,
                     sbc.start_stop_unit,
-                    usage(Opcode.START_STOP_UNIT, 0, 0, 0, 0x07, CONTROL_NACA)),
+                    usage(Opcode.START_STOP_UNIT, 0x01, 0, 0x0F, 0xF7, CONTROL_NACA)),
         CommandSpec(Opcode.READ_CAPACITY_10, "READ CAPACITY(10)", decoders.no_data,
                     sbc.read_capacity10,
                     usage(Opcode.READ_CAPACITY_10, 0, *ALL_BITS_4, 0, 0, 0x01, CONTROL_NACA),
@@ -154,7 +155,33 @@ def _sbc_specs(lu: LogicalUnit) -> list[CommandSpec]:
                                  usage(Opcode.UNMAP, decoders.UNMAP_ANCHOR, 0, 0, 0, 0, 0,
                                        0xFF, 0xFF, CONTROL_NACA),
                                  Direction.OUT, PrAccess.WRITE, DataRule.PARAM))
+    specs += _atomic_sanitize_specs(lu)
     return specs
+
+
+def _atomic_sanitize_specs(lu: LogicalUnit) -> list[CommandSpec]:
+    """WRITE ATOMIC(16) (SBC-4 5.48) and SANITIZE (SBC-3 5.21): OVERWRITE, EXIT FAILURE MODE,
+    and BLOCK ERASE when the store can unmap; CRYPTOGRAPHIC ERASE is not offered (no data
+    is stored encrypted), so it is refused as an unknown service action."""
+    actions = [(SanitizeAction.OVERWRITE, sbc.sanitize_overwrite),
+               (SanitizeAction.EXIT_FAILURE_MODE, sbc.sanitize_exit_failure_mode)]
+    if lu.can_unmap:
+        actions.append((SanitizeAction.BLOCK_ERASE, sbc.sanitize_block_erase))
+    sanitize_flags = decoders.SANITIZE_IMMED | decoders.SANITIZE_AUSE
+    return [
+        CommandSpec(Opcode.WRITE_ATOMIC_16, "WRITE ATOMIC(16)", decoders.write_atomic16,
+                    sbc.write_atomic,
+                    usage(Opcode.WRITE_ATOMIC_16, RW_FLAGS, *ALL_BITS_8, 0xFF, 0xFF, 0xFF,
+                          0xFF, 0, CONTROL_NACA),
+                    Direction.OUT, PrAccess.WRITE, DataRule.EXACT, ranged=True),
+        _group([
+            CommandSpec(Opcode.SANITIZE, f"SANITIZE/{action.name}", decoders.sanitize, run,
+                        usage(Opcode.SANITIZE, sanitize_flags | action, 0, 0, 0, 0, 0, 0xFF,
+                              0xFF, CONTROL_NACA),
+                        Direction.OUT, PrAccess.WRITE, DataRule.PARAM, service_action=action)
+            for action, run in actions
+        ]),
+    ]
 
 
 def _spc_specs(table: CommandTable) -> list[CommandSpec]:
@@ -227,6 +254,13 @@ def _spc_specs(table: CommandTable) -> list[CommandSpec]:
                               0, 0, 0, 0, *ALL_BITS_4, 0, CONTROL_NACA),
                         Direction.IN, PrAccess.ALLOWED,
                         service_action=MaintenanceIn.REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS),
+            CommandSpec(Opcode.MAINTENANCE_IN, "REPORT TARGET PORT GROUPS",
+                        decoders.length_field(6, 4), spc.report_target_port_groups,
+                        usage(Opcode.MAINTENANCE_IN,
+                              spc.RTPG_FORMAT_MASK | MaintenanceIn.REPORT_TARGET_PORT_GROUPS,
+                              0, 0, 0, 0, *ALL_BITS_4, 0, CONTROL_NACA),
+                        Direction.IN, PrAccess.ALLOWED,
+                        service_action=MaintenanceIn.REPORT_TARGET_PORT_GROUPS),
         ]),
     ]
     return specs

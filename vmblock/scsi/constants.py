@@ -36,6 +36,7 @@ class Opcode(IntEnum):
     PERSISTENT_RESERVE_IN = 0x5E
     PERSISTENT_RESERVE_OUT = 0x5F
     READ_16 = 0x88
+    SANITIZE = 0x48
     COMPARE_AND_WRITE = 0x89
     ORWRITE_16 = 0x8B
     WRITE_16 = 0x8A
@@ -44,6 +45,7 @@ class Opcode(IntEnum):
     PRE_FETCH_16 = 0x90
     SYNCHRONIZE_CACHE_16 = 0x91
     WRITE_SAME_16 = 0x93
+    WRITE_ATOMIC_16 = 0x9C
     SERVICE_ACTION_IN_16 = 0x9E
     REPORT_LUNS = 0xA0
     MAINTENANCE_IN = 0xA3
@@ -64,8 +66,18 @@ class ServiceActionIn16(IntEnum):
 class MaintenanceIn(IntEnum):
     """MAINTENANCE IN service actions (SPC-4 6.35, 6.36)."""
 
+    REPORT_TARGET_PORT_GROUPS = 0x0A
     REPORT_SUPPORTED_OPERATION_CODES = 0x0C
     REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS = 0x0D
+
+
+class SanitizeAction(IntEnum):
+    """SANITIZE service actions (SBC-3 5.21.1)."""
+
+    OVERWRITE = 0x01
+    BLOCK_ERASE = 0x02
+    CRYPTOGRAPHIC_ERASE = 0x03
+    EXIT_FAILURE_MODE = 0x1F
 
 
 class PrInAction(IntEnum):
@@ -213,3 +225,13 @@ RSOC_ONE_EITHER = 3
 SELECT_REPORT_ALL_LOGICAL_UNITS = 0x00
 SELECT_REPORT_WELL_KNOWN = 0x01
 SELECT_REPORT_ALL = 0x02
+
+# SPC-4 6.4.2: standard INQUIRY byte 1 RMB (removable medium) and byte 5 TPGS 01b (implicit
+# asymmetric logical unit access only).
+INQUIRY_RMB = 0x80
+INQUIRY_TPGS_IMPLICIT = 0x10
+
+# SPC-4 6.37 table 296: REPORT TARGET PORT GROUPS asymmetric access state, active/optimized,
+# and the states a target port group says it supports (AO_SUP).
+ALUA_STATE_ACTIVE_OPTIMIZED = 0x0
+ALUA_SUPPORTS_ACTIVE_OPTIMIZED = 0x01

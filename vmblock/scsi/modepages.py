@@ -2,7 +2,7 @@
 
 Each page is built from the LU for one page control (current, changeable, default); the
 changeable image doubles as the mask MODE SELECT checks new values against. Only WCE in the
-caching page is changeable; saved pages are not implemented.
+caching page and SWP in the control page are changeable; saved pages are not implemented.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ CACHING_PAGE_LEN = 0x12
 # since large I/O completes in a thread pool out of submission order.
 CONTROL_PAGE_LEN = 0x0A
 CONTROL_QAM_UNRESTRICTED = 0x10
+CONTROL_SWP = 0x08          # byte 4: software write protect (the LU refuses writes)
 # SPC-4 7.5.11: informational exceptions control page, exceptions disabled (DEXCPT).
 IEC_PAGE_LEN = 0x0A
 IEC_DEXCPT = 0x08
@@ -30,6 +31,7 @@ IEC_DEXCPT = 0x08
 DISCONNECT_PAGE_LEN = 0x0E
 # SBC-3 6.4.2: DEVICE-SPECIFIC PARAMETER, DPOFUA = DPO and FUA bits supported.
 DSP_DPOFUA = 0x10
+DSP_WP = 0x80               # the medium is write protected
 # SPC-4 7.5.6: block descriptors.
 SHORT_BLOCK_DESCRIPTOR_LEN = 8
 LONG_BLOCK_DESCRIPTOR_LEN = 16
@@ -56,9 +58,13 @@ def _caching(lu: LogicalUnit, pc: int) -> bytes:
 
 def _control(lu: LogicalUnit, pc: int) -> bytes:
     page = _blank_page(ModePage.CONTROL, CONTROL_PAGE_LEN)
-    if pc != PageControl.CHANGEABLE:
-        page[3] = CONTROL_QAM_UNRESTRICTED
-        page[8:10] = b"\xff\xff"        # BUSY TIMEOUT PERIOD: unlimited
+    if pc == PageControl.CHANGEABLE:
+        page[4] = CONTROL_SWP
+        return bytes(page)
+    page[3] = CONTROL_QAM_UNRESTRICTED
+    if pc == PageControl.CURRENT and lu.software_write_protect:
+        page[4] = CONTROL_SWP
+    page[8:10] = b"\xff\xff"        # BUSY TIMEOUT PERIOD: unlimited
     return bytes(page)
 
 
@@ -106,11 +112,12 @@ def mode_sense(lu: LogicalUnit, cdb, ten: bool) -> bytes:
         desc = struct.pack(">Q4xI", lu.num_blocks, lu.block_size)
     else:
         desc = struct.pack(">II", min(lu.num_blocks, 0xFFFFFFFF), lu.block_size & 0xFFFFFF)
+    dsp = DSP_DPOFUA | (DSP_WP if lu.write_protected else 0)
     if ten:
-        body = struct.pack(">xBBxH", DSP_DPOFUA, LONGLBA if llbaa and desc else 0, len(desc))
+        body = struct.pack(">xBBxH", dsp, LONGLBA if llbaa and desc else 0, len(desc))
         data = body + desc + pages
         return struct.pack(">H", len(data)) + data
-    data = struct.pack(">xBB", DSP_DPOFUA, len(desc)) + desc + pages
+    data = struct.pack(">xBB", dsp, len(desc)) + desc + pages
     return bytes([len(data)]) + data
 
 
@@ -130,7 +137,7 @@ def mode_select(lu: LogicalUnit, cdb, param, ten: bool) -> bool:
     if pos > len(param):
         raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
     _check_block_descriptors(lu, param, hdr_len, desc_len, ten and bool(param[4] & LONGLBA))
-    new_wce = lu.write_cache
+    new_wce, new_swp = lu.write_cache, lu.software_write_protect
     while pos < len(param):
         if pos + 2 > len(param):
             raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
@@ -148,9 +155,14 @@ def mode_select(lu: LogicalUnit, cdb, param, ten: bool) -> bool:
                 raise _bad_param(pos + i)
         if code == ModePage.CACHING:
             new_wce = bool(page[2] & CACHING_WCE)
+        elif code == ModePage.CONTROL:
+            new_swp = bool(page[4] & CONTROL_SWP)
         pos += 2 + length
-    changed = new_wce != lu.write_cache
+    changed = new_wce != lu.write_cache or new_swp != lu.software_write_protect
     lu.write_cache = new_wce
+    if new_swp != lu.software_write_protect:
+        lu.software_write_protect = new_swp
+        lu.state_changed()
     return changed
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,8 +22,10 @@ from vmblock.scsi.cdb import (
     OPTION_BYTCHK_COMPARE,
     OPTION_BYTCHK_ONE_BLOCK,
     OPTION_FUA,
+    OPTION_IMMED,
     OPTION_NDOB,
     OPTION_UNMAP,
+    SANITIZE_HEADER_LEN,
 )
 from vmblock.scsi.constants import LBA_STATUS_DEALLOCATED, LBA_STATUS_MAPPED
 from vmblock.scsi.sense import ScsiError, SenseReason
@@ -50,9 +53,20 @@ WRITE_SAME_CHUNK_BYTES = 1024 * 1024
 DEFECT_PLIST = 0x10
 DEFECT_GLIST = 0x08
 DEFECT_FORMAT_MASK = 0x07
-# START STOP UNIT byte 4.
+# START STOP UNIT byte 4: POWER CONDITION (bits 7-4; non-zero: START and LOEJ are ignored).
+START_STOP_POWER_CONDITION = 0xF0
 START_STOP_NO_FLUSH = 0x04
+START_STOP_LOEJ = 0x02
 START_STOP_START = 0x01
+# SANITIZE OVERWRITE parameter list (SBC-3 5.21.2): INVERT, TEST, OVERWRITE COUNT, then the
+# INITIALIZATION PATTERN LENGTH (bytes 2-3) and the pattern.
+OVERWRITE_INVERT = 0x80
+OVERWRITE_TEST = 0x60
+OVERWRITE_COUNT_MASK = 0x1F
+# A SANITIZE works through the LU in steps of this many bytes, each one durable, and
+# reports its progress between them.
+SANITIZE_STEP_BYTES = 64 * 1024 * 1024
+PROGRESS_SCALE = 65536
 
 
 def _run(lu: LogicalUnit, fn, *args):
@@ -321,9 +335,20 @@ def synchronize_cache(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, 
 # -- START STOP UNIT (SBC-3 5.25)
 def start_stop_unit(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                     options: int):
-    """The medium cannot be stopped or ejected; a stop request still flushes the cache
-    unless NO_FLUSH is set, so a host powering down leaves nothing volatile behind."""
+    """LOEJ ejects (START=0) or loads (START=1) a removable LU's medium, unless a nexus
+    prevents its removal; a fixed medium cannot be stopped or ejected. A stop or an eject
+    still flushes the cache unless NO_FLUSH is set, so a host powering down leaves nothing
+    volatile behind. A POWER CONDITION other than 0 ignores START and LOEJ (SBC-3 5.25)."""
     flags = task.cdb[4]
+    if flags & START_STOP_POWER_CONDITION:
+        return None
+    if flags & START_STOP_LOEJ and lu.removable:
+        if lu.prevent:
+            raise ScsiError(SenseReason.MEDIUM_REMOVAL_PREVENTED)
+        if flags & START_STOP_START:
+            lu.set_medium(True, by=task.nexus)
+            return None
+        lu.set_medium(False)
     if flags & START_STOP_START or flags & START_STOP_NO_FLUSH:
         return None
     return _flush(lu)
@@ -344,9 +369,11 @@ def read_capacity10(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, bl
 
 def read_capacity16(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
                     options: int):
-    """The last LBA, the block size and LBPME/LBPRZ when the store can unmap."""
+    """The last LBA, the block size, the logical blocks per physical block exponent and
+    LBPME/LBPRZ when the store can unmap (LOWEST ALIGNED LBA 0)."""
     flags = (RC16_LBPME | RC16_LBPRZ) if lu.can_unmap else 0
-    data = struct.pack(">QIxxBx16x", lu.num_blocks - 1, lu.block_size, flags)
+    data = struct.pack(">QIxBBx16x", lu.num_blocks - 1, lu.block_size,
+                       lu.physical_block_exponent, flags)
     task.data_in = data[:task.cdb_xfer_len]
     return None
 
@@ -392,3 +419,128 @@ def read_defect_data12(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
     flags = task.cdb[1] & (DEFECT_PLIST | DEFECT_GLIST | DEFECT_FORMAT_MASK)
     task.data_in = struct.pack(">xBHI", flags, 0, 0)[:task.cdb_xfer_len]
     return None
+
+
+# -- WRITE ATOMIC(16) (SBC-4 5.48)
+def write_atomic(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                 options: int):
+    """All of the blocks or none, for readers and after a crash. It runs here, in the owner
+    (a worker's fast path claims READ and WRITE only), after every write already in the
+    executor, with no await inside, and, while workers could read the LU's maps, with them
+    kept off the LU (``lu.quiesce``). A store that can (``AtomicWritable``) writes it out of
+    place and remaps it in one locked step: one commit, and readers see the old blocks or
+    the new ones; another store gets an ordinary write. FUA or WCE=0 flush before status."""
+    if not task.data_out_len:
+        return None
+    if lu.quiesce is not None:
+        return _write_atomic_quiesced(lu, task, lba, options)
+    return _atomically(lu, _write_atomic, task, lba, options)
+
+
+async def _write_atomic_quiesced(lu: LogicalUnit, task: ScsiTask, lba: int, options: int):
+    async with lu.quiesce():
+        pending = _atomically(lu, _write_atomic, task, lba, options)
+        if pending is not None:
+            await pending
+
+
+def _write_atomic(lu: LogicalUnit, task: ScsiTask, lba: int, options: int):
+    write = lu.store.write_atomic if lu.can_write_atomic else lu.store.write
+    write(lba * lu.block_size, task.data_out[:task.data_out_len])
+    if options & OPTION_FUA or not lu.write_cache:
+        return _flush(lu)
+    return None
+
+
+# -- SANITIZE (SBC-3 5.21)
+def sanitize_overwrite(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
+                       options: int):
+    """OVERWRITE: the initialization pattern (inverted on every other pass with INVERT) over
+    the whole LU, OVERWRITE COUNT times."""
+    param = bytes(task.data_out[:task.data_out_len]) if task.data_out is not None else b""
+    n = task.cdb_xfer_len       # the decoder checked it: header and 1 to block size bytes
+    if len(param) < n:
+        raise ScsiError(SenseReason.PARAMETER_LIST_LENGTH_ERROR)
+    count = param[0] & OVERWRITE_COUNT_MASK
+    if not count or param[0] & OVERWRITE_TEST:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(0, None),
+                        in_cdb=False)
+    length = struct.unpack_from(">H", param, 2)[0]
+    if not length or length > lu.block_size or length != n - SANITIZE_HEADER_LEN:
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_PARAMETER_LIST, field=(2, None),
+                        in_cdb=False)
+    pattern = param[SANITIZE_HEADER_LEN:n]
+    block = (pattern * (lu.block_size // length + 1))[:lu.block_size]
+    inverted = bytes(b ^ 0xFF for b in block)
+    passes = [inverted if param[0] & OVERWRITE_INVERT and i % 2 else block
+              for i in range(count)]
+    return _start_sanitize(lu, options, _overwrite, passes)
+
+
+def sanitize_block_erase(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
+                         blocks: int, options: int):
+    """BLOCK ERASE: unmap the whole LU (it reads back as zeros, LBPRZ=1; WABEREQ=01b)."""
+    return _start_sanitize(lu, options, _block_erase)
+
+
+def sanitize_exit_failure_mode(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int,
+                               blocks: int, options: int):
+    """EXIT FAILURE MODE: a SANITIZE here never ends in the failure mode (a failed step
+    fails the command and leaves the LU usable), so there is nothing to leave."""
+    return None
+
+
+def _start_sanitize(lu: LogicalUnit, options: int, work, *args):
+    """Run ``work(lu, report, *args)`` in the executor with ``lu.sanitize_progress`` set, so
+    every other command gets NOT READY, SANITIZE IN PROGRESS until it ends. The work goes on
+    whatever happens to the command (an ABORT TASK, a reset, the session going away): the
+    state is cleared by the work's end, not by the command's. IMMED=1 returns at once."""
+    lu.sanitize_progress = 0
+    lu.state_changed()
+
+    def report(done: int, total: int) -> None:
+        lu.sanitize_progress = done * PROGRESS_SCALE // max(total, 1)
+
+    fut = _run(lu, work, lu, report, *args)
+
+    def ended(_fut) -> None:
+        lu.sanitize_progress = None
+        lu.state_changed()
+    fut.add_done_callback(ended)
+    if options & OPTION_IMMED:
+        return None
+    return _sanitize_done(fut)
+
+
+async def _sanitize_done(fut) -> None:
+    await asyncio.shield(fut)
+
+
+def _overwrite(lu: LogicalUnit, report, passes: list[bytes]) -> None:
+    """Every pass over the whole LU, each step durable, paced to ``lu.sanitize_rate``."""
+    total = lu.num_blocks * lu.block_size
+    step = SANITIZE_STEP_BYTES // lu.block_size * lu.block_size
+    start = time.monotonic()
+    for i, block in enumerate(passes):
+        for offset in range(0, total, step):
+            done = i * total + offset
+            report(done, len(passes) * total)
+            if lu.sanitize_rate:
+                ahead = start + done / lu.sanitize_rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            n = min(step, total - offset)
+            if lu.can_write_same:
+                lu.store.write_same(offset, n, memoryview(block))
+            else:
+                _write_same_by_chunks(lu, offset, n, block)
+            lu.store.flush()
+
+
+def _block_erase(lu: LogicalUnit, report) -> None:
+    total = lu.num_blocks * lu.block_size
+    step = SANITIZE_STEP_BYTES // lu.block_size * lu.block_size
+    for offset in range(0, total, step):
+        report(offset, total)
+        lu.store.unmap(offset, min(step, total - offset))
+    lu.store.flush()

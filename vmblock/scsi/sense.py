@@ -25,6 +25,8 @@ ADDITIONAL_SENSE_LEN = FIXED_SENSE_LEN - 8
 SKSV = 0x80
 SKS_CD = 0x40
 SKS_BPV = 0x08
+# SPC-4 4.5.2.4.4: PROGRESS INDICATION, the fraction done of 65536.
+PROGRESS_MAX = 0xFFFF
 
 
 class SenseReason(Enum):
@@ -48,6 +50,10 @@ class SenseReason(Enum):
     DATA_OFFSET_ERROR = auto()          # iSCSI Data-Out out of sequence (RFC 7143 11.4.7.2)
     SPACE_ALLOCATION_FAILED_WRITE_PROTECT = auto()   # thin pool full (SBC-3 4.7.3.7)
     INTERNAL_TARGET_FAILURE = auto()    # a fault of the target itself, not of the medium
+    WRITE_PROTECTED = auto()            # read-only LUN or SWP (SBC-3 4.13)
+    MEDIUM_NOT_PRESENT = auto()         # a removable LUN's medium is ejected
+    MEDIUM_REMOVAL_PREVENTED = auto()   # eject/load while PREVENT ALLOW prevents it
+    SANITIZE_IN_PROGRESS = auto()       # SBC-3 4.11: with a progress indication
     # unit attentions
     POWER_ON_RESET = auto()
     BUS_DEVICE_RESET_OCCURRED = auto()
@@ -92,6 +98,10 @@ SENSE_TABLE: dict[SenseReason, tuple[int, int, int, int]] = {
     SenseReason.DATA_OFFSET_ERROR: (_CC, SenseKey.ABORTED_COMMAND, 0x4B, 0x05),
     SenseReason.SPACE_ALLOCATION_FAILED_WRITE_PROTECT: (_CC, SenseKey.DATA_PROTECT, 0x27, 0x07),
     SenseReason.INTERNAL_TARGET_FAILURE: (_CC, SenseKey.HARDWARE_ERROR, 0x44, 0x00),
+    SenseReason.WRITE_PROTECTED: (_CC, SenseKey.DATA_PROTECT, 0x27, 0x00),
+    SenseReason.MEDIUM_NOT_PRESENT: (_CC, SenseKey.NOT_READY, 0x3A, 0x00),
+    SenseReason.MEDIUM_REMOVAL_PREVENTED: (_CC, _IR, 0x53, 0x02),
+    SenseReason.SANITIZE_IN_PROGRESS: (_CC, SenseKey.NOT_READY, 0x04, 0x1B),
     SenseReason.POWER_ON_RESET: (_CC, _UA, 0x29, 0x00),
     SenseReason.BUS_DEVICE_RESET_OCCURRED: (_CC, _UA, 0x29, 0x03),
     SenseReason.MODE_PARAMETERS_CHANGED: (_CC, _UA, 0x2A, 0x01),
@@ -117,22 +127,26 @@ class ScsiError(Exception):
 
     ``info`` fills the INFORMATION field (the LBA or byte offset the error concerns);
     ``field`` = (byte, bit or None) points at the offending CDB byte, or parameter-list byte
-    when ``in_cdb`` is False (SPC-4 4.5.2.4.2).
+    when ``in_cdb`` is False (SPC-4 4.5.2.4.2); ``progress`` (0-65535) fills the progress
+    indication of a NOT READY sense instead (SPC-4 4.5.2.4.4).
     """
 
-    __slots__ = ("reason", "info", "field", "in_cdb")
+    __slots__ = ("reason", "info", "field", "in_cdb", "progress")
 
     def __init__(self, reason: SenseReason, *, info: int | None = None,
-                 field: tuple[int, int | None] | None = None, in_cdb: bool = True):
+                 field: tuple[int, int | None] | None = None, in_cdb: bool = True,
+                 progress: int | None = None):
         super().__init__(reason.name)
         self.reason = reason
         self.info = info
         self.field = field
         self.in_cdb = in_cdb
+        self.progress = progress
 
 
 def build_sense(reason: SenseReason, info: int | None = None,
-                field: tuple[int, int | None] | None = None, in_cdb: bool = True) -> bytes:
+                field: tuple[int, int | None] | None = None, in_cdb: bool = True,
+                progress: int | None = None) -> bytes:
     """Fixed-format sense data (SPC-4 4.5.3, table 26) for ``reason``."""
     _status, key, asc, ascq = SENSE_TABLE[reason]
     buf = bytearray(FIXED_SENSE_LEN)
@@ -150,6 +164,9 @@ def build_sense(reason: SenseReason, info: int | None = None,
         if bit is not None:
             buf[15] |= SKS_BPV | (bit & 0x7)
         buf[16:18] = byte.to_bytes(2, "big")
+    elif progress is not None:
+        buf[15] = SKSV
+        buf[16:18] = min(progress, PROGRESS_MAX).to_bytes(2, "big")
     return bytes(buf)
 
 
@@ -159,6 +176,6 @@ def fail(task: ScsiTask, err: ScsiError) -> None:
     task.status = status
     task.data_in = None
     if status == SAM_STAT_CHECK_CONDITION:
-        task.sense = build_sense(err.reason, err.info, err.field, err.in_cdb)
+        task.sense = build_sense(err.reason, err.info, err.field, err.in_cdb, err.progress)
     else:
         task.sense = None

@@ -1,6 +1,6 @@
 """SPC-4 command handlers: INQUIRY and its VPD pages, REPORT LUNS, REQUEST SENSE, MODE
 SENSE/SELECT, RESERVE/RELEASE, PERSISTENT RESERVE IN/OUT, REPORT SUPPORTED OPERATION CODES and
-TASK MANAGEMENT FUNCTIONS, TEST UNIT READY.
+TASK MANAGEMENT FUNCTIONS, REPORT TARGET PORT GROUPS, TEST UNIT READY.
 
 Every handler has the signature ``(target, lu, task, lba, blocks, options)`` of
 ``CommandSpec.execute``; no SPC command has ``cdb.OPTION_*`` bits, and the ALLOCATION LENGTH
@@ -26,6 +26,10 @@ from vmblock.scsi.constants import (
     DESIGNATOR_SCSI_NAME_STRING,
     DESIGNATOR_T10_VENDOR_ID,
     DESIGNATOR_TARGET_PORT_GROUP,
+    ALUA_STATE_ACTIVE_OPTIMIZED,
+    ALUA_SUPPORTS_ACTIVE_OPTIMIZED,
+    INQUIRY_RMB,
+    INQUIRY_TPGS_IMPLICIT,
     INQUIRY_RESPONSE_DATA_FORMAT,
     INQUIRY_VERSION_SPC4,
     PERIPHERAL_DEVICE_TYPE_DISK,
@@ -69,6 +73,12 @@ EXTENDED_INQUIRY_V_SUP = 0x01
 VPD_PAGE_LEN_3C = 0x3C
 # SBC-3 6.5.2: medium rotation rate 0001h = non-rotating medium (solid state).
 NON_ROTATING_MEDIUM = 0x0001
+# SBC-4 6.6.2 byte 7: WABEREQ 01b, a read after SANITIZE BLOCK ERASE returns GOOD (zeros).
+WABEREQ_READS_GOOD = 0x40
+# SPC-4 6.37: REPORT TARGET PORT GROUPS, PARAMETER DATA FORMAT 001b (extended header).
+RTPG_EXTENDED = 0x20
+RTPG_FORMAT_MASK = 0xE0
+RTPG_EXTENDED_HEADER = 0x10
 # SBC-3 6.5.4: logical block provisioning flags.
 LBPU = 0x80
 LBPWS = 0x40
@@ -108,7 +118,7 @@ def _ascii(text: str, width: int) -> bytes:
 
 # -- TEST UNIT READY (SPC-4 6.37)
 def test_unit_ready(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks, options) -> None:
-    """The medium is always present: GOOD once UA and reservation checks have passed."""
+    """GOOD once the UA, reservation and medium checks of ``ScsiTarget.prepare`` passed."""
 
 
 # -- INQUIRY (SPC-4 6.4)
@@ -140,11 +150,14 @@ def standard_inquiry(lu: LogicalUnit | None) -> bytes:
         vendor, product, revision = "", "", ""
     else:
         buf[0] = PERIPHERAL_DEVICE_TYPE_DISK
-        buf[5] |= xcopy.INQUIRY_3PC
+        buf[1] = INQUIRY_RMB if lu.removable else 0
         vendor, product, revision = lu.vendor, lu.product, lu.revision
     buf[2] = INQUIRY_VERSION_SPC4
     buf[3] = INQUIRY_HISUP | INQUIRY_RESPONSE_DATA_FORMAT
     buf[4] = len(buf) - 5
+    buf[5] = INQUIRY_TPGS_IMPLICIT      # ALUA: REPORT TARGET PORT GROUPS, no SET
+    if lu is not None:
+        buf[5] |= xcopy.INQUIRY_3PC     # a copy manager: EXTENDED COPY (VPD 8Fh)
     buf[7] = INQUIRY_CMDQUE
     buf[8:16] = _ascii(vendor, 8)
     buf[16:32] = _ascii(product, 16)
@@ -204,7 +217,7 @@ def _vpd_extended_inquiry(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> byt
 def _vpd_block_limits(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
     """SBC-3 6.5.3: the limits the decoders in ``cdb`` enforce."""
     return struct.pack(
-        ">xBHIIIIIIIQ20x",
+        ">xBHIIIIIIIQIIIII",
         lu.max_compare_write_blocks,
         lu.optimal_granularity_blocks,
         lu.max_transfer_blocks,
@@ -215,12 +228,18 @@ def _vpd_block_limits(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
         lu.unmap_granularity_blocks if lu.can_unmap else 0,
         0,                                      # UGAVALID=0: no alignment requirement
         lu.max_write_same_blocks,
+        lu.max_atomic_blocks,                   # MAXIMUM ATOMIC TRANSFER LENGTH (SBC-4)
+        0,                                      # ATOMIC ALIGNMENT: none
+        0,                                      # ATOMIC TRANSFER LENGTH GRANULARITY: none
+        0,                                      # no ATOMIC BOUNDARY support: both zero
+        0,
     )
 
 
 def _vpd_block_device_characteristics(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask) -> bytes:
     body = bytearray(VPD_PAGE_LEN_3C)
     struct.pack_into(">H", body, 0, NON_ROTATING_MEDIUM)
+    body[3] = WABEREQ_READS_GOOD
     return bytes(body)
 
 
@@ -271,8 +290,15 @@ def request_sense(t: ScsiTarget, lu: LogicalUnit | None, task: ScsiTask, lba, bl
     if lu is None:
         reason = SenseReason.LOGICAL_UNIT_NOT_SUPPORTED
     else:
-        reason = lu.pop_ua(task.nexus) or SenseReason.NO_SENSE
-    _truncate(task, build_sense(reason))
+        reason = lu.pop_ua(task.nexus)
+        if reason is None and lu.sanitize_progress is not None:
+            # SBC-3 4.11: how far the SANITIZE is
+            _truncate(task, build_sense(SenseReason.SANITIZE_IN_PROGRESS,
+                                        progress=lu.sanitize_progress))
+            return
+        if reason is None and not lu.medium_present:
+            reason = SenseReason.MEDIUM_NOT_PRESENT
+    _truncate(task, build_sense(reason or SenseReason.NO_SENSE))
 
 
 # -- MODE SENSE / MODE SELECT (SPC-4 6.9 - 6.12)
@@ -407,7 +433,37 @@ def report_supported_tmfs(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, b
 # -- PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.9)
 def prevent_allow_medium_removal(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
                                  options) -> None:
-    """The medium is not removable (RMB=0), so preventing its removal changes nothing;
-    PREVENT values 10b/11b are obsolete for direct-access devices."""
-    if task.cdb[4] & 0x03 > 1:
+    """PREVENT=1 from any nexus keeps a removable LU's medium in (START STOP UNIT LOEJ is
+    refused) until that nexus allows it again, goes away or a reset; on a fixed medium
+    (RMB=0) it changes nothing. PREVENT values 10b/11b are obsolete for direct access."""
+    prevent = task.cdb[4] & 0x03
+    if prevent > 1:
         raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(4, 1))
+    if not lu.removable:
+        return
+    if prevent:
+        lu.prevent.add(task.nexus)
+    else:
+        lu.prevent.discard(task.nexus)
+
+
+# -- REPORT TARGET PORT GROUPS (SPC-4 6.37)
+def report_target_port_groups(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba, blocks,
+                              options) -> None:
+    """One target port group per portal group, each active/optimized with its one target
+    port, whose RELATIVE TARGET PORT IDENTIFIER and group are the TPGT (as in VPD 83h). Every
+    path to the LU reaches the same NAA through one of these groups."""
+    fmt = task.cdb[1] & RTPG_FORMAT_MASK
+    if fmt not in (0, RTPG_EXTENDED):
+        raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 7))
+    # the portal groups the target is reached through: every logged-in nexus says its own
+    tpgts = sorted({task.nexus.tpgt} | {n.tpgt for n in t.nexuses})
+    body = b"".join(
+        struct.pack(">BBHxxxBxxH", ALUA_STATE_ACTIVE_OPTIMIZED, ALUA_SUPPORTS_ACTIVE_OPTIMIZED,
+                    tpgt, 1, tpgt)
+        for tpgt in tpgts)
+    if fmt == RTPG_EXTENDED:
+        data = struct.pack(">IBxxx", len(body) + 4, RTPG_EXTENDED_HEADER) + body
+    else:
+        data = struct.pack(">I", len(body)) + body
+    _truncate(task, data)

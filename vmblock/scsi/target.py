@@ -3,7 +3,8 @@ events and task management (SAM-5 4.6, 5.x, 7.x).
 
 ``prepare`` is the common path of every command (LIO's ``target_setup_cmd_from_cdb``): LUN,
 opcode, service action, CONTROL byte, pending unit attention, CDB fields, LBA range,
-reservation conflicts, the amount of Data-Out to gather. ``execute`` runs the handler and
+reservation conflicts, the medium's state (``_check_medium``), the amount of Data-Out to
+gather. ``execute`` runs the handler and
 turns a raised ``ScsiError`` into status and sense. The target builds each LU's command
 table (``commands.build_table``) when the LU is added: it is the top of the SCSI core.
 """
@@ -15,7 +16,7 @@ import logging
 
 from vmblock.scsi.command_spec import CommandSpec, CommandTable, DataRule
 from vmblock.scsi.commands import NO_LU_TABLE, build_table
-from vmblock.scsi.constants import CONTROL_NACA, Direction
+from vmblock.scsi.constants import CONTROL_NACA, Direction, Opcode
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import Nexus, ScsiTask
@@ -36,6 +37,22 @@ TMF_RESETS = {
     "TARGET_COLD_RESET": SenseReason.POWER_ON_RESET,
 }
 TMF_TASK_SET = ("CLEAR_TASK_SET", "ABORT_TASK_SET")
+
+# What runs while a SANITIZE does (SBC-3 4.11: INQUIRY, REPORT LUNS, REQUEST SENSE; the
+# others get NOT READY, SANITIZE IN PROGRESS), and what needs no medium (SPC-4 5.x: the
+# commands about the LU, its reservations, its medium and its mode parameters).
+RUN_WHILE_SANITIZING = frozenset({Opcode.INQUIRY, Opcode.REPORT_LUNS, Opcode.REQUEST_SENSE})
+RUN_WITHOUT_MEDIUM = RUN_WHILE_SANITIZING | {
+    Opcode.MODE_SENSE_6, Opcode.MODE_SENSE_10, Opcode.MODE_SELECT_6, Opcode.MODE_SELECT_10,
+    Opcode.START_STOP_UNIT, Opcode.PREVENT_ALLOW_MEDIUM_REMOVAL, Opcode.PERSISTENT_RESERVE_IN,
+    Opcode.PERSISTENT_RESERVE_OUT, Opcode.RESERVE_6, Opcode.RELEASE_6, Opcode.RESERVE_10,
+    Opcode.RELEASE_10, Opcode.MAINTENANCE_IN}
+# The commands that change the medium: DATA PROTECT, WRITE PROTECTED on a write-protected LU.
+MEDIUM_WRITES = frozenset({
+    Opcode.WRITE_6, Opcode.WRITE_10, Opcode.WRITE_12, Opcode.WRITE_16,
+    Opcode.WRITE_AND_VERIFY_10, Opcode.WRITE_AND_VERIFY_12, Opcode.WRITE_AND_VERIFY_16,
+    Opcode.WRITE_SAME_10, Opcode.WRITE_SAME_16, Opcode.UNMAP, Opcode.COMPARE_AND_WRITE,
+    Opcode.ORWRITE_16, Opcode.WRITE_ATOMIC_16, Opcode.SANITIZE})
 
 
 class ScsiTarget:
@@ -148,6 +165,10 @@ class ScsiTarget:
             raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
         if lu is not None and lu.reservations.active:
             lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
+        # before the Data-Out is sized: a write to a write-protected LU is refused as such
+        # whatever data came with it (libiscsi's ReadOnly test sends WRITE SAME without any)
+        if lu is not None and lu.gated:
+            self._check_medium(lu, spec.opcode)
         task.cdb_xfer_len = xfer
         if spec.direction == _OUT:
             # Data-Out only arrives with the W bit (RFC 7143 11.3.1)
@@ -156,6 +177,17 @@ class ScsiTarget:
         else:
             task.data_out_len = 0
         task.handler = (spec, lu, lba, blocks, options)
+
+    @staticmethod
+    def _check_medium(lu: LogicalUnit, opcode: int) -> None:
+        """Refuse what the medium's state does not allow: a SANITIZE under way, an ejected
+        medium, a write to a write-protected LU."""
+        if lu.sanitize_progress is not None and opcode not in RUN_WHILE_SANITIZING:
+            raise ScsiError(SenseReason.SANITIZE_IN_PROGRESS, progress=lu.sanitize_progress)
+        if not lu.medium_present and opcode not in RUN_WITHOUT_MEDIUM:
+            raise ScsiError(SenseReason.MEDIUM_NOT_PRESENT)
+        if lu.write_protected and opcode in MEDIUM_WRITES:
+            raise ScsiError(SenseReason.WRITE_PROTECTED)
 
     @staticmethod
     def _unit_attention(lu: LogicalUnit, task: ScsiTask) -> None:

@@ -203,8 +203,12 @@ def _segment(targets: list, param: bytes, at: int, dc: int) -> Segment:
     if src_i >= len(targets) or dst_i >= len(targets):
         raise ScsiError(SenseReason.UNREACHABLE_COPY_TARGET)
     src, dst = targets[src_i], targets[dst_i]
-    if src is None or dst is None:
-        raise ScsiError(SenseReason.COPY_TARGET_DEVICE_NOT_REACHABLE)
+    if src is None or dst is None or any(lu.gated and (not lu.medium_present or
+                                                       lu.sanitize_progress is not None)
+                                         for lu in (src, dst)):
+        raise ScsiError(SenseReason.COPY_TARGET_DEVICE_NOT_REACHABLE)   # ejected, sanitizing
+    if dst.write_protected:     # a read-only LU (or SWP) is never a copy's destination
+        raise ScsiError(SenseReason.WRITE_PROTECTED)
     nbytes = blocks * (dst.block_size if dc else src.block_size)
     if nbytes % src.block_size or nbytes % dst.block_size:
         raise _param_error(at + 10)

@@ -63,6 +63,15 @@ class LbaStatus(Protocol):
 
 
 @runtime_checkable
+class AtomicWritable(Protocol):
+    """Ability: write a range as one unit (WRITE ATOMIC): a reader or a crash sees all of it
+    or none of it; without it the SCSI core's atomic write is an ordinary write."""
+
+    def write_atomic(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` all or nothing (durable at the next flush)."""
+
+
+@runtime_checkable
 class NowaitReadable(Protocol):
     """Ability: read only what needs no wait for the device (the page cache), so the SCSI core
     serves small cached reads on the event loop and sends the rest to the executor, where a
@@ -114,7 +123,8 @@ class BackingStore(Protocol):
         """Release file descriptors; the store is unusable afterwards."""
 
 
-ABILITIES = (Unmappable, WriteSameable, LbaStatus, NowaitReadable, Remappable)
+ABILITIES = (Unmappable, WriteSameable, LbaStatus, NowaitReadable, Remappable,
+             AtomicWritable)
 
 
 def checked_abilities(store: BackingStore) -> frozenset[type]:

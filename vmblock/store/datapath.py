@@ -212,7 +212,25 @@ class DataPath:
         if commit:
             committer.flush()
 
-    def _write_alloc_locked(self, mid: int, offset: int, data: memoryview) -> bool:
+    def write_atomic(self, mid: int, offset: int, data: memoryview) -> None:
+        """Write ``data`` (at most ``CHUNK_AUS`` AUs) as one unit: every AU it touches, owned
+        ones too, is copied on write to a new AU and all are remapped in one locked step, so
+        a reader (its lookups are one locked step too) and a commit (it takes the pending map
+        keys under the same lock, after the data is durable) see all of it or none of it. The
+        old AUs are freed once no I/O that looked them up is in flight."""
+        committer = self.committer
+        committer.check_writable(True)
+        with self.lock:
+            if not self._write_alloc_locked(mid, offset, data, fresh=True):
+                t = self.live.tier(mid)
+                self.events.tier_full(t)
+                raise SpaceExhausted(f"{TIER_NAMES[t]} tier full")
+            commit = committer.over_limit()
+        if commit:
+            committer.flush()
+
+    def _write_alloc_locked(self, mid: int, offset: int, data: memoryview,
+                            fresh: bool = False) -> bool:
         au = self.au
         n = len(data)
         first, count = units(offset, n, au)
@@ -222,6 +240,10 @@ class DataPath:
         paus, kinds = self._paus, self._kinds
         need = extent_kernels._classify(l1, live.leaves, space.refcount, first, count, paus,
                                         kinds)
+        if fresh:       # owned AUs too get new ones: copied on write, as if shared
+            owned = kinds[:count] == extent_kernels.KIND_OWNED
+            kinds[:count][owned] = extent_kernels.KIND_SHARED
+            need += int(owned.sum())
         t = self.live.tier(mid)
         if need > space.t_free[t]:
             return False

@@ -14,6 +14,7 @@ import numpy as np
 from vmblock.errors import PoolError
 from vmblock.native.extent import LEAF_BITS, LEAF_MASK
 from vmblock.store.backend import (
+    AtomicWritable,
     BackingStore,
     LbaStatus,
     NowaitReadable,
@@ -30,7 +31,8 @@ from vmblock.store.tier import read_full, write_full
 class ExtentStore(BackingStore):
     """One vdisk's blocks: a view of one live extent map of a ``PoolStore``."""
 
-    abilities = frozenset({Unmappable, WriteSameable, LbaStatus, NowaitReadable, Remappable})
+    abilities = frozenset({Unmappable, WriteSameable, LbaStatus, NowaitReadable, Remappable,
+                           AtomicWritable})
 
     def __init__(self, pool: PoolStore, map_id: int, block_size: int = 512):
         if map_id not in pool.live.maps:
@@ -170,6 +172,10 @@ class ExtentStore(BackingStore):
             finally:
                 inflight.discard(tok)
         self._write(self.map_id, offset, data)
+
+    def write_atomic(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at ``offset`` all or nothing: out of place, one remap (WRITE ATOMIC)."""
+        self.pool.data.write_atomic(self.map_id, offset, data)
 
     def flush(self) -> None:
         """Make every completed write of the pool durable."""

@@ -130,7 +130,7 @@ class Publisher:
 
     def refresh(self, lus) -> None:
         """Set each LU's flag word from its state: STATE while it has PR registrations or a
-        reservation, WRITE_THROUGH while WCE is 0; and the unit-attention bits of the
+        reservation or is ``gated`` (write protected, ejected, sanitizing), WRITE_THROUGH while WCE is 0; and the unit-attention bits of the
         sessions whose nexus has one pending there."""
         words = self.words
         for lu in lus:
@@ -138,7 +138,8 @@ class Publisher:
             if slot is None:
                 continue
             res = lu.reservations
-            flags = STATE if (res.active or res.registrations) else 0
+            # a write-protected, ejected or sanitizing LU: the owner refuses what it must
+            flags = STATE if (res.active or res.registrations or lu.gated) else 0
             pending = {self.tsih_of(nexus) for nexus, queue in lu.ua.items() if queue}
             if None in pending:          # a nexus without a session here: every one forwards
                 flags |= STATE
