@@ -20,7 +20,10 @@ setup(
     package_dir={"vmblock.native": "native"},
     install_requires=[
         "numpy", "numba", "rocksdict", "pyroute2", "click", "aiohttp", "uvloop", "crc32c",
+        "prometheus-client", "rich",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy",
+                             "matplotlib"],
+                    "report": ["matplotlib"]},
     entry_points={"console_scripts": ["vmblock = vmblock.cli:main"]},
 )

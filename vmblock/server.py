@@ -21,18 +21,21 @@ import uvloop
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
+from vmblock.admin.metrics import start_metrics
 from vmblock.cache import flash as flash_cache
 from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk
 from vmblock.meta.config import check_settings
+from vmblock.meta.stats_live import PoolStats
 from vmblock.native import extent as extent_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.collector import settle_gc
 from vmblock.settings import Apply, Settings, format_portal, lookup
+from vmblock.stats.live import LiveStats
 from vmblock.store.backend import BackingStore
 from vmblock.worker.owner import WorkerPool
 from vmblock.worker.publish import Publisher
@@ -173,6 +176,11 @@ class Server:
         self.workers: WorkerPool | None = None    # server.workers > 0: the worker processes
         # the workers' fast path (shared maps): with workers and without the flash cache
         self.publisher: Publisher | None = None
+        # statistics (docs/stats.md): this run's counters, and the pool's view of them
+        self.live_stats: LiveStats | None = None
+        self.stats: PoolStats | None = None
+        self.sampler: asyncio.Task | None = None
+        self.metrics = None             # the Prometheus listener (metrics.listen)
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -222,10 +230,12 @@ class Server:
                          vendor="VMBLOCK", product="vdisk", write_cache=True)
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
+        if self.stats is not None:
+            scsi.stats_rows[disk.lun] = self.stats.lu_rows(disk, store)
         if self.publisher is not None:
             self.publisher.add(lu)
         if self.workers is not None:
-            self.workers.luns_changed(disk.target, scsi.luns)
+            self.workers.luns_changed(disk.target, scsi.luns, scsi.stats_rows)
 
     def remove_vdisk(self, disk: Vdisk) -> None:
         """Take a vdisk's LUN out of its target, flush and close its store, drop its cache
@@ -235,8 +245,9 @@ class Server:
         if self.publisher is not None and lu is not None:
             self.publisher.remove(lu)
         scsi.remove_lun(disk.lun)
+        scsi.stats_rows.pop(disk.lun, None)
         if self.workers is not None:
-            self.workers.luns_changed(disk.target, scsi.luns)
+            self.workers.luns_changed(disk.target, scsi.luns, scsi.stats_rows)
         store = self.stores.pop(disk.uuid)
         store.flush()
         store.close()
@@ -281,6 +292,11 @@ class Server:
         count = settings.get("server.workers")
         if count and self.cache is None:     # the cache's state lives in the owner only
             self.publisher = Publisher(self.pool.store, count)
+        if settings.get("stats.enabled"):
+            self.live_stats = LiveStats(count, asyncio.get_running_loop().call_soon)
+            self.stats = PoolStats(self.pool, self.live_stats, self.cache,
+                                   settings.get("stats.interval"))
+            self.stats.start()
         for t in self.pool.targets():
             self.add_target(t.iqn)
         # thousands of vdisks: the VMs' names read once, every vdisk's group set at once
@@ -291,9 +307,13 @@ class Server:
             groups = self.pool.eviction_groups
             self.cache.set_groups(groups.slot_table(), groups.members())
         self.service = IscsiService(self.targets, iscsi_config(settings))   # settings are checked
+        if self.live_stats is not None:
+            self.service.stats = self.live_stats.recorder      # the fabric counts into it
+            self.sampler = asyncio.create_task(self._sample_loop())
         if count:
             # started before the portals: no login is handed over to a worker not yet ready
             self.workers = WorkerPool(self.service, count, self.publisher)
+            self.workers.stats = self.live_stats
             await self.workers.start()
             self.service.handoff = self.workers.place
         try:
@@ -302,7 +322,21 @@ class Server:
             where = ", ".join(format_portal(h, p) for h, p in self.portals)
             raise ServerError(f"cannot listen on {where}: {e.strerror or e}") from None
         self.warn_open(list(self.targets))
+        listen = settings.get("metrics.listen")     # serve --metrics sets it for this run
+        if listen:
+            self.metrics = await start_metrics(LiveApi(self), listen)
         self.admin = await admin_http.start(LiveApi(self), self.pool.socket_path)
+
+    async def _sample_loop(self) -> None:
+        """Take a statistics sample every ``stats.interval`` seconds (read at each tick, so a
+        change applies at the next one). A failing sample (a full meta DB) is logged and
+        retried at the next tick; I/O goes on."""
+        while True:
+            await asyncio.sleep(self.stats.interval)
+            try:
+                self.stats.sample()
+            except Exception as e:
+                log.warning("statistics sample failed: %s", e)
 
     async def stop(self) -> None:
         """Stop taking admin calls and logins, end sessions, then make every write durable."""
@@ -312,10 +346,19 @@ class Server:
                 os.unlink(self.pool.socket_path)
             except FileNotFoundError:
                 pass
+        if self.metrics is not None:
+            await self.metrics.cleanup()
         if self.service is not None:
             await self.service.stop()
         if self.workers is not None:
             await self.workers.stop()
+        if self.sampler is not None:
+            self.sampler.cancel()
+        if self.stats is not None:
+            try:
+                self.stats.stop()           # the counts since the last sample survive
+            except Exception as e:
+                log.error("statistics not stored at shutdown: %s", e)
         if self.publisher is not None:
             self.publisher.close()
         if self.committer is not None:
@@ -533,6 +576,10 @@ class LiveApi(Api):
                     self.server.workers.reconfigure()
             except InvalidArgument:
                 return False   # the set as a whole is refused: the next start says why
+            return True
+        if row.apply is Apply.STATS:
+            if self.server.stats is not None:
+                self.server.stats.interval = self.server.settings().get(key)
             return True
         if row.apply is Apply.TARGET and name in self.server.targets:
             try:

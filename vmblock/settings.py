@@ -68,6 +68,9 @@ MAX_CONNECTION_COUNT = 65535
 # server.workers: worker processes beside the owner. Each holds a Python interpreter (~60 MiB)
 # and shares the cores with the owner, so more than a few per core only adds switching.
 MAX_WORKERS = 64
+# stats.interval: at most one sample a second (the history's size follows it), at least one a day
+MIN_STATS_INTERVAL = 1.0
+MAX_STATS_INTERVAL = 86400.0
 
 # cache.size 'auto' (the default): this share of the flash tier when the flash tier is on
 # another device than the capacity tier, no cache when both are on one (docs/benchmarks.md,
@@ -254,6 +257,20 @@ def _yes_no(text: str, key: str) -> bool:
     return text == "Yes"
 
 
+def _stats_interval(text: str, key: str) -> float:
+    v = parse_seconds(text, key, MAX_STATS_INTERVAL)
+    if v < MIN_STATS_INTERVAL:
+        raise InvalidArgument(f"{key} must be from {MIN_STATS_INTERVAL:g} to "
+                              f"{MAX_STATS_INTERVAL:g} seconds, not {text!r}")
+    return v
+
+
+def _listen(text: str, key: str) -> str:
+    if text:
+        parse_portals(text)         # HOST:PORT, checked as a portal is
+    return text
+
+
 def _text(text: str, key: str) -> str:
     return text
 
@@ -275,6 +292,7 @@ class Apply(enum.Enum):
     FABRIC = "fabric"            # the iSCSI service is reconfigured: new logins see it
     TARGET = "target"            # that target's ACL and CHAP are re-read: new logins see them
     NEW_TARGET = "new target"    # read each time a target is created
+    STATS = "stats"              # the statistics sampler takes it at its next tick
 
 
 @dataclass(frozen=True)
@@ -341,6 +359,12 @@ _ROWS = (
               f"CHAP {field} for normal sessions to one target") for field in CHAP_FIELDS),
     Setting("acl.<iqn>", list, "", _iqns, Apply.TARGET,
             "initiator names that may log in to a target; empty: any"),
+    Setting("stats.enabled", bool, "Yes", _yes_no, Apply.RESTART,
+            "count every command per vdisk (docs/stats.md); No: no statistics at all"),
+    Setting("stats.interval", float, "10", _stats_interval, Apply.STATS,
+            "seconds between statistics samples kept in the history (docs/stats.md)"),
+    Setting("metrics.listen", str, "", _listen, Apply.RESTART,
+            "HOST:PORT of the Prometheus /metrics listener (serve --metrics); empty: none"),
 )
 TABLE = {row.key: row for row in _ROWS}
 _FAMILIES = [(row, *row.key.split(placeholder)) for row in _ROWS

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vmblock.admin.cache import CacheVerbs, Runtime
+from vmblock.admin.stats import StatsVerbs
 from vmblock.admin.schema import (
     EventLimit,
     GuestOs,
@@ -46,6 +47,7 @@ class Api:
     def __init__(self, pool: Pool, runtime: Runtime | None = None):
         self.pool = pool
         self.cache = CacheVerbs(pool, runtime)
+        self.stats = StatsVerbs(pool, runtime)
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""
@@ -320,7 +322,7 @@ class Api:
         return self.pool.dump()
 
 # (noun, verb) -> Verb of every admin verb: Api's own and those of its part ``cache``
-VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs})
+VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs, "stats": StatsVerbs})
 
 
 def run_verb(api: Api, noun: str, name: str, kwargs: dict):

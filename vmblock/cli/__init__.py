@@ -14,7 +14,8 @@ import sys
 import click
 
 from vmblock import DEFAULT_POOL, __version__
-from vmblock.cli import cache, config, events, group, pool, serve, session, snapshot, vdisk, vm
+from vmblock.cli import (cache, config, events, group, pool, serve, session, snapshot, stats,
+                         vdisk, vm)
 from vmblock.errors import VmblockError
 
 EXIT_USAGE = 2
@@ -54,7 +55,8 @@ def cli(pool: str | None) -> None:
 
 
 for _command in (serve.serve, vm.vm, vdisk.vdisk, snapshot.snapshot, config.config,
-                 session.session, pool.pool, events.events, group.group, cache.cache):
+                 session.session, pool.pool, events.events, group.group, cache.cache,
+                 stats.stats, stats.stats_sample):
     cli.add_command(_command)
 
 

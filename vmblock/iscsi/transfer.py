@@ -39,7 +39,8 @@ class TaskState:
     """Fabric-side state of one SCSI command: Data-Out collection and R2Ts."""
 
     __slots__ = ("conn", "task", "buf", "want", "received", "unsolicited", "next_r2t",
-                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged", "read_len")
+                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged", "read_len",
+                 "stats_rows", "t_arr", "t_grant", "t_exec", "probe")
 
     # A Data-Out sequence (one R2T, or the unsolicited burst) is [next offset, end, next DataSN];
     # with DataPDUInOrder=Yes each PDU must continue exactly where the last one ended.
@@ -60,6 +61,11 @@ class TaskState:
         self.done = False
         self.charged = 0                # bytes of the data budget it holds
         self.read_len = 0               # READ data it will hold, charged before it executes
+        # statistics (vmblock.stats.recorder): the LU's rows, None when not counted; the
+        # times it arrived, got its data budget, went to the SCSI core; the cache miss probe
+        self.stats_rows = None
+        self.t_arr = self.t_grant = self.t_exec = 0.0
+        self.probe = None
 
     def abort(self) -> None:
         """Stop the command (task aborted, Data-Out dropped) and return its data budget; for
@@ -108,6 +114,10 @@ class ScsiTransfer:
         st = TaskState(self, task, p.lun, p.cmdsn)
         sess.tasks[p.itt] = st
         scsi = sess.target.scsi
+        stats = self.stats
+        if stats is not None:           # the one accounting point: vmblock.stats.recorder
+            st.stats_rows = scsi.stats_rows.get(lun)
+            st.t_arr = self.parked_at or stats.clock()
         if not scsi.prepare(task):
             self.task_done(st)
             return
@@ -185,6 +195,8 @@ class ScsiTransfer:
         if not self._take(need):
             return False
         st.charged += need
+        if st.stats_rows is not None:
+            st.t_grant = self.stats.clock()
         if st.want:
             st.buf[len(st.buf):] = bytes(st.want - len(st.buf))
         return True
@@ -278,6 +290,11 @@ class ScsiTransfer:
 
     def _execute(self, st: TaskState) -> None:
         task = st.task
+        lr = st.stats_rows
+        if lr is not None:
+            st.t_exec = self.stats.clock()
+            if lr.probe is not None:
+                st.probe = lr.probe.capacity_reads
         if st.buf is not None:
             task.data_out = memoryview(st.buf)
         st.buf = None
@@ -327,6 +344,8 @@ class ScsiTransfer:
         if data is not None and task.read and edtl and len(data):
             collapsed, datasn = self._send_data_in(st, data, min(len(data), edtl), flags, residual)
             if collapsed:
+                if st.stats_rows is not None:
+                    self.stats.done(st, task, min(len(data), edtl))
                 return
         exp, mx = self._window()
         sense = task.sense
@@ -336,6 +355,10 @@ class ScsiTransfer:
         self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED, task.status,
                              len(body), 0, task.itt, 0, statsn, exp, mx, datasn, 0, residual),
                    body)
+        if st.stats_rows is not None:
+            moved = (min(len(data), edtl) if task.read and data is not None else
+                     task.data_out_len if task.write else 0)
+            self.stats.done(st, task, moved)
 
     def _send_data_in(self, st, data, n, flags, residual) -> tuple[bool, int]:
         """Send ``n`` bytes as Data-In PDUs; collapse GOOD status into the last one (RFC 7143

@@ -35,6 +35,7 @@ from vmblock.iscsi.portal import IscsiService
 from vmblock.iscsi.session import Session
 from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import ScsiTask
+from vmblock.stats.live import lu_rows_json
 
 from .channel import Channel
 from .publish import Publisher
@@ -132,6 +133,7 @@ class WorkerPool:
         self.stopping = False
         self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
         self.next = itertools.count()             # round robin among the least loaded
+        self.stats = None       # vmblock.stats.live.LiveStats: set before start when counted
 
     def _tsih_of(self, nexus) -> int | None:
         """The TSIH of ``nexus``'s session, None when it has none."""
@@ -150,10 +152,13 @@ class WorkerPool:
         # on the loop's thread: PR_SET_PDEATHSIG fires when the thread that forked ends
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "vmblock.worker", "--fd", str(theirs.fileno()),
-                 "--index", str(index), "--parent", str(os.getpid())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            args = [sys.executable, "-m", "vmblock.worker", "--fd", str(theirs.fileno()),
+                    "--index", str(index), "--parent", str(os.getpid())]
+            fds = [theirs.fileno()]
+            if self.stats is not None:          # the worker's slab of statistics counters
+                fds.append(self.stats.arena.fd_of(index))
+                args += ["--stats-fd", str(fds[-1])]
+            proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         w = Worker(index, proc, self.loop)
@@ -301,16 +306,19 @@ class WorkerPool:
             "offer": neg.offer, "result": neg.result,
             "send_targets": self.service.send_targets("All", sess),
             "slots": self._slots(sess.target.scsi.luns),
+            "stats": _stats_rows(sess.target.scsi.stats_rows),
             **self._fabric(),
         }
 
     def _slots(self, luns) -> dict[str, int]:
         return self.publisher.slots(luns) if self.publisher is not None else {}
 
-    def luns_changed(self, target: str, luns) -> None:
+    def luns_changed(self, target: str, luns, stats_rows: dict | None = None) -> None:
         """A target's LUNs changed: every worker learns the new list (and the fast path's
-        LU record slots)."""
-        msg = pack_json({"target": target, "luns": sorted(luns), "slots": self._slots(luns)})
+        LU record slots, and the stats rows ``stats_rows`` of its LUs: call again after a
+        split is installed on one)."""
+        msg = pack_json({"target": target, "luns": sorted(luns), "slots": self._slots(luns),
+                         "stats": _stats_rows(stats_rows or {})})
         for w in self.workers:
             if w is not None:
                 w.channel.send(Msg.LUNS, msg)
@@ -408,3 +416,8 @@ class WorkerPool:
         self.service.registry.detach(sess, conn)
         if not any(t == tsih for t, _ in w.conns):
             del w.sessions[tsih]
+
+
+def _stats_rows(stats_rows: dict) -> dict:
+    """LUN -> the JSON of its ``LuRows`` (``vmblock.stats.live.lu_rows_json``)."""
+    return {str(lun): lu_rows_json(lr) for lun, lr in stats_rows.items()}
