@@ -131,8 +131,9 @@ class StatsHistory:
             put[_tkey(0, series, t_ms)] = value
             put[f"{PREFIX}c/{series}"] = cum.tolist()
             out[series] = as_dict(t_ms, value)
-        delete = self._downsample(t, put, list(cumulative)) if self.prev_t else []
-        self.pool.write_records(put, delete)
+        self.pool.write_records(put)
+        if self.prev_t:
+            self._downsample(t, list(cumulative))
         self.prev = {s: c.copy() for s, c in cumulative.items()}
         self.prev_t = t
         return out
@@ -142,31 +143,32 @@ class StatsHistory:
         are kept, with no history entry)."""
         self.pool.write_records({f"{PREFIX}c/{s}": c.tolist() for s, c in cumulative.items()})
 
-    def _downsample(self, t: float, put: dict, series: list[str]) -> list[str]:
-        """Windows of the coarser tiers that ``t`` closed: their records into ``put``; the
-        keys past retention returned for deletion."""
-        delete: list[str] = []
-        for (finer, _, _), (tier, window, keep) in zip(self.tiers, self.tiers[1:]):
+    def _downsample(self, t: float, series: list[str]) -> None:
+        """Windows of the coarser tiers that the sample at ``t`` closed: summed from the
+        finer tier (already stored) into one record each; then records past retention go."""
+        for (finer, _, _), (tier, window, _) in zip(self.tiers, self.tiers[1:]):
             lo_w = int(self.prev_t // window) * window
             hi_w = int(t // window) * window
             if hi_w <= lo_w:
                 break           # this window still open: the coarser ones too
+            put: dict[str, object] = {}
             for s in series:
-                # everything of the finer tier up to the closed boundary, back to one
-                # coarse window before the last sample (a gap of downtime included)
-                recs = self.pool.records_range(_tkey(finer, s, (lo_w - window) * 1000),
-                                               _tkey(finer, s, hi_w * 1000))
+                # the finer records ending in (lo_w - window, hi_w]: the windows just closed
+                # (and the one before, again: a restart may have left it partly summed)
+                recs = self.pool.records_range(_tkey(finer, s, (lo_w - window) * 1000 + 1),
+                                               _tkey(finer, s, hi_w * 1000 + 1))
                 windows: dict[int, list] = {}
                 for k, v in recs:
-                    tk = int(k.rsplit("/", 1)[1]) - 1   # an end time on the boundary: before it
-                    windows.setdefault(tk // 1000 // window * window, []).append(v)
+                    end = int(k.rsplit("/", 1)[1]) - 1      # an end on the boundary: before it
+                    windows.setdefault(end // 1000 // window * window, []).append(v)
                 for w, vals in windows.items():
                     put[_tkey(tier, s, (w + window) * 1000)] = merge(vals)
+            delete = []
             for tr, _, retention in self.tiers[:tier + 1]:
                 for s in series:
                     delete += [k for k, _ in self.pool.records_range(
                         _tkey(tr, s, 0), _tkey(tr, s, int((t - retention) * 1000)))]
-        return delete
+            self.pool.write_records(put, delete)
 
     def history(self, series: str, since: float, now: float) -> list[dict]:
         """The entries of ``series`` from ``since`` to ``now``, from the finest tier that
