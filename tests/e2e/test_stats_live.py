@@ -112,3 +112,32 @@ def test_metrics_scraped_and_parsed(tmp_path, start_server):
     assert any(k[0] == "vmblock_pool_bytes" for k in samples)
     assert any(k[0] == "vmblock_sessions" for k in samples)
     assert any(k[0] == "vmblock_cache_hits_total" for k in samples)
+
+
+@pytest.mark.timeout(180)
+def test_top_once_and_report_png_and_html(vmblock_server, tmp_path):
+    import struct
+    s = vmblock_server
+    url_a, _ = two_vms(s)
+    s.cli("stats-sample")
+    for n in (30, 10, 20):
+        clients.qemu_io(url_a, *[f"write -P 0x22 {i * 4096} 4k" for i in range(n)],
+                        *[f"read {i * 4096} 4k" for i in range(n // 2)], cache="none")
+        s.cli("stats-sample")
+    out = s.cli("top", "--once", "--sort", "iops").stdout
+    names = [line.split("│")[1].strip() for line in out.splitlines()
+             if line.startswith("│") and line.split("│")[1].strip()]
+    assert names[0] == "vma" and names[-1] == "(pool)" and "vmb" in names   # busiest first
+    png, page = tmp_path / "vma.png", tmp_path / "vma.html"
+    r = s.cli("report", "--vm", "vma", "--since", "1h", "--png", str(png), "--html", str(page))
+    assert "4 intervals plotted" in r.stdout
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 500 and height > 500
+    import matplotlib.image
+    img = matplotlib.image.imread(str(png))                 # it opens, and it has colour
+    assert img.shape[0] == height and img[..., :3].std() > 0.05
+    text = page.read_text()
+    assert "data:image/png;base64," in text and "VM vma" in text
+    assert s.cli("report", "--vm", "vma", check=False).returncode == 2
