@@ -30,6 +30,7 @@ from vmblock.meta import Pool, Vdisk
 from vmblock.meta.config import check_settings
 from vmblock.meta.stats_live import PoolStats
 from vmblock.native import extent as extent_kernels
+from vmblock.native import stats as stats_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
@@ -284,6 +285,7 @@ class Server:
         settings = self.settings()
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
         flash_cache.warm()
+        stats_kernels.warm()
         self.pool.store           # maps loaded and refcounts rebuilt before the ready line
         self.cache = open_cache(self.pool, settings)   # cold: RAM only
         interval = settings.get("store.commit_interval")
@@ -293,7 +295,7 @@ class Server:
         if count and self.cache is None:     # the cache's state lives in the owner only
             self.publisher = Publisher(self.pool.store, count)
         if settings.get("stats.enabled"):
-            self.live_stats = LiveStats(count, asyncio.get_running_loop().call_soon)
+            self.live_stats = LiveStats(count, asyncio.get_running_loop().call_later)
             self.stats = PoolStats(self.pool, self.live_stats, self.cache,
                                    settings.get("stats.interval"))
             self.stats.start()
@@ -327,6 +329,11 @@ class Server:
             self.metrics = await start_metrics(LiveApi(self), listen)
         self.admin = await admin_http.start(LiveApi(self), self.pool.socket_path)
 
+    async def flush_stats(self) -> None:
+        """Every worker adds its staged statistics into its slab (vmblock.admin.stats)."""
+        if self.workers is not None:
+            await self.workers.flush_stats()
+
     async def _sample_loop(self) -> None:
         """Take a statistics sample every ``stats.interval`` seconds (read at each tick, so a
         change applies at the next one). A failing sample (a full meta DB) is logged and
@@ -334,6 +341,7 @@ class Server:
         while True:
             await asyncio.sleep(self.stats.interval)
             try:
+                await self.flush_stats()
                 self.stats.sample()
             except Exception as e:
                 log.warning("statistics sample failed: %s", e)

@@ -20,7 +20,12 @@ NEXUS = Nexus("iqn.test:i", 1, "iqn.test:t")
 
 def naive_add(counters: np.ndarray, rec: np.ndarray) -> None:
     """The slow twin of ``add_records``: one record at a time, in plain Python."""
-    for row, kind, ops, nbytes, total, network, queue, service, klass in rec.tolist():
+    for row, op, ops, nbytes, t_arr, t_grant, t_exec, t_done, cls, status in rec.tolist():
+        row, ops, nbytes = int(row), int(ops), int(nbytes)
+        kind = L.KIND_OF_OPCODE[int(op)]
+        t_grant = t_grant or t_arr
+        t_exec = t_exec or t_done
+        total = int((t_done - t_arr) * 1e6)
         c = counters[row]
         c[L.OPS_OF_KIND[kind]] += ops
         if kind == L.READ:
@@ -30,12 +35,13 @@ def naive_add(counters: np.ndarray, rec: np.ndarray) -> None:
         else:
             c[L.NCOUNTERS - 1] += nbytes
         c[L.READ_US if kind == L.READ else L.WRITE_US if kind == L.WRITE else L.OTHER_US] += total
-        c[L.NETWORK_US] += network
-        c[L.QUEUE_US] += queue
-        c[L.ERRORS] += (klass >> 2) & 1
+        c[L.QUEUE_US] += int((t_grant - t_arr) * 1e6)
+        c[L.ERRORS] += status != 0
         if kind in (L.READ, L.WRITE):
-            svc = klass & 3
-            c[(L.STORAGE_US, L.FLASH_US, L.FLASH_MISS_US)[svc]] += service
+            if kind == L.WRITE:
+                c[L.NETWORK_US] += int((t_exec - t_grant) * 1e6)
+            svc = int(cls) if kind == L.READ else 0
+            c[(L.STORAGE_US, L.FLASH_US, L.FLASH_MISS_US)[svc]] += int((t_done - t_exec) * 1e6)
             c[(L.STORAGE_OPS, L.FLASH_OPS, L.FLASH_MISS_OPS)[svc]] += ops
             mx = L.READ_MAX_US if kind == L.READ else L.WRITE_MAX_US
             c[mx] = max(c[mx], total)
@@ -47,18 +53,23 @@ def naive_add(counters: np.ndarray, rec: np.ndarray) -> None:
 def test_add_records_matches_its_slow_twin():
     rng = np.random.default_rng(7)
     n = 5000
-    rec = np.stack([rng.integers(0, 5, n), rng.integers(0, 7, n), rng.integers(0, 2, n),
-                    rng.integers(0, 1 << 20, n), rng.integers(0, 1 << 24, n),
-                    rng.integers(0, 1000, n), rng.integers(0, 1000, n),
-                    rng.integers(0, 1 << 20, n), rng.integers(0, 8, n) & 6 | rng.integers(0, 3, n)
-                    ], axis=1).astype(np.int64)
-    rec[:, 8] = np.minimum(rec[:, 8] & 3, 2) | (rec[:, 8] & 4)
+    t_arr = rng.uniform(1000, 2000, n)
+    grant = np.where(rng.integers(0, 2, n) == 1, t_arr + rng.uniform(0, 0.01, n), 0.0)
+    t_exec = np.where(rng.integers(0, 4, n) > 0, np.maximum(t_arr, grant) +
+                      rng.uniform(0, 0.5, n), 0.0)
+    t_done = np.maximum(np.maximum(t_arr, grant), t_exec) + rng.uniform(0, 30, n)
+    opcodes = rng.choice([0x28, 0x2A, 0x88, 0x8A, 0x35, 0x42, 0x89, 0x83, 0x12, 0x00], n)
+    rec = np.stack([rng.integers(0, 5, n), opcodes, rng.integers(0, 2, n),
+                    rng.integers(0, 1 << 20, n), t_arr, grant, t_exec, t_done,
+                    rng.integers(0, 3, n), rng.choice([0, 0, 2, 0x28], n)], axis=1)
     assert rec.shape[1] == REC
     fast = np.zeros((5, L.WIDTH), np.int64)
     slow = np.zeros((5, L.WIDTH), np.int64)
     add_records(fast, rec)
     naive_add(slow, rec)
     assert np.array_equal(fast, slow)
+    with pytest.raises(ValueError):
+        add_records(fast, np.array([[7, 0x28, 1, 0, 0, 0, 0, 0, 0, 0]], np.float64))
 
 
 def test_buckets_hold_their_values_and_percentiles_land_in_them():

@@ -53,8 +53,8 @@ class PoolCollector:
 
     def collect(self):
         """Yield every family (prometheus-client's collector protocol)."""
-        report = self.api.stats.stats_show()
         stats = self.api.stats.pool_stats()
+        report = stats.report()
         cum, _ = stats.cumulative()
         pool = self.api.pool
         vm_ops = CounterMetricFamily("vmblock_vm_ops", "SCSI commands per VM", labels=["vm", "op"])
@@ -127,6 +127,7 @@ async def start_metrics(api, listen: str) -> web.AppRunner:
     host, port = parse_portals(listen)[0]
 
     async def metrics(request: web.Request) -> web.Response:
+        await api.server.flush_stats()
         body = metrics_text(api)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

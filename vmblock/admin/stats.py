@@ -28,6 +28,9 @@ class StatsRuntime(Protocol):
 
     stats: PoolStats | None         # None when stats.enabled is No
 
+    async def flush_stats(self) -> None:
+        """Every worker process adds its staged counts (so what is read next is exact)."""
+
 
 class StatsVerbs:
     """The statistics verbs of one pool, live on ``runtime`` when a server runs."""
@@ -50,7 +53,14 @@ class StatsVerbs:
         interval, latency and its split, flash and space figures; ``since`` (1h, 30m, 2d
         as seconds ...) adds each row's history."""
         seconds = parse_since(since) if since is not None else None
-        return self.pool_stats().report(vm=vm, vdisk=vdisk, group=group, since=seconds)
+        stats = self.pool_stats()
+        if self.runtime is None or self.runtime.stats is None:
+            return stats.report(vm=vm, vdisk=vdisk, group=group, since=seconds)
+
+        async def live() -> dict:
+            await self.runtime.flush_stats()
+            return stats.report(vm=vm, vdisk=vdisk, group=group, since=seconds)
+        return live()
 
     @verb
     def stats_sample(self) -> dict:
@@ -58,8 +68,11 @@ class StatsVerbs:
         (for scripts and tests that need one at a known moment)."""
         if self.runtime is None or self.runtime.stats is None:
             raise ServerError("no running server with statistics on (stats.enabled) to sample")
-        last = self.runtime.stats.sample()
-        return {"samples": len(last)}
+
+        async def sample() -> dict:
+            await self.runtime.flush_stats()
+            return {"samples": len(self.runtime.stats.sample())}
+        return sample()
 
 
 def parse_since(text: str) -> float:

@@ -18,7 +18,7 @@ from vmblock.stats.rows import LuRows
 
 class LiveStats:
     """Counters of this run by key (module docstring); ``workers`` worker slabs besides
-    the owner's, ``schedule`` the loop's ``call_soon`` for the recorder's flushes."""
+    the owner's, ``schedule`` the loop's ``call_later`` for the recorder's flushes."""
 
     def __init__(self, workers: int = 0, schedule=None):
         self.arena = StatsArena(workers)

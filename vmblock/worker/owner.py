@@ -46,6 +46,7 @@ from .wire import (
     NO_LUN,
     RESULT_DATA_IN,
     RESULT_FAILED,
+    STATS_TAG,
     RESULT_GONE,
     TMF,
     TMF_DONE,
@@ -63,6 +64,7 @@ START_TIMEOUT = 120.0       # seconds a worker may take to say READY (numba load
 STOP_TIMEOUT = 10.0         # seconds a worker may take to exit after STOP
 RESPAWN_DELAY = 1.0         # seconds before restarting a worker that lived less than ...
 MIN_LIFE = 5.0              # ... this long (no tight loop of crashing starts)
+STATS_FLUSH_TIMEOUT = 2.0   # seconds a reader of statistics waits for a worker's flush
 POLL = 0.002                # seconds between checks while a handoff waits (rare paths only)
 # The TMFs whose effect reaches other sessions: the other workers abort their tasks too.
 TARGET_WIDE = {TmfFunction.CLEAR_TASK_SET, TmfFunction.LUN_RESET,
@@ -134,6 +136,8 @@ class WorkerPool:
         self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
         self.next = itertools.count()             # round robin among the least loaded
         self.stats = None       # vmblock.stats.live.LiveStats: set before start when counted
+        self.flushes: dict[int, asyncio.Future] = {}     # STATS_FLUSH tag -> its answer
+        self.flush_tags = itertools.count(1)
 
     def _tsih_of(self, nexus) -> int | None:
         """The TSIH of ``nexus``'s session, None when it has none."""
@@ -313,6 +317,22 @@ class WorkerPool:
     def _slots(self, luns) -> dict[str, int]:
         return self.publisher.slots(luns) if self.publisher is not None else {}
 
+    async def flush_stats(self) -> None:
+        """Every running worker adds its staged statistics into its slab: what the owner
+        reads next counts every command answered before this call. A worker that does not
+        answer within ``STATS_FLUSH_TIMEOUT`` is not waited for (its counts come later)."""
+        waits = []
+        for w in self.workers:
+            if w is not None and w.up:
+                tag = next(self.flush_tags) & 0xFFFFFFFF
+                fut = self.flushes[tag] = self.loop.create_future()
+                w.channel.send(Msg.STATS_FLUSH, STATS_TAG.pack(tag))
+                waits.append(fut)
+        if waits:
+            done, pending = await asyncio.wait(waits, timeout=STATS_FLUSH_TIMEOUT)
+            for tag in [t for t, f in self.flushes.items() if f in pending]:
+                del self.flushes[tag]
+
     def luns_changed(self, target: str, luns, stats_rows: dict | None = None) -> None:
         """A target's LUNs changed: every worker learns the new list (and the fast path's
         LU record slots, and the stats rows ``stats_rows`` of its LUs: call again after a
@@ -331,6 +351,10 @@ class WorkerPool:
             self._tmf(w, payload)
         elif mtype == Msg.CLOSED:
             self._closed(w, *CONNECTION.unpack_from(payload))
+        elif mtype == Msg.STATS_FLUSHED:
+            fut = self.flushes.pop(STATS_TAG.unpack_from(payload)[0], None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
         elif mtype == Msg.READY:
             w.pid = unpack_json(payload)["pid"]
             w.ready.set_result(None)

@@ -36,6 +36,7 @@ from vmblock.iscsi.portal import IscsiConfig, TargetEntry
 from vmblock.iscsi.protocol import IscsiProtocol
 from vmblock.iscsi.session import Session, SessionRegistry
 from vmblock.native import extent as extent_kernels
+from vmblock.native import stats as stats_kernels
 from vmblock.scsi.task import Nexus, ScsiTask
 from vmblock.stats.arena import rows_view, slab
 from vmblock.stats.live import lu_rows_from_json
@@ -217,6 +218,10 @@ class WorkerProcess:
             self.fast = SharedMapsFastPath(self.index, info, fds, self.forward, self._tsih)
             for target in self.targets.values():
                 target.fast = self.fast
+        elif mtype == Msg.STATS_FLUSH:
+            if self.service.stats is not None:
+                self.service.stats.flush()
+            self.channel.send(Msg.STATS_FLUSHED, payload)      # the same tag
         elif mtype == Msg.STOP:
             self.stop()
         else:
@@ -358,7 +363,7 @@ async def _serve(sock: socket.socket, index: int, stats_fd: int | None = None) -
     loop = asyncio.get_running_loop()
     process = WorkerProcess(sock, index, loop)
     if stats_fd is not None:        # count into the slab the owner made for this worker
-        process.service.stats = StatsRecorder(rows_view(slab(stats_fd)), loop.call_soon)
+        process.service.stats = StatsRecorder(rows_view(slab(stats_fd)), loop.call_later)
     loop.add_signal_handler(signal.SIGTERM, process.stop)
     settle_gc()
     process.channel.send(Msg.READY, pack_json({"index": index, "pid": os.getpid()}))
@@ -379,5 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker {a.index} %(name)s %(levelname)s %(message)s")
     extent_kernels.warm()       # the fast path's kernels, compiled before the first I/O
+    stats_kernels.warm()
     uvloop.run(_serve(socket.socket(fileno=a.fd), a.index, a.stats_fd))
     return 0
