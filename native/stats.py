@@ -1,9 +1,9 @@
 """Statistics kernel: add a batch of per-command records into counter rows.
 
 ``add_records(counters, rec, cols, kinds)``: ``counters`` is (rows, width) int64, ``rec``
-(n, 10) float64 records as the fabric stages them (``vmblock.stats.recorder``): ``row,
-opcode, ops, bytes, t_arr, t_grant, t_exec, t_done, class, status`` (times in seconds; 0 for
-t_grant: at arrival, for t_exec: at the end), ``kinds`` the command kind of each opcode,
+(n, 10) float64 records as ``vmblock.stats.recorder`` builds them from what the fabric
+staged: ``row, opcode, ops, bytes, t_arr, t_grant, t_exec, t_done, class, status`` (times in
+seconds; 0 for t_grant or t_exec: at arrival), ``kinds`` the command kind of each opcode,
 ``cols`` the column numbers the layout gives (``COLS_*`` below say where in ``cols`` each is;
 ``vmblock.stats.recorder`` builds it from ``vmblock.stats.layout``). Per record: queue =
 t_grant - t_arr, network = t_exec - t_grant (writes only), service = t_done - t_exec, total =
@@ -57,7 +57,7 @@ def add_records(counters: np.ndarray, rec: np.ndarray, cols: np.ndarray,
         t_arr = rec[i, 4]
         t_done = rec[i, 7]
         t_grant = rec[i, 5] if rec[i, 5] != 0.0 else t_arr
-        t_exec = rec[i, 6] if rec[i, 6] != 0.0 else t_done
+        t_exec = rec[i, 6] if rec[i, 6] != 0.0 else t_grant
         total = np.int64((t_done - t_arr) * 1e6)
         c = counters[row]
         c[cols[COLS_OPS + kind]] += ops

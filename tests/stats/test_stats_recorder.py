@@ -24,7 +24,7 @@ def naive_add(counters: np.ndarray, rec: np.ndarray) -> None:
         row, ops, nbytes = int(row), int(ops), int(nbytes)
         kind = L.KIND_OF_OPCODE[int(op)]
         t_grant = t_grant or t_arr
-        t_exec = t_exec or t_done
+        t_exec = t_exec or t_grant
         total = int((t_done - t_arr) * 1e6)
         c = counters[row]
         c[L.OPS_OF_KIND[kind]] += ops
@@ -90,8 +90,9 @@ def _done(rec: StatsRecorder, lr: LuRows, cdb: bytes, nbytes: int, write: bool) 
     st = TaskState(None, task, 0, 1)
     st.stats_rows = lr
     st.t_arr = rec.clock()
-    st.t_exec = rec.clock()
+    st.t_grant, st.t_exec, st.probe = 0.0, 0.0, None
     rec.done(st, task, nbytes)
+    rec.sent()
 
 
 def read10(lba: int, blocks: int) -> bytes:

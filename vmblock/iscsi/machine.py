@@ -96,6 +96,7 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         # command being dispatched arrived (0.0 otherwise)
         self.stats = getattr(service, "stats", None)
         self.parked_at = 0.0
+        self.rx_time = 0.0              # when this receive buffer came in (0.0: not read yet)
         self.handlers = {
             Opcode.NOP_OUT: self._nop_out,
             Opcode.SCSI_CMD: self._scsi_cmd,
@@ -255,6 +256,9 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         if self.out:
             self.io.write(self.out)
             self.out.clear()
+            stats = self.stats
+            if stats is not None and stats.unsent:
+                stats.sent()        # the statuses just written: their time is now
         if self.out_charged and not self.writing_paused:
             self.service.budget.give(self.host, self.out_charged)    # the socket took it
             self.out_charged = 0

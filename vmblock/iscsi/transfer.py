@@ -61,11 +61,10 @@ class TaskState:
         self.done = False
         self.charged = 0                # bytes of the data budget it holds
         self.read_len = 0               # READ data it will hold, charged before it executes
-        # statistics (vmblock.stats.recorder): the LU's rows, None when not counted; the
-        # times it arrived, got its data budget, went to the SCSI core; the cache miss probe
+        # statistics (vmblock.stats.recorder): the LU's rows, None when not counted; only
+        # then are t_arr, t_grant, t_exec (when it arrived, got its data budget, went to the
+        # SCSI core) and probe (the cache's capacity reads then) set, by _scsi_cmd
         self.stats_rows = None
-        self.t_arr = self.t_grant = self.t_exec = 0.0
-        self.probe = None
 
     def abort(self) -> None:
         """Stop the command (task aborted, Data-Out dropped) and return its data budget; for
@@ -117,7 +116,10 @@ class ScsiTransfer:
         stats = self.stats
         if stats is not None:           # the one accounting point: vmblock.stats.recorder
             st.stats_rows = scsi.stats_rows.get(lun)
-            st.t_arr = self.parked_at or stats.clock()
+            # it arrived with the receive buffer (one clock read per buffer), or when parked
+            st.t_arr = self.parked_at or self.rx_time or self._rx_stamp()
+            st.t_grant = st.t_exec = 0.0          # 0: at arrival
+            st.probe = None
         if not scsi.prepare(task):
             self.task_done(st)
             return
@@ -132,7 +134,7 @@ class ScsiTransfer:
                 self._wait_for_budget(st)          # in order behind what waits already
                 return
             st.charged = n
-            self._execute(st)
+            self._execute_now(st)
             return
         st.want = want
         st.received = dlen
@@ -148,7 +150,7 @@ class ScsiTransfer:
             st.charged = want
             if dlen == want:        # all of it came as immediate data: one copy, no zeroing
                 st.buf = bytearray(data)
-                self._execute(st)
+                self._execute_now(st)
                 return
             st.buf = bytearray(want)
         elif self._take(early):
@@ -288,13 +290,23 @@ class ScsiTransfer:
             st.r2tsn += 1
             st.next_r2t += length
 
+    def _rx_stamp(self) -> float:
+        """The time this receive buffer came in, read once per buffer (statistics)."""
+        t = self.rx_time = self.stats.clock()
+        return t
+
     def _execute(self, st: TaskState) -> None:
+        """Run ``st`` now that its data and budget are in: later than it arrived."""
+        if st.stats_rows is not None:
+            st.t_exec = self.stats.clock()
+        self._execute_now(st)
+
+    def _execute_now(self, st: TaskState) -> None:
+        """Run ``st``; called as it arrives, it needs no time stamp of its own."""
         task = st.task
         lr = st.stats_rows
-        if lr is not None:
-            st.t_exec = self.stats.clock()
-            if lr.probe is not None:
-                st.probe = lr.probe.capacity_reads
+        if lr is not None and lr.probe is not None:
+            st.probe = lr.probe.capacity_reads
         if st.buf is not None:
             task.data_out = memoryview(st.buf)
         st.buf = None

@@ -35,9 +35,15 @@ from vmblock.native import stats as stats_kernels
 from vmblock.stats import layout as L
 from vmblock.stats.rows import cdb_range
 
-# a staged record: row, opcode, ops, bytes, t_arr, t_grant, t_exec, t_done, class, status
+# The kernel's record (vmblock.native.stats): row, opcode, ops, bytes, t_arr, t_grant, t_exec,
+# t_done, class, status. The fabric stages the common case (no wait for budget or data, no
+# cache probe, GOOD status, no split) as a short record: row, opcode, bytes, t_arr, epoch;
+# every other one as a long record: the kernel's fields with the epoch in place of t_done.
+# The epoch counts ``sent`` calls: a record's t_done is the time of the first ``sent`` after
+# it (its status left with that write), or the flush's time when none came yet.
 REC = 10
-FLUSH_AT = REC * 4096       # a batch this big is added at once, scheduled or not
+SHORT, LONG = 5, 10
+FLUSH_AT = SHORT * 4096     # a batch this big is added at once, scheduled or not
 FLUSH_DELAY = 0.05          # seconds from a batch's first record to its flush
 _KIND = L.KIND_OF_OPCODE
 KINDS = np.frombuffer(_KIND, np.uint8).astype(np.int64)
@@ -64,26 +70,41 @@ class StatsRecorder:
         asked or when a batch is full)."""
         self.counters = counters
         self.schedule = schedule
-        self.stage = array("d")
+        self.short = array("d")
+        self.long = array("d")
+        self.sends = array("d")     # the time of each ``sent`` since the last flush
+        self.epoch = 0              # == len(sends): the epoch of records staged now
         self.scheduled = False
+        self.unsent = False         # records staged since the last ``sent``
 
     def done(self, st, task, nbytes: int) -> None:
-        """``st``'s command (``task``) sent its status, having moved ``nbytes`` of data."""
+        """``st``'s command (``task``) has its status in the connection's output, having
+        moved ``nbytes`` of data; the output's next write calls ``sent``."""
         lr = st.stats_rows
         probe = st.probe
-        cls = 0 if probe is None else 2 if lr.probe.capacity_reads != probe else 1
-        if lr.starts is None:
-            self.stage.extend((lr.row, task.cdb[0], 1, nbytes, st.t_arr, st.t_grant, st.t_exec,
-                               self.clock(), cls, task.status))
+        if (probe is None and lr.starts is None and not task.status and not st.t_grant
+                and not st.t_exec):
+            self.short.extend((lr.row, task.cdb[0], nbytes, st.t_arr, self.epoch))
         else:
-            self._split(lr, task.cdb, nbytes, (st.t_arr, st.t_grant, st.t_exec, self.clock(),
-                                               cls, task.status))
+            cls = 0 if probe is None else 2 if lr.probe.capacity_reads != probe else 1
+            times = (st.t_arr, st.t_grant, st.t_exec, self.epoch, cls, task.status)
+            if lr.starts is None:
+                self.long.extend((lr.row, task.cdb[0], 1, nbytes) + times)
+            else:
+                self._split(lr, task.cdb, nbytes, times)
+        self.unsent = True
         if not self.scheduled:
             self.scheduled = True
             if self.schedule is not None:
                 self.schedule(FLUSH_DELAY, self.flush)
-        if len(self.stage) >= FLUSH_AT:
+        elif len(self.short) >= FLUSH_AT:
             self.flush()
+
+    def sent(self) -> None:
+        """The statuses staged since the last call were written to their socket now."""
+        self.sends.append(self.clock())
+        self.epoch += 1
+        self.unsent = False
 
     def _split(self, lr, cdb, nbytes: int, times: tuple) -> None:
         """Stage a command on a split LU: counted in its first range, bytes in each range."""
@@ -91,25 +112,36 @@ class StatsRecorder:
         rng = cdb_range(cdb, _KIND[op])
         if rng is None or not rng[1] or not nbytes:
             row = lr.row if rng is None else lr.pieces(rng[0], 1, 1)[0][0]
-            self.stage.extend((row, op, 1, nbytes) + times)
+            self.long.extend((row, op, 1, nbytes) + times)
             return
         lba, blocks = rng
         pieces = lr.pieces(lba, blocks, max(nbytes // blocks, 1))
         for i, (row, part) in enumerate(pieces):
             if i == 0:
-                self.stage.extend((row, op, 1, part) + times)
+                self.long.extend((row, op, 1, part) + times)
             else:
-                self.stage.extend((row, op, 0, part, 0, 0, 0, 0, 0, 0))
+                self.long.extend((row, op, 0, part, 0, 0, 0, times[3], 0, 0))
 
     def flush(self) -> None:
         """Add the staged records into the counters (module docstring)."""
         self.scheduled = False
-        if not self.stage:
+        if not self.short and not self.long:
             return
-        rec = np.frombuffer(self.stage, np.float64).reshape(-1, REC)
+        ends = np.append(np.frombuffer(self.sends, np.float64), self.clock())
+        base = self.epoch - len(self.sends)
+        short = np.frombuffer(self.short, np.float64).reshape(-1, SHORT)
+        rec = np.zeros((len(short) + len(self.long) // LONG, REC))
+        n = len(short)
+        rec[:n, [0, 1, 3, 4]] = short[:, :4]
+        rec[:n, 2] = 1
+        rec[:n, 7] = ends[short[:, 4].astype(np.int64) - base]
+        rec[n:] = np.frombuffer(self.long, np.float64).reshape(-1, LONG)
+        rec[n:, 7] = ends[rec[n:, 7].astype(np.int64) - base]
+        del short
+        del self.short[:]
+        del self.long[:]
+        del self.sends[:]
         stats_kernels.add_records(self.counters, rec, COLS, KINDS)   # rows came from the owner
-        del rec
-        del self.stage[:]
 
 
 def add_records(counters: np.ndarray, rec: np.ndarray) -> None:
