@@ -267,7 +267,12 @@ def _stats_interval(text: str, key: str) -> float:
 
 def _listen(text: str, key: str) -> str:
     if text:
-        parse_portals(text)         # HOST:PORT, checked as a portal is
+        if ":" not in text.rsplit("]", 1)[-1]:
+            raise InvalidArgument(f"{key} must be HOST:PORT (a port is needed), not {text!r}")
+        try:
+            parse_portals(text)     # checked as a portal is
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{key}: {e}") from None
     return text
 
 
