@@ -408,9 +408,12 @@ class LiveApi(Api):
         self.server.add_vdisk(disk)
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
-        """Stop serving the deleted vdisk if it is still served (verbs normally unserve first)."""
+        """Stop serving the deleted vdisk if it is still served (verbs normally unserve first);
+        its statistics go with it."""
         if disk.uuid in self.server.stores:
             self.server.remove_vdisk(disk)
+        if self.server.stats is not None:
+            self.server.stats.forget(disk)
 
     def vdisk_resized(self, disk: Vdisk) -> None:
         """Drop the vdisk's cache blocks and have its LU re-read the size (a CAPACITY DATA HAS

@@ -141,3 +141,18 @@ def test_top_once_and_report_png_and_html(vmblock_server, tmp_path):
     text = page.read_text()
     assert "data:image/png;base64," in text and "VM vma" in text
     assert s.cli("report", "--vm", "vma", check=False).returncode == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_deleted_vdisk_takes_its_statistics_along(vmblock_server):
+    s = vmblock_server
+    url_a, _ = two_vms(s)
+    clients.qemu_io(url_a, "write 0 4k", cache="none")
+    s.cli("stats-sample")
+    s.cli("vdisk", "delete", "vma-disk", "--force")
+    r = js(s, "stats", "--since", "1h")
+    assert "vma-disk" not in by_name(r["vdisks"])
+    vm = by_name(r["vms"])["vma"]
+    assert vm["write_ops"] == 0 and sum(h["write_ops"] for h in vm["history"]) == 1
+    s.cli("vdisk", "create", "vma-disk", "--size", "64M", "--vm", "vma")
+    assert by_name(js(s, "stats")["vdisks"])["vma-disk"]["write_ops"] == 0

@@ -87,6 +87,13 @@ class PoolStats:
         self.last = self.history.sample(time.time() if t is None else t, cum, space)
         return self.last
 
+    def forget(self, disk) -> None:
+        """A deleted vdisk: its stored counters and history go (its VM's history stays)."""
+        self.bases.pop(disk.uuid, None)
+        self.last.pop(vd_series(disk.uuid), None)
+        self.history.prev.pop(vd_series(disk.uuid), None)
+        self.history.forget(vd_series(disk.uuid))
+
     def stop(self) -> None:
         """Store the cumulative rows (the counts since the last sample survive a restart)."""
         self.history.persist(self.cumulative()[0])
