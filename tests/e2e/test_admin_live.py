@@ -111,7 +111,8 @@ TAME_VALUES = {
     "promote": ["read", "write", "never"], "kind": ["vm", "vdisk", None],
     "priority": [0, 5, -3], "limit": [0, 1, 100], "live": FLAG, "purge": FLAG,
     "force": FLAG, "active": FLAG, "pinned": FLAG, "guest_os": ["debian12", ""],
-    "location": ["hv-a:/datastore1"],
+    "location": ["hv-a:/datastore1"], "group": ["default", "g1", None],
+    "since": ["1h", "30m", "2d", None],
 }
 # values of the right type but wrong otherwise
 WRONG_VALUES = {
@@ -120,7 +121,7 @@ WRONG_VALUES = {
     "key": ["bogus.key", "acl.not-an-iqn", "store.", "auth.target..chap_secret"],
     "target": ["not-an-iqn"], "tier": ["tape"], "min": ["200%", "-1"], "max": ["x"],
     "promote": ["sometimes"], "kind": ["lun"], "priority": [-(1 << 40), 1 << 64],
-    "limit": [-1, 1 << 70],
+    "limit": [-1, 1 << 70], "since": ["soon", "-1h", "9999d", "1e400"],
 }
 WRONG_TEXT = ["", ".hidden", "a/b", "nope"] + HUGE
 
