@@ -299,6 +299,7 @@ class Server:
             self.stats = PoolStats(self.pool, self.live_stats, self.cache,
                                    settings.get("stats.interval"))
             self.stats.start()
+            self.stats.refresh_space()          # the first figures, before any I/O
         for t in self.pool.targets():
             self.add_target(t.iqn)
         # thousands of vdisks: the VMs' names read once, every vdisk's group set at once
@@ -338,9 +339,12 @@ class Server:
         """Take a statistics sample every ``stats.interval`` seconds (read at each tick, so a
         change applies at the next one). A failing sample (a full meta DB) is logged and
         retried at the next tick; I/O goes on."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.stats.interval)
             try:
+                if self.stats.space_due():      # walks the maps: off the event loop
+                    await loop.run_in_executor(None, self.stats.refresh_space)
                 await self.flush_stats()
                 self.stats.sample()
             except Exception as e:

@@ -156,3 +156,19 @@ def test_a_deleted_vdisk_takes_its_statistics_along(vmblock_server):
     assert vm["write_ops"] == 0 and sum(h["write_ops"] for h in vm["history"]) == 1
     s.cli("vdisk", "create", "vma-disk", "--size", "64M", "--vm", "vma")
     assert by_name(js(s, "stats")["vdisks"])["vma-disk"]["write_ops"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_space_used_snapshot_only_and_shared(vmblock_server):
+    s = vmblock_server
+    url_a, _ = two_vms(s)
+    clients.qemu_io(url_a, "write -P 1 0 1M", "write -P 2 4M 1M", cache="none")
+    s.cli("vm", "snapshot", "vma", "--name", "before")
+    clients.qemu_io(url_a, "write -P 3 0 1M", cache="none")     # the snapshot keeps the old
+    s.cli("stats-sample")
+    vm = by_name(js(s, "stats")["vms"])["vma"]
+    MiB = 1 << 20
+    assert vm["used_bytes"] == 2 * MiB
+    assert vm["snapshot_bytes"] == MiB          # the first MiB as it was, held only there
+    assert vm["shared_bytes"] == MiB            # the MiB at 4M: live and in the snapshot
+    assert by_name(js(s, "stats")["vms"])["vmb"]["used_bytes"] == 0

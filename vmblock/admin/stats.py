@@ -8,6 +8,7 @@ running server).
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Annotated, Protocol
 
 from vmblock.admin.schema import GroupName, Name, Text
@@ -65,13 +66,16 @@ class StatsVerbs:
     @verb
     def stats_sample(self) -> dict:
         """Take a statistics sample now, as the server's timer does every stats.interval
-        (for scripts and tests that need one at a known moment)."""
+        (for scripts and tests that need one at a known moment), the space figures walked
+        afresh."""
         if self.runtime is None or self.runtime.stats is None:
             raise ServerError("no running server with statistics on (stats.enabled) to sample")
 
         async def sample() -> dict:
+            stats = self.runtime.stats
+            await asyncio.get_running_loop().run_in_executor(None, stats.refresh_space)
             await self.runtime.flush_stats()
-            return {"samples": len(self.runtime.stats.sample())}
+            return {"samples": len(stats.sample())}
         return sample()
 
 

@@ -191,20 +191,25 @@ class StatsHistory:
 def space_of(pool, disks, snapshots) -> dict[str, tuple[int, int, int]]:
     """(used, snapshot-only, shared) bytes per vdisk uuid: mapped bytes of its live map;
     bytes of AUs only its snapshots hold; bytes of live AUs another map (a snapshot, a
-    clone) holds too."""
+    clone) holds too. The store's lock is taken per map, not for the whole walk, so the data
+    path waits at most for one map's entries."""
     store = pool.store
     au = store.space.au
     with store.lock:
-        refs = store.space.refs()
-        frozen: dict[str, list[np.ndarray]] = {}
-        for snap in snapshots:
-            for d in snap.disks:
-                frozen.setdefault(d["vdisk"], []).append(store.entries(d["map_id"])[1])
-        out = {}
-        for disk in disks:
+        refs = store.space.refs().copy()
+    frozen: dict[str, list[np.ndarray]] = {}
+    for snap in snapshots:
+        for d in snap.disks:
+            with store.lock:
+                paus = store.entries(d["map_id"])[1]
+            frozen.setdefault(d["vdisk"], []).append(paus)
+    out = {}
+    for disk in disks:
+        with store.lock:
             live = store.entries(disk.map_id)[1]
-            snap_aus = (np.setdiff1d(np.concatenate(frozen[disk.uuid]), live)
-                        if disk.uuid in frozen else np.empty(0, np.int64))
-            shared = int(np.count_nonzero(refs[live] > 1)) if len(live) else 0
-            out[disk.uuid] = (len(live) * au, len(snap_aus) * au, shared * au)
+        snap_aus = (np.setdiff1d(np.concatenate(frozen[disk.uuid]), live)
+                    if disk.uuid in frozen else np.empty(0, np.int64))
+        live = live[live < len(refs)]
+        shared = int(np.count_nonzero(refs[live] > 1)) if len(live) else 0
+        out[disk.uuid] = (len(live) * au, len(snap_aus) * au, shared * au)
     return out

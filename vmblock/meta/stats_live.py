@@ -18,6 +18,9 @@ from vmblock.stats import figures
 from vmblock.stats import layout as L
 
 POOL_SERIES = "pool"
+# A running server walks the extent maps for the space figures at most this often, in the
+# executor (the sampler); reports in between show the last walk's figures
+SPACE_INTERVAL = 60.0
 
 
 def vd_series(uuid: str) -> str:
@@ -41,6 +44,28 @@ class PoolStats:
         self.interval = interval
         self.bases: dict[str, np.ndarray] = {}      # vdisk uuid -> cumulative row at start
         self.last: dict[str, dict] = {}             # series -> the last sample's entry
+        self.space: dict[str, tuple[int, int, int]] | None = None   # the last walk's, by uuid
+        self.space_time = 0.0
+
+    def space_due(self) -> bool:
+        """Whether the sampler should walk the maps again before its next sample."""
+        return self.space is None or time.monotonic() - self.space_time >= SPACE_INTERVAL
+
+    def refresh_space(self) -> None:
+        """Walk the extent maps for the space figures (``space_of``); the sampler runs it in
+        the executor."""
+        self.space = space_of(self.pool, self.pool.vdisks(), self.pool.snapshots())
+        self.space_time = time.monotonic()
+
+    def _space_per_vdisk(self, disks) -> dict[str, tuple[int, int, int]]:
+        """The space figures: used bytes now (the store keeps them counted); snapshot-only
+        and shared bytes from a running server's last walk (up to ``SPACE_INTERVAL`` old),
+        else from a walk now."""
+        walk = self.space
+        if self.live is None or walk is None:
+            walk = space_of(self.pool, disks, self.pool.snapshots())
+        return {d.uuid: (self.pool.used_bytes(d), *walk.get(d.uuid, (0, 0, 0))[1:])
+                for d in disks}
 
     # --- running server ---------------------------------------------------------------------
 
@@ -99,7 +124,7 @@ class PoolStats:
         self.history.persist(self.cumulative()[0])
 
     def _space(self, disks, owners) -> dict[str, tuple[int, int]]:
-        per = space_of(self.pool, disks, self.pool.snapshots())
+        per = self._space_per_vdisk(disks)
         out = {vd_series(u): (s[0], s[1]) for u, s in per.items()}
         by_vm: dict[str, list] = {}
         for u, s in per.items():
@@ -133,7 +158,7 @@ class PoolStats:
                 raise NotFound(f"no eviction group {group!r}")
             disks = [d for d in disks if members.get(d.uuid, ("default",))[0] == group]
         cum, owners = self.cumulative(all_disks)
-        per = space_of(self.pool, all_disks, self.pool.snapshots())
+        per = self._space_per_vdisk(all_disks)
         cache = self._cache_rows()
         now = time.time()
         sel_vms = ([vms[d.vm] for d in disks if d.vm] if (vdisk or group) else
@@ -151,8 +176,7 @@ class PoolStats:
                                                   "write": last["write_p99_us"]}
             else:
                 out.update(figures.rates(np.zeros(L.WIDTH, np.int64), 1.0))
-            used = sum(per[u][0] for u in parts if u in per)
-            out["used_bytes"] = used
+            out["used_bytes"] = sum(per[u][0] for u in parts if u in per)
             out["snapshot_bytes"] = sum(per[u][1] for u in parts if u in per)
             out["shared_bytes"] = sum(per[u][2] for u in parts if u in per)
             out["tier_bytes"] = _tier_bytes(self.pool, [d for d in all_disks if d.uuid in parts])
