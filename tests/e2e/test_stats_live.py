@@ -172,3 +172,14 @@ def test_space_used_snapshot_only_and_shared(vmblock_server):
     assert vm["snapshot_bytes"] == MiB          # the first MiB as it was, held only there
     assert vm["shared_bytes"] == MiB            # the MiB at 4M: live and in the snapshot
     assert by_name(js(s, "stats")["vms"])["vmb"]["used_bytes"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_worker_counts_survive_a_stop_nobody_read_before(tmp_path, start_server):
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", "2")
+    s = start_server(pool=pool)
+    url_a, _ = two_vms(s)
+    exact_io(url_a)
+    assert s.stop() == 0                    # the workers flush on STOP, the owner stores
+    check_counts(js(s, "stats"))

@@ -344,9 +344,12 @@ class WorkerProcess:
         return bool(TMF_DONE.unpack_from(answer)[1])
 
     def stop(self) -> None:
-        """Close every connection, then end the process."""
+        """Close every connection, then end the process (its staged statistics added into
+        its slab first: the owner stores them at its own stop)."""
         for conn in list(self.service.connections):
             conn.terminate("target shutting down")
+        if self.service.stats is not None:
+            self.service.stats.flush()
         self.loop.call_soon(self.done.set)
 
 
