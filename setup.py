@@ -20,10 +20,8 @@ setup(
     package_dir={"vmblock.native": "native"},
     install_requires=[
         "numpy", "numba", "rocksdict", "pyroute2", "click", "aiohttp", "uvloop", "crc32c",
-        "prometheus-client", "rich",
+        "prometheus-client", "rich", "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy",
-                             "matplotlib"],
-                    "report": ["matplotlib"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy"]},
     entry_points={"console_scripts": ["vmblock = vmblock.cli:main"]},
 )
