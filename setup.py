@@ -20,6 +20,7 @@ setup(
     package_dir={"vmblock.native": "native"},
     install_requires=[
         "numpy", "numba", "rocksdict", "pyroute2", "click", "aiohttp", "uvloop", "crc32c",
+        "prometheus-client", "rich", "matplotlib",
     ],
     extras_require={
         # hypervisor connectors (vmblock hypervisor, vm import): builds against libvirt-dev

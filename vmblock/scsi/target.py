@@ -67,6 +67,9 @@ class ScsiTarget:
         self.nexuses: set[Nexus] = set()
         # EXTENDED COPY results held for RECEIVE COPY RESULTS: nexus -> list id -> results
         self.copy_results: dict[Nexus, dict[int, tuple[int, int]]] = {}
+        # LUN -> its vmblock.stats.rows.LuRows: the stats rows the fabric counts its
+        # commands in (set by the server; a LUN without an entry is not counted)
+        self.stats_rows: dict = {}
 
     # -- configuration
     def add_lun(self, lun: int, lu: LogicalUnit) -> None:
