@@ -20,12 +20,14 @@ setup(
     package_dir={"vmblock.native": "native"},
     install_requires=[
         "numpy", "numba", "rocksdict", "pyroute2", "click", "aiohttp", "uvloop", "crc32c",
+        "prometheus-client", "rich",
     ],
     extras_require={
         # hypervisor connectors (vmblock hypervisor, vm import): builds against libvirt-dev
         "libvirt": ["libvirt-python", "rich"],
+        "report": ["matplotlib"],
         "test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy",
-                 "libvirt-python", "rich"],
+                 "libvirt-python", "rich", "matplotlib"],
     },
     entry_points={"console_scripts": ["vmblock = vmblock.cli:main"]},
 )

@@ -21,6 +21,7 @@ import uvloop
 
 from vmblock.admin import http as admin_http
 from vmblock.admin.api import Api
+from vmblock.admin.metrics import start_metrics
 from vmblock.cache import flash as flash_cache
 from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.events.runtime import EventsRuntime
@@ -29,13 +30,16 @@ from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk, datastores, policies
 from vmblock.meta.config import check_settings
+from vmblock.meta.stats_live import PoolStats
 from vmblock.native import extent as extent_kernels
+from vmblock.native import stats as stats_kernels
 from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.collector import settle_gc
 from vmblock.datastore.watch import Debounce, WatchedStore, thresholds
 from vmblock.settings import Apply, Settings, format_portal, lookup
+from vmblock.stats.live import LiveStats
 from vmblock.store.backend import BackingStore
 from vmblock.worker.owner import WorkerPool
 from vmblock.worker.publish import Publisher
@@ -182,6 +186,11 @@ class Server:
         self.watched: dict[str, WatchedStore] = {}  # vdisk uuid -> its store
         self.rescans: Debounce | None = None
         self.events: EventsRuntime | None = None   # delivery, space watch, snapshot schedule
+        # statistics (docs/stats.md): this run's counters, and the pool's view of them
+        self.live_stats: LiveStats | None = None
+        self.stats: PoolStats | None = None
+        self.sampler: asyncio.Task | None = None
+        self.metrics = None             # the Prometheus listener (metrics.listen)
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -233,10 +242,12 @@ class Server:
                          vendor="VMBLOCK", product="vdisk", write_cache=True)
         scsi = self.targets[disk.target].scsi
         scsi.add_lun(disk.lun, lu)
+        if self.stats is not None:
+            scsi.stats_rows[disk.lun] = self.stats.lu_rows(disk, store)
         if self.publisher is not None:
             self.publisher.add(lu)
         if self.workers is not None:
-            self.workers.luns_changed(disk.target, scsi.luns)
+            self.workers.luns_changed(disk.target, scsi.luns, scsi.stats_rows)
         self.datastore_scan(disk)
 
     def datastore_scan(self, disk: Vdisk) -> None:
@@ -276,8 +287,9 @@ class Server:
         if self.publisher is not None and lu is not None:
             self.publisher.remove(lu)
         scsi.remove_lun(disk.lun)
+        scsi.stats_rows.pop(disk.lun, None)
         if self.workers is not None:
-            self.workers.luns_changed(disk.target, scsi.luns)
+            self.workers.luns_changed(disk.target, scsi.luns, scsi.stats_rows)
         store = self.stores.pop(disk.uuid)
         self.watched.pop(disk.uuid, None)
         self.rescans.cancel(disk.uuid)
@@ -316,6 +328,7 @@ class Server:
         settings = self.settings()
         extent_kernels.warm()     # compiled (or loaded from cache) before the first I/O
         flash_cache.warm()
+        stats_kernels.warm()
         self.pool.store           # maps loaded and refcounts rebuilt before the ready line
         self.cache = open_cache(self.pool, settings)   # cold: RAM only
         interval = settings.get("store.commit_interval")
@@ -326,6 +339,11 @@ class Server:
             self.publisher = Publisher(self.pool.store, count)
         self.rescans = Debounce(asyncio.get_running_loop(),
                                 settings.get("datastore.lvm.rescan_delay"), self._rescan)
+        if settings.get("stats.enabled"):
+            self.live_stats = LiveStats(count, asyncio.get_running_loop().call_later)
+            self.stats = PoolStats(self.pool, self.live_stats, self.cache,
+                                   settings.get("stats.interval"))
+            self.stats.start()
         for t in self.pool.targets():
             self.add_target(t.iqn)
         # thousands of vdisks: the VMs' names read once, every vdisk's group set at once
@@ -336,9 +354,13 @@ class Server:
             groups = self.pool.eviction_groups
             self.cache.set_groups(groups.slot_table(), groups.members())
         self.service = IscsiService(self.targets, iscsi_config(settings))   # settings are checked
+        if self.live_stats is not None:
+            self.service.stats = self.live_stats.recorder      # the fabric counts into it
+            self.sampler = asyncio.create_task(self._sample_loop())
         if count:
             # started before the portals: no login is handed over to a worker not yet ready
             self.workers = WorkerPool(self.service, count, self.publisher)
+            self.workers.stats = self.live_stats
             await self.workers.start()
             self.service.handoff = self.workers.place
         try:
@@ -355,7 +377,27 @@ class Server:
                                     lambda vm, snap: api.snapshot_delete(snap, vm=vm),
                                     self.cache)
         await self.events.start()
+        listen = settings.get("metrics.listen")     # serve --metrics sets it for this run
+        if listen:
+            self.metrics = await start_metrics(api, listen)
         self.admin = await admin_http.start(api, self.pool.socket_path)
+
+    async def flush_stats(self) -> None:
+        """Every worker adds its staged statistics into its slab (vmblock.admin.stats)."""
+        if self.workers is not None:
+            await self.workers.flush_stats()
+
+    async def _sample_loop(self) -> None:
+        """Take a statistics sample every ``stats.interval`` seconds (read at each tick, so a
+        change applies at the next one). A failing sample (a full meta DB) is logged and
+        retried at the next tick; I/O goes on."""
+        while True:
+            await asyncio.sleep(self.stats.interval)
+            try:
+                await self.flush_stats()
+                self.stats.sample()
+            except Exception as e:
+                log.warning("statistics sample failed: %s", e)
 
     async def stop(self) -> None:
         """Stop taking admin calls and logins, end sessions, then make every write durable."""
@@ -369,10 +411,19 @@ class Server:
                 pass
         if self.hypervisors is not None:
             await self.hypervisors.stop()
+        if self.metrics is not None:
+            await self.metrics.cleanup()
         if self.service is not None:
             await self.service.stop()
         if self.workers is not None:
             await self.workers.stop()
+        if self.sampler is not None:
+            self.sampler.cancel()
+        if self.stats is not None:
+            try:
+                self.stats.stop()           # the counts since the last sample survive
+            except Exception as e:
+                log.error("statistics not stored at shutdown: %s", e)
         if self.publisher is not None:
             self.publisher.close()
         if self.committer is not None:
@@ -416,9 +467,12 @@ class LiveApi(Api):
         self.server.add_vdisk(disk)
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
-        """Stop serving the deleted vdisk if it is still served (verbs normally unserve first)."""
+        """Stop serving the deleted vdisk if it is still served (verbs normally unserve first);
+        its statistics go with it."""
         if disk.uuid in self.server.stores:
             self.server.remove_vdisk(disk)
+        if self.server.stats is not None:
+            self.server.stats.forget(disk)
 
     def vdisk_resized(self, disk: Vdisk) -> None:
         """Drop the vdisk's cache blocks and have its LU re-read the size (a CAPACITY DATA HAS
@@ -601,6 +655,10 @@ class LiveApi(Api):
                     self.server.workers.reconfigure()
             except InvalidArgument:
                 return False   # the set as a whole is refused: the next start says why
+            return True
+        if row.apply is Apply.STATS:
+            if self.server.stats is not None:
+                self.server.stats.interval = self.server.settings().get(key)
             return True
         if row.apply is Apply.TARGET and name in self.server.targets:
             try:

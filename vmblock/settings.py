@@ -68,6 +68,9 @@ MAX_CONNECTION_COUNT = 65535
 # server.workers: worker processes beside the owner. Each holds a Python interpreter (~60 MiB)
 # and shares the cores with the owner, so more than a few per core only adds switching.
 MAX_WORKERS = 64
+# stats.interval: at most one sample a second (the history's size follows it), at least one a day
+MIN_STATS_INTERVAL = 1.0
+MAX_STATS_INTERVAL = 86400.0
 
 # cache.size 'auto' (the default): this share of the flash tier when the flash tier is on
 # another device than the capacity tier, no cache when both are on one (docs/benchmarks.md,
@@ -260,6 +263,25 @@ def _yes_no(text: str, key: str) -> bool:
     return text == "Yes"
 
 
+def _stats_interval(text: str, key: str) -> float:
+    v = parse_seconds(text, key, MAX_STATS_INTERVAL)
+    if v < MIN_STATS_INTERVAL:
+        raise InvalidArgument(f"{key} must be from {MIN_STATS_INTERVAL:g} to "
+                              f"{MAX_STATS_INTERVAL:g} seconds, not {text!r}")
+    return v
+
+
+def _listen(text: str, key: str) -> str:
+    if text:
+        if ":" not in text.rsplit("]", 1)[-1]:
+            raise InvalidArgument(f"{key} must be HOST:PORT (a port is needed), not {text!r}")
+        try:
+            parse_portals(text)     # checked as a portal is
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{key}: {e}") from None
+    return text
+
+
 def _text(text: str, key: str) -> str:
     return text
 
@@ -328,6 +350,7 @@ class Apply(enum.Enum):
     NEW_TARGET = "new target"    # read each time a target is created
     RESCAN = "rescan"            # every served datastore is scanned again
     LIVE = "live"                # read each time it is used (events, policies)
+    STATS = "stats"              # the statistics sampler takes it at its next tick
 
 
 @dataclass(frozen=True)
@@ -421,6 +444,12 @@ _ROWS = (
     Setting("events.refuse_new_at", float, "90%", parse_fraction, Apply.LIVE,
             "capacity tier use from which vdisk create and vm clone are refused without "
             "--force"),
+    Setting("stats.enabled", bool, "Yes", _yes_no, Apply.RESTART,
+            "count every command per vdisk (docs/stats.md); No: no statistics at all"),
+    Setting("stats.interval", float, "10", _stats_interval, Apply.STATS,
+            "seconds between statistics samples kept in the history (docs/stats.md)"),
+    Setting("metrics.listen", str, "", _listen, Apply.RESTART,
+            "HOST:PORT of the Prometheus /metrics listener (serve --metrics); empty: none"),
 )
 TABLE = {row.key: row for row in _ROWS}
 _FAMILIES = [(row, *row.key.split(placeholder)) for row in _ROWS

@@ -20,6 +20,7 @@ from vmblock.admin.api import VERBS, Api
 from vmblock.admin.cache import CacheVerbs
 from vmblock.admin.hypervisor import HypervisorVerbs
 from vmblock.admin.datastores import DatastoreVerbs
+from vmblock.admin.stats import StatsVerbs
 from vmblock.admin.client import AdminClient, LocalClient
 from vmblock.cache.groups import parse_group
 from vmblock.errors import CacheError, InvalidArgument, TraceError, VmblockError
@@ -278,7 +279,7 @@ def test_schema_matches_every_verb():
     for (group, verb), v in VERBS.items():
         table = v.args
         parts = {"cache": (CacheVerbs,), "hypervisor": (HypervisorVerbs,),
-                 "datastores": (DatastoreVerbs,)}
+                 "datastores": (DatastoreVerbs,), "stats": (StatsVerbs,)}
         for cls in ((Api, LiveApi) if not v.part else parts[v.part]):
             params = dict(inspect.signature(getattr(cls, v.method)).parameters)
             params.pop("self")

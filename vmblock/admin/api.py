@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from vmblock.admin.cache import CacheVerbs, Runtime
 from vmblock.admin.hypervisor import HypervisorVerbs
 from vmblock.admin.datastores import DatastoreVerbs
+from vmblock.admin.stats import StatsVerbs
 from vmblock.admin.schema import (
     Cursor,
     Epoch,
@@ -59,6 +60,7 @@ class Api:
         self.cache = CacheVerbs(pool, runtime)
         self.hypervisor = HypervisorVerbs(pool, runtime, api=self)
         self.datastores = DatastoreVerbs(pool, runtime)
+        self.stats = StatsVerbs(pool, runtime)
 
     def portals(self) -> list[tuple[str, int]]:
         """Where initiators reach the targets; without a server, what the next one will use."""
@@ -383,7 +385,8 @@ class Api:
 # (noun, verb) -> Verb of every admin verb: Api's own and those of its parts
 VERBS: dict[tuple[str, str], Verb] = collect({"": Api, "cache": CacheVerbs,
                                               "hypervisor": HypervisorVerbs,
-                                              "datastores": DatastoreVerbs})
+                                              "datastores": DatastoreVerbs,
+                                              "stats": StatsVerbs})
 
 
 def run_verb(api: Api, noun: str, name: str, kwargs: dict):

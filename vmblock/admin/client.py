@@ -56,7 +56,7 @@ class AdminClient:
             probe.close()
         return cls(socket_path)
 
-    def call(self, group: str, verb: str, **kwargs):
+    def call(self, group: str, verb: str, /, **kwargs):
         """Run a verb on the server; its VmblockError is raised here again, same class."""
         conn = _UnixConnection(self.socket_path, TIMEOUT)
         try:
@@ -84,7 +84,7 @@ class LocalClient:
     def __init__(self, api: Api):
         self.api = api
 
-    def call(self, group: str, verb: str, **kwargs):
+    def call(self, group: str, verb: str, /, **kwargs):
         """Run a verb on the pool, arguments checked as the server checks them."""
         return run_verb(self.api, group, verb, kwargs)
 

@@ -469,6 +469,9 @@ class CachedStore(BackingStore):
         # True while the vdisk lives on the flash tier (or moves there): its data is already
         # on flash, so every call goes straight to the extent store (docs/cache.md)
         self.bypass = False
+        # reads that went to the capacity tier (a miss, or part of one): the statistics tell
+        # a flash hit from a miss by it (vmblock.stats.recorder)
+        self.capacity_reads = 0
 
     @property
     def size_bytes(self) -> int:
@@ -486,7 +489,11 @@ class CachedStore(BackingStore):
         inner = self.inner
         if self.bypass:
             return inner.read_into(offset, buf)
-        self.cache.read(self.vid, inner.read_into, inner.size_bytes, offset, buf)
+        self.cache.read(self.vid, self._read_capacity, inner.size_bytes, offset, buf)
+
+    def _read_capacity(self, offset: int, buf: memoryview) -> None:
+        self.capacity_reads += 1
+        self.inner.read_into(offset, buf)
 
     def write(self, offset: int, data: memoryview) -> None:
         """Write to the store first, then into the range's cached (or admitted) blocks, so the

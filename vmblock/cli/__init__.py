@@ -1,6 +1,7 @@
 """The ``vmblock`` command: a thin client of the admin API, or of the pool when no server runs.
 
-One module per noun (vm, vdisk, snapshot, config, session, pool, events, group, cache, serve);
+One module per noun (vm, vdisk, snapshot, config, session, pool, events, group, cache, serve,
+stats, top, report);
 each command runs one admin verb (``common.verb_command``), through ``AdminClient`` over the
 pool's admin socket or ``Api`` on the pool opened here, and prints its answer with
 ``common.emit``. Every ``VmblockError`` and usage error ends as one ``vmblock: error: ...`` line
@@ -14,8 +15,8 @@ import sys
 import click
 
 from vmblock import DEFAULT_POOL, __version__
-from vmblock.cli import (cache, config, datastore, events, group, hypervisor, pool, serve,
-                         session, snapshot, vdisk, vm)
+from vmblock.cli import (cache, config, datastore, events, group, hypervisor, pool, report,
+                         serve, session, snapshot, stats, top, vdisk, vm)
 from vmblock.errors import VmblockError
 
 EXIT_USAGE = 2
@@ -56,7 +57,8 @@ def cli(pool: str | None) -> None:
 
 for _command in (serve.serve, vm.vm, vdisk.vdisk, snapshot.snapshot, config.config,
                  session.session, pool.pool, events.events, group.group, cache.cache,
-                 hypervisor.hypervisor, datastore.datastore):
+                 hypervisor.hypervisor, datastore.datastore,
+                 stats.stats, stats.stats_sample, top.top, report.report):
     cli.add_command(_command)
 
 

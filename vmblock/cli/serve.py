@@ -23,14 +23,18 @@ from vmblock.settings import Settings, load_toml, parse_portal
 @click.option("--insecure", is_flag=True,
               help="Serve every target without CHAP: whoever reaches a portal can read and "
                    "write its vdisks.")
+@click.option("--metrics", metavar="HOST:PORT",
+              help="Serve Prometheus /metrics here (config key metrics.listen).")
 @click.pass_context
 def serve(ctx: click.Context, portals: tuple[str, ...], config_file: str | None,
-          demo: bool, insecure: bool) -> None:
+          demo: bool, insecure: bool, metrics: str | None) -> None:
     """Run the target in the foreground until SIGTERM or Ctrl-C (creates the pool if new).
 
     Targets of a new pool ask for CHAP; `vmblock vdisk show NAME --json` gives the URL with
     the credentials."""
     file_pool, overrides = load_toml(config_file) if config_file else (None, {})
+    if metrics:
+        overrides["metrics.listen"] = metrics
     check_settings(Settings(overrides))
     pool_dir = ctx.find_root().params["pool"] or file_pool or DEFAULT_POOL
     if AdminClient.connect(os.path.join(pool_dir, "admin.sock")) is not None:

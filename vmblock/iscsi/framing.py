@@ -43,6 +43,7 @@ class ReceiveFraming:
         PDU in them and write the answers at once."""
         self.rend += nbytes
         self.last_rx = now
+        self.rx_time = 0.0          # statistics read the clock once, at the first command
         self.corked = True
         try:
             self._process_input()

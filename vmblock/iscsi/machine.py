@@ -92,6 +92,11 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         self.budget_waiting: deque[TaskState] = deque()   # tasks whose data has no budget yet
         self.out_charged = 0            # budget of READ data sent, until the socket takes it
         self.writing_paused = False
+        # vmblock.stats: the service's recorder (None: statistics off); the time a parked
+        # command being dispatched arrived (0.0 otherwise)
+        self.stats = getattr(service, "stats", None)
+        self.parked_at = 0.0
+        self.rx_time = 0.0              # when this receive buffer came in (0.0: not read yet)
         self.handlers = {
             Opcode.NOP_OUT: self._nop_out,
             Opcode.SCSI_CMD: self._scsi_cmd,
@@ -194,9 +199,13 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
             sess.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
             handler(p, data, header)
             while sess.pending and sess.exp_cmdsn in sess.pending:
-                conn, q, qdata, qheader, charged = sess.pending.pop(sess.exp_cmdsn)
+                conn, q, qdata, qheader, charged, parked = sess.pending.pop(sess.exp_cmdsn)
                 sess.exp_cmdsn = (sess.exp_cmdsn + 1) & 0xFFFFFFFF
-                conn.dispatch_parked(q, qdata, qheader, charged)
+                conn.parked_at = parked
+                try:
+                    conn.dispatch_parked(q, qdata, qheader, charged)
+                finally:
+                    conn.parked_at = 0.0
         elif sess.in_window(cmdsn) and cmdsn not in sess.pending:
             self._park(p, data, header)
         # else: outside the window or a duplicate: silently ignored (RFC 7143 4.2.2.1)
@@ -208,10 +217,11 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         sess = self.session
         if p.opcode == Opcode.SCSI_CMD:
             self._check_unsolicited(p, len(data), header)
+        parked = self.stats.clock() if self.stats is not None else 0.0
         if self.service.budget.take(self.host, len(data)):
-            sess.pending[p.cmdsn] = (self, p, bytes(data), bytes(header), len(data))
+            sess.pending[p.cmdsn] = (self, p, bytes(data), bytes(header), len(data), parked)
         elif p.opcode == Opcode.SCSI_CMD:
-            sess.pending[p.cmdsn] = (self, p, None, bytes(header), 0)
+            sess.pending[p.cmdsn] = (self, p, None, bytes(header), 0, parked)
         else:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "out-of-order request beyond the "
                                     "data budget", bytes(header))
@@ -246,6 +256,9 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         if self.out:
             self.io.write(self.out)
             self.out.clear()
+            stats = self.stats
+            if stats is not None and stats.unsent:
+                stats.sent()        # the statuses just written: their time is now
         if self.out_charged and not self.writing_paused:
             self.service.budget.give(self.host, self.out_charged)    # the socket took it
             self.out_charged = 0

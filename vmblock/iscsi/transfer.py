@@ -39,7 +39,8 @@ class TaskState:
     """Fabric-side state of one SCSI command: Data-Out collection and R2Ts."""
 
     __slots__ = ("conn", "task", "buf", "want", "received", "unsolicited", "next_r2t",
-                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged", "read_len")
+                 "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged", "read_len",
+                 "stats_rows", "t_arr", "t_grant", "t_exec", "probe")
 
     # A Data-Out sequence (one R2T, or the unsolicited burst) is [next offset, end, next DataSN];
     # with DataPDUInOrder=Yes each PDU must continue exactly where the last one ended.
@@ -60,6 +61,10 @@ class TaskState:
         self.done = False
         self.charged = 0                # bytes of the data budget it holds
         self.read_len = 0               # READ data it will hold, charged before it executes
+        # statistics (vmblock.stats.recorder): the LU's rows, None when not counted; only
+        # then are t_arr, t_grant, t_exec (when it arrived, got its data budget, went to the
+        # SCSI core) and probe (the cache's capacity reads then) set, by _scsi_cmd
+        self.stats_rows = None
 
     def abort(self) -> None:
         """Stop the command (task aborted, Data-Out dropped) and return its data budget; for
@@ -108,6 +113,13 @@ class ScsiTransfer:
         st = TaskState(self, task, p.lun, p.cmdsn)
         sess.tasks[p.itt] = st
         scsi = sess.target.scsi
+        stats = self.stats
+        if stats is not None:           # the one accounting point: vmblock.stats.recorder
+            st.stats_rows = scsi.stats_rows.get(lun)
+            # it arrived with the receive buffer (one clock read per buffer), or when parked
+            st.t_arr = self.parked_at or self.rx_time or self._rx_stamp()
+            st.t_grant = st.t_exec = 0.0          # 0: at arrival
+            st.probe = None
         if not scsi.prepare(task):
             self.task_done(st)
             return
@@ -122,7 +134,7 @@ class ScsiTransfer:
                 self._wait_for_budget(st)          # in order behind what waits already
                 return
             st.charged = n
-            self._execute(st)
+            self._execute_now(st)
             return
         st.want = want
         st.received = dlen
@@ -138,7 +150,7 @@ class ScsiTransfer:
             st.charged = want
             if dlen == want:        # all of it came as immediate data: one copy, no zeroing
                 st.buf = bytearray(data)
-                self._execute(st)
+                self._execute_now(st)
                 return
             st.buf = bytearray(want)
         elif self._take(early):
@@ -185,6 +197,8 @@ class ScsiTransfer:
         if not self._take(need):
             return False
         st.charged += need
+        if st.stats_rows is not None:
+            st.t_grant = self.stats.clock()
         if st.want:
             st.buf[len(st.buf):] = bytes(st.want - len(st.buf))
         return True
@@ -276,8 +290,23 @@ class ScsiTransfer:
             st.r2tsn += 1
             st.next_r2t += length
 
+    def _rx_stamp(self) -> float:
+        """The time this receive buffer came in, read once per buffer (statistics)."""
+        t = self.rx_time = self.stats.clock()
+        return t
+
     def _execute(self, st: TaskState) -> None:
+        """Run ``st`` now that its data and budget are in: later than it arrived."""
+        if st.stats_rows is not None:
+            st.t_exec = self.stats.clock()
+        self._execute_now(st)
+
+    def _execute_now(self, st: TaskState) -> None:
+        """Run ``st``; called as it arrives, it needs no time stamp of its own."""
         task = st.task
+        lr = st.stats_rows
+        if lr is not None and lr.probe is not None:
+            st.probe = lr.probe.capacity_reads
         if st.buf is not None:
             task.data_out = memoryview(st.buf)
         st.buf = None
@@ -327,6 +356,8 @@ class ScsiTransfer:
         if data is not None and task.read and edtl and len(data):
             collapsed, datasn = self._send_data_in(st, data, min(len(data), edtl), flags, residual)
             if collapsed:
+                if st.stats_rows is not None:
+                    self.stats.done(st, task, min(len(data), edtl))
                 return
         exp, mx = self._window()
         sense = task.sense
@@ -336,6 +367,10 @@ class ScsiTransfer:
         self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED, task.status,
                              len(body), 0, task.itt, 0, statsn, exp, mx, datasn, 0, residual),
                    body)
+        if st.stats_rows is not None:
+            moved = (min(len(data), edtl) if task.read and data is not None else
+                     task.data_out_len if task.write else 0)
+            self.stats.done(st, task, moved)
 
     def _send_data_in(self, st, data, n, flags, residual) -> tuple[bool, int]:
         """Send ``n`` bytes as Data-In PDUs; collapse GOOD status into the last one (RFC 7143

@@ -83,6 +83,20 @@ class MetaDB:
                 raise _translate(e, "read") from None
         return out
 
+    def scan_range(self, lo: bytes, hi: bytes) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) with ``lo <= key < hi``, in key order."""
+        out = []
+        with self._lock:
+            self._ensure_open()
+            try:
+                for k, v in self._db.items(from_key=lo):
+                    if k >= hi:
+                        break
+                    out.append((k, v))
+            except Exception as e:
+                raise _translate(e, "read") from None
+        return out
+
     def write(self, batch: WriteBatch) -> None:
         """Write ``batch`` synced, after reopening the database if an earlier write failed."""
         with self._lock:

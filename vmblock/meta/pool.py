@@ -175,6 +175,12 @@ class Pool:
         """(key suffix, value) of every record whose key starts with ``prefix``, in key order."""
         return list(self._scan(prefix))
 
+    def records_range(self, lo: str, hi: str) -> list[tuple[str, object]]:
+        """(key, value) of every record with ``lo <= key < hi``, in key order (the stats
+        history's time ranges)."""
+        return [(k.decode(), json.loads(v)) for k, v in self._db.scan_range(lo.encode(),
+                                                                            hi.encode())]
+
     def write_records(self, put: dict[str, object], delete: Iterable[str] = ()) -> None:
         """Remove the keys ``delete`` and store ``put`` in one synced batch: one atomic change."""
         batch = new_batch()

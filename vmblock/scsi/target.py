@@ -48,6 +48,9 @@ class ScsiTarget:
         # LUN -> (its LU, that LU's command table): one lookup per command
         self._dispatch: dict[int, tuple[LogicalUnit, CommandTable]] = {}
         self.nexuses: set[Nexus] = set()
+        # LUN -> its vmblock.stats.rows.LuRows: the stats rows the fabric counts its
+        # commands in (set by the server; a LUN without an entry is not counted)
+        self.stats_rows: dict = {}
 
     # -- configuration
     def add_lun(self, lun: int, lu: LogicalUnit) -> None:

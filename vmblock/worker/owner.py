@@ -35,6 +35,7 @@ from vmblock.iscsi.portal import IscsiService
 from vmblock.iscsi.session import Session
 from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import ScsiTask
+from vmblock.stats.live import lu_rows_json
 
 from .channel import Channel
 from .publish import Publisher
@@ -45,6 +46,7 @@ from .wire import (
     NO_LUN,
     RESULT_DATA_IN,
     RESULT_FAILED,
+    STATS_TAG,
     RESULT_GONE,
     TMF,
     TMF_DONE,
@@ -62,6 +64,7 @@ START_TIMEOUT = 120.0       # seconds a worker may take to say READY (numba load
 STOP_TIMEOUT = 10.0         # seconds a worker may take to exit after STOP
 RESPAWN_DELAY = 1.0         # seconds before restarting a worker that lived less than ...
 MIN_LIFE = 5.0              # ... this long (no tight loop of crashing starts)
+STATS_FLUSH_TIMEOUT = 2.0   # seconds a reader of statistics waits for a worker's flush
 POLL = 0.002                # seconds between checks while a handoff waits (rare paths only)
 # The TMFs whose effect reaches other sessions: the other workers abort their tasks too.
 TARGET_WIDE = {TmfFunction.CLEAR_TASK_SET, TmfFunction.LUN_RESET,
@@ -132,6 +135,9 @@ class WorkerPool:
         self.stopping = False
         self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
         self.next = itertools.count()             # round robin among the least loaded
+        self.stats = None       # vmblock.stats.live.LiveStats: set before start when counted
+        self.flushes: dict[int, asyncio.Future] = {}     # STATS_FLUSH tag -> its answer
+        self.flush_tags = itertools.count(1)
 
     def _tsih_of(self, nexus) -> int | None:
         """The TSIH of ``nexus``'s session, None when it has none."""
@@ -150,10 +156,13 @@ class WorkerPool:
         # on the loop's thread: PR_SET_PDEATHSIG fires when the thread that forked ends
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "vmblock.worker", "--fd", str(theirs.fileno()),
-                 "--index", str(index), "--parent", str(os.getpid())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            args = [sys.executable, "-m", "vmblock.worker", "--fd", str(theirs.fileno()),
+                    "--index", str(index), "--parent", str(os.getpid())]
+            fds = [theirs.fileno()]
+            if self.stats is not None:          # the worker's slab of statistics counters
+                fds.append(self.stats.arena.fd_of(index))
+                args += ["--stats-fd", str(fds[-1])]
+            proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
         w = Worker(index, proc, self.loop)
@@ -301,16 +310,35 @@ class WorkerPool:
             "offer": neg.offer, "result": neg.result,
             "send_targets": self.service.send_targets("All", sess),
             "slots": self._slots(sess.target.scsi.luns),
+            "stats": _stats_rows(sess.target.scsi.stats_rows),
             **self._fabric(),
         }
 
     def _slots(self, luns) -> dict[str, int]:
         return self.publisher.slots(luns) if self.publisher is not None else {}
 
-    def luns_changed(self, target: str, luns) -> None:
+    async def flush_stats(self) -> None:
+        """Every running worker adds its staged statistics into its slab: what the owner
+        reads next counts every command answered before this call. A worker that does not
+        answer within ``STATS_FLUSH_TIMEOUT`` is not waited for (its counts come later)."""
+        waits = []
+        for w in self.workers:
+            if w is not None and w.up:
+                tag = next(self.flush_tags) & 0xFFFFFFFF
+                fut = self.flushes[tag] = self.loop.create_future()
+                w.channel.send(Msg.STATS_FLUSH, STATS_TAG.pack(tag))
+                waits.append(fut)
+        if waits:
+            done, pending = await asyncio.wait(waits, timeout=STATS_FLUSH_TIMEOUT)
+            for tag in [t for t, f in self.flushes.items() if f in pending]:
+                del self.flushes[tag]
+
+    def luns_changed(self, target: str, luns, stats_rows: dict | None = None) -> None:
         """A target's LUNs changed: every worker learns the new list (and the fast path's
-        LU record slots)."""
-        msg = pack_json({"target": target, "luns": sorted(luns), "slots": self._slots(luns)})
+        LU record slots, and the stats rows ``stats_rows`` of its LUs: call again after a
+        split is installed on one)."""
+        msg = pack_json({"target": target, "luns": sorted(luns), "slots": self._slots(luns),
+                         "stats": _stats_rows(stats_rows or {})})
         for w in self.workers:
             if w is not None:
                 w.channel.send(Msg.LUNS, msg)
@@ -323,6 +351,10 @@ class WorkerPool:
             self._tmf(w, payload)
         elif mtype == Msg.CLOSED:
             self._closed(w, *CONNECTION.unpack_from(payload))
+        elif mtype == Msg.STATS_FLUSHED:
+            fut = self.flushes.pop(STATS_TAG.unpack_from(payload)[0], None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
         elif mtype == Msg.READY:
             w.pid = unpack_json(payload)["pid"]
             w.ready.set_result(None)
@@ -408,3 +440,8 @@ class WorkerPool:
         self.service.registry.detach(sess, conn)
         if not any(t == tsih for t, _ in w.conns):
             del w.sessions[tsih]
+
+
+def _stats_rows(stats_rows: dict) -> dict:
+    """LUN -> the JSON of its ``LuRows`` (``vmblock.stats.live.lu_rows_json``)."""
+    return {str(lun): lu_rows_json(lr) for lun, lr in stats_rows.items()}

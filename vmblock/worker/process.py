@@ -36,7 +36,11 @@ from vmblock.iscsi.portal import IscsiConfig, TargetEntry
 from vmblock.iscsi.protocol import IscsiProtocol
 from vmblock.iscsi.session import Session, SessionRegistry
 from vmblock.native import extent as extent_kernels
+from vmblock.native import stats as stats_kernels
 from vmblock.scsi.task import Nexus, ScsiTask
+from vmblock.stats.arena import rows_view, slab
+from vmblock.stats.live import lu_rows_from_json
+from vmblock.stats.recorder import StatsRecorder
 
 from .channel import Channel
 from .fastpath import FastPath, Forward
@@ -101,6 +105,7 @@ class WorkerService:
         self.budget = DataBudget(0, 0, process.loop.call_soon)
         self.max_pdu = 0
         self.send_targets_answer: dict[int, list] = {}     # TSIH -> the session's SendTargets
+        self.stats = None       # vmblock.stats.recorder.StatsRecorder over the owner's slab
 
     def configure(self, info: dict) -> None:
         """Take the owner's current fabric settings (sent with each ``HANDOFF`` and in
@@ -213,13 +218,22 @@ class WorkerProcess:
             self.fast = SharedMapsFastPath(self.index, info, fds, self.forward, self._tsih)
             for target in self.targets.values():
                 target.fast = self.fast
+        elif mtype == Msg.STATS_FLUSH:
+            if self.service.stats is not None:
+                self.service.stats.flush()
+            self.channel.send(Msg.STATS_FLUSHED, payload)      # the same tag
         elif mtype == Msg.STOP:
             self.stop()
         else:
             log.error("worker %d: unexpected message %s", self.index, mtype.name)
 
     def _slots(self, target: str, msg: dict) -> None:
-        """The fast path learns the LU record slots of ``target``'s LUNs."""
+        """The fast path learns the LU record slots of ``target``'s LUNs, the fabric their
+        stats rows."""
+        entry = self.targets.get(target)
+        if entry is not None and "stats" in msg:
+            entry.stats_rows = {int(lun): lu_rows_from_json(d)
+                                for lun, d in msg["stats"].items()}
         if isinstance(self.fast, SharedMapsFastPath):
             self.fast.set_slots(target, msg.get("slots", {}))
 
@@ -345,9 +359,11 @@ def die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-async def _serve(sock: socket.socket, index: int) -> None:
+async def _serve(sock: socket.socket, index: int, stats_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     process = WorkerProcess(sock, index, loop)
+    if stats_fd is not None:        # count into the slab the owner made for this worker
+        process.service.stats = StatsRecorder(rows_view(slab(stats_fd)), loop.call_later)
     loop.add_signal_handler(signal.SIGTERM, process.stop)
     settle_gc()
     process.channel.send(Msg.READY, pack_json({"index": index, "pid": os.getpid()}))
@@ -361,11 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int, required=True, help="this end of the socketpair")
     ap.add_argument("--index", type=int, required=True)
     ap.add_argument("--parent", type=int, required=True, help="the owner's pid")
+    ap.add_argument("--stats-fd", type=int, default=None, help="this worker's stats slab")
     a = ap.parse_args(argv)
     die_with_parent(a.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker {a.index} %(name)s %(levelname)s %(message)s")
     extent_kernels.warm()       # the fast path's kernels, compiled before the first I/O
-    uvloop.run(_serve(socket.socket(fileno=a.fd), a.index))
+    stats_kernels.warm()
+    uvloop.run(_serve(socket.socket(fileno=a.fd), a.index, a.stats_fd))
     return 0

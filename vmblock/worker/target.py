@@ -32,6 +32,7 @@ class WorkerTarget:
         self.luns = set(luns)
         self.process = process
         self.fast = fast
+        self.stats_rows: dict = {}      # LUN -> vmblock.stats.rows.LuRows, from the owner
 
     def prepare(self, task: ScsiTask) -> bool:
         """The fast path's prepare when it claims ``task``; else gather everything the

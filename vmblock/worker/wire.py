@@ -34,6 +34,7 @@ RESULT_GONE = 0x04          # the session is no longer the owner's: the task is 
 TMF = struct.Struct("<IHBQ")
 TMF_DONE = struct.Struct("<IB")             # tag, 1 when the LUN existed
 CONNECTION = struct.Struct("<HH")           # TSIH, CID: CLOSED and TERMINATE
+STATS_TAG = struct.Struct("<I")             # STATS_FLUSH and STATS_FLUSHED: a tag
 
 
 class Msg(enum.IntEnum):
@@ -43,6 +44,7 @@ class Msg(enum.IntEnum):
     COMMAND = 2         # a SCSI command for the owner to run
     TMF = 3             # a task management function for the owner to apply; answered TMF_DONE
     CLOSED = 4          # a connection ended in the worker (logout, drop, NOP timeout)
+    STATS_FLUSHED = 5   # the worker's staged statistics are in its slab (answers STATS_FLUSH)
     HANDOFF = 10        # a logged-in connection (its socket attached) and its session
     RESULT = 11         # the end of a COMMAND
     TMF_DONE = 12       # the end of a TMF
@@ -52,6 +54,7 @@ class Msg(enum.IntEnum):
     STOP = 16           # close every connection and exit
     CONFIG = 17         # the fabric settings changed: {"config", "max_pdu"} as in HANDOFF
     STORE = 18          # the fast path's shared memory and tier files (SCM_RIGHTS), once
+    STATS_FLUSH = 19    # add the staged statistics into the slab now; answered STATS_FLUSHED
 
 
 def frame(mtype: Msg, *parts) -> list:

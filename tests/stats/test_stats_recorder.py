@@ -1,0 +1,145 @@
+"""The accounting point's kernel against a slow twin, the latency buckets, and LU range
+splits: an I/O spanning two ranges counts its bytes in each, its command in the first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vmblock.iscsi.transfer import TaskState
+from vmblock.scsi.task import Nexus, ScsiTask
+from vmblock.stats import figures
+from vmblock.stats import layout as L
+from vmblock.stats.arena import StatsArena, rows_view
+from vmblock.stats.live import LiveStats, lu_rows_from_json, lu_rows_json
+from vmblock.stats.recorder import REC, StatsRecorder, add_records
+from vmblock.stats.rows import LuRows
+
+NEXUS = Nexus("iqn.test:i", 1, "iqn.test:t")
+
+
+def naive_add(counters: np.ndarray, rec: np.ndarray) -> None:
+    """The slow twin of ``add_records``: one record at a time, in plain Python."""
+    for row, op, ops, nbytes, t_arr, t_grant, t_exec, t_done, cls, status in rec.tolist():
+        row, ops, nbytes = int(row), int(ops), int(nbytes)
+        kind = L.KIND_OF_OPCODE[int(op)]
+        t_grant = t_grant or t_arr
+        t_exec = t_exec or t_grant
+        total = int((t_done - t_arr) * 1e6)
+        c = counters[row]
+        c[L.OPS_OF_KIND[kind]] += ops
+        if kind == L.READ:
+            c[L.READ_BYTES] += nbytes
+        elif kind == L.WRITE:
+            c[L.WRITE_BYTES] += nbytes
+        else:
+            c[L.NCOUNTERS - 1] += nbytes
+        c[L.READ_US if kind == L.READ else L.WRITE_US if kind == L.WRITE else L.OTHER_US] += total
+        c[L.QUEUE_US] += int((t_grant - t_arr) * 1e6)
+        c[L.ERRORS] += status != 0
+        if kind in (L.READ, L.WRITE):
+            if kind == L.WRITE:
+                c[L.NETWORK_US] += int((t_exec - t_grant) * 1e6)
+            svc = int(cls) if kind == L.READ else 0
+            c[(L.STORAGE_US, L.FLASH_US, L.FLASH_MISS_US)[svc]] += int((t_done - t_exec) * 1e6)
+            c[(L.STORAGE_OPS, L.FLASH_OPS, L.FLASH_MISS_OPS)[svc]] += ops
+            mx = L.READ_MAX_US if kind == L.READ else L.WRITE_MAX_US
+            c[mx] = max(c[mx], total)
+            if ops:
+                start = L.READ_HIST if kind == L.READ else L.WRITE_HIST
+                c[start + int(L.bucket_of(np.array([total]))[0])] += ops
+
+
+def test_add_records_matches_its_slow_twin():
+    rng = np.random.default_rng(7)
+    n = 5000
+    t_arr = rng.uniform(1000, 2000, n)
+    grant = np.where(rng.integers(0, 2, n) == 1, t_arr + rng.uniform(0, 0.01, n), 0.0)
+    t_exec = np.where(rng.integers(0, 4, n) > 0, np.maximum(t_arr, grant) +
+                      rng.uniform(0, 0.5, n), 0.0)
+    t_done = np.maximum(np.maximum(t_arr, grant), t_exec) + rng.uniform(0, 30, n)
+    opcodes = rng.choice([0x28, 0x2A, 0x88, 0x8A, 0x35, 0x42, 0x89, 0x83, 0x12, 0x00], n)
+    rec = np.stack([rng.integers(0, 5, n), opcodes, rng.integers(0, 2, n),
+                    rng.integers(0, 1 << 20, n), t_arr, grant, t_exec, t_done,
+                    rng.integers(0, 3, n), rng.choice([0, 0, 2, 0x28], n)], axis=1)
+    assert rec.shape[1] == REC
+    fast = np.zeros((5, L.WIDTH), np.int64)
+    slow = np.zeros((5, L.WIDTH), np.int64)
+    add_records(fast, rec)
+    naive_add(slow, rec)
+    assert np.array_equal(fast, slow)
+    with pytest.raises(ValueError):
+        add_records(fast, np.array([[7, 0x28, 1, 0, 0, 0, 0, 0, 0, 0]], np.float64))
+
+
+def test_buckets_hold_their_values_and_percentiles_land_in_them():
+    us = np.arange(0, 1 << 16, dtype=np.int64)
+    b = L.bucket_of(us)
+    lows = np.array([L.bucket_low(int(x)) for x in b])
+    highs = np.array([L.bucket_low(int(x) + 1) for x in b])
+    assert np.all(lows <= us) and np.all(us < highs)
+    hist = np.zeros(L.BUCKETS, np.int64)
+    np.add.at(hist, L.bucket_of(np.full(99, 100, np.int64)), 1)
+    np.add.at(hist, L.bucket_of(np.array([10_000], np.int64)), 1)
+    assert 88 <= figures.percentile(hist, 0.5) <= 112
+    assert figures.percentile(hist, 0.999) >= 8192
+
+
+def _done(rec: StatsRecorder, lr: LuRows, cdb: bytes, nbytes: int, write: bool) -> None:
+    task = ScsiTask(0, cdb, NEXUS, read=not write, write=write)
+    st = TaskState(None, task, 0, 1)
+    st.stats_rows = lr
+    st.t_arr = rec.clock()
+    st.t_grant, st.t_exec, st.probe = 0.0, 0.0, None
+    rec.done(st, task, nbytes)
+    rec.sent()
+
+
+def read10(lba: int, blocks: int) -> bytes:
+    return bytes([0x28, 0]) + lba.to_bytes(4, "big") + bytes([0]) + blocks.to_bytes(2, "big") \
+        + bytes(1)
+
+
+def write16(lba: int, blocks: int) -> bytes:
+    return bytes([0x8A, 0]) + lba.to_bytes(8, "big") + blocks.to_bytes(4, "big") + bytes(2)
+
+
+def test_an_io_spanning_two_ranges_is_split_by_range():
+    live = LiveStats()
+    lr = live.lu_rows("lun")
+    vm_a, vm_b = live.row_of("sub-a"), live.row_of("sub-b")
+    lr.split([0, 100, 200], [lr.row, vm_a, vm_b])
+    rec = live.recorder
+    _done(rec, lr, write16(190, 20), 20 * 512, write=True)   # 10 blocks in a, 10 in b
+    _done(rec, lr, read10(150, 8), 8 * 512, write=False)     # all in a
+    _done(rec, lr, read10(5, 1), 512, write=False)           # the unowned rest
+    t = live.totals(["lun", "sub-a", "sub-b"])
+    assert t[1, L.WRITE_OPS] == 1 and t[1, L.WRITE_BYTES] == 10 * 512
+    assert t[2, L.WRITE_OPS] == 0 and t[2, L.WRITE_BYTES] == 10 * 512
+    assert t[1, L.READ_OPS] == 1 and t[1, L.READ_BYTES] == 8 * 512
+    assert t[0, L.READ_OPS] == 1 and t[0, L.READ_BYTES] == 512
+    assert t[:, L.WRITE_BYTES].sum() == 20 * 512           # sums over rows stay exact
+    assert int(t[1, L.WRITE_HIST:L.WRITE_HIST + L.BUCKETS].sum()) == 1
+    back = lu_rows_from_json(lu_rows_json(lr))              # as a worker gets it
+    assert back.pieces(190, 20, 512) == lr.pieces(190, 20, 512) == [(vm_a, 5120), (vm_b, 5120)]
+    live.close()
+
+
+def test_bad_splits_are_refused():
+    lr = LuRows(0)
+    for starts, rows in (([5, 10], [1, 2]), ([0, 10, 10], [1, 2, 3]), ([0, 10], [1]), ([], [])):
+        with pytest.raises(ValueError):
+            lr.split(starts, rows)
+    assert lr.starts is None
+
+
+def test_worker_slabs_are_summed_and_maxima_kept():
+    arena = StatsArena(workers=2, rows=16)
+    arena.ensure(3)
+    views = [rows_view(s) for s in arena.slabs]
+    for i, v in enumerate(views):
+        v[2, L.READ_OPS] = i + 1
+        v[2, L.READ_MAX_US] = 10 * (3 - i)
+    t = arena.totals(np.array([2]))
+    assert t[0, L.READ_OPS] == 6 and t[0, L.READ_MAX_US] == 30
+    arena.close()

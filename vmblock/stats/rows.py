@@ -1,0 +1,79 @@
+"""Which stats row a command on an LU counts in: one row per LU, or a split by LBA range.
+
+Every served LU has a ``LuRows`` entry in its SCSI target's ``stats_rows`` (LUN -> entry),
+which the iSCSI fabric looks up once per command. By default a vdisk's LU counts into the
+vdisk's one row. A shared datastore LUN (LVM on a LUN, issue 13) installs a split instead:
+
+    lu_rows = LuRows(row_of_the_unowned_rest)
+    lu_rows.split(np.array([0, 2048, 10240]), np.array([r_rest, r_vm100, r_rest]))
+
+``starts`` are the first LBAs of ranges in increasing order, the first being 0; ``rows``
+their stats rows. A command is counted (ops, latency) in the row of its first LBA; its bytes
+go to every range it touches, each range the bytes inside it (``pieces``), so that the sums
+over rows stay exact. Installing a new split is one attribute store: commands in flight
+finish counted under the split they started with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vmblock.stats.layout import READ, WRITE
+
+
+class LuRows:
+    """The stats rows of one LU (module docstring); ``row`` when no split is installed."""
+
+    __slots__ = ("row", "starts", "rows", "probe")
+
+    def __init__(self, row: int, probe=None):
+        self.row = row
+        self.starts: np.ndarray | None = None
+        self.rows: np.ndarray | None = None
+        # the store whose ``capacity_reads`` tells a flash hit from a miss (a CachedStore)
+        self.probe = probe
+
+    def split(self, starts, rows) -> None:
+        """Install a range -> row split (``None`` for both: back to the one row)."""
+        if starts is None:
+            self.starts = self.rows = None
+            return
+        starts = np.asarray(starts, np.int64)
+        rows = np.asarray(rows, np.int64)
+        if (starts.ndim != 1 or len(starts) != len(rows) or not len(starts) or starts[0] != 0
+                or np.any(np.diff(starts) <= 0)):
+            raise ValueError("a split needs increasing first LBAs from 0, one row each")
+        self.rows, self.starts = rows, starts
+
+    def pieces(self, lba: int, blocks: int, block_size: int) -> list[tuple[int, int]]:
+        """(row, bytes) of each range an I/O of ``blocks`` from ``lba`` touches, first
+        range first."""
+        starts = self.starts
+        if starts is None:
+            return [(self.row, blocks * block_size)]
+        end = lba + blocks
+        i = int(np.searchsorted(starts, lba, side="right")) - 1
+        out = []
+        while True:
+            hi = int(starts[i + 1]) if i + 1 < len(starts) else end
+            upto = min(hi, end)
+            out.append((int(self.rows[i]), (upto - lba) * block_size))
+            if upto >= end:
+                return out
+            lba = upto
+            i += 1
+
+
+def cdb_range(cdb: bytes, kind: int) -> tuple[int, int] | None:
+    """(LBA, blocks) of a READ or WRITE CDB (SBC-4 5.x layouts), None for other kinds."""
+    if kind != READ and kind != WRITE:
+        return None
+    n = len(cdb)
+    op = cdb[0]
+    if op in (0x08, 0x0A):      # READ(6), WRITE(6): 21-bit LBA, 0 blocks means 256
+        return int.from_bytes(cdb[1:4], "big") & 0x1FFFFF, cdb[4] or 256
+    if op >= 0x80 and n >= 16:  # 16-byte CDBs: LBA(8), TRANSFER LENGTH(4)
+        return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
+    if op >= 0xA0 and n >= 12:  # 12-byte CDBs: LBA(4), TRANSFER LENGTH(4)
+        return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[6:10], "big")
+    return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")
