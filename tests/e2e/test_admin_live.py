@@ -111,12 +111,12 @@ TAME_VALUES = {
     "promote": ["read", "write", "never"], "kind": ["vm", "vdisk", None],
     "priority": [0, 5, -3], "limit": [0, 1, 100], "live": FLAG, "purge": FLAG,
     "force": FLAG, "active": FLAG, "pinned": FLAG, "guest_os": ["debian12", ""],
-    "location": ["hv-a:/datastore1"],
+    "location": ["hv-a:/datastore1"], "group": ["default", "g1", None],
     "hypervisor": ["h1"], "uri": ["test:///default", "qemu+tcp://127.0.0.1:1/system"],
     "interval": ["1h", "30s"], "domain": ["test"], "disk": ["vda"], "switch": FLAG,
     "step": ["prepare", "copied", "finish", "abort"],
     "space_quota": ["1G", "none", "64K"], "snapshot_every": ["1h", "none", "30s"],
-    "snapshot_keep": ["3", "none"], "since": [0, 1_700_000_000, None],
+    "snapshot_keep": ["3", "none"], "since": [0, 1_700_000_000, None, "1h", "30m", "2d"],
     "id": ["00000000000000000001/low_space"], "cursor": [0, None], "timeout": [0, 1],
     "no_policies": FLAG,
 }
@@ -131,7 +131,8 @@ WRONG_VALUES = {
     "uri": ["not a uri", "qemu+tcp://u:pw@h/system"], "interval": ["0", "-1s", "forever"],
     "step": ["later"],
     "space_quota": ["-1G", "1K", "999999999P", "x"], "snapshot_every": ["0s", "5x", "1w"],
-    "snapshot_keep": ["-1", "99999", "x"], "since": [-1, 1 << 60], "id": ["x", "1/2"],
+    "snapshot_keep": ["-1", "99999", "x"], "id": ["x", "1/2"],
+    "since": [-1, 1 << 60, "soon", "-1h", "9999d", "1e400"],
     "cursor": [-1, 1 << 70], "timeout": [-1, 31, 1 << 40],
 }
 WRONG_TEXT = ["", ".hidden", "a/b", "nope"] + HUGE
