@@ -64,6 +64,31 @@ class LuRows:
             i += 1
 
 
+def split_by_ranges(ranges, block_size: int, rest: int, row_of
+                    ) -> tuple[list[int], list[int]] | tuple[None, None]:
+    """The (starts, rows) of a split (``LuRows.split``) from owned byte ranges: ``ranges``
+    are (first byte, end byte, key) sorted and not overlapping, ``row_of(key)`` gives each
+    key's row, and everything outside them counts in ``rest``. Byte bounds go to the block
+    holding them (LVM ranges are whole extents: aligned to any block size); neighbouring
+    ranges of one row merge. (None, None) when every block counts in ``rest``."""
+    marks = {0: rest}
+    for first, end, key in ranges:
+        lo, hi = first // block_size, end // block_size
+        if hi <= lo:
+            continue
+        marks[lo] = row_of(key)
+        marks[hi] = rest            # a range starting right here overwrites it next
+    starts: list[int] = []
+    rows: list[int] = []
+    for lba in sorted(marks):
+        if not rows or rows[-1] != marks[lba]:
+            starts.append(lba)
+            rows.append(marks[lba])
+    if rows == [rest]:
+        return None, None
+    return starts, rows
+
+
 def cdb_range(cdb: bytes, kind: int) -> tuple[int, int] | None:
     """(LBA, blocks) of a READ or WRITE CDB (SBC-4 5.x layouts), None for other kinds."""
     if kind != READ and kind != WRITE:
