@@ -24,7 +24,7 @@ def test_ranges_become_a_split_with_the_rest_in_the_vdisk_row():
 def test_a_range_from_zero_and_one_to_the_end():
     starts, out = split_by_ranges([(0, 4096, "a"), (8192, 16384, "b")], 4096, 1,
                                   {"a": 2, "b": 3}.__getitem__)
-    assert (starts, out) == ([0, 1, 2], [2, 1, 3])
+    assert (starts, out) == ([0, 1, 2, 4], [2, 1, 3, 1])
 
 
 def test_no_ranges_or_empty_ones_install_no_split():
