@@ -19,8 +19,11 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.clients import cli_json, qemu_io
+from support.iscsi_client import IscsiClient, tur, write10
 from support.lvm import EXTENT, MiB, change_vg, make_vg, needs_lvm, wait_event, write_runs
 from support.server import run_cli
+
+from vmblock import DEFAULT_TARGET
 
 pytestmark = [needs_lvm, pytest.mark.skipif(
     not (shutil.which("qemu-io") and shutil.which("qemu-img")),
@@ -97,6 +100,7 @@ IOS_V1 = (
 IOS_V2 = ([("write", 37 * MiB + i * 32 * KiB, 32 * KiB) for i in range(5)]   # vm-102-disk-0
           + [("read", 37 * MiB, 4 * KiB)]
           + [("write", 41 * MiB - 8 * KiB, 16 * KiB)])   # vm-102-disk-0 | free: 8 KiB each
+OLD_SESSION_IO = ("write", 39 * MiB, 4 * KiB)                # vm-102-disk-0
 FIELDS = ("read_ops", "write_ops", "read_bytes", "write_bytes")
 
 
@@ -166,21 +170,33 @@ def test_io_into_each_lv_counts_to_its_vm(start_server, tmp_path, images, worker
     assert [r["name"] for r in vm100["vdisks"]] == ["pve/vm-100-disk-0", "pve/vm-100-disk-1"]
     assert vm100["vms"][0]["write_ops"] == after_v1[0]["100"]["write_ops"] > 0
 
-    # a host adds an LV (only the sectors lvm2 wrote, through the LUN): re-read, new split
-    write_runs(url, v1, v2, tmp_path)
-    assert wait_event(server, "datastore_changed", 2)["added"] == ["vm-102-disk-0"]
-    before = counts(server)
-    run_ios(url, IOS_V2)
-    after = check(server, before, IOS_V2, V2)
-    assert after[0]["102"]["write_bytes"] == 5 * 32 * KiB + 8 * KiB
+    # a host adds an LV (only the sectors lvm2 wrote, through the LUN): re-read, new split;
+    # a session logged in before (with workers: in a worker) counts by the new split too
+    lun = cli_json(server, "vdisk", "show", "pve-lun")["lun"]
+    with IscsiClient(server.host, server.port) as c:
+        assert c.login(DEFAULT_TARGET, chap=server.chap()).login_status == 0
+        while c.scsi(tur(), lun=lun).status:        # the unit attentions of a new nexus
+            pass
+        write_runs(url, v1, v2, tmp_path)
+        assert wait_event(server, "datastore_changed", 2)["added"] == ["vm-102-disk-0"]
+        # (the stats verb's STATS_FLUSH follows the split's LUNS message on each worker's
+        # channel: once it answers, every worker counts by the new split)
+        before = counts(server)
+        run_ios(url, IOS_V2)
+        assert c.scsi(write10(OLD_SESSION_IO[1] // 512, OLD_SESSION_IO[2] // 512),
+                      write=bytes(OLD_SESSION_IO[2]), lun=lun).status == 0
+        c.logout()
+    after = check(server, before, IOS_V2 + [OLD_SESSION_IO], V2)
+    assert after[0]["102"]["write_bytes"] == 5 * 32 * KiB + 8 * KiB + 4 * KiB
 
     # the history holds the sub-vdisk's series and the VM's roll-up of it
     server.cli("stats-sample")
     hist = cli_json(server, "stats", "--vm", "102", "--since", "1h")
     sub = {r["name"]: r for r in hist["vdisks"]}["pve/vm-102-disk-0"]
     assert sum(h["write_ops"] for h in sub["history"]) == after[1]["pve/vm-102-disk-0"][
-        "write_ops"] == 6
-    assert sum(h["write_bytes"] for h in hist["vms"][0]["history"]) == 5 * 32 * KiB + 8 * KiB
+        "write_ops"] == 7
+    assert sum(h["write_bytes"] for h in hist["vms"][0]["history"]) == \
+        after[0]["102"]["write_bytes"]
     server.stop()
     # what the run stored: the sub-vdisk rows survive it (read without a server)
     vms, vdisks = counts(server)
