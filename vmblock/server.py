@@ -280,7 +280,12 @@ class Server:
         lu_rows = entry.scsi.stats_rows.get(disk.lun) if entry is not None else None
         if self.stats is None or lu_rows is None:
             return
-        if self.stats.split_lu(disk, lu_rows) and self.workers is not None:
+        try:
+            changed = self.stats.split_lu(disk, lu_rows)
+        except OSError as e:        # every stats row of the run given out (arena.MAX_ROWS)
+            log.warning("vdisk %s: its LVs count as the vdisk: %s", disk.name, e)
+            return
+        if changed and self.workers is not None:
             self.workers.luns_changed(disk.target, entry.scsi.luns, entry.scsi.stats_rows)
 
     def _rescan(self, uid: str) -> None:

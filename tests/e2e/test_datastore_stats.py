@@ -24,6 +24,7 @@ from support.lvm import EXTENT, MiB, change_vg, make_vg, needs_lvm, wait_event, 
 from support.server import run_cli
 
 from vmblock import DEFAULT_TARGET
+from vmblock.meta import Pool
 
 pytestmark = [needs_lvm, pytest.mark.skipif(
     not (shutil.which("qemu-io") and shutil.which("qemu-img")),
@@ -234,5 +235,25 @@ def test_metrics_and_top_show_sub_vdisks(start_server, tmp_path, images):
                                                   ("vdisk", "pve/vm-100-disk-1"),
                                                   ("vm", "100")))] == 4 * 4 * KiB
     assert samples[("vmblock_vm_ops_total", (("op", "write"), ("vm", "100")))] == 4
-    top = server.cli("top", "--once").stdout
-    assert "100" in top
+    server.cli("stats-sample")
+    run_ios(url, ios[9:])
+    server.cli("stats-sample")
+    out = server.cli("top", "--once", "--sort", "iops").stdout
+    names = [line.split("│")[1].strip() for line in out.splitlines()
+             if line.startswith("│") and line.split("│")[1].strip()]
+    assert "100" in names           # found by LVM, its only I/O into its LV
+    png = tmp_path / "100.png"
+    r = server.cli("report", "--vm", "100", "--since", "1h", "--png", str(png))
+    assert "2 intervals plotted" in r.stdout and png.read_bytes()[:4] == b"\x89PNG"
+    hist = cli_json(server, "stats", "--vm", "100", "--since", "1h")["vms"][0]["history"]
+    assert [h["write_ops"] for h in hist] == [4, 4]
+
+    # the vdisk deleted: its sub-vdisks' rows and stored series go with it
+    server.cli("vdisk", "delete", "pve-lun", "--force")
+    assert not [r for r in cli_json(server, "stats")["vdisks"] if r.get("sub_vdisk")]
+    server.stop()
+    pool_db = Pool(str(pool))
+    try:
+        assert list(pool_db.records("stats/c/sv:")) == []
+    finally:
+        pool_db.close()
