@@ -204,6 +204,14 @@ def test_io_into_each_lv_counts_to_its_vm(start_server, tmp_path, images, worker
     assert vdisks["pve/vm-100-disk-0"]["write_bytes"] == \
         after[1]["pve/vm-100-disk-0"]["write_bytes"]
     assert vms["web01"]["write_ops"] == after[0]["web01"]["write_ops"]
+    # a restarted server counts on top of them, by the split it installs when serving
+    server = start_server(pool=pool)
+    again = counts(server)
+    for rows, stored in zip(again, (vms, vdisks)):
+        assert {n: [r[f] for f in FIELDS] for n, r in rows.items()} == \
+            {n: [r[f] for f in FIELDS] for n, r in stored.items()}
+    run_ios(server.url(lun), [("write", 14 * MiB, 4 * KiB)])
+    check(server, (vms, vdisks), [("write", 14 * MiB, 4 * KiB)], V2)
 
 
 @pytest.mark.timeout(180)
