@@ -25,8 +25,9 @@ setup(
     extras_require={
         # hypervisor connectors (vmblock hypervisor, vm import): builds against libvirt-dev
         "libvirt": ["libvirt-python", "rich"],
+        "report": ["matplotlib"],
         "test": ["pytest", "pytest-timeout", "hypothesis", "libcachesim", "mfusepy",
-                 "libvirt-python", "rich"],
+                 "libvirt-python", "rich", "matplotlib"],
     },
     entry_points={"console_scripts": ["vmblock = vmblock.cli:main"]},
 )

@@ -5,7 +5,9 @@ usage: tools/bench_stats.py [--rounds 5] [--workers 0] [--count 20000]
                             [--fabric-commands 100000] [--fabric-only]
 
 First the fabric alone (tools/bench_fabric.py's harness: a logged-in ConnectionMachine and a
-RAM LUN, no sockets), stats on and off: the CPU the accounting adds per command, precisely.
+RAM LUN, no sockets), stats on and off: the CPU the accounting adds per command, precisely;
+and stats on over an LU split by range (an LVM datastore's sub-vdisks): what a command on such
+an LU pays more (an LU without a split pays nothing for the feature).
 
 Two servers on their own scratch pools, the same configuration but ``stats.enabled`` (and
 ``server.workers`` when given), each with one 1 GiB thin vdisk written whole first (1 MiB
@@ -42,32 +44,44 @@ from vmblock.native import stats as stats_kernels  # noqa: E402
 from vmblock.stats.live import LiveStats  # noqa: E402
 
 
+# the fabric runs: stats on (no split), on with the LU split in three ranges, off
+FABRIC_MODES = ("on", "split", "off")
+
+
 def fabric(commands: int, repeat: int) -> None:
-    """The fabric and SCSI core without sockets (tools/bench_fabric.py's harness), stats on
-    and off alternately: process CPU microseconds per 4 KiB command, medians."""
+    """The fabric and SCSI core without sockets (tools/bench_fabric.py's harness), stats on,
+    on over an LU with a range split (an LVM datastore's: a third of the LU each to the
+    vdisk, VM a, VM b) and off, alternately: process CPU microseconds per 4 KiB command,
+    medians."""
     settle_gc()
     stats_kernels.warm()
     print(f"fabric without sockets (tools/bench_fabric.py), batches of 32, {commands} commands, "
           f"{repeat} runs each: CPU us per command, medians")
+    blocks = bench_fabric.LUN_BYTES // bench_fabric.BLOCK
     for name, write in (("read 4K", False), ("write 4K", True)):
-        per = {True: [], False: []}
+        per = {m: [] for m in FABRIC_MODES}
         machines = {}
-        for enabled in (True, False):
+        for mode in FABRIC_MODES:
             machine, io, ini = bench_fabric.logged_in()
-            if enabled:
+            if mode != "off":
                 live = LiveStats()
                 machine.stats = live.recorder
-                machine.session.target.scsi.stats_rows[0] = live.lu_rows("bench")
+                lu_rows = machine.session.target.scsi.stats_rows[0] = live.lu_rows("bench")
+                if mode == "split":
+                    lu_rows.split([0, blocks // 3, 2 * blocks // 3],
+                                  [lu_rows.row, live.row_of("a"), live.row_of("b")])
             bench_fabric.run(machine, io, bench_fabric.batches(ini, write, commands // 4, 32))
-            machines[enabled] = (machine, io, ini)
+            machines[mode] = (machine, io, ini)
         for r in range(repeat):
-            for enabled in ((True, False) if r % 2 == 0 else (False, True)):
-                machine, io, ini = machines[enabled]
+            for i in range(len(FABRIC_MODES)):      # who goes first rotates
+                mode = FABRIC_MODES[(r + i) % len(FABRIC_MODES)]
+                machine, io, ini = machines[mode]
                 bufs = bench_fabric.batches(ini, write, commands, 32)
-                per[enabled].append(bench_fabric.run(machine, io, bufs) / commands * 1e6)
-        on, off = statistics.median(per[True]), statistics.median(per[False])
+                per[mode].append(bench_fabric.run(machine, io, bufs) / commands * 1e6)
+        on, split, off = (statistics.median(per[m]) for m in FABRIC_MODES)
         print(f"  {name:<9} stats on {on:6.2f}  off {off:6.2f}  off/on {off / on:.3f}  "
-              f"(+{on - off:.2f} us)")
+              f"(+{on - off:.2f} us)   on, LU split in 3 ranges {split:6.2f}  "
+              f"on/split {on / split:.3f} (+{split - on:.2f} us)")
 
 
 def workloads(count: int) -> dict[str, list[str]]:

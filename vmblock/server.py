@@ -280,6 +280,22 @@ class Server:
             self.publisher.watch(lu, low, high)
             if grew:
                 self.rescans.touch(disk.uuid)
+        self.stats_split(disk)
+
+    def stats_split(self, disk: Vdisk) -> None:
+        """I/O into each LV of the datastore ``disk`` holds counts to its sub-vdisk and VM
+        from now on (``PoolStats.split_lu``: the map just read); workers learn the split."""
+        entry = self.targets.get(disk.target)
+        lu_rows = entry.scsi.stats_rows.get(disk.lun) if entry is not None else None
+        if self.stats is None or lu_rows is None:
+            return
+        try:
+            changed = self.stats.split_lu(disk, lu_rows)
+        except OSError as e:        # every stats row of the run given out (arena.MAX_ROWS)
+            log.warning("vdisk %s: its LVs count as the vdisk: %s", disk.name, e)
+            return
+        if changed and self.workers is not None:
+            self.workers.luns_changed(disk.target, entry.scsi.luns, entry.scsi.stats_rows)
 
     def _rescan(self, uid: str) -> None:
         """The debounce fired for vdisk ``uid``: scan it if it is still served."""

@@ -15,11 +15,11 @@ import json
 import shutil
 import struct
 import subprocess
-import time
 
 import pytest
 from support.clients import cli_json, qemu_io
-from support.lvm import EXTENT, MiB, change_vg, changed_runs, make_vg, needs_lvm
+from support.lvm import (EXTENT, MiB, change_vg, events, make_vg, needs_lvm, wait_event,
+                         write_runs)
 
 from vmblock.datastore.lvm import LABEL_SCAN_BYTES, read_label
 from vmblock.meta import Pool
@@ -32,37 +32,7 @@ SIZE = 64 * MiB
 V1 = {"vm-100-disk-0": [(0, 2), (6, 1)], "vm-100-disk-1": [(2, 1)], "db-web01": [(3, 3)]}
 V2 = {"vm-100-disk-0": [(0, 2), (6, 1)], "db-web01": [(3, 3), (7, 2)],
       "vm-102-disk-0": [(9, 1)]}
-EVENT_DEADLINE = 30.0
 IO_TIMEOUT = 120
-
-
-def events(server, kind: str) -> list[dict]:
-    return [e for e in cli_json(server, "events", "--limit", "0") if e["kind"] == kind]
-
-
-def wait_event(server, kind: str, count: int) -> dict:
-    """The ``count``-th event of ``kind`` once it is recorded."""
-    deadline = time.monotonic() + EVENT_DEADLINE
-    while True:
-        found = events(server, kind)
-        if len(found) >= count:
-            return found[count - 1]
-        assert time.monotonic() < deadline, f"no {count}th {kind} event: {found}"
-        time.sleep(0.1)
-
-
-def write_runs(url: str, old: bytes, new: bytes, tmp_path) -> int:
-    """Write the 512-byte runs where ``new`` differs from ``old`` onto the LUN (qemu-io in
-    writeback mode, as a host's page cache writes: no FUA, so with workers these overwrites
-    would run in the worker unless forwarded): what lvm2 wrote. Returns how many runs."""
-    runs = changed_runs(old, new)
-    cmds = []
-    for i, (off, n) in enumerate(runs):
-        chunk = tmp_path / f"run{i}"
-        chunk.write_bytes(new[off:off + n])
-        cmds.append(f"write -s {chunk} {off} {n}")
-    qemu_io(url, *cmds, cache="writeback")   # no FUA: in-place writes take a worker's fast path
-    return len(runs)
 
 
 def volumes(server, name: str) -> dict[str, dict]:

@@ -16,16 +16,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support.clients import cli_json, qemu_io
 
 MiB = 1 << 20
 EXTENT = 4 * MiB                # vgcreate's default extent size
 LVM_CONFIG = ("backup/backup=0 backup/archive=0 devices/use_devicesfile=0 "
               "activation/udev_sync=0 activation/monitoring=0")
 TIMEOUT = 60
+EVENT_DEADLINE = 30.0           # seconds a live server has to record an expected event
 
 
 def lvm_available() -> str | None:
@@ -142,3 +145,33 @@ def changed_runs(old: bytes, new: bytes, unit: int = 512) -> list[tuple[int, int
             else:
                 runs.append([off, unit])
     return [(a, b) for a, b in runs]
+
+
+def events(server, kind: str) -> list[dict]:
+    """The events of ``kind`` a live server recorded, oldest first."""
+    return [e for e in cli_json(server, "events", "--limit", "0") if e["kind"] == kind]
+
+
+def wait_event(server, kind: str, count: int) -> dict:
+    """The ``count``-th event of ``kind`` once it is recorded."""
+    deadline = time.monotonic() + EVENT_DEADLINE
+    while True:
+        found = events(server, kind)
+        if len(found) >= count:
+            return found[count - 1]
+        assert time.monotonic() < deadline, f"no {count}th {kind} event: {found}"
+        time.sleep(0.1)
+
+
+def write_runs(url: str, old: bytes, new: bytes, tmp_path) -> int:
+    """Write the 512-byte runs where ``new`` differs from ``old`` onto the LUN (qemu-io in
+    writeback mode, as a host's page cache writes: no FUA, so with workers these overwrites
+    would run in the worker unless forwarded): what lvm2 wrote. Returns how many runs."""
+    runs = changed_runs(old, new)
+    cmds = []
+    for i, (off, n) in enumerate(runs):
+        chunk = tmp_path / f"run{i}"
+        chunk.write_bytes(new[off:off + n])
+        cmds.append(f"write -s {chunk} {off} {n}")
+    qemu_io(url, *cmds, cache="writeback")   # no FUA: in-place writes take a worker's fast path
+    return len(runs)

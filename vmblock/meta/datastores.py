@@ -289,12 +289,18 @@ def lu_ranges(pool: Pool) -> dict[str, list[Range]]:
     disks = {d.uuid for d in pool.vdisks()}
     out: dict[str, list[Range]] = {}
     for uid, rec in pool.records(PREFIX):
-        if uid not in disks or rec.get("type") != "lvm2" or not rec.get("volumes"):
-            continue
-        ranges = [Range(first, first + n, v["vm"], f"{rec['vg']}/{v['name']}")
-                  for v in rec["volumes"] for first, n in v["extents"]]
-        out[uid] = sorted(ranges)
+        if uid in disks and (ranges := ranges_of(rec)):
+            out[uid] = ranges
     return out
+
+
+def ranges_of(rec: dict | None) -> list[Range]:
+    """One vdisk's ``lu_ranges`` entry from its datastore record (``record``): [] when it
+    holds no mapped VG."""
+    if rec is None or rec.get("type") != "lvm2" or not rec.get("volumes"):
+        return []
+    return sorted(Range(first, first + n, v["vm"], f"{rec['vg']}/{v['name']}")
+                  for v in rec["volumes"] for first, n in v["extents"])
 
 
 def vdisk_by_uuid(pool: Pool, uid: str) -> Vdisk | None:

@@ -4,18 +4,27 @@ and pool, with the flash cache's and the store's figures beside them.
 
 A running server holds one ``PoolStats`` with ``live`` set (``Server.start``); without a
 server the verbs build one with ``live`` None and show what the last run stored.
+
+Sub-vdisks (the LVs of an LVM2 datastore on a vdisk, ``vmblock.meta.datastores``) have rows
+of their own: the server installs the range split of each datastore LU (``split_lu``), the
+sub-vdisk's series is ``sv:<vdisk uuid>/<vg>/<lv>``, and it rolls up into the VM that owns
+the LV (not the vdisk's VM, which keeps the bytes in no LV) and the vdisk's group and pool.
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 
 from vmblock.errors import NotFound
+from vmblock.meta import datastores
+from vmblock.meta.stats_history import PREFIX as HISTORY_PREFIX
 from vmblock.meta.stats_history import StatsHistory, space_of
 from vmblock.stats import figures
 from vmblock.stats import layout as L
+from vmblock.stats.rows import split_by_ranges
 
 POOL_SERIES = "pool"
 # A running server walks the extent maps for the space figures at most this often, in the
@@ -31,6 +40,25 @@ def vd_series(uuid: str) -> str:
 def vm_series(uuid: str) -> str:
     """The history series of a VM."""
     return f"vm:{uuid}"
+
+
+SUB_SERIES = "sv:"
+
+
+class Sub(NamedTuple):
+    """A sub-vdisk's stats row: ``key`` (the live row's, ``<vdisk uuid>/<vg>/<lv>``), its
+    history series, its name ``<vg>/<lv>``, the vdisk holding it and the owning VM's uuid."""
+
+    key: str
+    series: str
+    name: str
+    vdisk: object
+    vm: str | None
+
+
+def sub_key(vdisk_uuid: str, subvdisk: str) -> str:
+    """The stats key of sub-vdisk ``<vg>/<lv>`` of a vdisk."""
+    return f"{vdisk_uuid}/{subvdisk}"
 
 
 class PoolStats:
@@ -82,26 +110,64 @@ class PoolStats:
         probe = store if hasattr(store, "capacity_reads") else None
         return self.live.lu_rows(disk.uuid, probe)
 
-    def cumulative(self, disks=None) -> tuple[dict[str, np.ndarray], dict]:
-        """Cumulative rows by series (every vdisk, VM and the pool) and the vdisks' VMs."""
+    def split_lu(self, disk, lu_rows) -> bool:
+        """Install (or take off) the range split of ``disk``'s LU from its datastore map:
+        each LV's blocks count in its sub-vdisk's row, the rest in the vdisk's; whether the
+        split changed (the workers then need the LU's rows again)."""
+        ranges = datastores.ranges_of(datastores.record(self.pool, disk))
+        starts, rows = split_by_ranges(
+            [(r.first, r.end, sub_key(disk.uuid, r.subvdisk)) for r in ranges],
+            disk.block_size, lu_rows.row, self.live.row_of)
+        old = (None if lu_rows.starts is None else
+               (lu_rows.starts.tolist(), lu_rows.rows.tolist()))
+        if old == (None if starts is None else (starts, rows)):
+            return False
+        lu_rows.split(starts, rows)
+        return True
+
+    def subs(self, disks) -> list[Sub]:
+        """The sub-vdisks of ``disks`` as their datastore maps list them now (LVs with
+        extents on the vdisk), by vdisk then name."""
+        recs = datastores.records_of(self.pool, disks)
+        out = []
+        for d in disks:
+            owners = {r.subvdisk: r.vm for r in datastores.ranges_of(recs.get(d.uuid))}
+            for name in sorted(owners):
+                key = sub_key(d.uuid, name)
+                out.append(Sub(key, SUB_SERIES + key, name, d, owners[name]))
+        return out
+
+    def _with_base(self, key: str, series: str, row: np.ndarray) -> np.ndarray:
+        base = self.bases.get(key)
+        if base is None:
+            base = self.bases[key] = self.history.base(series)
+        cum = row + base
+        cum[list(L.MAX_COLUMNS)] = np.maximum(row, base)[list(L.MAX_COLUMNS)]
+        return cum
+
+    def cumulative(self, disks=None, subs=None) -> tuple[dict[str, np.ndarray], dict]:
+        """Cumulative rows by series (every vdisk, sub-vdisk, VM and the pool) and the
+        vdisks' VMs; ``subs``: ``subs(disks)`` when the caller has it."""
         disks = self.pool.vdisks() if disks is None else disks
+        subs = self.subs(disks) if subs is None else subs
         uuids = [d.uuid for d in disks]
-        rows = (self.live.totals(uuids) if self.live is not None
-                else np.zeros((len(uuids), L.WIDTH), np.int64))
+        keys = uuids + [s.key for s in subs]
+        rows = (self.live.totals(keys) if self.live is not None
+                else np.zeros((len(keys), L.WIDTH), np.int64))
         out: dict[str, np.ndarray] = {}
         by_vm: dict[str, list[np.ndarray]] = {}
         for d, row in zip(disks, rows):
-            base = self.bases.get(d.uuid)
-            if base is None:
-                base = self.bases[d.uuid] = self.history.base(vd_series(d.uuid))
-            cum = row + base
-            cum[list(L.MAX_COLUMNS)] = np.maximum(row, base)[list(L.MAX_COLUMNS)]
-            out[vd_series(d.uuid)] = cum
+            cum = out[vd_series(d.uuid)] = self._with_base(d.uuid, vd_series(d.uuid), row)
             if d.vm:
                 by_vm.setdefault(d.vm, []).append(cum)
+        for s, row in zip(subs, rows[len(disks):]):
+            cum = out[s.series] = self._with_base(s.key, s.series, row)
+            if s.vm:
+                by_vm.setdefault(s.vm, []).append(cum)
         for vm in self.pool.vms():
             out[vm_series(vm.uuid)] = figures.combine(np.array(by_vm.get(vm.uuid, [])))
-        out[POOL_SERIES] = figures.combine(np.array([out[vd_series(u)] for u in uuids]))
+        out[POOL_SERIES] = figures.combine(np.array(
+            [out[vd_series(u)] for u in uuids] + [out[s.series] for s in subs]))
         return out, {d.uuid: d.vm for d in disks}
 
     def sample(self, t: float | None = None) -> dict[str, dict]:
@@ -118,6 +184,13 @@ class PoolStats:
         self.last.pop(vd_series(disk.uuid), None)
         self.history.prev.pop(vd_series(disk.uuid), None)
         self.history.forget(vd_series(disk.uuid))
+        prefix = f"{HISTORY_PREFIX}c/{SUB_SERIES}{disk.uuid}/"
+        for name, _ in list(self.pool.records(prefix)):       # its sub-vdisks' too
+            key = sub_key(disk.uuid, name)
+            self.bases.pop(key, None)
+            self.last.pop(SUB_SERIES + key, None)
+            self.history.prev.pop(SUB_SERIES + key, None)
+            self.history.forget(SUB_SERIES + key)
 
     def stop(self) -> None:
         """Store the cumulative rows (the counts since the last sample survive a restart)."""
@@ -157,15 +230,21 @@ class PoolStats:
                     self.pool.eviction_groups.specs():
                 raise NotFound(f"no eviction group {group!r}")
             disks = [d for d in disks if members.get(d.uuid, ("default",))[0] == group]
-        cum, owners = self.cumulative(all_disks)
+        all_subs = self.subs(all_disks)
+        cum, owners = self.cumulative(all_disks, all_subs)
+        picked = {d.uuid for d in disks}
+        subs = ([s for s in all_subs if s.vm == v.uuid] if vm is not None and vdisk is None
+                and group is None else [s for s in all_subs if s.vdisk.uuid in picked])
         per = self._space_per_vdisk(all_disks)
         cache = self._cache_rows()
         now = time.time()
-        sel_vms = ([vms[d.vm] for d in disks if d.vm] if (vdisk or group) else
-                   [self.pool.vm(vm)] if vm else list(vms.values()))
+        sel_vms = ([vms[d.vm] for d in disks if d.vm] + [vms[s.vm] for s in subs
+                                                          if s.vm in vms]
+                   if (vdisk or group) else [self.pool.vm(vm)] if vm else list(vms.values()))
         sel_vms = list({v.uuid: v for v in sel_vms}.values())
 
-        def row_json(series: str, parts: list[str], name: str) -> dict:
+        def row_json(series: str, parts: list[str], name: str,
+                     group_series: list[str] | None = None) -> dict:
             c = cum[series]
             out = {"name": name}
             out.update(figures.figures(c))
@@ -185,7 +264,7 @@ class PoolStats:
             out["promotions"] = sum(f["promotions"] for f in fl)
             out["evictions"] = sum(f["evictions"] for f in fl)
             if since is not None:
-                out["history"] = self._history(series, parts, now - since, now)
+                out["history"] = self._history(series, group_series or [], now - since, now)
             return out
 
         vdisk_rows = []
@@ -194,6 +273,13 @@ class PoolStats:
             r["vm"] = vms[d.vm].name if d.vm in vms else None
             r["group"] = members.get(d.uuid, ("default",))[0]
             vdisk_rows.append(r)
+        for s in subs:      # after the vdisks; a sub-vdisk has no space or cache of its own
+            r = row_json(s.series, [], s.name)
+            r["vm"] = vms[s.vm].name if s.vm in vms else None
+            r["group"] = members.get(s.vdisk.uuid, ("default",))[0]
+            r["vdisk"] = s.vdisk.name
+            r["sub_vdisk"] = True
+            vdisk_rows.append(r)
         vm_rows = [row_json(vm_series(v.uuid), [d.uuid for d in all_disks if d.vm == v.uuid],
                             v.name) for v in sel_vms]
         group_names = sorted({members.get(d.uuid, ("default",))[0] for d in disks})
@@ -201,19 +287,23 @@ class PoolStats:
         for g in group_names:
             parts = [d.uuid for d in all_disks if members.get(d.uuid, ("default",))[0] == g]
             series = f"group:{g}"
-            cum[series] = figures.combine(np.array([cum[vd_series(u)] for u in parts]))
-            group_rows.append(row_json(series, parts, g))
+            inside = set(parts)
+            group_series = [vd_series(u) for u in parts] + [s.series for s in all_subs
+                                                            if s.vdisk.uuid in inside]
+            cum[series] = figures.combine(np.array([cum[m] for m in group_series]))
+            group_rows.append(row_json(series, parts, g, group_series))
         pool_row = row_json(POOL_SERIES, [d.uuid for d in all_disks], "pool")
         pool_row["tiers"] = self.pool.store.usage()["tiers"]
         return {"interval_s": self.interval, "time": now, "running": self.live is not None,
                 "vms": vm_rows, "vdisks": vdisk_rows, "groups": group_rows, "pool": pool_row}
 
-    def _history(self, series: str, parts: list[str], since: float, now: float) -> list[dict]:
+    def _history(self, series: str, members: list[str], since: float, now: float
+                 ) -> list[dict]:
         if not series.startswith("group:"):
             return self.history.history(series, since, now)
         by_t: dict[float, list[dict]] = {}
-        for u in parts:
-            for e in self.history.history(vd_series(u), since, now):
+        for m in members:
+            for e in self.history.history(m, since, now):
                 by_t.setdefault(e["t"], []).append(e)
         out = []
         for t in sorted(by_t):
