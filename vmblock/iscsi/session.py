@@ -169,7 +169,7 @@ class SessionRegistry:
         for st in list(sess.tasks.values()):
             st.abort()
         sess.tasks.clear()
-        for conn, _pdu, _data, _header, charged in sess.pending.values():
+        for conn, _pdu, _data, _header, charged, _parked in sess.pending.values():
             conn.service.budget.give(conn.host, charged)
         sess.pending.clear()
         if sess.target is not None:
