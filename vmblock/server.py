@@ -31,6 +31,7 @@ from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk, datastores, policies
 from vmblock.meta.config import check_settings
 from vmblock.meta.stats_live import PoolStats
+from vmblock.qos.gate import THROTTLED_AFTER, QosGate
 from vmblock.native import extent as extent_kernels
 from vmblock.native import stats as stats_kernels
 from vmblock.scsi.lu import LogicalUnit
@@ -191,6 +192,8 @@ class Server:
         self.stats: PoolStats | None = None
         self.sampler: asyncio.Task | None = None
         self.metrics = None             # the Prometheus listener (metrics.listen)
+        self.qos: QosGate | None = None     # the owner's QoS gate (docs/qos.md)
+        self.qos_watch: asyncio.Task | None = None
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -357,6 +360,10 @@ class Server:
         if self.live_stats is not None:
             self.service.stats = self.live_stats.recorder      # the fabric counts into it
             self.sampler = asyncio.create_task(self._sample_loop())
+        self.qos = self.service.qos = QosGate(asyncio.get_running_loop().call_later,
+                                              settings.get("qos.slots"))
+        self.qos_sync()
+        self.qos_watch = asyncio.create_task(self._qos_loop())
         if count:
             # started before the portals: no login is handed over to a worker not yet ready
             self.workers = WorkerPool(self.service, count, self.publisher)
@@ -381,6 +388,30 @@ class Server:
         if listen:
             self.metrics = await start_metrics(api, listen)
         self.admin = await admin_http.start(api, self.pool.socket_path)
+
+    def qos_sync(self) -> None:
+        """Give the QoS gates every VM's QoS and the VM of every LU (at start, after
+        ``vm set`` and when vdisks come or go)."""
+        if self.qos is not None:
+            self.qos.configure(*policies.qos_config(self.pool))
+
+    async def _qos_loop(self) -> None:
+        """Once a second: record ``qos_throttled`` for a VM held by its limit for more than
+        a minute (once until its queue empties)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1)
+            for uuid in self.qos.throttled(self.qos.clock(), THROTTLED_AFTER):
+                try:
+                    vm = self.pool.vm_by_uuid(uuid)
+                    q = vm.policies.get("qos", {})
+                    await loop.run_in_executor(None, functools.partial(
+                        self.pool.record_event, "qos_throttled", "info",
+                        f"VM {vm.name} has been held at its QoS limit for over a minute",
+                        vm=vm.name, advice=f"raise its limit (vm set {vm.name} --max-iops/"
+                        f"--max-mbps) if it needs more", **q))
+                except Exception as e:
+                    log.warning("qos_throttled event not recorded: %s", e)
 
     async def flush_stats(self) -> None:
         """Every worker adds its staged statistics into its slab (vmblock.admin.stats)."""
@@ -419,6 +450,8 @@ class Server:
             await self.workers.stop()
         if self.sampler is not None:
             self.sampler.cancel()
+        if self.qos_watch is not None:
+            self.qos_watch.cancel()
         if self.stats is not None:
             try:
                 self.stats.stop()           # the counts since the last sample survive
@@ -465,6 +498,7 @@ class LiveApi(Api):
         if new_target:
             self.server.add_target(disk.target)
         self.server.add_vdisk(disk)
+        self.server.qos_sync()
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
         """Stop serving the deleted vdisk if it is still served (verbs normally unserve first);
@@ -473,6 +507,7 @@ class LiveApi(Api):
             self.server.remove_vdisk(disk)
         if self.server.stats is not None:
             self.server.stats.forget(disk)
+        self.server.qos_sync()
 
     def vdisk_resized(self, disk: Vdisk) -> None:
         """Drop the vdisk's cache blocks and have its LU re-read the size (a CAPACITY DATA HAS
@@ -673,8 +708,9 @@ class LiveApi(Api):
         return self.server.service.sessions()
 
     def policies_changed(self) -> None:
-        """The snapshot schedule looks at the VMs' policies again now."""
+        """The snapshot schedule looks at the VMs' policies again now; QoS applies now."""
         self.server.events.policies_changed()
+        self.server.qos_sync()
 
     async def event_wait(self, cursor: int | None = None, kind: str | None = None,
                          timeout: int = 25) -> dict:

@@ -158,15 +158,21 @@ class Api:
     def vm_set(self, name: Name, guest_os: GuestOs | None = None,
                location: Location | None = None, active: bool | None = None,
                space_quota: PolicyText | None = None, snapshot_every: PolicyText | None = None,
-               snapshot_keep: PolicyText | None = None) -> dict:
+               snapshot_keep: PolicyText | None = None, max_iops: PolicyText | None = None,
+               max_mbps: PolicyText | None = None, min_iops: PolicyText | None = None,
+               shares: PolicyText | None = None) -> dict:
         """Change a VM's guest OS, location or active flag, and its policies: space quota
-        (a size), snapshot schedule (every 30s/5m/1h/1d, keep N); 'none' or 0 clears a
-        policy; None keeps a field. Every value is checked before anything changes."""
+        (a size), snapshot schedule (every 30s/5m/1h/1d, keep N), QoS (max/min IOPS in
+        8 KiB units, max MB/s, shares); 'none' or 0 clears a policy; None keeps a field.
+        Every value is checked before anything changes."""
         fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
                                     ("active", active)) if v is not None}
         changes = {k: v for k, v in (("space_quota", space_quota),
                                      ("snapshot_every", snapshot_every),
-                                     ("snapshot_keep", snapshot_keep)) if v is not None}
+                                     ("snapshot_keep", snapshot_keep),
+                                     ("max_iops", max_iops), ("max_mbps", max_mbps),
+                                     ("min_iops", min_iops), ("shares", shares))
+                   if v is not None}
         self.pool.vm(name)              # an unknown VM: NotFound before anything changes
         if changes:
             policies.check(self.pool, name, changes)

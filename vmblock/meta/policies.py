@@ -5,7 +5,8 @@
     space_quota      bytes: the VM's cap (vmblock.store.quota has the accounting rule)
     snapshot_every   seconds between automatic snapshots (vmblock.events.schedule)
     snapshot_keep    automatic snapshots kept (the oldest beyond it are deleted)
-    qos              the QoS limits (reserved for the QoS scheduler; ``vm show`` lists it)
+    qos              QoS (vmblock.qos, docs/qos.md): {max_iops, max_mbps, min_iops, shares},
+                     each present only while set
 
 ``set_policies`` checks every value first and writes the record once: bad input changes
 nothing. The store's quota groups follow the records: ``sync_quotas`` runs when the store
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from vmblock.errors import InvalidArgument, NoSpace
 from vmblock.meta.model import Vm
+from vmblock.qos.scheduler import QosParams
 from vmblock.settings import MAX_TIER_BYTES
 from vmblock.units import format_size, parse_duration, parse_size, shown
 
@@ -31,6 +33,12 @@ DEFAULT_SNAPSHOT_KEEP = 24
 # the shortest schedule: a snapshot per second is what the tests use
 MIN_SNAPSHOT_EVERY = 1
 POLICY_KEYS = ("space_quota", "snapshot_every", "snapshot_keep")
+# QoS, kept under policies["qos"]: IOPS in 8 KiB units, MB/s in 10^6 bytes per second
+QOS_KEYS = ("max_iops", "max_mbps", "min_iops", "shares")
+# beyond these a figure is a typing error: no server does 10 million IOPS or 1 TB/s
+QOS_MAX = {"max_iops": 10_000_000, "max_mbps": 1_000_000, "min_iops": 10_000_000,
+           "shares": 10_000}
+MB = 1_000_000
 
 
 def _parse(key: str, text: str, au: int) -> int | None:
@@ -38,6 +46,12 @@ def _parse(key: str, text: str, au: int) -> int | None:
     t = str(text).strip().lower()
     if t == "none" or (t in CLEAR and key != "snapshot_keep"):
         return None
+    if key in QOS_KEYS:
+        flag, top = "--" + key.replace("_", "-"), QOS_MAX[key]
+        if not (t.isascii() and t.isdigit()) or not 1 <= int(t) <= top:
+            raise InvalidArgument(f"{flag} must be a whole number from 1 to {top} "
+                                  f"(0 or none clears it), not {shown(text)}")
+        return int(t)
     if key == "space_quota":
         v = parse_size(t, "--space-quota", MAX_QUOTA_BYTES)
         if v < au:
@@ -77,14 +91,24 @@ def set_policies(pool, name: str, changes: dict[str, str]) -> Vm:
 
 def _changed(vm: Vm, changes: dict[str, str], au: int) -> dict:
     policies = dict(vm.policies)
+    qos = dict(policies.get("qos", {}))
     for key, text in changes.items():
-        if key not in POLICY_KEYS:
-            raise InvalidArgument(f"unknown policy {key!r} (known: {', '.join(POLICY_KEYS)})")
+        if key not in POLICY_KEYS + QOS_KEYS:
+            raise InvalidArgument(f"unknown policy {key!r} (known: "
+                                  f"{', '.join(POLICY_KEYS + QOS_KEYS)})")
         value = _parse(key, text, au)
+        into = qos if key in QOS_KEYS else policies
         if value is None:
-            policies.pop(key, None)
+            into.pop(key, None)
         else:
-            policies[key] = value
+            into[key] = value
+    if qos.get("min_iops", 0) > qos.get("max_iops", float("inf")):
+        raise InvalidArgument(f"--min-iops {qos['min_iops']} is above --max-iops "
+                              f"{qos['max_iops']}")
+    if qos:
+        policies["qos"] = qos
+    else:
+        policies.pop("qos", None)
     if "snapshot_every" in policies:
         policies.setdefault("snapshot_keep", DEFAULT_SNAPSHOT_KEEP)
     elif "snapshot_keep" in changes and "snapshot_keep" in policies:
@@ -103,6 +127,23 @@ def show(pool, vm: Vm) -> dict:
         out["space_charged_bytes"] = report.get("charged_bytes", 0)
         out["space_quota_reached"] = report.get("over", False)
     return {"policies": out, "qos": dict(vm.policies.get("qos", {}))}
+
+
+def qos_params(vm: Vm) -> QosParams | None:
+    """The scheduler's parameters of ``vm``'s QoS, None when it has none."""
+    q = vm.policies.get("qos")
+    if not q:
+        return None
+    return QosParams(reservation=q.get("min_iops", 0), limit=q.get("max_iops", 0),
+                     limit_bytes=q.get("max_mbps", 0) * MB, weight=q.get("shares", 1))
+
+
+def qos_config(pool) -> tuple[dict[str, QosParams], dict[tuple[str, int], str]]:
+    """What a server's QoS gates need: every VM with QoS (uuid -> params) and the VM of
+    every vdisk's LU ((target IQN, LUN) -> VM uuid)."""
+    params = {vm.uuid: p for vm in pool.vms() if (p := qos_params(vm)) is not None}
+    luns = {(d.target, d.lun): d.vm for d in pool.vdisks() if d.vm}
+    return params, luns
 
 
 def vm_maps(pool) -> dict[str, tuple[list[int], list[int]]]:

@@ -1,0 +1,140 @@
+"""The mClock tag arithmetic and dispatch order (Gulati et al., OSDI 2010), without I/O.
+
+Each VM with QoS is a ``Flow`` with three tags per queued command, computed when it arrives:
+
+    R = max(R_prev + cost / reservation, now)     reservation: due at R (IOPS)
+    L = max(L_prev + cost / limit, now)           limit: not before L (IOPS); the byte limit
+    B = max(B_prev + bytes / limit_bytes, now)    has a tag of its own, B
+    P = max(P_prev + cost / weight, V)            share: smaller first; V is the P tag of the
+                                                  last command dispatched by share (the
+                                                  virtual time: a VM that was idle starts level
+                                                  with the busy ones, not with a burst)
+
+``cost`` is the command's size in 8 KiB units (``cost``). ``pick(now)`` chooses the next
+command: first the smallest R tag that is due (R <= now; reservations first), else among
+the flows whose head is within its limits (L <= now and B <= now) the smallest P tag; None
+when nothing may go now (``next_due`` says when something may). A reservation is served
+even at the limit only as far as it is below the limit (``QosParams`` refuses min > max).
+Everything takes ``now`` from the caller: tests drive it with their own clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+# IOPS are counted in 8 KiB units: an I/O of n bytes costs ceil(n / 8 KiB), at least 1
+COST_UNIT_BYTES = 8192
+
+
+def cost(nbytes: int) -> int:
+    """The IOPS cost of an I/O of ``nbytes``: ceil(nbytes / 8 KiB), at least 1."""
+    return max(1, -(-nbytes // COST_UNIT_BYTES))
+
+
+@dataclass(frozen=True)
+class QosParams:
+    """One VM's QoS: ``reservation`` and ``limit`` in (8 KiB-normalized) IOPS, 0 for none;
+    ``limit_bytes`` in bytes per second, 0 for none; ``weight`` its shares (1 by default)."""
+
+    reservation: float = 0.0
+    limit: float = 0.0
+    limit_bytes: float = 0.0
+    weight: float = 1.0
+
+
+class Flow:
+    """One VM's queue and its tags."""
+
+    __slots__ = ("key", "params", "queue", "r", "l", "b", "p", "limited_since", "reported")
+
+    def __init__(self, key: str, params: QosParams):
+        self.key = key
+        self.params = params
+        self.queue: deque = deque()     # [r, l, b, p, item]
+        self.r = self.l = self.b = self.p = 0.0
+        self.limited_since = 0.0        # when its head was first held by its limit (0: not)
+        self.reported = False           # qos_throttled recorded for this stretch
+
+
+class Scheduler:
+    """The flows of one process and the choice between their queued commands."""
+
+    def __init__(self):
+        self.flows: dict[str, Flow] = {}
+        self.vtime = 0.0                # P tag of the last command dispatched by share
+        self.queued = 0
+
+    def set_params(self, key: str, params: QosParams) -> Flow:
+        """Create or change ``key``'s flow; queued commands keep their tags."""
+        flow = self.flows.get(key)
+        if flow is None:
+            flow = self.flows[key] = Flow(key, params)
+        else:
+            flow.params = params
+        return flow
+
+    def drop(self, key: str) -> list:
+        """Remove ``key``'s flow; returns the items still queued (the caller runs them)."""
+        flow = self.flows.pop(key, None)
+        if flow is None:
+            return []
+        self.queued -= len(flow.queue)
+        return [e[4] for e in flow.queue]
+
+    def submit(self, flow: Flow, nbytes: int, now: float, item) -> None:
+        """Queue ``item`` (an I/O of ``nbytes``) on ``flow`` with its tags."""
+        par = flow.params
+        c = cost(nbytes)
+        if par.reservation:
+            flow.r = max(flow.r + c / par.reservation, now)
+        if par.limit:
+            flow.l = max(flow.l + c / par.limit, now)
+        if par.limit_bytes:
+            flow.b = max(flow.b + nbytes / par.limit_bytes, now)
+        flow.p = max(flow.p + c / par.weight, self.vtime)
+        flow.queue.append([flow.r if par.reservation else None, flow.l, flow.b, flow.p, item])
+        self.queued += 1
+
+    def pick(self, now: float):
+        """The flow and item to dispatch now (removed from its queue), or None."""
+        best = None
+        for flow in self.flows.values():
+            if flow.queue:
+                r = flow.queue[0][0]
+                if r is not None and r <= now and (best is None or r < best.queue[0][0]):
+                    best = flow
+        if best is None:
+            tag = 0.0
+            for flow in self.flows.values():
+                q = flow.queue
+                if not q:
+                    flow.limited_since = 0.0
+                    flow.reported = False
+                    continue
+                head = q[0]
+                if head[1] > now or head[2] > now:
+                    if not flow.limited_since:
+                        flow.limited_since = now
+                    continue
+                if best is None or head[3] < tag:
+                    best, tag = flow, head[3]
+            if best is None:
+                return None
+            self.vtime = tag
+        self.queued -= 1
+        return best, best.queue.popleft()[4]
+
+    def next_due(self) -> float | None:
+        """The earliest time a queued command becomes eligible (by reservation or within
+        its limits), None when nothing is queued."""
+        due = None
+        for flow in self.flows.values():
+            if flow.queue:
+                r, l, b = flow.queue[0][:3]
+                t = max(l, b)
+                if r is not None:
+                    t = min(t, r)
+                if due is None or t < due:
+                    due = t
+        return due
