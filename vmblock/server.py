@@ -32,6 +32,7 @@ from vmblock.meta import Pool, Vdisk, datastores, policies
 from vmblock.meta.config import check_settings
 from vmblock.meta.stats_live import PoolStats
 from vmblock.qos.gate import THROTTLED_AFTER, QosGate
+from vmblock.qos.shared import SharedTags
 from vmblock.native import extent as extent_kernels
 from vmblock.native import stats as stats_kernels
 from vmblock.scsi.lu import LogicalUnit
@@ -361,13 +362,15 @@ class Server:
             self.service.stats = self.live_stats.recorder      # the fabric counts into it
             self.sampler = asyncio.create_task(self._sample_loop())
         self.qos = self.service.qos = QosGate(asyncio.get_running_loop().call_later,
-                                              settings.get("qos.slots"))
+                                              settings.get("qos.slots"),
+                                              SharedTags() if count else None)
         self.qos_sync()
         self.qos_watch = asyncio.create_task(self._qos_loop())
         if count:
             # started before the portals: no login is handed over to a worker not yet ready
             self.workers = WorkerPool(self.service, count, self.publisher)
             self.workers.stats = self.live_stats
+            self.workers.qos = self.qos
             await self.workers.start()
             self.service.handoff = self.workers.place
         try:
@@ -394,6 +397,8 @@ class Server:
         ``vm set`` and when vdisks come or go)."""
         if self.qos is not None:
             self.qos.configure(*policies.qos_config(self.pool))
+            if self.workers is not None:
+                self.workers.qos_changed()
 
     async def _qos_loop(self) -> None:
         """Once a second: record ``qos_throttled`` for a VM held by its limit for more than

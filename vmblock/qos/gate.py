@@ -23,6 +23,7 @@ import time
 from typing import Callable
 
 from vmblock.qos.scheduler import QosParams, Scheduler
+from vmblock.qos.shared import MAX_SHARED_FLOWS, SharedTags
 
 # a VM held at its limit this long (seconds) raises qos_throttled (issue 12: "more than a minute")
 THROTTLED_AFTER = 60.0
@@ -33,9 +34,15 @@ class QosGate:
 
     clock = staticmethod(time.perf_counter)     # the statistics' clock: stamps compare
 
-    def __init__(self, call_later: Callable, slots: int):
+    def __init__(self, call_later: Callable, slots: int, shared: SharedTags | None = None):
+        """``shared``: the limit tags shared with the other serving processes (None: the
+        limits are this process's alone)."""
         self.call_later = call_later
         self.slots = slots
+        self.shared = shared
+        self.slot_of: dict[str, int] = {}       # VM key -> its cells in ``shared``
+        self.params: dict[str, QosParams] = {}
+        self.luns: dict[tuple[str, int], str] = {}
         self.sched = Scheduler()
         self.keys: dict[tuple[str, int], str] = {}     # (target IQN, LUN) -> VM key
         self.active = False             # some LU is gated: the fabric asks at all
@@ -44,22 +51,53 @@ class QosGate:
         self.pumping = False
         self.passed = 0                 # commands released by the gate (tests count them)
 
-    def configure(self, params: dict[str, QosParams], luns: dict[tuple[str, int], str]) -> None:
+    def configure(self, params: dict[str, QosParams], luns: dict[tuple[str, int], str],
+                  slot_of: dict[str, int] | None = None) -> None:
         """Install the QoS of every VM (key -> params; a VM without any is absent) and which
         VM each served LU belongs to. While some VM has a reservation or shares, every VM's
-        commands are scheduled (the others at weight 1); otherwise only the limited VMs'."""
+        commands are scheduled (the others at weight 1); otherwise only the limited VMs'.
+        ``slot_of``: the owner's shared slots (a worker's call); None: the owner gives each
+        limited VM a slot, kept for the run."""
+        if slot_of is not None:
+            self.slot_of = dict(slot_of)
+        elif self.shared is not None:
+            for vm, p in params.items():
+                if ((p.limit or p.limit_bytes) and vm not in self.slot_of
+                        and len(self.slot_of) < MAX_SHARED_FLOWS):
+                    self.slot_of[vm] = len(self.slot_of)
+        self.params, self.luns = params, luns
         everyone = any(p.reservation or p.weight != 1 for p in params.values())
         default = QosParams()
         keys = {lu: vm for lu, vm in luns.items() if everyone or vm in params}
-        for vm in set(keys.values()):
-            self.sched.set_params(vm, params.get(vm, default))
-        left = [item for vm in list(self.sched.flows) if vm not in set(keys.values())
+        vms = set(keys.values())
+        now = self.clock()
+        for vm in vms:
+            slot = self.slot_of.get(vm) if self.shared is not None else None
+            flow = self.sched.flows.get(vm)
+            if flow is not None:
+                flow.shared, flow.slot = (self.shared if slot is not None else None), slot or 0
+            flow = self.sched.set_params(vm, params.get(vm, default), now)
+            flow.shared, flow.slot = (self.shared if slot is not None else None), slot or 0
+        left = [item for vm in list(self.sched.flows) if vm not in vms
                 for item in self.sched.drop(vm)]
         self.keys = keys
         self.active = bool(keys)
         for conn, st, _ in left:          # no QoS any more: they go now
             self._release(conn, st, None)
         self.pump()
+
+    def describe(self) -> dict:
+        """The configuration as JSON, for the workers (``configure_json``)."""
+        return {"slots": self.slots, "slot_of": self.slot_of,
+                "params": {vm: [p.reservation, p.limit, p.limit_bytes, p.weight]
+                           for vm, p in self.params.items()},
+                "luns": [[iqn, lun, vm] for (iqn, lun), vm in self.luns.items()]}
+
+    def configure_json(self, d: dict) -> None:
+        """``configure`` from the owner's ``describe`` (a worker's gate)."""
+        self.slots = d["slots"]
+        self.configure({vm: QosParams(*v) for vm, v in d["params"].items()},
+                       {(iqn, lun): vm for iqn, lun, vm in d["luns"]}, d["slot_of"])
 
     def hold(self, conn, st) -> bool:
         """Take ``st`` if its VM is scheduled (True: the gate runs it, now or later)."""

@@ -46,32 +46,46 @@ class QosParams:
 class Flow:
     """One VM's queue and its tags."""
 
-    __slots__ = ("key", "params", "queue", "r", "l", "b", "p", "limited_since", "reported")
+    __slots__ = ("key", "params", "queue", "r", "l", "b", "p", "limited_since", "reported",
+                 "shared", "slot")
 
     def __init__(self, key: str, params: QosParams):
         self.key = key
         self.params = params
-        self.queue: deque = deque()     # [r, l, b, p, item]
+        self.queue: deque = deque()     # [r, l, b, p, nbytes, item]
         self.r = self.l = self.b = self.p = 0.0
         self.limited_since = 0.0        # when its head was first held by its limit (0: not)
         self.reported = False           # qos_throttled recorded for this stretch
+        # vmblock.qos.shared.SharedTags and this VM's slot there: the L and B tags are the
+        # VM's across processes (None: this process's own, in l and b)
+        self.shared = None
+        self.slot = 0
 
 
 class Scheduler:
     """The flows of one process and the choice between their queued commands."""
 
     def __init__(self):
+        """No flows yet."""
         self.flows: dict[str, Flow] = {}
         self.vtime = 0.0                # P tag of the last command dispatched by share
         self.queued = 0
 
-    def set_params(self, key: str, params: QosParams) -> Flow:
-        """Create or change ``key``'s flow; queued commands keep their tags."""
+    def set_params(self, key: str, params: QosParams, now: float) -> Flow:
+        """Create or change ``key``'s flow; on a change its queued commands are tagged
+        again from ``now`` under the new parameters (a raised limit applies to them too)."""
         flow = self.flows.get(key)
         if flow is None:
             flow = self.flows[key] = Flow(key, params)
-        else:
+        elif flow.params != params:
             flow.params = params
+            queued = list(flow.queue)
+            flow.queue.clear()
+            self.queued -= len(queued)
+            flow.r = flow.l = flow.b = 0.0
+            flow.p = self.vtime
+            for e in queued:
+                self.submit(flow, e[4], now, e[5])
         return flow
 
     def drop(self, key: str) -> list:
@@ -80,7 +94,7 @@ class Scheduler:
         if flow is None:
             return []
         self.queued -= len(flow.queue)
-        return [e[4] for e in flow.queue]
+        return [e[5] for e in flow.queue]
 
     def submit(self, flow: Flow, nbytes: int, now: float, item) -> None:
         """Queue ``item`` (an I/O of ``nbytes``) on ``flow`` with its tags."""
@@ -88,12 +102,19 @@ class Scheduler:
         c = cost(nbytes)
         if par.reservation:
             flow.r = max(flow.r + c / par.reservation, now)
-        if par.limit:
-            flow.l = max(flow.l + c / par.limit, now)
-        if par.limit_bytes:
-            flow.b = max(flow.b + nbytes / par.limit_bytes, now)
+        if flow.shared is not None and (par.limit or par.limit_bytes):
+            flow.l, flow.b = flow.shared.advance(
+                flow.slot, c / par.limit if par.limit else 0.0,
+                nbytes / par.limit_bytes if par.limit_bytes else 0.0, now)
+        else:
+            if par.limit:
+                flow.l = max(flow.l + c / par.limit, now)
+            if par.limit_bytes:
+                flow.b = max(flow.b + nbytes / par.limit_bytes, now)
         flow.p = max(flow.p + c / par.weight, self.vtime)
-        flow.queue.append([flow.r if par.reservation else None, flow.l, flow.b, flow.p, item])
+        flow.queue.append([flow.r if par.reservation else None,
+                           flow.l if par.limit else 0.0, flow.b if par.limit_bytes else 0.0,
+                           flow.p, nbytes, item])
         self.queued += 1
 
     def pick(self, now: float):
@@ -123,7 +144,7 @@ class Scheduler:
                 return None
             self.vtime = tag
         self.queued -= 1
-        return best, best.queue.popleft()[4]
+        return best, best.queue.popleft()[5]
 
     def next_due(self) -> float | None:
         """The earliest time a queued command becomes eligible (by reservation or within

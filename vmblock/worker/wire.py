@@ -55,6 +55,7 @@ class Msg(enum.IntEnum):
     CONFIG = 17         # the fabric settings changed: {"config", "max_pdu"} as in HANDOFF
     STORE = 18          # the fast path's shared memory and tier files (SCM_RIGHTS), once
     STATS_FLUSH = 19    # add the staged statistics into the slab now; answered STATS_FLUSHED
+    QOS = 20            # the VMs' QoS and the VM of each LU: vmblock.qos.gate.QosGate.describe
 
 
 def frame(mtype: Msg, *parts) -> list:
