@@ -1,0 +1,51 @@
+"""QoS on a live ``vmblock serve`` driven by qemu-io, one process and with worker processes:
+``vm set`` applies to the running sessions, a limited VM's commands wait (the wait counted
+in the ``queue`` part of its latency split, an unlimited VM's not at all), clearing it
+releases them. What is checked are counts and the presence of the wait, never a rate: the
+rates are measured by tools/bench_qos.py."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from support import clients
+from support.clients import cli_json as js
+from support.server import run_cli
+
+pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
+                                reason="needs qemu-io (qemu-utils, qemu-block-extra)")
+
+READS = 20          # at 50 IOPS the last waits 0.4 s: the test takes a second or so
+
+
+def vm_row(report: dict, name: str) -> dict:
+    return next(r for r in report["vms"] if r["name"] == name)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_limit_applies_live_and_its_wait_counts_as_queue(tmp_path, start_server, workers):
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", str(workers))
+    s = start_server(pool=pool)
+    urls = {}
+    for vm in ("slow", "free"):
+        s.cli("vm", "create", vm)
+        s.cli("vdisk", "create", f"{vm}-0", "--size", "64M", "--vm", vm)
+        urls[vm] = js(s, "vdisk", "show", f"{vm}-0")["url"]
+    shown = js(s, "vm", "set", "slow", "--max-iops", "50")
+    assert shown["qos"] == {"max_iops": 50}
+    reads = [f"read {i * 4096} 4k" for i in range(READS)]
+    for vm in ("slow", "free"):
+        clients.qemu_io(urls[vm], *reads, cache="none")
+    report = js(s, "stats")
+    slow, free = vm_row(report, "slow"), vm_row(report, "free")
+    assert slow["read_ops"] == free["read_ops"] == READS      # every command answered
+    # qemu-io sends one at a time: each after the first waits for its limit tag
+    assert slow["latency_split_us"]["queue"] > 0
+    assert free["latency_split_us"]["queue"] == 0
+    s.cli("vm", "set", "slow", "--max-iops", "none")
+    assert js(s, "vm", "show", "slow")["qos"] == {}
+    clients.qemu_io(urls["slow"], *reads, cache="none")
+    assert vm_row(js(s, "stats"), "slow")["read_ops"] == 2 * READS
