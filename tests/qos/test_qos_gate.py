@@ -1,7 +1,7 @@
 """The QoS gate wired into the real connection machine (no socket): commands of a limited
 VM are parked and released by the gate's clock, which the test moves; another VM's LUN on
-the same connection is answered meanwhile; with one slot, queued commands leave in tag
-order (shares 3:1); the wait shows in the statistics' queue stamps. Counts, never rates."""
+the same connection is answered meanwhile; with shares, commands leave in dispatch rounds of
+``slots`` commands in tag order (3:1). Counts, never rates."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class Rig:
         self.svc = IscsiService({TARGET: TargetEntry(TARGET, scsi, chap=None)}, IscsiConfig())
         self.svc.budget.call_soon = lambda callback: None
         self.svc.bound_portals = [("192.0.2.10", 3260)]
-        self.gate = QosGate(self.call_later, slots)
+        self.gate = QosGate(self.call_later, slots, burst=0)
         self.gate.clock = lambda: self.now
         self.svc.qos = self.gate
         self.wire = bytearray()
@@ -166,8 +166,14 @@ def test_with_one_slot_queued_commands_leave_in_share_order():
         data_a, itts_a = reads(rig, 0, 40)
         data_b, itts_b = reads(rig, 1, 40)
         got = answered(rig.send(data_a + data_b))
-        first = got[:41]                         # the first to arrive, then 40 by tags
-        assert sum(1 for i in first if i in itts_a) == 31
+        assert got == []                         # all queued: they go in dispatch rounds
+        rounds = 0
+        while rig.gate.sched.queued:
+            got += answered(rig.advance(0))      # one round of one command (slots=1)
+            rounds += 1
+        assert rounds == 80 and len(got) == 80
+        first = got[:40]
+        assert sum(1 for i in first if i in itts_a) == 30
         assert sum(1 for i in first if i in itts_b) == 10
         assert rig.gate.inflight == 0
     finally:

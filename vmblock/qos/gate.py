@@ -22,9 +22,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from vmblock.qos.scheduler import QosParams, Scheduler
+from vmblock.qos.scheduler import LIMIT_BURST_SECONDS, QosParams, Scheduler
 from vmblock.qos.shared import MAX_SHARED_FLOWS, SharedTags
 
+# while dispatching in rounds, up to this many rounds' commands may be in the SCSI core at
+# once: beyond it the core (its executor) is the bottleneck, and a queue there has no tags
+IN_FLIGHT_ROUNDS = 4
 # a VM held at its limit this long (seconds) raises qos_throttled (issue 12: "more than a minute")
 THROTTLED_AFTER = 60.0
 
@@ -34,20 +37,23 @@ class QosGate:
 
     clock = staticmethod(time.perf_counter)     # the statistics' clock: stamps compare
 
-    def __init__(self, call_later: Callable, slots: int, shared: SharedTags | None = None):
+    def __init__(self, call_later: Callable, slots: int, shared: SharedTags | None = None,
+                 burst: float = LIMIT_BURST_SECONDS):
         """``shared``: the limit tags shared with the other serving processes (None: the
-        limits are this process's alone)."""
+        limits are this process's alone); ``burst``: the scheduler's (0: strict spacing)."""
         self.call_later = call_later
         self.slots = slots
         self.shared = shared
         self.slot_of: dict[str, int] = {}       # VM key -> its cells in ``shared``
         self.params: dict[str, QosParams] = {}
         self.luns: dict[tuple[str, int], str] = {}
-        self.sched = Scheduler()
+        self.sched = Scheduler(burst)
         self.keys: dict[tuple[str, int], str] = {}     # (target IQN, LUN) -> VM key
         self.active = False             # some LU is gated: the fabric asks at all
         self.inflight = 0
         self.timer = None
+        self.rounds = False             # some VM has a reservation or shares: dispatch rounds
+        self.round_due = None           # the next round's timer handle
         self.pumping = False
         self.passed = 0                 # commands released by the gate (tests count them)
 
@@ -82,9 +88,13 @@ class QosGate:
                 for item in self.sched.drop(vm)]
         self.keys = keys
         self.active = bool(keys)
+        self.rounds = everyone
         for conn, st, _ in left:          # no QoS any more: they go now
             self._release(conn, st, None)
-        self.pump()
+        if self.rounds:
+            self._round()
+        else:
+            self.pump()
 
     def describe(self) -> dict:
         """The configuration as JSON, for the workers (``configure_json``)."""
@@ -111,32 +121,61 @@ class QosGate:
             return False
         now = self.clock()
         self.sched.submit(self.sched.flows[key], nbytes, now, (conn, st, now))
-        self.pump()
+        if not self.rounds:
+            self.pump()
+        elif self.round_due is None:
+            self.round_due = self.call_later(0, self._round)
         return True
 
     def done(self, st) -> None:
         """A gated command ended: its slot is free."""
         st.qos = None
         self.inflight -= 1
-        if not self.pumping and self.sched.queued:
+        if self.pumping or not self.sched.queued:
+            return
+        if not self.rounds:
             self.pump()
+        elif self.round_due is None:
+            self.round_due = self.call_later(0, self._round)
 
-    def pump(self) -> None:
-        """Dispatch what may go now; then a timer for what is due later."""
+    def _round(self) -> None:
+        """One dispatch round (while some VM has a reservation or shares): at most
+        ``slots`` commands, in tag order, and no more than ``IN_FLIGHT_ROUNDS`` rounds' worth
+        in the SCSI core; the next round comes after the event loop has read its sockets
+        again (what arrived meanwhile is queued by then, and competes by its tags)."""
+        self.round_due = None
+        self.pump(self.slots, self.slots * IN_FLIGHT_ROUNDS)
+        if self.sched.queued and self.inflight < self.slots * IN_FLIGHT_ROUNDS:
+            due = self.sched.next_due()
+            if due is not None and due <= self.clock():
+                self.round_due = self.call_later(0, self._round)
+
+    def pump(self, most: int | None = None, inflight: int | None = None) -> None:
+        """Dispatch what may go now (at most ``most``, while fewer than ``inflight`` run;
+        default: while fewer than ``slots`` run); then a timer for what is due later."""
         if self.pumping:
             return
         self.pumping = True
+        cap = self.slots if inflight is None else inflight
+        left = -1 if most is None else most
+        corked = []         # the answers of what this call releases leave in one write each
         try:
             sched = self.sched
-            while sched.queued and self.inflight < self.slots:
+            while sched.queued and self.inflight < cap and left:
+                left -= 1
                 now = self.clock()
                 picked = sched.pick(now)
                 if picked is None:
                     break
                 flow, (conn, st, parked) = picked
+                if not conn.corked:
+                    conn.cork()
+                    corked.append(conn)
                 self._release(conn, st, flow.key, now - parked)
         finally:
             self.pumping = False
+            for conn in corked:
+                conn.uncork()
         self._arm()
 
     def _release(self, conn, st, key, waited: float = 0.0) -> None:
@@ -150,13 +189,14 @@ class QosGate:
             g = st.t_grant or st.t_arr
             st.t_grant = g + waited
             st.t_exec = (st.t_exec or g) + waited
-        conn._execute_now(st)           # its output goes out unless its connection is corked
+        conn._execute_now(st)           # its output goes out when ``pump`` uncorks it
 
     def _arm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.sched.queued or self.inflight >= self.slots:
+        if not self.sched.queued or self.inflight >= self.slots * (
+                IN_FLIGHT_ROUNDS if self.rounds else 1):
             return
         due = self.sched.next_due()
         if due is not None:
@@ -164,7 +204,10 @@ class QosGate:
 
     def _fire(self) -> None:
         self.timer = None
-        self.pump()
+        if not self.rounds:
+            self.pump()
+        elif self.round_due is None:
+            self._round()
 
     def throttled(self, now: float, after: float) -> list[str]:
         """VM keys held by their limit for more than ``after`` seconds and not yet told:

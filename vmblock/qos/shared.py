@@ -34,15 +34,15 @@ class SharedTags:
         self.fd = self.shm.fd
         self.cells = self.shm.array
 
-    def advance(self, slot: int, dl: float, db: float, now: float) -> tuple[float, float]:
-        """The next (L, B) tags of the VM in ``slot``: each max(previous + step, now), a
+    def advance(self, slot: int, dl: float, db: float, floor: float) -> tuple[float, float]:
+        """The next (L, B) tags of the VM in ``slot``: each max(previous + step, floor), a
         step of 0 leaving that tag 0 (no such limit)."""
         i = 2 * slot
         fcntl.lockf(self.fd, fcntl.LOCK_EX, 2 * _CELL, i * _CELL)
         try:
             cells = self.cells
-            lt = max(float(cells[i]) + dl, now) if dl else 0.0
-            bt = max(float(cells[i + 1]) + db, now) if db else 0.0
+            lt = max(float(cells[i]) + dl, floor) if dl else 0.0
+            bt = max(float(cells[i + 1]) + db, floor) if db else 0.0
             cells[i] = lt
             cells[i + 1] = bt
         finally:
