@@ -43,7 +43,7 @@ class Rig:
         self.svc = IscsiService({TARGET: TargetEntry(TARGET, scsi, chap=None)}, IscsiConfig())
         self.svc.budget.call_soon = lambda callback: None
         self.svc.bound_portals = [("192.0.2.10", 3260)]
-        self.gate = QosGate(self.call_later, slots, burst=0)
+        self.gate = QosGate(self.call_later, slots, burst=0, catchup=0)
         self.gate.clock = lambda: self.now
         self.svc.qos = self.gate
         self.wire = bytearray()

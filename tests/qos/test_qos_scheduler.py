@@ -36,7 +36,7 @@ def test_cost_is_8k_units_rounded_up(nbytes, units):
 
 
 def test_limit_releases_exactly_n_per_second_of_the_clock():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(limit=100), T0)
     backlog(sched, "a", 1000)
     assert len(drain(sched, T0)) == 1                 # the first at once, the rest spaced
@@ -46,21 +46,21 @@ def test_limit_releases_exactly_n_per_second_of_the_clock():
 
 
 def test_large_ios_count_in_8k_units_against_the_limit():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(limit=800), T0)
     backlog(sched, "a", 1000, nbytes=65536)           # 8 units each: 100 commands a second
     assert len(drain(sched, T0 + 1.0)) == 101
 
 
 def test_byte_limit_has_its_own_tag():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(limit_bytes=1 << 20), T0)   # 1 MiB/s
     backlog(sched, "a", 100, nbytes=65536)
     assert len(drain(sched, T0 + 1.0)) == 17          # 16 per second and the first at T0
 
 
 def test_shares_3_to_1_order_of_two_backlogged_vms():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(weight=3), T0)
     sched.set_params("b", QosParams(weight=1), T0)
     backlog(sched, "a", 300)
@@ -71,7 +71,7 @@ def test_shares_3_to_1_order_of_two_backlogged_vms():
 
 
 def test_reservation_goes_first_then_shares():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(reservation=10), T0)
     sched.set_params("b", QosParams(weight=100), T0)
     backlog(sched, "b", 1000)
@@ -83,7 +83,7 @@ def test_reservation_goes_first_then_shares():
 
 
 def test_shares_never_above_the_limit():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(limit=10, weight=1000), T0)
     sched.set_params("b", QosParams(weight=1), T0)
     backlog(sched, "a", 100)
@@ -93,7 +93,7 @@ def test_shares_never_above_the_limit():
 
 
 def test_an_idle_vm_starts_level_not_with_a_burst():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(), T0)
     sched.set_params("b", QosParams(), T0)
     backlog(sched, "a", 1000)
@@ -104,7 +104,7 @@ def test_an_idle_vm_starts_level_not_with_a_burst():
 
 
 def test_a_raised_limit_applies_to_commands_already_queued():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(limit=1), T0)
     backlog(sched, "a", 10)
     assert len(drain(sched, T0)) == 1
@@ -113,7 +113,7 @@ def test_a_raised_limit_applies_to_commands_already_queued():
 
 
 def test_dropping_a_flow_returns_its_queue():
-    sched = Scheduler(burst=0)
+    sched = Scheduler(burst=0, catchup=0)
     sched.set_params("a", QosParams(limit=1), T0)
     backlog(sched, "a", 3)
     assert sched.drop("a") == [("a", 0), ("a", 1), ("a", 2)]
@@ -124,7 +124,7 @@ def test_shared_limit_tags_hold_across_two_processes_views():
     owner = SharedTags()
     worker = SharedTags(os.dup(owner.fd))       # as a worker maps it from --qos-fd
     try:
-        procs = [Scheduler(burst=0), Scheduler(burst=0)]
+        procs = [Scheduler(burst=0, catchup=0), Scheduler(burst=0, catchup=0)]
         for sched, tags in zip(procs, (owner, worker)):
             flow = sched.set_params("a", QosParams(limit=100), T0)
             flow.shared, flow.slot = tags, 7
@@ -144,3 +144,14 @@ def test_a_flow_catches_up_at_most_burst_seconds_of_unused_limit():
     backlog(sched, "a", 1000)
     assert len(drain(sched, T0)) == 6             # tags T0 - 0.05 .. T0: 50 ms caught up
     assert len(drain(sched, T0 + 1.0)) == 100     # then 100 a second again
+
+
+def test_a_vm_that_ran_dry_catches_up_at_most_catchup_units_of_its_share():
+    sched = Scheduler(burst=0, catchup=8)
+    sched.set_params("a", QosParams(), T0)
+    sched.set_params("b", QosParams(), T0)
+    backlog(sched, "a", 1000)
+    drain(sched, T0, most=500)
+    backlog(sched, "b", 1000)
+    out = drain(sched, T0, most=100)
+    assert sum(1 for k, _ in out if k == "b") == 54    # 8 ahead, then level: (100 + 8) / 2

@@ -22,7 +22,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from vmblock.qos.scheduler import LIMIT_BURST_SECONDS, QosParams, Scheduler
+from vmblock.qos.scheduler import (LIMIT_BURST_SECONDS, SHARE_CATCHUP_UNITS, QosParams,
+                                   Scheduler)
 from vmblock.qos.shared import MAX_SHARED_FLOWS, SharedTags
 
 # while dispatching in rounds, up to this many rounds' commands may be in the SCSI core at
@@ -38,16 +39,16 @@ class QosGate:
     clock = staticmethod(time.perf_counter)     # the statistics' clock: stamps compare
 
     def __init__(self, call_later: Callable, slots: int, shared: SharedTags | None = None,
-                 burst: float = LIMIT_BURST_SECONDS):
+                 burst: float = LIMIT_BURST_SECONDS, catchup: float = SHARE_CATCHUP_UNITS):
         """``shared``: the limit tags shared with the other serving processes (None: the
-        limits are this process's alone); ``burst``: the scheduler's (0: strict spacing)."""
+        limits are this process's alone); ``burst``, ``catchup``: the scheduler's."""
         self.call_later = call_later
         self.slots = slots
         self.shared = shared
         self.slot_of: dict[str, int] = {}       # VM key -> its cells in ``shared``
         self.params: dict[str, QosParams] = {}
         self.luns: dict[tuple[str, int], str] = {}
-        self.sched = Scheduler(burst)
+        self.sched = Scheduler(burst, catchup)
         self.keys: dict[tuple[str, int], str] = {}     # (target IQN, LUN) -> VM key
         self.active = False             # some LU is gated: the fabric asks at all
         self.inflight = 0

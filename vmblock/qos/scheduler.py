@@ -5,17 +5,22 @@ Each VM with QoS is a ``Flow`` with three tags per queued command, computed when
     R = max(R_prev + cost / reservation, now)     reservation: due at R (IOPS)
     L = max(L_prev + cost / limit, now - burst)   limit: not before L (IOPS); the byte limit
     B = max(B_prev + bytes / limit_bytes, ...)    has a tag of its own, B
-    P = max(P_prev + cost / weight, V)            share: smaller first; V is the P tag of the
+    P = max(P_prev + cost / weight, V - catchup / weight)
+                                                  share: smaller first; V is the P tag of the
                                                   last command dispatched by share (the
-                                                  virtual time: a VM that was idle starts level
-                                                  with the busy ones, not with a burst)
+                                                  virtual time): a VM that was idle starts at
+                                                  most ``catchup`` units of its own ahead of
+                                                  the busy ones, not with a burst of all it
+                                                  missed
 
 ``cost`` is the command's size in 8 KiB units (``cost``). The limit tags may start up to
 ``burst`` seconds in the past (``max(L_prev + step, now - burst)``): an initiator whose
 queue ran dry for a moment -- qemu's iSCSI client, at a few thousand IOPS, sends its next
 commands in bunches with gaps of several milliseconds -- catches up what it left unused in
 the last ``burst`` seconds instead of losing it, so a limit is met on average, while over
-any interval T at most ``limit * (T + burst)`` commands go. ``pick(now)`` chooses the next
+any interval T at most ``limit * (T + burst)`` commands go. ``catchup`` does the same for
+shares: a saturating VM whose initiator left its queue empty for a moment (its process
+waiting for a CPU) gets back up to that many units of its share when its commands come. ``pick(now)`` chooses the next
 command: first the smallest R tag that is due (R <= now; reservations first), else among
 the flows whose head is within its limits (L <= now and B <= now) the smallest P tag; None
 when nothing may go now (``next_due`` says when something may). A reservation is served
@@ -32,6 +37,8 @@ from dataclasses import dataclass
 COST_UNIT_BYTES = 8192
 # unused limit a flow may catch up (seconds of it): covers the gaps of bunched initiators
 LIMIT_BURST_SECONDS = 0.05
+# share a flow that ran dry may catch up, in its own 8 KiB units: one queue depth of 32
+SHARE_CATCHUP_UNITS = 32
 
 
 def cost(nbytes: int) -> int:
@@ -72,9 +79,11 @@ class Flow:
 class Scheduler:
     """The flows of one process and the choice between their queued commands."""
 
-    def __init__(self, burst: float = LIMIT_BURST_SECONDS):
-        """No flows yet; ``burst``: see the module docstring (0: strict spacing)."""
+    def __init__(self, burst: float = LIMIT_BURST_SECONDS,
+                 catchup: float = SHARE_CATCHUP_UNITS):
+        """No flows yet; ``burst`` and ``catchup``: see the module docstring (0: none)."""
         self.burst = burst
+        self.catchup = catchup
         self.flows: dict[str, Flow] = {}
         self.vtime = 0.0                # P tag of the last command dispatched by share
         self.queued = 0
@@ -120,7 +129,7 @@ class Scheduler:
                 flow.l = max(flow.l + c / par.limit, floor)
             if par.limit_bytes:
                 flow.b = max(flow.b + nbytes / par.limit_bytes, floor)
-        flow.p = max(flow.p + c / par.weight, self.vtime)
+        flow.p = max(flow.p + c / par.weight, self.vtime - self.catchup / par.weight)
         flow.queue.append([flow.r if par.reservation else None,
                            flow.l if par.limit else 0.0, flow.b if par.limit_bytes else 0.0,
                            flow.p, nbytes, item])
