@@ -37,8 +37,10 @@ from dataclasses import dataclass
 COST_UNIT_BYTES = 8192
 # unused limit a flow may catch up (seconds of it): covers the gaps of bunched initiators
 LIMIT_BURST_SECONDS = 0.05
-# share a flow that ran dry may catch up, in its own 8 KiB units: one queue depth of 32
-SHARE_CATCHUP_UNITS = 32
+# share a flow that ran dry may catch up, in its own 8 KiB units: with 32, a VM at shares 3
+# next to one at 1 measured 2.3:1 (its qemu-img process waits for a CPU now and then and its
+# queue runs dry); with 1024, 2.6-2.8:1 (tools/bench_qos.py, docs/qos.md)
+SHARE_CATCHUP_UNITS = 1024
 
 
 def cost(nbytes: int) -> int:
