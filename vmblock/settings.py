@@ -450,7 +450,7 @@ _ROWS = (
             "seconds between statistics samples kept in the history (docs/stats.md)"),
     Setting("metrics.listen", str, "", _listen, Apply.RESTART,
             "HOST:PORT of the Prometheus /metrics listener (serve --metrics); empty: none"),
-    Setting("qos.slots", int, "8", _connection_count, Apply.RESTART,
+    Setting("qos.slots", int, "16", _connection_count, Apply.RESTART,
             "QoS-scheduled commands each serving process runs at once; the others wait in "
             "their VM's queue (docs/qos.md)"),
 )
