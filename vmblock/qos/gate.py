@@ -1,20 +1,23 @@
 """Where the fabric hands a command to QoS: one ``QosGate`` per serving process.
 
 ``ScsiTransfer._execute_now`` (vmblock/iscsi/transfer.py) asks ``hold(conn, st)`` before a
-READ or WRITE goes to the SCSI core, once its data and data budget are in. A command of an
-LU whose VM has no QoS (or none at all while no VM has a reservation or shares) passes. Any
-other is queued on its VM's flow (``Scheduler``) and parked: its connection keeps reading
-and runs its other commands; it keeps only the data budget it already holds. ``pump`` then
-dispatches what the tags allow while fewer than ``slots`` gated commands are in the SCSI
-core, and sets a timer for the next due tag; ``done`` (from ``task_done``) frees the slot.
+command with data goes to the SCSI core, once its data and data budget are in. A command of
+an LU whose VM has no QoS (or none at all while no VM has a reservation or shares) passes.
+Any other is queued on its VM's flow (``Scheduler``) and parked: its connection keeps
+reading and runs its other commands; it keeps only the data budget it already holds.
 
-The slots give shares and reservations their meaning when the server itself is the
-bottleneck: while every slot is busy, commands leave the queues in tag order, so two
-saturating VMs at shares 3:1 get 3 of every 4 slots that free up. Limits need no slots
-(a limited VM waits for its L tag whatever the load) but take one while they run.
+With limits only, ``pump`` dispatches what the tags allow at once (while fewer than
+``slots`` gated commands are in the SCSI core) and sets a timer for the next due tag. While
+some VM has a reservation or shares, commands go in dispatch rounds (``_round``): one per
+event-loop iteration, at most ``slots`` commands each in tag order, at most
+``IN_FLIGHT_ROUNDS`` rounds' worth in the core. The rounds give shares and reservations
+their meaning when the server itself is the bottleneck: what arrives between two rounds
+competes by its tags, so two saturating VMs at shares 3:1 get 3 of every 4 commands
+released. The answers of the commands one call releases leave in one write per connection
+(cork, uncork). ``done`` (from ``task_done``) frees a command's slot.
 
 The time a command waited here is added to the ``queue`` part of the statistics' latency
-split (``t_grant`` moves later by the wait, ``t_exec`` is the release).
+split (``t_grant`` and ``t_exec`` move later by the wait).
 """
 
 from __future__ import annotations
