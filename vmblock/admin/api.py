@@ -338,6 +338,19 @@ class Api:
         return self._vdisks_json(self.pool.vdisks(vm=vm))
 
     @verb
+    def vdisk_set(self, name: Name, max_iops: PolicyText | None = None,
+                  max_mbps: PolicyText | None = None, min_iops: PolicyText | None = None,
+                  shares: PolicyText | None = None) -> dict:
+        """Give a vdisk QoS of its own (max/min IOPS in 8 KiB units, max MB/s, shares; 'none'
+        or 0 clears one): it then has its own queue instead of its VM's (docs/qos.md)."""
+        changes = {k: v for k, v in (("max_iops", max_iops), ("max_mbps", max_mbps),
+                                     ("min_iops", min_iops), ("shares", shares))
+                   if v is not None}
+        disk = policies.set_vdisk_qos(self.pool, name, changes)
+        self.policies_changed()
+        return self._vdisk_json(disk)
+
+    @verb
     def vdisk_show(self, name: Name) -> dict:
         """One vdisk with the iscsi:// URL initiators use, its bytes on each tier and the
         shared datastore it holds (``datastore``: an LVM2 VG's volumes, or null)."""

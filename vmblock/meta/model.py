@@ -148,6 +148,7 @@ class Vdisk:
     map_id: int = 0                 # its live extent map (vmblock.store.extent)
     parent: dict | None = None      # clone lineage: source vdisk, snapshot and map
     tier: str = "capacity"          # where its new AUs go; `vdisk move` relocates the rest
+    qos: dict = field(default_factory=dict)     # its own QoS (vdisk set), else its VM's
 
     @property
     def serial(self) -> str:

@@ -18,8 +18,10 @@ These are functions of an open ``Pool`` (it does not import this module's caller
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from vmblock.errors import InvalidArgument, NoSpace
-from vmblock.meta.model import Vm
+from vmblock.meta.model import Vdisk, Vm
 from vmblock.qos.scheduler import QosParams
 from vmblock.settings import MAX_TIER_BYTES
 from vmblock.units import format_size, parse_duration, parse_size, shown
@@ -89,22 +91,47 @@ def set_policies(pool, name: str, changes: dict[str, str]) -> Vm:
     return vm
 
 
-def _changed(vm: Vm, changes: dict[str, str], au: int) -> dict:
-    policies = dict(vm.policies)
-    qos = dict(policies.get("qos", {}))
+def qos_changed(qos: dict, changes: dict[str, str]) -> dict:
+    """``qos`` after the QoS options ``changes`` (``QOS_KEYS`` -> text; 'none' or '0'
+    clears); InvalidArgument for a bad value or a min above the max."""
+    qos = dict(qos)
     for key, text in changes.items():
-        if key not in POLICY_KEYS + QOS_KEYS:
-            raise InvalidArgument(f"unknown policy {key!r} (known: "
-                                  f"{', '.join(POLICY_KEYS + QOS_KEYS)})")
-        value = _parse(key, text, au)
-        into = qos if key in QOS_KEYS else policies
+        value = _parse(key, text, 0)
         if value is None:
-            into.pop(key, None)
+            qos.pop(key, None)
         else:
-            into[key] = value
+            qos[key] = value
     if qos.get("min_iops", 0) > qos.get("max_iops", float("inf")):
         raise InvalidArgument(f"--min-iops {qos['min_iops']} is above --max-iops "
                               f"{qos['max_iops']}")
+    return qos
+
+
+def set_vdisk_qos(pool, name: str, changes: dict[str, str]) -> Vdisk:
+    """``vdisk set``: the vdisk's own QoS (it then has a queue of its own instead of its
+    VM's), checked first, then written once."""
+    disk = pool.vdisk(name)
+    disk.qos = qos_changed(disk.qos, changes)
+    pool.write_records({f"vdisk/{disk.uuid}": asdict(disk)})
+    return disk
+
+
+def _changed(vm: Vm, changes: dict[str, str], au: int) -> dict:
+    policies = dict(vm.policies)
+    for key in changes:
+        if key not in POLICY_KEYS + QOS_KEYS:
+            raise InvalidArgument(f"unknown policy {key!r} (known: "
+                                  f"{', '.join(POLICY_KEYS + QOS_KEYS)})")
+    qos = qos_changed(policies.get("qos", {}),
+                      {k: v for k, v in changes.items() if k in QOS_KEYS})
+    for key, text in changes.items():
+        if key in QOS_KEYS:
+            continue
+        value = _parse(key, text, au)
+        if value is None:
+            policies.pop(key, None)
+        else:
+            policies[key] = value
     if qos:
         policies["qos"] = qos
     else:
@@ -129,9 +156,8 @@ def show(pool, vm: Vm) -> dict:
     return {"policies": out, "qos": dict(vm.policies.get("qos", {}))}
 
 
-def qos_params(vm: Vm) -> QosParams | None:
-    """The scheduler's parameters of ``vm``'s QoS, None when it has none."""
-    q = vm.policies.get("qos")
+def qos_params(q: dict) -> QosParams | None:
+    """The scheduler's parameters of a VM's or vdisk's QoS, None when it has none."""
     if not q:
         return None
     return QosParams(reservation=q.get("min_iops", 0), limit=q.get("max_iops", 0),
@@ -139,11 +165,26 @@ def qos_params(vm: Vm) -> QosParams | None:
 
 
 def qos_config(pool) -> tuple[dict[str, QosParams], dict[tuple[str, int], str]]:
-    """What a server's QoS gates need: every VM with QoS (uuid -> params) and the VM of
-    every vdisk's LU ((target IQN, LUN) -> VM uuid)."""
-    params = {vm.uuid: p for vm in pool.vms() if (p := qos_params(vm)) is not None}
-    luns = {(d.target, d.lun): d.vm for d in pool.vdisks() if d.vm}
+    """What a server's QoS gates need: every VM and vdisk with QoS of its own (VM uuid or
+    ``vdisk:<uuid>`` -> params) and the flow of every vdisk's LU ((target IQN, LUN) -> its
+    own key when it has QoS of its own, else its VM's uuid)."""
+    params = {vm.uuid: p for vm in pool.vms()
+              if (p := qos_params(vm.policies.get("qos"))) is not None}
+    luns = {}
+    for d in pool.vdisks():
+        own = qos_params(d.qos)
+        if own is not None:
+            params["vdisk:" + d.uuid] = own
+            luns[(d.target, d.lun)] = "vdisk:" + d.uuid
+        elif d.vm:
+            luns[(d.target, d.lun)] = d.vm
     return params, luns
+
+
+def inherited_vdisk_qos(pool, uuid: str) -> dict:
+    """A clone's vdisk inherits its source vdisk's own QoS (empty when it is gone)."""
+    raw = pool.record(f"vdisk/{uuid}")
+    return dict(raw.get("qos") or {}) if raw else {}
 
 
 def vm_maps(pool) -> dict[str, tuple[list[int], list[int]]]:
