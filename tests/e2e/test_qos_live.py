@@ -1,5 +1,5 @@
 """QoS on a live ``vmblock serve`` driven by qemu-io, one process and with worker processes:
-``vm set`` applies to the running sessions, a limited VM's commands wait (the wait counted
+``vm set`` and ``vdisk set`` apply to the running sessions, a limited VM's commands wait (the wait counted
 in the ``queue`` part of its latency split, an unlimited VM's not at all), clearing it
 releases them. What is checked are counts and the presence of the wait, never a rate: the
 rates are measured by tools/bench_qos.py."""
@@ -49,3 +49,8 @@ def test_a_limit_applies_live_and_its_wait_counts_as_queue(tmp_path, start_serve
     assert js(s, "vm", "show", "slow")["qos"] == {}
     clients.qemu_io(urls["slow"], *reads, cache="none")
     assert vm_row(js(s, "stats"), "slow")["read_ops"] == 2 * READS
+    # a vdisk's own QoS applies live too: the unlimited VM's vdisk now waits
+    assert js(s, "vdisk", "set", "free-0", "--max-iops", "50")["qos"] == {"max_iops": 50}
+    clients.qemu_io(urls["free"], *reads, cache="none")
+    free = vm_row(js(s, "stats"), "free")
+    assert free["read_ops"] == 2 * READS and free["latency_split_us"]["queue"] > 0
