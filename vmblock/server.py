@@ -31,7 +31,7 @@ from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.meta import Pool, Vdisk, datastores, policies
 from vmblock.meta.config import check_settings
 from vmblock.meta.stats_live import PoolStats
-from vmblock.qos.gate import THROTTLED_AFTER, QosGate
+from vmblock.qos.gate import QosGate
 from vmblock.qos.shared import SharedTags
 from vmblock.native import extent as extent_kernels
 from vmblock.native import stats as stats_kernels
@@ -195,6 +195,7 @@ class Server:
         self.metrics = None             # the Prometheus listener (metrics.listen)
         self.qos: QosGate | None = None     # the owner's QoS gate (docs/qos.md)
         self.qos_watch: asyncio.Task | None = None
+        self.qos_told: dict[str, float] = {}      # flow key -> when qos_throttled was recorded
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -371,6 +372,7 @@ class Server:
             self.workers = WorkerPool(self.service, count, self.publisher)
             self.workers.stats = self.live_stats
             self.workers.qos = self.qos
+            self.workers.qos_throttled = self.qos_throttled
             await self.workers.start()
             self.service.handoff = self.workers.place
         try:
@@ -394,29 +396,51 @@ class Server:
 
     def qos_sync(self) -> None:
         """Give the QoS gates every VM's QoS and the VM of every LU (at start, after
-        ``vm set`` and when vdisks come or go)."""
+        ``vm set`` and ``vdisk set``, and when vdisks come or go)."""
         if self.qos is not None:
+            self.qos.throttled_after = self.settings().get("qos.throttled_after")
             self.qos.configure(*policies.qos_config(self.pool))
             if self.workers is not None:
                 self.workers.qos_changed()
 
     async def _qos_loop(self) -> None:
-        """Once a second: record ``qos_throttled`` for a VM held by its limit for more than
-        a minute (once until its queue empties)."""
-        loop = asyncio.get_running_loop()
+        """Once a second: ``qos_throttled`` for the flows the owner's gate held at their
+        limit for more than ``qos.throttled_after`` seconds (the workers report theirs in
+        ``QOS_THROTTLED``: ``qos_throttled``)."""
         while True:
             await asyncio.sleep(1)
-            for uuid in self.qos.throttled(self.qos.clock(), THROTTLED_AFTER):
-                try:
-                    vm = self.pool.vm_by_uuid(uuid)
-                    q = vm.policies.get("qos", {})
-                    await loop.run_in_executor(None, functools.partial(
-                        self.pool.record_event, "qos_throttled", "info",
-                        f"VM {vm.name} has been held at its QoS limit for over a minute",
-                        vm=vm.name, advice=f"raise its limit (vm set {vm.name} --max-iops/"
-                        f"--max-mbps) if it needs more", **q))
-                except Exception as e:
-                    log.warning("qos_throttled event not recorded: %s", e)
+            after = self.settings().get("qos.throttled_after")
+            if after != self.qos.throttled_after:
+                self.qos_sync()         # the workers learn it too
+            for key in self.qos.throttled(self.qos.clock(), after):
+                await self.qos_throttled(key)
+
+    async def qos_throttled(self, key: str) -> None:
+        """Record ``qos_throttled`` for flow ``key`` (a VM uuid or ``vdisk:<uuid>``), once
+        per ``qos.throttled_after`` whichever processes report it."""
+        now = self.qos.clock()
+        if now - self.qos_told.get(key, -1e18) < self.qos.throttled_after:
+            return
+        self.qos_told[key] = now
+        try:
+            if key.startswith("vdisk:"):
+                disk = Vdisk(**self.pool.record(f"vdisk/{key[6:]}"))
+                what, fields, vm, vdisk = f"vdisk {disk.name}", disk.qos, None, disk.name
+                fix = f"vdisk set {disk.name}"
+                if disk.vm:
+                    vm = self.pool.vm_by_uuid(disk.vm).name
+            else:
+                v = self.pool.vm_by_uuid(key)
+                what, fields, vm, vdisk = f"VM {v.name}", v.policies.get("qos", {}), v.name, None
+                fix = f"vm set {v.name}"
+            await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                self.pool.record_event, "qos_throttled", "info",
+                f"{what} has been held at its QoS limit for over "
+                f"{self.qos.throttled_after:g} s", vm=vm, vdisk=vdisk,
+                advice=f"raise its limit ({fix} --max-iops/--max-mbps) if it needs more",
+                **fields))
+        except Exception as e:
+            log.warning("qos_throttled event not recorded: %s", e)
 
     async def flush_stats(self) -> None:
         """Every worker adds its staged statistics into its slab (vmblock.admin.stats)."""

@@ -7,6 +7,7 @@ rates are measured by tools/bench_qos.py."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 from support import clients
@@ -54,3 +55,29 @@ def test_a_limit_applies_live_and_its_wait_counts_as_queue(tmp_path, start_serve
     clients.qemu_io(urls["free"], *reads, cache="none")
     free = vm_row(js(s, "stats"), "free")
     assert free["read_ops"] == 2 * READS and free["latency_split_us"]["queue"] > 0
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_qos_throttled_is_recorded_once_for_a_vm_held_at_its_limit(tmp_path, start_server,
+                                                                    workers):
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", str(workers))
+    run_cli(pool, "config", "set", "qos.throttled_after", "1")
+    s = start_server(pool=pool)
+    s.cli("vm", "create", "slow")
+    s.cli("vdisk", "create", "slow-0", "--size", "64M", "--vm", "slow")
+    url = js(s, "vdisk", "show", "slow-0")["url"]
+    s.cli("vm", "set", "slow", "--max-iops", "20")
+    # 60 commands at 20 a second: held at the limit for 3 s whatever the machine's load
+    clients.qemu_io(url, *[f"read {i * 4096} 4k" for i in range(60)], cache="none")
+    deadline = time.monotonic() + 30     # the server checks once a second
+    while True:
+        events = js(s, "events", "--kind", "qos_throttled")
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(events) == 1, events
+    ev = events[0]
+    assert (ev["vm"], ev["severity"], ev["max_iops"]) == ("slow", "info", 20)
+    assert "raise its limit" in ev["advice"]

@@ -32,8 +32,6 @@ from vmblock.qos.shared import MAX_SHARED_FLOWS, SharedTags
 # while dispatching in rounds, up to this many rounds' commands may be in the SCSI core at
 # once: beyond it the core (its executor) is the bottleneck, and a queue there has no tags
 IN_FLIGHT_ROUNDS = 4
-# a VM held at its limit this long (seconds) raises qos_throttled (issue 12: "more than a minute")
-THROTTLED_AFTER = 60.0
 
 
 class QosGate:
@@ -60,6 +58,7 @@ class QosGate:
         self.round_due = None           # the next round's timer handle
         self.pumping = False
         self.passed = 0                 # commands released by the gate (tests count them)
+        self.throttled_after = 60.0     # qos.throttled_after: the owner's, in ``describe``
 
     def configure(self, params: dict[str, QosParams], luns: dict[tuple[str, int], str],
                   slot_of: dict[str, int] | None = None) -> None:
@@ -103,6 +102,7 @@ class QosGate:
     def describe(self) -> dict:
         """The configuration as JSON, for the workers (``configure_json``)."""
         return {"slots": self.slots, "slot_of": self.slot_of,
+                "throttled_after": self.throttled_after,
                 "params": {vm: [p.reservation, p.limit, p.limit_bytes, p.weight]
                            for vm, p in self.params.items()},
                 "luns": [[iqn, lun, vm] for (iqn, lun), vm in self.luns.items()]}
@@ -110,6 +110,7 @@ class QosGate:
     def configure_json(self, d: dict) -> None:
         """``configure`` from the owner's ``describe`` (a worker's gate)."""
         self.slots = d["slots"]
+        self.throttled_after = d["throttled_after"]
         self.configure({vm: QosParams(*v) for vm, v in d["params"].items()},
                        {(iqn, lun): vm for iqn, lun, vm in d["luns"]}, d["slot_of"])
 

@@ -122,6 +122,9 @@ class Scheduler:
         if par.reservation:
             flow.r = max(flow.r + c / par.reservation, now)
         floor = now - self.burst
+        if flow.limited_since and max(flow.l, flow.b) < floor:
+            flow.limited_since = 0.0        # it had limit to spare: that stretch is over
+            flow.reported = False
         if flow.shared is not None and (par.limit or par.limit_bytes):
             flow.l, flow.b = flow.shared.advance(
                 flow.slot, c / par.limit if par.limit else 0.0,

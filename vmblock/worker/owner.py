@@ -139,6 +139,7 @@ class WorkerPool:
         self.flushes: dict[int, asyncio.Future] = {}     # STATS_FLUSH tag -> its answer
         self.flush_tags = itertools.count(1)
         self.qos = None         # the owner's vmblock.qos.gate.QosGate: set before start
+        self.qos_throttled = None   # async callback(key): a worker held a flow at its limit
 
     def _tsih_of(self, nexus) -> int | None:
         """The TSIH of ``nexus``'s session, None when it has none."""
@@ -368,6 +369,9 @@ class WorkerPool:
             fut = self.flushes.pop(STATS_TAG.unpack_from(payload)[0], None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        elif mtype == Msg.QOS_THROTTLED:
+            if self.qos_throttled is not None:
+                self._track(self.qos_throttled(unpack_json(payload)["key"]))
         elif mtype == Msg.READY:
             w.pid = unpack_json(payload)["pid"]
             w.ready.set_result(None)

@@ -365,6 +365,16 @@ def die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
+async def _qos_watch(process: WorkerProcess) -> None:
+    """Once a second: tell the owner which flows this worker's QoS gate held at their limit
+    for longer than ``qos.throttled_after`` (it records ``qos_throttled``)."""
+    gate = process.service.qos
+    while True:
+        await asyncio.sleep(1)
+        for key in gate.throttled(gate.clock(), gate.throttled_after):
+            process.channel.send(Msg.QOS_THROTTLED, pack_json({"key": key}))
+
+
 async def _serve(sock: socket.socket, index: int, stats_fd: int | None = None,
                  qos_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
@@ -374,10 +384,12 @@ async def _serve(sock: socket.socket, index: int, stats_fd: int | None = None,
     # QoS (vmblock.qos): configured by the owner's QOS messages; limits in the shared table
     process.service.qos = QosGate(loop.call_later, 1,
                                   SharedTags(qos_fd) if qos_fd is not None else None)
+    watch = loop.create_task(_qos_watch(process))
     loop.add_signal_handler(signal.SIGTERM, process.stop)
     settle_gc()
     process.channel.send(Msg.READY, pack_json({"index": index, "pid": os.getpid()}))
     await process.done.wait()
+    watch.cancel()
     process.channel.close()
 
 

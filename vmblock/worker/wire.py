@@ -45,6 +45,7 @@ class Msg(enum.IntEnum):
     TMF = 3             # a task management function for the owner to apply; answered TMF_DONE
     CLOSED = 4          # a connection ended in the worker (logout, drop, NOP timeout)
     STATS_FLUSHED = 5   # the worker's staged statistics are in its slab (answers STATS_FLUSH)
+    QOS_THROTTLED = 6   # a VM was held at its QoS limit in this worker: {"key"} (docs/qos.md)
     HANDOFF = 10        # a logged-in connection (its socket attached) and its session
     RESULT = 11         # the end of a COMMAND
     TMF_DONE = 12       # the end of a TMF
