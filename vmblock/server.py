@@ -398,7 +398,7 @@ class Server:
         """Give the QoS gates every VM's QoS and the VM of every LU (at start, after
         ``vm set`` and ``vdisk set``, and when vdisks come or go)."""
         if self.qos is not None:
-            self.qos.throttled_after = self.settings().get("qos.throttled_after")
+            self.qos.throttled_after = self.pool.settings().get("qos.throttled_after")
             self.qos.configure(*policies.qos_config(self.pool))
             if self.workers is not None:
                 self.workers.qos_changed()
@@ -409,11 +409,13 @@ class Server:
         ``QOS_THROTTLED``: ``qos_throttled``)."""
         while True:
             await asyncio.sleep(1)
-            after = self.settings().get("qos.throttled_after")
-            if after != self.qos.throttled_after:
-                self.qos_sync()         # the workers learn it too
-            for key in self.qos.throttled(self.qos.clock(), after):
-                await self.qos_throttled(key)
+            try:
+                if self.pool.settings().get("qos.throttled_after") != self.qos.throttled_after:
+                    self.qos_sync()         # the workers learn it too
+                for key in self.qos.throttled(self.qos.clock(), self.qos.throttled_after):
+                    await self.qos_throttled(key)
+            except Exception as e:
+                log.warning("QoS check failed: %s", e)
 
     async def qos_throttled(self, key: str) -> None:
         """Record ``qos_throttled`` for flow ``key`` (a VM uuid or ``vdisk:<uuid>``), once
@@ -423,22 +425,8 @@ class Server:
             return
         self.qos_told[key] = now
         try:
-            if key.startswith("vdisk:"):
-                disk = Vdisk(**self.pool.record(f"vdisk/{key[6:]}"))
-                what, fields, vm, vdisk = f"vdisk {disk.name}", disk.qos, None, disk.name
-                fix = f"vdisk set {disk.name}"
-                if disk.vm:
-                    vm = self.pool.vm_by_uuid(disk.vm).name
-            else:
-                v = self.pool.vm_by_uuid(key)
-                what, fields, vm, vdisk = f"VM {v.name}", v.policies.get("qos", {}), v.name, None
-                fix = f"vm set {v.name}"
             await asyncio.get_running_loop().run_in_executor(None, functools.partial(
-                self.pool.record_event, "qos_throttled", "info",
-                f"{what} has been held at its QoS limit for over "
-                f"{self.qos.throttled_after:g} s", vm=vm, vdisk=vdisk,
-                advice=f"raise its limit ({fix} --max-iops/--max-mbps) if it needs more",
-                **fields))
+                policies.record_qos_throttled, self.pool, key, self.qos.throttled_after))
         except Exception as e:
             log.warning("qos_throttled event not recorded: %s", e)
 

@@ -187,6 +187,24 @@ def inherited_vdisk_qos(pool, uuid: str) -> dict:
     return dict(raw.get("qos") or {}) if raw else {}
 
 
+def record_qos_throttled(pool, key: str, after: float) -> None:
+    """Record ``qos_throttled`` for the QoS flow ``key`` (a VM uuid, or ``vdisk:<uuid>`` for
+    a vdisk with QoS of its own), held at its limit for ``after`` seconds."""
+    if key.startswith("vdisk:"):
+        disk = Vdisk(**pool.record(f"vdisk/{key[6:]}"))
+        vm = pool.vm_by_uuid(disk.vm).name if disk.vm else None
+        vdisk, fields, what = disk.name, disk.qos, f"vdisk {disk.name}"
+        fix = f"vdisk set {disk.name}"
+    else:
+        v = pool.vm_by_uuid(key)
+        vm, vdisk, fields, what = v.name, None, v.policies.get("qos", {}), f"VM {v.name}"
+        fix = f"vm set {v.name}"
+    pool.record_event("qos_throttled", "info",
+                      f"{what} has been held at its QoS limit for over {after:g} s",
+                      vm=vm, vdisk=vdisk, advice=f"raise its limit ({fix} --max-iops/"
+                      f"--max-mbps) if it needs more", **fields)
+
+
 def vm_maps(pool) -> dict[str, tuple[list[int], list[int]]]:
     """VM uuid -> (its vdisks' live map ids, its snapshots' frozen map ids)."""
     maps: dict[str, tuple[list[int], list[int]]] = {vm.uuid: ([], []) for vm in pool.vms()}

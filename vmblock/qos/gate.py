@@ -57,7 +57,6 @@ class QosGate:
         self.rounds = False             # some VM has a reservation or shares: dispatch rounds
         self.round_due = None           # the next round's timer handle
         self.pumping = False
-        self.passed = 0                 # commands released by the gate (tests count them)
         self.throttled_after = 60.0     # qos.throttled_after: the owner's, in ``describe``
 
     def configure(self, params: dict[str, QosParams], luns: dict[tuple[str, int], str],
@@ -189,7 +188,6 @@ class QosGate:
         if key is not None:
             st.qos = key
             self.inflight += 1
-        self.passed += 1
         if waited and st.stats_rows is not None:   # the wait counts as queue (module doc)
             g = st.t_grant or st.t_arr
             st.t_grant = g + waited
