@@ -469,6 +469,8 @@ class Server:
             self.sampler.cancel()
         if self.qos_watch is not None:
             self.qos_watch.cancel()
+        if self.qos is not None and self.qos.shared is not None:
+            self.qos.shared.close()         # the workers are gone: nothing maps it any more
         if self.stats is not None:
             try:
                 self.stats.stop()           # the counts since the last sample survive
