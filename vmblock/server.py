@@ -32,6 +32,8 @@ from vmblock.meta import Pool, Vdisk, datastores, policies
 from vmblock.meta.config import check_settings
 from vmblock.meta.reservations import PrRecord
 from vmblock.meta.stats_live import PoolStats
+from vmblock.qos.gate import QosGate
+from vmblock.qos.shared import SharedTags
 from vmblock.native import extent as extent_kernels
 from vmblock.native import stats as stats_kernels
 from vmblock.scsi.lu import LogicalUnit
@@ -193,6 +195,9 @@ class Server:
         self.stats: PoolStats | None = None
         self.sampler: asyncio.Task | None = None
         self.metrics = None             # the Prometheus listener (metrics.listen)
+        self.qos: QosGate | None = None     # the owner's QoS gate (docs/qos.md)
+        self.qos_watch: asyncio.Task | None = None
+        self.qos_told: dict[str, float] = {}      # flow key -> when qos_throttled was recorded
 
     def settings(self) -> Settings:
         """The pool's settings for this run, checked as a whole (InvalidArgument if not)."""
@@ -388,10 +393,17 @@ class Server:
         if self.live_stats is not None:
             self.service.stats = self.live_stats.recorder      # the fabric counts into it
             self.sampler = asyncio.create_task(self._sample_loop())
+        self.qos = self.service.qos = QosGate(asyncio.get_running_loop().call_later,
+                                              settings.get("qos.slots"),
+                                              SharedTags() if count else None)
+        self.qos_sync()
+        self.qos_watch = asyncio.create_task(self._qos_loop())
         if count:
             # started before the portals: no login is handed over to a worker not yet ready
             self.workers = WorkerPool(self.service, count, self.publisher)
             self.workers.stats = self.live_stats
+            self.workers.qos = self.qos
+            self.workers.qos_throttled = self.qos_throttled
             await self.workers.start()
             self.service.handoff = self.workers.place
         try:
@@ -412,6 +424,42 @@ class Server:
         if listen:
             self.metrics = await start_metrics(api, listen)
         self.admin = await admin_http.start(api, self.pool.socket_path)
+
+    def qos_sync(self) -> None:
+        """Give the QoS gates every VM's QoS and the VM of every LU (at start, after
+        ``vm set`` and ``vdisk set``, and when vdisks come or go)."""
+        if self.qos is not None:
+            self.qos.throttled_after = self.pool.settings().get("qos.throttled_after")
+            self.qos.configure(*policies.qos_config(self.pool))
+            if self.workers is not None:
+                self.workers.qos_changed()
+
+    async def _qos_loop(self) -> None:
+        """Once a second: ``qos_throttled`` for the flows the owner's gate held at their
+        limit for more than ``qos.throttled_after`` seconds (the workers report theirs in
+        ``QOS_THROTTLED``: ``qos_throttled``)."""
+        while True:
+            await asyncio.sleep(1)
+            try:
+                if self.pool.settings().get("qos.throttled_after") != self.qos.throttled_after:
+                    self.qos_sync()         # the workers learn it too
+                for key in self.qos.throttled(self.qos.clock(), self.qos.throttled_after):
+                    await self.qos_throttled(key)
+            except Exception as e:
+                log.warning("QoS check failed: %s", e)
+
+    async def qos_throttled(self, key: str) -> None:
+        """Record ``qos_throttled`` for flow ``key`` (a VM uuid or ``vdisk:<uuid>``), once
+        per ``qos.throttled_after`` whichever processes report it."""
+        now = self.qos.clock()
+        if now - self.qos_told.get(key, -1e18) < self.qos.throttled_after:
+            return
+        self.qos_told[key] = now
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                policies.record_qos_throttled, self.pool, key, self.qos.throttled_after))
+        except Exception as e:
+            log.warning("qos_throttled event not recorded: %s", e)
 
     async def flush_stats(self) -> None:
         """Every worker adds its staged statistics into its slab (vmblock.admin.stats)."""
@@ -453,6 +501,10 @@ class Server:
             await self.workers.stop()
         if self.sampler is not None:
             self.sampler.cancel()
+        if self.qos_watch is not None:
+            self.qos_watch.cancel()
+        if self.qos is not None and self.qos.shared is not None:
+            self.qos.shared.close()         # the workers are gone: nothing maps it any more
         if self.stats is not None:
             try:
                 self.stats.stop()           # the counts since the last sample survive
@@ -499,6 +551,7 @@ class LiveApi(Api):
         if new_target:
             self.server.add_target(disk.target)
         self.server.add_vdisk(disk)
+        self.server.qos_sync()
 
     def vdisk_deleted(self, disk: Vdisk) -> None:
         """Stop serving the deleted vdisk if it is still served (verbs normally unserve first);
@@ -507,6 +560,7 @@ class LiveApi(Api):
             self.server.remove_vdisk(disk)
         if self.server.stats is not None:
             self.server.stats.forget(disk)
+        self.server.qos_sync()
 
     def vdisk_resized(self, disk: Vdisk) -> None:
         """Drop the vdisk's cache blocks and have its LU re-read the size (a CAPACITY DATA HAS
@@ -707,8 +761,9 @@ class LiveApi(Api):
         return self.server.service.sessions()
 
     def policies_changed(self) -> None:
-        """The snapshot schedule looks at the VMs' policies again now."""
+        """The snapshot schedule looks at the VMs' policies again now; QoS applies now."""
         self.server.events.policies_changed()
+        self.server.qos_sync()
 
     async def event_wait(self, cursor: int | None = None, kind: str | None = None,
                          timeout: int = 25) -> dict:

@@ -457,6 +457,11 @@ _ROWS = (
             "seconds between statistics samples kept in the history (docs/stats.md)"),
     Setting("metrics.listen", str, "", _listen, Apply.RESTART,
             "HOST:PORT of the Prometheus /metrics listener (serve --metrics); empty: none"),
+    Setting("qos.slots", int, "16", _connection_count, Apply.RESTART,
+            "QoS-scheduled commands each serving process runs at once; the others wait in "
+            "their VM's queue (docs/qos.md)"),
+    Setting("qos.throttled_after", float, "60", _positive_seconds, Apply.LIVE,
+            "seconds a VM must be held at its QoS limit without a break for qos_throttled"),
 )
 TABLE = {row.key: row for row in _ROWS}
 _FAMILIES = [(row, *row.key.split(placeholder)) for row in _ROWS

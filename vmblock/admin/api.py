@@ -169,15 +169,21 @@ class Api:
     def vm_set(self, name: Name, guest_os: GuestOs | None = None,
                location: Location | None = None, active: bool | None = None,
                space_quota: PolicyText | None = None, snapshot_every: PolicyText | None = None,
-               snapshot_keep: PolicyText | None = None) -> dict:
+               snapshot_keep: PolicyText | None = None, max_iops: PolicyText | None = None,
+               max_mbps: PolicyText | None = None, min_iops: PolicyText | None = None,
+               shares: PolicyText | None = None) -> dict:
         """Change a VM's guest OS, location or active flag, and its policies: space quota
-        (a size), snapshot schedule (every 30s/5m/1h/1d, keep N); 'none' or 0 clears a
-        policy; None keeps a field. Every value is checked before anything changes."""
+        (a size), snapshot schedule (every 30s/5m/1h/1d, keep N), QoS (max/min IOPS in
+        8 KiB units, max MB/s, shares); 'none' or 0 clears a policy; None keeps a field.
+        Every value is checked before anything changes."""
         fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
                                     ("active", active)) if v is not None}
         changes = {k: v for k, v in (("space_quota", space_quota),
                                      ("snapshot_every", snapshot_every),
-                                     ("snapshot_keep", snapshot_keep)) if v is not None}
+                                     ("snapshot_keep", snapshot_keep),
+                                     ("max_iops", max_iops), ("max_mbps", max_mbps),
+                                     ("min_iops", min_iops), ("shares", shares))
+                   if v is not None}
         self.pool.vm(name)              # an unknown VM: NotFound before anything changes
         if changes:
             policies.check(self.pool, name, changes)
@@ -343,14 +349,6 @@ class Api:
         return self._vdisk_json(disk)
 
     @verb
-    def vdisk_set(self, name: Name, read_only: bool) -> dict:
-        """Make a vdisk read-only (writes get DATA PROTECT, WRITE PROTECTED; MODE SENSE shows
-        WP) or writable again; a running server applies it at once."""
-        disk = self.pool.set_vdisk_read_only(name, read_only)
-        self.vdisk_protection_changed(disk)
-        return self._vdisk_json(disk)
-
-    @verb
     def vdisk_eject(self, name: Name) -> dict:
         """Eject a removable vdisk's medium (initiators get NOT READY, MEDIUM NOT PRESENT);
         refused while an initiator prevents medium removal."""
@@ -375,6 +373,29 @@ class Api:
     def vdisk_list(self, vm: Name | None = None) -> list[dict]:
         """Every vdisk (of one VM if ``vm``) with its URL and used bytes."""
         return self._vdisks_json(self.pool.vdisks(vm=vm))
+
+    @verb
+    def vdisk_set(self, name: Name, read_only: bool | None = None,
+                  max_iops: PolicyText | None = None, max_mbps: PolicyText | None = None,
+                  min_iops: PolicyText | None = None, shares: PolicyText | None = None) -> dict:
+        """Change a vdisk; a running server applies it at once. ``read_only``: refuse writes
+        (DATA PROTECT, WRITE PROTECTED; MODE SENSE shows WP) or take them again. QoS of its
+        own (max/min IOPS in 8 KiB units, max MB/s, shares; 'none' or 0 clears one): it then
+        has its own queue instead of its VM's (docs/qos.md). The QoS values are checked
+        before anything changes."""
+        changes = {k: v for k, v in (("max_iops", max_iops), ("max_mbps", max_mbps),
+                                     ("min_iops", min_iops), ("shares", shares))
+                   if v is not None}
+        if read_only is None and not changes:
+            raise InvalidArgument("nothing to set: give read_only or a QoS value")
+        disk = self.pool.vdisk(name)
+        if changes:
+            disk = policies.set_vdisk_qos(self.pool, name, changes)
+            self.policies_changed()
+        if read_only is not None:
+            disk = self.pool.set_vdisk_read_only(name, read_only)
+            self.vdisk_protection_changed(disk)
+        return self._vdisk_json(disk)
 
     @verb
     def vdisk_show(self, name: Name) -> dict:

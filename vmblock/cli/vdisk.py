@@ -100,6 +100,37 @@ def vdisk_resize(call, name: str, size: str) -> None:
     click.echo(f"vdisk {name} is now {human_size(d['size_bytes'])}")
 
 
+@verb_command(vdisk, "set")
+@click.argument("name")
+@click.option("--read-only/--read-write", "read_only", default=None,
+              help="Refuse every write (DATA PROTECT, WRITE PROTECTED), or take writes again.")
+@click.option("--max-iops", metavar="N",
+              help="QoS limit in IOPS; an I/O of n bytes counts ceil(n / 8 KiB) (none: no limit).")
+@click.option("--max-mbps", metavar="M", help="QoS limit in MB/s (10^6 bytes; none: no limit).")
+@click.option("--min-iops", metavar="N",
+              help="QoS reservation in IOPS (8 KiB units), served first (none: none).")
+@click.option("--shares", metavar="W",
+              help="QoS proportional share when the server is busy (default 1; none: 1).")
+@json_option
+def vdisk_set(call, name: str, read_only: bool | None, max_iops: str | None,
+              max_mbps: str | None, min_iops: str | None, shares: str | None,
+              as_json: bool) -> None:
+    """Change a vdisk, live on a running server: read-only or writable; QoS of its own,
+    apart from its VM's (docs/qos.md), where 'none' (or 0) clears a value and with none left
+    it follows its VM's again."""
+    fields = {k: v for k, v in (("max_iops", max_iops), ("max_mbps", max_mbps),
+                                ("min_iops", min_iops), ("shares", shares)) if v is not None}
+    if read_only is not None:
+        fields["read_only"] = read_only
+    if not fields:
+        raise click.UsageError("nothing to set: give --read-only/--read-write, --max-iops, "
+                               "--max-mbps, --min-iops or --shares")
+    d = call(name=name, **fields)
+    emit(d, as_json, lambda d: click.echo(
+        f"updated vdisk {d['name']}" + ("" if read_only is None else
+                                        " (read-only)" if read_only else " (writable)")))
+
+
 @verb_command(vdisk, "move")
 @click.argument("name")
 @click.option("--tier", required=True, type=click.Choice(["flash", "capacity"]),
@@ -153,16 +184,6 @@ def vdisk_pin(call, name: str) -> None:
 def vdisk_unpin(call, name: str) -> None:
     """Let this vdisk's cached blocks be evicted again."""
     echo_pin(call(name=name))
-
-
-@verb_command(vdisk, "set")
-@click.argument("name")
-@click.option("--read-only/--read-write", "read_only", required=True,
-              help="Refuse every write (DATA PROTECT, WRITE PROTECTED), or take writes again.")
-def vdisk_set(call, name: str, read_only: bool) -> None:
-    """Make a vdisk read-only or writable; a running server applies it at once."""
-    call(name=name, read_only=read_only)
-    click.echo(f"vdisk {name} is {'read-only' if read_only else 'writable'}")
 
 
 @verb_command(vdisk, "eject")

@@ -34,20 +34,31 @@ def vm_create(call, name: str, guest_os: str, location: str) -> None:
               help="Take an automatic snapshot this often: 30s, 15m, 1h, 1d (none: stop).")
 @click.option("--snapshot-keep", metavar="N",
               help="Automatic snapshots to keep (default 24); the oldest go first.")
+@click.option("--max-iops", metavar="N",
+              help="QoS limit in IOPS; an I/O of n bytes counts ceil(n / 8 KiB) (none: no limit).")
+@click.option("--max-mbps", metavar="M", help="QoS limit in MB/s (10^6 bytes; none: no limit).")
+@click.option("--min-iops", metavar="N",
+              help="QoS reservation in IOPS (8 KiB units), served first (none: none).")
+@click.option("--shares", metavar="W",
+              help="QoS proportional share when the server is busy (default 1; none: 1).")
 @json_option
 def vm_set(call, name: str, guest_os: str | None, location: str | None,
            active: bool | None, space_quota: str | None, snapshot_every: str | None,
-           snapshot_keep: str | None, as_json: bool) -> None:
+           snapshot_keep: str | None, max_iops: str | None, max_mbps: str | None,
+           min_iops: str | None, shares: str | None, as_json: bool) -> None:
     """Change a VM's guest OS, location or active flag, or its policies (space quota,
-    snapshot schedule); 'none' (or 0) clears a policy."""
+    snapshot schedule, QoS: docs/qos.md); 'none' (or 0) clears a policy."""
     fields = {k: v for k, v in (("guest_os", guest_os), ("location", location),
                                 ("active", active), ("space_quota", space_quota),
                                 ("snapshot_every", snapshot_every),
-                                ("snapshot_keep", snapshot_keep)) if v is not None}
+                                ("snapshot_keep", snapshot_keep), ("max_iops", max_iops),
+                                ("max_mbps", max_mbps), ("min_iops", min_iops),
+                                ("shares", shares)) if v is not None}
     if not fields:
         raise click.UsageError("nothing to set: give --guest-os, --location, "
-                               "--active/--inactive, --space-quota, --snapshot-every or "
-                               "--snapshot-keep")
+                               "--active/--inactive, --space-quota, --snapshot-every, "
+                               "--snapshot-keep, --max-iops, --max-mbps, --min-iops or "
+                               "--shares")
     v = call(name=name, **fields)
     emit(v, as_json, lambda v: click.echo(f"updated VM {v['name']}"))
 
@@ -76,6 +87,10 @@ def print_vm(v: dict) -> None:
     if "snapshot_every" in pol:
         click.echo(f"{'snapshots:':<18}every {pol['snapshot_every']} s, keep "
                    f"{pol['snapshot_keep']} automatic")
+    qos = v.get("qos", {})
+    if qos:
+        click.echo(f"{'qos:':<18}" + ", ".join(f"{k.replace('_', '-')} {n}"
+                                               for k, n in qos.items()))
     parent = v["lineage"]["parent"]
     if parent:
         how = "live" if parent["live"] else f"snapshot {parent['snapshot_name']}"

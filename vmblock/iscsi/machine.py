@@ -96,6 +96,7 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         # command being dispatched arrived (0.0 otherwise)
         self.stats = getattr(service, "stats", None)
         self.parked_at = 0.0
+        self.qos = getattr(service, "qos", None)     # vmblock.qos.gate.QosGate, or None
         self.rx_time = 0.0              # when this receive buffer came in (0.0: not read yet)
         self.handlers = {
             Opcode.NOP_OUT: self._nop_out,

@@ -40,7 +40,7 @@ class TaskState:
 
     __slots__ = ("conn", "task", "buf", "want", "received", "unsolicited", "next_r2t",
                  "r2ts", "r2tsn", "lun_field", "cmdsn", "aborted", "done", "charged", "read_len",
-                 "stats_rows", "t_arr", "t_grant", "t_exec", "probe")
+                 "stats_rows", "t_arr", "t_grant", "t_exec", "probe", "qos")
 
     # A Data-Out sequence (one R2T, or the unsolicited burst) is [next offset, end, next DataSN];
     # with DataPDUInOrder=Yes each PDU must continue exactly where the last one ended.
@@ -65,6 +65,7 @@ class TaskState:
         # then are t_arr, t_grant, t_exec (when it arrived, got its data budget, went to the
         # SCSI core) and probe (the cache's capacity reads then) set, by _scsi_cmd
         self.stats_rows = None
+        self.qos = None                 # its VM's key while it holds a QoS slot (vmblock.qos)
 
     def abort(self) -> None:
         """Stop the command (task aborted, Data-Out dropped) and return its data budget; for
@@ -302,7 +303,11 @@ class ScsiTransfer:
         self._execute_now(st)
 
     def _execute_now(self, st: TaskState) -> None:
-        """Run ``st``; called as it arrives, it needs no time stamp of its own."""
+        """Run ``st``; called as it arrives, it needs no time stamp of its own. A VM's QoS
+        (vmblock.qos.gate) may hold it first and run it here later."""
+        qos = self.qos
+        if qos is not None and qos.active and qos.hold(self, st):
+            return
         task = st.task
         lr = st.stats_rows
         if lr is not None and lr.probe is not None:
@@ -324,6 +329,8 @@ class ScsiTransfer:
     def task_done(self, st: TaskState, failed: bool = False) -> None:
         """``st``'s SCSI command ended (``failed``: its work raised): answer it."""
         st.done = True
+        if st.qos is not None:
+            self.qos.done(st)
         if st.read_len and not (st.aborted or self.closing):
             self.out_charged += st.charged          # held until the socket takes the data
             st.charged = 0

@@ -159,6 +159,7 @@ class Vdisk:
     read_only: bool = False         # `vdisk set --read-only`: writes get DATA PROTECT
     removable: bool = False         # `vdisk create --removable`: RMB=1, `vdisk eject|load`
     physical_block_size: int = 4096     # READ CAPACITY(16) LBPPB: 4096 (512e), or 512 (512n)
+    qos: dict = field(default_factory=dict)     # its own QoS (vdisk set), else its VM's
 
     @property
     def serial(self) -> str:

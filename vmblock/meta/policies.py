@@ -5,7 +5,8 @@
     space_quota      bytes: the VM's cap (vmblock.store.quota has the accounting rule)
     snapshot_every   seconds between automatic snapshots (vmblock.events.schedule)
     snapshot_keep    automatic snapshots kept (the oldest beyond it are deleted)
-    qos              the QoS limits (reserved for the QoS scheduler; ``vm show`` lists it)
+    qos              QoS (vmblock.qos, docs/qos.md): {max_iops, max_mbps, min_iops, shares},
+                     each present only while set
 
 ``set_policies`` checks every value first and writes the record once: bad input changes
 nothing. The store's quota groups follow the records: ``sync_quotas`` runs when the store
@@ -17,8 +18,11 @@ These are functions of an open ``Pool`` (it does not import this module's caller
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from vmblock.errors import InvalidArgument, NoSpace
-from vmblock.meta.model import Vm
+from vmblock.meta.model import Vdisk, Vm
+from vmblock.qos.scheduler import QosParams
 from vmblock.settings import MAX_TIER_BYTES
 from vmblock.units import format_size, parse_duration, parse_size, shown
 
@@ -31,6 +35,12 @@ DEFAULT_SNAPSHOT_KEEP = 24
 # the shortest schedule: a snapshot per second is what the tests use
 MIN_SNAPSHOT_EVERY = 1
 POLICY_KEYS = ("space_quota", "snapshot_every", "snapshot_keep")
+# QoS, kept under policies["qos"]: IOPS in 8 KiB units, MB/s in 10^6 bytes per second
+QOS_KEYS = ("max_iops", "max_mbps", "min_iops", "shares")
+# beyond these a figure is a typing error: no server does 10 million IOPS or 1 TB/s
+QOS_MAX = {"max_iops": 10_000_000, "max_mbps": 1_000_000, "min_iops": 10_000_000,
+           "shares": 10_000}
+MB = 1_000_000
 
 
 def _parse(key: str, text: str, au: int) -> int | None:
@@ -38,6 +48,12 @@ def _parse(key: str, text: str, au: int) -> int | None:
     t = str(text).strip().lower()
     if t == "none" or (t in CLEAR and key != "snapshot_keep"):
         return None
+    if key in QOS_KEYS:
+        flag, top = "--" + key.replace("_", "-"), QOS_MAX[key]
+        if not (t.isascii() and t.isdigit()) or not 1 <= int(t) <= top:
+            raise InvalidArgument(f"{flag} must be a whole number from 1 to {top} "
+                                  f"(0 or none clears it), not {shown(text)}")
+        return int(t)
     if key == "space_quota":
         v = parse_size(t, "--space-quota", MAX_QUOTA_BYTES)
         if v < au:
@@ -75,16 +91,51 @@ def set_policies(pool, name: str, changes: dict[str, str]) -> Vm:
     return vm
 
 
+def qos_changed(qos: dict, changes: dict[str, str]) -> dict:
+    """``qos`` after the QoS options ``changes`` (``QOS_KEYS`` -> text; 'none' or '0'
+    clears); InvalidArgument for a bad value or a min above the max."""
+    qos = dict(qos)
+    for key, text in changes.items():
+        value = _parse(key, text, 0)
+        if value is None:
+            qos.pop(key, None)
+        else:
+            qos[key] = value
+    if qos.get("min_iops", 0) > qos.get("max_iops", float("inf")):
+        raise InvalidArgument(f"--min-iops {qos['min_iops']} is above --max-iops "
+                              f"{qos['max_iops']}")
+    return qos
+
+
+def set_vdisk_qos(pool, name: str, changes: dict[str, str]) -> Vdisk:
+    """``vdisk set``: the vdisk's own QoS (it then has a queue of its own instead of its
+    VM's), checked first, then written once."""
+    disk = pool.vdisk(name)
+    disk.qos = qos_changed(disk.qos, changes)
+    pool.write_records({f"vdisk/{disk.uuid}": asdict(disk)})
+    return disk
+
+
 def _changed(vm: Vm, changes: dict[str, str], au: int) -> dict:
     policies = dict(vm.policies)
+    for key in changes:
+        if key not in POLICY_KEYS + QOS_KEYS:
+            raise InvalidArgument(f"unknown policy {key!r} (known: "
+                                  f"{', '.join(POLICY_KEYS + QOS_KEYS)})")
+    qos = qos_changed(policies.get("qos", {}),
+                      {k: v for k, v in changes.items() if k in QOS_KEYS})
     for key, text in changes.items():
-        if key not in POLICY_KEYS:
-            raise InvalidArgument(f"unknown policy {key!r} (known: {', '.join(POLICY_KEYS)})")
+        if key in QOS_KEYS:
+            continue
         value = _parse(key, text, au)
         if value is None:
             policies.pop(key, None)
         else:
             policies[key] = value
+    if qos:
+        policies["qos"] = qos
+    else:
+        policies.pop("qos", None)
     if "snapshot_every" in policies:
         policies.setdefault("snapshot_keep", DEFAULT_SNAPSHOT_KEEP)
     elif "snapshot_keep" in changes and "snapshot_keep" in policies:
@@ -103,6 +154,55 @@ def show(pool, vm: Vm) -> dict:
         out["space_charged_bytes"] = report.get("charged_bytes", 0)
         out["space_quota_reached"] = report.get("over", False)
     return {"policies": out, "qos": dict(vm.policies.get("qos", {}))}
+
+
+def qos_params(q: dict) -> QosParams | None:
+    """The scheduler's parameters of a VM's or vdisk's QoS, None when it has none."""
+    if not q:
+        return None
+    return QosParams(reservation=q.get("min_iops", 0), limit=q.get("max_iops", 0),
+                     limit_bytes=q.get("max_mbps", 0) * MB, weight=q.get("shares", 1))
+
+
+def qos_config(pool) -> tuple[dict[str, QosParams], dict[tuple[str, int], str]]:
+    """What a server's QoS gates need: every VM and vdisk with QoS of its own (VM uuid or
+    ``vdisk:<uuid>`` -> params) and the flow of every vdisk's LU ((target IQN, LUN) -> its
+    own key when it has QoS of its own, else its VM's uuid)."""
+    params = {vm.uuid: p for vm in pool.vms()
+              if (p := qos_params(vm.policies.get("qos"))) is not None}
+    luns = {}
+    for d in pool.vdisks():
+        own = qos_params(d.qos)
+        if own is not None:
+            params["vdisk:" + d.uuid] = own
+            luns[(d.target, d.lun)] = "vdisk:" + d.uuid
+        elif d.vm:
+            luns[(d.target, d.lun)] = d.vm
+    return params, luns
+
+
+def inherited_vdisk_qos(pool, uuid: str) -> dict:
+    """A clone's vdisk inherits its source vdisk's own QoS (empty when it is gone)."""
+    raw = pool.record(f"vdisk/{uuid}")
+    return dict(raw.get("qos") or {}) if raw else {}
+
+
+def record_qos_throttled(pool, key: str, after: float) -> None:
+    """Record ``qos_throttled`` for the QoS flow ``key`` (a VM uuid, or ``vdisk:<uuid>`` for
+    a vdisk with QoS of its own), held at its limit for ``after`` seconds."""
+    if key.startswith("vdisk:"):
+        disk = Vdisk(**pool.record(f"vdisk/{key[6:]}"))
+        vm = pool.vm_by_uuid(disk.vm).name if disk.vm else None
+        vdisk, fields, what = disk.name, disk.qos, f"vdisk {disk.name}"
+        fix = f"vdisk set {disk.name}"
+    else:
+        v = pool.vm_by_uuid(key)
+        vm, vdisk, fields, what = v.name, None, v.policies.get("qos", {}), f"VM {v.name}"
+        fix = f"vm set {v.name}"
+    pool.record_event("qos_throttled", "info",
+                      f"{what} has been held at its QoS limit for over {after:g} s",
+                      vm=vm, vdisk=vdisk, advice=f"raise its limit ({fix} --max-iops/"
+                      f"--max-mbps) if it needs more", **fields)
 
 
 def vm_maps(pool) -> dict[str, tuple[list[int], list[int]]]:

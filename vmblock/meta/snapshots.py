@@ -36,6 +36,7 @@ from vmblock.meta.model import (
     put_record,
     put_vdisk,
 )
+from vmblock.meta.policies import inherited_vdisk_qos
 from vmblock.store.layout import TIER_NAMES
 
 
@@ -215,7 +216,8 @@ def clone_vm(pool, src_name: str, new_name: str, snapshot_name: str | None = Non
                                  "map_id": s["map_id"], "live": live,
                                  "snapshot": snap.uuid if snap else None,
                                  "snapshot_name": snap.name if snap else None},
-                         tier=s["tier"])
+                         tier=s["tier"],
+                         qos=inherited_vdisk_qos(pool, s["vdisk"]) if inherit else {})
             copies.append((s["map_id"], mid, disk.size_bytes))
             txn.set_tier(mid, TIER_NAMES.index(disk.tier))
             put_vdisk(batch, disk)

@@ -138,6 +138,8 @@ class WorkerPool:
         self.stats = None       # vmblock.stats.live.LiveStats: set before start when counted
         self.flushes: dict[int, asyncio.Future] = {}     # STATS_FLUSH tag -> its answer
         self.flush_tags = itertools.count(1)
+        self.qos = None         # the owner's vmblock.qos.gate.QosGate: set before start
+        self.qos_throttled = None   # async callback(key): a worker held a flow at its limit
 
     def _tsih_of(self, nexus) -> int | None:
         """The TSIH of ``nexus``'s session, None when it has none."""
@@ -162,6 +164,9 @@ class WorkerPool:
             if self.stats is not None:          # the worker's slab of statistics counters
                 fds.append(self.stats.arena.fd_of(index))
                 args += ["--stats-fd", str(fds[-1])]
+            if self.qos is not None and self.qos.shared is not None:   # the VMs' limit tags
+                fds.append(self.qos.shared.fd)
+                args += ["--qos-fd", str(fds[-1])]
             proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
         finally:
             theirs.close()
@@ -172,7 +177,16 @@ class WorkerPool:
             info, fds = self.publisher.store_message()
             w.channel.send(Msg.STORE, pack_json({**info, "fds": len(fds)}), fds=fds)
         self.workers[index] = w
+        if self.qos is not None:
+            w.channel.send(Msg.QOS, pack_json(self.qos.describe()))
         return w
+
+    def qos_changed(self) -> None:
+        """Every worker's QoS gate takes the owner's configuration (``vmblock.qos``)."""
+        msg = pack_json(self.qos.describe())
+        for w in self.workers:
+            if w is not None:
+                w.channel.send(Msg.QOS, msg)
 
     def _died(self, w: Worker) -> None:
         """A worker's channel closed: its sessions end, and unless the server stops, a new
@@ -355,6 +369,9 @@ class WorkerPool:
             fut = self.flushes.pop(STATS_TAG.unpack_from(payload)[0], None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+        elif mtype == Msg.QOS_THROTTLED:
+            if self.qos_throttled is not None:
+                self._track(self.qos_throttled(unpack_json(payload)["key"]))
         elif mtype == Msg.READY:
             w.pid = unpack_json(payload)["pid"]
             w.ready.set_result(None)

@@ -37,6 +37,8 @@ from vmblock.iscsi.protocol import IscsiProtocol
 from vmblock.iscsi.session import Session, SessionRegistry
 from vmblock.native import extent as extent_kernels
 from vmblock.native import stats as stats_kernels
+from vmblock.qos.gate import QosGate
+from vmblock.qos.shared import SharedTags
 from vmblock.scsi.task import Nexus, ScsiTask
 from vmblock.stats.arena import rows_view, slab
 from vmblock.stats.live import lu_rows_from_json
@@ -106,6 +108,7 @@ class WorkerService:
         self.max_pdu = 0
         self.send_targets_answer: dict[int, list] = {}     # TSIH -> the session's SendTargets
         self.stats = None       # vmblock.stats.recorder.StatsRecorder over the owner's slab
+        self.qos = None         # vmblock.qos.gate.QosGate, configured by the owner's QOS
 
     def configure(self, info: dict) -> None:
         """Take the owner's current fabric settings (sent with each ``HANDOFF`` and in
@@ -222,6 +225,9 @@ class WorkerProcess:
             if self.service.stats is not None:
                 self.service.stats.flush()
             self.channel.send(Msg.STATS_FLUSHED, payload)      # the same tag
+        elif mtype == Msg.QOS:
+            if self.service.qos is not None:
+                self.service.qos.configure_json(unpack_json(payload))
         elif mtype == Msg.STOP:
             self.stop()
         else:
@@ -362,15 +368,31 @@ def die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-async def _serve(sock: socket.socket, index: int, stats_fd: int | None = None) -> None:
+async def _qos_watch(process: WorkerProcess) -> None:
+    """Once a second: tell the owner which flows this worker's QoS gate held at their limit
+    for longer than ``qos.throttled_after`` (it records ``qos_throttled``)."""
+    gate = process.service.qos
+    while True:
+        await asyncio.sleep(1)
+        for key in gate.throttled(gate.clock(), gate.throttled_after):
+            process.channel.send(Msg.QOS_THROTTLED, pack_json({"key": key}))
+
+
+async def _serve(sock: socket.socket, index: int, stats_fd: int | None = None,
+                 qos_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     process = WorkerProcess(sock, index, loop)
     if stats_fd is not None:        # count into the slab the owner made for this worker
         process.service.stats = StatsRecorder(rows_view(slab(stats_fd)), loop.call_later)
+    # QoS (vmblock.qos): configured by the owner's QOS messages; limits in the shared table
+    process.service.qos = QosGate(loop.call_later, 1,
+                                  SharedTags(qos_fd) if qos_fd is not None else None)
+    watch = loop.create_task(_qos_watch(process))
     loop.add_signal_handler(signal.SIGTERM, process.stop)
     settle_gc()
     process.channel.send(Msg.READY, pack_json({"index": index, "pid": os.getpid()}))
     await process.done.wait()
+    watch.cancel()
     process.channel.close()
 
 
@@ -381,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index", type=int, required=True)
     ap.add_argument("--parent", type=int, required=True, help="the owner's pid")
     ap.add_argument("--stats-fd", type=int, default=None, help="this worker's stats slab")
+    ap.add_argument("--qos-fd", type=int, default=None, help="the QoS limit tags' memfd")
     a = ap.parse_args(argv)
     die_with_parent(a.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -388,5 +411,5 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"%(asctime)s worker {a.index} %(name)s %(levelname)s %(message)s")
     extent_kernels.warm()       # the fast path's kernels, compiled before the first I/O
     stats_kernels.warm()
-    uvloop.run(_serve(socket.socket(fileno=a.fd), a.index, a.stats_fd))
+    uvloop.run(_serve(socket.socket(fileno=a.fd), a.index, a.stats_fd, a.qos_fd))
     return 0

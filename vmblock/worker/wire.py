@@ -45,6 +45,7 @@ class Msg(enum.IntEnum):
     TMF = 3             # a task management function for the owner to apply; answered TMF_DONE
     CLOSED = 4          # a connection ended in the worker (logout, drop, NOP timeout)
     STATS_FLUSHED = 5   # the worker's staged statistics are in its slab (answers STATS_FLUSH)
+    QOS_THROTTLED = 6   # a VM was held at its QoS limit in this worker: {"key"} (docs/qos.md)
     HANDOFF = 10        # a logged-in connection (its socket attached) and its session
     RESULT = 11         # the end of a COMMAND
     TMF_DONE = 12       # the end of a TMF
@@ -55,6 +56,7 @@ class Msg(enum.IntEnum):
     CONFIG = 17         # the fabric settings changed: {"config", "max_pdu"} as in HANDOFF
     STORE = 18          # the fast path's shared memory and tier files (SCM_RIGHTS), once
     STATS_FLUSH = 19    # add the staged statistics into the slab now; answered STATS_FLUSHED
+    QOS = 20            # the VMs' QoS and the VM of each LU: vmblock.qos.gate.QosGate.describe
 
 
 def frame(mtype: Msg, *parts) -> list:
