@@ -102,3 +102,21 @@ def print_fields(obj: dict, keys: list[str]) -> None:
     width = max([18] + [len(k) + 2 for k in keys])
     for k in keys:
         click.echo(f"{k + ':':<{width}}{'' if obj.get(k) is None else obj[k]}")
+
+
+def qos_options(command: Callable) -> Callable:
+    """The QoS options ``vm set`` and ``vdisk set`` share (docs/qos.md): ``max_iops``,
+    ``max_mbps``, ``min_iops``, ``shares``, each None when not given."""
+    for option in reversed((
+            click.option("--max-iops", metavar="N",
+                         help="QoS limit in IOPS; an I/O of n bytes counts ceil(n / 8 KiB) "
+                              "(none: no limit)."),
+            click.option("--max-mbps", metavar="M",
+                         help="QoS limit in MB/s (10^6 bytes; none: no limit)."),
+            click.option("--min-iops", metavar="N",
+                         help="QoS reservation in IOPS (8 KiB units), served first (none: none)."),
+            click.option("--shares", metavar="W",
+                         help="QoS proportional share when the server is busy "
+                              "(default 1; none: 1)."))):
+        command = option(command)
+    return command

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vmblock.cli.common import Table, emit, json_option, print_fields, verb_command
+from vmblock.cli.common import (Table, emit, json_option, print_fields, qos_options,
+                                 verb_command)
 from vmblock.units import human_size
 
 
@@ -104,13 +105,7 @@ def vdisk_resize(call, name: str, size: str) -> None:
 @click.argument("name")
 @click.option("--read-only/--read-write", "read_only", default=None,
               help="Refuse every write (DATA PROTECT, WRITE PROTECTED), or take writes again.")
-@click.option("--max-iops", metavar="N",
-              help="QoS limit in IOPS; an I/O of n bytes counts ceil(n / 8 KiB) (none: no limit).")
-@click.option("--max-mbps", metavar="M", help="QoS limit in MB/s (10^6 bytes; none: no limit).")
-@click.option("--min-iops", metavar="N",
-              help="QoS reservation in IOPS (8 KiB units), served first (none: none).")
-@click.option("--shares", metavar="W",
-              help="QoS proportional share when the server is busy (default 1; none: 1).")
+@qos_options
 @json_option
 def vdisk_set(call, name: str, read_only: bool | None, max_iops: str | None,
               max_mbps: str | None, min_iops: str | None, shares: str | None,

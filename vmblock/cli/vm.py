@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from vmblock.cli.common import Table, emit, json_option, print_fields, verb_command
+from vmblock.cli.common import (Table, emit, json_option, print_fields, qos_options,
+                                 verb_command)
 from vmblock.units import human_size
 
 
@@ -34,13 +35,7 @@ def vm_create(call, name: str, guest_os: str, location: str) -> None:
               help="Take an automatic snapshot this often: 30s, 15m, 1h, 1d (none: stop).")
 @click.option("--snapshot-keep", metavar="N",
               help="Automatic snapshots to keep (default 24); the oldest go first.")
-@click.option("--max-iops", metavar="N",
-              help="QoS limit in IOPS; an I/O of n bytes counts ceil(n / 8 KiB) (none: no limit).")
-@click.option("--max-mbps", metavar="M", help="QoS limit in MB/s (10^6 bytes; none: no limit).")
-@click.option("--min-iops", metavar="N",
-              help="QoS reservation in IOPS (8 KiB units), served first (none: none).")
-@click.option("--shares", metavar="W",
-              help="QoS proportional share when the server is busy (default 1; none: 1).")
+@qos_options
 @json_option
 def vm_set(call, name: str, guest_os: str | None, location: str | None,
            active: bool | None, space_quota: str | None, snapshot_every: str | None,
