@@ -260,6 +260,17 @@ def test_a_command_after_a_cmdsn_gap_waits_for_the_gap_and_beyond_the_window_is_
     assert rsps[1].statsn == rsps[0].statsn + 1
 
 
+def test_a_lost_connection_gives_back_the_budget_of_commands_parked_behind_a_gap(ready):
+    ini = ready.initiator
+    used = ready.svc.budget.used
+    data = os.urandom(BLOCK)
+    assert ready.send(ini.command(write10(0, 1), write=BLOCK, data=data,
+                                  cmdsn=ini.cmdsn + 1)) == []
+    assert ready.svc.budget.used == used + BLOCK        # parked with its immediate data
+    ready.machine.connection_lost()                     # the session goes with its last one
+    assert ready.svc.budget.used == used
+
+
 def test_max_cmdsn_stays_put_while_a_task_is_outstanding(ready):
     ini = ready.initiator
     r2t = answer(ready.send(ini.command(write10(0, 1), write=BLOCK)), R2T)
