@@ -119,6 +119,8 @@ TAME_VALUES = {
     "snapshot_keep": ["3", "none"], "since": [0, 1_700_000_000, None, "1h", "30m", "2d"],
     "id": ["00000000000000000001/low_space"], "cursor": [0, None], "timeout": [0, 1],
     "no_policies": FLAG,
+    "max_iops": ["1500", "none", "0"], "max_mbps": ["100", "none"], "min_iops": ["10", "none"],
+    "shares": ["3", "none", "1"],
     "read_only": FLAG, "removable": FLAG, "block_size": [512, 4096],
     "physical_block_size": [512, 4096],
 }
@@ -135,6 +137,8 @@ WRONG_VALUES = {
     "space_quota": ["-1G", "1K", "999999999P", "x"], "snapshot_every": ["0s", "5x", "1w"],
     "snapshot_keep": ["-1", "99999", "x"], "id": ["x", "1/2"],
     "since": [-1, 1 << 60, "soon", "-1h", "9999d", "1e400"],
+    "max_iops": ["-1", "1.5", "1e400", "x"], "max_mbps": ["-5", "nan"],
+    "min_iops": ["-1", "99999999999999"], "shares": ["-1", "0.5x"],
     "cursor": [-1, 1 << 70], "timeout": [-1, 31, 1 << 40],
     "block_size": [1024, 0, 8192], "physical_block_size": [1024, 0, 8192],
 }
