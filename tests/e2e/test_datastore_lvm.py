@@ -18,8 +18,7 @@ import subprocess
 
 import pytest
 from support.clients import cli_json, qemu_io
-from support.lvm import (EXTENT, MiB, change_vg, events, make_vg, needs_lvm, wait_event,
-                         write_runs)
+from support.lvm import EXTENT, MiB, events, needs_lvm, vg_versions, wait_event, write_runs
 
 from vmblock.datastore.lvm import LABEL_SCAN_BYTES, read_label
 from vmblock.meta import Pool
@@ -58,11 +57,7 @@ def expected(lvs: dict) -> dict[str, list[list[int]]]:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """(v1, v2) images of VG pve: v2 is v1 changed by vgcfgrestore (the next seqno)."""
-    d = tmp_path_factory.mktemp("lvm")
-    make_vg(d / "v1.img", SIZE, "pve", V1)
-    shutil.copy(d / "v1.img", d / "v2.img")
-    change_vg(d / "v2.img", "pve", V2)
-    return (d / "v1.img").read_bytes(), (d / "v2.img").read_bytes(), d / "v1.img"
+    return vg_versions(tmp_path_factory.mktemp("lvm"), SIZE, "pve", V1, V2)
 
 
 @pytest.mark.parametrize("workers, cache", [(0, "0"), (1, "0"), (0, "50%")],

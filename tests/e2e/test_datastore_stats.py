@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.clients import cli_json, qemu_io
 from support.iscsi_client import IscsiClient, tur, write10
-from support.lvm import EXTENT, MiB, change_vg, make_vg, needs_lvm, wait_event, write_runs
+from support.lvm import EXTENT, MiB, needs_lvm, vg_versions, wait_event, write_runs
 from support.server import run_cli
 
 from vmblock import DEFAULT_TARGET
@@ -140,11 +140,7 @@ def check(server, before: tuple[dict, dict], ios, lvs: dict) -> tuple[dict, dict
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """(v1, v2) images of VG pve: v2 is v1 with vm-102-disk-0 added (the next seqno)."""
-    d = tmp_path_factory.mktemp("lvm")
-    make_vg(d / "v1.img", SIZE, "pve", V1)
-    shutil.copy(d / "v1.img", d / "v2.img")
-    change_vg(d / "v2.img", "pve", V2)
-    return (d / "v1.img").read_bytes(), (d / "v2.img").read_bytes(), d / "v1.img"
+    return vg_versions(tmp_path_factory.mktemp("lvm"), SIZE, "pve", V1, V2)
 
 
 @pytest.mark.timeout(300)

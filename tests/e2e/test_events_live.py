@@ -12,13 +12,13 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from aiohttp import web
 
 from support.clients import cli_json, qemu_io
 from support.server import run_cli, vmblock_cmd
+from support.waiting import until
 
 # generous bounds for things that happen in the background; a pass never waits them out
 DELIVERY_WAIT = 60.0
@@ -31,15 +31,6 @@ if len(sys.argv) > 2:
 """
 
 
-def wait_for(what, check, timeout: float = DELIVERY_WAIT):
-    """Poll ``check`` until it returns something true; fail naming ``what`` at the bound."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    pytest.fail(f"no {what} within {timeout} s")
 
 
 class Webhook:
@@ -143,7 +134,7 @@ def test_space_hog_reaches_exec_webhook_and_follow(tmp_path, start_server):
         server.cli("vdisk", "create", "web-0", "--size", "96M", "--vm", "web")
         server.cli("vdisk", "create", "db-0", "--size", "32M", "--vm", "db")
         follow = Follower(pool, "--kind", "vm_space_hog")
-        wait_for("follower", lambda: follow.proc.poll() is None and
+        until("follower", lambda: follow.proc.poll() is None and
                  cli_json(server, "events") is not None)
         qemu_io(lun_of(server, "db-0"), "write -P 1 0 8M")            # 6%: no hog
         qemu_io(lun_of(server, "web-0"), "write -P 2 0 48M")           # 37.5% > 30%
@@ -151,7 +142,7 @@ def test_space_hog_reaches_exec_webhook_and_follow(tmp_path, start_server):
         assert (ev["kind"], ev["vm"], ev["severity"]) == ("vm_space_hog", "web", "warning")
         assert "web" in ev["advice"] and ev["id"].endswith("/vm_space_hog")
         assert set(ev) >= {"id", "time", "kind", "severity", "vm", "message", "advice"}
-        hooked = wait_for("events.exec delivery", lambda: [
+        hooked = until("events.exec delivery", lambda: [
             e for e in hook_lines(got) if e["kind"] == "vm_space_hog"])
         assert [e["vm"] for e in hooked] == ["web"] and hooked[0]["id"] == ev["id"]
         posted = webhook.received.get(timeout=DELIVERY_WAIT)
@@ -188,7 +179,7 @@ def test_hanging_hook_slows_neither_io_nor_the_admin_api(tmp_path, start_server)
     qemu_io(url, "write -P 1 0 1M")
     out = qemu_io(url, "write -P 1 1M 64K", check=False)             # over: vm_quota
     assert "No space left" in out or "failed" in out.lower(), out
-    wait_for("the hook to start", lambda: hook_lines(got))         # it now blocks on the FIFO
+    until("the hook to start", lambda: hook_lines(got))         # it now blocks on the FIFO
     # the hook hangs and the webhook is unreachable: I/O and the admin API go on
     qemu_io(url, "write -P 7 0 512K", "read -P 7 0 512K")
     qemu_io(server.url(0), "write -P 9 0 4M", "read -P 9 0 4M")
@@ -247,7 +238,7 @@ def test_snapshot_schedule_through_a_live_server(tmp_path, start_server):
         names = [s["name"] for s in snaps if s["name"].startswith("auto-")]
         seen.update(names)
         return names if len(seen) >= 4 and len(names) == 2 else None
-    names = wait_for("four automatic snapshots", autos)
+    names = until("four automatic snapshots", autos)
     assert names == sorted(seen)[-2:]                                # the newest two kept
     snaps = cli_json(server, "snapshot", "list", "--vm", "web")
     assert "manual" in [s["name"] for s in snaps]
@@ -311,7 +302,7 @@ def test_flash_hog_is_named_while_another_vm_of_its_group_misses(tmp_path, start
     def flash_hog():
         qemu_io(db, "read -P 2 0 12M", cache="none")               # db keeps missing
         return [e for e in cli_json(server, "events") if e["kind"] == "vm_flash_hog"]
-    found = wait_for("vm_flash_hog", flash_hog)
+    found = until("vm_flash_hog", flash_hog)
     assert [e["vm"] for e in found] == ["web"]
     assert "db" in found[0]["message"] and "eviction group" in found[0]["advice"]
 
@@ -355,7 +346,7 @@ def test_schedule_survives_a_restart_and_takes_a_missed_slot_once(tmp_path, star
     def autos():
         names = [s["name"] for s in cli_json(server, "snapshot", "list", "--vm", "web")]
         return names if len(names) >= 2 else None
-    names = wait_for("the missed slot's snapshot", autos)
+    names = until("the missed slot's snapshot", autos)
     assert len(names) == 2 and names[0] == "auto-20200101T000000Z"   # once, not per slot
     qemu_io(lun_of(server, "web-0"), "write -P 1 0 64K")
     server.stop()

@@ -14,11 +14,11 @@ import uuid as uuidlib
 import pytest
 from support import libvirtd as lv
 from support.clients import cli_json
+from support.waiting import until
 
 from vmblock import DEFAULT_TARGET
 
 pytest.importorskip("libvirt")
-DEADLINE = 60.0
 
 
 @pytest.fixture
@@ -34,16 +34,6 @@ def libvirtd(tmp_path):
         daemon.stop()
 
 
-def until(what: str, cond, deadline: float = DEADLINE):
-    """Poll ``cond()`` until true (returned); fail naming ``what`` at the deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline} s: {what}")
-        time.sleep(0.05)
 
 
 def domain_xml(name: str, uid: str, host: str, port: int, virt: str) -> str:

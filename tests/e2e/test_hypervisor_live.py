@@ -10,31 +10,20 @@ import json
 import socket
 import subprocess
 import threading
-import time
 import uuid as uuidlib
 
 import pytest
 from support.clients import cli_json, qemu_io
 from support.server import run_cli
+from support.waiting import until
 
 from vmblock import DEFAULT_TARGET
 
 pytest.importorskip("libvirt")
 
-DEADLINE = 60.0
 MIB = 1 << 20
 
 
-def until(what: str, cond, deadline: float = DEADLINE):
-    """Poll ``cond()`` until it is true (returns it); fail naming ``what`` at the deadline."""
-    end = time.monotonic() + deadline
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline} s: {what}")
-        time.sleep(0.1)
 
 
 def test_domain_becomes_vm_through_the_cli(vmblock_server, tmp_path):

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -22,14 +21,13 @@ import pytest
 from support.clients import cli_json, qemu_io
 from support.iscsi_client import IscsiClient, read10, tur, write10
 from support.server import run_cli
+from support.waiting import until
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu
 
 pytestmark = pytest.mark.timeout(120)
 
 WORKERS = 2
-WAIT = 60.0                 # bound of every poll (they end as soon as the state is there)
-POLL = 0.05
 A_INITIATOR = "iqn.2026-11.io.vmblock.test:worker-a"
 B_INITIATOR = "iqn.2026-11.io.vmblock.test:worker-b"
 BLOCK = 512
@@ -51,15 +49,6 @@ def workers_server(tmp_path, start_server):
     return start_server(pool=pool)
 
 
-def wait_for(what: str, probe):
-    """Poll ``probe()`` until it returns something true; fail after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        got = probe()
-        if got:
-            return got
-        time.sleep(POLL)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def login(server, initiator: str) -> IscsiClient:
@@ -83,7 +72,7 @@ def placement(server) -> dict[int, tuple[int, int]]:
 
 def placed(server, *clients: IscsiClient) -> list[tuple[int, int]]:
     """(worker index, pid) of each client's session, once every one is in a worker."""
-    where = wait_for("the sessions in workers",
+    where = until("the sessions in workers",
                      lambda: (p := placement(server)) and all(c.tsih in p for c in clients) and p)
     return [where[c.tsih] for c in clients]
 
@@ -186,7 +175,7 @@ def test_logout_in_a_worker_ends_the_nexus_in_the_owner(workers_server):
         assert a.logout().opcode == pdu.Opcode.LOGOUT_RSP
         a.close()
         # I_T nexus loss releases the RESERVE(6) reservation (SPC-4 5.9.3)
-        wait_for("the session gone", lambda: a.tsih not in placement(workers_server))
+        until("the session gone", lambda: a.tsih not in placement(workers_server))
         assert b.scsi(write10(9, 1), write=pattern(1, 1)).status == GOOD
 
 
@@ -205,8 +194,8 @@ def test_killed_worker_loses_no_acknowledged_write_and_comes_back(workers_server
     assert a.closed_by_peer()
     a.close()
     # the owner ends the session, starts the worker again, and a new session reads it all
-    wait_for("the killed worker's session gone", lambda: a.tsih not in placement(workers_server))
-    wait_for("the worker started again", lambda: re.search(
+    until("the killed worker's session gone", lambda: a.tsih not in placement(workers_server))
+    until("the worker started again", lambda: re.search(
         rf"worker {wa} ready: pid (?!{pid_a}\b)\d+", workers_server.log()))
     assert b.scsi(write10(9, 1), write=pattern(1, 1)).status == GOOD
     with b, login(workers_server, A_INITIATOR) as c:
@@ -223,7 +212,7 @@ def test_owner_killed_leaves_no_worker(workers_server):
     assert len(workers) == WORKERS
     workers_server.proc.send_signal(signal.SIGKILL)
     workers_server.proc.wait()
-    wait_for("the workers gone", lambda: not any(alive(p) for p in workers))
+    until("the workers gone", lambda: not any(alive(p) for p in workers))
 
 
 def test_sigterm_stops_owner_and_workers(workers_server):

@@ -135,6 +135,15 @@ def change_vg(image: Path, vg: str, lvs: dict[str, list[tuple[int, int]]],
         write_vg(dev, vg, lvs, extra)
 
 
+def vg_versions(d: Path, size: int, vg: str, v1: dict, v2: dict) -> tuple[bytes, bytes, Path]:
+    """Two versions of one VG in images under ``d``: (v1's bytes, v2's bytes, v1's path), v2
+    being v1 changed to the LVs ``v2`` by vgcfgrestore (the next seqno)."""
+    make_vg(d / "v1.img", size, vg, v1)
+    shutil.copy(d / "v1.img", d / "v2.img")
+    change_vg(d / "v2.img", vg, v2)
+    return (d / "v1.img").read_bytes(), (d / "v2.img").read_bytes(), d / "v1.img"
+
+
 def changed_runs(old: bytes, new: bytes, unit: int = 512) -> list[tuple[int, int]]:
     """(offset, length) of the runs of ``unit``-byte blocks that differ: what lvm2 wrote."""
     runs: list[list[int]] = []
