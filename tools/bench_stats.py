@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tools"))
 
 import bench_fabric  # noqa: E402
-from bench_workers import LUN_BYTES, cpu_seconds, iops, workers_of  # noqa: E402
+from bench_workers import LUN_BYTES, cpu_seconds, iops  # noqa: E402
+from harness import workers_of  # noqa: E402
 from support.server import VmblockServer, run_cli  # noqa: E402
 
 from vmblock.collector import settle_gc  # noqa: E402

@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from harness import workers_of  # noqa: E402
 from support.server import VmblockServer, run_cli  # noqa: E402
 
 LUN_BYTES = 1 << 30
@@ -78,14 +79,6 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of one process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def workers_of(pid: int) -> list[int]:
-    """The pids of ``pid``'s children (its worker processes)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(p) for p in (task / "children").read_text().split()]
-    return out
 
 
 def start(work: Path, name: str, workers: int, cache: str | None) -> VmblockServer:

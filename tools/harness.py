@@ -85,6 +85,14 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait()
 
 
+def workers_of(pid: int) -> list[int]:
+    """The pids of ``pid``'s children (a server's worker processes)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
 def machine() -> str:
     """The line benchmarks record with their figures: cores, CPU, memory, kernel, Python."""
     cpu = "?"
