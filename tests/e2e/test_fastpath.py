@@ -22,6 +22,7 @@ import pytest
 from support.clients import cli_json
 from support.iscsi_client import IscsiClient, read10, tur, write10
 from support.server import run_cli
+from support.waiting import until
 from test_workers import (
     A_INITIATOR,
     B_INITIATOR,
@@ -41,7 +42,6 @@ from test_workers import (
     placement,
     pr_out,
     sense_key_asc,
-    wait_for,
 )
 from vmblock.worker.publish import HOOK_ENV
 
@@ -161,10 +161,10 @@ def test_snapshot_waits_for_an_in_place_write_that_checked_ownership(fast_server
         (hook / "pause-write").touch()
         new = pattern(77, 8)
         write = in_thread(a.scsi, write10(16, 8), 0, new)
-        wait_for("the write paused after its ownership check",
+        until("the write paused after its ownership check",
                  lambda: (hook / "paused-write").exists())
         snap = in_thread(s.cli, "vm", "snapshot", "demo", "--name", "s1")
-        wait_for("the snapshot waiting for the worker", lambda: (hook / "quiescing").exists())
+        until("the snapshot waiting for the worker", lambda: (hook / "quiescing").exists())
         assert snap["thread"].is_alive()     # it cannot end while the write is in its section
         (hook / "pause-write").unlink()
         assert joined(write).status == GOOD
@@ -206,7 +206,7 @@ def test_freed_au_not_reused_while_a_worker_reads_it(tmp_path, start_server, hoo
         assert a.scsi(write10(0, POOL_AUS * AU_BLOCKS), write=full).status == GOOD
         (hook / "pause-read").touch()
         read = in_thread(b.scsi, read10(0, AU_BLOCKS), AU_BLOCKS * BLOCK)
-        wait_for("the read paused after its lookup", lambda: (hook / "paused-read").exists())
+        until("the read paused after its lookup", lambda: (hook / "paused-read").exists())
         # the AU it looked up goes (UNMAP through the owner, committed) ...
         assert a.scsi(UNMAP, write=unmap_params(0, AU_BLOCKS)).status == GOOD
         assert a.scsi(SYNC_CACHE).status == GOOD
@@ -278,12 +278,12 @@ def test_killed_worker_mid_write_loses_no_flushed_or_fua_write(fast_server, hook
         written[256 + 8 * i] = data
     (hook / "pause-write").touch()
     in_thread(a.scsi, write10(200, 8), 0, pattern(99, 8))
-    wait_for("a write in the worker", lambda: (hook / "paused-write").exists())
+    until("a write in the worker", lambda: (hook / "paused-write").exists())
     os.kill(pid_a, signal.SIGKILL)
     assert a.closed_by_peer()
     a.close()
     (hook / "pause-write").unlink()
-    wait_for("the killed worker's session gone", lambda: a.tsih not in placement(s))
+    until("the killed worker's session gone", lambda: a.tsih not in placement(s))
     s.proc.send_signal(signal.SIGKILL)            # and the owner: no orderly flush at all
     s.proc.wait()
     s2 = type(s)(s.pool)
