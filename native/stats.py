@@ -10,7 +10,8 @@ t_grant - t_arr, network = t_exec - t_grant (writes only), service = t_done - t_
 t_done - t_arr, in microseconds. Reads and writes (kinds 0 and 1) also add their service time
 by class (a read's class: 0 storage, 1 flash, 2 flash miss; a write's is storage), their
 maximum and a histogram bucket, log-linear with ``sub_bits`` sub-buckets per power of two; a
-non-zero status counts as an error. The slow twin is
+non-zero status counts as an error. A record stands for ``ops`` alike commands: every time and
+count is multiplied by it (a range split's second piece has ops 0: bytes only). The slow twin is
 ``tests/stats/test_stats_recorder.naive_add``.
 """
 
@@ -45,43 +46,69 @@ def bucket(us: int, sub_bits: int, buckets: int) -> int:
 
 
 @jit(**JIT)
-def add_records(counters: np.ndarray, rec: np.ndarray, cols: np.ndarray,
-                kinds: np.ndarray) -> None:
-    """Add every record of ``rec`` into ``counters`` (module docstring)."""
-    sub_bits = cols[COLS_SUB_BITS]
-    buckets = cols[COLS_BUCKETS]
-    for i in range(rec.shape[0]):
-        row = np.int64(rec[i, 0])
-        kind = np.int64(kinds[np.int64(rec[i, 1])])
-        ops = np.int64(rec[i, 2])
-        t_arr = rec[i, 4]
-        t_done = rec[i, 7]
-        t_grant = rec[i, 5] if rec[i, 5] != 0.0 else t_arr
-        t_exec = rec[i, 6] if rec[i, 6] != 0.0 else t_grant
-        total = np.int64((t_done - t_arr) * 1e6)
-        c = counters[row]
-        c[cols[COLS_OPS + kind]] += ops
-        c[cols[COLS_BYTES + kind]] += np.int64(rec[i, 3])
-        c[cols[COLS_LAT + kind]] += total
-        c[cols[COLS_QUEUE]] += np.int64((t_grant - t_arr) * 1e6)
-        if rec[i, 9] != 0.0:
-            c[cols[COLS_ERRORS]] += 1
-        if kind <= 1:
-            if kind == 1:
-                c[cols[COLS_NETWORK]] += np.int64((t_exec - t_grant) * 1e6)
-                svc = 0
-            else:
-                svc = np.int64(rec[i, 8])
-            c[cols[COLS_SVC_US + svc]] += np.int64((t_done - t_exec) * 1e6)
-            c[cols[COLS_SVC_OPS + svc]] += ops
+def _add(c: np.ndarray, cols: np.ndarray, kind: int, ops: int, nbytes: int, t_arr: float,
+         t_grant: float, t_exec: float, t_done: float, cls: int, status: float) -> None:
+    """Add one command (``ops`` of them, alike) into its row ``c`` (module docstring)."""
+    total = np.int64((t_done - t_arr) * 1e6)
+    c[cols[COLS_OPS + kind]] += ops
+    c[cols[COLS_BYTES + kind]] += nbytes
+    c[cols[COLS_LAT + kind]] += total * ops
+    c[cols[COLS_QUEUE]] += np.int64((t_grant - t_arr) * 1e6) * ops
+    if status != 0.0:
+        c[cols[COLS_ERRORS]] += ops
+    if kind <= 1:
+        if kind == 1:
+            c[cols[COLS_NETWORK]] += np.int64((t_exec - t_grant) * 1e6) * ops
+            cls = 0
+        c[cols[COLS_SVC_US + cls]] += np.int64((t_done - t_exec) * 1e6) * ops
+        c[cols[COLS_SVC_OPS + cls]] += ops
+        if ops > 0:         # a command's bytes past its first range count no time (ops 0)
             m = cols[COLS_MAX + kind]
             if total > c[m]:
                 c[m] = total
-            if ops > 0:
-                c[cols[COLS_HIST + kind] + bucket(total, sub_bits, buckets)] += ops
+            c[cols[COLS_HIST + kind] + bucket(total, cols[COLS_SUB_BITS], cols[COLS_BUCKETS])] += ops
+
+
+@jit(**JIT)
+def add_records(counters: np.ndarray, rec: np.ndarray, cols: np.ndarray,
+                kinds: np.ndarray) -> None:
+    """Add every record of ``rec`` into ``counters`` (module docstring)."""
+    for i in range(rec.shape[0]):
+        t_arr = rec[i, 4]
+        t_grant = rec[i, 5] if rec[i, 5] != 0.0 else t_arr
+        t_exec = rec[i, 6] if rec[i, 6] != 0.0 else t_grant
+        _add(counters[np.int64(rec[i, 0])], cols, np.int64(kinds[np.int64(rec[i, 1])]),
+             np.int64(rec[i, 2]), np.int64(rec[i, 3]), t_arr, t_grant, t_exec, rec[i, 7],
+             np.int64(rec[i, 8]), rec[i, 9])
+
+
+@jit(**JIT)
+def add_grouped(counters: np.ndarray, fast: np.ndarray, arrivals: np.ndarray,
+                sends: np.ndarray, now: float, cols: np.ndarray, kinds: np.ndarray) -> None:
+    """Add commands that ran as they arrived and ended GOOD: ``fast`` is (n, 3) int64 of
+    row, opcode | class << 8, bytes; ``arrivals`` and ``sends`` are (k, 2) float64 of
+    (position in ``fast`` counted in its items, time), in order: a command arrived at the
+    last arrival at or before its position and was sent at the first send after it (none
+    yet: ``now``)."""
+    a = 0
+    s = 0
+    for i in range(fast.shape[0]):
+        pos = 3.0 * i
+        while a + 1 < arrivals.shape[0] and arrivals[a + 1, 0] <= pos:
+            a += 1
+        while s < sends.shape[0] and sends[s, 0] <= pos:
+            s += 1
+        t_arr = arrivals[a, 1]
+        t_done = sends[s, 1] if s < sends.shape[0] else now
+        op = fast[i, 1] & 0xFF
+        _add(counters[fast[i, 0]], cols, np.int64(kinds[op]), 1, fast[i, 2], t_arr, t_arr,
+             t_arr, t_done, fast[i, 1] >> 8, 0.0)
 
 
 def warm() -> None:
     """Compile (or load from Numba's cache) before the first command."""
-    add_records(np.zeros((1, 64), np.int64), np.zeros((1, 10), np.float64),
-                np.zeros(COLS_LEN, np.int64), np.zeros(256, np.int64))
+    counters, cols, kinds = (np.zeros((1, 64), np.int64), np.zeros(COLS_LEN, np.int64),
+                             np.zeros(256, np.int64))
+    add_records(counters, np.zeros((1, 10), np.float64), cols, kinds)
+    add_grouped(counters, np.zeros((1, 3), np.int64), np.zeros((1, 2), np.float64),
+                np.zeros((1, 2), np.float64), 0.0, cols, kinds)

@@ -34,18 +34,20 @@ def naive_add(counters: np.ndarray, rec: np.ndarray) -> None:
             c[L.WRITE_BYTES] += nbytes
         else:
             c[L.NCOUNTERS - 1] += nbytes
-        c[L.READ_US if kind == L.READ else L.WRITE_US if kind == L.WRITE else L.OTHER_US] += total
-        c[L.QUEUE_US] += int((t_grant - t_arr) * 1e6)
-        c[L.ERRORS] += status != 0
+        c[L.READ_US if kind == L.READ else L.WRITE_US if kind == L.WRITE else L.OTHER_US] += \
+            total * ops
+        c[L.QUEUE_US] += int((t_grant - t_arr) * 1e6) * ops
+        c[L.ERRORS] += ops if status != 0 else 0
         if kind in (L.READ, L.WRITE):
             if kind == L.WRITE:
-                c[L.NETWORK_US] += int((t_exec - t_grant) * 1e6)
+                c[L.NETWORK_US] += int((t_exec - t_grant) * 1e6) * ops
             svc = int(cls) if kind == L.READ else 0
-            c[(L.STORAGE_US, L.FLASH_US, L.FLASH_MISS_US)[svc]] += int((t_done - t_exec) * 1e6)
+            c[(L.STORAGE_US, L.FLASH_US, L.FLASH_MISS_US)[svc]] += \
+                int((t_done - t_exec) * 1e6) * ops
             c[(L.STORAGE_OPS, L.FLASH_OPS, L.FLASH_MISS_OPS)[svc]] += ops
-            mx = L.READ_MAX_US if kind == L.READ else L.WRITE_MAX_US
-            c[mx] = max(c[mx], total)
             if ops:
+                mx = L.READ_MAX_US if kind == L.READ else L.WRITE_MAX_US
+                c[mx] = max(c[mx], total)
                 start = L.READ_HIST if kind == L.READ else L.WRITE_HIST
                 c[start + int(L.bucket_of(np.array([total]))[0])] += ops
 
@@ -59,7 +61,7 @@ def test_add_records_matches_its_slow_twin():
                       rng.uniform(0, 0.5, n), 0.0)
     t_done = np.maximum(np.maximum(t_arr, grant), t_exec) + rng.uniform(0, 30, n)
     opcodes = rng.choice([0x28, 0x2A, 0x88, 0x8A, 0x35, 0x42, 0x89, 0x83, 0x12, 0x00], n)
-    rec = np.stack([rng.integers(0, 5, n), opcodes, rng.integers(0, 2, n),
+    rec = np.stack([rng.integers(0, 5, n), opcodes, rng.integers(0, 3, n),
                     rng.integers(0, 1 << 20, n), t_arr, grant, t_exec, t_done,
                     rng.integers(0, 3, n), rng.choice([0, 0, 2, 0x28], n)], axis=1)
     assert rec.shape[1] == REC
@@ -143,3 +145,54 @@ def test_worker_slabs_are_summed_and_maxima_kept():
     t = arena.totals(np.array([2]))
     assert t[0, L.READ_OPS] == 6 and t[0, L.READ_MAX_US] == 30
     arena.close()
+
+
+def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
+    """Grouped staging (``arrive`` / ``sent``) gives each command the time of its own buffer
+    and of the first write after its status, across a flush inside a buffer; a command of an
+    earlier buffer that ends later keeps its own arrival."""
+    live = LiveStats()
+    rec = live.recorder
+    now = [0.0]
+    rec.clock = lambda: now[0]
+    lr = live.lu_rows("lun")
+
+    def done(t_arr: float, cdb: bytes, write: bool = False) -> None:
+        task = ScsiTask(0, cdb, NEXUS, read=not write, write=write)
+        st = TaskState(None, task, 0, 1)
+        st.stats_rows, st.t_arr = lr, t_arr
+        st.t_grant, st.t_exec, st.probe = 0.0, 0.0, None
+        rec.done(st, task, 4096)
+
+    now[0] = 10.0
+    first = rec.arrive()
+    done(first, read10(0, 8))
+    now[0] = 10.001
+    rec.sent()                                  # read 1: 1,000 us
+    now[0] = 10.002
+    done(first, read10(8, 8))                   # ended later, its buffer still the newest
+    now[0] = 10.005
+    rec.sent()                                  # read 2: 5,000 us
+    now[0] = 20.0
+    second = rec.arrive()
+    done(second, write16(0, 8), write=True)
+    now[0] = 20.0001
+    rec.flush()                                 # write 1, not sent yet: 100 us at the flush
+    done(second, write16(8, 8), write=True)
+    done(first, read10(16, 8))                  # of the first buffer: its own arrival
+    now[0] = 20.003
+    rec.sent()                                  # write 2: 3,000 us; read 3: 10,003,000 us
+    assert len(rec.long) == 10                  # read 3 is the one long record
+    [t] = live.totals(["lun"])
+    assert t[L.READ_OPS] == 3 and t[L.WRITE_OPS] == 2
+    assert t[L.READ_BYTES] == t[L.WRITE_BYTES] + 4096 == 3 * 4096
+    assert abs(t[L.READ_US] - (1_000 + 5_000 + 10_003_000)) <= 3
+    assert abs(t[L.WRITE_US] - (100 + 3_000)) <= 2
+    assert abs(t[L.READ_MAX_US] - 10_003_000) <= 1 and abs(t[L.WRITE_MAX_US] - 3_000) <= 1
+    assert t[L.QUEUE_US] == 0 and t[L.NETWORK_US] == 0
+    reads = t[L.READ_HIST:L.READ_HIST + L.BUCKETS]
+    for us in (1_000, 5_000, 10_003_000):
+        b = int(L.bucket_of(np.array([us - 1]))[0])   # float rounding may take 1 us off
+        assert reads[b] + reads[min(b + 1, L.BUCKETS - 1)] >= 1
+    assert reads.sum() == 3
+    live.close()

@@ -117,10 +117,13 @@ class ScsiTransfer:
         stats = self.stats
         if stats is not None:           # the one accounting point: vmblock.stats.recorder
             st.stats_rows = scsi.stats_rows.get(lun)
-            # it arrived with the receive buffer (one clock read per buffer), or when parked
-            st.t_arr = self.parked_at or self.rx_time or self._rx_stamp()
-            st.t_grant = st.t_exec = 0.0          # 0: at arrival
+            st.t_exec = 0.0                       # 0: at its grant
             st.probe = None
+            if self.parked_at:                    # the CmdSN gap it waited for is queue
+                st.t_arr, st.t_grant = self.parked_at, stats.clock()
+            else:       # it arrived with the receive buffer: one clock read per buffer
+                st.t_arr = self.rx_time or self._rx_stamp()
+                st.t_grant = 0.0                  # 0: at arrival
         if not scsi.prepare(task):
             self.task_done(st)
             return
@@ -293,7 +296,7 @@ class ScsiTransfer:
 
     def _rx_stamp(self) -> float:
         """The time this receive buffer came in, read once per buffer (statistics)."""
-        t = self.rx_time = self.stats.clock()
+        t = self.rx_time = self.stats.arrive()
         return t
 
     def _execute(self, st: TaskState) -> None:
@@ -361,10 +364,11 @@ class ScsiTransfer:
             flags, residual = RSP_FLAG_UNDERFLOW, edtl - xfer
         datasn = st.r2tsn
         if data is not None and task.read and edtl and len(data):
-            collapsed, datasn = self._send_data_in(st, data, min(len(data), edtl), flags, residual)
+            n = min(len(data), edtl)
+            collapsed, datasn = self._send_data_in(st, data, n, flags, residual)
             if collapsed:
                 if st.stats_rows is not None:
-                    self.stats.done(st, task, min(len(data), edtl))
+                    self.stats.done(st, task, n)
                 return
         exp, mx = self._window()
         sense = task.sense

@@ -5,22 +5,31 @@ its status has been handed to the socket, calls ``StatsRecorder.done``. The time
 (``time.perf_counter`` seconds, on ``TaskState``):
 
     t_arr    the command PDU arrived (for a command parked behind a CmdSN gap: when parked)
-    t_grant  the data budget granted its buffer (0: at once)
+    t_grant  the data budget granted its buffer, or its CmdSN came due (0: at once)
     t_exec   its Data-Out was all in and it went to the SCSI core
     (now)    its status was sent
 
-and the latency split is: **queue** = t_grant - t_arr (CmdSN window, data budget; a QoS wait
-will sit here), **network/host** = t_exec - t_grant for a write (R2T -> the last Data-Out:
+and the latency split is: **queue** = t_grant - t_arr (CmdSN window, data budget, a QoS wait), **network/host** = t_exec - t_grant for a write (R2T -> the last Data-Out:
 the initiator and the wire), **service** = now - t_exec, which counts as **flash** (a read the
 cache served), **flash_miss** (a read that had to go to the capacity tier behind the cache)
 or **storage** (everything else: capacity tier I/O, executor queue included).
 
-``done`` appends one record of ten float64 (the LU's row, the opcode, the byte count and
-the four times, raw: all arithmetic is the kernel's) to a staging buffer (``array('d')``: no
-Python object per sample survives); ``flush`` adds a whole batch into this process's slab of
-counters with one Numba kernel call (``vmblock.native.stats``; slabs: ``vmblock.stats.arena``).
-A flush is scheduled ``FLUSH_DELAY`` after the first record of a batch (``schedule``, the
-event loop's ``call_later``); the owner's readers flush first, and ask each worker to flush
+Most commands are counted in a group: every command that arrived with one receive buffer
+shares its arrival time (``arrive``, one clock read per buffer), and every status that left
+with one socket write shares its send time (``sent``, one clock read per write). ``done``
+stages such a command as three ints in a list (its row, its opcode with the cache's class
+above the low byte, its bytes: no float, no tuple, ~0.1 us); the times are kept once per
+buffer and per write beside the list's length then, and the kernel gives each command the
+arrival before it and the first send after it. A command is in
+its buffer's group exactly when its own arrival time is the group's (the float itself is
+compared, so a command of an earlier buffer never is, wherever it ran) and it waited for nothing inside the target (no data budget, no Data-Out, no QoS), ended GOOD
+and is not on a split LU; every other one is staged as a long record of the kernel's ten
+fields with the number of sends before it in place of t_done.
+
+``flush`` adds a whole batch into this process's slab of counters with two Numba kernel calls
+(``vmblock.native.stats``: ``add_grouped``, ``add_records``; slabs: ``vmblock.stats.arena``). A flush is scheduled
+``FLUSH_DELAY`` after a batch's first buffer (``schedule``, the event loop's
+``call_later``); the owner's readers flush first, and ask each worker to flush
 (``vmblock.worker``'s ``STATS_FLUSH``), so what they read is exact.
 """
 
@@ -36,15 +45,12 @@ from vmblock.stats import layout as L
 from vmblock.stats.rows import cdb_range
 
 # The kernel's record (vmblock.native.stats): row, opcode, ops, bytes, t_arr, t_grant, t_exec,
-# t_done, class, status. The fabric stages the common case (no wait for budget or data, no
-# cache probe, GOOD status, no split) as a short record: row, opcode, bytes, t_arr, epoch;
-# every other one as a long record: the kernel's fields with the epoch in place of t_done.
-# The epoch counts ``sent`` calls: a record's t_done is the time of the first ``sent`` after
-# it (its status left with that write), or the flush's time when none came yet.
+# t_done, class, status. A grouped command is staged as FAST ints: row, opcode | class << 8,
+# bytes; a long one as the kernel's record with the sends before it in place of t_done.
 REC = 10
-SHORT, LONG = 5, 10
-FLUSH_AT = SHORT * 4096     # a batch this big is added at once, scheduled or not
-FLUSH_DELAY = 0.05          # seconds from a batch's first record to its flush
+FAST, LONG = 3, 10
+FLUSH_AT = FAST * 8192      # staged commands added at once at a buffer's arrival
+FLUSH_DELAY = 0.05          # seconds from a batch's first buffer to its flush
 _KIND = L.KIND_OF_OPCODE
 KINDS = np.frombuffer(_KIND, np.uint8).astype(np.int64)
 # the column numbers the kernel needs, in vmblock.native.stats's order
@@ -70,41 +76,59 @@ class StatsRecorder:
         asked or when a batch is full)."""
         self.counters = counters
         self.schedule = schedule
-        self.short = array("d")
+        self.fast: list[int] = []
         self.long = array("d")
-        self.sends = array("d")     # the time of each ``sent`` since the last flush
-        self.epoch = 0              # == len(sends): the epoch of records staged now
+        self.arrivals = array("d")  # (len(fast), time) at each buffer's first command
+        self.sends = array("d")     # (len(fast), time) at each ``sent`` since the last flush
+        self.group = 0.0            # the arrival time of the newest buffer
+        self.epoch = 0              # the sends so far: the epoch of long records staged now
         self.scheduled = False
-        self.unsent = False         # records staged since the last ``sent``
+        self.unsent = False         # commands staged since the last ``sent``
+
+    def arrive(self) -> float:
+        """A receive buffer's first command is here: return the time, which starts a group."""
+        if len(self.fast) >= FLUSH_AT:
+            self.flush()
+        t = self.group = self.clock()
+        self.arrivals.extend((len(self.fast), t))
+        if not self.scheduled:
+            self._schedule()
+        return t
 
     def done(self, st, task, nbytes: int) -> None:
         """``st``'s command (``task``) has its status in the connection's output, having
         moved ``nbytes`` of data; the output's next write calls ``sent``."""
         lr = st.stats_rows
         probe = st.probe
-        if (probe is None and lr.starts is None and not task.status and not st.t_grant
-                and not st.t_exec):
-            self.short.extend((lr.row, task.cdb[0], nbytes, st.t_arr, self.epoch))
+        if (st.t_arr == self.group and not (st.t_grant or st.t_exec or task.status)
+                and lr.starts is None):
+            fast = self.fast
+            fast.append(lr.row)
+            fast.append(task.cdb[0] if probe is None else
+                        task.cdb[0] | _probe_class(lr, probe) << 8)
+            fast.append(nbytes)
+            self.unsent = True
+            return
+        times = (st.t_arr, st.t_grant, st.t_exec, self.epoch,
+                 0 if probe is None else _probe_class(lr, probe), task.status)
+        if lr.starts is None:
+            self.long.extend((lr.row, task.cdb[0], 1, nbytes) + times)
         else:
-            cls = 0 if probe is None else 2 if lr.probe.capacity_reads != probe else 1
-            times = (st.t_arr, st.t_grant, st.t_exec, self.epoch, cls, task.status)
-            if lr.starts is None:
-                self.long.extend((lr.row, task.cdb[0], 1, nbytes) + times)
-            else:
-                self._split(lr, task.cdb, nbytes, times)
+            self._split(lr, task.cdb, nbytes, times)
         self.unsent = True
         if not self.scheduled:
-            self.scheduled = True
-            if self.schedule is not None:
-                self.schedule(FLUSH_DELAY, self.flush)
-        elif len(self.short) >= FLUSH_AT:
-            self.flush()
+            self._schedule()
 
     def sent(self) -> None:
         """The statuses staged since the last call were written to their socket now."""
-        self.sends.append(self.clock())
+        self.sends.extend((len(self.fast), self.clock()))
         self.epoch += 1
         self.unsent = False
+
+    def _schedule(self) -> None:
+        self.scheduled = True
+        if self.schedule is not None:
+            self.schedule(FLUSH_DELAY, self.flush)
 
     def _split(self, lr, cdb, nbytes: int, times: tuple) -> None:
         """Stage a command on a split LU: counted in its first range, bytes in each range."""
@@ -123,25 +147,38 @@ class StatsRecorder:
                 self.long.extend((row, op, 0, part, 0, 0, 0, times[3], 0, 0))
 
     def flush(self) -> None:
-        """Add the staged records into the counters (module docstring)."""
+        """Add the staged commands into the counters (module docstring)."""
         self.scheduled = False
-        if not self.short and not self.long:
+        if not self.fast and not self.long:
+            self._restart()
             return
-        ends = np.append(np.frombuffer(self.sends, np.float64), self.clock())
-        base = self.epoch - len(self.sends)
-        short = np.frombuffer(self.short, np.float64).reshape(-1, SHORT)
-        rec = np.zeros((len(short) + len(self.long) // LONG, REC))
-        n = len(short)
-        rec[:n, [0, 1, 3, 4]] = short[:, :4]
-        rec[:n, 2] = 1
-        rec[:n, 7] = ends[short[:, 4].astype(np.int64) - base]
-        rec[n:] = np.frombuffer(self.long, np.float64).reshape(-1, LONG)
-        rec[n:, 7] = ends[rec[n:, 7].astype(np.int64) - base]
-        del short
-        del self.short[:]
+        # copies: the arrays cannot shrink while a view of them is held
+        sends = np.array(self.sends, np.float64).reshape(-1, 2)
+        now = self.clock()                              # unsent yet: now
+        long = np.array(self.long, np.float64).reshape(-1, LONG)
+        if len(long):
+            ends = np.append(sends[:, 1], now)
+            long[:, 7] = ends[long[:, 7].astype(np.int64) - (self.epoch - len(sends))]
+        fast = np.fromiter(self.fast, np.int64, len(self.fast)).reshape(-1, FAST)
+        arrivals = np.array(self.arrivals, np.float64).reshape(-1, 2)
+        self._restart()
+        # rows came from the owner
+        stats_kernels.add_grouped(self.counters, fast, arrivals, sends, now, COLS, KINDS)
+        stats_kernels.add_records(self.counters, long, COLS, KINDS)
+
+    def _restart(self) -> None:
+        """Empty the staging; the buffer being read now stays the group it is."""
+        self.fast.clear()
         del self.long[:]
         del self.sends[:]
-        stats_kernels.add_records(self.counters, rec, COLS, KINDS)   # rows came from the owner
+        del self.arrivals[:]
+        self.arrivals.extend((0, self.group))
+
+
+def _probe_class(lr, probe: int) -> int:
+    """A read's class from the cache's capacity reads before it (``probe``) and now:
+    1 flash (none since), 2 flash miss."""
+    return 2 if lr.probe.capacity_reads != probe else 1
 
 
 def add_records(counters: np.ndarray, rec: np.ndarray) -> None:
