@@ -35,13 +35,13 @@ import numpy as np
 from rocksdict import WriteBatch
 
 from vmblock.errors import PoolError
-from vmblock.native import extent as extent_kernels
+from vmblock.native.leaf import LEAF_AUS, UNMAPPED_AU
 
 AU_SIZE = 64 * 1024
 TIER_CAPACITY = 0
 TIER_FLASH = 1
 TIER_NAMES = ("capacity", "flash")
-UNMAPPED = int(extent_kernels.UNMAPPED)
+UNMAPPED = UNMAPPED_AU
 
 KEY_MAP = b"M"      # the per-AU keys of old pools (migrated when opened)
 KEY_LEAF = b"L"
@@ -52,7 +52,6 @@ _KEY = struct.Struct(">cII")
 _VAL = struct.Struct("<IB")
 _KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("vau", ">u4")])
 _VAL_DT = np.dtype([("pau", "<u4"), ("flags", "u1")])
-LEAF_AUS = extent_kernels.LEAF_AUS
 LEAF_VALUE_BYTES = LEAF_AUS * 5
 _LEAF_KEY = struct.Struct(">cII")
 _LEAF_KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("leaf", ">u4")])
