@@ -14,7 +14,7 @@ from support.stores import small_pool, store_of
 from vmblock.store.layout import AU_SIZE
 
 AU = AU_SIZE
-KERNELS = ("numba", "vmblock.native.extent", "vmblock.native.cache", "vmblock.store.pool_store")
+KERNELS = ("numpy", "numba", "vmblock.native.extent", "vmblock.native.cache", "vmblock.store.pool_store")
 # the command in a fresh interpreter; then, on stderr, which of KERNELS it loaded
 RUN = f"""
 import sys
