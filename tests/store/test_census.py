@@ -68,8 +68,11 @@ def test_census_equals_the_maps_after_every_kind_of_change(path):
         d1.write(LEAF - 4 * KiB, memoryview(b"\x12" * (8 * KiB)))     # across two leaves
         d1.write(ODD - 4 * KiB, memoryview(b"\x13" * (4 * KiB)))      # the last, partial AU
         d2.write(5 * AU, memoryview(b"\x21" * (20 * AU)))
+        # whole leaves mapped: leaf 2 of d2, and the 4 vAUs of d1's last leaf inside its size
+        pool.store.preallocate(pool.vdisk("d2").map_id, 2 * LEAF_AUS, LEAF_AUS)
+        pool.store.preallocate(pool.vdisk("d1").map_id, 2 * LEAF_AUS, 4)
         live = figures(pool)
-        assert live["d1"][0] == 6 * AU and live["d2"][0] == 20 * AU
+        assert live["d1"][0] == 9 * AU and live["d2"][0] == (20 + LEAF_AUS) * AU
     finally:
         pool.close()
     assert assert_census_matches(path) == live
@@ -81,7 +84,7 @@ def test_census_equals_the_maps_after_every_kind_of_change(path):
         d2.unmap(5 * AU, 4 * AU + 4 * KiB)                        # whole AUs and a partial one
         pool.snapshot_vm("vm1", "s1")
         d1.write(0, memoryview(b"\x14" * (4 * KiB)))              # copy on write
-        d1.write(2 * LEAF, memoryview(b"\x15" * AU))              # a new leaf
+        d1.write(2 * LEAF, memoryview(b"\x15" * AU))              # in the last leaf
         _, clones, _ = pool.clone_vm("vm1", "c1", snapshot="s1")
         c = pool.open_store(clones[0])
         c.write(10 * AU, memoryview(b"\x31" * AU))

@@ -9,9 +9,10 @@ check`` compares the keys with the loaded maps).
 
 ``LeafCensus.tier_bytes`` counts as ``LiveMaps.create`` loads: an entry is mapped when it is
 not ``UNMAPPED``, leaves past the map's size and entries of the last leaf past its last vAU
-are left out, and an entry's tier is the one its leaf stores. It needs no numpy: a leaf's
-AUs are counted by ``array.count``, its tiers by ``bytes.count`` (entry by entry only for a
-leaf with flash AUs). Pools that still hold the old per-AU keys have no census
+are left out, and an entry's tier is the one its leaf stores. It needs no numpy: a leaf
+none of whose entries has UNMAPPED's top byte and none on flash is all mapped (one
+``bytes.count`` of every fourth byte); else its AUs are counted by ``array.count``, and entry
+by entry only in a leaf with flash AUs. Pools that still hold the old per-AU keys have no census
 (``read_census`` gives None): only opening the store turns them into leaves (``migrate``).
 """
 
@@ -30,11 +31,13 @@ _U32 = next(code for code in "IL" if array(code).itemsize == 4)     # array's ui
 
 def _leaf_use(value: bytes, entries: int) -> tuple[int, int]:
     """(mapped, on flash) among the first ``entries`` entries of a leaf value."""
+    tiers = value[_AUS_BYTES:_AUS_BYTES + entries]
+    if not value[3:entries * 4:4].count(0xFF) and not tiers.count(TIER_FLASH):
+        return entries, 0       # no entry's top byte is UNMAPPED's: all mapped, none on flash
     aus = array(_U32, value[:entries * 4])
     if sys.byteorder != "little":
         aus.byteswap()
     mapped = entries - aus.count(UNMAPPED)
-    tiers = value[_AUS_BYTES:_AUS_BYTES + entries]
     if not tiers.count(TIER_FLASH):
         return mapped, 0
     return mapped, sum(1 for a, t in zip(aus, tiers) if t == TIER_FLASH and a != UNMAPPED)
