@@ -495,7 +495,8 @@ class Pool:
         return ExtentStore(self.store, disk.map_id, disk.block_size)
 
     def used_bytes(self, disk: Vdisk) -> int:
-        """Bytes of the pool the vdisk maps (AUs written and not unmapped), shared or not."""
+        """Bytes of the pool the vdisk maps (AUs written and not unmapped), shared or not:
+        the live map's count, or while the store is not open its leaf keys' (the same)."""
         if self._store is not None:
             return self._store.map_used_bytes(disk.map_id)
         return sum(self._persisted_use(disk).values())
