@@ -34,7 +34,9 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
                                                           committer.live.leaves))
                       for m, n in committer.live.mapped.items()}
             t_free, t_used = list(space.t_free), list(space.t_used)
-            census = LeafCensus(committer.db, space.au)     # listings without a server
+        # what listings without a server show; the keys change only under the flush lock, so
+        # they are read again as scan_maps read them, without holding up the data path
+        census = LeafCensus(committer.db, space.au)
     n = space.n_aus
     ncap = space.ncap
     known = np.array(sorted(maps_info), dtype=np.int64)
