@@ -3,7 +3,8 @@
 A live vdisk's extent map is two arrays (see ``vmblock.store.maps`` for who owns them):
 
 * ``l1`` (``uint32``, one entry per ``LEAF_AUS`` vAUs): the number of the leaf that holds that
-  stretch of the map, or ``NO_LEAF`` (0);
+  stretch of the map, or ``NO_LEAF`` (0, ``native/leaf.py``, with the other constants of a
+  leaf);
 * ``leaves`` (``uint32``, flat): the pool's leaf arena, leaf ``k`` being entries
   ``[k * LEAF_AUS, (k + 1) * LEAF_AUS)``; each entry is a global physical AU or ``UNMAPPED``.
   Leaf 0 is never written and holds only ``UNMAPPED``, so an absent leaf needs no branch:
@@ -31,16 +32,12 @@ import numpy as np
 from numba import jit
 
 from .jit import JIT
+from .leaf import LEAF_AUS, LEAF_BITS, LEAF_MASK, UNMAPPED_AU
 
-UNMAPPED = np.uint32(0xFFFFFFFF)
+UNMAPPED = np.uint32(UNMAPPED_AU)
 MAP_DTYPE = np.uint32
 REF_DTYPE = np.uint32
 L1_DTYPE = np.uint32
-
-LEAF_BITS = 8
-LEAF_AUS = 1 << LEAF_BITS           # entries per leaf: 16 MiB of vdisk at 64 KiB AUs
-LEAF_MASK = LEAF_AUS - 1
-NO_LEAF = 0                         # the L1 value of an absent leaf; leaf 0 is all UNMAPPED
 
 # kinds written by _classify
 KIND_UNMAPPED = 0

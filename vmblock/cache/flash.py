@@ -50,9 +50,8 @@ from vmblock.store.backend import (AtomicWritable, BackingStore, NowaitReadable,
 from vmblock.store.ranges import pieces, units
 
 from .directory import CacheDirectory
-from .groups import GroupSpec
+from .groups import MAX_GROUPS, GroupSpec
 
-MAX_GROUPS = 32          # groups the directory is built with; unused ones have max 0
 MAX_VDISKS = 4096        # vdisk ids of the directory (recycled when a vdisk goes)
 BATCH = 256              # cache blocks per directory call (a command is split beyond that)
 PRELOAD_BATCH = 64       # cache blocks per directory call of a preload

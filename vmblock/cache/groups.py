@@ -18,6 +18,7 @@ from vmblock.units import parse_fraction, parse_kv_list
 
 PROMOTE = {"never": 0, "read": 1, "write": 2}
 GROUP_KEYS = ("priority", "min", "max", "promote", "pinned")
+MAX_GROUPS = 32          # groups the directory is built with; unused ones have max 0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 

@@ -33,8 +33,9 @@ def open_api(ctx: click.Context, create: bool = False) -> AdminClient | LocalCli
     client = AdminClient.connect(os.path.join(path, "admin.sock"))
     if client is not None:
         return client
-    # only now: the pool brings the extent store (numpy, Numba), which a command that talks
-    # to a running server never needs
+    # only now: the pool brings RocksDB and the model, which a command that talks to a
+    # running server never needs (the extent store, numpy and Numba come only with the verbs
+    # that open it: not the listings)
     from vmblock.meta import Pool
     from vmblock.meta.pool import OWNER_ONLY_UMASK
     umask = os.umask(OWNER_ONLY_UMASK)    # what RocksDB writes into the pool is owner-only

@@ -1,8 +1,9 @@
 """The meta database and the one model tree (pool -> target, vm -> vdisk) on top of it.
 
-``Pool`` is imported on first use (PEP 562): it brings the extent store and with it numpy and
-Numba, which a CLI command that only talks to a running server never needs (a third of a
-second of its start).
+``Pool`` is imported on first use (PEP 562): it brings RocksDB and the model modules, which a
+CLI command that only talks to a running server never needs. The extent store, and with it
+numpy and Numba (a third of a second of a start), ``Pool`` imports only when it opens it
+(``Pool.store``), which the listing verbs do not (``vmblock.store.census``).
 """
 
 from vmblock.meta.model import Target, Vdisk, Vm

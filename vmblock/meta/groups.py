@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
-from vmblock.cache.groups import GroupSpec, validate_groups
-from vmblock.cache.flash import MAX_GROUPS
+from vmblock.cache.groups import MAX_GROUPS, GroupSpec, validate_groups
 from vmblock.errors import AlreadyExists, CacheError, InvalidArgument, NotFound
 
 DEFAULT = "default"

@@ -36,6 +36,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from rocksdict import WriteBatch
 
@@ -64,11 +65,16 @@ from vmblock.meta.model import (
 )
 from vmblock.meta.reservations import pr_key
 from vmblock.settings import NEW_TARGET_CHAP_KEY, Settings, check_iqn
-from vmblock.store.extent import ExtentStore
 from vmblock.store.layout import AU_SIZE, TIER_NAMES
-from vmblock.store.pool_store import PoolStore
-from vmblock.store.tier import Tier
 from vmblock.units import format_size
+
+if TYPE_CHECKING:
+    # imported where used: the store brings its Numba kernels, which the listing verbs on a
+    # pool no server runs never need (used bytes come from vmblock.store.census)
+    from vmblock.store.census import LeafCensus
+    from vmblock.store.extent import ExtentStore
+    from vmblock.store.pool_store import PoolStore
+    from vmblock.store.tier import Tier
 
 SCHEMA_VERSION = 2
 OWNER_ONLY_DIR = 0o700
@@ -105,6 +111,8 @@ class Pool:
         self.meta_path = os.path.join(self.path, "meta")
         self.socket_path = os.path.join(self.path, "admin.sock")
         self._store: PoolStore | None = None
+        # the leaf keys, counted per map, while the store is not open (used bytes)
+        self._census: LeafCensus | None = None
         # settings that win over the pool's config keys for this process (serve --config)
         self.overrides: dict[str, str] = {}
         # called with each event record_event persists (the server's delivery hangs here)
@@ -226,6 +234,7 @@ class Pool:
         return cap, flash
 
     def _tier(self, tier: str, path: str, size_bytes: int) -> Tier:
+        from vmblock.store.tier import Tier
         path = config.tier_path(self.path, tier, path)
         try:
             return Tier(tier, path, size_bytes)
@@ -237,6 +246,7 @@ class Pool:
     def store(self) -> PoolStore:
         """The pool's extent store, opened (maps loaded, refcounts rebuilt) on first use."""
         if self._store is None:
+            from vmblock.store.pool_store import PoolStore
             cap, flash = self._open_tiers()
             try:
                 disks = self.vdisks()
@@ -481,15 +491,32 @@ class Pool:
 
     def open_store(self, disk: Vdisk) -> ExtentStore:
         """An ``ExtentStore`` on the vdisk's live map: the store the server puts under its LUN."""
+        from vmblock.store.extent import ExtentStore
         return ExtentStore(self.store, disk.map_id, disk.block_size)
 
     def used_bytes(self, disk: Vdisk) -> int:
-        """Bytes of the pool the vdisk maps (AUs written and not unmapped), shared or not."""
-        return self.store.map_used_bytes(disk.map_id)
+        """Bytes of the pool the vdisk maps (AUs written and not unmapped), shared or not:
+        the live map's count, or while the store is not open its leaf keys' (the same)."""
+        if self._store is not None:
+            return self._store.map_used_bytes(disk.map_id)
+        return sum(self._persisted_use(disk).values())
 
     def tier_bytes(self, disk: Vdisk) -> dict[str, int]:
         """Bytes the vdisk maps on each tier (a partly done move leaves some on both)."""
-        return self.store.map_tier_bytes(disk.map_id)
+        if self._store is not None:
+            return self._store.map_tier_bytes(disk.map_id)
+        return self._persisted_use(disk)
+
+    def _persisted_use(self, disk: Vdisk) -> dict[str, int]:
+        """``tier_bytes`` of a vdisk while the store is not open: its leaf keys, all read at
+        once on first use (``vmblock.store.census``), which nothing else changes until the
+        store opens. Opens the store when the pool still needs migrating."""
+        from vmblock.store.census import read_census
+        if self._census is None:
+            self._census = read_census(self._db, self._get("pool/au_size") or AU_SIZE)
+            if self._census is None:
+                return self.store.map_tier_bytes(disk.map_id)
+        return self._census.tier_bytes(disk.map_id, disk.size_bytes)
 
     def move_vdisk(self, name: str, tier: str) -> dict:
         """Relocate the vdisk's live map to ``tier`` (vmblock vdisk move): new allocations go

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vmblock.native import extent as extent_kernels
+from vmblock.store.census import LeafCensus
 from vmblock.store.commit import Committer
 from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES, n_vaus, scan_maps
 from vmblock.store.move import TierMover
@@ -13,7 +14,9 @@ from vmblock.store.move import TierMover
 def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dict],
           families: dict[int, int]) -> dict:
     """Check every mapping of the meta DB's leaves against the records and the in-memory
-    state (live maps, their mapped counts, reference counts, space accounting).
+    state (live maps, their mapped counts, reference counts, space accounting), and the
+    bytes each live map uses as ``census`` counts them from the keys (what listings without
+    a server show) against the map's.
 
     ``maps_info``: map id -> {"what": description, "size_bytes": n, "live": bool};
     ``families``: map id -> lineage family id (maps that may share AUs have the same one).
@@ -31,6 +34,9 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
                                                           committer.live.leaves))
                       for m, n in committer.live.mapped.items()}
             t_free, t_used = list(space.t_free), list(space.t_used)
+        # what listings without a server show; the keys change only under the flush lock, so
+        # they are read again as scan_maps read them, without holding up the data path
+        census = LeafCensus(committer.db, space.au)
     n = space.n_aus
     ncap = space.ncap
     known = np.array(sorted(maps_info), dtype=np.int64)
@@ -74,6 +80,14 @@ def check_store(committer: Committer, mover: TierMover, maps_info: dict[int, dic
             elif counts.get(mid, (0, 0))[0] != counts.get(mid, (0, 0))[1]:
                 errors.append(f"{info['what']}: {counts[mid][0]} vAUs counted as mapped, "
                               f"{counts[mid][1]} are")
+            else:
+                nf = int(np.count_nonzero(got[1] >= ncap))
+                mapped = {TIER_NAMES[TIER_CAPACITY]: (len(got[1]) - nf) * space.au,
+                          TIER_NAMES[TIER_FLASH]: nf * space.au}
+                shown = census.tier_bytes(mid, info["size_bytes"])
+                if shown != mapped:
+                    errors.append(f"{info['what']}: the leaf keys count {shown} bytes used "
+                                  f"(what listings without a server show), the map {mapped}")
     ok = ~orphan & ~out
     rebuilt = np.zeros(n, dtype=np.int64)
     np.add.at(rebuilt, paus[ok].astype(np.int64), 1)

@@ -30,18 +30,23 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import TYPE_CHECKING
 
-import numpy as np
 from rocksdict import WriteBatch
 
 from vmblock.errors import PoolError
-from vmblock.native import extent as extent_kernels
+from vmblock.native.leaf import LEAF_AUS, UNMAPPED_AU
+
+if TYPE_CHECKING:
+    # the functions that build or parse arrays import numpy themselves: the constants and
+    # keys here are what the listing verbs need (vmblock.store.census), without numpy
+    import numpy as np
 
 AU_SIZE = 64 * 1024
 TIER_CAPACITY = 0
 TIER_FLASH = 1
 TIER_NAMES = ("capacity", "flash")
-UNMAPPED = int(extent_kernels.UNMAPPED)
+UNMAPPED = UNMAPPED_AU
 
 KEY_MAP = b"M"      # the per-AU keys of old pools (migrated when opened)
 KEY_LEAF = b"L"
@@ -50,12 +55,11 @@ KEY_COPY = b"X"     # two maps EXTENDED COPY made share AUs (map ids are never r
 _COPY_KEY = struct.Struct(">cII")
 _KEY = struct.Struct(">cII")
 _VAL = struct.Struct("<IB")
-_KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("vau", ">u4")])
-_VAL_DT = np.dtype([("pau", "<u4"), ("flags", "u1")])
-LEAF_AUS = extent_kernels.LEAF_AUS
+_KEY_FIELDS = [("p", "S1"), ("mid", ">u4"), ("vau", ">u4")]        # numpy dtypes of _KEY,
+_VAL_FIELDS = [("pau", "<u4"), ("flags", "u1")]                     # _VAL
 LEAF_VALUE_BYTES = LEAF_AUS * 5
 _LEAF_KEY = struct.Struct(">cII")
-_LEAF_KEY_DT = np.dtype([("p", "S1"), ("mid", ">u4"), ("leaf", ">u4")])
+_LEAF_KEY_FIELDS = [("p", "S1"), ("mid", ">u4"), ("leaf", ">u4")]   # and _LEAF_KEY
 
 
 def map_key(mid: int, vau: int) -> bytes:
@@ -84,6 +88,12 @@ def copy_key(a: int, b: int) -> bytes:
     return _COPY_KEY.pack(KEY_COPY, min(a, b), max(a, b))
 
 
+def parse_leaf_key(key: bytes) -> tuple[int, int]:
+    """(map id, leaf number) of a leaf key (``leaf_key``)."""
+    _, mid, leaf = _LEAF_KEY.unpack(key)
+    return mid, leaf
+
+
 def scan_copies(db) -> list[tuple[int, int]]:
     """Every (map a, map b) pair EXTENDED COPY made share AUs."""
     return [_COPY_KEY.unpack(k)[1:] for k, _ in db.scan(KEY_COPY)]
@@ -92,6 +102,7 @@ def scan_copies(db) -> list[tuple[int, int]]:
 def leaf_values(file_aus: np.ndarray, tiers: np.ndarray) -> np.ndarray:
     """The meta DB values of ``k`` leaves, one row of ``LEAF_VALUE_BYTES`` each, from their
     (k, LEAF_AUS) AUs in their tier files (UNMAPPED: none) and tiers."""
+    import numpy as np
     k = file_aus.shape[0]
     out = np.empty((k, LEAF_VALUE_BYTES), dtype=np.uint8)
     out[:, :LEAF_AUS * 4] = file_aus.astype("<u4").view(np.uint8).reshape(k, LEAF_AUS * 4)
@@ -103,12 +114,13 @@ def scan_leaves(db, mid: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(map ids, leaf numbers, (k, LEAF_AUS) AUs in their tier files, (k, LEAF_AUS) tiers)
     of every leaf key, or of one map's, in key order (map id, then leaf)."""
+    import numpy as np
     items = db.scan(KEY_LEAF if mid is None else leaf_prefix(mid))
     k = len(items)
     kb, vb = b"".join(k_ for k_, _ in items), b"".join(v for _, v in items)
-    if len(kb) != k * _LEAF_KEY_DT.itemsize or len(vb) != k * LEAF_VALUE_BYTES:
+    if len(kb) != k * _LEAF_KEY.size or len(vb) != k * LEAF_VALUE_BYTES:
         raise PoolError("meta DB holds extent-map leaves of the wrong size")
-    keys = np.frombuffer(kb, dtype=_LEAF_KEY_DT)
+    keys = np.frombuffer(kb, dtype=np.dtype(_LEAF_KEY_FIELDS))
     vals = np.frombuffer(vb, dtype=np.uint8).reshape(k, LEAF_VALUE_BYTES)
     file_aus = np.ascontiguousarray(vals[:, :LEAF_AUS * 4]).view("<u4").astype(
         np.uint32, copy=False)
@@ -120,6 +132,7 @@ def flat_entries(mids: np.ndarray, leaves: np.ndarray, file_aus: np.ndarray,
                  tiers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(map ids, vAUs, AUs in their tier, tiers) of every mapped entry of ``scan_leaves``'s
     leaves, in key order."""
+    import numpy as np
     mapped = file_aus != UNMAPPED
     row, col = np.nonzero(mapped)
     vaus = leaves[row].astype(np.int64) * LEAF_AUS + col
@@ -135,15 +148,16 @@ def scan_maps(db, mid: int | None = None
 
 def scan_au_keys(db) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(map ids, vAUs, physical AUs in their tier, tiers) of every old per-AU map key."""
+    import numpy as np
     items = db.scan(KEY_MAP)
     if not items:
         e = np.empty(0, dtype=np.uint32)
         return e, e.copy(), e.copy(), np.empty(0, dtype=np.uint8)
     kb, vb = b"".join(k for k, _ in items), b"".join(v for _, v in items)
-    if len(kb) != len(items) * _KEY_DT.itemsize or len(vb) != len(items) * _VAL_DT.itemsize:
+    if len(kb) != len(items) * _KEY.size or len(vb) != len(items) * _VAL.size:
         raise PoolError("meta DB holds extent-map records of the wrong size")
-    k = np.frombuffer(kb, dtype=_KEY_DT)
-    v = np.frombuffer(vb, dtype=_VAL_DT)
+    k = np.frombuffer(kb, dtype=np.dtype(_KEY_FIELDS))
+    v = np.frombuffer(vb, dtype=np.dtype(_VAL_FIELDS))
     return (k["mid"].astype(np.uint32), k["vau"].astype(np.uint32),
             v["pau"].astype(np.uint32), (v["flags"] & 3).astype(np.uint8))
 
