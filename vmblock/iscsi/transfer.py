@@ -363,25 +363,33 @@ class ScsiTransfer:
         elif xfer < edtl:
             flags, residual = RSP_FLAG_UNDERFLOW, edtl - xfer
         datasn = st.r2tsn
+        collapsed = False
         if data is not None and task.read and edtl and len(data):
-            n = min(len(data), edtl)
-            collapsed, datasn = self._send_data_in(st, data, n, flags, residual)
-            if collapsed:
-                if st.stats_rows is not None:
-                    self.stats.done(st, task, n)
-                return
-        exp, mx = self._window()
-        sense = task.sense
-        body = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
-        statsn = self.statsn                # _next_statsn(), inline
-        self.statsn = (statsn + 1) & 0xFFFFFFFF
-        self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED, task.status,
-                             len(body), 0, task.itt, 0, statsn, exp, mx, datasn, 0, residual),
-                   body)
-        if st.stats_rows is not None:
-            moved = (min(len(data), edtl) if task.read and data is not None else
-                     task.data_out_len if task.write else 0)
-            self.stats.done(st, task, moved)
+            moved = min(len(data), edtl)
+            collapsed, datasn = self._send_data_in(st, data, moved, flags, residual)
+        else:
+            moved = task.data_out_len if task.write else 0
+        if not collapsed:
+            exp, mx = self._window()
+            sense = task.sense
+            body = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
+            statsn = self.statsn                # _next_statsn(), inline
+            self.statsn = (statsn + 1) & 0xFFFFFFFF
+            self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED,
+                                 task.status, len(body), 0, task.itt, 0, statsn, exp, mx, datasn,
+                                 0, residual), body)
+        lr = st.stats_rows
+        if lr is not None:
+            stats = self.stats
+            if (st.t_arr == stats.group and not (st.t_grant or st.t_exec or task.status)
+                    and st.probe is None and lr.starts is None):
+                fast = stats.fast   # StatsRecorder.done's grouped command, spelled inline
+                fast.append(lr.row)
+                fast.append(task.cdb[0])
+                fast.append(moved)
+                stats.unsent = True
+            else:
+                stats.done(st, task, moved)
 
     def _send_data_in(self, st, data, n, flags, residual) -> tuple[bool, int]:
         """Send ``n`` bytes as Data-In PDUs; collapse GOOD status into the last one (RFC 7143

@@ -24,7 +24,9 @@ arrival before it and the first send after it. A command is in
 its buffer's group exactly when its own arrival time is the group's (the float itself is
 compared, so a command of an earlier buffer never is, wherever it ran) and it waited for nothing inside the target (no data budget, no Data-Out, no QoS), ended GOOD
 and is not on a split LU; every other one is staged as a long record of the kernel's ten
-fields with the number of sends before it in place of t_done.
+fields with the number of sends before it in place of t_done. The fabric spells the grouped
+case of a command without a cache probe inline (``ScsiTransfer.task_done``: the three appends
+without a call) and calls ``done`` for the rest.
 
 ``flush`` adds a whole batch into this process's slab of counters with two Numba kernel calls
 (``vmblock.native.stats``: ``add_grouped``, ``add_records``; slabs: ``vmblock.stats.arena``). A flush is scheduled
