@@ -241,6 +241,25 @@ def test_unit_attention_after_lun_reset_reaches_a_fast_path_session(fast_server)
         assert a.scsi(write10(0, 8), write=pattern(1, 8)).status == CHECK_CONDITION
 
 
+def test_a_reset_never_aborts_in_another_worker_a_command_sent_after_its_answer(fast_server,
+                                                                               hook):
+    """The owner's ABORT reaches the other worker after that worker took b's next command
+    (the hook holds it until a command is taken, as when the command's bytes are read first):
+    that command, sent on the reset's answer, is answered, with the reset's unit attention."""
+    s = fast_server
+    a, b = login(s, A_INITIATOR), login(s, B_INITIATOR)
+    with a, b:
+        (wa, _), (wb, _) = placed(s, a, b)
+        assert wa != wb
+        assert b.scsi(read10(0, 8), read_len=8 * BLOCK).status == GOOD
+        (hook / "hold-abort").touch()
+        assert a.tmf(LUN_RESET, lun=0).b2 == 0
+        r = b.scsi(read10(0, 8), read_len=8 * BLOCK)
+        assert r.status == CHECK_CONDITION
+        assert sense_key_asc(r) == (UNIT_ATTENTION, 0x29, 0x03)
+        assert b.scsi(read10(0, 8), read_len=8 * BLOCK).status == GOOD
+
+
 def test_reservation_conflict_from_another_worker(fast_server):
     s = fast_server
     a, b = login(s, A_INITIATOR), login(s, B_INITIATOR)

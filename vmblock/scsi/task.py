@@ -68,4 +68,7 @@ class ScsiTask:
     sense: bytes | None = None      # fixed-format sense data, built by vmblock.scsi.sense only
     data_in: bytes | bytearray | memoryview | None = None
     aborted: bool = False           # set by the fabric when a TMF aborts it
+    # CLOCK_MONOTONIC when a worker process took it (vmblock.worker): a reset the owner applies
+    # aborts there only the commands taken before it, never one sent after its TMF's answer
+    received: float = 0.0
     handler: object = field(default=None, repr=False)   # decoded command spec, private to scsi core

@@ -437,7 +437,8 @@ class WorkerPool:
             function = TmfFunction(function)
             if function in TARGET_WIDE:
                 msg = pack_json({"target": sess.target.name, "lun": lun,
-                                 "close": function == TmfFunction.TARGET_COLD_RESET})
+                                 "close": function == TmfFunction.TARGET_COLD_RESET,
+                                 "at": time.monotonic()})
                 for other in self.workers:
                     if other is not None and other is not w:
                         other.channel.send(Msg.ABORT, msg)

@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvloop
 
@@ -46,6 +47,7 @@ from vmblock.stats.recorder import StatsRecorder
 
 from .channel import Channel
 from .fastpath import FastPath, Forward
+from .publish import HOOK_ENV
 from .sharedpath import SharedMapsFastPath
 from .target import WorkerTarget
 from .wire import (
@@ -186,6 +188,9 @@ class WorkerProcess:
         self.tags = itertools.count(1)
         self.waiting: dict[int, Forwarded] = {}
         self.corked: list[ConnectionMachine] = []      # answering a batch of RESULTs
+        # test-only (HOOK_ENV, file ``hold-abort``): ABORTs applied once the next command is
+        # taken, as when its bytes are read before the ABORT (``WorkerTarget.prepare``)
+        self.held_aborts: list[dict] = []
         self.done = asyncio.Event()
         self.accepting: set[asyncio.Task] = set()
 
@@ -200,7 +205,12 @@ class WorkerProcess:
             self.accepting.add(task)
             task.add_done_callback(self.accepting.discard)
         elif mtype == Msg.ABORT:
-            self._abort(unpack_json(payload))
+            msg = unpack_json(payload)
+            hook = os.environ.get(HOOK_ENV)
+            if hook and Path(hook, "hold-abort").exists():
+                self.held_aborts.append(msg)    # test-only: after the next command is taken
+            else:
+                self._abort(msg)
         elif mtype == Msg.TERMINATE:
             tsih, cid = CONNECTION.unpack_from(payload)
             sess = self.service.registry.by_tsih.get(tsih)
@@ -283,16 +293,24 @@ class WorkerProcess:
 
     def _abort(self, msg: dict) -> None:
         """Another worker's session reset a LUN or the target: abort this worker's tasks
-        there (their answers are not sent), and for a cold reset drop the connections."""
-        lun = msg["lun"]
+        there that it took before the reset (their answers are not sent), and for a cold
+        reset drop the connections. A command taken after the reset stays: its initiator may
+        have sent it on the reset's answer, before this message was read."""
+        lun, at = msg["lun"], msg["at"]
         for sess in self.service.registry.for_target(msg["target"]):
             for itt, st in list(sess.tasks.items()):
-                if lun is None or st.task.lun == lun:
+                if (lun is None or st.task.lun == lun) and st.task.received < at:
                     st.abort()
                     del sess.tasks[itt]
             if msg["close"]:
                 for conn in list(sess.connections.values()):
                     conn.terminate("target cold reset")
+
+    def apply_held_aborts(self) -> None:
+        """Apply the ABORTs the test hook held (``held_aborts``)."""
+        held, self.held_aborts = self.held_aborts, []
+        for msg in held:
+            self._abort(msg)
 
     def _result(self, payload: bytes) -> None:
         """Answer a forwarded command; the answers of one batch of RESULTs are written

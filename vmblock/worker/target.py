@@ -12,6 +12,7 @@ residuals as it does in one process.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from vmblock.iscsi.pdu import TmfFunction
@@ -37,6 +38,9 @@ class WorkerTarget:
     def prepare(self, task: ScsiTask) -> bool:
         """The fast path's prepare when it claims ``task``; else gather everything the
         initiator sends and let the owner prepare it (module docstring). Always True."""
+        task.received = time.monotonic()
+        if self.process.held_aborts:
+            self.process.apply_held_aborts()
         if self.fast.claim(task):
             return True
         task.data_out_len = task.edtl if task.write else 0
