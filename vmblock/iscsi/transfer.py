@@ -91,28 +91,31 @@ class ScsiTransfer:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "SCSI command in discovery session",
                                     bytes(header))
         flags = p.flags
-        write = bool(flags & CMD_FLAG_WRITE)
+        write = flags & CMD_FLAG_WRITE != 0
         edtl = p.edtl
         dlen = len(data)
         if dlen or write:           # a command without data has nothing to check there
             self._check_unsolicited(p, dlen, header)
-        if p.itt in sess.tasks or p.itt == RSVD_TAG:
-            self._send_reject(RejectReason.TASK_IN_PROGRESS if p.itt != RSVD_TAG
+        itt = p.itt
+        tasks = sess.tasks
+        if itt in tasks or itt == RSVD_TAG:
+            self._send_reject(RejectReason.TASK_IN_PROGRESS if itt != RSVD_TAG
                               else RejectReason.INVALID_PDU_FIELD, bytes(header))
             return
-        if len(sess.tasks) >= MAX_SESSION_TASKS:
-            self._answer_task_set_full(p.itt)
+        if len(tasks) >= MAX_SESSION_TASKS:
+            self._answer_task_set_full(itt)
             return
         cdb = p.cdb
         if p.ahs:
             cdb = self._extended_cdb(p.cdb, p.ahs, header)
-        lun = p.lun >> 48       # peripheral addressing, bus 0 (LUN < 256): the field's top byte
+        lun_field = p.lun
+        lun = lun_field >> 48   # peripheral addressing, bus 0 (LUN < 256): the field's top byte
         if lun > 0xFF:
-            lun = decode_lun(p.lun)
-        task = ScsiTask(lun, cdb, sess.nexus, p.itt, flags & CMD_ATTR_MASK, edtl,
-                        bool(flags & CMD_FLAG_READ), write)
-        st = TaskState(self, task, p.lun, p.cmdsn)
-        sess.tasks[p.itt] = st
+            lun = decode_lun(lun_field)
+        task = ScsiTask(lun, cdb, sess.nexus, itt, flags & CMD_ATTR_MASK, edtl,
+                        flags & CMD_FLAG_READ != 0, write)
+        st = TaskState(self, task, lun_field, p.cmdsn)
+        tasks[itt] = st
         scsi = sess.target.scsi
         stats = self.stats
         if stats is not None:           # the one accounting point: vmblock.stats.recorder
@@ -370,7 +373,7 @@ class ScsiTransfer:
         else:
             moved = task.data_out_len if task.write else 0
         if not collapsed:
-            exp, mx = self._window()
+            exp, mx = self.session.window()
             sense = task.sense
             body = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
             statsn = self.statsn                # _next_statsn(), inline
@@ -398,7 +401,7 @@ class ScsiTransfer:
         collapse = task.status == SAM_STAT_GOOD and not task.sense
         seg = self.peer_mrdsl
         burst = self.max_burst or seg
-        exp, mx = self._window()
+        exp, mx = self.session.window()
         if n <= seg and n <= burst:     # one PDU (every small read): the loop below, unrolled
             if collapse:
                 statsn = self.statsn                # _next_statsn(), inline
