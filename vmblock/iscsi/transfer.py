@@ -344,8 +344,10 @@ class ScsiTransfer:
             self._release(st)
         task = st.task
         sess = self.session
-        if sess is not None and sess.tasks.get(task.itt) is st:
-            del sess.tasks[task.itt]
+        if sess is not None:
+            tasks = sess.tasks
+            if tasks.get(task.itt) is st:
+                del tasks[task.itt]
         if st.aborted or self.closing:
             return
         if failed:
@@ -367,8 +369,8 @@ class ScsiTransfer:
             flags, residual = RSP_FLAG_UNDERFLOW, edtl - xfer
         datasn = st.r2tsn
         collapsed = False
-        if data is not None and task.read and edtl and len(data):
-            moved = min(len(data), edtl)
+        if data is not None and task.read and edtl and xfer:
+            moved = xfer if xfer < edtl else edtl
             collapsed, datasn = self._send_data_in(st, data, moved, flags, residual)
         else:
             moved = task.data_out_len if task.write else 0
