@@ -217,6 +217,11 @@ def build_bhs(opcode: int, flags: int, b2: int = 0, b3: int = 0, dlen: int = 0, 
                      datasn, buffer_offset, residual)
 
 
+# ``build_bhs`` with all fourteen fields given, without a Python frame: the per-command
+# responses (one-PDU Data-In, SCSI Response) use it.
+pack_bhs = _RSP.pack
+
+
 def build_scsi_cmd(flags: int, lun: int, itt: int, edtl: int, cmdsn: int, exp_statsn: int,
                    cdb: bytes, dlen: int = 0, immediate: bool = False) -> bytes:
     """An initiator SCSI Command header; used by tests and tools that play the initiator."""

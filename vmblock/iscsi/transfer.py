@@ -17,7 +17,8 @@ from ..scsi.task import SAM_STAT_GOOD, SAM_STAT_TASK_SET_FULL, ScsiTask
 from .framing import ProtocolViolation
 from .pdu import (CMD_ATTR_MASK, CMD_FLAG_READ, CMD_FLAG_WRITE, DATA_IN_FLAG_STATUS, FLAG_FINAL,
                   ISCSI_RSP_COMPLETED, ISCSI_RSP_TARGET_FAILURE, RSP_FLAG_OVERFLOW,
-                  RSP_FLAG_UNDERFLOW, RSVD_TAG, Opcode, Pdu, RejectReason, build_bhs, decode_lun)
+                  RSP_FLAG_UNDERFLOW, RSVD_TAG, Opcode, Pdu, RejectReason, build_bhs, decode_lun,
+                  pack_bhs)
 from .session import MAX_SESSION_TASKS
 
 log = logging.getLogger("vmblock.iscsi")
@@ -380,9 +381,9 @@ class ScsiTransfer:
             body = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
             statsn = self.statsn                # _next_statsn(), inline
             self.statsn = (statsn + 1) & 0xFFFFFFFF
-            self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED,
-                                 task.status, len(body), 0, task.itt, 0, statsn, exp, mx, datasn,
-                                 0, residual), body)
+            self._send(pack_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED,
+                                task.status, len(body), 0, task.itt, 0, statsn, exp, mx, datasn,
+                                0, residual), body)
         lr = st.stats_rows
         if lr is not None:
             stats = self.stats
@@ -411,8 +412,8 @@ class ScsiTransfer:
                 pflags, status, res = FLAG_FINAL | DATA_IN_FLAG_STATUS | flags, task.status, residual
             else:
                 pflags, statsn, status, res = FLAG_FINAL, 0, 0, 0
-            self._send(build_bhs(_DATA_IN, pflags, 0, status, n, st.lun_field, task.itt,
-                                 RSVD_TAG, statsn, exp, mx, 0, 0, res),
+            self._send(pack_bhs(_DATA_IN, pflags, 0, status, n, st.lun_field, task.itt,
+                                RSVD_TAG, statsn, exp, mx, 0, 0, res),
                        data if n == len(data) else memoryview(data)[:n])
             return collapse, 1
         view = data if isinstance(data, memoryview) else memoryview(data)
