@@ -13,7 +13,6 @@ this class: a connection that is refused asks to be called back (``wait``) and t
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable
 
 
@@ -27,7 +26,9 @@ class DataBudget:
         self.call_soon = call_soon
         self.per_host = per_host
         self.used = 0
-        self.by_host: Counter[str] = Counter()
+        # bytes charged per source address; a plain dict (a Counter's ``del`` and
+        # ``__missing__`` are Python calls, and both run once per command)
+        self.by_host: dict[str, int] = {}
         self.waiting: dict = {}          # connections to call back, in the order they asked
         self._wake_scheduled = False
 
@@ -35,7 +36,7 @@ class DataBudget:
         """Charge ``n`` bytes to ``host`` if both limits allow it."""
         if n <= 0:
             return True
-        had = self.by_host.get(host, 0)     # not by_host[host]: Counter's __missing__ is a call
+        had = self.by_host.get(host, 0)
         if self.used + n > self.total or had + n > self.per_host:
             return False
         self.used += n
@@ -47,11 +48,12 @@ class DataBudget:
         if n <= 0:
             return
         self.used -= n
-        left = self.by_host[host] - n
+        by_host = self.by_host
+        left = by_host.get(host, 0) - n
         if left:
-            self.by_host[host] = left
+            by_host[host] = left
         else:
-            del self.by_host[host]
+            del by_host[host]
         if self.waiting and not self._wake_scheduled:
             self._wake_scheduled = True
             self.call_soon(self._wake)

@@ -32,6 +32,8 @@ class ReceiveFraming:
 
     def get_buffer(self):
         """Where the next received bytes go (at least MIN_READ_ROOM of it)."""
+        if not self.rend:           # all consumed (every buffer at QD1): the whole of it
+            return self.rview
         if len(self.rbuf) - self.rend < MIN_READ_ROOM:
             n = self.rend - self.rstart
             self.rview[:n] = self.rview[self.rstart:self.rend]
@@ -93,7 +95,7 @@ class ReceiveFraming:
             header = view[start:start + BHS_LEN]
             if hd and read_digest(view, data_off - hd) != digest_of(view[start:data_off - hd]):
                 raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "header digest error")
-            data = view[data_off:data_off + dlen]
+            data = view[data_off:data_off + dlen] if dlen else b""
             if dd:
                 padded = view[data_off:data_off + dlen + pad_len(dlen)]
                 if read_digest(view, data_off + len(padded)) != digest_of(padded):

@@ -130,6 +130,8 @@ class LogoutResponse(enum.IntEnum):
 # Generic header of every initiator PDU: byte0, flags, bytes 2-3, AHS|DSL word, LUN/ISID, ITT,
 # then 28 opcode-specific bytes.
 _BHS = struct.Struct(">BBHIQI7I")
+# The same, bytes 2 and 3 apart (what parse_bhs wants: no shift and mask per PDU).
+_BHS_PARSE = struct.Struct(">BBBBIQI7I")
 # SCSI Command: ... EDTL, CmdSN, ExpStatSN, CDB.
 _SCSI_CMD_BHS = struct.Struct(">BBHIQIIII16s")
 # Every target PDU fits this shape: byte0..3, AHS|DSL, LUN/ISID-TSIH, ITT, and 7 words.
@@ -190,15 +192,13 @@ Pdu.exp_datasn = Pdu.datasn
 def parse_bhs(buf, off: int = 0) -> Pdu:
     """Parse the 48-byte BHS at ``buf[off:]``; AHS and data are attached by the caller."""
     p = Pdu()
-    (b0, p.flags, b23, ahs_dlen, p.lun, p.itt, p.ttt, p.cmdsn, p.exp_statsn, p.ref_cmdsn,
-     p.datasn, p.buffer_offset, p.run_length) = _BHS.unpack_from(buf, off)
-    p.opcode = b0 & OPCODE_MASK
-    p.immediate = bool(b0 & IMMEDIATE_BIT)
-    p.b2 = b23 >> 8
-    p.b3 = b23 & 0xFF
+    (b0, p.flags, p.b2, p.b3, ahs_dlen, p.lun, p.itt, p.ttt, p.cmdsn, p.exp_statsn, p.ref_cmdsn,
+     p.datasn, p.buffer_offset, p.run_length) = _BHS_PARSE.unpack_from(buf, off)
+    p.opcode = op = b0 & OPCODE_MASK
+    p.immediate = b0 & IMMEDIATE_BIT != 0
     p.ahs_len = (ahs_dlen >> 24) * 4
     p.dlen = ahs_dlen & 0xFFFFFF
-    p.cdb = _CDB.unpack_from(buf, off + 32)[0] if p.opcode == _SCSI_CMD else b""
+    p.cdb = _CDB.unpack_from(buf, off + 32)[0] if op == _SCSI_CMD else b""
     p.ahs = b""
     p.data = b""
     return p
@@ -215,6 +215,11 @@ def build_bhs(opcode: int, flags: int, b2: int = 0, b3: int = 0, dlen: int = 0, 
     Desired Data Transfer Length."""
     return _RSP.pack(opcode, flags, b2, b3, dlen, lun, itt, ttt, statsn, exp_cmdsn, max_cmdsn,
                      datasn, buffer_offset, residual)
+
+
+# ``build_bhs`` with all fourteen fields given, without a Python frame: the per-command
+# responses (one-PDU Data-In, SCSI Response) use it.
+pack_bhs = _RSP.pack
 
 
 def build_scsi_cmd(flags: int, lun: int, itt: int, edtl: int, cmdsn: int, exp_statsn: int,

@@ -17,7 +17,8 @@ from ..scsi.task import SAM_STAT_GOOD, SAM_STAT_TASK_SET_FULL, ScsiTask
 from .framing import ProtocolViolation
 from .pdu import (CMD_ATTR_MASK, CMD_FLAG_READ, CMD_FLAG_WRITE, DATA_IN_FLAG_STATUS, FLAG_FINAL,
                   ISCSI_RSP_COMPLETED, ISCSI_RSP_TARGET_FAILURE, RSP_FLAG_OVERFLOW,
-                  RSP_FLAG_UNDERFLOW, RSVD_TAG, Opcode, Pdu, RejectReason, build_bhs, decode_lun)
+                  RSP_FLAG_UNDERFLOW, RSVD_TAG, Opcode, Pdu, RejectReason, build_bhs, decode_lun,
+                  pack_bhs)
 from .session import MAX_SESSION_TASKS
 
 log = logging.getLogger("vmblock.iscsi")
@@ -91,28 +92,31 @@ class ScsiTransfer:
             raise ProtocolViolation(RejectReason.PROTOCOL_ERROR, "SCSI command in discovery session",
                                     bytes(header))
         flags = p.flags
-        write = bool(flags & CMD_FLAG_WRITE)
+        write = flags & CMD_FLAG_WRITE != 0
         edtl = p.edtl
         dlen = len(data)
         if dlen or write:           # a command without data has nothing to check there
             self._check_unsolicited(p, dlen, header)
-        if p.itt in sess.tasks or p.itt == RSVD_TAG:
-            self._send_reject(RejectReason.TASK_IN_PROGRESS if p.itt != RSVD_TAG
+        itt = p.itt
+        tasks = sess.tasks
+        if itt in tasks or itt == RSVD_TAG:
+            self._send_reject(RejectReason.TASK_IN_PROGRESS if itt != RSVD_TAG
                               else RejectReason.INVALID_PDU_FIELD, bytes(header))
             return
-        if len(sess.tasks) >= MAX_SESSION_TASKS:
-            self._answer_task_set_full(p.itt)
+        if len(tasks) >= MAX_SESSION_TASKS:
+            self._answer_task_set_full(itt)
             return
         cdb = p.cdb
         if p.ahs:
             cdb = self._extended_cdb(p.cdb, p.ahs, header)
-        lun = p.lun >> 48       # peripheral addressing, bus 0 (LUN < 256): the field's top byte
+        lun_field = p.lun
+        lun = lun_field >> 48   # peripheral addressing, bus 0 (LUN < 256): the field's top byte
         if lun > 0xFF:
-            lun = decode_lun(p.lun)
-        task = ScsiTask(lun, cdb, sess.nexus, p.itt, flags & CMD_ATTR_MASK, edtl,
-                        bool(flags & CMD_FLAG_READ), write)
-        st = TaskState(self, task, p.lun, p.cmdsn)
-        sess.tasks[p.itt] = st
+            lun = decode_lun(lun_field)
+        task = ScsiTask(lun, cdb, sess.nexus, itt, flags & CMD_ATTR_MASK, edtl,
+                        flags & CMD_FLAG_READ != 0, write)
+        st = TaskState(self, task, lun_field, p.cmdsn)
+        tasks[itt] = st
         scsi = sess.target.scsi
         stats = self.stats
         if stats is not None:           # the one accounting point: vmblock.stats.recorder
@@ -341,8 +345,10 @@ class ScsiTransfer:
             self._release(st)
         task = st.task
         sess = self.session
-        if sess is not None and sess.tasks.get(task.itt) is st:
-            del sess.tasks[task.itt]
+        if sess is not None:
+            tasks = sess.tasks
+            if tasks.get(task.itt) is st:
+                del tasks[task.itt]
         if st.aborted or self.closing:
             return
         if failed:
@@ -364,20 +370,20 @@ class ScsiTransfer:
             flags, residual = RSP_FLAG_UNDERFLOW, edtl - xfer
         datasn = st.r2tsn
         collapsed = False
-        if data is not None and task.read and edtl and len(data):
-            moved = min(len(data), edtl)
+        if data is not None and task.read and edtl and xfer:
+            moved = xfer if xfer < edtl else edtl
             collapsed, datasn = self._send_data_in(st, data, moved, flags, residual)
         else:
             moved = task.data_out_len if task.write else 0
         if not collapsed:
-            exp, mx = self._window()
+            exp, mx = self.session.window()
             sense = task.sense
             body = _SENSE_LEN.pack(len(sense)) + sense if sense else b""
             statsn = self.statsn                # _next_statsn(), inline
             self.statsn = (statsn + 1) & 0xFFFFFFFF
-            self._send(build_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED,
-                                 task.status, len(body), 0, task.itt, 0, statsn, exp, mx, datasn,
-                                 0, residual), body)
+            self._send(pack_bhs(_SCSI_RSP, FLAG_FINAL | flags, ISCSI_RSP_COMPLETED,
+                                task.status, len(body), 0, task.itt, 0, statsn, exp, mx, datasn,
+                                0, residual), body)
         lr = st.stats_rows
         if lr is not None:
             stats = self.stats
@@ -398,7 +404,7 @@ class ScsiTransfer:
         collapse = task.status == SAM_STAT_GOOD and not task.sense
         seg = self.peer_mrdsl
         burst = self.max_burst or seg
-        exp, mx = self._window()
+        exp, mx = self.session.window()
         if n <= seg and n <= burst:     # one PDU (every small read): the loop below, unrolled
             if collapse:
                 statsn = self.statsn                # _next_statsn(), inline
@@ -406,8 +412,8 @@ class ScsiTransfer:
                 pflags, status, res = FLAG_FINAL | DATA_IN_FLAG_STATUS | flags, task.status, residual
             else:
                 pflags, statsn, status, res = FLAG_FINAL, 0, 0, 0
-            self._send(build_bhs(_DATA_IN, pflags, 0, status, n, st.lun_field, task.itt,
-                                 RSVD_TAG, statsn, exp, mx, 0, 0, res),
+            self._send(pack_bhs(_DATA_IN, pflags, 0, status, n, st.lun_field, task.itt,
+                                RSVD_TAG, statsn, exp, mx, 0, 0, res),
                        data if n == len(data) else memoryview(data)[:n])
             return collapse, 1
         view = data if isinstance(data, memoryview) else memoryview(data)

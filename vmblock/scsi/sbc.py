@@ -82,19 +82,20 @@ async def _flush(lu: LogicalUnit) -> None:
 def read(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, options: int):
     """READ: small reads inline (when the store can tell, only those it serves without waiting
     for the device), the others in the executor."""
-    nbytes = blocks * lu.block_size
+    bs = lu.block_size
+    nbytes = blocks * bs
     if not nbytes:
         return None
     buf = bytearray(nbytes)
     if nbytes <= lu.sync_io_bytes:
         nowait = lu.read_nowait
         if nowait is None:
-            lu.store.read_into(lba * lu.block_size, memoryview(buf))
-        elif not nowait(lba * lu.block_size, memoryview(buf)):
-            return _read_async(lu, task, lba * lu.block_size, buf)
+            lu.store.read_into(lba * bs, memoryview(buf))
+        elif not nowait(lba * bs, memoryview(buf)):
+            return _read_async(lu, task, lba * bs, buf)
         task.data_in = buf
         return None
-    return _read_async(lu, task, lba * lu.block_size, buf)
+    return _read_async(lu, task, lba * bs, buf)
 
 
 async def _read_async(lu: LogicalUnit, task: ScsiTask, offset: int, buf: bytearray) -> None:

@@ -133,53 +133,50 @@ class ScsiTarget:
     # -- parse, then execute
     def prepare(self, task: ScsiTask) -> bool:
         """Decode and check ``task``; on failure set status/sense and return False."""
-        try:
-            self._prepare(task)
+        try:     # the checks of every command, in one frame (one call per command fewer)
+            cdb = task.cdb
+            lu, table = self._dispatch.get(task.lun, _NO_LU)
+            spec: CommandSpec | None = table[cdb[0]]
+            if spec is None:
+                if lu is None:
+                    raise ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
+                # SAM-5 5.14: a pending unit attention is reported before anything else
+                if lu.ua:
+                    self._unit_attention(lu, task)
+                raise ScsiError(SenseReason.INVALID_COMMAND_OPERATION_CODE, field=(0, None))
+            if spec.service_actions is not None:
+                spec = spec.service_actions.get(cdb[1] & 0x1F)
+                if spec is None:
+                    raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
+            n = spec.cdb_len
+            if len(cdb) < n:
+                raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(len(cdb) - 1, None))
+            if cdb[n - 1] & CONTROL_NACA:
+                raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(n - 1, 2))
+            if lu is not None and lu.ua and not spec.ua_exempt:
+                self._unit_attention(lu, task)
+            lba, blocks, xfer, options = spec.decode(cdb, lu)
+            if spec.ranged and lba + blocks > lu.num_blocks:
+                raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
+            if lu is not None and lu.reservations.active:
+                lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
+            # before the Data-Out is sized: a write to a write-protected LU is refused as such
+            # whatever data came with it (libiscsi's ReadOnly test sends WRITE SAME without any)
+            if lu is not None and lu.gated:
+                self._check_medium(lu, spec.opcode)
+            task.cdb_xfer_len = xfer
+            if spec.direction == _OUT:
+                # Data-Out only arrives with the W bit (RFC 7143 11.3.1)
+                task.data_out_len = self._data_out_len(spec, lu, task.edtl if task.write else 0,
+                                                       xfer)
+            else:
+                task.data_out_len = 0
+            task.handler = (spec, lu, lba, blocks, options)
         except ScsiError as err:
             fail(task, err)
             task.data_out_len = 0
             return False
         return True
-
-    def _prepare(self, task: ScsiTask) -> None:
-        cdb = task.cdb
-        lu, table = self._dispatch.get(task.lun, _NO_LU)
-        spec: CommandSpec | None = table[cdb[0]]
-        if spec is None:
-            if lu is None:
-                raise ScsiError(SenseReason.LOGICAL_UNIT_NOT_SUPPORTED)
-            # SAM-5 5.14: a pending unit attention is reported before anything else
-            if lu.ua:
-                self._unit_attention(lu, task)
-            raise ScsiError(SenseReason.INVALID_COMMAND_OPERATION_CODE, field=(0, None))
-        if spec.service_actions is not None:
-            spec = spec.service_actions.get(cdb[1] & 0x1F)
-            if spec is None:
-                raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(1, 4))
-        n = spec.cdb_len
-        if len(cdb) < n:
-            raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(len(cdb) - 1, None))
-        if cdb[n - 1] & CONTROL_NACA:
-            raise ScsiError(SenseReason.INVALID_FIELD_IN_CDB, field=(n - 1, 2))
-        if lu is not None and lu.ua and not spec.ua_exempt:
-            self._unit_attention(lu, task)
-        lba, blocks, xfer, options = spec.decode(cdb, lu)
-        if spec.ranged and lba + blocks > lu.num_blocks:
-            raise ScsiError(SenseReason.LBA_OUT_OF_RANGE)
-        if lu is not None and lu.reservations.active:
-            lu.reservations.check(task.nexus, spec.access, spec.spc2_allowed)
-        # before the Data-Out is sized: a write to a write-protected LU is refused as such
-        # whatever data came with it (libiscsi's ReadOnly test sends WRITE SAME without any)
-        if lu is not None and lu.gated:
-            self._check_medium(lu, spec.opcode)
-        task.cdb_xfer_len = xfer
-        if spec.direction == _OUT:
-            # Data-Out only arrives with the W bit (RFC 7143 11.3.1)
-            task.data_out_len = self._data_out_len(spec, lu, task.edtl if task.write else 0,
-                                                   xfer)
-        else:
-            task.data_out_len = 0
-        task.handler = (spec, lu, lba, blocks, options)
 
     @staticmethod
     def _check_medium(lu: LogicalUnit, opcode: int) -> None:
