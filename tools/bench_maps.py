@@ -22,9 +22,7 @@ Compile time is kept out: the kernels are warmed first. Results are printed, not
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading

@@ -35,7 +35,6 @@ import collections
 import time
 
 from vmblock.cache.directory import COUNTERS
-from vmblock.meta import policies
 from vmblock.units import human_size
 
 GROWTH_WINDOW = 600.0

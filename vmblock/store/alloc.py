@@ -25,7 +25,7 @@ import numpy as np
 
 from vmblock.errors import PoolError
 from vmblock.native import extent as extent_kernels
-from vmblock.store.layout import TIER_CAPACITY, TIER_FLASH, TIER_NAMES
+from vmblock.store.layout import TIER_FLASH, TIER_NAMES
 from vmblock.store.shm import SharedArray
 from vmblock.store.tier import Tier
 

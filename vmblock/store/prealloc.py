@@ -29,7 +29,7 @@ def preallocate(committer: Committer, zeros: memoryview, mid: int, first_vau: in
     store lock, map them in memory where the vAU is still unmapped (a write may have mapped
     it meanwhile; that AU goes back to the free ones, it was never durable), then commit: the
     leaves are written in one synced batch like any write's."""
-    live, space = committer.live, committer.space
+    live = committer.live
     with committer.lock:
         size_aus = live.n_vaus(mid) if mid in live.maps else None
     if size_aus is None:
