@@ -66,7 +66,8 @@ def _add(c: np.ndarray, cols: np.ndarray, kind: int, ops: int, nbytes: int, t_ar
             m = cols[COLS_MAX + kind]
             if total > c[m]:
                 c[m] = total
-            c[cols[COLS_HIST + kind] + bucket(total, cols[COLS_SUB_BITS], cols[COLS_BUCKETS])] += ops
+            b = bucket(total, cols[COLS_SUB_BITS], cols[COLS_BUCKETS])
+            c[cols[COLS_HIST + kind] + b] += ops
 
 
 @jit(**JIT)

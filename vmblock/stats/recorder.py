@@ -9,8 +9,9 @@ its status has been handed to the socket, calls ``StatsRecorder.done``. The time
     t_exec   its Data-Out was all in and it went to the SCSI core
     (now)    its status was sent
 
-and the latency split is: **queue** = t_grant - t_arr (CmdSN window, data budget, a QoS wait), **network/host** = t_exec - t_grant for a write (R2T -> the last Data-Out:
-the initiator and the wire), **service** = now - t_exec, which counts as **flash** (a read the
+and the latency split is: **queue** = t_grant - t_arr (CmdSN window, data budget, a QoS
+wait), **network/host** = t_exec - t_grant for a write (R2T -> the last Data-Out: the
+initiator and the wire), **service** = now - t_exec, which counts as **flash** (a read the
 cache served), **flash_miss** (a read that had to go to the capacity tier behind the cache)
 or **storage** (everything else: capacity tier I/O, executor queue included).
 
@@ -18,20 +19,22 @@ Most commands are counted in a group: every command that arrived with one receiv
 shares its arrival time (``arrive``, one clock read per buffer), and every status that left
 with one socket write shares its send time (``sent``, one clock read per write). ``done``
 stages such a command as three ints in a list (its row, its opcode with the cache's class
-above the low byte, its bytes: no float, no tuple, ~0.1 us); the times are kept once per
-buffer and per write beside the list's length then, and the kernel gives each command the
-arrival before it and the first send after it. A command is in
-its buffer's group exactly when its own arrival time is the group's (the float itself is
-compared, so a command of an earlier buffer never is, wherever it ran) and it waited for nothing inside the target (no data budget, no Data-Out, no QoS), ended GOOD
-and is not on a split LU; every other one is staged as a long record of the kernel's ten
-fields with the number of sends before it in place of t_done. The fabric spells the grouped
-case of a command without a cache probe inline (``ScsiTransfer.task_done``: the three appends
-without a call) and calls ``done`` for the rest.
+above the low byte, its bytes: no float, no tuple); the times are kept once per buffer and
+per write beside the list's length then, and the kernel gives each command the arrival
+before it and the first send after it. A command is in its buffer's group exactly when its
+own arrival time is the group's (the float itself is compared, so a command of an earlier
+buffer never is, wherever it ran), it waited for nothing inside the target (no data budget,
+no Data-Out, no QoS), ended GOOD and is not on a split LU; every other one is staged as a
+long record of the kernel's ten fields with the number of sends before it in place of
+t_done. The fabric spells the grouped case of a command without a cache probe inline
+(``ScsiTransfer.task_done``: the three appends without a call) and calls ``done`` for the
+rest.
 
-``flush`` adds a whole batch into this process's slab of counters with two Numba kernel calls
-(``vmblock.native.stats``: ``add_grouped``, ``add_records``; slabs: ``vmblock.stats.arena``). A flush is scheduled
-``FLUSH_DELAY`` after a batch's first buffer (``schedule``, the event loop's
-``call_later``); the owner's readers flush first, and ask each worker to flush
+``flush`` adds a whole batch into this process's slab of counters with two Numba kernel
+calls (``vmblock.native.stats``: ``add_grouped``, ``add_records``; slabs:
+``vmblock.stats.arena``). A flush is scheduled ``FLUSH_DELAY`` after a batch's first buffer
+(``schedule``, the event loop's ``call_later``), or runs at a buffer's arrival once a batch is
+``FLUSH_AT`` big; the owner's readers flush first, and ask each worker to flush
 (``vmblock.worker``'s ``STATS_FLUSH``), so what they read is exact.
 """
 
@@ -51,7 +54,7 @@ from vmblock.stats.rows import cdb_range
 # bytes; a long one as the kernel's record with the sends before it in place of t_done.
 REC = 10
 FAST, LONG = 3, 10
-FLUSH_AT = FAST * 8192      # staged commands added at once at a buffer's arrival
+FLUSH_AT = FAST * 8192      # staged items (of either list) added at once at a buffer's arrival
 FLUSH_DELAY = 0.05          # seconds from a batch's first buffer to its flush
 _KIND = L.KIND_OF_OPCODE
 KINDS = np.frombuffer(_KIND, np.uint8).astype(np.int64)
@@ -80,7 +83,8 @@ class StatsRecorder:
         self.schedule = schedule
         self.fast: list[int] = []
         self.long = array("d")
-        self.arrivals = array("d")  # (len(fast), time) at each buffer's first command
+        # (len(fast), time) at each buffer's first command; one always there (the newest)
+        self.arrivals = array("d", (0, 0.0))
         self.sends = array("d")     # (len(fast), time) at each ``sent`` since the last flush
         self.group = 0.0            # the arrival time of the newest buffer
         self.epoch = 0              # the sends so far: the epoch of long records staged now
@@ -89,7 +93,7 @@ class StatsRecorder:
 
     def arrive(self) -> float:
         """A receive buffer's first command is here: return the time, which starts a group."""
-        if len(self.fast) >= FLUSH_AT:
+        if len(self.fast) >= FLUSH_AT or len(self.long) >= FLUSH_AT:
             self.flush()
         t = self.group = self.clock()
         self.arrivals.extend((len(self.fast), t))
