@@ -36,15 +36,6 @@ WORKLOADS = {       # name -> (qemu-img bench arguments, commands per session, s
     "8sess_qd8": (["-d", "8"], 12000, 8),
 }
 SESSION_STRIDE = 24 << 20       # each session reads its own part of the written 256 MiB
-# Runs `-m vmblock ...` from the tree in $VMBLOCK_TREE, not from the editable install.
-BOOT = '''import os, runpy, sys
-sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-sys.path.insert(0, os.environ["VMBLOCK_TREE"])
-sys.argv = ["vmblock"] + sys.argv[3:]
-runpy.run_module("vmblock", run_name="__main__", alter_sys=True)
-'''
-
-
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(user + system, user) CPU seconds of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -67,13 +58,7 @@ def qemu_bench(url: str, args: list[str], count: int, sessions: int) -> float:
 
 def start_tree(tree: Path | None, work: Path, name: str):
     """A server of ``tree`` (None: this checkout) on a new pool; (process, url)."""
-    boot = []
-    if tree is not None:
-        (tree / "vmblock" / "native").symlink_to("../native")   # installed as vmblock.native
-        (work / "boot.py").write_text(BOOT)
-        os.environ["VMBLOCK_TREE"] = str(tree)
-        boot = [str(work / "boot.py")]
-    return start_vmblock(work / f"pool-{name}", work / f"{name}.log", "ab", "1G", boot, {})
+    return start_vmblock(work / f"pool-{name}", work / f"{name}.log", "ab", "1G", tree=tree)
 
 
 def main() -> int:

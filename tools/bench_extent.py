@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
 import statistics
 import subprocess
@@ -121,17 +120,8 @@ def qemu_bench(url: str, args: list[str]) -> float:
 
 
 def _start_from(tree: Path | None, pool: Path, log: Path):
-    """start_vmblock with ``tree`` (a worktree) first on PYTHONPATH, or this checkout."""
-    old_env = os.environ.get("PYTHONPATH")
-    if tree is not None:
-        os.environ["PYTHONPATH"] = str(tree)
-    try:
-        return start_vmblock(pool, log, "bench", "1G")
-    finally:
-        if old_env is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old_env
+    """start_vmblock from ``tree`` (a worktree), or this checkout."""
+    return start_vmblock(pool, log, "bench", "1G", tree=tree)
 
 
 def bench_datapath(rounds: int, rev: str, candidate: str | None = None) -> str:

@@ -22,20 +22,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `python BOOT vmblock ARGS` runs vmblock from the checkout in $VMBLOCK_TREE rather than from
+# the editable install, whose import finder otherwise wins over PYTHONPATH.
+TREE_BOOT = '''import os, runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, os.environ["VMBLOCK_TREE"])
+sys.argv = ["vmblock"] + sys.argv[2:]
+runpy.run_module("vmblock", run_name="__main__", alter_sys=True)
+'''
+
+
+def tree_command(tree: Path) -> list[str]:
+    """The command that runs ``vmblock`` from the checkout ``tree`` (e.g. a `git archive` of
+    another revision): its ``native/`` linked in as ``vmblock.native``, as setup.py installs it."""
+    native = tree / "vmblock" / "native"
+    if not native.exists():
+        native.symlink_to("../native")
+    boot = tree / "vmblock-boot.py"
+    boot.write_text(TREE_BOOT)
+    os.environ["VMBLOCK_TREE"] = str(tree)
+    return [sys.executable, str(boot), "vmblock"]
+
+
 def start_vmblock(pool: Path, log: Path, vdisk: str, size: str,
                   python_args: list[str] = (),
-                  config: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+                  config: dict[str, str] | None = None,
+                  tree: Path | None = None) -> tuple[subprocess.Popen, str]:
     """A server on a free port with one vdisk at LUN 0; returns it and the LUN's URL as
     ``vdisk show --json`` gives it (with the target's CHAP credentials, in a new pool).
     ``python_args`` go before ``-m vmblock`` (e.g. a profiler); ``config`` is set with
-    ``vmblock config set`` before the server starts."""
-    cmd = [sys.executable, "-m", "vmblock", "--pool", str(pool)]
+    ``vmblock config set`` before the server starts; ``tree``: every command runs that
+    checkout's vmblock (``tree_command``), not this one's."""
+    vmblock = tree_command(tree) if tree is not None else [sys.executable, "-m", "vmblock"]
+    cmd = [*vmblock, "--pool", str(pool)]
     subprocess.run(cmd + ["vdisk", "create", vdisk, "--size", size], check=True,
                    capture_output=True)
     for key, value in (config or {}).items():
         subprocess.run(cmd + ["config", "set", key, value], check=True, capture_output=True)
     port = free_port()
-    serve = [sys.executable, *python_args, "-m", "vmblock", "--pool", str(pool)]
+    serve = ([*vmblock, "--pool", str(pool)] if tree is not None else
+             [sys.executable, *python_args, "-m", "vmblock", "--pool", str(pool)])
     proc = subprocess.Popen(serve + ["serve", "--portal", f"127.0.0.1:{port}"],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
