@@ -8,23 +8,18 @@ import asyncio
 import json
 import socket
 import sys
+from functools import partial
 
 import pytest
 from aiohttp import web
 
 from support.stores import small_pool, store_of
+from support.waiting import until_async
 from vmblock.events.delivery import Delivery
 from vmblock.meta import events as meta_events
 
 BOUND = 30.0    # seconds a background delivery may take before the test fails
-
-
-async def until(check):
-    """Wait (bounded) until ``check()`` is true; the loop keeps delivering meanwhile."""
-    async def poll():
-        while not check():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), BOUND)
+until = partial(until_async, bound=BOUND)
 
 
 @pytest.fixture
@@ -33,6 +28,18 @@ def pool(tmp_path):
                                        "store.low_space_thresholds": "50"}, {"d1": 8 << 20})
     yield pool
     pool.close()
+
+
+def exec_delivered_once(pool, tmp_path) -> dict:
+    """Record one event with a delivery running; the event, once the exec hook took it."""
+    async def run():
+        d = Delivery(pool, syslog_path=str(tmp_path / "none"))
+        await d.start()
+        ev = pool.record_event("vm_space_hog", "warning", "VM a is big", vm="a")
+        await until("the exec hook delivered", lambda: d.counts["exec_delivered"] == 1)
+        await d.stop()
+        return ev
+    return asyncio.run(run())
 
 
 def test_syslog_gets_each_event_as_one_line(pool, tmp_path):
@@ -45,7 +52,7 @@ def test_syslog_gets_each_event_as_one_line(pool, tmp_path):
         d = Delivery(pool, syslog_path=path)
         await d.start()
         pool.record_event("vm_quota", "error", "VM a at its quota", vm="a")
-        await until(lambda: d.seq == 1)
+        await until("the event delivered", lambda: d.seq == 1)
         await d.stop()
     try:
         asyncio.run(run())
@@ -63,15 +70,7 @@ def test_exec_is_run_once_more_after_a_failure(pool, tmp_path):
                     f"data = sys.stdin.read()\nopen({str(got)!r}, 'a').write(data)\n"
                     f"sys.exit(0 if os.path.getsize({str(got)!r}) > len(data) else 1)\n")
     pool.config_set("events.exec", f"{sys.executable} {hook}")
-
-    async def run():
-        d = Delivery(pool, syslog_path=str(tmp_path / "none"))
-        await d.start()
-        ev = pool.record_event("vm_space_hog", "warning", "VM a is big", vm="a")
-        await until(lambda: d.counts["exec_delivered"] == 1)
-        await d.stop()
-        return ev
-    ev = asyncio.run(run())
+    ev = exec_delivered_once(pool, tmp_path)
     runs = [json.loads(line) for line in got.read_text().splitlines()]
     assert runs == [ev, ev]                 # failed (exit 1), then run once more
 
@@ -86,7 +85,7 @@ def test_exec_that_hangs_is_killed_at_its_timeout_and_retried(pool, tmp_path):
         d = Delivery(pool, syslog_path=str(tmp_path / "none"))
         await d.start()
         pool.record_event("vm_space_hog", "warning", "VM a is big", vm="a")
-        await until(lambda: d.counts["exec_failed"] == 1)
+        await until("the hung exec hook killed", lambda: d.counts["exec_failed"] == 1)
         await d.stop()
     asyncio.run(run())
 
@@ -111,7 +110,7 @@ def test_webhook_is_retried_after_an_error_answer(pool, tmp_path):
         d = Delivery(pool, syslog_path=str(tmp_path / "none"), backoff_first=0.01)
         await d.start()
         ev = pool.record_event("vm_quota", "error", "VM a at its quota", vm="a")
-        await until(lambda: d.counts["webhook_delivered"] == 1)
+        await until("the webhook delivered", lambda: d.counts["webhook_delivered"] == 1)
         await d.stop()
         await runner.cleanup()
         return ev
@@ -161,15 +160,7 @@ def test_retention_keeps_the_newest_and_ack_marks_one(pool):
 def test_exec_is_a_shell_command(pool, tmp_path):
     got = tmp_path / "events.jsonl"
     pool.config_set("events.exec", f"cat >> {got}")
-
-    async def run():
-        d = Delivery(pool, syslog_path=str(tmp_path / "none"))
-        await d.start()
-        ev = pool.record_event("vm_space_hog", "warning", "VM a is big", vm="a")
-        await until(lambda: d.counts["exec_delivered"] == 1)
-        await d.stop()
-        return ev
-    ev = asyncio.run(run())
+    ev = exec_delivered_once(pool, tmp_path)
     assert [json.loads(line) for line in got.read_text().splitlines()] == [ev]
 
 
@@ -183,7 +174,7 @@ def test_a_syslog_socket_nobody_listens_on_is_skipped(pool, tmp_path):
         d = Delivery(pool, syslog_path=path)
         await d.start()
         pool.record_event("vm_quota", "error", "VM a at its quota", vm="a")
-        await until(lambda: d.seq == 1)
+        await until("the event delivered", lambda: d.seq == 1)
         await d.stop()
         return d.syslog
     assert asyncio.run(run()) is None

@@ -9,15 +9,15 @@ every change seen here came by event; each wait polls a condition with a deadlin
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import sys
-import time
 import uuid as uuidlib
+from functools import partial
 
 import pytest
 from support.hvloop import run
 from support.stores import small_pool
+from support.waiting import until_async
 
 from vmblock import DEFAULT_TARGET
 from vmblock.cache.groups import GroupSpec
@@ -29,6 +29,7 @@ pytest.importorskip("libvirt")
 PORTAL = ("127.0.0.1", 3260)
 HOUR = "3600"
 DEADLINE = 20.0
+until = partial(until_async, bound=DEADLINE)
 OS_ID = "http://debian.org/debian/12"
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 
@@ -78,18 +79,6 @@ def pool(tmp_path):
                    {"d1": 64 << 20, "d2": 64 << 20})
     yield p
     p.close()
-
-
-async def until(what: str, cond, deadline: float = DEADLINE):
-    """Poll ``cond()`` until it is true; fail naming ``what`` after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def vm_by_uuid(pool, uid):

@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 
+from support.waiting import until_async
 from vmblock.worker.channel import Channel
 from vmblock.worker.wire import Msg, frame
 
@@ -33,11 +34,6 @@ async def pair():
     return End(a, loop), End(b, loop)
 
 
-async def until(cond):
-    while not cond():
-        await asyncio.sleep(0)
-
-
 def test_frames_arrive_in_order_small_and_large():
     async def run():
         a, b = await pair()
@@ -45,7 +41,7 @@ def test_frames_arrive_in_order_small_and_large():
         a.channel.send(Msg.COMMAND, b"one")
         a.channel.send(Msg.COMMAND, big)
         a.channel.send(Msg.CLOSED, b"two")
-        await until(lambda: len(b.got) == 3)
+        await until_async("three frames", lambda: len(b.got) == 3)
         assert b.got == [(Msg.COMMAND, b"one"), (Msg.COMMAND, big), (Msg.CLOSED, b"two")]
         a.channel.close()
         await b.gone.wait()
@@ -57,7 +53,7 @@ def test_a_descriptor_travels_with_its_frame():
         a, b = await pair()
         r, w = os.pipe()
         a.channel.send(Msg.HANDOFF, b"x", fds=(w,))    # sent, then closed on this side
-        await until(lambda: b.got)
+        await until_async("a frame at b", lambda: b.got)
         os.write(b.fds[0], b"through")
         os.close(b.fds[0])
         assert os.read(r, 100) == b"through"
@@ -75,7 +71,7 @@ def test_call_returns_its_answer_and_keeps_earlier_frames_for_later():
         a = End(a_sock, asyncio.get_running_loop())
         answer = a.channel.call(Msg.TMF, [b"ask"], Msg.TMF_DONE, lambda p: p == b"yes")
         assert answer == b"yes" and a.got == []
-        await until(lambda: a.got)
+        await until_async("a frame at a", lambda: a.got)
         assert a.got == [(Msg.RESULT, b"earlier")]
         a.channel.close()
     asyncio.run(run())
