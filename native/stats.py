@@ -29,6 +29,9 @@ COLS_OPS, COLS_BYTES, COLS_LAT, COLS_SVC_US, COLS_SVC_OPS, COLS_HIST, COLS_MAX =
     0, 7, 14, 21, 24, 27, 29)
 COLS_NETWORK, COLS_QUEUE, COLS_ERRORS, COLS_SUB_BITS, COLS_BUCKETS = 31, 32, 33, 34, 35
 COLS_LEN = 36
+# a grouped command is one int64: row << ROW_SHIFT | (opcode | class << 8) << OP_SHIFT | bytes
+# (rows < 2**16, bytes < 2**32: an EDTL is 32 bits)
+ROW_SHIFT, OP_SHIFT, BYTES_MASK = 43, 32, 0xFFFFFFFF
 
 
 @jit(**JIT)
@@ -86,24 +89,23 @@ def add_records(counters: np.ndarray, rec: np.ndarray, cols: np.ndarray,
 @jit(**JIT)
 def add_grouped(counters: np.ndarray, fast: np.ndarray, arrivals: np.ndarray,
                 sends: np.ndarray, now: float, cols: np.ndarray, kinds: np.ndarray) -> None:
-    """Add commands that ran as they arrived and ended GOOD: ``fast`` is (n, 3) int64 of
-    row, opcode | class << 8, bytes; ``arrivals`` and ``sends`` are (k, 2) float64 of
-    (position in ``fast`` counted in its items, time), in order: a command arrived at the
-    last arrival at or before its position and was sent at the first send after it (none
-    yet: ``now``)."""
+    """Add commands that ran as they arrived and ended GOOD: ``fast`` is (n,) int64, one
+    packed command each (``ROW_SHIFT``); ``arrivals`` and ``sends`` are (k, 2) float64 of
+    (position in ``fast``, time), in order: a command arrived at the last arrival at or
+    before its position and was sent at the first send after it (none yet: ``now``)."""
     a = 0
     s = 0
     for i in range(fast.shape[0]):
-        pos = 3.0 * i
-        while a + 1 < arrivals.shape[0] and arrivals[a + 1, 0] <= pos:
+        while a + 1 < arrivals.shape[0] and arrivals[a + 1, 0] <= i:
             a += 1
-        while s < sends.shape[0] and sends[s, 0] <= pos:
+        while s < sends.shape[0] and sends[s, 0] <= i:
             s += 1
         t_arr = arrivals[a, 1]
         t_done = sends[s, 1] if s < sends.shape[0] else now
-        op = fast[i, 1] & 0xFF
-        _add(counters[fast[i, 0]], cols, np.int64(kinds[op]), 1, fast[i, 2], t_arr, t_arr,
-             t_arr, t_done, fast[i, 1] >> 8, 0.0)
+        v = fast[i]
+        opclass = (v >> OP_SHIFT) & 0x7FF
+        _add(counters[v >> ROW_SHIFT], cols, np.int64(kinds[opclass & 0xFF]), 1,
+             v & BYTES_MASK, t_arr, t_arr, t_arr, t_done, opclass >> 8, 0.0)
 
 
 def warm() -> None:
@@ -111,5 +113,5 @@ def warm() -> None:
     counters, cols, kinds = (np.zeros((1, 64), np.int64), np.zeros(COLS_LEN, np.int64),
                              np.zeros(256, np.int64))
     add_records(counters, np.zeros((1, 10), np.float64), cols, kinds)
-    add_grouped(counters, np.zeros((1, 3), np.int64), np.zeros((1, 2), np.float64),
+    add_grouped(counters, np.zeros(1, np.int64), np.zeros((1, 2), np.float64),
                 np.zeros((1, 2), np.float64), 0.0, cols, kinds)

@@ -126,7 +126,10 @@ class ScsiTransfer:
             if self.parked_at:                    # the CmdSN gap it waited for is queue
                 st.t_arr, st.t_grant = self.parked_at, stats.clock()
             else:       # it arrived with the receive buffer: one clock read per buffer
-                st.t_arr = self.rx_time or self._rx_stamp()
+                t = self.rx_time
+                if not t:
+                    t = self.rx_time = stats.arrive()
+                st.t_arr = t
                 st.t_grant = 0.0                  # 0: at arrival
         if not scsi.prepare(task):
             self.task_done(st)
@@ -298,11 +301,6 @@ class ScsiTransfer:
             st.r2tsn += 1
             st.next_r2t += length
 
-    def _rx_stamp(self) -> float:
-        """The time this receive buffer came in, read once per buffer (statistics)."""
-        t = self.rx_time = self.stats.arrive()
-        return t
-
     def _execute(self, st: TaskState) -> None:
         """Run ``st`` now that its data and budget are in: later than it arrived."""
         if st.stats_rows is not None:
@@ -389,10 +387,8 @@ class ScsiTransfer:
             stats = self.stats
             if (st.t_arr == stats.group and not (st.t_grant or st.t_exec or task.status)
                     and st.probe is None and lr.starts is None):
-                fast = stats.fast   # StatsRecorder.done's grouped command, spelled inline
-                fast.append(lr.row)
-                fast.append(task.cdb[0])
-                fast.append(moved)
+                # StatsRecorder.done's grouped command, spelled inline
+                stats.fast.append(lr.packed[task.cdb[0]] | moved)
                 stats.unsent = True
             else:
                 stats.done(st, task, moved)

@@ -18,10 +18,10 @@ or **storage** (everything else: capacity tier I/O, executor queue included).
 Most commands are counted in a group: every command that arrived with one receive buffer
 shares its arrival time (``arrive``, one clock read per buffer), and every status that left
 with one socket write shares its send time (``sent``, one clock read per write). ``done``
-stages such a command as three ints in a list (its row, its opcode with the cache's class
-above the low byte, its bytes: no float, no tuple); the times are kept once per buffer and
-per write beside the list's length then, and the kernel gives each command the arrival
-before it and the first send after it. A command is in its buffer's group exactly when its
+stages such a command as one int in a list (its row, its opcode with the cache's class above
+the low byte and its bytes, packed as ``vmblock.native.stats.ROW_SHIFT`` says: no float, no
+tuple); the times are kept once per buffer and per write beside the list's length then, and
+the kernel gives each command the arrival before it and the first send after it. A command is in its buffer's group exactly when its
 own arrival time is the group's (the float itself is compared, so a command of an earlier
 buffer never is, wherever it ran), it waited for nothing inside the target (no data budget,
 no Data-Out, no QoS), ended GOOD and is not on a split LU; every other one is staged as a
@@ -46,15 +46,16 @@ from array import array
 import numpy as np
 
 from vmblock.native import stats as stats_kernels
+from vmblock.native.stats import OP_SHIFT
 from vmblock.stats import layout as L
 from vmblock.stats.rows import cdb_range
 
 # The kernel's record (vmblock.native.stats): row, opcode, ops, bytes, t_arr, t_grant, t_exec,
-# t_done, class, status. A grouped command is staged as FAST ints: row, opcode | class << 8,
-# bytes; a long one as the kernel's record with the sends before it in place of t_done.
-REC = 10
-FAST, LONG = 3, 10
-FLUSH_AT = FAST * 8192      # staged items (of either list) added at once at a buffer's arrival
+# t_done, class, status. A grouped command is staged as one packed int (OP_SHIFT); a long
+# one as the kernel's record with the sends before it in place of t_done.
+REC = LONG = 10
+CLASS_SHIFT = OP_SHIFT + 8
+FLUSH_AT = 8192             # staged commands (of either kind) added at once
 FLUSH_DELAY = 0.05          # seconds from a batch's first buffer to its flush
 _KIND = L.KIND_OF_OPCODE
 KINDS = np.frombuffer(_KIND, np.uint8).astype(np.int64)
@@ -83,9 +84,10 @@ class StatsRecorder:
         self.schedule = schedule
         self.fast: list[int] = []
         self.long = array("d")
-        # (len(fast), time) at each buffer's first command; one always there (the newest)
-        self.arrivals = array("d", (0, 0.0))
-        self.sends = array("d")     # (len(fast), time) at each ``sent`` since the last flush
+        # len(fast), time at each buffer's first command; one pair always there (the newest).
+        # Lists: two appends cost less than one array.extend of a tuple
+        self.arrivals: list = [0, 0.0]
+        self.sends: list = []       # len(fast), time at each ``sent`` since the last flush
         self.group = 0.0            # the arrival time of the newest buffer
         self.epoch = 0              # the sends so far: the epoch of long records staged now
         self.scheduled = False
@@ -93,10 +95,13 @@ class StatsRecorder:
 
     def arrive(self) -> float:
         """A receive buffer's first command is here: return the time, which starts a group."""
-        if len(self.fast) >= FLUSH_AT or len(self.long) >= FLUSH_AT:
+        fast = self.fast
+        if len(fast) >= FLUSH_AT:       # the long records' bound is checked as they come
             self.flush()
         t = self.group = self.clock()
-        self.arrivals.extend((len(self.fast), t))
+        arrivals = self.arrivals
+        arrivals.append(len(fast))
+        arrivals.append(t)
         if not self.scheduled:
             self._schedule()
         return t
@@ -108,13 +113,14 @@ class StatsRecorder:
         probe = st.probe
         if (st.t_arr == self.group and not (st.t_grant or st.t_exec or task.status)
                 and lr.starts is None):
-            fast = self.fast
-            fast.append(lr.row)
-            fast.append(task.cdb[0] if probe is None else
-                        task.cdb[0] | _probe_class(lr, probe) << 8)
-            fast.append(nbytes)
+            packed = lr.packed[task.cdb[0]] | nbytes
+            if probe is not None:
+                packed |= _probe_class(lr, probe) << CLASS_SHIFT
+            self.fast.append(packed)
             self.unsent = True
             return
+        if len(self.long) >= FLUSH_AT * LONG:
+            self.flush()
         times = (st.t_arr, st.t_grant, st.t_exec, self.epoch,
                  0 if probe is None else _probe_class(lr, probe), task.status)
         if lr.starts is None:
@@ -127,7 +133,9 @@ class StatsRecorder:
 
     def sent(self) -> None:
         """The statuses staged since the last call were written to their socket now."""
-        self.sends.extend((len(self.fast), self.clock()))
+        sends = self.sends
+        sends.append(len(self.fast))
+        sends.append(self.clock())
         self.epoch += 1
         self.unsent = False
 
@@ -165,7 +173,7 @@ class StatsRecorder:
         if len(long):
             ends = np.append(sends[:, 1], now)
             long[:, 7] = ends[long[:, 7].astype(np.int64) - (self.epoch - len(sends))]
-        fast = np.fromiter(self.fast, np.int64, len(self.fast)).reshape(-1, FAST)
+        fast = np.fromiter(self.fast, np.int64, len(self.fast))
         arrivals = np.array(self.arrivals, np.float64).reshape(-1, 2)
         self._restart()
         # rows came from the owner
@@ -176,9 +184,8 @@ class StatsRecorder:
         """Empty the staging; the buffer being read now stays the group it is."""
         self.fast.clear()
         del self.long[:]
-        del self.sends[:]
-        del self.arrivals[:]
-        self.arrivals.extend((0, self.group))
+        self.sends.clear()
+        self.arrivals = [0, self.group]
 
 
 def _probe_class(lr, probe: int) -> int:
