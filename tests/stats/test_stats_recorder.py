@@ -3,6 +3,8 @@ splits: an I/O spanning two ranges counts its bytes in each, its command in the 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ from vmblock.stats.arena import StatsArena, rows_view
 from vmblock.stats.live import LiveStats, lu_rows_from_json, lu_rows_json
 from vmblock.stats.recorder import REC, StatsRecorder, add_records
 from vmblock.stats.rows import LuRows
+from support.scsi_rig import BLOCK, MemoryStore, Rig
 
 NEXUS = Nexus("iqn.test:i", 1, "iqn.test:t")
 
@@ -196,3 +199,49 @@ def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
         assert reads[b] + reads[min(b + 1, L.BUCKETS - 1)] >= 1
     assert reads.sum() == 3
     live.close()
+
+
+def test_the_executors_queue_counts_as_queue_not_storage():
+    """A command whose I/O an executor thread started later (``ScsiTask.t_io``) has that wait
+    under queue; a write's network part stays R2T -> last Data-Out."""
+    live = LiveStats()
+    rec = live.recorder
+    now = [0.0]
+    rec.clock = lambda: now[0]
+    lr = live.lu_rows("lun")
+
+    def done(cdb: bytes, write: bool, t_arr: float, t_grant: float, t_exec: float,
+             t_io: float) -> None:
+        task = ScsiTask(0, cdb, NEXUS, read=not write, write=write, t_io=t_io)
+        st = TaskState(None, task, 0, 1)
+        st.stats_rows, st.t_arr, st.t_grant, st.t_exec, st.probe = lr, t_arr, t_grant, t_exec, None
+        rec.done(st, task, 1 << 20)
+
+    now[0] = 10.0
+    rec.arrive()
+    done(read10(0, 2048), False, 10.0, 0.0, 0.0, 12.0)          # 2 s for a thread, 1 s of I/O
+    done(write16(0, 2048), True, 10.0, 10.5, 11.0, 12.5)        # budget .5, data .5, thread 1.5
+    now[0] = 13.0
+    rec.sent()
+    [t] = live.totals(["lun"])
+    assert t[L.QUEUE_US] == 2_000_000 + 500_000 + 1_500_000
+    assert t[L.NETWORK_US] == 500_000
+    assert t[L.STORAGE_US] == 1_000_000 + 500_000
+    assert t[L.READ_US] == t[L.WRITE_US] == 3_000_000
+    live.close()
+
+
+def test_the_scsi_core_stamps_when_an_executor_thread_starts_the_io():
+    """Large reads and writes run in the executor and carry ``t_io``; an inline one does not,
+    nor does a small write made durable by a flush after it (the inline write ran first)."""
+    rig = Rig(MemoryStore())
+    big = rig.lu.sync_io_bytes // BLOCK * 2
+    before = time.perf_counter()
+    read = rig.run(read10(0, big))
+    write = rig.run(write16(0, big), data=bytes(big * BLOCK))
+    assert before < read.t_io <= time.perf_counter() and before < write.t_io
+    assert read.data_in is not None and len(read.data_in) == big * BLOCK
+    assert rig.run(read10(0, 8)).t_io == 0.0
+    assert rig.run(write16(0, 8), data=bytes(8 * BLOCK)).t_io == 0.0
+    rig.lu.write_cache = False
+    assert rig.run(write16(0, 8), data=bytes(8 * BLOCK)).t_io == 0.0

@@ -329,6 +329,8 @@ class ScsiTransfer:
         if pending is None:
             self.task_done(st)
         else:
+            if lr is not None and not st.t_grant:
+                st.t_grant = st.t_arr   # the same times, out of its buffer's group (``t_io``)
             self.io.run(st, pending)
 
     def task_done(self, st: TaskState, failed: bool = False) -> None:

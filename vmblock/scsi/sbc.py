@@ -74,6 +74,13 @@ def _run(lu: LogicalUnit, fn, *args):
     return asyncio.get_running_loop().run_in_executor(lu.executor, fn, *args)
 
 
+def _stamped(task: ScsiTask, fn, *args):
+    """``fn(*args)`` in an executor thread, stamping when it starts: the executor's queue ends
+    there (``ScsiTask.t_io``)."""
+    task.t_io = time.perf_counter()
+    return fn(*args)
+
+
 async def _flush(lu: LogicalUnit) -> None:
     await _run(lu, lu.store.flush)
 
@@ -99,7 +106,7 @@ def read(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int, 
 
 
 async def _read_async(lu: LogicalUnit, task: ScsiTask, offset: int, buf: bytearray) -> None:
-    await _run(lu, lu.store.read_into, offset, memoryview(buf))
+    await _run(lu, _stamped, task, lu.store.read_into, offset, memoryview(buf))
     task.data_in = buf
 
 
@@ -117,13 +124,13 @@ def write(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks: int,
     if n <= lu.sync_io_bytes:
         lu.store.write(lba * lu.block_size, data)
         return _flush(lu) if durable else None
-    return _write_async(lu, (lu.store.write, lba * lu.block_size, data), durable)
+    return _write_async(lu, task, (lu.store.write, lba * lu.block_size, data), durable)
 
 
-async def _write_async(lu: LogicalUnit, work: tuple, durable: bool) -> None:
+async def _write_async(lu: LogicalUnit, task: ScsiTask, work: tuple, durable: bool) -> None:
     """Run a store write ``work`` = (fn, *args) in the executor, tracked so COMPARE AND
     WRITE can wait for it; flush afterwards when the write must be durable."""
-    fut = _run(lu, *work)
+    fut = _run(lu, _stamped, task, *work)
     lu.pending_writes.add(fut)
     try:
         await fut
@@ -254,7 +261,7 @@ def write_same(t: ScsiTarget, lu: LogicalUnit, task: ScsiTask, lba: int, blocks:
     if length <= lu.sync_io_bytes:
         work[0](*work[1:])
         return _flush(lu) if durable else None
-    return _write_async(lu, work, durable)
+    return _write_async(lu, task, work, durable)
 
 
 def _write_same_by_chunks(lu: LogicalUnit, offset: int, length: int, block: bytes) -> None:

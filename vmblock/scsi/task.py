@@ -71,4 +71,7 @@ class ScsiTask:
     # CLOCK_MONOTONIC when a worker process took it (vmblock.worker): a reset the owner applies
     # aborts there only the commands taken before it, never one sent after its TMF's answer
     received: float = 0.0
+    # the statistics' clock (time.perf_counter) when an executor thread started its I/O: the
+    # wait before counts as queue, not storage (vmblock.stats.recorder); 0.0: never queued
+    t_io: float = 0.0
     handler: object = field(default=None, repr=False)   # decoded command spec, private to scsi core

@@ -7,13 +7,16 @@ its status has been handed to the socket, calls ``StatsRecorder.done``. The time
     t_arr    the command PDU arrived (for a command parked behind a CmdSN gap: when parked)
     t_grant  the data budget granted its buffer, or its CmdSN came due (0: at once)
     t_exec   its Data-Out was all in and it went to the SCSI core
+    t_io     (on ``ScsiTask``, by the SCSI core) an executor thread started its I/O
     (now)    its status was sent
 
 and the latency split is: **queue** = t_grant - t_arr (CmdSN window, data budget, a QoS
-wait), **network/host** = t_exec - t_grant for a write (R2T -> the last Data-Out: the
-initiator and the wire), **service** = now - t_exec, which counts as **flash** (a read the
-cache served), **flash_miss** (a read that had to go to the capacity tier behind the cache)
-or **storage** (everything else: capacity tier I/O, executor queue included).
+wait) plus t_io - t_exec (the executor's queue), **network/host** = t_exec - t_grant for a
+write (R2T -> the last Data-Out: the initiator and the wire), **service** = now - (t_io or
+t_exec), which counts as **flash** (a read the cache served), **flash_miss** (a read that had
+to go to the capacity tier behind the cache) or **storage** (everything else: capacity tier
+I/O). ``done`` folds t_io into the kernel's record: t_grant later and t_exec = t_io by the
+executor's queue, which leaves the network part as it was.
 
 Most commands are counted in a group: every command that arrived with one receive buffer
 shares its arrival time (``arrive``, one clock read per buffer), and every status that left
@@ -21,14 +24,15 @@ with one socket write shares its send time (``sent``, one clock read per write).
 stages such a command as one int in a list (its row, its opcode with the cache's class above
 the low byte and its bytes, packed as ``vmblock.native.stats.ROW_SHIFT`` says: no float, no
 tuple); the times are kept once per buffer and per write beside the list's length then, and
-the kernel gives each command the arrival before it and the first send after it. A command is in its buffer's group exactly when its
-own arrival time is the group's (the float itself is compared, so a command of an earlier
-buffer never is, wherever it ran), it waited for nothing inside the target (no data budget,
-no Data-Out, no QoS), ended GOOD and is not on a split LU; every other one is staged as a
-long record of the kernel's ten fields with the number of sends before it in place of
-t_done. The fabric spells the grouped case of a command without a cache probe inline
-(``ScsiTransfer.task_done``: the three appends without a call) and calls ``done`` for the
-rest.
+the kernel gives each command the arrival before it and the first send after it. A command
+is in its buffer's group exactly when its own arrival time is the group's (the float itself
+is compared, so a command of an earlier buffer never is, wherever it ran), it waited for
+nothing inside the target (no data budget, no Data-Out, no QoS, no executor: the fabric sets
+t_grant of a command that went on asynchronously), ended GOOD and is not on a split LU;
+every other one is staged as a long record of the kernel's ten fields with the number of
+sends before it in place of t_done. The fabric spells the grouped case of a command without
+a cache probe inline (``ScsiTransfer.task_done``: the one append without a call) and calls
+``done`` for the rest.
 
 ``flush`` adds a whole batch into this process's slab of counters with two Numba kernel
 calls (``vmblock.native.stats``: ``add_grouped``, ``add_records``; slabs:
@@ -111,7 +115,7 @@ class StatsRecorder:
         moved ``nbytes`` of data; the output's next write calls ``sent``."""
         lr = st.stats_rows
         probe = st.probe
-        if (st.t_arr == self.group and not (st.t_grant or st.t_exec or task.status)
+        if (st.t_arr == self.group and not (st.t_grant or st.t_exec or task.status or task.t_io)
                 and lr.starts is None):
             packed = lr.packed[task.cdb[0]] | nbytes
             if probe is not None:
@@ -121,7 +125,12 @@ class StatsRecorder:
             return
         if len(self.long) >= FLUSH_AT * LONG:
             self.flush()
-        times = (st.t_arr, st.t_grant, st.t_exec, self.epoch,
+        t_grant, t_exec = st.t_grant, st.t_exec
+        if task.t_io:       # the executor's queue (t_exec to t_io) counts as queue
+            t_grant = t_grant or st.t_arr
+            t_exec = t_exec or t_grant
+            t_grant, t_exec = t_grant + task.t_io - t_exec, task.t_io
+        times = (st.t_arr, t_grant, t_exec, self.epoch,
                  0 if probe is None else _probe_class(lr, probe), task.status)
         if lr.starts is None:
             self.long.extend((lr.row, task.cdb[0], 1, nbytes) + times)
