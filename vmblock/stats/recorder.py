@@ -93,7 +93,8 @@ class StatsRecorder:
         self.arrivals: list = [0, 0.0]
         self.sends: list = []       # len(fast), time at each ``sent`` since the last flush
         self.group = 0.0            # the arrival time of the newest buffer
-        self.epoch = 0              # the sends so far: the epoch of long records staged now
+        self.sent_before = 0        # sends before the staged ones: a long record's epoch is
+                                    # this plus the sends staged before it
         self.scheduled = False
         self.unsent = False         # commands staged since the last ``sent``
 
@@ -130,7 +131,7 @@ class StatsRecorder:
             t_grant = t_grant or st.t_arr
             t_exec = t_exec or t_grant
             t_grant, t_exec = t_grant + task.t_io - t_exec, task.t_io
-        times = (st.t_arr, t_grant, t_exec, self.epoch,
+        times = (st.t_arr, t_grant, t_exec, self.sent_before + (len(self.sends) >> 1),
                  0 if probe is None else _probe_class(lr, probe), task.status)
         if lr.starts is None:
             self.long.extend((lr.row, task.cdb[0], 1, nbytes) + times)
@@ -145,7 +146,6 @@ class StatsRecorder:
         sends = self.sends
         sends.append(len(self.fast))
         sends.append(self.clock())
-        self.epoch += 1
         self.unsent = False
 
     def _schedule(self) -> None:
@@ -181,7 +181,7 @@ class StatsRecorder:
         long = np.array(self.long, np.float64).reshape(-1, LONG)
         if len(long):
             ends = np.append(sends[:, 1], now)
-            long[:, 7] = ends[long[:, 7].astype(np.int64) - (self.epoch - len(sends))]
+            long[:, 7] = ends[long[:, 7].astype(np.int64) - self.sent_before]
         fast = np.fromiter(self.fast, np.int64, len(self.fast))
         arrivals = np.array(self.arrivals, np.float64).reshape(-1, 2)
         self._restart()
@@ -193,6 +193,7 @@ class StatsRecorder:
         """Empty the staging; the buffer being read now stays the group it is."""
         self.fast.clear()
         del self.long[:]
+        self.sent_before += len(self.sends) >> 1
         self.sends.clear()
         self.arrivals = [0, self.group]
 
