@@ -39,9 +39,27 @@ def test_vm_over_the_share_is_a_hog_once_per_crossing(pool):
     assert "vm1" in evs[0]["advice"] and evs[0]["used_bytes"] == 24 * MIB
     assert watch.check() == []                           # still a hog: nothing new
     pool.open_store(pool.vdisk("a0")).unmap(0, 16 * MIB)
-    assert watch.check() == []                           # under again
+    evs = watch.check()                                  # under again
+    assert [(e["kind"], e["vm"], e["severity"]) for e in evs] == \
+        [("vm_space_hog_cleared", "vm1", "info")]
+    assert watch.check() == []
     write(pool, "a0", 0, 16 * MIB)
     assert [e["vm"] for e in watch.check()] == ["vm1"]   # a new crossing
+
+
+def test_a_restart_is_no_crossing(pool):
+    write(pool, "a0", 0, 24 * MIB)                       # 37.5% of 64M
+    assert [e["vm"] for e in SpaceWatch(pool, Clock()).check()] == ["vm1"]
+    watch = SpaceWatch(pool, Clock())                    # the next server's
+    assert watch.check() == []                           # still a hog: nothing new
+    pool.open_store(pool.vdisk("a0")).unmap(0, 16 * MIB)
+    assert [e["kind"] for e in watch.check()] == ["vm_space_hog_cleared"]
+    write(pool, "a0", 0, 16 * MIB)
+    watch = SpaceWatch(pool, Clock())                    # restarted while under: a crossing
+    pool.open_store(pool.vdisk("a0")).unmap(0, 16 * MIB)
+    assert watch.check() == []
+    write(pool, "a0", 0, 16 * MIB)
+    assert [e["kind"] for e in watch.check()] == ["vm_space_hog"]
 
 
 def test_snapshot_held_space_counts_towards_the_share(pool):
