@@ -13,8 +13,9 @@ reference, shared or not) and compares it with the capacity tier:
 
 An event is raised once per crossing: a VM stays a hog, silently, until a check finds it
 under both conditions (``vm_space_hog_cleared``, info), and the next crossing is news again.
-The advice names the VM to move or trim. A restart is no crossing: a new watch takes as hogs
-the VMs whose newest recorded event of the two is ``vm_space_hog``.
+The advice names the VM to move or trim. A restart is no crossing: a new watch's first
+check takes as hogs the VMs whose newest recorded event of the two is ``vm_space_hog`` (in
+the executor, as every check).
 
 A check reads the VM, vdisk and snapshot records and the maps' mapped-AU counters: a bound
 on each VM's charge (live mapped bytes plus what its snapshots mapped when taken). Only a VM
@@ -56,7 +57,7 @@ class SpaceWatch:
     def __init__(self, pool, clock=time.monotonic):
         self.pool = pool
         self.clock = clock
-        self.hogs: set[str] = recorded_hogs(pool)
+        self.hogs: set[str] | None = None      # read from the events at the first check
         # VM uuid -> (its bound, its exact charge) when last counted exactly
         self.counted: dict[str, tuple[int, int]] = {}
         # VM uuid -> (clock, bytes) of the checks of the last GROWTH_WINDOW seconds
@@ -104,6 +105,8 @@ class SpaceWatch:
     def check(self) -> list[dict]:
         """One check; the events it recorded."""
         pool = self.pool
+        if self.hogs is None:
+            self.hogs = recorded_hogs(pool)
         settings = pool.settings()
         share, horizon = settings.get("events.hog_share"), settings.get("events.hog_horizon")
         usage = pool.store.capacity_use()
