@@ -12,7 +12,8 @@ reference, shared or not) and compares it with the capacity tier:
   guest installing, a copy) is not a trend.
 
 An event is raised once per crossing: a VM stays a hog, silently, until a check finds it
-under both conditions (``vm_space_hog_cleared``, info), and the next crossing is news again.
+under both conditions, its growth measured (``vm_space_hog_cleared``, info), and the next
+crossing is news again.
 The advice names the VM to move or trim. A restart is no crossing: a new watch's first
 check takes as hogs the VMs whose newest recorded event of the two is ``vm_space_hog`` (in
 the executor, as every check).
@@ -143,7 +144,8 @@ class SpaceWatch:
                            f"{free / rates[uid] / 60:.0f} min (events.hog_horizon "
                            f"{horizon / 60:.0f} min)")
             if message is None:
-                if uid in self.hogs:
+                # cleared once a check can tell its growth too (a restart knows none yet)
+                if uid in self.hogs and uid in rates:
                     self.hogs.discard(uid)
                     recorded.append(pool.record_event(
                         HOG_CLEARED, "info", f"VM {name} is no longer a space hog: it holds "
