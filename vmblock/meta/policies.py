@@ -153,7 +153,9 @@ def show(pool, vm: Vm) -> dict:
     if "space_quota" in out:
         report = pool.store.quotas.report(vm.uuid) or {}
         out["space_charged_bytes"] = report.get("charged_bytes", 0)
-        out["space_quota_reached"] = report.get("over", False)
+        # reached: the next write needing a new AU fails (at or over it, or one was refused)
+        out["space_quota_reached"] = report.get("over", False) or \
+            out["space_charged_bytes"] >= out["space_quota"]
     return {"policies": out, "qos": dict(vm.policies.get("qos", {}))}
 
 
