@@ -31,6 +31,13 @@ def test_bad_values_change_nothing(run):
         == 1 << 30
     r = run("vm", "set", "web", "--space-quota", "1K", code=2)
     assert "below one allocation unit" in error_line(r)
+    r = run("vm", "set", "web", "--space-quota", "-1G", code=2)
+    assert "bad --space-quota '-1G'" in error_line(r)              # as typed
+    for bad in ("5x", "-1h", "1.5.3m", "1.5h", "0s"):
+        r = run("vm", "set", "web", "--snapshot-every", bad, code=2)
+        assert f"--snapshot-every '{bad}'" in error_line(r)
+    assert json.loads(run("vm", "show", "web", "--json").output)["policies"] == \
+        {"space_quota": 1 << 30, "space_charged_bytes": 0, "space_quota_reached": False}
 
 
 def test_follow_needs_a_server_and_bad_since_is_refused(run):

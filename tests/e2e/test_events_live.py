@@ -201,7 +201,8 @@ def test_space_quota_through_qemu_io(tmp_path, start_server):
     web, db = lun_of(server, "web-0"), lun_of(server, "db-0")
     qemu_io(web, "write -P 1 0 2M")
     out = qemu_io(web, "write -P 2 2M 64K", check=False)
-    assert "No space left on device" in out, out                    # 27h/07h
+    assert "No space left on device" in out, out
+    assert "DATA PROTECTION(7)" in out and "(0x2707)" in out, out   # qemu prints the sense
     out = qemu_io(web, "write -P 2 8M 4K", check=False)
     assert "No space left on device" in out, out
     qemu_io(web, "write -P 3 0 64K", "read -P 3 0 64K", "read -P 1 64K 1M")   # overwrite, read

@@ -11,6 +11,7 @@ import sys
 from functools import partial
 
 import pytest
+import uvloop
 from aiohttp import web
 
 from support.stores import small_pool, store_of
@@ -178,3 +179,56 @@ def test_a_syslog_socket_nobody_listens_on_is_skipped(pool, tmp_path):
         await d.stop()
         return d.syslog
     assert asyncio.run(run()) is None
+
+
+# the server runs on uvloop (vmblock.server), where writing to a pipe the command closed raises
+# RuntimeError instead of asyncio's BrokenPipeError
+@pytest.mark.parametrize("run_loop", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_command_that_exits_without_reading_the_event_fails_and_the_next_event_goes(
+        pool, tmp_path, run_loop):
+    got = tmp_path / "events.jsonl"
+    pool.config_set("events.exec", "exit 3")       # never reads its stdin
+    big = "x" * (1 << 20)                           # more than a pipe holds: the write fails
+
+    async def run():
+        d = Delivery(pool, syslog_path=str(tmp_path / "none"))
+        await d.start()
+        pool.record_event("vm_space_hog", "warning", big, vm="a")
+        await until("the exec hook failed", lambda: d.counts["exec_failed"] == 1)
+        pool.config_set("events.exec", f"cat >> {got}")
+        ev = pool.record_event("vm_quota", "error", "VM a at its quota", vm="a")
+        await until("the next event delivered", lambda: d.counts["exec_delivered"] == 1)
+        await d.stop()
+        return ev
+    ev = run_loop(run())
+    assert [json.loads(line) for line in got.read_text().splitlines()] == [ev]
+
+
+def test_a_webhook_url_aiohttp_cannot_use_fails_that_event_only(pool, tmp_path):
+    got = []
+
+    async def hook(request):
+        got.append(await request.json())
+        return web.Response()
+
+    async def run():
+        app = web.Application()
+        app.router.add_post("/h", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        pool.config_set("events.webhook", "http://a_b..c/h")    # the host does not encode
+        pool.config_set("events.webhook_retries", "0")
+        d = Delivery(pool, syslog_path=str(tmp_path / "none"))
+        await d.start()
+        pool.record_event("vm_quota", "error", "VM a at its quota", vm="a")
+        await until("the webhook failed", lambda: d.counts["webhook_failed"] == 1)
+        pool.config_set("events.webhook", f"http://127.0.0.1:{port}/h")
+        ev = pool.record_event("vm_quota", "error", "VM b at its quota", vm="b")
+        await until("the next event posted", lambda: d.counts["webhook_delivered"] == 1)
+        await d.stop()
+        await runner.cleanup()
+        return ev
+    assert got == [asyncio.run(run())]

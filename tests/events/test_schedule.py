@@ -97,3 +97,28 @@ def test_failure_is_recorded_once_until_a_snapshot_works_again(pool):
     fail[0] = False
     asyncio.run(s.tick())
     assert len(names(pool)) == 1 and s.failing == set()
+
+
+def test_a_changed_schedule_applies_at_the_next_tick_not_the_old_slot(pool):
+    policies.set_policies(pool, "vm1", {"snapshot_every": "1h", "snapshot_keep": "5"})
+    clock = Clock(T0)
+    s = schedule(pool, clock)
+    asyncio.run(s.tick())                           # taken at T0; next at T0 + 1h
+    clock.t += 60
+    policies.set_policies(pool, "vm1", {"snapshot_every": "10s"})
+    assert asyncio.run(s.tick()) == [auto_name(T0 + 60)]    # not an hour after T0
+    assert s.due_in() == 10
+
+
+def test_a_lowered_keep_deletes_the_oldest_automatic_snapshots_at_once(pool):
+    policies.set_policies(pool, "vm1", {"snapshot_every": "1h", "snapshot_keep": "5"})
+    pool.snapshot_vm("vm1", "manual")
+    clock = Clock(T0)
+    s = schedule(pool, clock)
+    for _ in range(4):
+        asyncio.run(s.tick())
+        clock.t += 3600
+    policies.set_policies(pool, "vm1", {"snapshot_keep": "2"})
+    clock.t -= 1800                                 # the next slot is half an hour away
+    assert asyncio.run(s.tick()) == []
+    assert sorted(names(pool)) == [auto_name(T0 + 2 * 3600), auto_name(T0 + 3 * 3600), "manual"]

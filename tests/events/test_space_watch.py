@@ -31,7 +31,8 @@ def write(pool, vdisk, offset, n):
 
 
 def test_vm_over_the_share_is_a_hog_once_per_crossing(pool):
-    watch = SpaceWatch(pool, Clock())
+    clock = Clock()
+    watch = SpaceWatch(pool, clock)
     write(pool, "b0", 0, 4 * MIB)
     write(pool, "a0", 0, 24 * MIB)                       # 37.5% of 64M
     evs = watch.check()
@@ -39,9 +40,31 @@ def test_vm_over_the_share_is_a_hog_once_per_crossing(pool):
     assert "vm1" in evs[0]["advice"] and evs[0]["used_bytes"] == 24 * MIB
     assert watch.check() == []                           # still a hog: nothing new
     pool.open_store(pool.vdisk("a0")).unmap(0, 16 * MIB)
-    assert watch.check() == []                           # under again
+    assert watch.check() == []                           # under, its growth not known yet
+    clock.t += GROWTH_MIN_SPAN
+    evs = watch.check()                                  # under again, shrinking
+    assert [(e["kind"], e["vm"], e["severity"]) for e in evs] == \
+        [("vm_space_hog_cleared", "vm1", "info")]
+    assert watch.check() == []
     write(pool, "a0", 0, 16 * MIB)
     assert [e["vm"] for e in watch.check()] == ["vm1"]   # a new crossing
+
+
+def test_a_restart_is_no_crossing(pool):
+    write(pool, "a0", 0, 24 * MIB)                       # 37.5% of 64M
+    assert [e["vm"] for e in SpaceWatch(pool, Clock()).check()] == ["vm1"]
+    clock = Clock()
+    watch = SpaceWatch(pool, clock)                      # the next server's
+    assert watch.check() == []                           # still a hog: nothing new
+    pool.open_store(pool.vdisk("a0")).unmap(0, 16 * MIB)
+    clock.t += GROWTH_MIN_SPAN
+    assert [e["kind"] for e in watch.check()] == ["vm_space_hog_cleared"]
+    write(pool, "a0", 0, 16 * MIB)
+    watch = SpaceWatch(pool, Clock())                    # restarted while under: a crossing
+    pool.open_store(pool.vdisk("a0")).unmap(0, 16 * MIB)
+    assert watch.check() == []
+    write(pool, "a0", 0, 16 * MIB)
+    assert [e["kind"] for e in watch.check()] == ["vm_space_hog"]
 
 
 def test_snapshot_held_space_counts_towards_the_share(pool):

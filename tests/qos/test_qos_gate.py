@@ -208,3 +208,13 @@ def test_held_at_the_limit_over_a_minute_is_reported_once(rig):
     assert rig.gate.throttled(rig.now, 60) == ["vm-a"]
     rig.advance(1.0)
     assert rig.gate.throttled(rig.now, 60) == []         # once per stretch
+
+
+def test_a_vm_that_went_idle_after_its_limit_held_it_is_not_reported(rig):
+    rig.gate.configure({"vm-a": QosParams(limit=1)}, {(TARGET, 0): "vm-a"})
+    data, _ = reads(rig, 0, 3)
+    rig.send(data)
+    rig.advance(5.0)                                      # all three released: idle since
+    assert rig.gate.sched.queued == 0
+    rig.advance(61.0)
+    assert rig.gate.throttled(rig.now, 60) == []

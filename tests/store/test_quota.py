@@ -55,6 +55,8 @@ def test_quota_below_current_use_keeps_data_and_overwrites(pool):
     d1 = store_of(pool, "d1")
     d1.write(0, memoryview(b"a" * (4 * AU)))
     policies.set_policies(pool, "vm1", {"space_quota": str(2 * AU)})
+    shown = policies.show(pool, pool.vm("vm1"))["policies"]
+    assert shown["space_charged_bytes"] == 4 * AU and shown["space_quota_reached"]
     d1.write(0, memoryview(b"z" * AU))
     assert read(d1, 0, AU) == b"z" * AU and read(d1, 3 * AU, 4) == b"aaaa"
     with pytest.raises(QuotaExceeded):

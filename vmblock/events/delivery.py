@@ -192,24 +192,30 @@ class Delivery:
         while True:
             event = await self.exec_queue.get()
             try:
-                settings = self.pool.settings()
-                command = settings.get("events.exec").strip()
-                timeout = settings.get("events.exec_timeout")
-            except Exception as e:
-                log.warning("events.exec: cannot read the settings: %s", e)
-                continue
-            if not command:
-                continue
-            data = json.dumps(event).encode() + b"\n"
-            for attempt in range(1, EXEC_ATTEMPTS + 1):
-                error = await self._run(command, data, timeout)
-                if error is None:
-                    self.counts["exec_delivered"] += 1
-                    break
-                log.warning("events.exec %r for event %s failed (attempt %d of %d): %s",
-                            command[:80], event.get("id"), attempt, EXEC_ATTEMPTS, error)
-            else:
+                await self._exec_one(event)
+            except Exception:       # never the end of the channel: the next event goes on
                 self.counts["exec_failed"] += 1
+                log.exception("events.exec: event %s not delivered", event.get("id"))
+
+    async def _exec_one(self, event: dict) -> None:
+        try:
+            settings = self.pool.settings()
+            command = settings.get("events.exec").strip()
+            timeout = settings.get("events.exec_timeout")
+        except Exception as e:
+            log.warning("events.exec: cannot read the settings: %s", e)
+            return
+        if not command:
+            return
+        data = json.dumps(event).encode() + b"\n"
+        for attempt in range(1, EXEC_ATTEMPTS + 1):
+            error = await self._run(command, data, timeout)
+            if error is None:
+                self.counts["exec_delivered"] += 1
+                return
+            log.warning("events.exec %r for event %s failed (attempt %d of %d): %s",
+                        command[:80], event.get("id"), attempt, EXEC_ATTEMPTS, error)
+        self.counts["exec_failed"] += 1
 
     async def _run(self, command: str, data: bytes, timeout: float) -> str | None:
         """Run the shell command with ``data`` on stdin; None when it exits 0, else why not."""
@@ -219,8 +225,16 @@ class Delivery:
                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
         except OSError as e:
             return f"cannot run it: {e.strerror or e}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            _, err = await asyncio.wait_for(proc.communicate(data), timeout)
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(data), timeout)
+            except (OSError, RuntimeError):
+                # it closed its stdin before taking the whole event (asyncio ignores the
+                # BrokenPipeError, uvloop raises RuntimeError): its exit status decides
+                err = b""
+                await asyncio.wait_for(proc.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)    # its own session: the whole group
@@ -245,30 +259,36 @@ class Delivery:
         while True:
             event = await self.webhook_queue.get()
             try:
-                settings = self.pool.settings()
-                url, retries = settings.get("events.webhook"), \
-                    settings.get("events.webhook_retries")
-            except Exception as e:
-                log.warning("events.webhook: cannot read the settings: %s", e)
-                continue
-            if not url:
-                continue
-            if self._session is None:
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
-            delay = self.backoff_first
-            for attempt in range(retries + 1):
-                error = await self._post(url, event)
-                if error is None:
-                    self.counts["webhook_delivered"] += 1
-                    break
-                log.warning("events.webhook %s for event %s failed (attempt %d of %d): %s",
-                            url, event.get("id"), attempt + 1, retries + 1, error)
-                if attempt < retries:
-                    await asyncio.sleep(delay)
-                    delay *= 2
-            else:
+                await self._webhook_one(event)
+            except Exception:       # never the end of the channel: the next event goes on
                 self.counts["webhook_failed"] += 1
+                log.exception("events.webhook: event %s not delivered", event.get("id"))
+
+    async def _webhook_one(self, event: dict) -> None:
+        try:
+            settings = self.pool.settings()
+            url, retries = settings.get("events.webhook"), \
+                settings.get("events.webhook_retries")
+        except Exception as e:
+            log.warning("events.webhook: cannot read the settings: %s", e)
+            return
+        if not url:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
+        delay = self.backoff_first
+        for attempt in range(retries + 1):
+            error = await self._post(url, event)
+            if error is None:
+                self.counts["webhook_delivered"] += 1
+                return
+            log.warning("events.webhook %s for event %s failed (attempt %d of %d): %s",
+                        url, event.get("id"), attempt + 1, retries + 1, error)
+            if attempt < retries:
+                await asyncio.sleep(delay)
+                delay *= 2
+        self.counts["webhook_failed"] += 1
 
     async def _post(self, url: str, event: dict) -> str | None:
         """POST the event's JSON; None on a 2xx answer, else why not."""

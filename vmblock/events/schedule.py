@@ -5,11 +5,13 @@ A VM with ``snapshot_every`` gets a snapshot of all its vdisks at one instant (t
 ``auto-<UTC time>`` (``auto-20261129T225500Z``), and then the oldest automatic snapshots
 beyond ``snapshot_keep`` are deleted; a snapshot with any other name is never touched.
 
-When a VM is first seen (a schedule just set, or the server started) its next slot follows
-from its newest automatic snapshot: due at once when that is ``every`` old or older (or there
-is none), else ``every`` after it. A missed slot is so taken once, never once per slot missed;
-then the next is ``every`` from now. A snapshot or deletion that fails records
-``snapshot_policy_failed`` once, until one succeeds again.
+When a VM is first seen (a schedule just set, or the server started) or its schedule changed
+(``every`` or ``keep``), its next slot follows from its newest automatic snapshot: due at once
+when that is ``every`` old or older (or there is none), else ``every`` after it; and retention
+applies at once (a lowered ``keep`` deletes the oldest automatic snapshots beyond it now, not
+at the next slot). A missed slot is so taken once, never once per slot missed; then the next
+is ``every`` from now. A snapshot or deletion that fails records ``snapshot_policy_failed``
+once, until a snapshot succeeds again.
 
 ``tick`` does one round at the clock's time (tests call it with their own clock); ``due_in``
 says when the next is due, which the server's loop sleeps until.
@@ -57,6 +59,7 @@ class SnapshotSchedule:
         self.delete = delete
         self.clock = clock
         self.next: dict[str, float] = {}    # VM uuid -> when its next snapshot is due
+        self.policy: dict[str, tuple] = {}  # VM uuid -> (every, keep) its next was set by
         self.failing: set[str] = set()
 
     def _autos(self, vm: str) -> list:
@@ -71,44 +74,54 @@ class SnapshotSchedule:
             return None
         return max(0.0, min(self.next.values()) - self.clock())
 
+    async def _retain(self, vm, keep: int | None) -> None:
+        """Delete the VM's oldest automatic snapshots beyond ``keep``."""
+        if keep:
+            autos = self._autos(vm.name)
+            for snap in autos[:max(0, len(autos) - keep)]:
+                await _done(self.delete(vm.name, snap.name))
+
     async def tick(self) -> list[str]:
         """Take every snapshot due now and apply retention; the names taken."""
         now = self.clock()
         taken = []
         scheduled = [vm for vm in self.pool.vms() if vm.policies.get("snapshot_every")]
-        self.next = {uid: t for uid, t in self.next.items()
-                     if uid in {vm.uuid for vm in scheduled}}
+        uuids = {vm.uuid for vm in scheduled}
+        self.next = {uid: t for uid, t in self.next.items() if uid in uuids}
+        self.policy = {uid: p for uid, p in self.policy.items() if uid in uuids}
         for vm in scheduled:
             every = vm.policies["snapshot_every"]
-            due = self.next.get(vm.uuid)
-            if due is None:
+            keep = vm.policies.get("snapshot_keep")
+            fresh = self.policy.get(vm.uuid) != (every, keep)
+            if fresh:       # first seen, or its schedule changed: the next slot from its snapshots
+                self.policy[vm.uuid] = (every, keep)
                 autos = self._autos(vm.name)
                 last = auto_time(autos[-1].name) if autos else None
-                due = now if last is None or now - last >= every else last + every
-                self.next[vm.uuid] = due
-            if now < due:
+                self.next[vm.uuid] = now if last is None or now - last >= every else last + every
+            due = now >= self.next[vm.uuid]
+            if not due and not fresh:
                 continue
-            self.next[vm.uuid] = now + every
             name = auto_name(now)
             try:
-                try:
-                    await _done(self.take(vm.name, name))
-                    taken.append(name)
-                except AlreadyExists:
-                    pass        # this second's snapshot is there already
-                keep = vm.policies.get("snapshot_keep")
-                if keep:
-                    autos = self._autos(vm.name)
-                    for snap in autos[:max(0, len(autos) - keep)]:
-                        await _done(self.delete(vm.name, snap.name))
+                if due:
+                    self.next[vm.uuid] = now + every
+                    try:
+                        await _done(self.take(vm.name, name))
+                        taken.append(name)
+                    except AlreadyExists:
+                        pass        # this second's snapshot is there already
+                await self._retain(vm, keep)
             except (VmblockError, OSError) as e:
                 if vm.uuid not in self.failing:
                     self.failing.add(vm.uuid)
+                    what = (f"automatic snapshot {name}" if due else
+                            "deleting old automatic snapshots")
                     self.pool.record_event(
                         "snapshot_policy_failed", "error",
-                        f"automatic snapshot {name} of VM {vm.name} failed: {e}", vm=vm.name,
+                        f"{what} of VM {vm.name} failed: {e}", vm=vm.name,
                         advice="free space in the pool (vmblock pool show) or change the "
                         "schedule with vmblock vm set --snapshot-every/--snapshot-keep")
                 continue
-            self.failing.discard(vm.uuid)
+            if due:
+                self.failing.discard(vm.uuid)
         return taken

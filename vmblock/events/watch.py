@@ -12,8 +12,11 @@ reference, shared or not) and compares it with the capacity tier:
   guest installing, a copy) is not a trend.
 
 An event is raised once per crossing: a VM stays a hog, silently, until a check finds it
-under both conditions, and the next crossing is news again. The advice names the VM to move
-or trim.
+under both conditions, its growth measured (``vm_space_hog_cleared``, info), and the next
+crossing is news again.
+The advice names the VM to move or trim. A restart is no crossing: a new watch's first
+check takes as hogs the VMs whose newest recorded event of the two is ``vm_space_hog`` (in
+the executor, as every check).
 
 A check reads the VM, vdisk and snapshot records and the maps' mapped-AU counters: a bound
 on each VM's charge (live mapped bytes plus what its snapshots mapped when taken). Only a VM
@@ -35,7 +38,11 @@ import collections
 import time
 
 from vmblock.cache.directory import COUNTERS
+from vmblock.meta import events as meta_events
 from vmblock.units import human_size
+
+HOG = "vm_space_hog"
+HOG_CLEARED = "vm_space_hog_cleared"
 
 GROWTH_WINDOW = 600.0
 GROWTH_MIN_SPAN = 60.0
@@ -51,7 +58,7 @@ class SpaceWatch:
     def __init__(self, pool, clock=time.monotonic):
         self.pool = pool
         self.clock = clock
-        self.hogs: set[str] = set()
+        self.hogs: set[str] | None = None      # read from the events at the first check
         # VM uuid -> (its bound, its exact charge) when last counted exactly
         self.counted: dict[str, tuple[int, int]] = {}
         # VM uuid -> (clock, bytes) of the checks of the last GROWTH_WINDOW seconds
@@ -99,6 +106,8 @@ class SpaceWatch:
     def check(self) -> list[dict]:
         """One check; the events it recorded."""
         pool = self.pool
+        if self.hogs is None:
+            self.hogs = recorded_hogs(pool)
         settings = pool.settings()
         share, horizon = settings.get("events.hog_share"), settings.get("events.hog_horizon")
         usage = pool.store.capacity_use()
@@ -135,16 +144,32 @@ class SpaceWatch:
                            f"{free / rates[uid] / 60:.0f} min (events.hog_horizon "
                            f"{horizon / 60:.0f} min)")
             if message is None:
-                self.hogs.discard(uid)
+                # cleared once a check can tell its growth too (a restart knows none yet)
+                if uid in self.hogs and uid in rates:
+                    self.hogs.discard(uid)
+                    recorded.append(pool.record_event(
+                        HOG_CLEARED, "info", f"VM {name} is no longer a space hog: it holds "
+                        f"{b / cap if cap else 0:.0%} of the capacity tier ({human_size(b)})",
+                        vm=name, used_bytes=b, capacity_bytes=cap))
                 continue
             if uid in self.hogs:
                 continue
             self.hogs.add(uid)
             recorded.append(pool.record_event(
-                "vm_space_hog", "warning", message, vm=name, used_bytes=b,
+                HOG, "warning", message, vm=name, used_bytes=b,
                 capacity_bytes=cap, advice=f"move VM {name} to another pool, trim (UNMAP) "
                 f"inside its guest or delete its old snapshots"))
         return recorded
+
+
+def recorded_hogs(pool) -> set[str]:
+    """The uuids of the VMs whose newest recorded ``vm_space_hog`` is not followed by a
+    ``vm_space_hog_cleared``: hogs when the server stopped."""
+    last: dict[str, str] = {}
+    for e in meta_events.list_events(pool, 0, pending=False):
+        if e["kind"] in (HOG, HOG_CLEARED) and e.get("vm"):
+            last[e["vm"]] = e["kind"]
+    return {vm.uuid for vm in pool.vms() if last.get(vm.name) == HOG}
 
 
 class FlashWatch:

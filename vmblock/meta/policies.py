@@ -45,7 +45,8 @@ MB = 1_000_000
 
 def _parse(key: str, text: str, au: int) -> int | None:
     """The stored value of one ``vm set`` option; None clears it."""
-    t = str(text).strip().lower()
+    raw = str(text).strip()         # error messages show what was typed
+    t = raw.lower()
     if t == "none" or (t in CLEAR and key != "snapshot_keep"):
         return None
     if key in QOS_KEYS:
@@ -55,13 +56,13 @@ def _parse(key: str, text: str, au: int) -> int | None:
                                   f"(0 or none clears it), not {shown(text)}")
         return int(t)
     if key == "space_quota":
-        v = parse_size(t, "--space-quota", MAX_QUOTA_BYTES)
+        v = parse_size(raw, "--space-quota", MAX_QUOTA_BYTES)
         if v < au:
             raise InvalidArgument(f"--space-quota {shown(text)} is below one allocation unit "
                                   f"({format_size(au)}); use none to clear it")
         return v
     if key == "snapshot_every":
-        return parse_duration(t, "--snapshot-every", MIN_SNAPSHOT_EVERY)
+        return parse_duration(raw, "--snapshot-every", MIN_SNAPSHOT_EVERY)
     try:
         v = int(t)
     except ValueError:
@@ -152,7 +153,9 @@ def show(pool, vm: Vm) -> dict:
     if "space_quota" in out:
         report = pool.store.quotas.report(vm.uuid) or {}
         out["space_charged_bytes"] = report.get("charged_bytes", 0)
-        out["space_quota_reached"] = report.get("over", False)
+        # reached: the next write needing a new AU fails (at or over it, or one was refused)
+        out["space_quota_reached"] = report.get("over", False) or \
+            out["space_charged_bytes"] >= out["space_quota"]
     return {"policies": out, "qos": dict(vm.policies.get("qos", {}))}
 
 

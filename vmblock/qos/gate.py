@@ -214,10 +214,13 @@ class QosGate:
 
     def throttled(self, now: float, after: float) -> list[str]:
         """VM keys held by their limit for more than ``after`` seconds and not yet told:
-        marked told (again only after their queue emptied)."""
+        marked told (again only after their queue emptied). Only a flow with commands
+        waiting is held: one whose queue ran dry has gone idle (its stretch ends when it
+        next has limit to spare)."""
         out = []
         for flow in self.sched.flows.values():
-            if flow.limited_since and not flow.reported and now - flow.limited_since > after:
+            if flow.queue and flow.limited_since and not flow.reported \
+                    and now - flow.limited_since > after:
                 flow.reported = True
                 out.append(flow.key)
         return out
