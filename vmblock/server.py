@@ -286,6 +286,7 @@ class Server:
             if grew:
                 self.rescans.touch(disk.uuid)
         self.stats_split(disk)
+        self.qos_sync()         # the LVs' I/O goes to their VMs' QoS flows (vmblock.qos.split)
 
     def stats_split(self, disk: Vdisk) -> None:
         """I/O into each LV of the datastore ``disk`` holds counts to its sub-vdisk and VM

@@ -35,6 +35,7 @@ from vmblock.datastore import lvm
 from vmblock.datastore.lvm import BadMetadata, NotAPhysicalVolume
 from vmblock.errors import InvalidArgument, NotFound
 from vmblock.meta.model import Vdisk, Vm, check_name, now
+from vmblock.qos.split import LuSplit
 
 if TYPE_CHECKING:
     from vmblock.meta.pool import Pool
@@ -301,6 +302,26 @@ def ranges_of(rec: dict | None) -> list[Range]:
         return []
     return sorted(Range(first, first + n, v["vm"], f"{rec['vg']}/{v['name']}")
                   for v in rec["volumes"] for first, n in v["extents"])
+
+
+def qos_luns(pool: Pool, disks: list[Vdisk], luns: dict) -> None:
+    """The QoS flows of the datastore LUs among ``disks``: in ``luns`` ((target IQN, LUN) ->
+    the LU's flow key, ``policies.qos_config``'s) each such LU's key becomes a ``LuSplit``,
+    the I/O into each LV going to its VM's flow and the rest (label, metadata, free extents,
+    unassigned LVs) to the LU's own key. A vdisk with QoS of its own keeps it for all of its
+    LU: that limit is the LUN's."""
+    recs = dict(pool.records(PREFIX))
+    for d in disks:
+        ranges = ranges_of(recs.get(d.uuid))
+        lu = (d.target, d.lun)
+        rest = luns.get(lu)
+        if not ranges or (rest or "").startswith("vdisk:"):
+            continue
+        split = LuSplit.of_ranges([(r.first, r.end, r.vm) for r in ranges], d.block_size, rest)
+        if split is None:
+            luns.pop(lu, None)
+        else:
+            luns[lu] = split
 
 
 def vdisk_by_uuid(pool: Pool, uid: str) -> Vdisk | None:

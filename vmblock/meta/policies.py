@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from vmblock.errors import InvalidArgument, NoSpace
+from vmblock.meta import datastores
 from vmblock.meta.model import Vdisk, Vm
 from vmblock.qos.scheduler import QosParams
+from vmblock.qos.split import LuSplit
 from vmblock.settings import MAX_TIER_BYTES
 from vmblock.units import format_size, parse_duration, parse_size, shown
 
@@ -164,20 +166,23 @@ def qos_params(q: dict) -> QosParams | None:
                      limit_bytes=q.get("max_mbps", 0) * MB, weight=q.get("shares", 1))
 
 
-def qos_config(pool) -> tuple[dict[str, QosParams], dict[tuple[str, int], str]]:
+def qos_config(pool) -> tuple[dict[str, QosParams], dict[tuple[str, int], str | LuSplit]]:
     """What a server's QoS gates need: every VM and vdisk with QoS of its own (VM uuid or
     ``vdisk:<uuid>`` -> params) and the flow of every vdisk's LU ((target IQN, LUN) -> its
-    own key when it has QoS of its own, else its VM's uuid)."""
+    own key when it has QoS of its own, else its VM's uuid, or for an LU holding an LVM2
+    datastore the ``LuSplit`` by its LVs' VMs: ``datastores.qos_luns``)."""
     params = {vm.uuid: p for vm in pool.vms()
               if (p := qos_params(vm.policies.get("qos"))) is not None}
     luns = {}
-    for d in pool.vdisks():
+    disks = pool.vdisks()
+    for d in disks:
         own = qos_params(d.qos)
         if own is not None:
             params["vdisk:" + d.uuid] = own
             luns[(d.target, d.lun)] = "vdisk:" + d.uuid
         elif d.vm:
             luns[(d.target, d.lun)] = d.vm
+    datastores.qos_luns(pool, disks, luns)      # the LVs of shared datastore LUs: their VMs'
     return params, luns
 
 
