@@ -40,6 +40,7 @@ from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.collector import settle_gc
+from vmblock.cache.split import CacheSplit
 from vmblock.datastore.watch import Debounce, WatchedStore, thresholds
 from vmblock.settings import Apply, Settings, format_portal, lookup
 from vmblock.stats.live import LiveStats
@@ -287,6 +288,39 @@ class Server:
                 self.rescans.touch(disk.uuid)
         self.stats_split(disk)
         self.qos_sync()         # the LVs' I/O goes to their VMs' QoS flows (vmblock.qos.split)
+        self.cache_split(disk)
+
+    def cache_split(self, disk: Vdisk) -> None:
+        """The flash cache serves each LV of the datastore ``disk`` holds under a cache vdisk
+        of its own, in the eviction group of the LV's VM and with its pins
+        (vmblock.cache.split); when the LVs' ranges changed, every cached block of the LU is
+        dropped before the new split is installed (bytes moved between cache vdisks)."""
+        store = self.stores.get(disk.uuid)
+        if not isinstance(store, flash_cache.CachedStore):
+            return
+        cache = self.cache
+        ranges = datastores.ranges_of(datastores.record(self.pool, disk))
+        prefix = disk.uuid + "/"
+        old = [k for k in cache.ids if k.startswith(prefix)]
+        if not ranges and not old:
+            return
+        names = {vm.uuid: vm.name for vm in self.pool.vms()}
+        vids = {}
+        for r in ranges:
+            key = prefix + r.subvdisk
+            if key not in vids:
+                vids[key] = cache.attach(key, r.subvdisk, names.get(r.vm))
+        split = CacheSplit.of_ranges([(r.first, r.end, vids[prefix + r.subvdisk])
+                                      for r in ranges], store.vid)
+        if split != store.split:
+            cache.invalidate_vdisk(disk.uuid)
+            store.split = split
+        for key in old:
+            if key not in vids:
+                cache.detach(key)
+        groups = self.pool.eviction_groups
+        members = groups.members()
+        cache.set_groups(groups.slot_table(), {k: members[k] for k in vids if k in members})
 
     def stats_split(self, disk: Vdisk) -> None:
         """I/O into each LV of the datastore ``disk`` holds counts to its sub-vdisk and VM

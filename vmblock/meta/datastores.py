@@ -324,6 +324,27 @@ def qos_luns(pool: Pool, disks: list[Vdisk], luns: dict) -> None:
             luns[lu] = split
 
 
+def sub_vdisk_owners(pool: Pool) -> list[tuple[str, str, str | None]]:
+    """Every sub-vdisk of the served datastores: (vdisk uuid, ``<vg>/<lv>``, the owning
+    VM's uuid or None), sorted; the cache gives each one a cache vdisk of its own."""
+    return sorted({(uid, r.subvdisk, r.vm) for uid, ranges in lu_ranges(pool).items()
+                   for r in ranges})
+
+
+def find_sub_vdisk(pool: Pool, name: str) -> tuple[str, str | None]:
+    """(``<vdisk uuid>/<vg>/<lv>``, its VM's uuid) of the sub-vdisk called ``name``
+    (``<vg>/<lv>``); NotFound when no datastore has it (or InvalidArgument when two LUNs
+    hold a VG of that name and the LV on both)."""
+    found = [(uid, vm) for uid, sub, vm in sub_vdisk_owners(pool) if sub == name]
+    if not found:
+        raise NotFound(f"no sub-vdisk {name!r} (an LV <vg>/<lv> on a datastore LUN)")
+    if len(found) > 1:
+        raise InvalidArgument(f"sub-vdisk {name!r} is on {len(found)} LUNs: two VGs share "
+                              f"its VG's name")
+    uid, vm = found[0]
+    return f"{uid}/{name}", vm
+
+
 def vdisk_by_uuid(pool: Pool, uid: str) -> Vdisk | None:
     """The vdisk with uuid ``uid``, None if it is gone (a re-read fired after a delete)."""
     value = pool.record(f"vdisk/{uid}")
