@@ -289,6 +289,7 @@ class Server:
         self.stats_split(disk)
         self.qos_sync()         # the LVs' I/O goes to their VMs' QoS flows (vmblock.qos.split)
         self.cache_split(disk)
+        policies.sync_quotas(self.pool)     # and their new AUs to their VMs' space quotas
 
     def cache_split(self, disk: Vdisk) -> None:
         """The flash cache serves each LV of the datastore ``disk`` holds under a cache vdisk

@@ -345,6 +345,19 @@ def find_sub_vdisk(pool: Pool, name: str) -> tuple[str, str | None]:
     return f"{uid}/{name}", vm
 
 
+def quota_ranges(pool: Pool, au: int) -> dict[str, list[tuple[int, int, int]]]:
+    """Per VM uuid, the AU ranges of its LVs on datastore LUNs of other VMs: (the LUN's live
+    map id, first vAU, end vAU), what its space quota also covers (vmblock.store.quota)."""
+    disks = {d.uuid: d for d in pool.vdisks()}
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for uid, ranges in lu_ranges(pool).items():
+        d = disks[uid]
+        for r in ranges:
+            if r.vm is not None and r.vm != d.vm:
+                out.setdefault(r.vm, []).append((d.map_id, r.first // au, -(-r.end // au)))
+    return out
+
+
 def vdisk_by_uuid(pool: Pool, uid: str) -> Vdisk | None:
     """The vdisk with uuid ``uid``, None if it is gone (a re-read fired after a delete)."""
     value = pool.record(f"vdisk/{uid}")

@@ -229,8 +229,9 @@ def sync_quotas(pool) -> None:
     if not vms and not quotas.groups:
         return
     maps = vm_maps(pool)
-    quotas.set_groups({vm.uuid: (vm.name, vm.policies["space_quota"], *maps[vm.uuid])
-                       for vm in vms})
+    lvs = datastores.quota_ranges(pool, quotas.au)      # its LVs on shared LUNs too
+    quotas.set_groups({vm.uuid: (vm.name, vm.policies["space_quota"], *maps[vm.uuid],
+                                 lvs.get(vm.uuid, [])) for vm in vms})
 
 
 def attach(pool) -> None:
