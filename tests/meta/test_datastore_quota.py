@@ -3,7 +3,8 @@ without a server: a VG written by the real lvm2 tools (support.lvm) into a vdisk
 ``host`` and scanned; ``space_quota`` of VM 100 caps the new AUs written into its LVs'
 ranges of that LUN and nothing else (the other VM's LV, the LUN's free extents); a write
 spanning two LVs charges each its part; an UNMAP in the range gives the charge back; the
-LUN's own VM's quota still covers all of its vdisk."""
+LUN's own VM's quota still covers all of its vdisk. ``vm show``'s ``sub_vdisks`` say how
+much space each LV holds."""
 
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ def test_a_vms_quota_caps_its_lvs_on_the_shared_lun_and_nothing_else(pool):
     lun.write(WEB - au, memoryview(b"s" * (2 * au)))   # its part of the span: that AU
     assert read(lun, WEB - au, 2 * au) == b"s" * (2 * au)
     assert charged(pool, "100") == 4 * au
+    # vm show's sub_vdisks: the space each LV holds on the LUN
+    used = {v["name"]: v["used_bytes"] for v in datastores.sub_vdisks(pool, pool.vm("100"))}
+    assert used == {"pve/vm-100-disk-0": 0, "pve/vm-100-disk-1": 4 * au}
+    assert [v["used_bytes"] for v in datastores.sub_vdisks(pool, pool.vm("web01"))] == [8 * au]
     events = [e for e in pool.events() if e["kind"] == "vm_quota"]
     assert [e["vm"] for e in events] == ["100"]
 

@@ -35,8 +35,9 @@ from vmblock.datastore import lvm
 from vmblock.datastore.lvm import BadMetadata, NotAPhysicalVolume
 from vmblock.errors import InvalidArgument, NotFound
 from vmblock.meta.model import Vdisk, Vm, check_name, now
-from vmblock.qos.split import LuSplit
 
+# numpy and the QoS split (numpy too) are imported where they are used: the listing
+# commands of a pool without a server load no numpy (tests/cli/test_offline_listing.py)
 if TYPE_CHECKING:
     from vmblock.meta.pool import Pool
     from vmblock.store.backend import BackingStore
@@ -267,20 +268,37 @@ def datastore_json(pool: Pool, disk: Vdisk, vm_names: dict[str, str] | None = No
 
 def sub_vdisks(pool: Pool, vm: Vm) -> list[dict]:
     """The sub-vdisks (LVs on shared datastore LUNs) the VM owns: name ``<vg>/<lv>``, the
-    vdisk (LUN) holding it, its byte ranges there and their total."""
+    vdisk (LUN) holding it, its byte ranges there and their total, and ``used_bytes``: the
+    bytes of the pool the LUN's map holds in those ranges (AUs written and not unmapped; an
+    AU straddling two LVs counts to both)."""
     disks = {d.uuid: d for d in pool.vdisks()}
     out = []
     for uid, rec in pool.records(PREFIX):
         disk = disks.get(uid)
         if disk is None or rec.get("type") != "lvm2":
             continue
+        vaus = None
         for v in rec["volumes"]:
             if v["vm"] == vm.uuid:
+                if vaus is None:        # the LUN's mapped vAUs, sorted: read once per LUN
+                    import numpy as np
+                    vaus = np.sort(pool.store.entries(disk.map_id)[0].astype(np.int64))
                 out.append({"name": f"{rec['vg']}/{v['name']}", "lv": v["name"],
                             "vg": rec["vg"], "vdisk": disk.name, "extents": v["extents"],
                             "size_bytes": sum(n for _, n in v["extents"]),
+                            "used_bytes": _used_in(vaus, v["extents"], pool.store.au),
                             "mapped": v["mapped"]})
     return sorted(out, key=lambda s: s["name"])
+
+
+def _used_in(vaus, extents: list, au: int) -> int:
+    """Bytes of the mapped AUs ``vaus`` (sorted vAU numbers, a numpy array) within the byte
+    ``extents``."""
+    n = 0
+    for first, length in extents:
+        lo, hi = first // au, -(-(first + length) // au)
+        n += int(vaus.searchsorted(hi) - vaus.searchsorted(lo))
+    return n * au
 
 
 def lu_ranges(pool: Pool) -> dict[str, list[Range]]:
@@ -310,6 +328,7 @@ def qos_luns(pool: Pool, disks: list[Vdisk], luns: dict) -> None:
     the I/O into each LV going to its VM's flow and the rest (label, metadata, free extents,
     unassigned LVs) to the LU's own key. A vdisk with QoS of its own keeps it for all of its
     LU: that limit is the LUN's."""
+    from vmblock.qos.split import LuSplit
     recs = dict(pool.records(PREFIX))
     for d in disks:
         ranges = ranges_of(recs.get(d.uuid))

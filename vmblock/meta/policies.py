@@ -19,14 +19,17 @@ These are functions of an open ``Pool`` (it does not import this module's caller
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from vmblock.errors import InvalidArgument, NoSpace
 from vmblock.meta import datastores
 from vmblock.meta.model import Vdisk, Vm
 from vmblock.qos.scheduler import QosParams
-from vmblock.qos.split import LuSplit
 from vmblock.settings import MAX_TIER_BYTES
 from vmblock.units import format_size, parse_duration, parse_size, shown
+
+if TYPE_CHECKING:
+    from vmblock.qos.split import LuSplit
 
 # the words that clear a policy (keeping 0 snapshots is refused, not a clearing)
 CLEAR = ("none", "0")
