@@ -2,7 +2,8 @@
 (issue 13): each LV is cached under a cache vdisk of its own, in its VM's group, so
 ``group assign 100 gold`` promotes VM 100's LVs, ``group assign web01 cold`` (promote never)
 keeps web01's LV out of flash, ``vdisk pin pve/db-web01`` pins one LV; ``cache show --json``
-has a row per sub-vdisk (the LUN's row is the rest of its bytes). The data stays right
+has a row per sub-vdisk (the LUN's row is the rest of its bytes), and ``stats --json`` and
+``stats --group`` agree. The data stays right
 through the cache when the VG changes under it (an LV added through the LUN: every cached
 block of the LU is dropped before the new split) and after writes into cached LVs. qemu-io
 drives the LUN; exact counts, never rates."""
@@ -92,6 +93,18 @@ def test_each_lv_is_cached_by_its_vms_group_and_pin(start_server, tmp_path, imag
     assert c["groups"]["gold"]["vdisks"] == ["pve/vm-100-disk-0", "pve/vm-100-disk-1"]
     assert c["groups"]["cold"]["cached_blocks"] == 0
     assert c["vms"]["100"]["cached_bytes"] == SPAN and c["vms"]["100"]["read_bytes"] == 2 * SPAN
+    # the statistics agree: the LVs in their VMs' groups, with their cached bytes
+    st = cli_json(server, "stats")
+    sub = {r["name"]: r for r in st["vdisks"]}
+    assert (sub["pve/vm-100-disk-1"]["group"], sub["pve/vm-100-disk-1"]["cached_bytes"]) == \
+        ("gold", SPAN)
+    assert sub["pve/db-web01"]["group"] == "cold"
+    assert {r["name"]: r for r in st["vms"]}["100"]["cached_bytes"] == SPAN
+    gold = cli_json(server, "stats", "--group", "gold")
+    assert sorted(r["name"] for r in gold["vdisks"]) == ["pve/vm-100-disk-0",
+                                                          "pve/vm-100-disk-1"]
+    assert [(g["name"], g["read_ops"], g["cached_bytes"]) for g in gold["groups"]] == \
+        [("gold", 2 * SPAN // 4096, SPAN)]
 
     # a pin on one LV; an LV's own assignment wins over its VM's
     server.cli("vdisk", "pin", "pve/db-web01")
