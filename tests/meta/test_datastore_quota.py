@@ -3,7 +3,8 @@ without a server: a VG written by the real lvm2 tools (support.lvm) into a vdisk
 ``host`` and scanned; ``space_quota`` of VM 100 caps the new AUs written into its LVs'
 ranges of that LUN and nothing else (the other VM's LV, the LUN's free extents); a write
 spanning two LVs charges each its part; an UNMAP in the range gives the charge back; the
-LUN's own VM's quota still covers all of its vdisk. ``vm show``'s ``sub_vdisks`` say how
+LUN's own VM's quota still covers all of its vdisk; a copy on write after a snapshot of the
+LUN is not charged to the LV's VM. ``vm show``'s ``sub_vdisks`` say how
 much space each LV holds."""
 
 from __future__ import annotations
@@ -86,3 +87,17 @@ def test_the_luns_own_vm_quota_still_covers_its_whole_vdisk(pool):
     with pytest.raises(QuotaExceeded):
         lun.write(FREE, memoryview(b"f" * 512))
     assert charged(pool, "host") == used + 2 * au
+
+
+def test_a_copy_on_write_in_the_lv_after_a_snapshot_of_the_lun_is_not_charged(pool):
+    """The range counts the LUN's live AUs: a copy on write replaces one by another."""
+    au = pool.store.au
+    policies.set_policies(pool, "100", {"space_quota": str(2 * au)})
+    lun = pool.open_store(pool.vdisk("lun"))
+    lun.write(DISK1, memoryview(b"a" * (2 * au)))      # at its quota
+    pool.snapshot_vm("host", "s1")                     # the LUN's VM snapshots the LUN
+    lun.write(DISK1, memoryview(b"b" * (2 * au)))      # copy on write of both AUs
+    assert read(lun, DISK1, 2 * au) == b"b" * (2 * au)
+    assert charged(pool, "100") == 2 * au
+    with pytest.raises(QuotaExceeded):
+        lun.write(DISK1 + 2 * au, memoryview(b"c" * 512))

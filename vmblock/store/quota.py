@@ -154,8 +154,9 @@ class Quotas:
         (under the lock, before the allocation; nothing is changed then). The first refusal
         after the group was under its limit records a ``vm_quota`` event. ``first``,
         ``kinds``: the write's first vAU and the kind of each vAU from it (``KIND_*`` of
-        ``vmblock.native.extent``; all but an owned one need a new AU): a map with range
-        groups (``by_range``) charges each new AU to the group of its range too."""
+        ``vmblock.native.extent``): a map with range groups (``by_range``) charges each
+        unmapped vAU it maps to the group of its range too. A copy on write is not charged
+        there: a range group counts the live map's AUs only, and one replaces another."""
         g = self.by_map.get(mid)
         if mid not in self.by_range or kinds is None:
             if g is not None:
@@ -165,7 +166,7 @@ class Quotas:
             return
         needs: dict[QuotaGroup, int] = {g: need} if g is not None else {}
         starts, owners = self.by_range[mid]
-        for i in np.flatnonzero(kinds != extent_kernels.KIND_OWNED).tolist():
+        for i in np.flatnonzero(kinds == extent_kernels.KIND_UNMAPPED).tolist():
             at = bisect_right(starts, first + i) - 1
             r = owners[at] if at >= 0 else None
             if r is not None and r is not g:
