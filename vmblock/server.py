@@ -188,6 +188,7 @@ class Server:
         # shared datastores (docs/datastores.md): each served vdisk's store watches its label
         # and metadata areas; a write there re-reads the map after datastore.lvm.rescan_delay
         self.watched: dict[str, WatchedStore] = {}  # vdisk uuid -> its store
+        self.datastore_luns: set[str] = set()       # vdisks whose last scan found LVs
         self.rescans: Debounce | None = None
         self.events: EventsRuntime | None = None   # delivery, space watch, snapshot schedule
         self.sanitize_rate = self.settings().get("scsi.sanitize_rate")
@@ -287,9 +288,18 @@ class Server:
             if grew:
                 self.rescans.touch(disk.uuid)
         self.stats_split(disk)
-        self.qos_sync()         # the LVs' I/O goes to their VMs' QoS flows (vmblock.qos.split)
+        # a vdisk that holds (or held) LVs: their I/O goes to their VMs' QoS flows
+        # (vmblock.qos.split), cache ids and space quotas; the others cost one record read
+        had = disk.uuid in self.datastore_luns
+        if datastores.ranges_of(datastores.record(self.pool, disk)):
+            self.datastore_luns.add(disk.uuid)
+        elif had:
+            self.datastore_luns.discard(disk.uuid)
+        else:
+            return
+        self.qos_sync()
         self.cache_split(disk)
-        policies.sync_quotas(self.pool)     # and their new AUs to their VMs' space quotas
+        policies.sync_quotas(self.pool)
 
     def cache_split(self, disk: Vdisk) -> None:
         """The flash cache serves each LV of the datastore ``disk`` holds under a cache vdisk
@@ -301,10 +311,10 @@ class Server:
             return
         cache = self.cache
         ranges = datastores.ranges_of(datastores.record(self.pool, disk))
+        if not ranges and store.split is None:
+            return
         prefix = disk.uuid + "/"
         old = [k for k in cache.ids if k.startswith(prefix)]
-        if not ranges and not old:
-            return
         names = {vm.uuid: vm.name for vm in self.pool.vms()}
         vids = {}
         for r in ranges:
@@ -363,6 +373,7 @@ class Server:
             self.workers.luns_changed(disk.target, scsi.luns, scsi.stats_rows)
         store = self.stores.pop(disk.uuid)
         self.watched.pop(disk.uuid, None)
+        self.datastore_luns.discard(disk.uuid)
         self.rescans.cancel(disk.uuid)
         store.flush()
         store.close()
