@@ -40,6 +40,7 @@ from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.collector import settle_gc
+from vmblock.cache.split import CacheSplit
 from vmblock.datastore.watch import Debounce, WatchedStore, thresholds
 from vmblock.settings import Apply, Settings, format_portal, lookup
 from vmblock.stats.live import LiveStats
@@ -187,6 +188,7 @@ class Server:
         # shared datastores (docs/datastores.md): each served vdisk's store watches its label
         # and metadata areas; a write there re-reads the map after datastore.lvm.rescan_delay
         self.watched: dict[str, WatchedStore] = {}  # vdisk uuid -> its store
+        self.datastore_luns: set[str] = set()       # vdisks whose last scan found LVs
         self.rescans: Debounce | None = None
         self.events: EventsRuntime | None = None   # delivery, space watch, snapshot schedule
         self.sanitize_rate = self.settings().get("scsi.sanitize_rate")
@@ -286,6 +288,50 @@ class Server:
             if grew:
                 self.rescans.touch(disk.uuid)
         self.stats_split(disk)
+        # a vdisk that holds (or held) LVs: their I/O goes to their VMs' QoS flows
+        # (vmblock.qos.split), cache ids and space quotas; the others cost one record read
+        had = disk.uuid in self.datastore_luns
+        if datastores.ranges_of(datastores.record(self.pool, disk)):
+            self.datastore_luns.add(disk.uuid)
+        elif had:
+            self.datastore_luns.discard(disk.uuid)
+        else:
+            return
+        self.qos_sync()
+        self.cache_split(disk)
+        policies.sync_quotas(self.pool)
+
+    def cache_split(self, disk: Vdisk) -> None:
+        """The flash cache serves each LV of the datastore ``disk`` holds under a cache vdisk
+        of its own, in the eviction group of the LV's VM and with its pins
+        (vmblock.cache.split); when the LVs' ranges changed, every cached block of the LU is
+        dropped before the new split is installed (bytes moved between cache vdisks)."""
+        store = self.stores.get(disk.uuid)
+        if not isinstance(store, flash_cache.CachedStore):
+            return
+        cache = self.cache
+        ranges = datastores.ranges_of(datastores.record(self.pool, disk))
+        if not ranges and store.split is None:
+            return
+        prefix = disk.uuid + "/"
+        old = [k for k in cache.ids if k.startswith(prefix)]
+        names = {vm.uuid: vm.name for vm in self.pool.vms()}
+        vids = {}
+        for r in ranges:
+            key = prefix + r.subvdisk
+            if key not in vids:
+                vids[key] = cache.attach(key, r.subvdisk, names.get(r.vm))
+        split = CacheSplit.of_ranges([(r.first, r.end, vids[prefix + r.subvdisk])
+                                      for r in ranges], store.vid)
+        if split != store.split:
+            cache.invalidate_vdisk(disk.uuid)
+            store.split = split
+        for key in old:
+            if key not in vids:
+                cache.detach(key)
+        groups = self.pool.eviction_groups
+        members = groups.members()
+        cache.set_groups(groups.slot_table(), {k: members[k] for k in vids if k in members})
 
     def stats_split(self, disk: Vdisk) -> None:
         """I/O into each LV of the datastore ``disk`` holds counts to its sub-vdisk and VM
@@ -327,6 +373,7 @@ class Server:
             self.workers.luns_changed(disk.target, scsi.luns, scsi.stats_rows)
         store = self.stores.pop(disk.uuid)
         self.watched.pop(disk.uuid, None)
+        self.datastore_luns.discard(disk.uuid)
         self.rescans.cancel(disk.uuid)
         store.flush()
         store.close()

@@ -63,13 +63,15 @@ def test_real_domain_is_followed(start_server, libvirtd, tmp_path):
     uid, name = str(uuidlib.uuid4()), f"vmb-e2e-{uuidlib.uuid4().hex[:6]}"
     libvirtd.domains += [uid]
     define_and_start(libvirtd, tmp_path, name, uid, s.host, s.port)
-    until("QEMU logged in to vmblock", lambda: cli_json(s, "session", "list"))
+    sessions = until("QEMU logged in to vmblock", lambda: cli_json(s, "session", "list"))
     s.cli("hypervisor", "add", "kvm", "--uri", lv.URI, "--interval", "1h")
 
     def vm():
         return next((v for v in cli_json(s, "vm", "list") if v["uuid"] == uid), None)
     v = until("the domain's VM", vm)
     assert (v["name"], v["active"], v["hypervisor"], v["vdisks"]) == (name, True, "kvm", ["demo"])
+    # the vdisk's VM re-keyed to the domain without touching the LUN: QEMU's session goes on
+    assert [x["tsih"] for x in cli_json(s, "session", "list")] == [x["tsih"] for x in sessions]
 
     lv.virsh("destroy", name)
     t0 = time.monotonic()

@@ -7,6 +7,7 @@ a fixed sleep."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -75,8 +76,15 @@ def test_records_without_a_server(tmp_path):
         [("h1", "not connected", 30.0)]
     p = run_cli(pool, "hypervisor", "sync", "h1", check=False)
     assert p.returncode == 2 and "no server is running" in p.stderr
-    run_cli(pool, "hypervisor", "remove", "h1")
+    run_cli(pool, "hypervisor", "add", "ssh1", "--uri",
+            "qemu+ssh://root@hv1.example/system?keyfile=/root/.ssh/id_ed25519",
+            "--interval", "45s")
+    removed = json.loads(run_cli(pool, "hypervisor", "remove", "h1", "--json").stdout)
+    assert (removed["name"], removed["uri"]) == ("h1", "qemu:///system")
+    assert run_cli(pool, "hypervisor", "remove", "ssh1").stdout == "removed hypervisor ssh1\n"
     assert json.loads(run_cli(pool, "hypervisor", "list", "--json").stdout) == []
+    # the records' pool is the owner's alone
+    assert os.stat(pool).st_mode & 0o077 == 0
 
 
 class HangingListener:

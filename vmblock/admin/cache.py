@@ -171,6 +171,7 @@ class CacheVerbs:
     def cache_show(self) -> dict:
         """Configuration, occupancy and hit accounting per vdisk, per VM and per group."""
         from vmblock.cache.directory import COUNTERS
+        from vmblock.meta import datastores
         from vmblock.meta.groups import DEFAULT
         t = self.pool.eviction_groups
         groups = t.slots()
@@ -194,24 +195,31 @@ class CacheVerbs:
         ids = cache.ids if cache is not None else {}
         by_group: dict[str, list] = {s.name: [] for _, s in groups}
         vm_groups: dict[str, set[str]] = {}      # VM name -> the groups of its vdisks
-        for disk in disks:
-            vid = ids.get(disk.uuid)
+        # every vdisk, then the sub-vdisks (LVs on datastore LUNs, cached under ids of their
+        # own: docs/datastores.md; the LUN's row is then the rest of its bytes)
+        rows = [(disk.uuid, disk.name, disk.vm, False) for disk in disks]
+        rows += [(f"{uid}/{sub}", sub, vm, True)
+                 for uid, sub, vm in datastores.sub_vdisk_owners(self.pool)]
+        for key, name, vm_uuid, sub in rows:
+            vid = ids.get(key)
             row = snap["vd_cnt"][vid] if (snap is not None and vid is not None) else zero
             d = _counters(row)
             cached = int(snap["vd_used"][vid]) if (snap is not None and vid is not None) else 0
-            group, pinned = members.get(disk.uuid, (DEFAULT, False))
-            vm = vm_names.get(disk.vm) if disk.vm else None
-            d.update(name=disk.name, vm=vm, group=group, pinned=pinned, cached_blocks=cached,
+            group, pinned = members.get(key, (DEFAULT, False))
+            vm = vm_names.get(vm_uuid) if vm_uuid else None
+            d.update(name=name, vm=vm, group=group, pinned=pinned, cached_blocks=cached,
                      cached_bytes=cached * bs,
                      preloaded_blocks=int(snap["preloaded"][vid]) if (snap is not None and
                                                                       vid is not None) else 0)
-            out["vdisks"][disk.name] = d
-            by_group.setdefault(group, []).append(disk.name)
+            if sub:
+                d["sub_vdisk"] = True
+            out["vdisks"][name] = d
+            by_group.setdefault(group, []).append(name)
             if vm is not None:
                 vm_groups.setdefault(vm, set()).add(group)
                 acc = out["vms"].setdefault(vm, {"name": vm, "vdisks": [], "_row": [0] * len(
                     COUNTERS), "cached_blocks": 0})
-                acc["vdisks"].append(disk.name)
+                acc["vdisks"].append(name)
                 acc["_row"] = [a + int(b) for a, b in zip(acc["_row"], row)]
                 acc["cached_blocks"] += cached
         for vm, acc in out["vms"].items():

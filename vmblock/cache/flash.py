@@ -51,6 +51,7 @@ from vmblock.store.ranges import pieces, units
 
 from .directory import CacheDirectory
 from .groups import MAX_GROUPS, GroupSpec
+from .split import CacheSplit
 
 MAX_VDISKS = 4096        # vdisk ids of the directory (recycled when a vdisk goes)
 BATCH = 256              # cache blocks per directory call (a command is split beyond that)
@@ -125,21 +126,27 @@ class FlashCache:
             self.names[vid] = (name, vm)
             return vid
 
+    def _ids_of(self, uuid: str) -> list[str]:
+        """The keys of a vdisk: its own and those of its sub-vdisks (``<uuid>/<vg>/<lv>``,
+        vmblock.cache.split)."""
+        sub = uuid + "/"
+        return [k for k in self.ids if k == uuid or k.startswith(sub)]
+
     def detach(self, uuid: str) -> None:
-        """The vdisk is gone: drop its blocks and counters, recycle its id."""
+        """The vdisk (or one sub-vdisk key) is gone: drop its blocks and counters (its
+        sub-vdisks' too), recycle the ids."""
         with self.lock:
-            vid = self.ids.pop(uuid, None)
-            if vid is None:
-                return
-            self.dir.reset_vdisk(vid)
-            self.names.pop(vid, None)
-            self.free_ids.append(vid)
+            for key in self._ids_of(uuid):
+                vid = self.ids.pop(key)
+                self.dir.reset_vdisk(vid)
+                self.names.pop(vid, None)
+                self.free_ids.append(vid)
 
     def invalidate_vdisk(self, uuid: str) -> int:
-        """The vdisk's contents changed as a whole (revert, resize): drop its cached blocks."""
+        """The vdisk's contents changed as a whole (revert, resize): drop its cached blocks,
+        its sub-vdisks' too."""
         with self.lock:
-            vid = self.ids.get(uuid)
-            return 0 if vid is None else self.dir.remove_vdisk(vid)
+            return sum(self.dir.remove_vdisk(self.ids[k]) for k in self._ids_of(uuid))
 
     def set_groups(self, specs: list[GroupSpec], members: dict[str, tuple[str, bool]]) -> int:
         """Live: the pool's groups (in slot order; None = unused) and each attached vdisk's
@@ -474,6 +481,8 @@ class CachedStore(BackingStore):
         # reads that went to the capacity tier (a miss, or part of one): the statistics tell
         # a flash hit from a miss by it (vmblock.stats.recorder)
         self.capacity_reads = 0
+        # a shared datastore LU: the cache vdisk id of each LV's bytes (vmblock.cache.split)
+        self.split: CacheSplit | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -491,6 +500,12 @@ class CachedStore(BackingStore):
         inner = self.inner
         if self.bypass:
             return inner.read_into(offset, buf)
+        split = self.split
+        if split is not None:
+            for vid, a, b in split.pieces(offset, len(buf)):
+                self.cache.read(vid, self._read_capacity, inner.size_bytes, offset + a,
+                                buf[a:b])
+            return
         self.cache.read(self.vid, self._read_capacity, inner.size_bytes, offset, buf)
 
     def _read_capacity(self, offset: int, buf: memoryview) -> None:
@@ -503,6 +518,12 @@ class CachedStore(BackingStore):
         inner = self.inner
         if self.bypass:
             return inner.write(offset, data)
+        split = self.split
+        if split is not None:
+            for vid, a, b in split.pieces(offset, len(data)):
+                self.cache.write(vid, inner.write, inner.read_into, inner.size_bytes,
+                                 offset + a, data[a:b])
+            return
         self.cache.write(self.vid, inner.write, inner.read_into, inner.size_bytes, offset,
                          data)
 
@@ -514,13 +535,21 @@ class CachedStore(BackingStore):
         """Deallocate in the store and drop the range's cached blocks, which would be stale."""
         self.inner.unmap(offset, length)
         if not self.bypass:
-            self.cache.invalidate(self.vid, offset, length)
+            self._invalidate(offset, length)
 
     def write_same(self, offset: int, length: int, block: memoryview) -> None:
         """WRITE SAME on the store; the range's cached blocks are dropped, not updated."""
         self.inner.write_same(offset, length, block)
         if not self.bypass:
+            self._invalidate(offset, length)
+
+    def _invalidate(self, offset: int, length: int) -> None:
+        split = self.split
+        if split is None:
             self.cache.invalidate(self.vid, offset, length)
+            return
+        for vid, a, b in split.pieces(offset, length):
+            self.cache.invalidate(vid, offset + a, b - a)
 
     def lba_status(self, offset: int) -> tuple[bool, int]:
         """The store's (mapped, length in bytes) from ``offset``; the cache has no say in it."""
@@ -541,8 +570,12 @@ class CachedStore(BackingStore):
         else:
             per = au // bs
             blocks = (vaus[:, None] * per + np.arange(per)[None, :]).ravel()
-        return self.cache.preload(self.vid, inner.read_into, inner.size_bytes,
-                                  blocks.astype(np.int64))
+        blocks = blocks.astype(np.int64)
+        split = self.split
+        if split is None:
+            return self.cache.preload(self.vid, inner.read_into, inner.size_bytes, blocks)
+        return sum(self.cache.preload(vid, inner.read_into, inner.size_bytes, part)
+                   for vid, part in split.blocks_by_vid(blocks, bs).items())
 
 
 def warm() -> None:

@@ -59,10 +59,10 @@ def hypervisor_show(call, name: str, as_json: bool) -> None:
 
 @verb_command(hypervisor, "remove")
 @click.argument("name")
-def hypervisor_remove(call, name: str) -> None:
+@json_option
+def hypervisor_remove(call, name: str, as_json: bool) -> None:
     """Stop following a hypervisor; its VMs stay (meta_stale)."""
-    call(name=name)
-    click.echo(f"removed hypervisor {name}")
+    emit(call(name=name), as_json, lambda h: click.echo(f"removed hypervisor {h['name']}"))
 
 
 @verb_command(hypervisor, "sync")

@@ -36,6 +36,8 @@ from vmblock.datastore.lvm import BadMetadata, NotAPhysicalVolume
 from vmblock.errors import InvalidArgument, NotFound
 from vmblock.meta.model import Vdisk, Vm, check_name, now
 
+# numpy and the QoS split (numpy too) are imported where they are used: the listing
+# commands of a pool without a server load no numpy (tests/cli/test_offline_listing.py)
 if TYPE_CHECKING:
     from vmblock.meta.pool import Pool
     from vmblock.store.backend import BackingStore
@@ -266,20 +268,37 @@ def datastore_json(pool: Pool, disk: Vdisk, vm_names: dict[str, str] | None = No
 
 def sub_vdisks(pool: Pool, vm: Vm) -> list[dict]:
     """The sub-vdisks (LVs on shared datastore LUNs) the VM owns: name ``<vg>/<lv>``, the
-    vdisk (LUN) holding it, its byte ranges there and their total."""
+    vdisk (LUN) holding it, its byte ranges there and their total, and ``used_bytes``: the
+    bytes of the pool the LUN's map holds in those ranges (AUs written and not unmapped; an
+    AU straddling two LVs counts to both)."""
     disks = {d.uuid: d for d in pool.vdisks()}
     out = []
     for uid, rec in pool.records(PREFIX):
         disk = disks.get(uid)
         if disk is None or rec.get("type") != "lvm2":
             continue
+        vaus = None
         for v in rec["volumes"]:
             if v["vm"] == vm.uuid:
+                if vaus is None:        # the LUN's mapped vAUs, sorted: read once per LUN
+                    import numpy as np
+                    vaus = np.sort(pool.store.entries(disk.map_id)[0].astype(np.int64))
                 out.append({"name": f"{rec['vg']}/{v['name']}", "lv": v["name"],
                             "vg": rec["vg"], "vdisk": disk.name, "extents": v["extents"],
                             "size_bytes": sum(n for _, n in v["extents"]),
+                            "used_bytes": _used_in(vaus, v["extents"], pool.store.au),
                             "mapped": v["mapped"]})
     return sorted(out, key=lambda s: s["name"])
+
+
+def _used_in(vaus, extents: list, au: int) -> int:
+    """Bytes of the mapped AUs ``vaus`` (sorted vAU numbers, a numpy array) within the byte
+    ``extents``."""
+    n = 0
+    for first, length in extents:
+        lo, hi = first // au, -(-(first + length) // au)
+        n += int(vaus.searchsorted(hi) - vaus.searchsorted(lo))
+    return n * au
 
 
 def lu_ranges(pool: Pool) -> dict[str, list[Range]]:
@@ -301,6 +320,61 @@ def ranges_of(rec: dict | None) -> list[Range]:
         return []
     return sorted(Range(first, first + n, v["vm"], f"{rec['vg']}/{v['name']}")
                   for v in rec["volumes"] for first, n in v["extents"])
+
+
+def qos_luns(pool: Pool, disks: list[Vdisk], luns: dict) -> None:
+    """The QoS flows of the datastore LUs among ``disks``: in ``luns`` ((target IQN, LUN) ->
+    the LU's flow key, ``policies.qos_config``'s) each such LU's key becomes a ``LuSplit``,
+    the I/O into each LV going to its VM's flow and the rest (label, metadata, free extents,
+    unassigned LVs) to the LU's own key. A vdisk with QoS of its own keeps it for all of its
+    LU: that limit is the LUN's."""
+    from vmblock.qos.split import LuSplit
+    recs = dict(pool.records(PREFIX))
+    for d in disks:
+        ranges = ranges_of(recs.get(d.uuid))
+        lu = (d.target, d.lun)
+        rest = luns.get(lu)
+        if not ranges or (rest or "").startswith("vdisk:"):
+            continue
+        split = LuSplit.of_ranges([(r.first, r.end, r.vm) for r in ranges], d.block_size, rest)
+        if split is None:
+            luns.pop(lu, None)
+        else:
+            luns[lu] = split
+
+
+def sub_vdisk_owners(pool: Pool) -> list[tuple[str, str, str | None]]:
+    """Every sub-vdisk of the served datastores: (vdisk uuid, ``<vg>/<lv>``, the owning
+    VM's uuid or None), sorted; the cache gives each one a cache vdisk of its own."""
+    return sorted({(uid, r.subvdisk, r.vm) for uid, ranges in lu_ranges(pool).items()
+                   for r in ranges})
+
+
+def find_sub_vdisk(pool: Pool, name: str) -> tuple[str, str | None]:
+    """(``<vdisk uuid>/<vg>/<lv>``, its VM's uuid) of the sub-vdisk called ``name``
+    (``<vg>/<lv>``); NotFound when no datastore has it (or InvalidArgument when two LUNs
+    hold a VG of that name and the LV on both)."""
+    found = [(uid, vm) for uid, sub, vm in sub_vdisk_owners(pool) if sub == name]
+    if not found:
+        raise NotFound(f"no sub-vdisk {name!r} (an LV <vg>/<lv> on a datastore LUN)")
+    if len(found) > 1:
+        raise InvalidArgument(f"sub-vdisk {name!r} is on {len(found)} LUNs: two VGs share "
+                              f"its VG's name")
+    uid, vm = found[0]
+    return f"{uid}/{name}", vm
+
+
+def quota_ranges(pool: Pool, au: int) -> dict[str, list[tuple[int, int, int]]]:
+    """Per VM uuid, the AU ranges of its LVs on datastore LUNs of other VMs: (the LUN's live
+    map id, first vAU, end vAU), what its space quota also covers (vmblock.store.quota)."""
+    disks = {d.uuid: d for d in pool.vdisks()}
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for uid, ranges in lu_ranges(pool).items():
+        d = disks[uid]
+        for r in ranges:
+            if r.vm is not None and r.vm != d.vm:
+                out.setdefault(r.vm, []).append((d.map_id, r.first // au, -(-r.end // au)))
+    return out
 
 
 def vdisk_by_uuid(pool: Pool, uid: str) -> Vdisk | None:

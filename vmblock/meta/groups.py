@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 
 from vmblock.cache.groups import MAX_GROUPS, GroupSpec, validate_groups
 from vmblock.errors import AlreadyExists, CacheError, InvalidArgument, NotFound
+from vmblock.meta import datastores
 
 DEFAULT = "default"
 DEFAULT_SPEC = GroupSpec(DEFAULT, priority=0, min=0.0, max=1.0, promote="read")
@@ -113,10 +114,14 @@ class EvictionGroups:
         return moved
 
     def resolve(self, name: str, kind: str | None = None) -> tuple[str, str, str]:
-        """(kind, uuid, name) of a VM or vdisk called ``name``; a VM wins if both exist."""
+        """(kind, uuid, name) of a VM or vdisk called ``name``; a VM wins if both exist. A
+        sub-vdisk (``<vg>/<lv>``, an LV on a datastore LUN) is a vdisk whose uuid is
+        ``<vdisk uuid>/<vg>/<lv>`` (docs/datastores.md)."""
         pool = self.pool
         if kind not in (None, *KINDS):
             raise InvalidArgument(f"kind must be vm or vdisk, not {kind!r}")
+        if "/" in name and kind != "vm":
+            return "vdisk", datastores.find_sub_vdisk(pool, name)[0], name
         if kind in (None, "vm"):
             try:
                 return "vm", pool.vm(name).uuid, name
@@ -142,7 +147,14 @@ class EvictionGroups:
         return {"kind": kind, "name": name, "uuid": uid, "group": group}
 
     def pin(self, vdisk: str, pinned: bool) -> dict:
-        """Pin (or unpin) a vdisk's cached blocks."""
+        """Pin (or unpin) a vdisk's (or sub-vdisk's) cached blocks."""
+        if "/" in vdisk:
+            key = datastores.find_sub_vdisk(self.pool, vdisk)[0]
+            if pinned:
+                self.pool.write_records({PIN_PREFIX + key: True})
+            else:
+                self.pool.write_records({}, [PIN_PREFIX + key])
+            return {"name": vdisk, "pinned": pinned, "group": self.members()[key][0]}
         disk = self.pool.vdisk(vdisk)
         if pinned:
             self.pool.write_records({PIN_PREFIX + disk.uuid: True})
@@ -167,7 +179,8 @@ class EvictionGroups:
         return bool(self.pool.record(PIN_PREFIX + disk.uuid))
 
     def members(self) -> dict[str, tuple[str, bool]]:
-        """vdisk uuid -> (group, pinned) for every vdisk of the pool: the rule of ``group_of``
+        """vdisk uuid (``<uuid>/<vg>/<lv>`` for a sub-vdisk) -> (group, pinned) for every vdisk
+        and sub-vdisk of the pool: the rule of ``group_of``
         from one scan of each key family, not three reads per vdisk."""
         specs = self.specs()
         by_vdisk = dict(self.pool.records(f"{ASSIGN_PREFIX}vdisk/"))
@@ -181,6 +194,20 @@ class EvictionGroups:
                     group = g
                     break
             out[d.uuid] = (group, d.uuid in pins)
+        # sub-vdisks (LVs on datastore LUNs, cached under ids of their own): their own
+        # assignment, else their VM's, else their LUN's group; pinned by their own pin or
+        # their LUN's
+        for uid, sub, vm in datastores.sub_vdisk_owners(self.pool):
+            lun = out.get(uid)
+            if lun is None:
+                continue
+            key = f"{uid}/{sub}"
+            group = lun[0]
+            for g in (by_vdisk.get(key), by_vm.get(vm) if vm else None):
+                if g is not None and g in specs:
+                    group = g
+                    break
+            out[key] = (group, lun[1] or key in pins)
         return out
 
     def dump(self) -> dict:

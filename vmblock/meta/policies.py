@@ -19,12 +19,17 @@ These are functions of an open ``Pool`` (it does not import this module's caller
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from vmblock.errors import InvalidArgument, NoSpace
+from vmblock.meta import datastores
 from vmblock.meta.model import Vdisk, Vm
 from vmblock.qos.scheduler import QosParams
 from vmblock.settings import MAX_TIER_BYTES
 from vmblock.units import format_size, parse_duration, parse_size, shown
+
+if TYPE_CHECKING:
+    from vmblock.qos.split import LuSplit
 
 # the words that clear a policy (keeping 0 snapshots is refused, not a clearing)
 CLEAR = ("none", "0")
@@ -167,20 +172,23 @@ def qos_params(q: dict) -> QosParams | None:
                      limit_bytes=q.get("max_mbps", 0) * MB, weight=q.get("shares", 1))
 
 
-def qos_config(pool) -> tuple[dict[str, QosParams], dict[tuple[str, int], str]]:
+def qos_config(pool) -> tuple[dict[str, QosParams], dict[tuple[str, int], str | LuSplit]]:
     """What a server's QoS gates need: every VM and vdisk with QoS of its own (VM uuid or
     ``vdisk:<uuid>`` -> params) and the flow of every vdisk's LU ((target IQN, LUN) -> its
-    own key when it has QoS of its own, else its VM's uuid)."""
+    own key when it has QoS of its own, else its VM's uuid, or for an LU holding an LVM2
+    datastore the ``LuSplit`` by its LVs' VMs: ``datastores.qos_luns``)."""
     params = {vm.uuid: p for vm in pool.vms()
               if (p := qos_params(vm.policies.get("qos"))) is not None}
     luns = {}
-    for d in pool.vdisks():
+    disks = pool.vdisks()
+    for d in disks:
         own = qos_params(d.qos)
         if own is not None:
             params["vdisk:" + d.uuid] = own
             luns[(d.target, d.lun)] = "vdisk:" + d.uuid
         elif d.vm:
             luns[(d.target, d.lun)] = d.vm
+    datastores.qos_luns(pool, disks, luns)      # the LVs of shared datastore LUs: their VMs'
     return params, luns
 
 
@@ -227,8 +235,9 @@ def sync_quotas(pool) -> None:
     if not vms and not quotas.groups:
         return
     maps = vm_maps(pool)
-    quotas.set_groups({vm.uuid: (vm.name, vm.policies["space_quota"], *maps[vm.uuid])
-                       for vm in vms})
+    lvs = datastores.quota_ranges(pool, quotas.au)      # its LVs on shared LUNs too
+    quotas.set_groups({vm.uuid: (vm.name, vm.policies["space_quota"], *maps[vm.uuid],
+                                 lvs.get(vm.uuid, [])) for vm in vms})
 
 
 def attach(pool) -> None:

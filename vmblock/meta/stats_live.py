@@ -233,8 +233,17 @@ class PoolStats:
         all_subs = self.subs(all_disks)
         cum, owners = self.cumulative(all_disks, all_subs)
         picked = {d.uuid for d in disks}
-        subs = ([s for s in all_subs if s.vm == v.uuid] if vm is not None and vdisk is None
-                and group is None else [s for s in all_subs if s.vdisk.uuid in picked])
+
+        def sub_group(s: Sub) -> str:
+            """A sub-vdisk's eviction group: its own, its VM's or its LUN's (``members``)."""
+            return members.get(s.key, members.get(s.vdisk.uuid, ("default",)))[0]
+
+        if group is not None and vdisk is None:     # the LVs in the group, wherever their LUN
+            subs = [s for s in all_subs if sub_group(s) == group
+                    and (vm is None or s.vm == v.uuid)]
+        else:
+            subs = ([s for s in all_subs if s.vm == v.uuid] if vm is not None and vdisk is None
+                    else [s for s in all_subs if s.vdisk.uuid in picked])
         per = self._space_per_vdisk(all_disks)
         cache = self._cache_rows()
         now = time.time()
@@ -273,25 +282,27 @@ class PoolStats:
             r["vm"] = vms[d.vm].name if d.vm in vms else None
             r["group"] = members.get(d.uuid, ("default",))[0]
             vdisk_rows.append(r)
-        for s in subs:      # after the vdisks; a sub-vdisk has no space or cache of its own
-            r = row_json(s.series, [], s.name)
+        for s in subs:      # after the vdisks; a sub-vdisk's cache is its own, space the LUN's
+            r = row_json(s.series, [s.key], s.name)
             r["vm"] = vms[s.vm].name if s.vm in vms else None
-            r["group"] = members.get(s.vdisk.uuid, ("default",))[0]
+            r["group"] = sub_group(s)
             r["vdisk"] = s.vdisk.name
             r["sub_vdisk"] = True
             vdisk_rows.append(r)
-        vm_rows = [row_json(vm_series(v.uuid), [d.uuid for d in all_disks if d.vm == v.uuid],
-                            v.name) for v in sel_vms]
-        group_names = sorted({members.get(d.uuid, ("default",))[0] for d in disks})
+        vm_rows = [row_json(vm_series(v.uuid), [d.uuid for d in all_disks if d.vm == v.uuid]
+                            + [s.key for s in all_subs if s.vm == v.uuid], v.name)
+                   for v in sel_vms]
+        group_names = sorted({members.get(d.uuid, ("default",))[0] for d in disks}
+                             | {sub_group(s) for s in subs})
         group_rows = []
         for g in group_names:
             parts = [d.uuid for d in all_disks if members.get(d.uuid, ("default",))[0] == g]
             series = f"group:{g}"
-            inside = set(parts)
-            group_series = [vd_series(u) for u in parts] + [s.series for s in all_subs
-                                                            if s.vdisk.uuid in inside]
+            inside = [s for s in all_subs if sub_group(s) == g]     # its LVs: their own group
+            group_series = [vd_series(u) for u in parts] + [s.series for s in inside]
             cum[series] = figures.combine(np.array([cum[m] for m in group_series]))
-            group_rows.append(row_json(series, parts, g, group_series))
+            group_rows.append(row_json(series, parts + [s.key for s in inside], g,
+                                       group_series))
         pool_row = row_json(POOL_SERIES, [d.uuid for d in all_disks], "pool")
         pool_row["tiers"] = self.pool.store.usage()["tiers"]
         return {"interval_s": self.interval, "time": now, "running": self.live is not None,

@@ -28,6 +28,7 @@ from typing import Callable
 from vmblock.qos.scheduler import (LIMIT_BURST_SECONDS, SHARE_CATCHUP_UNITS, QosParams,
                                    Scheduler)
 from vmblock.qos.shared import MAX_SHARED_FLOWS, SharedTags
+from vmblock.qos.split import LuSplit
 
 # while dispatching in rounds, up to this many rounds' commands may be in the SCSI core at
 # once: beyond it the core (its executor) is the bottleneck, and a queue there has no tags
@@ -48,9 +49,10 @@ class QosGate:
         self.shared = shared
         self.slot_of: dict[str, int] = {}       # VM key -> its cells in ``shared``
         self.params: dict[str, QosParams] = {}
-        self.luns: dict[tuple[str, int], str] = {}
+        self.luns: dict[tuple[str, int], str | LuSplit] = {}
         self.sched = Scheduler(burst, catchup)
-        self.keys: dict[tuple[str, int], str] = {}     # (target IQN, LUN) -> VM key
+        # (target IQN, LUN) -> VM key, or the LuSplit of a shared datastore LU (vmblock.qos.split)
+        self.keys: dict[tuple[str, int], str | LuSplit] = {}
         self.active = False             # some LU is gated: the fabric asks at all
         self.inflight = 0
         self.timer = None
@@ -59,10 +61,12 @@ class QosGate:
         self.pumping = False
         self.throttled_after = 60.0     # qos.throttled_after: the owner's, in ``describe``
 
-    def configure(self, params: dict[str, QosParams], luns: dict[tuple[str, int], str],
+    def configure(self, params: dict[str, QosParams],
+                  luns: dict[tuple[str, int], str | LuSplit],
                   slot_of: dict[str, int] | None = None) -> None:
         """Install the QoS of every VM (key -> params; a VM without any is absent) and which
-        VM each served LU belongs to. While some VM has a reservation or shares, every VM's
+        VM each served LU belongs to (a ``LuSplit``: which VM each LBA run of a shared
+        datastore LU belongs to). While some VM has a reservation or shares, every VM's
         commands are scheduled (the others at weight 1); otherwise only the limited VMs'.
         ``slot_of``: the owner's shared slots (a worker's call); None: the owner gives each
         limited VM a slot, kept for the run."""
@@ -76,8 +80,14 @@ class QosGate:
         self.params, self.luns = params, luns
         everyone = any(p.reservation or p.weight != 1 for p in params.values())
         default = QosParams()
-        keys = {lu: vm for lu, vm in luns.items() if everyone or vm in params}
-        vms = set(keys.values())
+        keys = {}
+        vms = set()
+        for lu, vm in luns.items():
+            gated = {k for k in (vm.flows() if isinstance(vm, LuSplit) else (vm,))
+                     if everyone or k in params}
+            if gated:
+                keys[lu] = vm
+                vms |= gated
         now = self.clock()
         for vm in vms:
             slot = self.slot_of.get(vm) if self.shared is not None else None
@@ -104,14 +114,16 @@ class QosGate:
                 "throttled_after": self.throttled_after,
                 "params": {vm: [p.reservation, p.limit, p.limit_bytes, p.weight]
                            for vm, p in self.params.items()},
-                "luns": [[iqn, lun, vm] for (iqn, lun), vm in self.luns.items()]}
+                "luns": [[iqn, lun, vm.dump() if isinstance(vm, LuSplit) else vm]
+                         for (iqn, lun), vm in self.luns.items()]}
 
     def configure_json(self, d: dict) -> None:
         """``configure`` from the owner's ``describe`` (a worker's gate)."""
         self.slots = d["slots"]
         self.throttled_after = d["throttled_after"]
         self.configure({vm: QosParams(*v) for vm, v in d["params"].items()},
-                       {(iqn, lun): vm for iqn, lun, vm in d["luns"]}, d["slot_of"])
+                       {(iqn, lun): vm if isinstance(vm, str) else LuSplit.load(vm)
+                        for iqn, lun, vm in d["luns"]}, d["slot_of"])
 
     def hold(self, conn, st) -> bool:
         """Take ``st`` if its VM is scheduled (True: the gate runs it, now or later)."""
@@ -123,8 +135,14 @@ class QosGate:
         key = self.keys.get((conn.session.target.name, st.task.lun))
         if key is None:
             return False
+        if key.__class__ is LuSplit:        # a shared datastore LU: the flow of its LBA
+            flow = self.sched.flows.get(key.key_at(st.task.cdb))
+            if flow is None:
+                return False
+        else:
+            flow = self.sched.flows[key]
         now = self.clock()
-        self.sched.submit(self.sched.flows[key], nbytes, now, (conn, st, now))
+        self.sched.submit(flow, nbytes, now, (conn, st, now))
         if not self.rounds:
             self.pump()
         elif self.round_due is None:

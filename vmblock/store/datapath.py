@@ -248,7 +248,7 @@ class DataPath:
         if need > space.t_free[t]:
             return False
         if need:
-            self.quotas.admit(mid, need)    # QuotaExceeded: nothing changed
+            self.quotas.admit(mid, need, first, kinds[:count])   # QuotaExceeded: no change
         new = space.alloc(t, need)
         z = self.zeros
         position = space.position

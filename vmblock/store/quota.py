@@ -15,6 +15,12 @@ would cross the limit, so the per-write work is one dict lookup and an addition.
 maps' AUs never change and are kept per map (``frozen``), read once from the meta DB outside
 the store lock.
 
+A group may also hold AU ranges of other maps (``ranges``: the LVs of a VM on a shared
+datastore LUN, docs/datastores.md): it is charged for the distinct AUs those ranges of the
+live maps reference, and a write into such a range that needs new AUs is admitted against
+that group as well as against the group of the whole map (the LUN's own VM), each new AU
+charged to the range it lies in (``by_range``: per map, sorted first vAUs and their group).
+
 ``admit`` runs under the store lock; ``set_groups`` takes it itself.
 """
 
@@ -22,9 +28,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from bisect import bisect_right
 
 import numpy as np
 
+from vmblock.native import extent as extent_kernels
 from vmblock.store.backend import SpaceExhausted
 from vmblock.store.events import StoreEvents
 from vmblock.store.maps import LiveMaps
@@ -41,14 +49,17 @@ class QuotaExceeded(SpaceExhausted):
 class QuotaGroup:
     """One quota: who (``key``, ``name``), the cap in AUs, its maps and what it is charged."""
 
-    __slots__ = ("key", "name", "limit", "live", "frozen", "charged", "stale", "over")
+    __slots__ = ("key", "name", "limit", "live", "frozen", "ranges", "charged", "stale",
+                 "over")
 
-    def __init__(self, key: str, name: str, limit: int, live: list[int], frozen: list[int]):
+    def __init__(self, key: str, name: str, limit: int, live: list[int], frozen: list[int],
+                 ranges: list[tuple[int, int, int]] = ()):
         self.key = key
         self.name = name
         self.limit = limit          # AUs
         self.live = live            # live map ids (the group's vdisks)
         self.frozen = frozen        # frozen map ids (its snapshots)
+        self.ranges = list(ranges)  # (live map id, first vAU, end vAU): its LVs on shared LUNs
         self.charged = 0            # AUs charged; exact unless ``stale``
         self.stale = True
         self.over = False           # a write was refused; the next crossing is news again
@@ -69,12 +80,15 @@ class Quotas:
         self.au = au
         self.groups: dict[str, QuotaGroup] = {}
         self.by_map: dict[int, QuotaGroup] = {}
+        # live map id -> (first vAUs, their group or None): the groups of ranges (``ranges``)
+        self.by_range: dict[int, tuple[list[int], list[QuotaGroup | None]]] = {}
         self._frozen: dict[int, np.ndarray] = {}    # frozen map id -> its AUs, unique
 
-    def set_groups(self, specs: dict[str, tuple[str, int, list[int], list[int]]]) -> None:
-        """Replace the groups: key -> (name, limit in bytes, live map ids, frozen map ids);
-        every charge is counted again. Reads frozen maps from the meta DB outside the lock."""
-        needed = {m for _, _, _, frozen in specs.values() for m in frozen}
+    def set_groups(self, specs: dict[str, tuple]) -> None:
+        """Replace the groups: key -> (name, limit in bytes, live map ids, frozen map ids[,
+        ranges: (live map id, first vAU, end vAU), ...]); every charge is counted again.
+        Reads frozen maps from the meta DB outside the lock."""
+        needed = {m for spec in specs.values() for m in spec[3]}
         for mid in needed - self._frozen.keys():
             self._frozen[mid] = np.unique(self.live.entries(mid)[1])
         for mid in set(self._frozen) - needed:
@@ -82,18 +96,34 @@ class Quotas:
         with self.lock:
             old = self.groups
             self.groups = {}
-            for key, (name, limit, live, frozen) in specs.items():
-                g = QuotaGroup(key, name, limit // self.au, live, frozen)
+            for key, (name, limit, live, frozen, *ranges) in specs.items():
+                g = QuotaGroup(key, name, limit // self.au, live, frozen,
+                               ranges[0] if ranges else ())
                 if key in old:
                     g.over = old[key].over
                 self._count(g)
                 self.groups[key] = g
             self.by_map = {mid: g for g in self.groups.values() for mid in g.live}
+            self.by_range = {}
+            spans = sorted((lo, hi, mid, g.key) for g in self.groups.values()
+                           for mid, lo, hi in g.ranges)
+            for lo, hi, mid, key in spans:
+                starts, owners = self.by_range.setdefault(mid, ([0], [None]))
+                for at, owner in ((max(lo, starts[-1]), self.groups[key]), (hi, None)):
+                    if at == starts[-1]:
+                        owners[-1] = owner
+                    elif at > starts[-1]:
+                        starts.append(at)
+                        owners.append(owner)
 
     def _count(self, g: QuotaGroup) -> None:
         """The exact charge of ``g`` (under the lock): distinct AUs of all its maps."""
         parts = [self._frozen[m] for m in g.frozen if m in self._frozen]
         parts += [self.live.entries(m)[1] for m in g.live if m in self.live.maps]
+        for mid, lo, hi in g.ranges:
+            if mid in self.live.maps:
+                vaus, paus = self.live.entries(mid)
+                parts.append(paus[(vaus >= lo) & (vaus < hi)])
         g.charged = int(len(np.unique(np.concatenate(parts)))) if parts else 0
         g.stale = False
 
@@ -113,19 +143,45 @@ class Quotas:
         g = self.by_map.get(mid)
         if g is not None:
             g.stale = True
+        if mid in self.by_range:
+            for g in self.by_range[mid][1]:
+                if g is not None:
+                    g.stale = True
 
-    def admit(self, mid: int, need: int) -> None:
+    def admit(self, mid: int, need: int, first: int = 0, kinds: np.ndarray | None = None
+              ) -> None:
         """Charge ``need`` new AUs of live map ``mid`` to its group, or raise QuotaExceeded
         (under the lock, before the allocation; nothing is changed then). The first refusal
-        after the group was under its limit records a ``vm_quota`` event."""
+        after the group was under its limit records a ``vm_quota`` event. ``first``,
+        ``kinds``: the write's first vAU and the kind of each vAU from it (``KIND_*`` of
+        ``vmblock.native.extent``): a map with range groups (``by_range``) charges each
+        unmapped vAU it maps to the group of its range too. A copy on write is not charged
+        there: a range group counts the live map's AUs only, and one replaces another."""
         g = self.by_map.get(mid)
-        if g is None:
+        if mid not in self.by_range or kinds is None:
+            if g is not None:
+                self._check(g, need)
+                g.charged += need
+                g.over = False
             return
+        needs: dict[QuotaGroup, int] = {g: need} if g is not None else {}
+        starts, owners = self.by_range[mid]
+        for i in np.flatnonzero(kinds == extent_kernels.KIND_UNMAPPED).tolist():
+            at = bisect_right(starts, first + i) - 1
+            r = owners[at] if at >= 0 else None
+            if r is not None and r is not g:
+                needs[r] = needs.get(r, 0) + 1
+        for r, n in needs.items():          # all or nothing
+            self._check(r, n)
+        for r, n in needs.items():
+            r.charged += n
+            r.over = False
+
+    def _check(self, g: QuotaGroup, need: int) -> None:
+        """Raise QuotaExceeded if ``need`` more AUs would take ``g`` past its limit."""
         if g.charged + need > g.limit and g.stale:
             self._count(g)
         if g.charged + need <= g.limit:
-            g.charged += need
-            g.over = False
             return
         if not g.over:
             g.over = True
