@@ -1,6 +1,6 @@
 """Where the time went, live: a raw initiator that holds its Data-Out back after the R2T
 shows the wait under network/host, not storage; a cold read through the flash cache shows
-as flash_miss and the re-read as flash."""
+as flash_miss and the re-read as flash, in one process and with worker processes."""
 
 from __future__ import annotations
 
@@ -69,9 +69,13 @@ def test_delayed_data_out_is_network_time_not_storage(vmblock_server):
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-io")
-def test_cold_read_is_a_flash_miss_and_the_reread_a_hit(tmp_path, start_server):
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers"])
+def test_cold_read_is_a_flash_miss_and_the_reread_a_hit(tmp_path, start_server, workers):
+    """With workers every command is forwarded to the owner (the cache is there); the
+    owner's RESULT carries the class, so the worker's record splits the same way."""
     pool = tmp_path / "pool"
     run_cli(pool, "config", "set", "cache.size", "50%")
+    run_cli(pool, "config", "set", "server.workers", str(workers))
     s = start_server(pool=pool)
     s.cli("vm", "create", "cold")
     s.cli("vdisk", "create", "cold-disk", "--size", "16M", "--vm", "cold")

@@ -183,8 +183,17 @@ class StatsRecorder:
 
 def _probe_class(lr, probe: int) -> int:
     """A read's class from the cache's capacity reads before it (``probe``) and now:
-    1 flash (none since), 2 flash miss."""
+    1 flash (none since), 2 flash miss. In a worker (``lr.probe`` None: the cache is the
+    owner's) ``probe`` is the class the owner found, sent back in its RESULT."""
+    if lr.probe is None:
+        return probe
     return 2 if lr.probe.capacity_reads != probe else 1
+
+
+def probe_class(lr, probe: int) -> int:
+    """``_probe_class`` for the owner of worker processes, which classifies a forwarded
+    command and sends the class with its RESULT (``vmblock.worker``)."""
+    return _probe_class(lr, probe)
 
 
 def add_records(counters: np.ndarray, rec: np.ndarray) -> None:

@@ -36,6 +36,7 @@ from vmblock.iscsi.session import Session
 from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import ScsiTask
 from vmblock.stats.live import lu_rows_json
+from vmblock.stats.recorder import probe_class
 
 from .channel import Channel
 from .publish import Publisher
@@ -44,6 +45,7 @@ from .wire import (
     CMD_WRITE,
     CONNECTION,
     NO_LUN,
+    RESULT_CLASS_SHIFT,
     RESULT_DATA_IN,
     RESULT_FAILED,
     STATS_TAG,
@@ -403,28 +405,35 @@ class WorkerPool:
             self._reply(w, tag, task, sess)
             return
         task.data_out = data[:task.data_out_len]
+        # the flash cache's probe, as the fabric takes it in one process (_execute_now): the
+        # worker's statistics record gets the class (flash, flash miss) with the RESULT
+        lr = scsi.stats_rows.get(lun)
+        probe = (lr, lr.probe.capacity_reads) if lr is not None and lr.probe is not None \
+            else None
         pending = scsi.execute(task)
         if pending is None:
-            self._reply(w, tag, task, sess)
+            self._reply(w, tag, task, sess, probe=probe)
             return
         fut = asyncio.ensure_future(pending)
-        fut.add_done_callback(partial(self._executed, w, tag, task, sess))
+        fut.add_done_callback(partial(self._executed, w, tag, task, sess, probe))
 
-    def _executed(self, w: Worker, tag: int, task: ScsiTask, sess: Session,
+    def _executed(self, w: Worker, tag: int, task: ScsiTask, sess: Session, probe,
                   fut: asyncio.Future) -> None:
         failed = fut.cancelled() or fut.exception() is not None
         if failed and not fut.cancelled():
             log.error("SCSI command failed", exc_info=fut.exception())
-        self._reply(w, tag, task, sess, failed)
+        self._reply(w, tag, task, sess, failed, probe)
 
     def _reply(self, w: Worker, tag: int, task: ScsiTask, sess: Session,
-               failed: bool = False) -> None:
+               failed: bool = False, probe: tuple | None = None) -> None:
         if self.publisher is not None:      # the command may have changed the LU's state
             lu = sess.target.scsi.luns.get(task.lun)
             if lu is not None:
                 self.publisher.refresh((lu,))
         flags = (RESULT_DATA_IN if task.data_in is not None else 0) | (RESULT_FAILED if failed
                                                                        else 0)
+        if probe is not None:
+            flags |= probe_class(*probe) << RESULT_CLASS_SHIFT
         w.channel.send(Msg.RESULT, *pack_result(tag, task.status, flags, task.cdb_xfer_len,
                                                 task.sense, task.data_in))
 

@@ -55,6 +55,8 @@ from .wire import (
     CMD_WRITE,
     CONNECTION,
     NO_LUN,
+    RESULT_CLASS_MASK,
+    RESULT_CLASS_SHIFT,
     RESULT_DATA_IN,
     RESULT_FAILED,
     RESULT_GONE,
@@ -335,6 +337,9 @@ class WorkerProcess:
         task.sense = sense
         task.cdb_xfer_len = xfer
         task.data_in = data_in if flags & RESULT_DATA_IN else None
+        cls = flags >> RESULT_CLASS_SHIFT & RESULT_CLASS_MASK
+        if cls:         # the owner's flash cache served it: the statistics' class
+            fwd.st.probe = cls
         machine.task_done(fwd.st)
 
     def _uncork(self) -> None:

@@ -30,6 +30,10 @@ RESULT = struct.Struct("<IBBQH")
 RESULT_DATA_IN = 0x01       # Data-In follows (possibly empty); without it task.data_in is None
 RESULT_FAILED = 0x02        # the command raised in the owner: answer TARGET FAILURE
 RESULT_GONE = 0x04          # the session is no longer the owner's: the task is aborted
+# bits 3-4: the flash cache's class of the command in the owner (statistics' latency split,
+# vmblock.stats.recorder): 0 none (no cache probe on the LU), 1 flash, 2 flash miss
+RESULT_CLASS_SHIFT = 3
+RESULT_CLASS_MASK = 0x3
 # TMF: tag, TSIH, RFC 7143 function code, LUN (NO_LUN for target resets)
 TMF = struct.Struct("<IHBQ")
 TMF_DONE = struct.Struct("<IB")             # tag, 1 when the LUN existed
