@@ -6,7 +6,9 @@ CHAP, TSIH, reinstatement in one place); when a normal session's connection reac
 feature phase the ``IscsiService`` calls ``place``: the connection stops being read, its
 Login Response is let out, and its socket, negotiated parameters, session identity, command
 window and the bytes received past the login go to the worker with the fewest sessions (a
-connection joining a session goes where the session is). The owner forgets the socket but
+connection joining a session goes where the session is; while QoS reservations or shares are
+set, a session that serves a VM's LU goes to one designated worker, so every scheduled flow
+competes in one scheduler: ``scheduled``, docs/qos.md). The owner forgets the socket but
 keeps the session in its registry, the connection as a ``RemoteConnection`` (``session list``,
 the connection limits, reinstatement and shutdown reach it there).
 
@@ -184,11 +186,19 @@ class WorkerPool:
         return w
 
     def qos_changed(self) -> None:
-        """Every worker's QoS gate takes the owner's configuration (``vmblock.qos``)."""
+        """Every worker's QoS gate takes the owner's configuration (``vmblock.qos``). When
+        reservations or shares now apply to sessions placed in more than one worker, say so:
+        they compete per worker until they log in again (docs/qos.md)."""
         msg = pack_json(self.qos.describe())
         for w in self.workers:
             if w is not None:
                 w.channel.send(Msg.QOS, msg)
+        spread = sorted({w.index for w in self.workers if w is not None
+                         for sess in w.sessions.values() if self.scheduled(sess)})
+        if len(spread) > 1:
+            log.warning("QoS reservations or shares apply to sessions in workers %s: they are "
+                        "scheduled per worker until they log in again (docs/qos.md)",
+                        ", ".join(map(str, spread)))
 
     def _died(self, w: Worker) -> None:
         """A worker's channel closed: its sessions end, and unless the server stops, a new
@@ -258,24 +268,46 @@ class WorkerPool:
         conn.io.transport.pause_reading()
         self._track(self._move(conn))
 
-    async def _choose(self, tsih: int) -> Worker:
+    def scheduled(self, sess: Session) -> bool:
+        """Whether ``sess``'s commands go through the QoS scheduler's dispatch rounds: some
+        VM (or vdisk) has a reservation or shares, and the session's target serves an LU of
+        a VM or vdisk (while rounds run, every VM's flow is scheduled: docs/qos.md)."""
+        gate = self.qos
+        if gate is None or not gate.rounds:
+            return False
+        name = sess.target.name
+        return any((name, lun) in gate.keys for lun in sess.target.scsi.luns)
+
+    async def _choose(self, sess: Session) -> Worker:
         for w in self.workers:
-            if w is not None and tsih in w.sessions and w.up:
+            if w is not None and sess.tsih in w.sessions and w.up:
                 return w                    # a connection joining a session placed there
+        scheduled = self.scheduled(sess)
         while True:
             up = [w for w in self.workers if w is not None and w.up]
+            if up and scheduled:            # every scheduled flow in one mClock scheduler
+                return self._designated(up)
             if up:
                 least = min(len(w.sessions) for w in up)
                 candidates = [w for w in up if len(w.sessions) == least]
                 return candidates[next(self.next) % len(candidates)]
             await asyncio.sleep(POLL)       # every worker is starting again
 
+    def _designated(self, up: list[Worker]) -> Worker:
+        """The worker that runs the scheduled sessions (docs/qos.md, "Worker processes"):
+        the one that already runs some (a worker started again after a death, with a lower
+        index, does not split them), else the lowest-index worker that is up."""
+        for w in up:
+            if any(self.scheduled(s) for s in w.sessions.values()):
+                return w
+        return up[0]
+
     async def _move(self, conn: ConnectionMachine) -> None:
         sess = conn.session
         transport = conn.io.transport
         deadline = time.monotonic() + self.service.config.login_timeout
         try:
-            w = await asyncio.wait_for(self._choose(sess.tsih), self.service.config.login_timeout)
+            w = await asyncio.wait_for(self._choose(sess), self.service.config.login_timeout)
             while transport.get_write_buffer_size() and time.monotonic() < deadline:
                 await asyncio.sleep(POLL)   # the Login Response has not left yet
         except asyncio.TimeoutError:
