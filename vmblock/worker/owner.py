@@ -193,8 +193,7 @@ class WorkerPool:
         for w in self.workers:
             if w is not None:
                 w.channel.send(Msg.QOS, msg)
-        spread = sorted({w.index for w in self.workers if w is not None
-                         for sess in w.sessions.values() if self.scheduled(sess)})
+        spread = [w.index for w in self.workers if w is not None and self._runs_scheduled(w)]
         if len(spread) > 1:
             log.warning("QoS reservations or shares apply to sessions in workers %s: they are "
                         "scheduled per worker until they log in again (docs/qos.md)",
@@ -272,11 +271,19 @@ class WorkerPool:
         """Whether ``sess``'s commands go through the QoS scheduler's dispatch rounds: some
         VM (or vdisk) has a reservation or shares, and the session's target serves an LU of
         a VM or vdisk (while rounds run, every VM's flow is scheduled: docs/qos.md)."""
+        return self._scheduled_target(sess.target)
+
+    def _scheduled_target(self, target) -> bool:
         gate = self.qos
         if gate is None or not gate.rounds:
             return False
-        name = sess.target.name
-        return any((name, lun) in gate.keys for lun in sess.target.scsi.luns)
+        name = target.name
+        return any((name, lun) in gate.keys for lun in target.scsi.luns)
+
+    def _runs_scheduled(self, w: Worker) -> bool:
+        """Whether worker ``w`` runs a scheduled session (each target checked once)."""
+        targets = {sess.target.name: sess.target for sess in w.sessions.values()}
+        return any(self._scheduled_target(t) for t in targets.values())
 
     async def _choose(self, sess: Session) -> Worker:
         for w in self.workers:
@@ -298,7 +305,7 @@ class WorkerPool:
         the one that already runs some (a worker started again after a death, with a lower
         index, does not split them), else the lowest-index worker that is up."""
         for w in up:
-            if any(self.scheduled(s) for s in w.sessions.values()):
+            if self._runs_scheduled(w):
                 return w
         return up[0]
 
