@@ -42,3 +42,4 @@ def test_handoff_carries_description_and_pending_bytes():
 def test_tmf_and_connection_heads():
     assert wire.TMF.unpack(wire.TMF.pack(9, 4, 5, wire.NO_LUN)) == (9, 4, 5, wire.NO_LUN)
     assert wire.CONNECTION.unpack(wire.CONNECTION.pack(65535, 2)) == (65535, 2)
+    assert wire.CLOSED.unpack(wire.CLOSED.pack(65535, 2, 0xFFFFFFFF)) == (65535, 2, 0xFFFFFFFF)

@@ -45,6 +45,7 @@ from .publish import Publisher
 from .wire import (
     CMD_READ,
     CMD_WRITE,
+    CLOSED,
     CONNECTION,
     NO_LUN,
     RESULT_CLASS_SHIFT,
@@ -86,7 +87,7 @@ class Worker:
         self.ready = loop.create_future()
         self.channel: Channel | None = None
         self.sessions: dict[int, Session] = {}                 # TSIH -> the owner's session
-        self.conns: dict[tuple[int, int], RemoteConnection] = {}   # (TSIH, CID) -> record
+        self.conns: dict[int, RemoteConnection] = {}   # handoff serial -> record
         self.fence = None       # the fast path's shared words (shared.Fence), if any
 
     @property
@@ -99,9 +100,10 @@ class RemoteConnection:
     """A connection running in a worker, where the owner's session and service keep their
     connections: ``info`` for ``session list``, ``terminate`` closes it there."""
 
-    def __init__(self, worker: Worker, conn: ConnectionMachine, tsih: int):
+    def __init__(self, worker: Worker, conn: ConnectionMachine, tsih: int, serial: int):
         self.worker = worker
         self.tsih = tsih
+        self.serial = serial            # this handoff's number: CLOSED names it
         self.cid = conn.cid
         self.host = conn.host
         self.peer = conn.peer
@@ -139,6 +141,7 @@ class WorkerPool:
         self.stopping = False
         self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
         self.next = itertools.count()             # round robin among the least loaded
+        self.serials = itertools.count(1)         # handoff serials (CLOSED names one)
         self.stats = None       # vmblock.stats.live.LiveStats: set before start when counted
         self.flushes: dict[int, asyncio.Future] = {}     # STATS_FLUSH tag -> its answer
         self.flush_tags = itertools.count(1)
@@ -326,16 +329,16 @@ class WorkerPool:
             return
         pending = bytes(conn.rview[conn.rstart:conn.rend])
         sock = conn.io.detach()
-        stub = RemoteConnection(w, conn, sess.tsih)
+        stub = RemoteConnection(w, conn, sess.tsih, next(self.serials) & 0xFFFFFFFF)
         self.service.connections.discard(conn)
         self.service.connections.add(stub)
         sess.connections[conn.cid] = stub
         w.sessions[sess.tsih] = sess
-        w.conns[(sess.tsih, conn.cid)] = stub
+        w.conns[stub.serial] = stub
         if self.publisher is not None:      # the new nexus's unit attention is pending
             self.publisher.refresh(sess.target.scsi.luns.values())
-        w.channel.send(Msg.HANDOFF, *pack_handoff(self._describe(conn, sess), pending),
-                       fds=(sock.detach(),))
+        info = {**self._describe(conn, sess), "serial": stub.serial}
+        w.channel.send(Msg.HANDOFF, *pack_handoff(info, pending), fds=(sock.detach(),))
 
     def _fabric(self) -> dict:
         """The fabric settings a worker runs its connections with (``HANDOFF``, ``CONFIG``)."""
@@ -405,7 +408,7 @@ class WorkerPool:
         elif mtype == Msg.TMF:
             self._tmf(w, payload)
         elif mtype == Msg.CLOSED:
-            self._closed(w, *CONNECTION.unpack_from(payload))
+            self._closed(w, *CLOSED.unpack_from(payload))
         elif mtype == Msg.STATS_FLUSHED:
             fut = self.flushes.pop(STATS_TAG.unpack_from(payload)[0], None)
             if fut is not None and not fut.done():
@@ -495,16 +498,19 @@ class WorkerPool:
                 self.publisher.refresh(sess.target.scsi.luns.values())
         w.channel.send(Msg.TMF_DONE, TMF_DONE.pack(tag, ok))
 
-    def _closed(self, w: Worker, tsih: int, cid: int) -> None:
-        conn = w.conns.pop((tsih, cid), None)
+    def _closed(self, w: Worker, tsih: int, cid: int, serial: int) -> None:
+        """Handoff ``serial`` ended in worker ``w``: its slot goes back, and unless a
+        connection reinstatement replaced it (the session's CID ``cid`` is another
+        connection now), the session loses it (and ends with its last one, ERL 0)."""
+        conn = w.conns.pop(serial, None)
         if conn is None:
             return
         self.service.release(conn)
         sess = w.sessions.get(tsih)
         if sess is None:
             return
-        self.service.registry.detach(sess, conn)
-        if not any(t == tsih for t, _ in w.conns):
+        self.service.registry.detach(sess, conn)     # only if still the session's ``cid``
+        if not any(c.tsih == tsih for c in w.conns.values()):
             del w.sessions[tsih]
 
 

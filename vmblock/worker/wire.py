@@ -37,7 +37,11 @@ RESULT_CLASS_MASK = 0x3
 # TMF: tag, TSIH, RFC 7143 function code, LUN (NO_LUN for target resets)
 TMF = struct.Struct("<IHBQ")
 TMF_DONE = struct.Struct("<IB")             # tag, 1 when the LUN existed
-CONNECTION = struct.Struct("<HH")           # TSIH, CID: CLOSED and TERMINATE
+CONNECTION = struct.Struct("<HH")           # TSIH, CID: TERMINATE
+# CLOSED: TSIH, CID, the connection's handoff serial (HANDOFF's "serial"): after a connection
+# reinstatement the old and the new connection share TSIH and CID, and the old one's CLOSED
+# may reach the owner after the new one was handed over
+CLOSED = struct.Struct("<HHI")
 STATS_TAG = struct.Struct("<I")             # STATS_FLUSH and STATS_FLUSHED: a tag
 
 
