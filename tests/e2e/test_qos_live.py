@@ -12,7 +12,11 @@ import time
 import pytest
 from support import clients
 from support.clients import cli_json as js
+from support.iscsi_client import IscsiClient, tur
 from support.server import run_cli
+from support.waiting import until
+
+from vmblock import DEFAULT_TARGET
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"),
                                 reason="needs qemu-io (qemu-utils, qemu-block-extra)")
@@ -81,3 +85,56 @@ def test_qos_throttled_is_recorded_once_for_a_vm_held_at_its_limit(tmp_path, sta
     ev = events[0]
     assert (ev["vm"], ev["severity"], ev["max_iops"]) == ("slow", "info", 20)
     assert "raise its limit" in ev["advice"]
+
+
+def _session(server, n: int) -> IscsiClient:
+    """A raw session of its own initiator on the default target (which serves every VM's
+    vdisk), its power-on unit attention taken: it stays open, so its worker is known."""
+    c = IscsiClient(server.host, server.port)
+    assert c.login(DEFAULT_TARGET, initiator=f"iqn.2026-11.io.vmblock.test:qos-{n}",
+                   chap=server.chap()).login_status == 0
+    while c.scsi(tur()).status:
+        pass
+    return c
+
+
+def _log_out(sessions: list[IscsiClient]) -> None:
+    for c in sessions:
+        c.logout()
+        c.close()
+
+
+def _workers_of(server, *sessions: IscsiClient) -> list[int]:
+    """The worker index of each session, once every one is in a worker."""
+    def where():
+        out = {s["tsih"]: conn["worker"] for s in js(server, "session", "list")
+               for conn in s["connections"] if "worker" in conn}
+        return all(c.tsih in out for c in sessions) and [out[c.tsih] for c in sessions]
+    return until("the sessions in workers", where)
+
+
+@pytest.mark.timeout(180)
+def test_with_shares_set_every_vm_session_goes_to_one_worker(tmp_path, start_server):
+    """Shares and reservations are scheduled per process: while some VM has them, sessions
+    serving VM LUs are placed in one worker, so their flows compete in one scheduler; sessions
+    placed before are spread, which the server logs; without them, sessions spread again."""
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", "2")
+    s = start_server(pool=pool)
+    for vm in ("s1", "s2"):
+        s.cli("vm", "create", vm)
+        s.cli("vdisk", "create", f"{vm}-0", "--size", "16M", "--vm", vm)
+    first = [_session(s, n) for n in range(2)]
+    assert sorted(_workers_of(s, *first)) == [0, 1]         # least loaded: one each
+    s.cli("vm", "set", "s1", "--shares", "3")
+    until("the warning about sessions placed before", lambda: "scheduled per worker" in s.log())
+    _log_out(first)
+    pinned = [_session(s, n) for n in range(2, 5)]
+    assert _workers_of(s, *pinned) == [0, 0, 0]
+    _log_out(pinned)
+    s.cli("vm", "set", "s1", "--shares", "none")
+    s.cli("vm", "set", "s2", "--max-iops", "100000")        # a limit alone is shared: no pin
+    until("the sessions gone", lambda: not js(s, "session", "list"))
+    spread = [_session(s, n) for n in range(5, 7)]
+    assert sorted(_workers_of(s, *spread)) == [0, 1]
+    _log_out(spread)

@@ -1,6 +1,6 @@
 """Where the time went, live: a raw initiator that holds its Data-Out back after the R2T
 shows the wait under network/host, not storage; a cold read through the flash cache shows
-as flash_miss and the re-read as flash."""
+as flash_miss and the re-read as flash, in one process and with worker processes."""
 
 from __future__ import annotations
 
@@ -69,9 +69,13 @@ def test_delayed_data_out_is_network_time_not_storage(vmblock_server):
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-io")
-def test_cold_read_is_a_flash_miss_and_the_reread_a_hit(tmp_path, start_server):
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers"])
+def test_cold_read_is_a_flash_miss_and_the_reread_a_hit(tmp_path, start_server, workers):
+    """With workers every command is forwarded to the owner (the cache is there); the
+    owner's RESULT carries the class, so the worker's record splits the same way."""
     pool = tmp_path / "pool"
     run_cli(pool, "config", "set", "cache.size", "50%")
+    run_cli(pool, "config", "set", "server.workers", str(workers))
     s = start_server(pool=pool)
     s.cli("vm", "create", "cold")
     s.cli("vdisk", "create", "cold-disk", "--size", "16M", "--vm", "cold")
@@ -90,3 +94,27 @@ def test_cold_read_is_a_flash_miss_and_the_reread_a_hit(tmp_path, start_server):
     group = js(s, "stats", "--group", "default")["groups"][0]
     assert group["flash_ops"] == blocks and group["cached_bytes"] > 0
     assert vm["cached_bytes"] == blocks * 65536 and vm["promotions"] == blocks
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-io")
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers"])
+def test_a_reads_wait_for_an_executor_thread_is_queue(tmp_path, start_server, workers):
+    """Reads larger than the SCSI core serves on the loop go to an executor thread; the wait
+    for the thread is ``queue`` (``ScsiTask.t_io``), also when a worker forwarded them to the
+    owner (the flash cache on: every command is forwarded; its RESULT carries the stamp)."""
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "cache.size", "50%" if workers else "0")
+    run_cli(pool, "config", "set", "server.workers", str(workers))
+    s = start_server(pool=pool)
+    s.cli("vm", "create", "big")
+    s.cli("vdisk", "create", "big-disk", "--size", "16M", "--vm", "big")
+    url = js(s, "vdisk", "show", "big-disk")["url"]
+    # 64 KiB writes: served on the loop (no executor), so the queue starts at 0
+    clients.qemu_io(url, *[f"write -P 0x5a {i << 16} 64k" for i in range(128)], cache="none")
+    before = js(s, "stats", "--vm", "big")["vms"][0]
+    clients.qemu_io(url, *[f"read -P 0x5a {i << 20} 1M" for i in range(8)], cache="none")
+    vm = js(s, "stats", "--vm", "big")["vms"][0]
+    assert vm["read_ops"] - before["read_ops"] == 8
+    assert vm["latency_split_us"]["queue"] > 0      # no write waited: the reads' threads
+    assert before["latency_split_us"]["queue"] == 0

@@ -51,6 +51,7 @@ class InProcessServer:
         self.pool = Pool(str(pool_dir), create=True)
         # both tiers are files on one device: cache.size auto would leave the cache off
         self.pool.config_set("cache.size", "50%")
+        self.pool.config_set("server.workers", "0")     # one process, as support.server pins
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

@@ -24,6 +24,7 @@ from support.server import run_cli
 from support.waiting import until
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu
+from vmblock.worker.publish import HOOK_ENV
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -177,6 +178,40 @@ def test_logout_in_a_worker_ends_the_nexus_in_the_owner(workers_server):
         # I_T nexus loss releases the RESERVE(6) reservation (SPC-4 5.9.3)
         until("the session gone", lambda: a.tsih not in placement(workers_server))
         assert b.scsi(write10(9, 1), write=pattern(1, 1)).status == GOOD
+
+
+def test_connection_reinstatement_in_a_worker_keeps_the_session(tmp_path, start_server,
+                                                                 monkeypatch):
+    """RFC 7143 6.3.4: a login naming the session's TSIH and CID replaces that connection.
+    The old connection's CLOSED carries its handoff serial: arriving after the new one (same
+    TSIH and CID) was handed over, it must not end the session in the owner (it did: the
+    session vanished from ``session list`` and forwarded commands were answered as gone).
+    The test-only hook file ``hold-closed`` makes that order certain: the worker sends the
+    old connection's CLOSED only once it has taken the new one."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    monkeypatch.setenv(HOOK_ENV, str(hook))
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", str(WORKERS))
+    server = start_server(pool=pool)
+    old = login(server, A_INITIATOR)
+    placed(server, old)
+    (hook / "hold-closed").touch()
+    with old, IscsiClient(server.host, server.port) as new:
+        new.isid, new.tsih = old.isid, old.tsih
+        assert new.login(DEFAULT_TARGET, initiator=A_INITIATOR,
+                         chap=server.chap()).login_status == 0
+        assert new.tsih == old.tsih
+        assert old.closed_by_peer(timeout=5)
+        placed(server, new)
+        (hook / "hold-closed").unlink()
+        # a forwarded command: behind the old connection's CLOSED when both are one worker's
+        assert new.scsi(tur()).status == GOOD
+        assert new.scsi(write10(3, 1), write=pattern(3, 1)).status == GOOD
+        live = [s for s in cli_json(server, "session", "list") if s["type"] == "normal"]
+        assert [(s["tsih"], len(s["connections"])) for s in live] == [(old.tsih, 1)]
+        assert new.logout().opcode == pdu.Opcode.LOGOUT_RSP
+    until("the session gone", lambda: not cli_json(server, "session", "list"))
 
 
 def test_killed_worker_loses_no_acknowledged_write_and_comes_back(workers_server):

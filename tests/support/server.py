@@ -4,6 +4,12 @@ Tests import it from ``support.server``, never from conftest.py.
 ``VmblockServer`` starts the server on 127.0.0.1 port 0, waits for its ready line, and always
 stops it (SIGTERM, then SIGKILL). Its pool is new, so its targets ask for CHAP: ``url`` carries
 the credentials (as ``vdisk show --json`` does) and ``chap`` gives them to the raw test client.
+
+A test server runs in one process unless its test asks for workers: a pool that does not set
+``server.workers`` gets ``0`` stored before the server starts (``pin_workers``), so the
+default of ``server.workers`` can change without changing what the existing tests test. A
+test that wants workers sets the key on the pool first (``config set server.workers N``) or
+in its ``--config`` file.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from pathlib import Path
 import pytest
 
 from vmblock import DEFAULT_TARGET
+from vmblock.meta import Pool
+from vmblock.meta.pool import OWNER_ONLY_UMASK
 
 READY_RE = re.compile(r"^vmblock: serving .* on (\S+?):(\d+)", re.MULTILINE)
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
+WORKERS_KEY = "server.workers"
 
 
 def vmblock_cmd(pool: Path, *args: str) -> list[str]:
@@ -40,13 +49,33 @@ def run_cli(pool: Path, *args: str, check: bool = True,
     return p
 
 
+def pin_workers(pool: Path) -> None:
+    """Store ``server.workers 0`` in ``pool`` (created if new, as ``vmblock config set``
+    creates it: owner-only files) unless the pool sets the key already."""
+    umask = os.umask(OWNER_ONLY_UMASK)
+    try:
+        p = Pool(str(pool), create=True)
+        try:
+            if WORKERS_KEY not in p.config():
+                p.config_set(WORKERS_KEY, "0")
+        finally:
+            p.close()
+    finally:
+        os.umask(umask)
+
+
 class VmblockServer:
     """A running server; ``cli`` runs the real command against its pool."""
 
-    def __init__(self, pool: Path, args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()):
-        """``prefix`` runs the server under another command, e.g. ``ip netns exec NAME``."""
+    def __init__(self, pool: Path, args: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+                 pinned: bool = True):
+        """``prefix`` runs the server under another command, e.g. ``ip netns exec NAME``;
+        ``pinned`` False leaves ``server.workers`` to the pool or its default (a benchmark
+        of the default configuration), else ``pin_workers``."""
         self.pool = pool
         self.insecure = "--insecure" in args
+        if pinned:
+            pin_workers(pool)
         self.log_path = pool.parent / "server.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(

@@ -29,9 +29,10 @@ def test_command_round_trip_with_data_out():
 
 def test_result_keeps_none_apart_from_empty_data_in():
     none = joined(wire.pack_result(1, 0x02, 0, 512, b"\x70" + bytes(17), None))
-    assert wire.unpack_result(none) == (1, 0x02, 0, 512, b"\x70" + bytes(17), None)
-    empty = wire.unpack_result(joined(wire.pack_result(2, 0, wire.RESULT_DATA_IN, 0, None, b"")))
-    assert empty[4] is None and bytes(empty[5]) == b""
+    assert wire.unpack_result(none) == (1, 0x02, 0, 512, b"\x70" + bytes(17), None, 0.0)
+    empty = wire.unpack_result(joined(wire.pack_result(2, 0, wire.RESULT_DATA_IN, 0, None, b"",
+                                                       1234.5)))
+    assert empty[4] is None and bytes(empty[5]) == b"" and empty[6] == 1234.5
 
 
 def test_handoff_carries_description_and_pending_bytes():
@@ -42,3 +43,4 @@ def test_handoff_carries_description_and_pending_bytes():
 def test_tmf_and_connection_heads():
     assert wire.TMF.unpack(wire.TMF.pack(9, 4, 5, wire.NO_LUN)) == (9, 4, 5, wire.NO_LUN)
     assert wire.CONNECTION.unpack(wire.CONNECTION.pack(65535, 2)) == (65535, 2)
+    assert wire.CLOSED.unpack(wire.CLOSED.pack(65535, 2, 0xFFFFFFFF)) == (65535, 2, 0xFFFFFFFF)

@@ -120,7 +120,7 @@ class StatsRecorder:
                 and lr.starts is None):
             packed = lr.packed[task.cdb[0]] | nbytes
             if probe is not None:
-                packed |= _probe_class(lr, probe) << CLASS_SHIFT
+                packed |= probe_class(lr, probe) << CLASS_SHIFT
             self.fast.append(packed)
             self.unsent = True
             return
@@ -132,7 +132,7 @@ class StatsRecorder:
             t_exec = t_exec or t_grant
             t_grant, t_exec = t_grant + task.t_io - t_exec, task.t_io
         times = (st.t_arr, t_grant, t_exec, self.sent_before + (len(self.sends) >> 1),
-                 0 if probe is None else _probe_class(lr, probe), task.status)
+                 0 if probe is None else probe_class(lr, probe), task.status)
         if lr.starts is None:
             self.long.extend((lr.row, task.cdb[0], 1, nbytes) + times)
         else:
@@ -198,9 +198,13 @@ class StatsRecorder:
         self.arrivals = [0, self.group]
 
 
-def _probe_class(lr, probe: int) -> int:
+def probe_class(lr, probe: int) -> int:
     """A read's class from the cache's capacity reads before it (``probe``) and now:
-    1 flash (none since), 2 flash miss."""
+    1 flash (none since), 2 flash miss. The owner of worker processes classifies a forwarded
+    command with it too. In a worker (``lr.probe`` None: the cache is the
+    owner's) ``probe`` is the class the owner found, sent back in its RESULT."""
+    if lr.probe is None:
+        return probe
     return 2 if lr.probe.capacity_reads != probe else 1
 
 

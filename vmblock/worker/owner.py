@@ -6,7 +6,9 @@ CHAP, TSIH, reinstatement in one place); when a normal session's connection reac
 feature phase the ``IscsiService`` calls ``place``: the connection stops being read, its
 Login Response is let out, and its socket, negotiated parameters, session identity, command
 window and the bytes received past the login go to the worker with the fewest sessions (a
-connection joining a session goes where the session is). The owner forgets the socket but
+connection joining a session goes where the session is; while QoS reservations or shares are
+set, a session that serves a VM's LU goes to one designated worker, so every scheduled flow
+competes in one scheduler: ``scheduled``, docs/qos.md). The owner forgets the socket but
 keeps the session in its registry, the connection as a ``RemoteConnection`` (``session list``,
 the connection limits, reinstatement and shutdown reach it there).
 
@@ -36,14 +38,17 @@ from vmblock.iscsi.session import Session
 from vmblock.scsi.sense import ScsiError, SenseReason, fail
 from vmblock.scsi.task import ScsiTask
 from vmblock.stats.live import lu_rows_json
+from vmblock.stats.recorder import probe_class
 
 from .channel import Channel
 from .publish import Publisher
 from .wire import (
     CMD_READ,
     CMD_WRITE,
+    CLOSED,
     CONNECTION,
     NO_LUN,
+    RESULT_CLASS_SHIFT,
     RESULT_DATA_IN,
     RESULT_FAILED,
     STATS_TAG,
@@ -82,7 +87,7 @@ class Worker:
         self.ready = loop.create_future()
         self.channel: Channel | None = None
         self.sessions: dict[int, Session] = {}                 # TSIH -> the owner's session
-        self.conns: dict[tuple[int, int], RemoteConnection] = {}   # (TSIH, CID) -> record
+        self.conns: dict[int, RemoteConnection] = {}   # handoff serial -> record
         self.fence = None       # the fast path's shared words (shared.Fence), if any
 
     @property
@@ -95,9 +100,10 @@ class RemoteConnection:
     """A connection running in a worker, where the owner's session and service keep their
     connections: ``info`` for ``session list``, ``terminate`` closes it there."""
 
-    def __init__(self, worker: Worker, conn: ConnectionMachine, tsih: int):
+    def __init__(self, worker: Worker, conn: ConnectionMachine, tsih: int, serial: int):
         self.worker = worker
         self.tsih = tsih
+        self.serial = serial            # this handoff's number: CLOSED names it
         self.cid = conn.cid
         self.host = conn.host
         self.peer = conn.peer
@@ -135,6 +141,7 @@ class WorkerPool:
         self.stopping = False
         self.tasks: set[asyncio.Task] = set()     # handoffs and restarts under way
         self.next = itertools.count()             # round robin among the least loaded
+        self.serials = itertools.count(1)         # handoff serials (CLOSED names one)
         self.stats = None       # vmblock.stats.live.LiveStats: set before start when counted
         self.flushes: dict[int, asyncio.Future] = {}     # STATS_FLUSH tag -> its answer
         self.flush_tags = itertools.count(1)
@@ -182,11 +189,18 @@ class WorkerPool:
         return w
 
     def qos_changed(self) -> None:
-        """Every worker's QoS gate takes the owner's configuration (``vmblock.qos``)."""
+        """Every worker's QoS gate takes the owner's configuration (``vmblock.qos``). When
+        reservations or shares now apply to sessions placed in more than one worker, say so:
+        they compete per worker until they log in again (docs/qos.md)."""
         msg = pack_json(self.qos.describe())
         for w in self.workers:
             if w is not None:
                 w.channel.send(Msg.QOS, msg)
+        spread = [w.index for w in self.workers if w is not None and self._runs_scheduled(w)]
+        if len(spread) > 1:
+            log.warning("QoS reservations or shares apply to sessions in workers %s: they are "
+                        "scheduled per worker until they log in again (docs/qos.md)",
+                        ", ".join(map(str, spread)))
 
     def _died(self, w: Worker) -> None:
         """A worker's channel closed: its sessions end, and unless the server stops, a new
@@ -256,24 +270,54 @@ class WorkerPool:
         conn.io.transport.pause_reading()
         self._track(self._move(conn))
 
-    async def _choose(self, tsih: int) -> Worker:
+    def scheduled(self, sess: Session) -> bool:
+        """Whether ``sess``'s commands go through the QoS scheduler's dispatch rounds: some
+        VM (or vdisk) has a reservation or shares, and the session's target serves an LU of
+        a VM or vdisk (while rounds run, every VM's flow is scheduled: docs/qos.md)."""
+        return self._scheduled_target(sess.target)
+
+    def _scheduled_target(self, target) -> bool:
+        gate = self.qos
+        if gate is None or not gate.rounds:
+            return False
+        name = target.name
+        return any((name, lun) in gate.keys for lun in target.scsi.luns)
+
+    def _runs_scheduled(self, w: Worker) -> bool:
+        """Whether worker ``w`` runs a scheduled session (each target checked once)."""
+        targets = {sess.target.name: sess.target for sess in w.sessions.values()}
+        return any(self._scheduled_target(t) for t in targets.values())
+
+    async def _choose(self, sess: Session) -> Worker:
         for w in self.workers:
-            if w is not None and tsih in w.sessions and w.up:
+            if w is not None and sess.tsih in w.sessions and w.up:
                 return w                    # a connection joining a session placed there
+        scheduled = self.scheduled(sess)
         while True:
             up = [w for w in self.workers if w is not None and w.up]
+            if up and scheduled:            # every scheduled flow in one mClock scheduler
+                return self._designated(up)
             if up:
                 least = min(len(w.sessions) for w in up)
                 candidates = [w for w in up if len(w.sessions) == least]
                 return candidates[next(self.next) % len(candidates)]
             await asyncio.sleep(POLL)       # every worker is starting again
 
+    def _designated(self, up: list[Worker]) -> Worker:
+        """The worker that runs the scheduled sessions (docs/qos.md, "Worker processes"):
+        the one that already runs some (a worker started again after a death, with a lower
+        index, does not split them), else the lowest-index worker that is up."""
+        for w in up:
+            if self._runs_scheduled(w):
+                return w
+        return up[0]
+
     async def _move(self, conn: ConnectionMachine) -> None:
         sess = conn.session
         transport = conn.io.transport
         deadline = time.monotonic() + self.service.config.login_timeout
         try:
-            w = await asyncio.wait_for(self._choose(sess.tsih), self.service.config.login_timeout)
+            w = await asyncio.wait_for(self._choose(sess), self.service.config.login_timeout)
             while transport.get_write_buffer_size() and time.monotonic() < deadline:
                 await asyncio.sleep(POLL)   # the Login Response has not left yet
         except asyncio.TimeoutError:
@@ -285,16 +329,16 @@ class WorkerPool:
             return
         pending = bytes(conn.rview[conn.rstart:conn.rend])
         sock = conn.io.detach()
-        stub = RemoteConnection(w, conn, sess.tsih)
+        stub = RemoteConnection(w, conn, sess.tsih, next(self.serials) & 0xFFFFFFFF)
         self.service.connections.discard(conn)
         self.service.connections.add(stub)
         sess.connections[conn.cid] = stub
         w.sessions[sess.tsih] = sess
-        w.conns[(sess.tsih, conn.cid)] = stub
+        w.conns[stub.serial] = stub
         if self.publisher is not None:      # the new nexus's unit attention is pending
             self.publisher.refresh(sess.target.scsi.luns.values())
-        w.channel.send(Msg.HANDOFF, *pack_handoff(self._describe(conn, sess), pending),
-                       fds=(sock.detach(),))
+        info = {**self._describe(conn, sess), "serial": stub.serial}
+        w.channel.send(Msg.HANDOFF, *pack_handoff(info, pending), fds=(sock.detach(),))
 
     def _fabric(self) -> dict:
         """The fabric settings a worker runs its connections with (``HANDOFF``, ``CONFIG``)."""
@@ -364,7 +408,7 @@ class WorkerPool:
         elif mtype == Msg.TMF:
             self._tmf(w, payload)
         elif mtype == Msg.CLOSED:
-            self._closed(w, *CONNECTION.unpack_from(payload))
+            self._closed(w, *CLOSED.unpack_from(payload))
         elif mtype == Msg.STATS_FLUSHED:
             fut = self.flushes.pop(STATS_TAG.unpack_from(payload)[0], None)
             if fut is not None and not fut.done():
@@ -403,30 +447,37 @@ class WorkerPool:
             self._reply(w, tag, task, sess)
             return
         task.data_out = data[:task.data_out_len]
+        # the flash cache's probe, as the fabric takes it in one process (_execute_now): the
+        # worker's statistics record gets the class (flash, flash miss) with the RESULT
+        lr = scsi.stats_rows.get(lun)
+        probe = (lr, lr.probe.capacity_reads) if lr is not None and lr.probe is not None \
+            else None
         pending = scsi.execute(task)
         if pending is None:
-            self._reply(w, tag, task, sess)
+            self._reply(w, tag, task, sess, probe=probe)
             return
         fut = asyncio.ensure_future(pending)
-        fut.add_done_callback(partial(self._executed, w, tag, task, sess))
+        fut.add_done_callback(partial(self._executed, w, tag, task, sess, probe))
 
-    def _executed(self, w: Worker, tag: int, task: ScsiTask, sess: Session,
+    def _executed(self, w: Worker, tag: int, task: ScsiTask, sess: Session, probe,
                   fut: asyncio.Future) -> None:
         failed = fut.cancelled() or fut.exception() is not None
         if failed and not fut.cancelled():
             log.error("SCSI command failed", exc_info=fut.exception())
-        self._reply(w, tag, task, sess, failed)
+        self._reply(w, tag, task, sess, failed, probe)
 
     def _reply(self, w: Worker, tag: int, task: ScsiTask, sess: Session,
-               failed: bool = False) -> None:
+               failed: bool = False, probe: tuple | None = None) -> None:
         if self.publisher is not None:      # the command may have changed the LU's state
             lu = sess.target.scsi.luns.get(task.lun)
             if lu is not None:
                 self.publisher.refresh((lu,))
         flags = (RESULT_DATA_IN if task.data_in is not None else 0) | (RESULT_FAILED if failed
                                                                        else 0)
+        if probe is not None:
+            flags |= probe_class(*probe) << RESULT_CLASS_SHIFT
         w.channel.send(Msg.RESULT, *pack_result(tag, task.status, flags, task.cdb_xfer_len,
-                                                task.sense, task.data_in))
+                                                task.sense, task.data_in, task.t_io))
 
     def _tmf(self, w: Worker, payload: bytes) -> None:
         tag, tsih, function, lun = TMF.unpack_from(payload)
@@ -447,16 +498,19 @@ class WorkerPool:
                 self.publisher.refresh(sess.target.scsi.luns.values())
         w.channel.send(Msg.TMF_DONE, TMF_DONE.pack(tag, ok))
 
-    def _closed(self, w: Worker, tsih: int, cid: int) -> None:
-        conn = w.conns.pop((tsih, cid), None)
+    def _closed(self, w: Worker, tsih: int, cid: int, serial: int) -> None:
+        """Handoff ``serial`` ended in worker ``w``: its slot goes back, and unless a
+        connection reinstatement replaced it (the session's CID ``cid`` is another
+        connection now), the session loses it (and ends with its last one, ERL 0)."""
+        conn = w.conns.pop(serial, None)
         if conn is None:
             return
         self.service.release(conn)
         sess = w.sessions.get(tsih)
         if sess is None:
             return
-        self.service.registry.detach(sess, conn)
-        if not any(t == tsih for t, _ in w.conns):
+        self.service.registry.detach(sess, conn)     # only if still the session's ``cid``
+        if not any(c.tsih == tsih for c in w.conns.values()):
             del w.sessions[tsih]
 
 

@@ -53,8 +53,11 @@ from .target import WorkerTarget
 from .wire import (
     CMD_READ,
     CMD_WRITE,
+    CLOSED,
     CONNECTION,
     NO_LUN,
+    RESULT_CLASS_MASK,
+    RESULT_CLASS_SHIFT,
     RESULT_DATA_IN,
     RESULT_FAILED,
     RESULT_GONE,
@@ -111,6 +114,10 @@ class WorkerService:
         self.send_targets_answer: dict[int, list] = {}     # TSIH -> the session's SendTargets
         self.stats = None       # vmblock.stats.recorder.StatsRecorder over the owner's slab
         self.qos = None         # vmblock.qos.gate.QosGate, configured by the owner's QOS
+        self.serials: dict[ConnectionMachine, int] = {}    # connection -> its handoff serial
+        # test-only (HOOK_ENV, file ``hold-closed``): CLOSED messages sent once the next
+        # handed connection is taken, as when the owner reads them after its HANDOFF
+        self.held_closed: list[bytes] = []
 
     def configure(self, info: dict) -> None:
         """Take the owner's current fabric settings (sent with each ``HANDOFF`` and in
@@ -127,7 +134,12 @@ class WorkerService:
         """``conn`` closed: the owner hears of it (``CLOSED``) and gives back its slot."""
         if conn in self.connections:
             self.connections.discard(conn)
-            self.process.channel.send(Msg.CLOSED, CONNECTION.pack(conn.session.tsih, conn.cid))
+            msg = CLOSED.pack(conn.session.tsih, conn.cid, self.serials.pop(conn, 0))
+            hook = os.environ.get(HOOK_ENV)
+            if hook and Path(hook, "hold-closed").exists():
+                self.held_closed.append(msg)    # test-only: after the next HANDOFF
+            else:
+                self.process.channel.send(Msg.CLOSED, msg)
 
     def send_targets(self, value: str, session: Session) -> list[tuple[str, str]]:
         """SendTargets in a normal session: its own target only, as the owner answered it at
@@ -168,6 +180,7 @@ class HandedProtocol(IscsiProtocol):
             old.terminate("connection reinstated")
         sess.connections[cid] = machine
         self.service.connections.add(machine)
+        self.service.serials[machine] = info["serial"]
         now = self.loop.time()
         machine.resume(sess, cid, info["statsn"], now)
         if self.pending:
@@ -263,10 +276,13 @@ class WorkerProcess:
         try:
             await self.loop.connect_accepted_socket(
                 lambda: HandedProtocol(self.service, sess, info, pending), sock)
+            held, self.service.held_closed = self.service.held_closed, []
+            for msg in held:
+                self.channel.send(Msg.CLOSED, msg)
         except OSError as e:        # the initiator went in between: the owner hears CLOSED
             log.info("worker %d: handed connection lost: %s", self.index, e)
             sock.close()
-            self.channel.send(Msg.CLOSED, CONNECTION.pack(info["tsih"], info["cid"]))
+            self.channel.send(Msg.CLOSED, CLOSED.pack(info["tsih"], info["cid"], info["serial"]))
 
     def _session(self, info: dict) -> Session:
         """The session a handed connection belongs to: this worker's, or adopted now."""
@@ -315,7 +331,7 @@ class WorkerProcess:
     def _result(self, payload: bytes) -> None:
         """Answer a forwarded command; the answers of one batch of RESULTs are written
         together, per connection, once the batch is handled (``_uncork``)."""
-        tag, status, flags, xfer, sense, data_in = unpack_result(payload)
+        tag, status, flags, xfer, sense, data_in, t_io = unpack_result(payload)
         fwd = self.waiting.pop(tag, None)
         if fwd is None or fwd.machine is None:
             return
@@ -335,6 +351,10 @@ class WorkerProcess:
         task.sense = sense
         task.cdb_xfer_len = xfer
         task.data_in = data_in if flags & RESULT_DATA_IN else None
+        task.t_io = t_io    # the owner's executor queue counts as queue (statistics)
+        cls = flags >> RESULT_CLASS_SHIFT & RESULT_CLASS_MASK
+        if cls:         # the owner's flash cache served it: the statistics' class
+            fwd.st.probe = cls
         machine.task_done(fwd.st)
 
     def _uncork(self) -> None:

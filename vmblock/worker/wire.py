@@ -24,16 +24,25 @@ NO_LUN = 0xFFFFFFFFFFFFFFFF                  # the LUN field of a target-wide TM
 COMMAND = struct.Struct("<IHIQIBBB")
 CMD_READ = 0x01
 CMD_WRITE = 0x02
-# RESULT head: tag, SCSI status, flags, the CDB's transfer length (for residuals), sense
-# length; then the sense, then the Data-In (the rest).
-RESULT = struct.Struct("<IBBQH")
+# RESULT head: tag, SCSI status, flags, the CDB's transfer length (for residuals), when an
+# executor thread of the owner started its I/O (ScsiTask.t_io: CLOCK_MONOTONIC, one clock for
+# every process; 0.0 none), sense length; then the sense, then the Data-In (the rest).
+RESULT = struct.Struct("<IBBQdH")
 RESULT_DATA_IN = 0x01       # Data-In follows (possibly empty); without it task.data_in is None
 RESULT_FAILED = 0x02        # the command raised in the owner: answer TARGET FAILURE
 RESULT_GONE = 0x04          # the session is no longer the owner's: the task is aborted
+# bits 3-4: the flash cache's class of the command in the owner (statistics' latency split,
+# vmblock.stats.recorder): 0 none (no cache probe on the LU), 1 flash, 2 flash miss
+RESULT_CLASS_SHIFT = 3
+RESULT_CLASS_MASK = 0x3
 # TMF: tag, TSIH, RFC 7143 function code, LUN (NO_LUN for target resets)
 TMF = struct.Struct("<IHBQ")
 TMF_DONE = struct.Struct("<IB")             # tag, 1 when the LUN existed
-CONNECTION = struct.Struct("<HH")           # TSIH, CID: CLOSED and TERMINATE
+CONNECTION = struct.Struct("<HH")           # TSIH, CID: TERMINATE
+# CLOSED: TSIH, CID, the connection's handoff serial (HANDOFF's "serial"): after a connection
+# reinstatement the old and the new connection share TSIH and CID, and the old one's CLOSED
+# may reach the owner after the new one was handed over
+CLOSED = struct.Struct("<HHI")
 STATS_TAG = struct.Struct("<I")             # STATS_FLUSH and STATS_FLUSHED: a tag
 
 
@@ -103,20 +112,21 @@ def unpack_command(payload) -> tuple:
 
 
 def pack_result(tag: int, status: int, flags: int, xfer: int, sense: bytes | None,
-                data_in) -> list:
+                data_in, t_io: float = 0.0) -> list:
     """RESULT payload parts."""
     sense = sense or b""
-    parts = [RESULT.pack(tag, status, flags, xfer, len(sense)), sense]
+    parts = [RESULT.pack(tag, status, flags, xfer, t_io, len(sense)), sense]
     if data_in is not None:
         parts.append(data_in)
     return parts
 
 
 def unpack_result(payload) -> tuple:
-    """(tag, status, flags, xfer, sense or None, data_in or None) of a RESULT payload."""
-    tag, status, flags, xfer, n = RESULT.unpack_from(payload)
+    """(tag, status, flags, xfer, sense or None, data_in or None, t_io) of a RESULT
+    payload."""
+    tag, status, flags, xfer, t_io, n = RESULT.unpack_from(payload)
     off = RESULT.size
     view = memoryview(payload)
     sense = bytes(view[off:off + n]) if n else None
     data_in = view[off + n:] if flags & RESULT_DATA_IN else None
-    return tag, status, flags, xfer, sense, data_in
+    return tag, status, flags, xfer, sense, data_in, t_io
