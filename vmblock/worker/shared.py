@@ -1,7 +1,7 @@
 """The words the owner and the workers share for the fast path (docs/workers.md, "The fast path").
 
 One memfd-backed array of int64 (``SharedArray``), written by the owner except for each
-worker's own two words:
+worker's own words:
 
 * ``EPOCH``: the owner's epoch, bumped by ``Fence.mark`` (a free, a leaf or L1 slice retired,
   a map about to change wholesale);
@@ -53,7 +53,11 @@ NOTHING_WATCHED = 1 << 62       # WATCH_HIGH when no block at the end is watched
 UA_BASE = LU_BASE + MAX_LUS * LU_WORDS
 UA_BITS = 63                # bits of a non-negative int64
 MAX_TSIH = 1 << 16
-WORDS = UA_BASE + MAX_TSIH
+# per worker: the words of its reads in threads (one per read; more at once wait for a free
+# one by reading in the event loop, as before there were threads)
+OFF_LOOP = UA_BASE + MAX_TSIH
+OFF_LOOP_SLOTS = 64
+WORDS = OFF_LOOP + MAX_WORKERS * OFF_LOOP_SLOTS
 
 # FLAGS bits. Any FORWARD bit: every command of the LU goes to the owner.
 STATE = 0x1             # PR registrations or a reservation (PR or SPC-2)
@@ -66,6 +70,11 @@ WRITE_THROUGH = 0x8     # WCE=0: every write durable before status (SBC-3 4.15)
 def record(slot: int) -> int:
     """Index of the first word of LU ``slot``'s record."""
     return LU_BASE + slot * LU_WORDS
+
+
+def off_loop(index: int) -> int:
+    """Index of worker ``index``'s first off-loop section word."""
+    return OFF_LOOP + index * OFF_LOOP_SLOTS
 
 
 class Fence:
@@ -96,13 +105,19 @@ class Fence:
             return e
 
     def passed(self, mark: int) -> bool:
-        """No worker is in a section that started before ``mark``."""
-        active = self.words[ACTIVE:ACTIVE + self.workers]
-        return not bool(((active != 0) & (active < mark)).any())
+        """No worker is in a section that started before ``mark`` (in its loop or a thread)."""
+        words = self.words
+        for held in (words[ACTIVE:ACTIVE + self.workers],
+                     words[OFF_LOOP:OFF_LOOP + self.workers * OFF_LOOP_SLOTS]):
+            if ((held != 0) & (held < mark)).any():
+                return False
+        return True
 
     def quiescent(self, index: int) -> None:
         """Worker ``index`` is gone: it holds nothing."""
         self.words[ACTIVE + index] = 0
+        start = off_loop(index)
+        self.words[start:start + OFF_LOOP_SLOTS] = 0
 
     def written(self) -> int:
         """In-place writes of all workers so far (a dead worker's count stays)."""
