@@ -6,10 +6,10 @@ goes to the owner.
 The races of the doc are made certain with the test-only hook (``VMBLOCK_FASTPATH_HOOK``): a
 worker stops between its ownership check and its I/O while the file ``pause-write`` (or
 ``pause-read``) exists in the hook directory, and says so with ``paused-...``; the owner
-leaves ``quiescing`` when a wholesale map change starts waiting for the workers. A read
-larger than ``SYNC_IO_BYTES`` runs in a thread of the worker (``pause-thread-read`` stops that
-thread); the tests read the shared words (``vmblock.worker.shared``) through the worker's
-memfd in /proc.
+leaves ``quiescing`` when a wholesale map change starts waiting for the workers. A read of
+data not in the page cache runs in a thread of the worker (``pause-thread-read`` stops that
+thread; the tests drop the tier files' pages with POSIX_FADV_DONTNEED); the tests read the
+shared words (``vmblock.worker.shared``) through the worker's memfd in /proc.
 Every wait is a bounded poll for a state, never a sleep a race could beat.
 """
 
@@ -58,7 +58,8 @@ AU_BLOCKS = 64 * 1024 // BLOCK      # one allocation unit (the default 64 KiB)
 POOL_AUS = 16                       # the capacity tier of the freed-AU test
 UNMAP = bytes([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0])      # SBC-3 5.28, 24 bytes of parameters
 SYNC_CACHE = bytes([0x35] + [0] * 9)                    # SYNCHRONIZE CACHE(10)
-OFF_LOOP_AUS = SYNC_IO_BYTES // (AU_BLOCKS * BLOCK) + 2  # a read a worker's thread does
+OFF_LOOP_AUS = SYNC_IO_BYTES // (AU_BLOCKS * BLOCK) + 2  # a read larger than SYNC_IO_BYTES
+TIER_FILES = ("capacity", "flash")                      # in the pool directory
 ABORT_TASK = 1              # RFC 7143 11.5.1
 SHARED_MEMFD = "/memfd:vmblock-fastpath"
 
@@ -73,6 +74,17 @@ def shared_words(pid: int) -> np.ndarray:
         except FileNotFoundError:       # a descriptor closed meanwhile
             continue
     raise AssertionError(f"no shared words in process {pid}")
+
+
+def evict(pool: Path) -> None:
+    """Drop the tier files' clean pages from the page cache (POSIX_FADV_DONTNEED): data
+    written and flushed (SYNCHRONIZE CACHE) is then read from the device, in a thread."""
+    for name in TIER_FILES:
+        fd = os.open(pool / name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def sections(pid: int, index: int) -> tuple[int, int, list[int]]:
@@ -369,10 +381,11 @@ def small_pool_server(tmp_path, start_server):
 
 def test_a_read_in_a_worker_thread_holds_its_section_until_its_io_ends(tmp_path,
                                                                         start_server, hook):
-    """A read larger than SYNC_IO_BYTES runs in a thread: its section outlives the command's
-    ``execute`` in an off-loop word (the epoch it started in), while the worker's loop runs
-    other commands in sections of their own; an AU freed meanwhile is not reused until the
-    thread's I/O is done, and the read is byte-exact."""
+    """A read of data not in the page cache runs in a thread: its section outlives the
+    command's ``execute`` in an off-loop word (the epoch it started in), while the worker's
+    loop runs other commands in sections of their own; an AU freed meanwhile is not reused
+    until the thread's I/O is done, and the read is byte-exact (larger than SYNC_IO_BYTES:
+    several AUs, one ``preadv`` of the coalesced run)."""
     s = small_pool_server(tmp_path, start_server)
     a, b = login(s, A_INITIATOR), login(s, B_INITIATOR)
     with a, b:
@@ -382,6 +395,8 @@ def test_a_read_in_a_worker_thread_holds_its_section_until_its_io_ends(tmp_path,
         with c:
             full = pattern(11, POOL_AUS * AU_BLOCKS)        # every AU of the pool
             assert a.scsi(write10(0, POOL_AUS * AU_BLOCKS), write=full).status == GOOD
+            assert a.scsi(SYNC_CACHE).status == GOOD
+            evict(s.pool)
             n = OFF_LOOP_AUS * AU_BLOCKS * BLOCK
             assert n > SYNC_IO_BYTES
             (hook / "pause-thread-read").touch()
@@ -389,9 +404,10 @@ def test_a_read_in_a_worker_thread_holds_its_section_until_its_io_ends(tmp_path,
             until("the read paused in its thread", lambda: (hook / "paused-thread-read").exists())
             epoch, loop_word, held = sections(pid_b, wb)
             assert loop_word == 0 and len(held) == 1 and 0 < held[0] <= epoch
-            # the loop is free: c's small reads run in it and leave the thread's word alone
-            r = c.scsi(read10(AU_BLOCKS, 8), read_len=8 * BLOCK)
-            assert r.status == GOOD and r.data == full[AU_BLOCKS * BLOCK:(AU_BLOCKS + 8) * BLOCK]
+            # the loop is free: c's read (unmapped: zeros) runs in it, in a section of its
+            # own, and leaves the thread's word alone
+            r = c.scsi(read10(2000 * AU_BLOCKS, 8), read_len=8 * BLOCK)
+            assert r.status == GOOD and r.data == bytes(8 * BLOCK)
             assert sections(pid_b, wb)[1:] == (0, held)
             # the first AU it looked up goes (UNMAP through the owner, committed) ...
             assert a.scsi(UNMAP, write=unmap_params(0, AU_BLOCKS)).status == GOOD
@@ -414,9 +430,9 @@ def test_a_read_in_a_worker_thread_holds_its_section_until_its_io_ends(tmp_path,
 
 
 def test_a_task_aborted_while_a_thread_reads_it_gets_no_answer(fast_server, hook):
-    """ABORT TASK of a READ whose data a worker's thread is reading: the TMF is answered at
-    once, the read keeps its section to its end, then nothing is sent for the task and the
-    connection goes on."""
+    """ABORT TASK of a READ whose data a worker's thread is reading (not in the page cache):
+    the TMF is answered at once, the read keeps its section to its end, then nothing is sent
+    for the task and the connection goes on."""
     s = fast_server
     a = login(s, A_INITIATOR)
     with a:
@@ -424,6 +440,8 @@ def test_a_task_aborted_while_a_thread_reads_it_gets_no_answer(fast_server, hook
         blocks = OFF_LOOP_AUS * AU_BLOCKS
         data = pattern(21, blocks)
         assert a.scsi(write10(0, blocks), write=data).status == GOOD
+        assert a.scsi(SYNC_CACHE).status == GOOD
+        evict(s.pool)
         (hook / "pause-thread-read").touch()
         itt, cmdsn = a.next_itt(), a.cmdsn
         a.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_READ | 1, pdu.encode_lun(0),

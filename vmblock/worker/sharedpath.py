@@ -18,11 +18,14 @@ the epoch, check the flag word again, look the AUs up; a READ ``preadv``s mapped
 for unmapped ones); a WRITE overwrites in place only when every AU it touches is mapped and
 owned (refcount 1) and the LU is not write-through, else it is forwarded.
 
-Reads as the one-process server does them (``vmblock.scsi.sbc.read``): up to
-``SYNC_IO_BYTES`` in the event loop when the page cache has them all (``preadv2`` with
-``RWF_NOWAIT``), larger or uncached ones in a thread of the loop's executor, so the loop keeps
-sending other Data-In while the thread copies (``preadv`` releases the GIL). Such a read's
-section outlives ``execute``: it moves to one of the worker's off-loop words (``shared``),
+A READ runs in the event loop when the page cache has all of it (``preadv2`` with
+``RWF_NOWAIT``), whatever its size, else in a thread of the loop's executor, so the loop keeps
+serving other commands while the device reads (``preadv`` releases the GIL). Unlike the
+one-process server (``vmblock.scsi.sbc.read``: above ``SYNC_IO_BYTES`` always a thread), a
+cached 1 MiB read stays in the loop: the thread's hop cost more than the 55 us copy it
+moved (docs/workers.md, "Measured"). On a file system that cannot tell, reads up to
+``SYNC_IO_BYTES`` run in the loop, larger ones in a thread. The section of a read in a
+thread outlives ``execute``: it moves to one of the worker's off-loop words (``shared``),
 which the thread clears when its I/O is done. A task aborted (TMF) while its read is in a
 thread keeps its section to the end of the read; the fabric then drops its answer.
 
@@ -100,8 +103,8 @@ class SharedMapsFastPath:
         self.ncap = info["ncap"]
         self.fshift = info["fshift"]
         self.slots: dict[tuple[str, int], int] = {}     # (target, LUN) -> LU record slot
-        # reads up to SYNC_IO_BYTES try the page cache first, in the loop (0: the file
-        # system cannot tell, they read there whatever it takes)
+        # reads try the page cache first, in the loop (0: the file system cannot tell; then
+        # reads up to SYNC_IO_BYTES run in the loop whatever it takes, larger ones in a thread)
         self.nowait = os.RWF_NOWAIT
         start = off_loop(index)
         self.free = list(range(start, start + OFF_LOOP_SLOTS))    # off-loop section words
@@ -195,13 +198,13 @@ class SharedMapsFastPath:
                 return None
             buf = bytearray(n)
             mapped = [s for s in self._segments(paus, first, offset, n) if s[2] is not None]
-            if mapped and n > SYNC_IO_BYTES:
-                return self._off_loop(task, mapped, buf, epoch, False)
             self._pause("read")
+            if mapped and n > SYNC_IO_BYTES and not self.nowait:
+                return self._off_loop(task, mapped, buf, epoch)     # nothing tells: a thread
             view = memoryview(buf)
             for a, b, fd, pos in mapped:
                 if not self._nowait(fd, view[a:b], pos):
-                    return self._off_loop(task, mapped, buf, epoch, True)
+                    return self._off_loop(task, mapped, buf, epoch)
             task.data_in = buf
             words[READS + self.index] += 1
         finally:
@@ -236,18 +239,18 @@ class SharedMapsFastPath:
             self.words[WRITES + self.index] += 1
             return None
         buf = bytearray(n)
-        if n > SYNC_IO_BYTES:
-            return self._off_loop(task, [(0, n, fd, pos)], buf, epoch, False)
         self._pause("read")
+        if n > SYNC_IO_BYTES and not self.nowait:      # nothing tells what is cached: a thread
+            return self._off_loop(task, [(0, n, fd, pos)], buf, epoch)
         try:
             if os.preadv(fd, [buf], pos, self.nowait) != n:     # not all in the page cache
                 if self.nowait:
-                    return self._off_loop(task, [(0, n, fd, pos)], buf, epoch, True)
+                    return self._off_loop(task, [(0, n, fd, pos)], buf, epoch)
                 read_full(fd, memoryview(buf), pos)
         except OSError as e:
             if not self._refused(e):
                 raise
-            return self._off_loop(task, [(0, n, fd, pos)], buf, epoch, True)
+            return self._off_loop(task, [(0, n, fd, pos)], buf, epoch)
         task.data_in = buf
         self.words[READS + self.index] += 1
         return None
@@ -277,8 +280,7 @@ class SharedMapsFastPath:
             return True
         return isinstance(e, BlockingIOError)
 
-    def _off_loop(self, task: ScsiTask, mapped: list, buf: bytearray, epoch: int,
-                  paused: bool):
+    def _off_loop(self, task: ScsiTask, mapped: list, buf: bytearray, epoch: int):
         """Read ``mapped`` (the caller's segments of tier files) into ``buf`` in a thread,
         so the event loop sends other Data-In meanwhile; returns the future the fabric awaits.
         The read-side section goes on in an off-loop word (``shared``) set here, inside the
@@ -295,16 +297,15 @@ class SharedMapsFastPath:
         k = free.pop()
         self.words[k] = epoch
         fut = asyncio.get_running_loop().run_in_executor(
-            None, self._read_thread, mapped, buf, k, paused)
+            None, self._read_thread, mapped, buf, k)
         fut.add_done_callback(lambda f: self._read_done(task, buf, f))
         return fut
 
-    def _read_thread(self, mapped: list, buf: bytearray, k: int, paused: bool) -> None:
+    def _read_thread(self, mapped: list, buf: bytearray, k: int) -> None:
         """In a thread: the reads of ``_off_loop``, then the end of their section (word
         ``k``: 0, and free again)."""
         try:
-            if not paused:
-                self._pause("thread-read")
+            self._pause("thread-read")
             view = memoryview(buf)
             for a, b, fd, pos in mapped:
                 read_full(fd, view[a:b], pos)
@@ -351,7 +352,7 @@ class SharedMapsFastPath:
     def _pause(self, what: str) -> None:
         """Test-only (``HOOK_ENV``): while the file ``pause-<what>`` exists in the hook
         directory, stop here (the ownership check done, the I/O not yet), with the file
-        ``paused-<what>`` saying so (``thread-read``: in the thread of a large read)."""
+        ``paused-<what>`` saying so (``thread-read``: in the thread of a read)."""
         if self.hook is None or not (self.hook / f"pause-{what}").exists():
             return
         marker = self.hook / f"paused-{what}"
