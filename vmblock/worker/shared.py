@@ -8,7 +8,14 @@ worker's own words:
 * ``ACTIVE + i``: worker ``i``'s read-side section: the epoch it loaded when it started a
   fast-path command (before it loaded any flag, L1 entry, leaf or refcount), 0 when it is
   between commands (quiescent). Something retired at mark ``m`` may be reused once every live
-  worker's word is 0 or >= ``m``; a dead worker's word is set to 0 by the owner;
+  worker's words (this one and its off-loop words, next) are 0 or >= ``m``; a dead worker's
+  words are set to 0 by the owner;
+* ``OFF_LOOP + i * OFF_LOOP_SLOTS + j``: worker ``i``'s read-side sections that outlive the
+  command's ``execute`` (a read in a thread: its data not in the page cache), one word each,
+  same meaning as ``ACTIVE``: the section's epoch, 0 when free. The worker sets it before
+  ``execute``'s section ends and the reading thread stores 0 when its I/O is done, so the
+  section ends with the I/O whatever the worker's event loop does (it may be blocked in a
+  TMF's round trip to the owner while the owner waits for the words);
 * ``WRITES + i``: in-place writes worker ``i`` made (the owner's commit fdatasyncs the tier
   files when the sum changed, so SYNCHRONIZE CACHE covers them);
 * one word per TSIH: the LU slots (``slot % UA_BITS``) where the session's nexus has a unit
@@ -53,8 +60,8 @@ NOTHING_WATCHED = 1 << 62       # WATCH_HIGH when no block at the end is watched
 UA_BASE = LU_BASE + MAX_LUS * LU_WORDS
 UA_BITS = 63                # bits of a non-negative int64
 MAX_TSIH = 1 << 16
-# per worker: the words of its reads in threads (one per read; more at once wait for a free
-# one by reading in the event loop, as before there were threads)
+# per worker: the section words of its reads in threads (one per read; when all are taken,
+# a read runs in the event loop)
 OFF_LOOP = UA_BASE + MAX_TSIH
 OFF_LOOP_SLOTS = 64
 WORDS = OFF_LOOP + MAX_WORKERS * OFF_LOOP_SLOTS

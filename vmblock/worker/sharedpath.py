@@ -282,7 +282,8 @@ class SharedMapsFastPath:
 
     def _off_loop(self, task: ScsiTask, mapped: list, buf: bytearray, epoch: int):
         """Read ``mapped`` (the caller's segments of tier files) into ``buf`` in a thread,
-        so the event loop sends other Data-In meanwhile; returns the future the fabric awaits.
+        so the event loop serves other commands while the device reads; returns the future
+        the fabric awaits.
         The read-side section goes on in an off-loop word (``shared``) set here, inside the
         caller's section, and cleared by the thread when its I/O is done. With every such
         word taken, the read runs here."""
