@@ -6,8 +6,11 @@ goes to the owner.
 The races of the doc are made certain with the test-only hook (``VMBLOCK_FASTPATH_HOOK``): a
 worker stops between its ownership check and its I/O while the file ``pause-write`` (or
 ``pause-read``) exists in the hook directory, and says so with ``paused-...``; the owner
-leaves ``quiescing`` when a wholesale map change starts waiting for the workers. Every wait is
-a bounded poll for a state, never a sleep a race could beat.
+leaves ``quiescing`` when a wholesale map change starts waiting for the workers. A read of
+data not in the page cache runs in a thread of the worker (``pause-thread-read`` stops that
+thread; the tests drop the tier files' pages with POSIX_FADV_DONTNEED); the tests read the
+shared words (``vmblock.worker.shared``) through the worker's memfd in /proc.
+Every wait is a bounded poll for a state, never a sleep a race could beat.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import signal
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from support.clients import cli_json
@@ -43,7 +47,10 @@ from test_workers import (
     pr_out,
     sense_key_asc,
 )
+from vmblock.iscsi import pdu
+from vmblock.scsi.lu import SYNC_IO_BYTES
 from vmblock.worker.publish import HOOK_ENV
+from vmblock.worker.shared import ACTIVE, EPOCH, OFF_LOOP_SLOTS, WORDS, off_loop
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,6 +58,41 @@ AU_BLOCKS = 64 * 1024 // BLOCK      # one allocation unit (the default 64 KiB)
 POOL_AUS = 16                       # the capacity tier of the freed-AU test
 UNMAP = bytes([0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0])      # SBC-3 5.28, 24 bytes of parameters
 SYNC_CACHE = bytes([0x35] + [0] * 9)                    # SYNCHRONIZE CACHE(10)
+OFF_LOOP_AUS = SYNC_IO_BYTES // (AU_BLOCKS * BLOCK) + 2  # a read larger than SYNC_IO_BYTES
+TIER_FILES = ("capacity", "flash")                      # in the pool directory
+ABORT_TASK = 1              # RFC 7143 11.5.1
+SHARED_MEMFD = "/memfd:vmblock-fastpath"
+
+
+def shared_words(pid: int) -> np.ndarray:
+    """A copy of the fast path's shared words, read through process ``pid``'s memfd."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        path = f"/proc/{pid}/fd/{fd}"
+        try:
+            if os.readlink(path).startswith(SHARED_MEMFD):
+                return np.fromfile(path, dtype=np.int64, count=WORDS)
+        except FileNotFoundError:       # a descriptor closed meanwhile
+            continue
+    raise AssertionError(f"no shared words in process {pid}")
+
+
+def evict(pool: Path) -> None:
+    """Drop the tier files' clean pages from the page cache (POSIX_FADV_DONTNEED): data
+    written and flushed (SYNCHRONIZE CACHE) is then read from the device, in a thread."""
+    for name in TIER_FILES:
+        fd = os.open(pool / name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def sections(pid: int, index: int) -> tuple[int, int, list[int]]:
+    """(EPOCH, worker ``index``'s loop section word, its open off-loop section words)."""
+    w = shared_words(pid)
+    start = off_loop(index)
+    return (int(w[EPOCH]), int(w[ACTIVE + index]),
+            [int(e) for e in w[start:start + OFF_LOOP_SLOTS] if e])
 
 
 def unmap_params(lba: int, blocks: int) -> bytes:
@@ -314,3 +356,106 @@ def test_killed_worker_mid_write_loses_no_flushed_or_fua_write(fast_server, hook
                 assert r.status == GOOD and r.data == data
     finally:
         s2.stop()
+
+
+def session_on(server, worker: int, initiator: str) -> IscsiClient:
+    """A session of ``initiator`` placed on ``worker`` (new logins alternate between the two
+    workers: at most two are needed)."""
+    for _ in range(2):
+        c = login(server, initiator)
+        (w, _), = placed(server, c)
+        if w == worker:
+            return c
+        c.close()
+    raise AssertionError(f"no session placed on worker {worker}")
+
+
+def small_pool_server(tmp_path, start_server):
+    """``server.workers 2``, no cache, a capacity tier of ``POOL_AUS`` AUs."""
+    pool = tmp_path / "pool"
+    for key, value in (("server.workers", "2"), ("cache.size", "0"),
+                       ("store.capacity_size", str(POOL_AUS * AU_BLOCKS * BLOCK))):
+        run_cli(pool, "config", "set", key, value)
+    return start_server(pool=pool)
+
+
+def test_a_read_in_a_worker_thread_holds_its_section_until_its_io_ends(tmp_path,
+                                                                        start_server, hook):
+    """A read of data not in the page cache runs in a thread: its section outlives the
+    command's ``execute`` in an off-loop word (the epoch it started in), while the worker's
+    loop runs other commands in sections of their own; an AU freed meanwhile is not reused
+    until the thread's I/O is done, and the read is byte-exact (larger than SYNC_IO_BYTES:
+    several AUs, one ``preadv`` of the coalesced run)."""
+    s = small_pool_server(tmp_path, start_server)
+    a, b = login(s, A_INITIATOR), login(s, B_INITIATOR)
+    with a, b:
+        (wa, _), (wb, pid_b) = placed(s, a, b)
+        assert wa != wb
+        c = session_on(s, wb, "iqn.2026-11.test:c")      # another session of b's worker
+        with c:
+            full = pattern(11, POOL_AUS * AU_BLOCKS)        # every AU of the pool
+            assert a.scsi(write10(0, POOL_AUS * AU_BLOCKS), write=full).status == GOOD
+            assert a.scsi(SYNC_CACHE).status == GOOD
+            evict(s.pool)
+            n = OFF_LOOP_AUS * AU_BLOCKS * BLOCK
+            assert n > SYNC_IO_BYTES
+            (hook / "pause-thread-read").touch()
+            read = in_thread(b.scsi, read10(0, OFF_LOOP_AUS * AU_BLOCKS), n)
+            until("the read paused in its thread", lambda: (hook / "paused-thread-read").exists())
+            epoch, loop_word, held = sections(pid_b, wb)
+            assert loop_word == 0 and len(held) == 1 and 0 < held[0] <= epoch
+            # the loop is free: c's read (unmapped: zeros) runs in it, in a section of its
+            # own, and leaves the thread's word alone
+            r = c.scsi(read10(2000 * AU_BLOCKS, 8), read_len=8 * BLOCK)
+            assert r.status == GOOD and r.data == bytes(8 * BLOCK)
+            assert sections(pid_b, wb)[1:] == (0, held)
+            # the first AU it looked up goes (UNMAP through the owner, committed) ...
+            assert a.scsi(UNMAP, write=unmap_params(0, AU_BLOCKS)).status == GOOD
+            assert a.scsi(SYNC_CACHE).status == GOOD
+            epoch_after, _, still = sections(pid_b, wb)
+            assert still == held and epoch_after > held[0]   # the oldest epoch stays shown
+            # ... and stays unallocatable while the thread reads: the pool is full
+            far = 1000 * AU_BLOCKS
+            assert a.scsi(write10(far, 8), write=pattern(5, 8)).status == CHECK_CONDITION
+            (hook / "pause-thread-read").unlink()
+            r = joined(read)
+            au = AU_BLOCKS * BLOCK
+            # the punched AU: what was mapped at the lookup or zeros; the rest byte-exact
+            assert r.status == GOOD and r.data[:au] in (full[:au], bytes(au))
+            assert r.data[au:] == full[au:n]
+            until("the thread's section ended", lambda: not sections(pid_b, wb)[2])
+            assert a.scsi(write10(far, 8), write=pattern(5, 8)).status == GOOD
+            r = c.scsi(read10(far, 8), read_len=8 * BLOCK)
+            assert r.status == GOOD and r.data == pattern(5, 8)
+
+
+def test_a_task_aborted_while_a_thread_reads_it_gets_no_answer(fast_server, hook):
+    """ABORT TASK of a READ whose data a worker's thread is reading (not in the page cache):
+    the TMF is answered at once, the read keeps its section to its end, then nothing is sent
+    for the task and the connection goes on."""
+    s = fast_server
+    a = login(s, A_INITIATOR)
+    with a:
+        (wa, pid_a), = placed(s, a)
+        blocks = OFF_LOOP_AUS * AU_BLOCKS
+        data = pattern(21, blocks)
+        assert a.scsi(write10(0, blocks), write=data).status == GOOD
+        assert a.scsi(SYNC_CACHE).status == GOOD
+        evict(s.pool)
+        (hook / "pause-thread-read").touch()
+        itt, cmdsn = a.next_itt(), a.cmdsn
+        a.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_READ | 1, pdu.encode_lun(0),
+                                      itt, blocks * BLOCK, cmdsn, a.exp_statsn,
+                                      read10(0, blocks)))
+        a.cmdsn = (a.cmdsn + 1) & 0xFFFFFFFF
+        until("the read paused in its thread", lambda: (hook / "paused-thread-read").exists())
+        assert len(sections(pid_a, wa)[2]) == 1
+        assert a.tmf(ABORT_TASK, ref_itt=itt, ref_cmdsn=cmdsn).b2 == 0    # function complete
+        (hook / "pause-thread-read").unlink()
+        until("the aborted read's section ended", lambda: not sections(pid_a, wa)[2])
+        # the next command's answer is the first PDU: nothing came for the aborted task
+        r = a.scsi(read10(0, blocks), read_len=blocks * BLOCK)
+        assert r.status == GOOD and r.data == data
+        assert not a.stray
+        assert placed(s, a) == [(wa, pid_a)]           # the same worker, alive
+

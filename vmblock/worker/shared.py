@@ -1,14 +1,21 @@
 """The words the owner and the workers share for the fast path (docs/workers.md, "The fast path").
 
 One memfd-backed array of int64 (``SharedArray``), written by the owner except for each
-worker's own two words:
+worker's own words:
 
 * ``EPOCH``: the owner's epoch, bumped by ``Fence.mark`` (a free, a leaf or L1 slice retired,
   a map about to change wholesale);
 * ``ACTIVE + i``: worker ``i``'s read-side section: the epoch it loaded when it started a
   fast-path command (before it loaded any flag, L1 entry, leaf or refcount), 0 when it is
   between commands (quiescent). Something retired at mark ``m`` may be reused once every live
-  worker's word is 0 or >= ``m``; a dead worker's word is set to 0 by the owner;
+  worker's words (this one and its off-loop words, next) are 0 or >= ``m``; a dead worker's
+  words are set to 0 by the owner;
+* ``OFF_LOOP + i * OFF_LOOP_SLOTS + j``: worker ``i``'s read-side sections that outlive the
+  command's ``execute`` (a read in a thread: its data not in the page cache), one word each,
+  same meaning as ``ACTIVE``: the section's epoch, 0 when free. The worker sets it before
+  ``execute``'s section ends and the reading thread stores 0 when its I/O is done, so the
+  section ends with the I/O whatever the worker's event loop does (it may be blocked in a
+  TMF's round trip to the owner while the owner waits for the words);
 * ``WRITES + i``: in-place writes worker ``i`` made (the owner's commit fdatasyncs the tier
   files when the sum changed, so SYNCHRONIZE CACHE covers them);
 * one word per TSIH: the LU slots (``slot % UA_BITS``) where the session's nexus has a unit
@@ -53,7 +60,11 @@ NOTHING_WATCHED = 1 << 62       # WATCH_HIGH when no block at the end is watched
 UA_BASE = LU_BASE + MAX_LUS * LU_WORDS
 UA_BITS = 63                # bits of a non-negative int64
 MAX_TSIH = 1 << 16
-WORDS = UA_BASE + MAX_TSIH
+# per worker: the section words of its reads in threads (one per read; when all are taken,
+# a read runs in the event loop)
+OFF_LOOP = UA_BASE + MAX_TSIH
+OFF_LOOP_SLOTS = 64
+WORDS = OFF_LOOP + MAX_WORKERS * OFF_LOOP_SLOTS
 
 # FLAGS bits. Any FORWARD bit: every command of the LU goes to the owner.
 STATE = 0x1             # PR registrations or a reservation (PR or SPC-2)
@@ -66,6 +77,11 @@ WRITE_THROUGH = 0x8     # WCE=0: every write durable before status (SBC-3 4.15)
 def record(slot: int) -> int:
     """Index of the first word of LU ``slot``'s record."""
     return LU_BASE + slot * LU_WORDS
+
+
+def off_loop(index: int) -> int:
+    """Index of worker ``index``'s first off-loop section word."""
+    return OFF_LOOP + index * OFF_LOOP_SLOTS
 
 
 class Fence:
@@ -96,13 +112,19 @@ class Fence:
             return e
 
     def passed(self, mark: int) -> bool:
-        """No worker is in a section that started before ``mark``."""
-        active = self.words[ACTIVE:ACTIVE + self.workers]
-        return not bool(((active != 0) & (active < mark)).any())
+        """No worker is in a section that started before ``mark`` (in its loop or a thread)."""
+        words = self.words
+        for held in (words[ACTIVE:ACTIVE + self.workers],
+                     words[OFF_LOOP:OFF_LOOP + self.workers * OFF_LOOP_SLOTS]):
+            if ((held != 0) & (held < mark)).any():
+                return False
+        return True
 
     def quiescent(self, index: int) -> None:
         """Worker ``index`` is gone: it holds nothing."""
         self.words[ACTIVE + index] = 0
+        start = off_loop(index)
+        self.words[start:start + OFF_LOOP_SLOTS] = 0
 
     def written(self) -> int:
         """In-place writes of all workers so far (a dead worker's count stays)."""

@@ -18,6 +18,17 @@ the epoch, check the flag word again, look the AUs up; a READ ``preadv``s mapped
 for unmapped ones); a WRITE overwrites in place only when every AU it touches is mapped and
 owned (refcount 1) and the LU is not write-through, else it is forwarded.
 
+A READ runs in the event loop when the page cache has all of it (``preadv2`` with
+``RWF_NOWAIT``), whatever its size, else in a thread of the loop's executor, so the loop keeps
+serving other commands while the device reads (``preadv`` releases the GIL). Unlike the
+one-process server (``vmblock.scsi.sbc.read``: above ``SYNC_IO_BYTES`` always a thread), a
+cached 1 MiB read stays in the loop: the thread's hop cost more than the 55 us copy it
+moved (docs/workers.md, "Measured"). On a file system that cannot tell, reads up to
+``SYNC_IO_BYTES`` run in the loop, larger ones in a thread. The section of a read in a
+thread outlives ``execute``: it moves to one of the worker's off-loop words (``shared``),
+which the thread clears when its I/O is done. A task aborted (TMF) while its read is in a
+thread keeps its section to the end of the read; the fabric then drops its answer.
+
 Why durable writes (FUA, WCE=0) go to the owner: an fdatasync here would make the data
 durable, not the mapping of an AU that an earlier write allocated and the owner has not
 committed yet; the owner's flush does both. Nothing here changes a map; the worker's write
@@ -27,6 +38,8 @@ forwarded).
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import time
 from pathlib import Path
@@ -37,11 +50,12 @@ from vmblock.native import extent as extent_kernels
 from vmblock.native.extent import LEAF_BITS, LEAF_MASK, UNMAPPED
 from vmblock.scsi.cdb import BLOCK_LAYOUTS, FUA, PROTECT_MASK, RW6_LBA_HIGH_MASK
 from vmblock.scsi.constants import CONTROL_NACA, Opcode
-from vmblock.scsi.lu import MAX_TRANSFER_BYTES
+from vmblock.scsi.lu import MAX_TRANSFER_BYTES, SYNC_IO_BYTES
 from vmblock.scsi.task import TASK_ATTR_SIMPLE, ScsiTask
 from vmblock.store.shm import SharedArray
 from vmblock.store.tier import read_full, write_full
 
+from .heap import keep_buffers
 from .publish import HOOK_ENV
 from .shared import (
     ACTIVE,
@@ -52,6 +66,7 @@ from .shared import (
     FORWARD,
     L1_LEN,
     L1_OFF,
+    OFF_LOOP_SLOTS,
     READS,
     UA_BASE,
     UA_BITS,
@@ -60,6 +75,7 @@ from .shared import (
     WORDS,
     WRITE_THROUGH,
     WRITES,
+    off_loop,
     record,
 )
 
@@ -87,8 +103,14 @@ class SharedMapsFastPath:
         self.ncap = info["ncap"]
         self.fshift = info["fshift"]
         self.slots: dict[tuple[str, int], int] = {}     # (target, LUN) -> LU record slot
+        # reads try the page cache first, in the loop (0: the file system cannot tell; then
+        # reads up to SYNC_IO_BYTES run in the loop whatever it takes, larger ones in a thread)
+        self.nowait = os.RWF_NOWAIT
+        start = off_loop(index)
+        self.free = list(range(start, start + OFF_LOOP_SLOTS))    # off-loop section words
         hook = os.environ.get(HOOK_ENV)
         self.hook = Path(hook) if hook else None
+        keep_buffers()      # the Data-In buffers below stay resident between reads
 
     def set_slots(self, target: str, slots: dict) -> None:
         """The LU record slots of ``target``'s LUNs (a ``LUNS`` or ``HANDOFF``)."""
@@ -140,11 +162,11 @@ class SharedMapsFastPath:
     # ---- execute ------------------------------------------------------------------------
     def execute(self, task: ScsiTask):
         """Run a claimed command in one read-side section; a ``Forwarded`` when it has to go
-        to the owner after all, else None (done)."""
+        to the owner after all, a future when a thread reads it, else None (done)."""
         r, offset, n, write, ua, bit = task.handler
         words = self.words
         me = ACTIVE + self.index
-        words[me] = words.item(EPOCH)          # before any flag, entry, leaf or refcount load
+        words[me] = epoch = words.item(EPOCH)   # before any flag, entry, leaf or refcount load
         try:
             flags = words.item(r + FLAGS)
             if flags & FORWARD or (write and flags & WRITE_THROUGH) or words.item(ua) & bit:
@@ -153,7 +175,7 @@ class SharedMapsFastPath:
             first = offset // au
             off = words.item(r + L1_OFF)
             if (offset + n - 1) // au == first:      # one AU: every 4 KiB I/O, inline
-                return self._one(task, off, first, offset, n, write)
+                return self._one(task, off, first, offset, n, write, epoch)
             count = (offset + n - 1) // au - first + 1
             l1 = self.l1[off:off + words.item(r + L1_LEN)]
             paus = extent_kernels.lookup_batch(
@@ -173,22 +195,24 @@ class SharedMapsFastPath:
                 for a, b, fd, pos in self._segments(paus, first, offset, n):
                     write_full(fd, [data[a:b]], pos)
                 words[WRITES + self.index] += 1
-            else:
-                self._pause("read")
-                buf = bytearray(n)
-                view = memoryview(buf)
-                for a, b, fd, pos in self._segments(paus, first, offset, n):
-                    if fd is not None:              # unmapped: the buffer's zeros
-                        part = view[a:b]
-                        if os.preadv(fd, [part], pos) != b - a:
-                            read_full(fd, part, pos)
-                task.data_in = buf
-                words[READS + self.index] += 1
+                return None
+            buf = bytearray(n)
+            mapped = [s for s in self._segments(paus, first, offset, n) if s[2] is not None]
+            self._pause("read")
+            if mapped and n > SYNC_IO_BYTES and not self.nowait:
+                return self._off_loop(task, mapped, buf, epoch)     # nothing tells: a thread
+            view = memoryview(buf)
+            for a, b, fd, pos in mapped:
+                if not self._nowait(fd, view[a:b], pos):
+                    return self._off_loop(task, mapped, buf, epoch)
+            task.data_in = buf
+            words[READS + self.index] += 1
         finally:
             words[me] = 0
         return None
 
-    def _one(self, task: ScsiTask, off: int, first: int, offset: int, n: int, write: bool):
+    def _one(self, task: ScsiTask, off: int, first: int, offset: int, n: int, write: bool,
+             epoch: int):
         """``execute`` of a command inside one AU (in the caller's section)."""
         leaves = self.leaves
         i = (self.l1.item(off + (first >> LEAF_BITS)) << LEAF_BITS) | (first & LEAF_MASK)
@@ -214,13 +238,88 @@ class SharedMapsFastPath:
                 write_full(fd, [data], pos)
             self.words[WRITES + self.index] += 1
             return None
-        self._pause("read")
         buf = bytearray(n)
-        if os.preadv(fd, [buf], pos) != n:
-            read_full(fd, memoryview(buf), pos)
+        self._pause("read")
+        if n > SYNC_IO_BYTES and not self.nowait:      # nothing tells what is cached: a thread
+            return self._off_loop(task, [(0, n, fd, pos)], buf, epoch)
+        try:
+            if os.preadv(fd, [buf], pos, self.nowait) != n:     # not all in the page cache
+                if self.nowait:
+                    return self._off_loop(task, [(0, n, fd, pos)], buf, epoch)
+                read_full(fd, memoryview(buf), pos)
+        except OSError as e:
+            if not self._refused(e):
+                raise
+            return self._off_loop(task, [(0, n, fd, pos)], buf, epoch)
         task.data_in = buf
         self.words[READS + self.index] += 1
         return None
+
+    def _nowait(self, fd: int, part: memoryview, pos: int) -> bool:
+        """Fill ``part`` from the page cache: False when some of it is not there (or the file
+        system cannot tell), for a thread to read."""
+        n = len(part)
+        try:
+            got = os.preadv(fd, [part], pos, self.nowait)
+        except OSError as e:
+            if not self._refused(e):
+                raise
+            return False
+        if got == n:
+            return True
+        if self.nowait:
+            return False
+        read_full(fd, part[got:], pos + got)
+        return True
+
+    def _refused(self, e: OSError) -> bool:
+        """``preadv2(RWF_NOWAIT)`` raised ``e``: True when that means "read it in a thread"
+        (the data is not cached, or the file system cannot tell: then never ask again)."""
+        if e.errno == errno.EOPNOTSUPP:
+            self.nowait = 0
+            return True
+        return isinstance(e, BlockingIOError)
+
+    def _off_loop(self, task: ScsiTask, mapped: list, buf: bytearray, epoch: int):
+        """Read ``mapped`` (the caller's segments of tier files) into ``buf`` in a thread,
+        so the event loop serves other commands while the device reads; returns the future
+        the fabric awaits.
+        The read-side section goes on in an off-loop word (``shared``) set here, inside the
+        caller's section, and cleared by the thread when its I/O is done. With every such
+        word taken, the read runs here."""
+        free = self.free
+        if not free:
+            view = memoryview(buf)
+            for a, b, fd, pos in mapped:
+                read_full(fd, view[a:b], pos)
+            task.data_in = buf
+            self.words[READS + self.index] += 1
+            return None
+        k = free.pop()
+        self.words[k] = epoch
+        fut = asyncio.get_running_loop().run_in_executor(
+            None, self._read_thread, mapped, buf, k)
+        fut.add_done_callback(lambda f: self._read_done(task, buf, f))
+        return fut
+
+    def _read_thread(self, mapped: list, buf: bytearray, k: int) -> None:
+        """In a thread: the reads of ``_off_loop``, then the end of their section (word
+        ``k``: 0, and free again)."""
+        try:
+            self._pause("thread-read")
+            view = memoryview(buf)
+            for a, b, fd, pos in mapped:
+                read_full(fd, view[a:b], pos)
+        finally:
+            self.words[k] = 0
+            self.free.append(k)
+
+    def _read_done(self, task: ScsiTask, buf: bytearray, fut) -> None:
+        """The thread's read ended (before the fabric's callback sees the future): the data
+        is the task's. An aborted task's read ends here too; the fabric drops its answer."""
+        if not fut.cancelled() and fut.exception() is None:
+            task.data_in = buf
+            self.words[READS + self.index] += 1
 
     def _give_back(self, task: ScsiTask):
         task.handler = None
@@ -254,7 +353,7 @@ class SharedMapsFastPath:
     def _pause(self, what: str) -> None:
         """Test-only (``HOOK_ENV``): while the file ``pause-<what>`` exists in the hook
         directory, stop here (the ownership check done, the I/O not yet), with the file
-        ``paused-<what>`` saying so."""
+        ``paused-<what>`` saying so (``thread-read``: in the thread of a read)."""
         if self.hook is None or not (self.hook / f"pause-{what}").exists():
             return
         marker = self.hook / f"paused-{what}"
