@@ -40,6 +40,8 @@ from vmblock.scsi.lu import LogicalUnit
 from vmblock.scsi.sense import SenseReason
 from vmblock.scsi.target import ScsiTarget
 from vmblock.collector import settle_gc
+from vmblock.heap import keep_buffers
+from vmblock.scsi.lu import MAX_TRANSFER_BYTES
 from vmblock.cache.split import CacheSplit
 from vmblock.datastore.watch import Debounce, WatchedStore, thresholds
 from vmblock.settings import Apply, Settings, format_portal, lookup
@@ -846,6 +848,7 @@ async def _serve(pool: Pool, portals: list[tuple[str, int]], insecure: bool) -> 
     try:
         await server.start()
         settle_gc()
+        keep_buffers(MAX_TRANSFER_BYTES)   # Data-In buffers stay resident (vmblock.heap)
         where = ", ".join(format_portal(h, p) for h, p in server.bound_portals())
         print(f"vmblock: serving {', '.join(server.targets)} on {where}", flush=True)
         await stop.wait()

@@ -30,6 +30,8 @@ from pathlib import Path
 import uvloop
 
 from vmblock.collector import settle_gc
+from vmblock.heap import keep_buffers
+from vmblock.scsi.lu import MAX_TRANSFER_BYTES
 from vmblock.iscsi.budget import DataBudget
 from vmblock.iscsi.machine import ConnectionMachine
 from vmblock.iscsi.params import Negotiation
@@ -428,6 +430,7 @@ async def _serve(sock: socket.socket, index: int, stats_fd: int | None = None,
     watch = loop.create_task(_qos_watch(process))
     loop.add_signal_handler(signal.SIGTERM, process.stop)
     settle_gc()
+    keep_buffers(MAX_TRANSFER_BYTES)   # Data-In buffers stay resident (vmblock.heap)
     process.channel.send(Msg.READY, pack_json({"index": index, "pid": os.getpid()}))
     await process.done.wait()
     watch.cancel()

@@ -55,7 +55,6 @@ from vmblock.scsi.task import TASK_ATTR_SIMPLE, ScsiTask
 from vmblock.store.shm import SharedArray
 from vmblock.store.tier import read_full, write_full
 
-from .heap import keep_buffers
 from .publish import HOOK_ENV
 from .shared import (
     ACTIVE,
@@ -110,7 +109,6 @@ class SharedMapsFastPath:
         self.free = list(range(start, start + OFF_LOOP_SLOTS))    # off-loop section words
         hook = os.environ.get(HOOK_ENV)
         self.hook = Path(hook) if hook else None
-        keep_buffers()      # the Data-In buffers below stay resident between reads
 
     def set_slots(self, target: str, slots: dict) -> None:
         """The LU record slots of ``target``'s LUNs (a ``LUNS`` or ``HANDOFF``)."""
