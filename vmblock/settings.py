@@ -68,6 +68,9 @@ MAX_CONNECTION_COUNT = 65535
 # server.workers: worker processes beside the owner. Each holds a Python interpreter (~60 MiB)
 # and shares the cores with the owner, so more than a few per core only adds switching.
 MAX_WORKERS = 64
+# server.workers auto (the default): one worker per usable CPU (docs/benchmarks.md, "Workers
+# by default", has the measurements behind it)
+WORKERS_AUTO = "auto"
 # stats.interval: at most one sample a second (the history's size follows it), at least one a day
 MIN_STATS_INTERVAL = 1.0
 MAX_STATS_INTERVAL = 86400.0
@@ -225,10 +228,19 @@ def _connection_count(text: str, key: str) -> int:
 
 def _worker_count(text: str, key: str) -> int:
     t = text.strip()
+    if t == WORKERS_AUTO:
+        return auto_workers()
     if not (t.isascii() and t.isdigit() and int(t) <= MAX_WORKERS):
-        raise InvalidArgument(f"{key} must be a whole number from 0 to {MAX_WORKERS}, "
-                              f"not {text!r}")
+        raise InvalidArgument(f"{key} must be '{WORKERS_AUTO}' or a whole number from 0 to "
+                              f"{MAX_WORKERS}, not {text!r}")
     return int(t)
+
+
+def auto_workers() -> int:
+    """``server.workers auto``: one worker per CPU this process may run on, none with one
+    CPU (the owner alone is the one process then)."""
+    cpus = len(os.sched_getaffinity(0))
+    return min(cpus, MAX_WORKERS) if cpus > 1 else 0
 
 
 def _data_budget(text: str, key: str) -> int:
@@ -389,8 +401,9 @@ _ROWS = (
             "else off"),
     Setting("cache.block_size", int, "64K", _cache_block_size, Apply.RESTART,
             "cache block, a power of two from 4K to 1M"),
-    Setting("server.workers", int, "0", _worker_count, Apply.RESTART,
-            "worker processes that run iSCSI sessions (0: none, one process; docs/workers.md)"),
+    Setting("server.workers", int, WORKERS_AUTO, _worker_count, Apply.RESTART,
+            "worker processes that run iSCSI sessions: auto (one per CPU, none with one "
+            "CPU), or a number (0: none, one process; docs/workers.md)"),
     Setting("iscsi.portals", list, DEFAULT_PORTAL, _portals, Apply.RESTART,
             "HOST:PORT list to listen on; the first is the one vdisk URLs show"),
     Setting("iscsi.nop_interval", float, "30", parse_seconds, Apply.FABRIC,
