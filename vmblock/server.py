@@ -25,6 +25,7 @@ from vmblock.admin.metrics import start_metrics
 from vmblock.cache import flash as flash_cache
 from vmblock.errors import InvalidArgument, NotFound, ServerError
 from vmblock.events.runtime import EventsRuntime
+from vmblock.events.schedule import check_manual_name
 from vmblock.hypervisor.manager import Hypervisors
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
@@ -465,7 +466,7 @@ class Server:
                                        settings.get("hypervisor.call_timeout"))
         await self.hypervisors.start()
         api = LiveApi(self)
-        self.events = EventsRuntime(self.pool, api.vm_snapshot,
+        self.events = EventsRuntime(self.pool, api.take_vm_snapshot,
                                     lambda vm, snap: api.snapshot_delete(snap, vm=vm),
                                     self.cache)
         await self.events.start()
@@ -657,11 +658,17 @@ class LiveApi(Api):
             yield
 
     async def vm_snapshot(self, name: str, snapshot: str) -> dict:
+        """``Api.vm_snapshot`` on the running server: the name checked, then
+        ``take_vm_snapshot``."""
+        check_manual_name(snapshot)
+        return await self.take_vm_snapshot(name, snapshot)
+
+    async def take_vm_snapshot(self, name: str, snapshot: str) -> dict:
         """Drain the writes in flight on every vdisk of the VM, then snapshot them in one batch
         (crash-consistent), in the executor."""
         async with self._changing(self.pool.vdisks(vm=name)):
             return await asyncio.get_running_loop().run_in_executor(
-                None, super().vm_snapshot, name, snapshot)
+                None, super().take_vm_snapshot, name, snapshot)
 
     async def vdisk_snapshot(self, name: str, snapshot: str) -> dict:
         """Drain the vdisk's writes in flight, then snapshot it in the executor."""

@@ -18,6 +18,8 @@ from aiohttp import web
 
 from support.clients import cli_json, qemu_io
 from support.server import run_cli, vmblock_cmd
+from vmblock.admin.api import Api
+from vmblock.meta.pool import Pool
 from support.waiting import until
 
 # generous bounds for things that happen in the background; a pass never waits them out
@@ -339,8 +341,13 @@ def test_a_follower_does_not_hold_up_the_servers_shutdown(tmp_path, start_server
 def test_schedule_survives_a_restart_and_takes_a_missed_slot_once(tmp_path, start_server):
     pool = new_pool(tmp_path, {})
     run_cli(pool, "vdisk", "create", "web-0", "--size", "16M", "--vm", "web")
-    # the state a server stopped for years leaves: its last automatic snapshot, and the policy
-    run_cli(pool, "vm", "snapshot", "web", "--name", "auto-20200101T000000Z")
+    # the state a server stopped for years leaves: its last automatic snapshot (taken as the
+    # schedule takes them: the CLI refuses such a name), and the policy
+    assert "snapshot schedule's" in run_cli(pool, "vm", "snapshot", "web", "--name",
+                                            "auto-20200101T000000Z", check=False).stderr
+    meta = Pool(str(pool))
+    Api(meta).take_vm_snapshot("web", "auto-20200101T000000Z")
+    meta.close()
     run_cli(pool, "vm", "set", "web", "--snapshot-every", "1h", "--snapshot-keep", "24")
     server = start_server(pool=pool)
 
@@ -349,6 +356,8 @@ def test_schedule_survives_a_restart_and_takes_a_missed_slot_once(tmp_path, star
         return names if len(names) >= 2 else None
     names = until("the missed slot's snapshot", autos)
     assert len(names) == 2 and names[0] == "auto-20200101T000000Z"   # once, not per slot
+    refused = server.cli("vm", "snapshot", "web", "--name", "auto-20210101T000000Z", check=False)
+    assert refused.returncode == 2 and "snapshot schedule's" in refused.stderr
     qemu_io(lun_of(server, "web-0"), "write -P 1 0 64K")
     server.stop()
     server = start_server(pool=pool)           # not due again for an hour: nothing new

@@ -38,6 +38,7 @@ from vmblock.admin.schema import (
 )
 from vmblock.admin.verbs import Verb, collect, verb
 from vmblock.errors import InvalidArgument, ServerError
+from vmblock.events.schedule import check_manual_name
 from vmblock.iscsi.chap import ChapSecrets
 from vmblock.meta import datastores
 from vmblock.meta import events as meta_events
@@ -236,7 +237,14 @@ class Api:
 
     @verb
     def vm_snapshot(self, name: Name, snapshot: Name) -> dict:
-        """Snapshot every vdisk of a VM at one instant (crash-consistent, metadata only)."""
+        """Snapshot every vdisk of a VM at one instant (crash-consistent, metadata only); the
+        names ``auto-<UTC time>`` are the snapshot schedule's."""
+        check_manual_name(snapshot)
+        return self.take_vm_snapshot(name, snapshot)
+
+    def take_vm_snapshot(self, name: str, snapshot: str) -> dict:
+        """``vm_snapshot`` without the name check: how the snapshot schedule takes its
+        automatic snapshots."""
         return self._snapshot_json(self.pool.snapshot_vm(name, snapshot))
 
     @verb

@@ -23,7 +23,7 @@ import calendar
 import inspect
 import time
 
-from vmblock.errors import AlreadyExists, VmblockError
+from vmblock.errors import AlreadyExists, InvalidArgument, VmblockError
 
 AUTO_PREFIX = "auto-"
 AUTO_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -32,6 +32,14 @@ AUTO_FORMAT = "%Y%m%dT%H%M%SZ"
 def auto_name(t: float) -> str:
     """The name of an automatic snapshot taken at ``t`` (UTC, to the second)."""
     return AUTO_PREFIX + time.strftime(AUTO_FORMAT, time.gmtime(t))
+
+
+def check_manual_name(name: str) -> None:
+    """Refuse a manual VM snapshot name the schedule owns (``auto-<UTC time>``): retention
+    deletes the oldest of those, and never a manual snapshot."""
+    if auto_time(name) is not None:
+        raise InvalidArgument(f"snapshot name {name!r}: names {AUTO_PREFIX}<UTC time> are the "
+                              f"snapshot schedule's (vm set --snapshot-every); choose another")
 
 
 def auto_time(name: str) -> float | None:
