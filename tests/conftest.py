@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.lvm import PVE_SIZE, PVE_V1, PVE_V2, vg_versions
 from support.scsi_rig import MemoryStore, Rig
 from support.server import VmblockServer
 
@@ -127,3 +128,10 @@ def store() -> MemoryStore:
 def rig(store) -> Rig:
     """A SCSI target with one LU over ``store``, driven without a fabric."""
     return Rig(store)
+
+
+@pytest.fixture(scope="session")
+def pve_images(tmp_path_factory):
+    """(v1, v2, v1's image path) of the live tests' VG pve (support.lvm: PVE_V1, then PVE_V2
+    at the next seqno), made once by the real lvm2 tools."""
+    return vg_versions(tmp_path_factory.mktemp("lvm"), PVE_SIZE, "pve", PVE_V1, PVE_V2)

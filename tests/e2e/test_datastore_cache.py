@@ -10,27 +10,15 @@ drives the LUN; exact counts, never rates."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from support.clients import cli_json, qemu_io
-from support.lvm import EXTENT, MiB, needs_lvm, vg_versions, wait_event, write_runs
-from support.server import run_cli
+from support.lvm import (EXTENT, HOST_VM, IO_TIMEOUT, LIVE_MARKS, MiB,
+                         datastore_on_a_lun, wait_event, write_runs)
 
-pytestmark = [needs_lvm, pytest.mark.skipif(
-    not (shutil.which("qemu-io") and shutil.which("qemu-img")),
-    reason="needs qemu-io and qemu-img (Debian qemu-utils + qemu-block-extra)")]
+pytestmark = LIVE_MARKS
 
-SIZE = 64 * MiB
-# pe_start 1 MiB, extents of 4 MiB: vm-100-disk-0 at 1-9 MiB and 25-29 MiB, vm-100-disk-1 at
-# 9-13 MiB, db-web01 at 13-25 MiB; v2 adds vm-102-disk-0 at 37-41 MiB
-V1 = {"vm-100-disk-0": [(0, 2), (6, 1)], "vm-100-disk-1": [(2, 1)], "db-web01": [(3, 3)]}
-V2 = dict(V1, **{"vm-102-disk-0": [(9, 1)]})
-HOST_VM = "host"
 BLOCK = 64 * 1024               # cache.block_size's default
 SPAN = 4 * BLOCK                # each phase reads 256 KiB in 4 KiB commands
-IO_TIMEOUT = 120
 
 
 def read_4k(url: str, first: int, pattern: int) -> None:
@@ -43,26 +31,11 @@ def show(server) -> dict:
     return cli_json(server, "cache", "show")
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """(v1, v2, v1 path) of VG pve (support.lvm)."""
-    return vg_versions(tmp_path_factory.mktemp("lvm"), SIZE, "pve", V1, V2)
-
-
 @pytest.mark.timeout(300)
-def test_each_lv_is_cached_by_its_vms_group_and_pin(start_server, tmp_path, images):
-    v1, v2, v1_path = images
-    pool = tmp_path / "pool"
-    for key, value in (("cache.size", "50%"), ("datastore.lvm.rescan_delay", "0.1"),
-                       ("datastore.lvm.vm_pattern", "^db-(?P<vm>.+)$")):
-        run_cli(pool, "config", "set", key, value)
-    server = start_server(pool=pool)
-    server.cli("vm", "create", HOST_VM)
-    server.cli("vdisk", "create", "pve-lun", "--size", "64M", "--vm", HOST_VM)
-    url = server.url(cli_json(server, "vdisk", "show", "pve-lun")["lun"])
-    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(v1_path), url],
-                   check=True, timeout=IO_TIMEOUT, capture_output=True)
-    wait_event(server, "datastore_changed", 1)
+def test_each_lv_is_cached_by_its_vms_group_and_pin(start_server, tmp_path, pve_images):
+    v1, v2, v1_path = pve_images
+    server, url, _ = datastore_on_a_lun(start_server, tmp_path / "pool", v1_path,
+                                        {"cache.size": "50%"})
     # data in each LV to read back through the cache
     qemu_io(url, f"write -P 0x61 {9 * MiB} {SPAN}", f"write -P 0x62 {13 * MiB} {SPAN}",
             cache="none", timeout=IO_TIMEOUT)

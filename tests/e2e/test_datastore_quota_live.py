@@ -6,44 +6,16 @@ in the LV gives the space back; ``vm show --json`` charges VM 100 and lists its 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from support.clients import cli_json, qemu_io
-from support.lvm import MiB, needs_lvm, vg_versions, wait_event
-from support.server import run_cli
+from support.lvm import LIVE_MARKS, MiB, datastore_on_a_lun
 
-pytestmark = [needs_lvm, pytest.mark.skipif(
-    not (shutil.which("qemu-io") and shutil.which("qemu-img")),
-    reason="needs qemu-io and qemu-img (Debian qemu-utils + qemu-block-extra)")]
-
-SIZE = 64 * MiB
-# pe_start 1 MiB, extents of 4 MiB: vm-100-disk-1 at 9-13 MiB, db-web01 at 13-25 MiB
-V1 = {"vm-100-disk-0": [(0, 2), (6, 1)], "vm-100-disk-1": [(2, 1)], "db-web01": [(3, 3)]}
-IO_TIMEOUT = 120
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """(v1, v2, v1 path) of VG pve (support.lvm); v2 is not used here."""
-    return vg_versions(tmp_path_factory.mktemp("lvm"), SIZE, "pve", V1, V1)
+pytestmark = LIVE_MARKS
 
 
 @pytest.mark.timeout(300)
-def test_a_vms_space_quota_caps_its_lv_on_the_shared_lun(start_server, tmp_path, images):
-    _, _, v1_path = images
-    pool = tmp_path / "pool"
-    for key, value in (("datastore.lvm.rescan_delay", "0.1"),
-                       ("datastore.lvm.vm_pattern", "^db-(?P<vm>.+)$")):
-        run_cli(pool, "config", "set", key, value)
-    server = start_server(pool=pool)
-    server.cli("vm", "create", "host")
-    server.cli("vdisk", "create", "pve-lun", "--size", "64M", "--vm", "host")
-    url = server.url(cli_json(server, "vdisk", "show", "pve-lun")["lun"])
-    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(v1_path), url],
-                   check=True, timeout=IO_TIMEOUT, capture_output=True)
-    wait_event(server, "datastore_changed", 1)
+def test_a_vms_space_quota_caps_its_lv_on_the_shared_lun(start_server, tmp_path, pve_images):
+    server, url, _ = datastore_on_a_lun(start_server, tmp_path / "pool", pve_images[2])
     qemu_io(url, f"discard {MiB} {24 * MiB}", cache="none")      # the LVs hold no space
     shown = cli_json(server, "vm", "set", "100", "--space-quota", "2M")
     assert shown["policies"]["space_charged_bytes"] == 0

@@ -11,7 +11,6 @@ qemu-io run is a new session, handed to a worker with the LU's rows as they are 
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import urllib.request
@@ -20,25 +19,22 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.clients import cli_json, qemu_io
 from support.iscsi_client import IscsiClient, tur, write10
-from support.lvm import EXTENT, MiB, needs_lvm, vg_versions, wait_event, write_runs
+from support.lvm import (EXTENT, HOST_VM, IO_TIMEOUT, LIVE_MARKS, PVE_SIZE, PVE_V1, PVE_V2, MiB,
+                         datastore_on_a_lun, wait_event, write_runs)
 from support.server import run_cli
 
 from vmblock import DEFAULT_TARGET
 from vmblock.meta import Pool
 
-pytestmark = [needs_lvm, pytest.mark.skipif(
-    not (shutil.which("qemu-io") and shutil.which("qemu-img")),
-    reason="needs qemu-io and qemu-img (Debian qemu-utils + qemu-block-extra)")]
+pytestmark = LIVE_MARKS
 
 KiB = 1024
-SIZE = 64 * MiB
-# three LVs (vm-100-disk-0 in two segments) of two VMs: 100 (Proxmox names), web01 (pattern)
-V1 = {"vm-100-disk-0": [(0, 2), (6, 1)], "vm-100-disk-1": [(2, 1)], "db-web01": [(3, 3)]}
-V2 = dict(V1, **{"vm-102-disk-0": [(9, 1)]})     # one LV added by a host
+SIZE = PVE_SIZE
+# three LVs (vm-100-disk-0 in two segments) of two VMs: 100 (Proxmox names), web01 (pattern);
+# V2: one LV added by a host
+V1, V2 = PVE_V1, PVE_V2
 OWNER = {"vm-100-disk-0": "100", "vm-100-disk-1": "100", "db-web01": "web01",
          "vm-102-disk-0": "102"}
-HOST_VM = "host"                # the vdisk's own VM: the label, metadata and free extents
-IO_TIMEOUT = 120
 
 
 def lv_ranges(lvs: dict) -> list[tuple[int, int, str]]:
@@ -137,27 +133,14 @@ def check(server, before: tuple[dict, dict], ios, lvs: dict) -> tuple[dict, dict
     return after
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """(v1, v2) images of VG pve: v2 is v1 with vm-102-disk-0 added (the next seqno)."""
-    return vg_versions(tmp_path_factory.mktemp("lvm"), SIZE, "pve", V1, V2)
-
-
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "workers"])
-def test_io_into_each_lv_counts_to_its_vm(start_server, tmp_path, images, workers):
-    v1, v2, v1_path = images
+def test_io_into_each_lv_counts_to_its_vm(start_server, tmp_path, pve_images, workers):
+    v1, v2, v1_path = pve_images
     pool = tmp_path / "pool"
-    for key, value in (("server.workers", str(workers)), ("datastore.lvm.rescan_delay", "0.1"),
-                       ("datastore.lvm.vm_pattern", "^db-(?P<vm>.+)$")):
-        run_cli(pool, "config", "set", key, value)
-    server = start_server(pool=pool)
-    server.cli("vm", "create", HOST_VM)
-    server.cli("vdisk", "create", "pve-lun", "--size", "64M", "--vm", HOST_VM)
-    url = server.url(cli_json(server, "vdisk", "show", "pve-lun")["lun"])
-    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(v1_path), url],
-                   check=True, timeout=IO_TIMEOUT, capture_output=True)
-    assert wait_event(server, "datastore_changed", 1)["added"] == sorted(V1)
+    server, url, event = datastore_on_a_lun(start_server, pool, v1_path,
+                                            {"server.workers": str(workers)})
+    assert event["added"] == sorted(V1)
     before = counts(server)
     assert {n for n, r in before[1].items() if r.get("sub_vdisk")} == {f"pve/{lv}" for lv in V1}
 
@@ -211,9 +194,9 @@ def test_io_into_each_lv_counts_to_its_vm(start_server, tmp_path, images, worker
 
 
 @pytest.mark.timeout(180)
-def test_metrics_and_top_show_sub_vdisks(start_server, tmp_path, images):
+def test_metrics_and_top_show_sub_vdisks(start_server, tmp_path, pve_images):
     """/metrics has a series per sub-vdisk and its VM's roll-up; top lists the LVM VMs."""
-    _, _, v1_path = images
+    _, _, v1_path = pve_images
     pool = tmp_path / "pool"
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

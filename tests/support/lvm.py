@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from support.clients import cli_json, qemu_io
+from support.server import run_cli
 
 MiB = 1 << 20
 EXTENT = 4 * MiB                # vgcreate's default extent size
@@ -42,6 +43,21 @@ def lvm_available() -> str | None:
 
 
 needs_lvm = pytest.mark.skipif(lvm_available() is not None, reason=str(lvm_available()))
+# the live datastore tests: lvm2, and qemu-img / qemu-io to put the image on a LUN and drive it
+LIVE_MARKS = [needs_lvm, pytest.mark.skipif(
+    not (shutil.which("qemu-io") and shutil.which("qemu-img")),
+    reason="needs qemu-io and qemu-img (Debian qemu-utils + qemu-block-extra)")]
+
+# The datastore the live tests put on a LUN: VG pve of PVE_SIZE, pe_start 1 MiB, extents of
+# 4 MiB: vm-100-disk-0 at 1-9 MiB and 25-29 MiB, vm-100-disk-1 at 9-13 MiB, db-web01 at
+# 13-25 MiB; the next version adds vm-102-disk-0 at 37-41 MiB. HOST_VM owns the LUN's vdisk
+# (its label, metadata and free extents); db-<name> LVs belong to VM <name> (DB_PATTERN).
+PVE_SIZE = 64 * MiB
+PVE_V1 = {"vm-100-disk-0": [(0, 2), (6, 1)], "vm-100-disk-1": [(2, 1)], "db-web01": [(3, 3)]}
+PVE_V2 = dict(PVE_V1, **{"vm-102-disk-0": [(9, 1)]})
+HOST_VM = "host"
+DB_PATTERN = "^db-(?P<vm>.+)$"
+IO_TIMEOUT = 120
 
 
 def _run(*args: str) -> str:
@@ -184,3 +200,22 @@ def write_runs(url: str, old: bytes, new: bytes, tmp_path) -> int:
         cmds.append(f"write -s {chunk} {off} {n}")
     qemu_io(url, *cmds, cache="writeback")   # no FUA: in-place writes take a worker's fast path
     return len(runs)
+
+
+def datastore_on_a_lun(start_server, pool: Path, image: Path, config: dict | None = None):
+    """A live server on ``pool`` (``config`` set first, with a quick rescan and DB_PATTERN)
+    whose vdisk ``pve-lun`` of HOST_VM holds ``image`` (``qemu-img convert -n`` through the
+    LUN), once the server has read the datastore: (server, the LUN's URL, that
+    ``datastore_changed`` event)."""
+    settings = {"datastore.lvm.rescan_delay": "0.1", "datastore.lvm.vm_pattern": DB_PATTERN,
+                **(config or {})}
+    for key, value in settings.items():
+        run_cli(pool, "config", "set", key, value)
+    server = start_server(pool=pool)
+    server.cli("vm", "create", HOST_VM)
+    server.cli("vdisk", "create", "pve-lun", "--size", str(PVE_SIZE // MiB) + "M",
+               "--vm", HOST_VM)
+    url = server.url(cli_json(server, "vdisk", "show", "pve-lun")["lun"])
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(image), url],
+                   check=True, timeout=IO_TIMEOUT, capture_output=True)
+    return server, url, wait_event(server, "datastore_changed", 1)
