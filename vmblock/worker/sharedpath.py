@@ -296,13 +296,15 @@ class SharedMapsFastPath:
         k = free.pop()
         self.words[k] = epoch
         fut = asyncio.get_running_loop().run_in_executor(
-            None, self._read_thread, mapped, buf, k)
+            None, self._read_thread, task, mapped, buf, k)
         fut.add_done_callback(lambda f: self._read_done(task, buf, f))
         return fut
 
-    def _read_thread(self, mapped: list, buf: bytearray, k: int) -> None:
+    def _read_thread(self, task: ScsiTask, mapped: list, buf: bytearray, k: int) -> None:
         """In a thread: the reads of ``_off_loop``, then the end of their section (word
-        ``k``: 0, and free again)."""
+        ``k``: 0, and free again). When it starts, the wait for a thread ends: ``t_io``, the
+        statistics' queue as in the SCSI core."""
+        task.t_io = time.perf_counter()
         try:
             self._pause("thread-read")
             view = memoryview(buf)
