@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vmblock.store.ranges import runs
+
 
 @dataclass(frozen=True)
 class CacheSplit:
@@ -40,22 +42,11 @@ class CacheSplit:
     def of_ranges(cls, ranges: list[tuple[int, int, int]], rest: int) -> CacheSplit | None:
         """The split of byte ranges ``[(first, end, vid)]`` (sorted, not overlapping), the
         bytes in none going to ``rest``; None when every byte is ``rest``'s."""
-        starts, vids = [0], [rest]
-        for first, end, vid in ranges:
-            for pos, v in ((first, vid), (end, rest)):
-                if pos == starts[-1]:
-                    vids[-1] = v
-                else:
-                    starts.append(pos)
-                    vids.append(v)
-        runs_s, runs_v = [], []
-        for pos, v in zip(starts, vids):
-            if not runs_v or runs_v[-1] != v:
-                runs_s.append(pos)
-                runs_v.append(v)
-        if len(runs_v) == 1:
+        starts, vids = runs(rest, (mark for first, end, vid in ranges
+                                   for mark in ((first, vid), (end, rest))))
+        if len(vids) == 1:
             return None
-        return cls(tuple(runs_s), tuple(runs_v))
+        return cls(starts, vids)
 
     def pieces(self, offset: int, length: int) -> list[tuple[int, int, int]]:
         """``[(vid, start, end)]`` of the I/O ``[offset, offset + length)``: the parts in each

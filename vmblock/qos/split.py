@@ -16,6 +16,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from vmblock.stats.layout import KIND_OF_OPCODE
+from vmblock.store.ranges import runs
 from vmblock.stats.rows import cdb_range
 
 
@@ -38,28 +39,19 @@ class LuSplit:
         """The split of byte ranges ``[(first, end, key)]`` (sorted, not overlapping) of an
         LU of ``block_size`` bytes, ``rest`` for the bytes in none (a range's key None counts
         as ``rest`` too); just ``rest`` when every run has that key."""
-        starts: list[int] = [0]
-        keys: list[str | None] = [rest]
-        for first, end, key in ranges:
-            key = rest if key is None else key
-            # a block shared by two ranges (never with LVM's aligned extents) goes to the first
-            lo = max(first // block_size, starts[-1])
-            hi = max(-(-end // block_size), lo)
-            for lba, k in ((lo, key), (hi, rest)):
-                if lba == starts[-1]:
-                    keys[-1] = k
-                else:
-                    starts.append(lba)
-                    keys.append(k)
-        runs_s: list[int] = []
-        runs_k: list[str | None] = []
-        for lba, k in zip(starts, keys):
-            if not runs_k or runs_k[-1] != k:
-                runs_s.append(lba)
-                runs_k.append(k)
-        if len(runs_k) == 1:
+        def marks():
+            last = 0
+            for first, end, key in ranges:
+                # a block shared by two ranges (never with LVM's aligned extents) goes to
+                # the first
+                lo = max(first // block_size, last)
+                last = max(-(-end // block_size), lo)
+                yield lo, rest if key is None else key
+                yield last, rest
+        starts, keys = runs(rest, marks())
+        if len(keys) == 1:
             return rest
-        return cls(tuple(runs_s), tuple(runs_k))
+        return cls(starts, keys)
 
     def key_at(self, cdb: bytes) -> str | None:
         """The flow key of the command ``cdb``: that of the run its first LBA is in."""
