@@ -10,7 +10,7 @@ much space each LV holds."""
 from __future__ import annotations
 
 import pytest
-from support.lvm import EXTENT, MiB, make_vg, needs_lvm
+from support.lvm import EXTENT, MiB, pv_image
 from support.stores import read, small_pool
 
 from vmblock.meta import datastores, policies
@@ -26,11 +26,7 @@ FREE = MiB + 8 * EXTENT
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
-    if needs_lvm.args[0]:
-        pytest.skip(needs_lvm.kwargs["reason"])
-    path = tmp_path_factory.mktemp("lvm") / "pv.img"
-    make_vg(path, SIZE, "pve", LVS)
-    return path.read_bytes()
+    return pv_image(tmp_path_factory, SIZE, LVS)
 
 
 @pytest.fixture

@@ -144,6 +144,16 @@ def make_vg(image: Path, size: int, vg: str, lvs: dict[str, list[tuple[int, int]
         write_vg(dev, vg, lvs, extra)
 
 
+def pv_image(tmp_path_factory, size: int, lvs: dict[str, list[tuple[int, int]]]) -> bytes:
+    """The bytes of a PV of VG ``pve`` holding ``lvs`` (``make_vg``), for a module fixture;
+    the test is skipped where lvm2 cannot run."""
+    if needs_lvm.args[0]:
+        pytest.skip(needs_lvm.kwargs["reason"])
+    path = tmp_path_factory.mktemp("lvm") / "pv.img"
+    make_vg(path, size, "pve", lvs)
+    return path.read_bytes()
+
+
 def change_vg(image: Path, vg: str, lvs: dict[str, list[tuple[int, int]]],
               extra: str = "") -> None:
     """The VG in ``image`` rewritten to declare ``lvs``: its next metadata version."""
