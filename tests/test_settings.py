@@ -31,6 +31,17 @@ def test_every_default_parses_to_its_rows_type(key):
     assert row.doc
 
 
+def test_poll_window_is_microseconds_to_ten_milliseconds_and_the_fabrics_default():
+    from vmblock.iscsi.poll import DEFAULT_WINDOW
+    from vmblock.iscsi.portal import IscsiConfig
+    assert Settings({}).get("iscsi.poll_window") == DEFAULT_WINDOW == IscsiConfig().poll_window
+    assert Settings({"iscsi.poll_window": "0"}).get("iscsi.poll_window") == 0.0
+    assert Settings({"iscsi.poll_window": "10ms"}).get("iscsi.poll_window") == 0.01
+    for bad in ("11ms", "-1us", "fast"):
+        with pytest.raises(InvalidArgument, match="iscsi.poll_window"):
+            Settings({"iscsi.poll_window": bad}).get("iscsi.poll_window")
+
+
 def test_negotiation_keys_are_the_fabrics_offer():
     """settings names the iscsi.<Key> keys without importing the fabric: the two must agree."""
     assert set(NEGOTIATION_KEYS) == set(params.TARGET_OFFER) == set(params.KEYS)

@@ -48,13 +48,13 @@ def test_a_bare_percentage_says_how_to_write_it():
         parse_fraction("10")
 
 
-@pytest.mark.parametrize("text,v", [("30", 30.0), ("1.5", 1.5), ("250ms", 0.25), ("2s", 2.0),
+@pytest.mark.parametrize("text,v", [("30", 30.0), ("1.5", 1.5), ("250ms", 0.25), ("200us", 2e-4), ("2s", 2.0),
                                     ("5m", 300.0), ("1h", 3600.0), (0, 0.0)])
 def test_parse_seconds(text, v):
     assert parse_seconds(text) == pytest.approx(v)
 
 
-@pytest.mark.parametrize("text", ["-1", "1e9", "nan", "inf", "s", "abc", "2d"])
+@pytest.mark.parametrize("text", ["-1", "1e9", "nan", "inf", "s", "us", "abc", "2d"])
 def test_parse_seconds_refuses(text):
     with pytest.raises(InvalidArgument, match="seconds"):
         parse_seconds(text)

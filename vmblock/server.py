@@ -59,7 +59,7 @@ FAULT_RETRY = 1.0      # seconds between commit attempts while the meta DB or a 
 # IscsiConfig fields read from the iscsi.* key of the same name
 FABRIC_FIELDS = ("nop_interval", "nop_timeout", "max_connections", "max_connections_per_host",
                  "max_login_connections", "first_pdu_timeout", "login_timeout", "data_budget",
-                 "data_budget_per_host")
+                 "data_budget_per_host", "poll_window")
 
 
 def ensure_demo(pool: Pool) -> None:

@@ -64,6 +64,7 @@ MAX_TIER_BYTES = 16 << 40
 # data budget; a login timeout above an hour keeps a stuck login too long.
 MIN_DATA_BUDGET = 16 << 20
 MAX_LOGIN_TIMEOUT = 3600.0
+MAX_POLL_WINDOW = 0.01      # iscsi.poll_window: 10 ms of polling per PDU at most
 MAX_CONNECTION_COUNT = 65535
 # server.workers: worker processes beside the owner. Each holds a Python interpreter (~60 MiB)
 # and shares the cores with the owner, so more than a few per core only adds switching.
@@ -216,6 +217,10 @@ def _login_seconds(text: str, key: str) -> float:
         raise InvalidArgument(f"{key} must be a number of seconds above 0 (at most "
                               f"{MAX_LOGIN_TIMEOUT:g}), not {text!r}")
     return v
+
+
+def _poll_window(text: str, key: str) -> float:
+    return parse_seconds(text, key, MAX_POLL_WINDOW)
 
 
 def _connection_count(text: str, key: str) -> int:
@@ -424,6 +429,10 @@ _ROWS = (
             "bytes of initiator data held, all connections together"),
     Setting("iscsi.data_budget_per_host", int, "64M", _data_budget, Apply.FABRIC,
             "bytes of initiator data held for one source address"),
+    Setting("iscsi.poll_window", float, "200us", _poll_window, Apply.FABRIC,
+            "while PDUs arrive closer together than this, a serving process polls its "
+            "sockets for that long after each instead of sleeping (QD1 latency for CPU; "
+            "0: never; at most 10ms; vmblock.iscsi.poll)"),
     Setting("iscsi.<Key>", str, None, _text, Apply.FABRIC,
             "what the target offers at login for an RFC 7143 key (vmblock.iscsi.params)"),
     Setting(NEW_TARGET_CHAP_KEY, bool, "No", _yes_no, Apply.NEW_TARGET,

@@ -88,15 +88,17 @@ def parse_fraction(text: str | float, what: str = "fraction") -> float:
 
 
 def parse_seconds(text: str | float, what: str = "interval", limit: float = MAX_SECONDS) -> float:
-    """Seconds from '30', '1.5', '250ms', '2s', '5m' or '1h', between 0 and ``limit``."""
+    """Seconds from '30', '1.5', '200us', '250ms', '2s', '5m' or '1h', between 0 and
+    ``limit``."""
     t = str(text).strip().lower()
-    scale = 1.0
-    for suffix, factor in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+    per, scale = 1.0, 1.0       # '200us' is 200 / 1e6: exactly the float 0.0002, not 200 * 1e-6
+    for suffix, divisor, factor in (("us", 1e6, 1.0), ("ms", 1e3, 1.0), ("s", 1.0, 1.0),
+                                    ("m", 1.0, 60.0), ("h", 1.0, 3600.0)):
         if t.endswith(suffix) and t[:-len(suffix)].strip():
-            t, scale = t[:-len(suffix)].strip(), factor
+            t, per, scale = t[:-len(suffix)].strip(), divisor, factor
             break
     try:
-        v = float(t) * scale
+        v = float(t) / per * scale
     except ValueError:
         v = math.nan
     if not (math.isfinite(v) and 0.0 <= v <= limit):

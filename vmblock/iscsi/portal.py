@@ -18,6 +18,7 @@ from . import params
 from .budget import DataBudget
 from .chap import ChapSecrets
 from .machine import ConnectionMachine
+from .poll import DEFAULT_WINDOW as DEFAULT_POLL_WINDOW, IdlePoll
 from .protocol import IscsiProtocol
 from .session import SessionRegistry
 
@@ -63,6 +64,7 @@ class IscsiConfig:
     login_timeout: float = 30.0           # seconds from accept to full feature phase
     data_budget: int = 256 << 20          # bytes of initiator data held, all connections
     data_budget_per_host: int = 64 << 20  # the same, all connections of one source address
+    poll_window: float = DEFAULT_POLL_WINDOW   # vmblock.iscsi.poll
 
 
 class IscsiService:
@@ -83,6 +85,7 @@ class IscsiService:
         # where a normal session's connection goes once logged in (vmblock.worker's
         # WorkerPool.place: another process); None: it stays in this one
         self.handoff = None
+        self.poll = IdlePoll(0.0)
         self.reconfigure(config or IscsiConfig())
 
     def reconfigure(self, config: IscsiConfig) -> None:
@@ -92,6 +95,7 @@ class IscsiService:
         self.config = config
         self.max_pdu = params.parse_number(self.offer["MaxRecvDataSegmentLength"]) + PDU_OVERHEAD
         self.budget.total, self.budget.per_host = config.data_budget, config.data_budget_per_host
+        self.poll.window = config.poll_window
 
     # ---- connection slots ----------------------------------------------------------------
     def admit(self, conn: ConnectionMachine) -> bool:

@@ -75,6 +75,7 @@ class IscsiProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` arrived in the buffer: the machine parses and handles what is complete."""
         self.machine.buffer_updated(nbytes, self.loop.time())
+        self.service.poll.arrived()
 
     def eof_received(self):
         """The initiator closed its side: returning False closes ours too."""

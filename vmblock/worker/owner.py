@@ -347,7 +347,8 @@ class WorkerPool:
         return {"max_pdu": self.service.max_pdu,
                 "config": {"nop_interval": cfg.nop_interval, "nop_timeout": cfg.nop_timeout,
                            "tpgt": cfg.tpgt, "data_budget": share,
-                           "data_budget_per_host": min(cfg.data_budget_per_host, share)}}
+                           "data_budget_per_host": min(cfg.data_budget_per_host, share),
+                           "poll_window": cfg.poll_window}}
 
     def reconfigure(self) -> None:
         """The service was reconfigured (``Apply.FABRIC``): every worker takes the new

@@ -35,6 +35,7 @@ from vmblock.scsi.lu import MAX_TRANSFER_BYTES
 from vmblock.iscsi.budget import DataBudget
 from vmblock.iscsi.machine import ConnectionMachine
 from vmblock.iscsi.params import Negotiation
+from vmblock.iscsi.poll import IdlePoll
 from vmblock.iscsi.portal import IscsiConfig, TargetEntry
 from vmblock.iscsi.protocol import IscsiProtocol
 from vmblock.iscsi.session import Session, SessionRegistry
@@ -112,6 +113,7 @@ class WorkerService:
         self.registry = SessionRegistry()
         self.connections: set[ConnectionMachine] = set()
         self.budget = DataBudget(0, 0, process.loop.call_soon)
+        self.poll = IdlePoll(self.config.poll_window)
         self.max_pdu = 0
         self.send_targets_answer: dict[int, list] = {}     # TSIH -> the session's SendTargets
         self.stats = None       # vmblock.stats.recorder.StatsRecorder over the owner's slab
@@ -128,6 +130,7 @@ class WorkerService:
         self.max_pdu = info["max_pdu"]
         self.budget.total = self.config.data_budget
         self.budget.per_host = self.config.data_budget_per_host
+        self.poll.window = self.config.poll_window
 
     def entered_full_feature(self, conn: ConnectionMachine) -> None:
         """A handed-over connection resumed: it already runs where it stays."""

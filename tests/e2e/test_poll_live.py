@@ -1,0 +1,61 @@
+"""``iscsi.poll_window`` on a live server, set while it runs: an initiator at queue depth 1
+finds the serving process awake (polling), not asleep in ``epoll_wait``, and a window of 0
+puts it back to sleeping between commands. Measured by the serving thread's voluntary context
+switches, which a process polls without making: one per command asleep, next to none awake.
+
+The windows are far from the loopback's round trip (0 and 10 ms against ~0.1 ms) so the test
+holds on a loaded machine: a busy client takes longer between commands, not 10 ms."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support.server import run_cli
+
+COMMANDS = 400
+
+
+def voluntary_switches(tid: int) -> int:
+    status = Path(f"/proc/{tid}/task/{tid}/status").read_text()
+    return int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+
+
+def serving_thread(server, workers: int) -> int:
+    """The thread that runs the session's commands: the server's main thread, or its one
+    worker's."""
+    if not workers:
+        return server.proc.pid
+    task = Path(f"/proc/{server.proc.pid}/task")
+    kids = [int(p) for t in task.iterdir() for p in (t / "children").read_text().split()]
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+def switches_per_command(server, tid: int) -> float:
+    """A qemu-img bench of COMMANDS 4 KiB reads at queue depth 1 (one session); the serving
+    thread's voluntary context switches per command during it."""
+    before = voluntary_switches(tid)
+    subprocess.run(["qemu-img", "bench", "-f", "raw", "-t", "none", "-c", str(COMMANDS), "-d", "1",
+                    "-s", "4096", server.url()], check=True, capture_output=True, timeout=120)
+    return (voluntary_switches(tid) - before) / COMMANDS
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_poll_window_keeps_the_serving_process_awake_between_qd1_commands(tmp_path, start_server,
+                                                                          workers):
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", str(workers))
+    run_cli(pool, "config", "set", "iscsi.poll_window", "0")
+    server = start_server(pool=pool)
+    tid = serving_thread(server, workers)
+    asleep = switches_per_command(server, tid)
+    server.cli("config", "set", "iscsi.poll_window", "10ms")     # live, to the worker too
+    awake = switches_per_command(server, tid)
+    server.cli("config", "set", "iscsi.poll_window", "0")
+    asleep_again = switches_per_command(server, tid)
+    assert asleep >= 0.5 and asleep_again >= 0.5, (asleep, asleep_again)
+    assert awake < 0.25, awake

@@ -1,0 +1,98 @@
+"""vmblock.iscsi.poll: a process polls instead of sleeping only while PDUs arrive close
+together, and for ``window`` after the last one (a clock the test moves; a real event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from vmblock.iscsi.poll import IdlePoll
+
+US = 1e-6
+
+
+class SteppedClock:
+    """Time that moves only when the poll yields the CPU (``relax``): ``step`` a turn."""
+
+    def __init__(self, step: float):
+        self.now = 0.0
+        self.step = step
+        self.turns = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def relax(self) -> None:
+        self.turns += 1
+        self.now += self.step
+
+
+async def settle(poll: IdlePoll, most: int = 10_000) -> None:
+    """Run the loop until the poll stops polling (at most ``most`` turns)."""
+    for _ in range(most):
+        if not poll.polling:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the poll never stopped")
+
+
+def test_two_close_arrivals_poll_for_the_window_after_the_last():
+    async def main():
+        clock = SteppedClock(10 * US)
+        poll = IdlePoll(100 * US, clock, clock.relax)
+        poll.arrived()
+        assert not poll.polling                 # one arrival says nothing of the next
+        clock.now = 50 * US
+        poll.arrived()
+        assert poll.polling
+        await settle(poll)
+        assert clock.turns == 10                # 50 us + 10 turns of 10 us = the window
+        assert clock.now == 150 * US
+    asyncio.run(main())
+
+
+def test_an_arrival_while_polling_extends_it():
+    async def main():
+        clock = SteppedClock(10 * US)
+        poll = IdlePoll(100 * US, clock, clock.relax)
+        poll.arrived()
+        poll.arrived()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert clock.now == 50 * US
+        poll.arrived()                          # a PDU at 50 us: on until 150 us
+        await settle(poll)
+        assert clock.now == 150 * US
+    asyncio.run(main())
+
+
+def test_far_apart_arrivals_never_poll():
+    async def main():
+        clock = SteppedClock(10 * US)
+        poll = IdlePoll(100 * US, clock, clock.relax)
+        for i in range(5):
+            clock.now = i * 150 * US
+            poll.arrived()
+            await asyncio.sleep(0)
+            assert not poll.polling
+        assert clock.turns == 0
+    asyncio.run(main())
+
+
+def test_window_zero_never_polls_and_a_window_set_to_zero_stops_polling():
+    async def main():
+        clock = SteppedClock(10 * US)
+        poll = IdlePoll(0.0, clock, clock.relax)
+        poll.arrived()
+        poll.arrived()
+        assert not poll.polling
+        poll.window = 1.0
+        poll.arrived()
+        assert poll.polling
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        turns = clock.turns
+        assert turns >= 1
+        poll.window = 0.0                       # iscsi.poll_window 0, set live
+        await settle(poll, most=2)
+        assert clock.turns == turns
+    asyncio.run(main())
