@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vmblock.iscsi.poll import IdlePoll
+from vmblock.iscsi.poll import BACKOFF, TAKEN, IdlePoll
 
 US = 1e-6
 
@@ -95,4 +95,32 @@ def test_window_zero_never_polls_and_a_window_set_to_zero_stops_polling():
         poll.window = 0.0                       # iscsi.poll_window 0, set live
         await settle(poll, most=2)
         assert clock.turns == turns
+    asyncio.run(main())
+
+
+def test_a_yield_that_let_another_process_run_gives_the_cpu_up_for_the_backoff():
+    """A yield that came back after TAKEN (another process had the CPU) ends the polling;
+    close arrivals do not start it again until BACKOFF has passed."""
+    async def main():
+        clock = SteppedClock(10 * US)
+        poll = IdlePoll(1.0, clock, clock.relax)
+        poll.arrived()
+        poll.arrived()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert poll.polling and clock.turns == 2
+        clock.step = 2 * TAKEN                  # the next yield: someone else ran meanwhile
+        await settle(poll, most=2)
+        assert clock.turns == 3
+        clock.step = 10 * US
+        taken = clock.now
+        for _ in range(3):                      # close arrivals within the backoff
+            clock.now += 10 * US
+            poll.arrived()
+            assert not poll.polling
+        clock.now = taken + BACKOFF
+        poll.arrived()
+        assert poll.polling                     # close to the last one, after the backoff
+        poll.window = 0.0
+        await settle(poll)
     asyncio.run(main())

@@ -9,8 +9,11 @@ event loop turning (``epoll_wait`` with a zero timeout, and ``sched_yield`` so t
 on the same CPU runs) until ``window`` has passed since the last one, then sleeps again.
 
 The cost is bounded: at most ``window`` of one CPU per PDU, and nothing at all while PDUs
-come further apart than ``window`` (the loop only polls after it saw two close ones). At
-higher queue depths the loop is busy anyway and polls rarely. ``window`` 0 turns it off.
+come further apart than ``window`` (the loop only polls after it saw two close ones). A CPU
+that others need is given up: a yield that comes back late (``TAKEN``: another process ran
+on this CPU meanwhile) ends the polling, and the process sleeps between PDUs for ``BACKOFF``
+before it polls again. Polling thus costs nothing where clients or
+other workers want the CPU (many sessions on few cores), and ``window`` 0 turns it off.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ from collections.abc import Callable
 # Longer than a QD1 initiator's turn between an answer and its next command on a loopback or
 # a LAN (~50-150 us), short enough that a process that polls in vain burns little.
 DEFAULT_WINDOW = 200e-6
+# A yield that took longer than this let another process run on this CPU: someone else wants
+# it, and polling would take it from them (a client on the same CPU wakes us cheaply anyway).
+TAKEN = 10e-6
+# How long the process sleeps between PDUs after its CPU was taken, before it polls again.
+BACKOFF = 0.001
+
 
 class IdlePoll:
     """The poll state of one process's event loop, fed by every connection's arrivals."""
@@ -33,6 +42,7 @@ class IdlePoll:
         self.clock = clock          # seconds; must resolve microseconds (not uvloop's time())
         self.relax = relax          # between turns: let a runnable process have the CPU
         self.last = -float("inf")   # clock of the last arrival
+        self.quiet_until = 0.0      # no polling before this clock (the CPU was taken)
         self.polling = False
 
     def arrived(self) -> None:
@@ -40,15 +50,21 @@ class IdlePoll:
         now = self.clock()
         close = now - self.last < self.window
         self.last = now
-        if close and not self.polling:
+        if close and not self.polling and now >= self.quiet_until:
             self.polling = True
             asyncio.get_running_loop().call_soon(self._turn)
 
     def _turn(self) -> None:
         """One turn of the loop without sleeping; the last turn ``window`` after the last
-        arrival."""
-        if self.clock() - self.last < self.window:
-            self.relax()
-            asyncio.get_running_loop().call_soon(self._turn)
-        else:
+        arrival, or the first whose yield let another process run (module docstring)."""
+        before = self.clock()
+        if before - self.last >= self.window:
             self.polling = False
+            return
+        self.relax()
+        after = self.clock()
+        if after - before > TAKEN:
+            self.polling = False
+            self.quiet_until = after + BACKOFF
+        else:
+            asyncio.get_running_loop().call_soon(self._turn)
