@@ -812,9 +812,15 @@ class LiveApi(Api):
             return True
         return False
 
-    def session_list(self) -> list[dict]:
-        """The iSCSI sessions logged in to this server (``Session.info`` each)."""
-        return self.server.service.sessions()
+    async def session_list(self) -> list[dict]:
+        """The iSCSI sessions logged in to this server (``Session.info`` each; the tasks of
+        a session that a worker runs are the worker's)."""
+        sessions = self.server.service.sessions()
+        if self.server.workers is not None and sessions:
+            tasks = await self.server.workers.session_tasks()
+            for info in sessions:
+                info["tasks"] = tasks.get(info["tsih"], info["tasks"])
+        return sessions
 
     def policies_changed(self) -> None:
         """The snapshot schedule looks at the VMs' policies again now; QoS applies now."""

@@ -121,6 +121,37 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def session_tasks(server, tsih: int) -> int:
+    """``session list --json``'s task count of session ``tsih``."""
+    return next(s["tasks"] for s in cli_json(server, "session", "list") if s["tsih"] == tsih)
+
+
+def test_session_list_counts_the_tasks_a_worker_holds(workers_server):
+    """A WRITE waiting for its Data-Out (R2T sent) is outstanding in the worker that runs its
+    session, and ``session list`` says so, as it does for a session in the owner."""
+    c = login(workers_server, A_INITIATOR)
+    with c:
+        placed(workers_server, c)
+        assert session_tasks(workers_server, c.tsih) == 0
+        data = pattern(3, 8)
+        itt = c.next_itt()
+        c.send_pdu(pdu.build_scsi_cmd(pdu.FLAG_FINAL | pdu.CMD_FLAG_WRITE | 1, pdu.encode_lun(0),
+                                      itt, len(data), c.cmdsn, c.exp_statsn, write10(40, 8),
+                                      dlen=0))
+        c.cmdsn += 1
+        r2t = c.recv_skip_nops()
+        assert r2t.opcode == pdu.Opcode.R2T and r2t.itt == itt
+        assert session_tasks(workers_server, c.tsih) == 1
+        c.send_pdu(pdu.build_initiator_pdu(
+            pdu.Opcode.DATA_OUT, pdu.FLAG_FINAL, dlen=len(data), lun=pdu.encode_lun(0), itt=itt,
+            words=(r2t.ttt, 0, c.exp_statsn, 0, 0, 0, 0)), data)
+        rsp = c.recv_skip_nops()
+        assert rsp.opcode == pdu.Opcode.SCSI_RSP and rsp.b3 == GOOD
+        c.exp_statsn = (rsp.statsn + 1) & 0xFFFFFFFF
+        assert session_tasks(workers_server, c.tsih) == 0
+        assert c.scsi(read10(40, 8), read_len=len(data)).data == data
+
+
 def test_data_written_in_one_worker_reads_back_in_the_other(workers_server):
     a, b = login(workers_server, A_INITIATOR), login(workers_server, B_INITIATOR)
     with a, b:

@@ -69,7 +69,7 @@ START_TIMEOUT = 120.0       # seconds a worker may take to say READY (numba load
 STOP_TIMEOUT = 10.0         # seconds a worker may take to exit after STOP
 RESPAWN_DELAY = 1.0         # seconds before restarting a worker that lived less than ...
 MIN_LIFE = 5.0              # ... this long (no tight loop of crashing starts)
-STATS_FLUSH_TIMEOUT = 2.0   # seconds a reader of statistics waits for a worker's flush
+ANSWER_TIMEOUT = 2.0    # seconds the owner waits for a worker's answer (STATS_FLUSH, SESSIONS)
 POLL = 0.002                # seconds between checks while a handoff waits (rare paths only)
 # The TMFs whose effect reaches other sessions: the other workers abort their tasks too.
 TARGET_WIDE = {TmfFunction.CLEAR_TASK_SET, TmfFunction.LUN_RESET,
@@ -143,8 +143,8 @@ class WorkerPool:
         self.next = itertools.count()             # round robin among the least loaded
         self.serials = itertools.count(1)         # handoff serials (CLOSED names one)
         self.stats = None       # vmblock.stats.live.LiveStats: set before start when counted
-        self.flushes: dict[int, asyncio.Future] = {}     # STATS_FLUSH tag -> its answer
-        self.flush_tags = itertools.count(1)
+        self.answers: dict[int, asyncio.Future] = {}     # question tag -> its answer
+        self.tags = itertools.count(1)
         self.qos = None         # the owner's vmblock.qos.gate.QosGate: set before start
         self.qos_throttled = None   # async callback(key): a worker held a flow at its limit
 
@@ -379,18 +379,33 @@ class WorkerPool:
     async def flush_stats(self) -> None:
         """Every running worker adds its staged statistics into its slab: what the owner
         reads next counts every command answered before this call. A worker that does not
-        answer within ``STATS_FLUSH_TIMEOUT`` is not waited for (its counts come later)."""
+        answer within ``ANSWER_TIMEOUT`` is not waited for (its counts come later)."""
+        await self._ask(Msg.STATS_FLUSH)
+
+    async def session_tasks(self) -> dict[int, int]:
+        """TSIH -> the tasks outstanding in the worker that runs the session (the owner's
+        ``Session`` of a handed-over session holds none), for ``session list``."""
+        counts = {}
+        for answer in await self._ask(Msg.SESSIONS):
+            counts.update((int(tsih), n) for tsih, n in unpack_json(answer).items())
+        return counts
+
+    async def _ask(self, mtype: Msg) -> list[bytes]:
+        """Ask every running worker ``mtype`` (a tag for the payload) and return the answers
+        (past their tag) of those that answered within ``ANSWER_TIMEOUT``."""
         waits = []
         for w in self.workers:
             if w is not None and w.up:
-                tag = next(self.flush_tags) & 0xFFFFFFFF
-                fut = self.flushes[tag] = self.loop.create_future()
-                w.channel.send(Msg.STATS_FLUSH, STATS_TAG.pack(tag))
+                tag = next(self.tags) & 0xFFFFFFFF
+                fut = self.answers[tag] = self.loop.create_future()
+                w.channel.send(mtype, STATS_TAG.pack(tag))
                 waits.append(fut)
-        if waits:
-            done, pending = await asyncio.wait(waits, timeout=STATS_FLUSH_TIMEOUT)
-            for tag in [t for t, f in self.flushes.items() if f in pending]:
-                del self.flushes[tag]
+        if not waits:
+            return []
+        done, pending = await asyncio.wait(waits, timeout=ANSWER_TIMEOUT)
+        for tag in [t for t, f in self.answers.items() if f in pending]:
+            del self.answers[tag]
+        return [f.result() for f in waits if f in done]
 
     def luns_changed(self, target: str, luns, stats_rows: dict | None = None) -> None:
         """A target's LUNs changed: every worker learns the new list (and the fast path's
@@ -410,10 +425,10 @@ class WorkerPool:
             self._tmf(w, payload)
         elif mtype == Msg.CLOSED:
             self._closed(w, *CLOSED.unpack_from(payload))
-        elif mtype == Msg.STATS_FLUSHED:
-            fut = self.flushes.pop(STATS_TAG.unpack_from(payload)[0], None)
+        elif mtype in (Msg.STATS_FLUSHED, Msg.SESSION_TASKS):
+            fut = self.answers.pop(STATS_TAG.unpack_from(payload)[0], None)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                fut.set_result(payload[STATS_TAG.size:])
         elif mtype == Msg.QOS_THROTTLED:
             if self.qos_throttled is not None:
                 self._track(self.qos_throttled(unpack_json(payload)["key"]))

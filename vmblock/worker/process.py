@@ -64,6 +64,7 @@ from .wire import (
     RESULT_DATA_IN,
     RESULT_FAILED,
     RESULT_GONE,
+    STATS_TAG,
     TMF,
     TMF_DONE,
     Msg,
@@ -253,6 +254,10 @@ class WorkerProcess:
             if self.service.stats is not None:
                 self.service.stats.flush()
             self.channel.send(Msg.STATS_FLUSHED, payload)      # the same tag
+        elif mtype == Msg.SESSIONS:
+            counts = {sess.tsih: len(sess.tasks)
+                      for sess in self.service.registry.by_tsih.values()}
+            self.channel.send(Msg.SESSION_TASKS, payload[:STATS_TAG.size], pack_json(counts))
         elif mtype == Msg.QOS:
             if self.service.qos is not None:
                 self.service.qos.configure_json(unpack_json(payload))

@@ -43,7 +43,7 @@ CONNECTION = struct.Struct("<HH")           # TSIH, CID: TERMINATE
 # reinstatement the old and the new connection share TSIH and CID, and the old one's CLOSED
 # may reach the owner after the new one was handed over
 CLOSED = struct.Struct("<HHI")
-STATS_TAG = struct.Struct("<I")             # STATS_FLUSH and STATS_FLUSHED: a tag
+STATS_TAG = struct.Struct("<I")             # a question (STATS_FLUSH, SESSIONS) and its answer
 
 
 class Msg(enum.IntEnum):
@@ -55,6 +55,7 @@ class Msg(enum.IntEnum):
     CLOSED = 4          # a connection ended in the worker (logout, drop, NOP timeout)
     STATS_FLUSHED = 5   # the worker's staged statistics are in its slab (answers STATS_FLUSH)
     QOS_THROTTLED = 6   # a VM was held at its QoS limit in this worker: {"key"} (docs/qos.md)
+    SESSION_TASKS = 7   # the worker's sessions' outstanding tasks (answers SESSIONS)
     HANDOFF = 10        # a logged-in connection (its socket attached) and its session
     RESULT = 11         # the end of a COMMAND
     TMF_DONE = 12       # the end of a TMF
@@ -66,6 +67,7 @@ class Msg(enum.IntEnum):
     STORE = 18          # the fast path's shared memory and tier files (SCM_RIGHTS), once
     STATS_FLUSH = 19    # add the staged statistics into the slab now; answered STATS_FLUSHED
     QOS = 20            # the VMs' QoS and the VM of each LU: vmblock.qos.gate.QosGate.describe
+    SESSIONS = 21       # how many tasks each session has outstanding; answered SESSION_TASKS
 
 
 def frame(mtype: Msg, *parts) -> list:
