@@ -26,6 +26,12 @@ class SteppedClock:
         self.now += self.step
 
 
+def polled(window: float) -> tuple[SteppedClock, IdlePoll]:
+    """A poll of ``window`` on a clock that moves 10 us a yield."""
+    clock = SteppedClock(10 * US)
+    return clock, IdlePoll(window, clock, clock.relax)
+
+
 async def settle(poll: IdlePoll, most: int = 10_000) -> None:
     """Run the loop until the poll stops polling (at most ``most`` turns)."""
     for _ in range(most):
@@ -37,8 +43,7 @@ async def settle(poll: IdlePoll, most: int = 10_000) -> None:
 
 def test_two_close_arrivals_poll_for_the_window_after_the_last():
     async def main():
-        clock = SteppedClock(10 * US)
-        poll = IdlePoll(100 * US, clock, clock.relax)
+        clock, poll = polled(100 * US)
         poll.arrived()
         assert not poll.polling                 # one arrival says nothing of the next
         clock.now = 50 * US
@@ -52,8 +57,7 @@ def test_two_close_arrivals_poll_for_the_window_after_the_last():
 
 def test_an_arrival_while_polling_extends_it():
     async def main():
-        clock = SteppedClock(10 * US)
-        poll = IdlePoll(100 * US, clock, clock.relax)
+        clock, poll = polled(100 * US)
         poll.arrived()
         poll.arrived()
         for _ in range(5):
@@ -67,8 +71,7 @@ def test_an_arrival_while_polling_extends_it():
 
 def test_far_apart_arrivals_never_poll():
     async def main():
-        clock = SteppedClock(10 * US)
-        poll = IdlePoll(100 * US, clock, clock.relax)
+        clock, poll = polled(100 * US)
         for i in range(5):
             clock.now = i * 150 * US
             poll.arrived()
@@ -80,8 +83,7 @@ def test_far_apart_arrivals_never_poll():
 
 def test_window_zero_never_polls_and_a_window_set_to_zero_stops_polling():
     async def main():
-        clock = SteppedClock(10 * US)
-        poll = IdlePoll(0.0, clock, clock.relax)
+        clock, poll = polled(0.0)
         poll.arrived()
         poll.arrived()
         assert not poll.polling
@@ -102,8 +104,7 @@ def test_a_yield_that_let_another_process_run_gives_the_cpu_up_for_the_backoff()
     """A yield that came back after TAKEN (another process had the CPU) ends the polling;
     close arrivals do not start it again until BACKOFF has passed."""
     async def main():
-        clock = SteppedClock(10 * US)
-        poll = IdlePoll(1.0, clock, clock.relax)
+        clock, poll = polled(1.0)
         poll.arrived()
         poll.arrived()
         await asyncio.sleep(0)
