@@ -12,8 +12,8 @@ The cost is bounded: at most ``window`` of one CPU per PDU, and nothing at all w
 come further apart than ``window`` (the loop only polls after it saw two close ones). A CPU
 that others need is given up: a yield that comes back late (``TAKEN``: another process ran
 on this CPU meanwhile) ends the polling, and the process sleeps between PDUs for ``BACKOFF``
-before it polls again. Polling thus costs nothing where clients or
-other workers want the CPU (many sessions on few cores), and ``window`` 0 turns it off.
+before it polls again. Polling thus takes nothing from clients or other workers that want
+the CPU (many sessions on few cores), and ``window`` 0 turns it off.
 """
 
 from __future__ import annotations

@@ -48,10 +48,10 @@ from .wire import (
     CLOSED,
     CONNECTION,
     NO_LUN,
+    QUESTION_TAG,
     RESULT_CLASS_SHIFT,
     RESULT_DATA_IN,
     RESULT_FAILED,
-    STATS_TAG,
     RESULT_GONE,
     TMF,
     TMF_DONE,
@@ -398,7 +398,7 @@ class WorkerPool:
             if w is not None and w.up:
                 tag = next(self.tags) & 0xFFFFFFFF
                 fut = self.answers[tag] = self.loop.create_future()
-                w.channel.send(mtype, STATS_TAG.pack(tag))
+                w.channel.send(mtype, QUESTION_TAG.pack(tag))
                 waits.append(fut)
         if not waits:
             return []
@@ -426,9 +426,9 @@ class WorkerPool:
         elif mtype == Msg.CLOSED:
             self._closed(w, *CLOSED.unpack_from(payload))
         elif mtype in (Msg.STATS_FLUSHED, Msg.SESSION_TASKS):
-            fut = self.answers.pop(STATS_TAG.unpack_from(payload)[0], None)
+            fut = self.answers.pop(QUESTION_TAG.unpack_from(payload)[0], None)
             if fut is not None and not fut.done():
-                fut.set_result(payload[STATS_TAG.size:])
+                fut.set_result(payload[QUESTION_TAG.size:])
         elif mtype == Msg.QOS_THROTTLED:
             if self.qos_throttled is not None:
                 self._track(self.qos_throttled(unpack_json(payload)["key"]))

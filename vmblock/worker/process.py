@@ -59,12 +59,12 @@ from .wire import (
     CLOSED,
     CONNECTION,
     NO_LUN,
+    QUESTION_TAG,
     RESULT_CLASS_MASK,
     RESULT_CLASS_SHIFT,
     RESULT_DATA_IN,
     RESULT_FAILED,
     RESULT_GONE,
-    STATS_TAG,
     TMF,
     TMF_DONE,
     Msg,
@@ -257,7 +257,7 @@ class WorkerProcess:
         elif mtype == Msg.SESSIONS:
             counts = {sess.tsih: len(sess.tasks)
                       for sess in self.service.registry.by_tsih.values()}
-            self.channel.send(Msg.SESSION_TASKS, payload[:STATS_TAG.size], pack_json(counts))
+            self.channel.send(Msg.SESSION_TASKS, payload[:QUESTION_TAG.size], pack_json(counts))
         elif mtype == Msg.QOS:
             if self.service.qos is not None:
                 self.service.qos.configure_json(unpack_json(payload))

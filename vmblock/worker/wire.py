@@ -43,7 +43,7 @@ CONNECTION = struct.Struct("<HH")           # TSIH, CID: TERMINATE
 # reinstatement the old and the new connection share TSIH and CID, and the old one's CLOSED
 # may reach the owner after the new one was handed over
 CLOSED = struct.Struct("<HHI")
-STATS_TAG = struct.Struct("<I")             # a question (STATS_FLUSH, SESSIONS) and its answer
+QUESTION_TAG = struct.Struct("<I")          # a question (STATS_FLUSH, SESSIONS) and its answer
 
 
 class Msg(enum.IntEnum):
