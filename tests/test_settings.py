@@ -42,6 +42,15 @@ def test_poll_window_is_microseconds_to_ten_milliseconds_and_the_fabrics_default
             Settings({"iscsi.poll_window": bad}).get("iscsi.poll_window")
 
 
+def test_workers_auto_means_none_while_the_flash_cache_is_on():
+    from vmblock.settings import auto_workers
+    assert Settings({}).workers(cache_on=False) == auto_workers()
+    assert Settings({"server.workers": "auto"}).workers(cache_on=True) == 0
+    assert Settings({}).workers(cache_on=True) == 0
+    assert Settings({"server.workers": "2"}).workers(cache_on=True) == 2     # asked for: kept
+    assert Settings({"server.workers": "0"}).workers(cache_on=False) == 0
+
+
 def test_negotiation_keys_are_the_fabrics_offer():
     """settings names the iscsi.<Key> keys without importing the fabric: the two must agree."""
     assert set(NEGOTIATION_KEYS) == set(params.TARGET_OFFER) == set(params.KEYS)

@@ -419,7 +419,10 @@ class Server:
         interval = settings.get("store.commit_interval")
         if interval > 0:
             self.committer = asyncio.create_task(self._commit_loop(interval))
-        count = settings.get("server.workers")
+        count = settings.workers(self.cache is not None)
+        if self.cache is not None and not count and settings.get("server.workers"):
+            log.info("no worker processes: server.workers is auto and the flash cache is on "
+                     "(every command would go through this process's cache)")
         if count and self.cache is None:     # the cache's state lives in the owner only
             self.publisher = Publisher(self.pool.store, count)
         self.rescans = Debounce(asyncio.get_running_loop(),

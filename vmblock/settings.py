@@ -69,9 +69,11 @@ MAX_CONNECTION_COUNT = 65535
 # server.workers: worker processes beside the owner. Each holds a Python interpreter (~60 MiB)
 # and shares the cores with the owner, so more than a few per core only adds switching.
 MAX_WORKERS = 64
-# server.workers auto (the default): one worker per usable CPU (docs/benchmarks.md, "Workers
-# by default", has the measurements behind it)
+# server.workers auto (the default): one worker per usable CPU, none while the flash cache is
+# on (docs/benchmarks.md, "Workers by default" and "Workers and the flash cache", has the
+# measurements behind it)
 WORKERS_AUTO = "auto"
+WORKERS_KEY = "server.workers"
 # stats.interval: at most one sample a second (the history's size follows it), at least one a day
 MIN_STATS_INTERVAL = 1.0
 MAX_STATS_INTERVAL = 86400.0
@@ -406,9 +408,10 @@ _ROWS = (
             "else off"),
     Setting("cache.block_size", int, "64K", _cache_block_size, Apply.RESTART,
             "cache block, a power of two from 4K to 1M"),
-    Setting("server.workers", int, WORKERS_AUTO, _worker_count, Apply.RESTART,
-            "worker processes that run iSCSI sessions: auto (one per CPU, none with one "
-            "CPU), or a number (0: none, one process; docs/workers.md)"),
+    Setting(WORKERS_KEY, int, WORKERS_AUTO, _worker_count, Apply.RESTART,
+            "worker processes that run iSCSI sessions: auto (one per CPU; none with one "
+            "CPU or while the flash cache is on), or a number (0: none, one process; "
+            "docs/workers.md)"),
     Setting("iscsi.portals", list, DEFAULT_PORTAL, _portals, Apply.RESTART,
             "HOST:PORT list to listen on; the first is the one vdisk URLs show"),
     Setting("iscsi.nop_interval", float, "30", parse_seconds, Apply.FABRIC,
@@ -549,6 +552,14 @@ class Settings:
         row = _known(key)[0]
         text = self.values.get(key, row.default)
         return None if text is None else row.parse(text, key)
+
+    def workers(self, cache_on: bool) -> int:
+        """``server.workers``: the number set, or for ``auto`` one per CPU (``auto_workers``)
+        but none while the flash cache is on: every command then goes to the owner's cache,
+        and a worker only adds a hop (docs/benchmarks.md, "Workers and the flash cache")."""
+        if cache_on and self.values.get(WORKERS_KEY, WORKERS_AUTO).strip() == WORKERS_AUTO:
+            return 0
+        return self.get(WORKERS_KEY)
 
     def negotiation(self) -> dict[str, str]:
         """The ``iscsi.<Key>`` settings that change what the target offers at login (RFC 7143

@@ -24,6 +24,7 @@ from support.server import run_cli
 from support.waiting import until
 from vmblock import DEFAULT_TARGET
 from vmblock.iscsi import pdu
+from vmblock.settings import auto_workers
 from vmblock.worker.publish import HOOK_ENV
 
 pytestmark = pytest.mark.timeout(120)
@@ -119,6 +120,22 @@ def alive(pid: int) -> bool:
         return False
     state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     return state != "Z"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="auto means no workers on one CPU")
+@pytest.mark.parametrize("cache", ["0", "50%"])
+def test_workers_auto_runs_none_while_the_flash_cache_is_on(tmp_path, start_server, cache):
+    """With the cache on every command would go to the owner's cache: ``auto`` starts no
+    worker then (docs/benchmarks.md, "Workers and the flash cache"), and one per CPU without
+    it; the sessions are served either way."""
+    pool = tmp_path / "pool"
+    run_cli(pool, "config", "set", "server.workers", "auto")
+    run_cli(pool, "config", "set", "cache.size", cache)
+    server = start_server(pool=pool)
+    expected = 0 if cache != "0" else auto_workers()
+    assert len(children(server.proc.pid)) == expected
+    assert ("the flash cache is on" in server.log()) == (cache != "0")
+    qemu_io(server.url(), "write -P 0x3c 0 64k", "read -P 0x3c 0 64k")
 
 
 def session_tasks(server, tsih: int) -> int:

@@ -28,11 +28,11 @@ import pytest
 from vmblock import DEFAULT_TARGET
 from vmblock.meta import Pool
 from vmblock.meta.pool import OWNER_ONLY_UMASK
+from vmblock.settings import WORKERS_KEY
 
 READY_RE = re.compile(r"^vmblock: serving .* on (\S+?):(\d+)", re.MULTILINE)
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
-WORKERS_KEY = "server.workers"
 
 
 def vmblock_cmd(pool: Path, *args: str) -> list[str]:
