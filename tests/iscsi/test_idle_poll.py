@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from vmblock.iscsi.poll import BACKOFF, TAKEN, IdlePoll
+from vmblock.iscsi.poll import BACKOFF, NEVER_TAKEN_ENV, TAKEN, IdlePoll
 
 US = 1e-6
 
@@ -124,4 +124,19 @@ def test_a_yield_that_let_another_process_run_gives_the_cpu_up_for_the_backoff()
         assert poll.polling                     # close to the last one, after the backoff
         poll.window = 0.0
         await settle(poll)
+    asyncio.run(main())
+
+
+def test_with_the_test_environment_no_yield_counts_as_late(monkeypatch):
+    """NEVER_TAKEN_ENV (what tests/e2e/test_poll_live.py gives its server): a slow yield
+    does not end the polling; only the window does."""
+    monkeypatch.setenv(NEVER_TAKEN_ENV, "1")
+
+    async def main():
+        clock = SteppedClock(2 * TAKEN)
+        poll = IdlePoll(10 * TAKEN, clock, clock.relax)
+        poll.arrived()
+        poll.arrived()
+        await settle(poll)
+        assert clock.turns == 5 and poll.quiet_until == 0.0
     asyncio.run(main())
