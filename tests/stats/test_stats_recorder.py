@@ -151,9 +151,10 @@ def test_worker_slabs_are_summed_and_maxima_kept():
 
 
 def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
-    """Grouped staging (``arrive`` / ``sent``) gives each command the time of its own buffer
-    and of the first write after its status, across a flush inside a buffer; a command of an
-    earlier buffer that ends later keeps its own arrival."""
+    """Grouped staging (``arrive`` / ``sent``) gives each command that ran as its buffer was
+    read (t_arr 0.0) the time of its buffer and of the first write after its status, across a
+    flush inside a buffer; a command that waited (its own t_arr) keeps its own arrival, also
+    when it ends while its buffer is still the newest."""
     live = LiveStats()
     rec = live.recorder
     now = [0.0]
@@ -164,28 +165,28 @@ def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
         task = ScsiTask(0, cdb, NEXUS, read=not write, write=write)
         st = TaskState(None, task, 0, 1)
         st.stats_rows, st.t_arr = lr, t_arr
-        st.t_grant, st.t_exec, st.probe = 0.0, 0.0, None
+        st.t_grant, st.t_exec = 0.0, 0.0
         rec.done(st, task, 4096)
 
     now[0] = 10.0
     first = rec.arrive()
-    done(first, read10(0, 8))
+    done(0.0, read10(0, 8))
     now[0] = 10.001
     rec.sent()                                  # read 1: 1,000 us
     now[0] = 10.002
-    done(first, read10(8, 8))                   # ended later, its buffer still the newest
+    done(first, read10(8, 8))                   # waited: its own times, buffer still newest
     now[0] = 10.005
     rec.sent()                                  # read 2: 5,000 us
     now[0] = 20.0
-    second = rec.arrive()
-    done(second, write16(0, 8), write=True)
+    rec.arrive()
+    done(0.0, write16(0, 8), write=True)
     now[0] = 20.0001
     rec.flush()                                 # write 1, not sent yet: 100 us at the flush
-    done(second, write16(8, 8), write=True)
+    done(0.0, write16(8, 8), write=True)
     done(first, read10(16, 8))                  # of the first buffer: its own arrival
     now[0] = 20.003
     rec.sent()                                  # write 2: 3,000 us; read 3: 10,003,000 us
-    assert len(rec.long) == 10                  # read 3 is the one long record
+    assert len(rec.fast) == 1 and len(rec.long) == 10       # read 3 is the one long record
     [t] = live.totals(["lun"])
     assert t[L.READ_OPS] == 3 and t[L.WRITE_OPS] == 2
     assert t[L.READ_BYTES] == t[L.WRITE_BYTES] + 4096 == 3 * 4096

@@ -258,7 +258,7 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
             self.io.write(self.out)
             self.out.clear()
             stats = self.stats
-            if stats is not None and stats.unsent:
+            if stats is not None:
                 stats.sent()        # the statuses just written: their time is now
         if self.out_charged and not self.writing_paused:
             self.service.budget.give(self.host, self.out_charged)    # the socket took it

@@ -62,10 +62,14 @@ class TaskState:
         self.done = False
         self.charged = 0                # bytes of the data budget it holds
         self.read_len = 0               # READ data it will hold, charged before it executes
-        # statistics (vmblock.stats.recorder): the LU's rows, None when not counted; only
-        # then are t_arr, t_grant, t_exec (when it arrived, got its data budget, went to the
-        # SCSI core) and probe (the cache's capacity reads then) set, by _scsi_cmd
+        # statistics (vmblock.stats.recorder): the LU's rows, None when not counted. t_arr
+        # 0.0: it waited for nothing inside the target, so it counts with its receive
+        # buffer's group; else when it arrived, and t_grant, t_exec are set too (when it got
+        # its data budget, went to the SCSI core: ``own_times``). probe: the cache's
+        # capacity reads as it started, or (a worker) the class the owner found
         self.stats_rows = None
+        self.t_arr = 0.0
+        self.probe = None
         self.qos = None                 # its VM's key while it holds a QoS slot (vmblock.qos)
 
     def abort(self) -> None:
@@ -121,16 +125,10 @@ class ScsiTransfer:
         stats = self.stats
         if stats is not None:           # the one accounting point: vmblock.stats.recorder
             st.stats_rows = scsi.stats_rows.get(lun)
-            st.t_exec = 0.0                       # 0: at its grant
-            st.probe = None
-            if self.parked_at:                    # the CmdSN gap it waited for is queue
-                st.t_arr, st.t_grant = self.parked_at, stats.clock()
-            else:       # it arrived with the receive buffer: one clock read per buffer
-                t = self.rx_time
-                if not t:
-                    t = self.rx_time = stats.arrive()
-                st.t_arr = t
-                st.t_grant = 0.0                  # 0: at arrival
+            if not self.rx_time:        # its buffer's group: one clock read per buffer
+                self.rx_time = stats.arrive()
+            if self.parked_at:          # the CmdSN gap it waited for is queue
+                st.t_arr, st.t_grant, st.t_exec = self.parked_at, stats.clock(), 0.0
         if not scsi.prepare(task):
             self.task_done(st)
             return
@@ -163,6 +161,7 @@ class ScsiTransfer:
                 st.buf = bytearray(data)
                 self._execute_now(st)
                 return
+            self.own_times(st)      # it waits for its Data-Out
             st.buf = bytearray(want)
         elif self._take(early):
             st.buf, st.charged = bytearray(early), early
@@ -198,7 +197,16 @@ class ScsiTransfer:
             q.popleft()
         return bool(q)
 
+    def own_times(self, st: TaskState) -> None:
+        """``st``, as it arrives, is going to wait inside the target (data budget, Data-Out,
+        QoS, an executor or the owner process): it leaves its receive buffer's group and
+        keeps times of its own (vmblock.stats.recorder)."""
+        if st.stats_rows is not None and not st.t_arr:
+            st.t_arr = self.rx_time
+            st.t_grant = st.t_exec = 0.0        # 0: at arrival, at its grant
+
     def _wait_for_budget(self, st: TaskState) -> None:
+        self.own_times(st)
         self.budget_waiting.append(st)
         self.service.budget.wait(self)
 
@@ -329,8 +337,7 @@ class ScsiTransfer:
         if pending is None:
             self.task_done(st)
         else:
-            if lr is not None and not st.t_grant:
-                st.t_grant = st.t_arr   # the same times, out of its buffer's group (``t_io``)
+            self.own_times(st)          # its I/O's start comes as ``t_io``
             self.io.run(st, pending)
 
     def task_done(self, st: TaskState, failed: bool = False) -> None:
@@ -386,14 +393,10 @@ class ScsiTransfer:
                                 0, residual), body)
         lr = st.stats_rows
         if lr is not None:
-            stats = self.stats
-            if (st.t_arr == stats.group and not (st.t_grant or st.t_exec or task.status)
-                    and st.probe is None and lr.starts is None):
-                # StatsRecorder.done's grouped command, spelled inline
-                stats.fast.append(lr.packed[task.cdb[0]] | moved)
-                stats.unsent = True
-            else:
-                stats.done(st, task, moved)
+            if st.t_arr or task.status or not lr.inline:
+                self.stats.done(st, task, moved)
+            else:       # StatsRecorder.done's grouped command, spelled inline
+                self.stats.fast.append(lr.packed[task.cdb[0]] | moved)
 
     def _send_data_in(self, st, data, n, flags, residual) -> tuple[bool, int]:
         """Send ``n`` bytes as Data-In PDUs; collapse GOOD status into the last one (RFC 7143

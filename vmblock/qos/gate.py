@@ -141,6 +141,7 @@ class QosGate:
                 return False
         else:
             flow = self.sched.flows[key]
+        conn.own_times(st)              # it waits here, if only until ``pump`` below
         now = self.clock()
         self.sched.submit(flow, nbytes, now, (conn, st, now))
         if not self.rounds:

@@ -1,8 +1,8 @@
 """The one accounting point of the data path: what the iSCSI fabric calls per command.
 
-The fabric (``vmblock.iscsi.transfer``) stamps each SCSI command on its way through and, when
-its status has been handed to the socket, calls ``StatsRecorder.done``. The times it stamps
-(``time.perf_counter`` seconds, on ``TaskState``):
+The fabric (``vmblock.iscsi.transfer``) stamps each SCSI command that waits on its way
+through and, when its status has been handed to the socket, accounts it here. The times it
+stamps (``time.perf_counter`` seconds, on ``TaskState``):
 
     t_arr    the command PDU arrived (for a command parked behind a CmdSN gap: when parked)
     t_grant  the data budget granted its buffer, or its CmdSN came due (0: at once)
@@ -25,14 +25,16 @@ stages such a command as one int in a list (its row, its opcode with the cache's
 the low byte and its bytes, packed as ``vmblock.native.stats.ROW_SHIFT`` says: no float, no
 tuple); the times are kept once per buffer and per write beside the list's length then, and
 the kernel gives each command the arrival before it and the first send after it. A command
-is in its buffer's group exactly when its own arrival time is the group's (the float itself
-is compared, so a command of an earlier buffer never is, wherever it ran), it waited for
-nothing inside the target (no data budget, no Data-Out, no QoS, no executor: the fabric sets
-t_grant of a command that went on asynchronously), ended GOOD and is not on a split LU;
-every other one is staged as a long record of the kernel's ten fields with the number of
-sends before it in place of t_done. The fabric spells the grouped case of a command without
-a cache probe inline (``ScsiTransfer.task_done``: the one append without a call) and calls
-``done`` for the rest.
+is in its buffer's group when it waited for nothing inside the target, ended GOOD and is not
+on a split LU. Waiting is what the fabric marks: a command that is going to wait (a CmdSN
+gap, the data budget, its Data-Out, QoS, an executor thread, the owner process) gets its own
+times as it arrives (``ScsiTransfer.own_times``: t_arr stops being 0.0), and every other one
+runs to its status while its buffer is being read, so its buffer's arrival is the newest
+(``group``) and its status leaves with that buffer's answers. Every command not grouped is
+staged as a long record of the kernel's ten fields with the number of sends before it in
+place of t_done. The fabric spells the grouped case of a command on an LU with one row and no
+cache probe inline (``ScsiTransfer.task_done``: the one append without a call; ``LuRows.inline``)
+and calls ``done`` for the rest; nothing else about a command is stamped on the way.
 
 ``flush`` adds a whole batch into this process's slab of counters with two Numba kernel
 calls (``vmblock.native.stats``: ``add_grouped``, ``add_records``; slabs:
@@ -96,7 +98,6 @@ class StatsRecorder:
         self.sent_before = 0        # sends before the staged ones: a long record's epoch is
                                     # this plus the sends staged before it
         self.scheduled = False
-        self.unsent = False         # commands staged since the last ``sent``
 
     def arrive(self) -> float:
         """A receive buffer's first command is here: return the time, which starts a group."""
@@ -116,37 +117,39 @@ class StatsRecorder:
         moved ``nbytes`` of data; the output's next write calls ``sent``."""
         lr = st.stats_rows
         probe = st.probe
-        if (st.t_arr == self.group and not (st.t_grant or st.t_exec or task.status or task.t_io)
-                and lr.starts is None):
+        t_arr = st.t_arr
+        if t_arr:           # it waited inside the target: its own times
+            t_grant, t_exec = st.t_grant, st.t_exec
+        elif task.status or lr.starts is not None:      # it ended as its buffer was read
+            t_arr, t_grant, t_exec = self.group, 0.0, 0.0
+        else:
             packed = lr.packed[task.cdb[0]] | nbytes
             if probe is not None:
                 packed |= probe_class(lr, probe) << CLASS_SHIFT
             self.fast.append(packed)
-            self.unsent = True
             return
         if len(self.long) >= FLUSH_AT * LONG:
             self.flush()
-        t_grant, t_exec = st.t_grant, st.t_exec
         if task.t_io:       # the executor's queue (t_exec to t_io) counts as queue
-            t_grant = t_grant or st.t_arr
+            t_grant = t_grant or t_arr
             t_exec = t_exec or t_grant
             t_grant, t_exec = t_grant + task.t_io - t_exec, task.t_io
-        times = (st.t_arr, t_grant, t_exec, self.sent_before + (len(self.sends) >> 1),
+        times = (t_arr, t_grant, t_exec, self.sent_before + (len(self.sends) >> 1),
                  0 if probe is None else probe_class(lr, probe), task.status)
         if lr.starts is None:
             self.long.extend((lr.row, task.cdb[0], 1, nbytes) + times)
         else:
             self._split(lr, task.cdb, nbytes, times)
-        self.unsent = True
         if not self.scheduled:
             self._schedule()
 
     def sent(self) -> None:
-        """The statuses staged since the last call were written to their socket now."""
+        """A connection wrote its answers now: the statuses staged before it left by now."""
         sends = self.sends
         sends.append(len(self.fast))
         sends.append(self.clock())
-        self.unsent = False
+        if not self.scheduled:      # a write without statuses (a NOP-In) is dropped with it
+            self._schedule()
 
     def _schedule(self) -> None:
         self.scheduled = True

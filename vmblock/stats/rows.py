@@ -27,7 +27,7 @@ from vmblock.stats.layout import READ, WRITE
 class LuRows:
     """The stats rows of one LU (module docstring); ``row`` when no split is installed."""
 
-    __slots__ = ("row", "packed", "starts", "rows", "probe", "_bounds")
+    __slots__ = ("row", "packed", "starts", "rows", "probe", "_bounds", "inline")
 
     def __init__(self, row: int, probe=None):
         self.row = row
@@ -39,12 +39,15 @@ class LuRows:
         self._bounds: tuple[list[int], list[int]] = ([0], [row])
         # the store whose ``capacity_reads`` tells a flash hit from a miss (a CachedStore)
         self.probe = probe
+        # one row and no probe: the fabric stages a grouped command itself (ScsiTransfer.task_done)
+        self.inline = probe is None
 
     def split(self, starts, rows) -> None:
         """Install a range -> row split (``None`` for both: back to the one row)."""
         if starts is None:
             self.starts = self.rows = None
             self._bounds = ([0], [self.row])
+            self.inline = self.probe is None
             return
         starts = np.asarray(starts, np.int64)
         rows = np.asarray(rows, np.int64)
@@ -53,6 +56,7 @@ class LuRows:
             raise ValueError("a split needs increasing first LBAs from 0, one row each")
         self._bounds = (starts.tolist(), rows.tolist())    # before the split is visible
         self.rows, self.starts = rows, starts
+        self.inline = False
 
     def pieces(self, lba: int, blocks: int, block_size: int) -> list[tuple[int, int]]:
         """(row, bytes) of each range an I/O of ``blocks`` from ``lba`` touches, first
