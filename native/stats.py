@@ -95,17 +95,42 @@ def add_grouped(counters: np.ndarray, fast: np.ndarray, arrivals: np.ndarray,
     before its position and was sent at the first send after it (none yet: ``now``)."""
     a = 0
     s = 0
+    # a run of alike commands (one row and opcode, one arrival and one send: the same times)
+    # is added at once, ``ops`` of them with their bytes summed
+    key = -1
+    ops = 0
+    nbytes = 0
+    t_arr = t_done = 0.0
     for i in range(fast.shape[0]):
+        moved = False
         while a + 1 < arrivals.shape[0] and arrivals[a + 1, 0] <= i:
             a += 1
+            moved = True
         while s < sends.shape[0] and sends[s, 0] <= i:
             s += 1
-        t_arr = arrivals[a, 1]
-        t_done = sends[s, 1] if s < sends.shape[0] else now
+            moved = True
         v = fast[i]
-        opclass = (v >> OP_SHIFT) & 0x7FF
-        _add(counters[v >> ROW_SHIFT], cols, np.int64(kinds[opclass & 0xFF]), 1,
-             v & BYTES_MASK, t_arr, t_arr, t_arr, t_done, opclass >> 8, 0.0)
+        if moved or v >> OP_SHIFT != key:
+            if ops:
+                _add_run(counters, cols, kinds, key, ops, nbytes, t_arr, t_done)
+            key = v >> OP_SHIFT
+            ops = 0
+            nbytes = 0
+            t_arr = arrivals[a, 1]
+            t_done = sends[s, 1] if s < sends.shape[0] else now
+        ops += 1
+        nbytes += v & BYTES_MASK
+    if ops:
+        _add_run(counters, cols, kinds, key, ops, nbytes, t_arr, t_done)
+
+
+@jit(**JIT)
+def _add_run(counters: np.ndarray, cols: np.ndarray, kinds: np.ndarray, key: int, ops: int,
+             nbytes: int, t_arr: float, t_done: float) -> None:
+    """Add ``ops`` grouped commands of one packed ``key`` (row and opcode) and times."""
+    opclass = key & 0x7FF
+    _add(counters[key >> (ROW_SHIFT - OP_SHIFT)], cols, np.int64(kinds[opclass & 0xFF]), ops,
+         nbytes, t_arr, t_arr, t_arr, t_done, opclass >> 8, 0.0)
 
 
 def warm() -> None:

@@ -56,7 +56,7 @@ def test_commands_of_one_buffer_are_grouped_with_its_arrival_and_write(counted):
     assert len(rec.fast) == 3 and not rec.long      # nothing stamped on any of them
     t = totals(live)
     assert t[L.READ_OPS] == 3 and t[L.READ_BYTES] == 3 * 8 * BLOCK
-    # the clock read twice: as the buffer's first command came, as the answers left
+    # the clock read twice: as the buffer came, as the answers left
     assert t[L.READ_US] == 3 * TICK_US and t[L.READ_MAX_US] == TICK_US
     assert t[L.STORAGE_US] == 3 * TICK_US and t[L.QUEUE_US] == t[L.ERRORS] == 0
 
@@ -71,7 +71,8 @@ def test_a_command_behind_a_cmdsn_gap_has_its_wait_as_queue(counted):
     assert len(rsps) == 2 and len(rec.fast) == 1 and len(rec.long) == 10
     t = totals(live)
     assert t[L.READ_OPS] == 2
-    # parked at reading 1; the second buffer came at 2, the parked one ran (3), answers at 4
+    # its buffer came at reading 1 and it was parked at 2; the second buffer came at 3, the
+    # parked one ran at 4, both answers left at 5
     assert t[L.QUEUE_US] == 2 * TICK_US
     assert t[L.READ_US] == 3 * TICK_US + 2 * TICK_US and t[L.READ_MAX_US] == 3 * TICK_US
 
@@ -89,9 +90,10 @@ def test_a_write_waiting_for_its_data_out_has_that_wait_as_network(counted):
     assert len(rec.long) == 10 and rec.fast == []
     t = totals(live)
     assert t[L.WRITE_OPS] == 1 and t[L.WRITE_BYTES] == n
-    # arrived at reading 1, the R2T's write at 2, its Data-Out done at 3, its answer at 4
-    assert t[L.NETWORK_US] == 2 * TICK_US and t[L.STORAGE_US] == TICK_US
-    assert t[L.WRITE_US] == 3 * TICK_US and t[L.QUEUE_US] == 0
+    # arrived at reading 1, the R2T left at 2, the Data-Out's buffer came at 3, all of it
+    # was in at 4, its answer left at 5
+    assert t[L.NETWORK_US] == 3 * TICK_US and t[L.STORAGE_US] == TICK_US
+    assert t[L.WRITE_US] == 4 * TICK_US and t[L.QUEUE_US] == 0
 
 
 def test_a_failed_command_counts_as_an_error_of_its_buffer(counted):

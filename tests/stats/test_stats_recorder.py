@@ -14,7 +14,9 @@ from vmblock.stats import figures
 from vmblock.stats import layout as L
 from vmblock.stats.arena import StatsArena, rows_view
 from vmblock.stats.live import LiveStats, lu_rows_from_json, lu_rows_json
-from vmblock.stats.recorder import REC, StatsRecorder, add_records
+from vmblock.native import stats as stats_kernels
+from vmblock.native.stats import OP_SHIFT, ROW_SHIFT
+from vmblock.stats.recorder import COLS, KINDS, REC, StatsRecorder, add_records
 from vmblock.stats.rows import LuRows
 from support.scsi_rig import BLOCK, MemoryStore, Rig
 
@@ -75,6 +77,39 @@ def test_add_records_matches_its_slow_twin():
     assert np.array_equal(fast, slow)
     with pytest.raises(ValueError):
         add_records(fast, np.array([[7, 0x28, 1, 0, 0, 0, 0, 0, 0, 0]], np.float64))
+
+
+def test_add_grouped_matches_the_same_commands_as_records():
+    """The grouped kernel (runs of alike commands added at once) against each command
+    as its own record: the arrival at or before it, the first send after it, else now."""
+    rng = np.random.default_rng(11)
+    n = 4000
+    rows = rng.integers(0, 4, n)
+    ops = rng.choice([0x28, 0x2A, 0x88, 0x35], n)
+    cls = np.where(ops == 0x28, rng.integers(0, 3, n), 0)
+    nbytes = rng.choice([512, 4096, 65536], n)
+    fast = rows << ROW_SHIFT | (ops | cls << 8) << OP_SHIFT | nbytes
+    fast[: n // 2] = np.sort(fast[: n // 2])            # long runs of alike commands
+    rows, ops = fast >> ROW_SHIFT, fast >> OP_SHIFT & 0xFF
+    cls, nbytes = fast >> (OP_SHIFT + 8) & 7, fast & 0xFFFFFFFF
+    at = np.sort(rng.choice(n, 300, replace=False))
+    at[0] = 0
+    arrivals = np.stack([at, 10.0 + np.arange(300) * 0.01], axis=1)
+    sent = np.sort(rng.choice(n, 200, replace=False))
+    sends = np.stack([sent, 10.005 + np.sort(rng.uniform(0, 3, 200))], axis=1)
+    now = 20.0
+    cols, kinds = COLS, KINDS
+    grouped = np.zeros((4, L.WIDTH), np.int64)
+    stats_kernels.add_grouped(grouped, fast.astype(np.int64), arrivals, sends, now, cols, kinds)
+    i = np.arange(n)
+    t_arr = arrivals[np.searchsorted(at, i, side="right") - 1, 1]
+    first = np.searchsorted(sent, i, side="right")
+    t_done = np.where(first < len(sent), sends[np.minimum(first, len(sent) - 1), 1], now)
+    rec = np.stack([rows, ops, np.ones(n), nbytes, t_arr, t_arr, t_arr, t_done, cls,
+                    np.zeros(n)], axis=1).astype(np.float64)
+    each = np.zeros((4, L.WIDTH), np.int64)
+    add_records(each, rec)
+    assert np.array_equal(grouped, each)
 
 
 def test_buckets_hold_their_values_and_percentiles_land_in_them():

@@ -45,7 +45,8 @@ class ReceiveFraming:
         PDU in them and write the answers at once."""
         self.rend += nbytes
         self.last_rx = now
-        self.rx_time = 0.0          # statistics read the clock once, at the first command
+        stats = self.stats          # the buffer's arrival: a group of commands (vmblock.stats)
+        self.rx_time = stats.arrive() if stats is not None else 0.0
         self.corked = True
         try:
             self._process_input()

@@ -97,7 +97,7 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         self.stats = getattr(service, "stats", None)
         self.parked_at = 0.0
         self.qos = getattr(service, "qos", None)     # vmblock.qos.gate.QosGate, or None
-        self.rx_time = 0.0              # when this receive buffer came in (0.0: not read yet)
+        self.rx_time = 0.0              # when this receive buffer came in (statistics on)
         self.handlers = {
             Opcode.NOP_OUT: self._nop_out,
             Opcode.SCSI_CMD: self._scsi_cmd,

@@ -125,8 +125,6 @@ class ScsiTransfer:
         stats = self.stats
         if stats is not None:           # the one accounting point: vmblock.stats.recorder
             st.stats_rows = scsi.stats_rows.get(lun)
-            if not self.rx_time:        # its buffer's group: one clock read per buffer
-                self.rx_time = stats.arrive()
             if self.parked_at:          # the CmdSN gap it waited for is queue
                 st.t_arr, st.t_grant, st.t_exec = self.parked_at, stats.clock(), 0.0
         if not scsi.prepare(task):

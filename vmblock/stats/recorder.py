@@ -100,7 +100,7 @@ class StatsRecorder:
         self.scheduled = False
 
     def arrive(self) -> float:
-        """A receive buffer's first command is here: return the time, which starts a group."""
+        """A receive buffer is here: return the time, which starts a group."""
         fast = self.fast
         if len(fast) >= FLUSH_AT:       # the long records' bound is checked as they come
             self.flush()
