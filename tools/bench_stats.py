@@ -7,7 +7,9 @@ usage: tools/bench_stats.py [--rounds 5] [--workers 0] [--count 20000]
 First the fabric alone (tools/bench_fabric.py's harness: a logged-in ConnectionMachine and a
 RAM LUN, no sockets), stats on and off: the CPU the accounting adds per command, precisely;
 and stats on over an LU split by range (an LVM datastore's sub-vdisks): what a command on such
-an LU pays more (an LU without a split pays nothing for the feature).
+an LU pays more (an LU without a split pays nothing for the feature). Then the Python
+bytecodes a command runs with stats on and off, by function (``sys.settrace`` counting
+opcodes): the one figure here that no neighbour on the machine moves.
 
 Two servers on their own scratch pools, the same configuration but ``stats.enabled`` (and
 ``server.workers`` when given), each with one 1 GiB thin vdisk written whole first (1 MiB
@@ -87,6 +89,50 @@ def fabric(commands: int, repeat: int) -> None:
               f"on/split {on / split:.3f} (+{split - on:.2f} us)")
 
 
+def opcodes(commands: int = 320) -> None:
+    """Bytecodes per 4 KiB command through the fabric harness, stats on and off, and the
+    functions that run more of them with stats on."""
+    print(f"bytecodes per command (sys.settrace opcode events, {commands} commands)")
+    for name, write in (("read 4K", False), ("write 4K", True)):
+        per = {}
+        for mode in ("on", "off"):
+            machine, io, ini = bench_fabric.logged_in()
+            if mode == "on":
+                live = LiveStats()
+                machine.stats = live.recorder
+                machine.session.target.scsi.stats_rows[0] = live.lu_rows("bench")
+            bench_fabric.run(machine, io, bench_fabric.batches(ini, write, 10 * commands, 32))
+            bufs = bench_fabric.batches(ini, write, commands, 32)
+            per[mode] = counted_opcodes(lambda: bench_fabric.run(machine, io, bufs))
+        on, off = (sum(per[m].values()) / commands for m in ("on", "off"))
+        more = sorted(((per["on"].get(f, 0) - per["off"].get(f, 0)) / commands, f)
+                      for f in per["on"].keys() | per["off"].keys())
+        print(f"  {name:<9} stats on {on:7.1f}  off {off:7.1f}  (+{on - off:.1f}): "
+              + ", ".join(f"{f} {d:+.1f}" for d, f in reversed(more) if abs(d) >= 0.05))
+
+
+def counted_opcodes(work) -> dict[str, int]:
+    """Opcodes each function ran during ``work()``."""
+    counts: dict[str, int] = {}
+
+    def trace(frame, event, arg):
+        frame.f_trace_opcodes, frame.f_trace_lines = True, False
+        return local
+
+    def local(frame, event, arg):
+        if event == "opcode":
+            name = frame.f_code.co_name
+            counts[name] = counts.get(name, 0) + 1
+        return local
+
+    sys.settrace(trace)
+    try:
+        work()
+    finally:
+        sys.settrace(None)
+    return counts
+
+
 def workloads(count: int) -> dict[str, list[str]]:
     """qemu-img bench arguments of the two workloads."""
     return {"read4k_qd32": ["-c", str(count), "-d", "32", "-s", "4096"],
@@ -126,6 +172,7 @@ def main() -> int:
     ap.add_argument("--fabric-only", action="store_true", help="skip the qemu-img part")
     a = ap.parse_args()
     fabric(a.fabric_commands, a.rounds)
+    opcodes()
     if a.fabric_only:
         return 0
     loads = workloads(a.count)
