@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support.initiator_machine import DATA_IN, INITIATOR, InitiatorMachine
+from support.initiator_machine import DATA_IN
 from support.iscsi_client import read10, tur, write10
+from support.pipe import Pipe, login
 from support.scsi_rig import MemoryStore
 
-from vmblock.iscsi.machine import ConnectionMachine
 from vmblock.iscsi.portal import IscsiConfig, IscsiService, TargetEntry
 from vmblock.qos.gate import QosGate
 from vmblock.qos.scheduler import QosParams
@@ -27,12 +27,10 @@ OPERATIONAL = {"HeaderDigest": "None", "DataDigest": "None",
                "MaxBurstLength": "262144", "MaxOutstandingR2T": "1"}
 
 
-class Rig:
+class Rig(Pipe):
     """A logged-in connection machine on two LUNs (two VMs) and a gate on a test clock."""
 
     def __init__(self, slots: int = 8):
-        self.loop = asyncio.new_event_loop()
-        self.now = T0
         self.timers: list = []              # [when, callback] the gate asked for
         scsi = ScsiTarget(TARGET, tpgt=1)
         for lun in (0, 1):
@@ -40,57 +38,21 @@ class Rig:
                              naa=0x6001405A0B1C2D30 + lun)
             lu.sync_io_bytes = 0            # every READ is work the fabric awaits
             scsi.add_lun(lun, lu)
-        self.svc = IscsiService({TARGET: TargetEntry(TARGET, scsi, chap=None)}, IscsiConfig())
-        self.svc.budget.call_soon = lambda callback: None
-        self.svc.bound_portals = [("192.0.2.10", 3260)]
+        svc = IscsiService({TARGET: TargetEntry(TARGET, scsi, chap=None)}, IscsiConfig())
+        svc.budget.call_soon = lambda callback: None
+        svc.bound_portals = [("192.0.2.10", 3260)]
         self.gate = QosGate(self.call_later, slots, burst=0, catchup=0)
         self.gate.clock = lambda: self.now
-        self.svc.qos = self.gate
-        self.wire = bytearray()
-        self.work: list = []
-        self.ini = InitiatorMachine()
-        self.machine = ConnectionMachine(self.svc, self, ("192.0.2.1", 40000),
-                                         ("192.0.2.10", 3260))
-        assert self.svc.admit(self.machine)
-        self.machine.start(self.now)
-        first = {"InitiatorName": INITIATOR, "SessionType": "Normal", "AuthMethod": "None",
-                 "TargetName": TARGET}
-        self.send(self.ini.login(first, 0, 1))
-        [rsp] = self.send(self.ini.login(OPERATIONAL, 1, 3))
-        self.ini.tsih = rsp.lun & 0xFFFF
-        for lun in (0, 1):
-            self.send(self.ini.command(tur(), lun=lun))     # the power-on UNIT ATTENTIONs
+        svc.qos = self.gate
+        super().__init__(svc, asyncio.new_event_loop(), now=T0)
+        login(self, OPERATIONAL, target=TARGET)
+        for lun in (0, 1):      # the power-on UNIT ATTENTIONs
+            self.send(self.initiator.command(tur(), lun=lun))
 
     def call_later(self, delay: float, callback):
         entry = [self.now + delay, callback]
         self.timers.append(entry)
         return Handle(self.timers, entry)
-
-    # ConnectionIo
-    def write(self, buffers: list) -> None:
-        self.wire += b"".join(buffers)
-
-    def close(self, abort: bool) -> None:
-        pass
-
-    def run(self, st, work) -> None:
-        self.work.append((st, work))
-
-    def set_timer(self, when) -> None:
-        pass
-
-    def finish(self) -> list:
-        while self.work:
-            st, work = self.work.pop(0)
-            self.loop.run_until_complete(work)
-            self.machine.task_done(st)
-        self.ini.receive_data(bytes(self.wire))
-        self.wire.clear()
-        return self.ini.pdus()
-
-    def send(self, data: bytes) -> list:
-        self.machine.receive_data(data, self.now)
-        return self.finish()
 
     def advance(self, seconds: float) -> list:
         """Move the clock; run the gate's timers that are due."""
@@ -99,7 +61,7 @@ class Rig:
             if entry in self.timers and entry[0] <= self.now:
                 self.timers.remove(entry)
                 entry[1]()
-        return self.finish()
+        return self.send(b"")
 
 
 class Handle:
@@ -116,8 +78,8 @@ class Handle:
 def reads(rig: Rig, lun: int, n: int) -> tuple[bytes, list[int]]:
     cmds, itts = [], []
     for i in range(n):
-        cmds.append(rig.ini.command(read10(i * 8, 8), read=4096, lun=lun))
-        itts.append(rig.ini.itt)
+        cmds.append(rig.initiator.command(read10(i * 8, 8), read=4096, lun=lun))
+        itts.append(rig.initiator.itt)
     return b"".join(cmds), itts
 
 
@@ -150,7 +112,7 @@ def test_a_limited_vm_is_released_by_its_tags_and_the_other_lun_is_not_held(rig)
 
 def test_8k_normalization_64k_writes_cost_8(rig):
     rig.gate.configure({"vm-a": QosParams(limit=80)}, {(TARGET, 0): "vm-a"})
-    data = b"".join(rig.ini.command(write10(i * 128, 128), write=65536, data=bytes(65536),
+    data = b"".join(rig.initiator.command(write10(i * 128, 128), write=65536, data=bytes(65536),
                                     lun=0) for i in range(25))
     done = [p for p in rig.send(data) if p.opcode == 0x21]
     assert len(done) == 1

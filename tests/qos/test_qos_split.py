@@ -49,8 +49,8 @@ def rig():
 def reads_at(rig: Rig, lbas: list[int]) -> tuple[bytes, list[int]]:
     cmds, itts = [], []
     for lba in lbas:
-        cmds.append(rig.ini.command(read10(lba, 8), read=4096, lun=0))
-        itts.append(rig.ini.itt)
+        cmds.append(rig.initiator.command(read10(lba, 8), read=4096, lun=0))
+        itts.append(rig.initiator.itt)
     return b"".join(cmds), itts
 
 

@@ -32,10 +32,10 @@ CREDS = ChapSecrets("alice", "alice-secret-12")
 class Pipe:
     """One target connection machine and its ``ConnectionIo``, driven by a test initiator."""
 
-    def __init__(self, svc: IscsiService, loop):
+    def __init__(self, svc: IscsiService, loop, now: float = START):
         self.svc = svc
         self.loop = loop
-        self.now = START
+        self.now = now
         self.wire = bytearray()          # what the target wrote, not yet read by the initiator
         self.closed = ""                 # "close" (after the written bytes) or "abort"
         self.deadline: float | None = None
@@ -90,12 +90,13 @@ def service(store: MemoryStore, chap: ChapSecrets | None = None) -> IscsiService
     return svc
 
 
-def login(pipe: Pipe, operational: dict | None = None, session_type: str = "Normal"):
+def login(pipe: Pipe, operational: dict | None = None, session_type: str = "Normal",
+          target: str = TARGET):
     """Security then operational stage, no authentication; returns the last Login Response."""
     ini = pipe.initiator
     first = {"InitiatorName": INITIATOR, "SessionType": session_type, "AuthMethod": "None"}
     if session_type == "Normal":
-        first["TargetName"] = TARGET
+        first["TargetName"] = target
     [rsp] = pipe.send(ini.login(first, 0, 1))
     assert rsp.login_status == 0
     [rsp] = pipe.send(ini.login(operational or OPERATIONAL, 1, 3))
