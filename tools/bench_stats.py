@@ -53,6 +53,18 @@ from vmblock.stats.live import LiveStats  # noqa: E402
 FABRIC_MODES = ("on", "split", "off")
 
 
+def logged_in(counted: bool):
+    """tools/bench_fabric.py's logged-in machine; ``counted``: its LUN 0 counts into the row
+    "bench" of a new LiveStats (returned; None when not counted)."""
+    machine, io, ini = bench_fabric.logged_in()
+    live = None
+    if counted:
+        live = LiveStats()
+        machine.stats = live.recorder
+        machine.session.target.scsi.stats_rows[0] = live.lu_rows("bench")
+    return machine, io, ini, live
+
+
 def fabric(commands: int, repeat: int) -> None:
     """The fabric and SCSI core without sockets (tools/bench_fabric.py's harness), stats on,
     on over an LU with a range split (an LVM datastore's: a third of the LU each to the
@@ -67,14 +79,11 @@ def fabric(commands: int, repeat: int) -> None:
         per = {m: [] for m in FABRIC_MODES}
         machines = {}
         for mode in FABRIC_MODES:
-            machine, io, ini = bench_fabric.logged_in()
-            if mode != "off":
-                live = LiveStats()
-                machine.stats = live.recorder
-                lu_rows = machine.session.target.scsi.stats_rows[0] = live.lu_rows("bench")
-                if mode == "split":
-                    lu_rows.split([0, blocks // 3, 2 * blocks // 3],
-                                  [lu_rows.row, live.row_of("a"), live.row_of("b")])
+            machine, io, ini, live = logged_in(counted=mode != "off")
+            if mode == "split":
+                lu_rows = machine.session.target.scsi.stats_rows[0]
+                lu_rows.split([0, blocks // 3, 2 * blocks // 3],
+                              [lu_rows.row, live.row_of("a"), live.row_of("b")])
             bench_fabric.run(machine, io, bench_fabric.batches(ini, write, commands // 4, 32))
             machines[mode] = (machine, io, ini)
         for r in range(repeat):
@@ -96,11 +105,7 @@ def opcodes(commands: int = 320) -> None:
     for name, write in (("read 4K", False), ("write 4K", True)):
         per = {}
         for mode in ("on", "off"):
-            machine, io, ini = bench_fabric.logged_in()
-            if mode == "on":
-                live = LiveStats()
-                machine.stats = live.recorder
-                machine.session.target.scsi.stats_rows[0] = live.lu_rows("bench")
+            machine, io, ini, _ = logged_in(counted=mode == "on")
             bench_fabric.run(machine, io, bench_fabric.batches(ini, write, 10 * commands, 32))
             bufs = bench_fabric.batches(ini, write, commands, 32)
             per[mode] = counted_opcodes(lambda: bench_fabric.run(machine, io, bufs))
