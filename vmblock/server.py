@@ -45,7 +45,7 @@ from vmblock.heap import keep_buffers
 from vmblock.scsi.lu import MAX_TRANSFER_BYTES
 from vmblock.cache.split import CacheSplit
 from vmblock.datastore.watch import Debounce, WatchedStore, thresholds
-from vmblock.settings import Apply, Settings, format_portal, lookup
+from vmblock.settings import WORKERS_KEY, Apply, Settings, format_portal, lookup
 from vmblock.stats.live import LiveStats
 from vmblock.store.backend import BackingStore
 from vmblock.worker.owner import WorkerPool
@@ -420,7 +420,7 @@ class Server:
         if interval > 0:
             self.committer = asyncio.create_task(self._commit_loop(interval))
         count = settings.workers(self.cache is not None)
-        if self.cache is not None and not count and settings.get("server.workers"):
+        if count < settings.get(WORKERS_KEY):
             log.info("no worker processes: server.workers is auto and the flash cache is on "
                      "(every command would go through this process's cache)")
         if count and self.cache is None:     # the cache's state lives in the owner only

@@ -233,9 +233,13 @@ def _connection_count(text: str, key: str) -> int:
     return int(t)
 
 
+def _workers_auto(text: str) -> bool:
+    return text.strip() == WORKERS_AUTO
+
+
 def _worker_count(text: str, key: str) -> int:
     t = text.strip()
-    if t == WORKERS_AUTO:
+    if _workers_auto(t):
         return auto_workers()
     if not (t.isascii() and t.isdigit() and int(t) <= MAX_WORKERS):
         raise InvalidArgument(f"{key} must be '{WORKERS_AUTO}' or a whole number from 0 to "
@@ -557,7 +561,7 @@ class Settings:
         """``server.workers``: the number set, or for ``auto`` one per CPU (``auto_workers``)
         but none while the flash cache is on: every command then goes to the owner's cache,
         and a worker only adds a hop (docs/benchmarks.md, "Workers and the flash cache")."""
-        if cache_on and self.values.get(WORKERS_KEY, WORKERS_AUTO).strip() == WORKERS_AUTO:
+        if cache_on and _workers_auto(self.values.get(WORKERS_KEY, WORKERS_AUTO)):
             return 0
         return self.get(WORKERS_KEY)
 
