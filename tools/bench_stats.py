@@ -2,7 +2,7 @@
 """The cost of per-VM statistics: 4K QD32 reads and writes with ``stats.enabled`` Yes and No.
 
 usage: tools/bench_stats.py [--rounds 5] [--workers 0] [--count 20000]
-                            [--fabric-commands 100000] [--fabric-only]
+                            [--fabric-commands 100000] [--fabric-only | --live-only]
 
 First the fabric alone (tools/bench_fabric.py's harness: a logged-in ConnectionMachine and a
 RAM LUN, no sockets), stats on and off: the CPU the accounting adds per command, precisely;
@@ -13,17 +13,22 @@ opcodes): the one figure here that no neighbour on the machine moves.
 
 Two servers on their own scratch pools, the same configuration but ``stats.enabled`` (and
 ``server.workers`` when given), each with one 1 GiB thin vdisk written whole first (1 MiB
-writes, so reads hit mapped data and writes overwrite in place). Then, alternating the two
-servers workload by workload, round by round (which one goes first alternates too): qemu-img bench 4K QD32 read and write (one
-session, ``--count`` commands). Prints each server's median IOPS and the ratio stats on /
-stats off (issue 11 asks >= 0.97): of the medians, and paired (the median of each round's
-on / off, the two runs of a round back to back, so a slow drift of the machine cancels),
-and the median CPU time the server's processes spent per
-command, whose ratio off / on is the same question asked of the CPU alone: on a shared,
-loaded machine the IOPS of single runs swing with the neighbours, the CPU per command much
-less. The statistics sampler runs at its default interval in the
-"on" server throughout. Numba's compile time is outside every figure (both servers are
-started and warmed before the first round).
+writes, so reads hit mapped data and writes overwrite in place). The two setups are not alike
+even with the same settings: with both servers' statistics off, the one set up first ran
+0.958x the other's 4K QD32 write IOPS (2026-11-30, an A/A run), and that server was the
+"on" one here before. So the rounds cross over: in the first half pool A counts and pool B
+does not, then both servers are stopped, the setting swapped, and both started again in the
+same order (A first) for the second half. Whatever belongs to one setup (its pool's files,
+its place in the start order) then lands once on each side and cancels in the geometric mean
+of the two halves' ratios, which is the figure issue 11 asks about (>= 0.97); each half's
+ratio is printed too, and their quotient is the setups' own difference. Within a half the
+runs alternate workload by workload, round by round, and which server goes first alternates
+too: qemu-img bench 4K QD32 read and write (one session, ``--count`` commands). Each half's
+ratio is paired (the median of its rounds' on / off, the two runs of a round back to back, so
+a slow drift of the machine cancels). CPU is the median time the server's processes spent
+per command, whose ratio off / on asks the same question of the CPU alone. The statistics
+sampler runs at its default interval in the "on" server throughout. Numba's compile time is
+outside every figure (both servers are started and warmed before the first round).
 """
 
 from __future__ import annotations
@@ -144,18 +149,21 @@ def workloads(count: int) -> dict[str, list[str]]:
             "write4k_qd32": ["-w", "-c", str(count), "-d", "32", "-s", "4096"]}
 
 
-def start(work: Path, name: str, enabled: bool, workers: int) -> VmblockServer:
-    """A server on a new pool with statistics on or off, its bench vdisk written whole."""
-    pool = work / name / "pool"
-    pool.parent.mkdir(parents=True)
+def start(pool: Path, enabled: bool, workers: int) -> VmblockServer:
+    """A server on ``pool`` with statistics on or off; a new pool gets its bench vdisk,
+    written whole."""
+    new = not pool.exists()
+    pool.parent.mkdir(parents=True, exist_ok=True)
     run_cli(pool, "config", "set", "stats.enabled", "Yes" if enabled else "No")
     run_cli(pool, "config", "set", "server.workers", str(workers))
     server = VmblockServer(pool, ("--insecure",))
-    server.cli("vdisk", "create", "bench", "--size", str(LUN_BYTES))
+    if new:
+        server.cli("vdisk", "create", "bench", "--size", str(LUN_BYTES))
     lun = json.loads(server.cli("vdisk", "show", "bench", "--json").stdout)["lun"]
     server.bench_url = server.url(lun)
-    iops(server.bench_url, ["-w", "-c", str(LUN_BYTES >> 20), "-d", "8", "-s", "1048576",
-                            "-S", "1048576", "--pattern", "90"])
+    if new:
+        iops(server.bench_url, ["-w", "-c", str(LUN_BYTES >> 20), "-d", "8", "-s", "1048576",
+                                "-S", "1048576", "--pattern", "90"])
     return server
 
 
@@ -167,6 +175,27 @@ def measure(server: VmblockServer, args: list[str]) -> tuple[float, float]:
     return rate, sum(map(cpu_seconds, pids)) - before
 
 
+def report(results: dict, loads: dict, a) -> None:
+    """Print each workload's figures, both halves together (module docstring)."""
+    print(f"server.workers {a.workers}, {a.rounds} rounds of {a.count} commands, crossed over "
+          f"(A counts in the first half, B in the second); medians; CPU: the server's (owner + "
+          f"workers) CPU microseconds per command")
+    print(f"{'workload':<16}{'IOPS on':>9}{'IOPS off':>10}{'ratio':>7}{'paired':>8}"
+          f"{'half A':>8}{'half B':>8}{'CPU us on':>11}{'CPU us off':>11}{'off/on':>8}"
+          f"   IOPS rounds (on/off)")
+    for name in loads:
+        both = results[(name, 0)] + results[(name, 1)]
+        on, off = (statistics.median(x[i][0] for x in both) for i in (0, 1))
+        c_on, c_off = (statistics.median(x[i][1] for x in both) / a.count * 1e6 for i in (0, 1))
+        halves = [statistics.median(x[0][0] / x[1][0] for x in results[(name, h)])
+                  for h in (0, 1) if results[(name, h)]]
+        paired = statistics.geometric_mean(halves)
+        shown = "".join(f"{h:>8.3f}" for h in halves) + " " * 8 * (2 - len(halves))
+        runs = " ".join(f"{x[0][0]:.0f}/{x[1][0]:.0f}" for x in both)
+        print(f"{name:<16}{on:>9.0f}{off:>10.0f}{on / off:>7.3f}{paired:>8.3f}{shown}"
+              f"{c_on:>11.1f}{c_off:>11.1f}{c_off / c_on:>8.3f}   {runs}")
+
+
 def main() -> int:
     """Run the rounds and print the table (module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -175,41 +204,37 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--fabric-commands", type=int, default=100_000)
     ap.add_argument("--fabric-only", action="store_true", help="skip the qemu-img part")
+    ap.add_argument("--live-only", action="store_true", help="only the qemu-img part")
     a = ap.parse_args()
-    fabric(a.fabric_commands, a.rounds)
-    opcodes()
+    if not a.live_only:
+        fabric(a.fabric_commands, a.rounds)
+        opcodes()
     if a.fabric_only:
         return 0
     loads = workloads(a.count)
+    halves = ((a.rounds + 1) // 2, a.rounds // 2)
+    # results[(workload, half)]: [(on (IOPS, CPU s), off (IOPS, CPU s))] a round
+    results = {(n, h): [] for n in loads for h in (0, 1)}
     with tempfile.TemporaryDirectory(prefix="vmblock-bench-stats-") as tmp:
-        work = Path(tmp)
-        servers = {}
-        try:
-            for enabled in (True, False):
-                servers[enabled] = start(work, f"stats-{enabled}", enabled, a.workers)
-            results = {(n, e): [] for n in loads for e in servers}
-            for r in range(a.rounds):
-                for name, args in loads.items():
-                    # who goes first alternates: neither side always follows the other
-                    for enabled in ((True, False) if r % 2 == 0 else (False, True)):
-                        results[(name, enabled)].append(measure(servers[enabled], args))
-            print(f"server.workers {a.workers}, {a.rounds} rounds of {a.count} commands, "
-                  f"medians; CPU: the server's (owner + workers) CPU microseconds per command")
-            print(f"{'workload':<16}{'IOPS on':>9}{'IOPS off':>10}{'ratio':>7}{'paired':>8}"
-                  f"{'CPU us on':>11}{'CPU us off':>11}{'off/on':>8}   IOPS rounds (on/off)")
-            for name in loads:
-                on = statistics.median(x[0] for x in results[(name, True)])
-                off = statistics.median(x[0] for x in results[(name, False)])
-                c_on = statistics.median(x[1] for x in results[(name, True)]) / a.count * 1e6
-                c_off = statistics.median(x[1] for x in results[(name, False)]) / a.count * 1e6
-                pairs = list(zip(results[(name, True)], results[(name, False)]))
-                paired = statistics.median(x[0] / y[0] for x, y in pairs)
-                runs = " ".join(f"{x[0]:.0f}/{y[0]:.0f}" for x, y in pairs)
-                print(f"{name:<16}{on:>9.0f}{off:>10.0f}{on / off:>7.3f}{paired:>8.3f}{c_on:>11.1f}"
-                      f"{c_off:>11.1f}{c_off / c_on:>8.3f}   {runs}")
-        finally:
-            for server in servers.values():
-                server.stop()
+        pools = (Path(tmp) / "a" / "pool", Path(tmp) / "b" / "pool")
+        for half, rounds in enumerate(halves):
+            if not rounds:
+                continue
+            counting = pools[half]          # A counts in the first half, B in the second
+            servers = {}
+            try:
+                for pool in pools:          # always A first (module docstring)
+                    servers[pool == counting] = start(pool, pool == counting, a.workers)
+                for r in range(rounds):
+                    for name, args in loads.items():
+                        # who goes first alternates: neither side always follows the other
+                        got = {e: measure(servers[e], args)
+                               for e in ((True, False) if r % 2 == 0 else (False, True))}
+                        results[(name, half)].append((got[True], got[False]))
+            finally:
+                for server in servers.values():
+                    server.stop()
+    report(results, loads, a)
     return 0
 
 
