@@ -181,8 +181,9 @@ class StatsRecorder:
         # copies: the arrays cannot shrink while a view of them is held
         sends = np.array(self.sends, np.float64).reshape(-1, 2)
         now = self.clock()                              # unsent yet: now
-        long = np.array(self.long, np.float64).reshape(-1, LONG)
-        if len(long):
+        long = None
+        if self.long:
+            long = np.array(self.long, np.float64).reshape(-1, LONG)
             ends = np.append(sends[:, 1], now)
             long[:, 7] = ends[long[:, 7].astype(np.int64) - self.sent_before]
         fast = np.fromiter(self.fast, np.int64, len(self.fast))
@@ -190,7 +191,8 @@ class StatsRecorder:
         self._restart()
         # rows came from the owner
         stats_kernels.add_grouped(self.counters, fast, arrivals, sends, now, COLS, KINDS)
-        stats_kernels.add_records(self.counters, long, COLS, KINDS)
+        if long is not None:
+            stats_kernels.add_records(self.counters, long, COLS, KINDS)
 
     def _restart(self) -> None:
         """Empty the staging; the buffer being read now stays the group it is."""
