@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The cost of per-VM statistics: 4K QD32 reads and writes with ``stats.enabled`` Yes and No.
 
-usage: tools/bench_stats.py [--rounds 5] [--workers 0] [--count 20000]
+usage: tools/bench_stats.py [--rounds 5] [--blocks 2] [--workers 0] [--count 20000]
                             [--fabric-commands 100000] [--fabric-only | --live-only]
 
 First the fabric alone (tools/bench_fabric.py's harness: a logged-in ConnectionMachine and a
@@ -13,22 +13,24 @@ opcodes): the one figure here that no neighbour on the machine moves.
 
 Two servers on their own scratch pools, the same configuration but ``stats.enabled`` (and
 ``server.workers`` when given), each with one 1 GiB thin vdisk written whole first (1 MiB
-writes, so reads hit mapped data and writes overwrite in place). The two setups are not alike
-even with the same settings: with both servers' statistics off, the one set up first ran
-0.958x the other's 4K QD32 write IOPS (2026-11-30, an A/A run), and that server was the
-"on" one here before. So the rounds cross over: in the first half pool A counts and pool B
-does not, then both servers are stopped, the setting swapped, and both started again in the
-same order (A first) for the second half. Whatever belongs to one setup (its pool's files,
-its place in the start order) then lands once on each side and cancels in the geometric mean
-of the two halves' ratios, which is the figure issue 11 asks about (>= 0.97); each half's
-ratio is printed too, and their quotient is the setups' own difference. Within a half the
-runs alternate workload by workload, round by round, and which server goes first alternates
-too: qemu-img bench 4K QD32 read and write (one session, ``--count`` commands). Each half's
-ratio is paired (the median of its rounds' on / off, the two runs of a round back to back, so
-a slow drift of the machine cancels). CPU is the median time the server's processes spent
-per command, whose ratio off / on asks the same question of the CPU alone. The statistics
-sampler runs at its default interval in the "on" server throughout. Numba's compile time is
-outside every figure (both servers are started and warmed before the first round).
+writes, so reads hit mapped data and writes overwrite in place). Two servers are not alike
+even with the same settings: with statistics off on both, the one set up first ran 0.958x
+the other's 4K QD32 write IOPS (2026-11-30, an A/A run; it was always the "on" one here
+before), and one server process against the next, restarted on the same pool, moves single
+figures by up to 20% on this machine. So the rounds run in ``--blocks`` blocks: each starts
+both servers (pool A first), pool A counting in even blocks and B in odd ones, runs its share
+of the rounds and stops them. What belongs to one setup (its pool's files, its place in the
+start order) lands on each side equally often, and what belongs to one process is one
+block's among many. Within a block the runs alternate workload by workload, round by round,
+and which server goes first alternates too: qemu-img bench 4K QD32 read and write (one
+session, ``--count`` commands). A block's figure is paired: the median of its rounds' on /
+off, the two runs of a round back to back, so a slow drift of the machine cancels. The figure
+issue 11 asks about (>= 0.97) is the median over blocks; the medians of the blocks where A
+and where B counts are printed too (their quotient is the setups' own difference). CPU is the
+median time the server's processes spent per command, whose ratio off / on asks the same
+question of the CPU alone. The statistics sampler runs at its default interval in the "on"
+server throughout. Numba's compile time is outside every figure (every server is started
+and warmed before its block's rounds).
 """
 
 from __future__ import annotations
@@ -176,24 +178,25 @@ def measure(server: VmblockServer, args: list[str]) -> tuple[float, float]:
 
 
 def report(results: dict, loads: dict, a) -> None:
-    """Print each workload's figures, both halves together (module docstring)."""
-    print(f"server.workers {a.workers}, {a.rounds} rounds of {a.count} commands, crossed over "
-          f"(A counts in the first half, B in the second); medians; CPU: the server's (owner + "
-          f"workers) CPU microseconds per command")
-    print(f"{'workload':<16}{'IOPS on':>9}{'IOPS off':>10}{'ratio':>7}{'paired':>8}"
-          f"{'half A':>8}{'half B':>8}{'CPU us on':>11}{'CPU us off':>11}{'off/on':>8}"
-          f"   IOPS rounds (on/off)")
+    """Print each workload's figures over all blocks (module docstring)."""
+    print(f"server.workers {a.workers}, {a.rounds} rounds of {a.count} commands in {a.blocks} "
+          f"blocks (both servers restarted for each, pool A counting in even blocks, B in odd "
+          f"ones); medians; CPU: the server's (owner + workers) CPU microseconds per command")
+    print(f"{'workload':<16}{'IOPS on':>9}{'IOPS off':>10}{'ratio':>7}{'blocks':>8}"
+          f"{'A on':>7}{'B on':>7}{'CPU us on':>11}{'CPU us off':>11}{'off/on':>8}"
+          f"   paired ratio of each block")
     for name in loads:
-        both = results[(name, 0)] + results[(name, 1)]
-        on, off = (statistics.median(x[i][0] for x in both) for i in (0, 1))
-        c_on, c_off = (statistics.median(x[i][1] for x in both) / a.count * 1e6 for i in (0, 1))
-        halves = [statistics.median(x[0][0] / x[1][0] for x in results[(name, h)])
-                  for h in (0, 1) if results[(name, h)]]
-        paired = statistics.geometric_mean(halves)
-        shown = "".join(f"{h:>8.3f}" for h in halves) + " " * 8 * (2 - len(halves))
-        runs = " ".join(f"{x[0][0]:.0f}/{x[1][0]:.0f}" for x in both)
-        print(f"{name:<16}{on:>9.0f}{off:>10.0f}{on / off:>7.3f}{paired:>8.3f}{shown}"
-              f"{c_on:>11.1f}{c_off:>11.1f}{c_off / c_on:>8.3f}   {runs}")
+        rounds = [x for b in range(a.blocks) for x in results[(name, b)]]
+        on, off = (statistics.median(x[i][0] for x in rounds) for i in (0, 1))
+        c_on, c_off = (statistics.median(x[i][1] for x in rounds) / a.count * 1e6
+                       for i in (0, 1))
+        paired = [statistics.median(x[0][0] / x[1][0] for x in results[(name, b)])
+                  for b in range(a.blocks) if results[(name, b)]]
+        sides = [statistics.median(paired[side::2]) if paired[side::2] else float("nan")
+                 for side in (0, 1)]
+        print(f"{name:<16}{on:>9.0f}{off:>10.0f}{on / off:>7.3f}{statistics.median(paired):>8.3f}"
+              f"{sides[0]:>7.3f}{sides[1]:>7.3f}{c_on:>11.1f}{c_off:>11.1f}{c_off / c_on:>8.3f}"
+              f"   {' '.join(f'{p:.3f}' for p in paired)}")
 
 
 def main() -> int:
@@ -202,35 +205,37 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--count", type=int, default=20000)
+    ap.add_argument("--blocks", type=int, default=2,
+                    help="server restarts, the counting pool alternating (module docstring)")
     ap.add_argument("--fabric-commands", type=int, default=100_000)
     ap.add_argument("--fabric-only", action="store_true", help="skip the qemu-img part")
     ap.add_argument("--live-only", action="store_true", help="only the qemu-img part")
     a = ap.parse_args()
+    if a.blocks < 1 or a.rounds < a.blocks:
+        ap.error("--blocks must be at least 1 and at most --rounds")
     if not a.live_only:
         fabric(a.fabric_commands, a.rounds)
         opcodes()
     if a.fabric_only:
         return 0
     loads = workloads(a.count)
-    halves = ((a.rounds + 1) // 2, a.rounds // 2)
-    # results[(workload, half)]: [(on (IOPS, CPU s), off (IOPS, CPU s))] a round
-    results = {(n, h): [] for n in loads for h in (0, 1)}
+    # results[(workload, block)]: [(on (IOPS, CPU s), off (IOPS, CPU s))] a round
+    results = {(n, b): [] for n in loads for b in range(a.blocks)}
     with tempfile.TemporaryDirectory(prefix="vmblock-bench-stats-") as tmp:
         pools = (Path(tmp) / "a" / "pool", Path(tmp) / "b" / "pool")
-        for half, rounds in enumerate(halves):
-            if not rounds:
-                continue
-            counting = pools[half]          # A counts in the first half, B in the second
+        for block in range(a.blocks):
+            counting = pools[block % 2]     # A counts in even blocks, B in odd ones
             servers = {}
             try:
                 for pool in pools:          # always A first (module docstring)
                     servers[pool == counting] = start(pool, pool == counting, a.workers)
-                for r in range(rounds):
+                for i in range(len(range(block, a.rounds, a.blocks))):   # its share
                     for name, args in loads.items():
-                        # who goes first alternates: neither side always follows the other
-                        got = {e: measure(servers[e], args)
-                               for e in ((True, False) if r % 2 == 0 else (False, True))}
-                        results[(name, half)].append((got[True], got[False]))
+                        # who goes first alternates round by round, and from one pair of
+                        # blocks to the next: neither side always follows the other
+                        first = (i + block // 2) % 2 == 0
+                        got = {e: measure(servers[e], args) for e in (first, not first)}
+                        results[(name, block)].append((got[True], got[False]))
             finally:
                 for server in servers.values():
                     server.stop()
