@@ -3,6 +3,7 @@
 
 usage: tools/bench_stats.py [--rounds 5] [--blocks 2] [--workers 0] [--count 20000]
                             [--fabric-commands 100000] [--fabric-only | --live-only]
+                            [--null]
 
 First the fabric alone (tools/bench_fabric.py's harness: a logged-in ConnectionMachine and a
 RAM LUN, no sockets), stats on and off: the CPU the accounting adds per command, precisely;
@@ -30,7 +31,8 @@ and where B counts are printed too (their quotient is the setups' own difference
 median time the server's processes spent per command, whose ratio off / on asks the same
 question of the CPU alone. The statistics sampler runs at its default interval in the "on"
 server throughout. Numba's compile time is outside every figure (every server is started
-and warmed before its block's rounds).
+and warmed before its block's rounds). ``--null`` runs the same with statistics off on both
+sides, labels unchanged: the figures the method gives when nothing differs.
 """
 
 from __future__ import annotations
@@ -210,6 +212,8 @@ def main() -> int:
     ap.add_argument("--fabric-commands", type=int, default=100_000)
     ap.add_argument("--fabric-only", action="store_true", help="skip the qemu-img part")
     ap.add_argument("--live-only", action="store_true", help="only the qemu-img part")
+    ap.add_argument("--null", action="store_true",
+                    help="statistics off on both sides: what the method shows for no change")
     a = ap.parse_args()
     if a.blocks < 1 or a.rounds < a.blocks:
         ap.error("--blocks must be at least 1 and at most --rounds")
@@ -228,7 +232,8 @@ def main() -> int:
             servers = {}
             try:
                 for pool in pools:          # always A first (module docstring)
-                    servers[pool == counting] = start(pool, pool == counting, a.workers)
+                    servers[pool == counting] = start(pool, pool == counting and not a.null,
+                                                      a.workers)
                 for i in range(len(range(block, a.rounds, a.blocks))):   # its share
                     for name, args in loads.items():
                         # who goes first alternates round by round, and from one pair of
