@@ -18,7 +18,7 @@ writes, so reads hit mapped data and writes overwrite in place). Two servers are
 even with the same settings: with statistics off on both, the one set up first ran 0.958x
 the other's 4K QD32 write IOPS (2026-11-30, an A/A run; it was always the "on" one here
 before), and one server process against the next, restarted on the same pool, moves single
-figures by up to 20% on this machine. So the rounds run in ``--blocks`` blocks: each starts
+figures by as much as a quarter on this machine. So the rounds run in ``--blocks`` blocks: each starts
 both servers (pool A first), pool A counting in even blocks and B in odd ones, runs its share
 of the rounds and stops them. What belongs to one setup (its pool's files, its place in the
 start order) lands on each side equally often, and what belongs to one process is one
