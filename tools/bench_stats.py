@@ -234,7 +234,8 @@ def main() -> int:
                 for pool in pools:          # always A first (module docstring)
                     servers[pool == counting] = start(pool, pool == counting and not a.null,
                                                       a.workers)
-                for i in range(len(range(block, a.rounds, a.blocks))):   # its share
+                # its share of the rounds: every --blocks-th, from its own number
+                for i in range(len(range(block, a.rounds, a.blocks))):
                     for name, args in loads.items():
                         # who goes first alternates round by round, and from one pair of
                         # blocks to the next: neither side always follows the other

@@ -98,9 +98,8 @@ def test_add_grouped_matches_the_same_commands_as_records():
     sent = np.sort(rng.choice(n, 200, replace=False))
     sends = np.stack([sent, 10.005 + np.sort(rng.uniform(0, 3, 200))], axis=1)
     now = 20.0
-    cols, kinds = COLS, KINDS
     grouped = np.zeros((4, L.WIDTH), np.int64)
-    stats_kernels.add_grouped(grouped, fast.astype(np.int64), arrivals, sends, now, cols, kinds)
+    stats_kernels.add_grouped(grouped, fast.astype(np.int64), arrivals, sends, now, COLS, KINDS)
     i = np.arange(n)
     t_arr = arrivals[np.searchsorted(at, i, side="right") - 1, 1]
     first = np.searchsorted(sent, i, side="right")
