@@ -29,9 +29,10 @@ COLS_OPS, COLS_BYTES, COLS_LAT, COLS_SVC_US, COLS_SVC_OPS, COLS_HIST, COLS_MAX =
     0, 7, 14, 21, 24, 27, 29)
 COLS_NETWORK, COLS_QUEUE, COLS_ERRORS, COLS_SUB_BITS, COLS_BUCKETS = 31, 32, 33, 34, 35
 COLS_LEN = 36
-# a grouped command is one int64: row << ROW_SHIFT | (opcode | class << 8) << OP_SHIFT | bytes
-# (rows < 2**16, bytes < 2**32: an EDTL is 32 bits)
-ROW_SHIFT, OP_SHIFT, BYTES_MASK = 43, 32, 0xFFFFFFFF
+# grouped commands are staged as int64s of two kinds: a key, KEY | row << ROW_SHIFT |
+# (opcode | class << 8) << OP_SHIFT, says the row and opcode of the commands after it; a
+# command is its bytes alone (rows < 2**16, bytes < 2**32: an EDTL is 32 bits)
+ROW_SHIFT, OP_SHIFT, KEY = 43, 32, 1 << 62
 
 
 @jit(**JIT)
@@ -89,14 +90,15 @@ def add_records(counters: np.ndarray, rec: np.ndarray, cols: np.ndarray,
 @jit(**JIT)
 def add_grouped(counters: np.ndarray, fast: np.ndarray, arrivals: np.ndarray,
                 sends: np.ndarray, now: float, cols: np.ndarray, kinds: np.ndarray) -> None:
-    """Add commands that ran as they arrived and ended GOOD: ``fast`` is (n,) int64, one
-    packed command each (``ROW_SHIFT``); ``arrivals`` and ``sends`` are (k, 2) float64 of
-    (position in ``fast``, time), in order: a command arrived at the last arrival at or
-    before its position and was sent at the first send after it (none yet: ``now``)."""
+    """Add commands that ran as they arrived and ended GOOD: ``fast`` is (n,) int64, keys
+    and commands (``KEY``: a command counts under the last key before it); ``arrivals``
+    and ``sends`` are (k, 2) float64 of (position in ``fast``, time), in order: a command
+    arrived at the last arrival at or before its position and was sent at the first send
+    after it (none yet: ``now``)."""
     a = 0
     s = 0
-    # a run of alike commands (one row and opcode, one arrival and one send: the same times)
-    # is added at once, ``ops`` of them with their bytes summed
+    # a run of alike commands (one key, one arrival and one send: the same times) is added
+    # at once, ``ops`` of them with their bytes summed
     key = -1
     ops = 0
     nbytes = 0
@@ -110,16 +112,18 @@ def add_grouped(counters: np.ndarray, fast: np.ndarray, arrivals: np.ndarray,
             s += 1
             moved = True
         v = fast[i]
-        if moved or v >> OP_SHIFT != key:
+        if moved or v >= KEY:
             if ops:
                 _add_run(counters, cols, kinds, key, ops, nbytes, t_arr, t_done)
-            key = v >> OP_SHIFT
             ops = 0
             nbytes = 0
             t_arr = arrivals[a, 1]
             t_done = sends[s, 1] if s < sends.shape[0] else now
+            if v >= KEY:
+                key = (v ^ KEY) >> OP_SHIFT
+                continue
         ops += 1
-        nbytes += v & BYTES_MASK
+        nbytes += v
     if ops:
         _add_run(counters, cols, kinds, key, ops, nbytes, t_arr, t_done)
 
@@ -127,7 +131,8 @@ def add_grouped(counters: np.ndarray, fast: np.ndarray, arrivals: np.ndarray,
 @jit(**JIT)
 def _add_run(counters: np.ndarray, cols: np.ndarray, kinds: np.ndarray, key: int, ops: int,
              nbytes: int, t_arr: float, t_done: float) -> None:
-    """Add ``ops`` grouped commands of one packed ``key`` (row and opcode) and times."""
+    """Add ``ops`` grouped commands of one ``key`` (a staged key without ``KEY``, shifted
+    down to its row and opcode) and times."""
     opclass = key & 0x7FF
     _add(counters[key >> (ROW_SHIFT - OP_SHIFT)], cols, np.int64(kinds[opclass & 0xFF]), ops,
          nbytes, t_arr, t_arr, t_arr, t_done, opclass >> 8, 0.0)
@@ -138,5 +143,5 @@ def warm() -> None:
     counters, cols, kinds = (np.zeros((1, 64), np.int64), np.zeros(COLS_LEN, np.int64),
                              np.zeros(256, np.int64))
     add_records(counters, np.zeros((1, 10), np.float64), cols, kinds)
-    add_grouped(counters, np.zeros(1, np.int64), np.zeros((1, 2), np.float64),
+    add_grouped(counters, np.array([KEY, 0], np.int64), np.zeros((1, 2), np.float64),
                 np.zeros((1, 2), np.float64), 0.0, cols, kinds)

@@ -53,7 +53,9 @@ def test_commands_of_one_buffer_are_grouped_with_its_arrival_and_write(counted):
     ini = pipe.initiator
     rec = live.recorder
     pipe.send(b"".join(ini.command(read10(8 * i, 8), read=8 * BLOCK) for i in range(3)))
-    assert len(rec.fast) == 3 and not rec.long      # nothing stamped on any of them
+    # nothing stamped on any of them: the LU's READ(10) key once, then each one's bytes
+    key = pipe.machine.session.target.scsi.stats_rows[0].keys[0x28]
+    assert rec.fast == [key] + [8 * BLOCK] * 3 and not rec.long
     t = totals(live)
     assert t[L.READ_OPS] == 3 and t[L.READ_BYTES] == 3 * 8 * BLOCK
     # the clock read twice: as the buffer came, as the answers left
@@ -68,7 +70,7 @@ def test_a_command_behind_a_cmdsn_gap_has_its_wait_as_queue(counted):
     gap = ini.cmdsn
     assert pipe.send(ini.command(read10(0, 8), read=8 * BLOCK, cmdsn=gap + 1)) == []   # parked
     rsps = pipe.send(ini.command(read10(8, 8), read=8 * BLOCK, cmdsn=gap))
-    assert len(rsps) == 2 and len(rec.fast) == 1 and len(rec.long) == 10
+    assert len(rsps) == 2 and len(rec.fast) == 2 and len(rec.long) == 10    # a key, a read
     t = totals(live)
     assert t[L.READ_OPS] == 2
     # its buffer came at reading 1 and it was parked at 2; the second buffer came at 3, the

@@ -15,7 +15,7 @@ from vmblock.stats import layout as L
 from vmblock.stats.arena import StatsArena, rows_view
 from vmblock.stats.live import LiveStats, lu_rows_from_json, lu_rows_json
 from vmblock.native import stats as stats_kernels
-from vmblock.native.stats import OP_SHIFT, ROW_SHIFT
+from vmblock.native.stats import KEY, OP_SHIFT, ROW_SHIFT
 from vmblock.stats.recorder import COLS, KINDS, REC, StatsRecorder, add_records
 from vmblock.stats.rows import LuRows
 from support.scsi_rig import BLOCK, MemoryStore, Rig
@@ -81,25 +81,32 @@ def test_add_records_matches_its_slow_twin():
 
 def test_add_grouped_matches_the_same_commands_as_records():
     """The grouped kernel (runs of alike commands added at once) against each command
-    as its own record: the arrival at or before it, the first send after it, else now."""
+    as its own record: the arrival at or before it, the first send after it, else now.
+    Staged as the recorder stages them: a key wherever it changes, then the bytes."""
     rng = np.random.default_rng(11)
     n = 4000
     rows = rng.integers(0, 4, n)
     ops = rng.choice([0x28, 0x2A, 0x88, 0x35], n)
     cls = np.where(ops == 0x28, rng.integers(0, 3, n), 0)
     nbytes = rng.choice([512, 4096, 65536], n)
-    fast = rows << ROW_SHIFT | (ops | cls << 8) << OP_SHIFT | nbytes
-    fast[: n // 2] = np.sort(fast[: n // 2])            # long runs of alike commands
-    rows, ops = fast >> ROW_SHIFT, fast >> OP_SHIFT & 0xFF
-    cls, nbytes = fast >> (OP_SHIFT + 8) & 7, fast & 0xFFFFFFFF
+    packed = rows << ROW_SHIFT | (ops | cls << 8) << OP_SHIFT | nbytes
+    packed[: n // 2] = np.sort(packed[: n // 2])        # long runs of alike commands
+    rows, ops = packed >> ROW_SHIFT, packed >> OP_SHIFT & 0xFF
+    cls, nbytes = packed >> (OP_SHIFT + 8) & 7, packed & 0xFFFFFFFF
+    keys = KEY | packed >> OP_SHIFT << OP_SHIFT
+    new = np.r_[True, keys[1:] != keys[:-1]]
+    start = np.arange(n) + np.cumsum(new) - new         # where each command's items begin
+    fast = np.zeros(n + new.sum(), np.int64)
+    fast[start[new]] = keys[new]
+    fast[start + new] = nbytes
     at = np.sort(rng.choice(n, 300, replace=False))
     at[0] = 0
-    arrivals = np.stack([at, 10.0 + np.arange(300) * 0.01], axis=1)
+    arrivals = np.stack([start[at], 10.0 + np.arange(300) * 0.01], axis=1)
     sent = np.sort(rng.choice(n, 200, replace=False))
-    sends = np.stack([sent, 10.005 + np.sort(rng.uniform(0, 3, 200))], axis=1)
+    sends = np.stack([start[sent], 10.005 + np.sort(rng.uniform(0, 3, 200))], axis=1)
     now = 20.0
     grouped = np.zeros((4, L.WIDTH), np.int64)
-    stats_kernels.add_grouped(grouped, fast.astype(np.int64), arrivals, sends, now, COLS, KINDS)
+    stats_kernels.add_grouped(grouped, fast, arrivals, sends, now, COLS, KINDS)
     i = np.arange(n)
     t_arr = arrivals[np.searchsorted(at, i, side="right") - 1, 1]
     first = np.searchsorted(sent, i, side="right")
@@ -220,7 +227,7 @@ def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
     done(first, read10(16, 8))                  # of the first buffer: its own arrival
     now[0] = 20.003
     rec.sent()                                  # write 2: 3,000 us; read 3: 10,003,000 us
-    assert len(rec.fast) == 1 and len(rec.long) == 10       # read 3 is the one long record
+    assert len(rec.fast) == 2 and len(rec.long) == 10       # write 2 and its key; read 3 long
     [t] = live.totals(["lun"])
     assert t[L.READ_OPS] == 3 and t[L.WRITE_OPS] == 2
     assert t[L.READ_BYTES] == t[L.WRITE_BYTES] + 4096 == 3 * 4096

@@ -394,7 +394,12 @@ class ScsiTransfer:
             if st.t_arr or task.status or not lr.inline:
                 self.stats.done(st, task, moved)
             else:       # StatsRecorder.done's grouped command, spelled inline
-                self.stats.fast.append(lr.packed[task.cdb[0]] | moved)
+                stats = self.stats
+                key = lr.keys[task.cdb[0]]
+                if key is not stats.key:
+                    stats.fast.append(key)
+                    stats.key = key
+                stats.fast.append(moved)
 
     def _send_data_in(self, st, data, n, flags, residual) -> tuple[bool, int]:
         """Send ``n`` bytes as Data-In PDUs; collapse GOOD status into the last one (RFC 7143

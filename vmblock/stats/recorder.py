@@ -21,10 +21,12 @@ executor's queue, which leaves the network part as it was.
 Most commands are counted in a group: every command that arrived with one receive buffer
 shares its arrival time (``arrive``, one clock read per buffer), and every status that left
 with one socket write shares its send time (``sent``, one clock read per write). ``done``
-stages such a command as one int in a list (its row, its opcode with the cache's class above
-the low byte and its bytes, packed as ``vmblock.native.stats.ROW_SHIFT`` says: no float, no
-tuple); the times are kept once per buffer and per write beside the list's length then, and
-the kernel gives each command the arrival before it and the first send after it. A command
+stages such a command as its bytes in a list, after a key (its row, its opcode and the
+cache's class above the low byte, as ``vmblock.native.stats.KEY`` says) whenever the key
+differs from the last command's: the int it appends is the one the fabric already has, so
+nothing is computed and no int is made or kept per command, and a run of commands on one LU
+has one key. The times are kept once per buffer and per write beside the list's length then,
+and the kernel gives each command the arrival before it and the first send after it. A command
 is in its buffer's group when it waited for nothing inside the target, ended GOOD and is not
 on a split LU. Waiting is what the fabric marks: a command that is going to wait (a CmdSN
 gap, the data budget, its Data-Out, QoS, an executor thread, the owner process) gets its own
@@ -33,7 +35,7 @@ runs to its status while its buffer is being read, so its buffer's arrival is th
 (``group``) and its status leaves with that buffer's answers. Every command not grouped is
 staged as a long record of the kernel's ten fields with the number of sends before it in
 place of t_done. The fabric spells the grouped case of a command on an LU with one row and no
-cache probe inline (``ScsiTransfer.task_done``: the one append without a call; ``LuRows.inline``)
+cache probe inline (``ScsiTransfer.task_done``: the appends without a call; ``LuRows.inline``)
 and calls ``done`` for the rest; nothing else about a command is stamped on the way.
 
 ``flush`` adds a whole batch into this process's slab of counters with two Numba kernel
@@ -57,7 +59,7 @@ from vmblock.stats import layout as L
 from vmblock.stats.rows import cdb_range
 
 # The kernel's record (vmblock.native.stats): row, opcode, ops, bytes, t_arr, t_grant, t_exec,
-# t_done, class, status. A grouped command is staged as one packed int (OP_SHIFT); a long
+# t_done, class, status. A grouped command is staged as its bytes after its key (KEY); a long
 # one as the kernel's record with the sends before it in place of t_done.
 REC = LONG = 10
 CLASS_SHIFT = OP_SHIFT + 8
@@ -88,7 +90,8 @@ class StatsRecorder:
         asked or when a batch is full)."""
         self.counters = counters
         self.schedule = schedule
-        self.fast: list[int] = []
+        self.fast: list[int] = []   # keys and grouped commands (vmblock.native.stats.KEY)
+        self.key = None             # the key of the last grouped command staged
         self.long = array("d")
         # len(fast), time at each buffer's first command; one pair always there (the newest).
         # Lists: two appends cost less than one array.extend of a tuple
@@ -123,10 +126,13 @@ class StatsRecorder:
         elif task.status or lr.starts is not None:      # it ended as its buffer was read
             t_arr, t_grant, t_exec = self.group, 0.0, 0.0
         else:
-            packed = lr.packed[task.cdb[0]] | nbytes
+            key = lr.keys[task.cdb[0]]
             if probe is not None:
-                packed |= probe_class(lr, probe) << CLASS_SHIFT
-            self.fast.append(packed)
+                key |= probe_class(lr, probe) << CLASS_SHIFT
+            if key != self.key:
+                self.fast.append(key)
+                self.key = key
+            self.fast.append(nbytes)
             return
         if len(self.long) >= FLUSH_AT * LONG:
             self.flush()
@@ -197,6 +203,7 @@ class StatsRecorder:
     def _restart(self) -> None:
         """Empty the staging; the buffer being read now stays the group it is."""
         self.fast.clear()
+        self.key = None
         del self.long[:]
         self.sent_before += len(self.sends) >> 1
         self.sends.clear()

@@ -20,19 +20,20 @@ from bisect import bisect_right
 
 import numpy as np
 
-from vmblock.native.stats import OP_SHIFT, ROW_SHIFT
+from vmblock.native.stats import KEY, OP_SHIFT, ROW_SHIFT
 from vmblock.stats.layout import READ, WRITE
 
 
 class LuRows:
     """The stats rows of one LU (module docstring); ``row`` when no split is installed."""
 
-    __slots__ = ("row", "packed", "starts", "rows", "probe", "_bounds", "inline")
+    __slots__ = ("row", "keys", "starts", "rows", "probe", "_bounds", "inline")
 
     def __init__(self, row: int, probe=None):
         self.row = row
-        # a grouped command on this row, by opcode, packed but for its bytes (ROW_SHIFT)
-        self.packed = tuple(row << ROW_SHIFT | op << OP_SHIFT for op in range(256))
+        # the staging key of a grouped command on this row, by opcode (KEY): one int object
+        # each, which the fabric compares by identity
+        self.keys = tuple(KEY | row << ROW_SHIFT | op << OP_SHIFT for op in range(256))
         self.starts: np.ndarray | None = None
         self.rows: np.ndarray | None = None
         # (starts, rows) as Python lists: a per-command lookup is a bisect, not a numpy call
