@@ -403,6 +403,13 @@ def sample_map(n_virtual_aus: int, leaf_count: int) -> tuple[np.ndarray, np.ndar
     return l1, leaves
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a``, as a worker sees the shared arenas."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def warm() -> None:
     """Compile (or load from the on-disk cache) every kernel, so the first I/O is not slow."""
     l1, leaves = sample_map(2 * LEAF_AUS, 1)
@@ -412,6 +419,8 @@ def warm() -> None:
     held = np.zeros(8, dtype=np.uint8)
     refs[3] = 1
     lookup_batch(l1, leaves, np.arange(4))
+    # a worker maps the arenas read-only: to Numba another type, so another compilation
+    lookup_batch(read_only(l1), read_only(leaves), np.arange(4))
     lookup(l1, leaves, 1)
     physical_aus = np.empty(8, dtype=MAP_DTYPE)
     kinds = np.empty(8, dtype=np.uint8)

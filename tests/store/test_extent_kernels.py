@@ -178,3 +178,15 @@ def test_wrappers_reject_bad_input():
                                 np.empty(5, np.uint32), np.empty(5, np.uint8))
     with pytest.raises(ValueError):
         extent_kernels.n_leaves(-1)
+
+
+def test_warm_compiles_the_lookup_a_worker_makes_over_read_only_arenas():
+    """A worker maps the leaf and L1 arenas read-only, a type of its own to Numba: warm()
+    compiles it too, else the first command over several AUs waits for the compiler (150 ms
+    on a fresh clone)."""
+    extent_kernels.warm()
+    before = len(extent_kernels._lookup_batch.signatures)
+    l1, leaves = extent_kernels.sample_map(4 * LEAF, 2)
+    l1_arena, leaf_arena = extent_kernels.read_only(l1), extent_kernels.read_only(leaves)
+    extent_kernels.lookup_batch(l1_arena[:2], leaf_arena, np.arange(3, 7))     # as sharedpath does
+    assert len(extent_kernels._lookup_batch.signatures) == before
