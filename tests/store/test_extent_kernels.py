@@ -188,5 +188,5 @@ def test_warm_compiles_the_lookup_a_worker_makes_over_read_only_arenas():
     before = len(extent_kernels._lookup_batch.signatures)
     l1, leaves = extent_kernels.sample_map(4 * LEAF, 2)
     l1_arena, leaf_arena = extent_kernels.read_only(l1), extent_kernels.read_only(leaves)
-    extent_kernels.lookup_batch(l1_arena[:2], leaf_arena, np.arange(3, 7))     # as sharedpath does
+    extent_kernels.lookup_batch(l1_arena[:2], leaf_arena, np.arange(3, 7))    # as sharedpath
     assert len(extent_kernels._lookup_batch.signatures) == before

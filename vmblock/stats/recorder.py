@@ -25,8 +25,9 @@ stages such a command as its bytes in a list, after a key (its row, its opcode a
 cache's class above the low byte, as ``vmblock.native.stats.KEY`` says) whenever the key
 differs from the last command's: the int it appends is the one the fabric already has, so
 nothing is computed and no int is made for it per command (the list holds the fabric's bytes
-int until the flush), and a run of commands on one LU has one key. The times are kept once per buffer and per write beside the list's length then,
-and the kernel gives each command the arrival before it and the first send after it. A command
+int until the flush), and a run of commands on one LU has one key. The times are kept once
+per buffer and per write beside the list's length then, and the kernel gives each command
+the arrival before it and the first send after it. A command
 is in its buffer's group when it waited for nothing inside the target, ended GOOD and is not
 on a split LU. Waiting is what the fabric marks: a command that is going to wait (a CmdSN
 gap, the data budget, its Data-Out, QoS, an executor thread, the owner process) gets its own
