@@ -18,9 +18,9 @@ writes, so reads hit mapped data and writes overwrite in place). Two servers are
 even with the same settings: with statistics off on both, the one set up first ran 0.958x
 the other's 4K QD32 write IOPS (2026-11-30, an A/A run; it was always the "on" one here
 before), and one server process against the next, restarted on the same pool, moves single
-figures by as much as a quarter on this machine. So the rounds run in ``--blocks`` blocks: each starts
-both servers (pool A first), pool A counting in even blocks and B in odd ones, runs its share
-of the rounds and stops them. What belongs to one setup (its pool's files, its place in the
+figures by as much as a quarter on this machine. So the rounds run in ``--blocks`` blocks:
+each starts both servers (pool A first), pool A counting in even blocks and B in odd ones,
+runs its share of the rounds and stops them. What belongs to one setup (its pool's files, its place in the
 start order) lands on each side equally often, and what belongs to one process is one
 block's among many. Within a block the runs alternate workload by workload, round by round,
 and which server goes first alternates too: qemu-img bench 4K QD32 read and write (one
@@ -235,7 +235,7 @@ def main() -> int:
                     servers[pool == counting] = start(pool, pool == counting and not a.null,
                                                       a.workers)
                 # its share of the rounds: every --blocks-th, from its own number
-                for i in range(len(range(block, a.rounds, a.blocks))):
+                for i, _ in enumerate(range(block, a.rounds, a.blocks)):
                     for name, args in loads.items():
                         # who goes first alternates round by round, and from one pair of
                         # blocks to the next: neither side always follows the other
