@@ -193,7 +193,7 @@ def test_worker_slabs_are_summed_and_maxima_kept():
 
 def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
     """Grouped staging (``arrive`` / ``sent``) gives each command that ran as its buffer was
-    read (t_arr 0.0) the time of its buffer and of the first write after its status, across a
+    read (t_arr None) the time of its buffer and of the first write after its status, across a
     flush inside a buffer; a command that waited (its own t_arr) keeps its own arrival, also
     when it ends while its buffer is still the newest."""
     live = LiveStats()
@@ -202,7 +202,7 @@ def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
     rec.clock = lambda: now[0]
     lr = live.lu_rows("lun")
 
-    def done(t_arr: float, cdb: bytes, write: bool = False) -> None:
+    def done(t_arr: float | None, cdb: bytes, write: bool = False) -> None:
         task = ScsiTask(0, cdb, NEXUS, read=not write, write=write)
         st = TaskState(None, task, 0, 1)
         st.stats_rows, st.t_arr = lr, t_arr
@@ -211,7 +211,7 @@ def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
 
     now[0] = 10.0
     first = rec.arrive()
-    done(0.0, read10(0, 8))
+    done(None, read10(0, 8))
     now[0] = 10.001
     rec.sent()                                  # read 1: 1,000 us
     now[0] = 10.002
@@ -220,10 +220,10 @@ def test_commands_of_one_buffer_share_its_arrival_and_their_writes_send():
     rec.sent()                                  # read 2: 5,000 us
     now[0] = 20.0
     rec.arrive()
-    done(0.0, write16(0, 8), write=True)
+    done(None, write16(0, 8), write=True)
     now[0] = 20.0001
     rec.flush()                                 # write 1, not sent yet: 100 us at the flush
-    done(0.0, write16(8, 8), write=True)
+    done(None, write16(8, 8), write=True)
     done(first, read10(16, 8))                  # of the first buffer: its own arrival
     now[0] = 20.003
     rec.sent()                                  # write 2: 3,000 us; read 3: 10,003,000 us

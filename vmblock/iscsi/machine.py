@@ -93,9 +93,9 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         self.out_charged = 0            # budget of READ data sent, until the socket takes it
         self.writing_paused = False
         # vmblock.stats: the service's recorder (None: statistics off); the time a parked
-        # command being dispatched arrived (0.0 otherwise)
+        # command being dispatched arrived (None otherwise)
         self.stats = getattr(service, "stats", None)
-        self.parked_at = 0.0
+        self.parked_at = None
         self.qos = getattr(service, "qos", None)     # vmblock.qos.gate.QosGate, or None
         self.rx_time = 0.0              # when this receive buffer came in (statistics on)
         self.handlers = {
@@ -206,7 +206,7 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
                 try:
                     conn.dispatch_parked(q, qdata, qheader, charged)
                 finally:
-                    conn.parked_at = 0.0
+                    conn.parked_at = None
         elif sess.in_window(cmdsn) and cmdsn not in sess.pending:
             self._park(p, data, header)
         # else: outside the window or a duplicate: silently ignored (RFC 7143 4.2.2.1)
@@ -218,7 +218,7 @@ class ConnectionMachine(ReceiveFraming, LoginPhase, ScsiTransfer, ControlPdus):
         sess = self.session
         if p.opcode == Opcode.SCSI_CMD:
             self._check_unsolicited(p, len(data), header)
-        parked = self.stats.clock() if self.stats is not None else 0.0
+        parked = self.stats.clock() if self.stats is not None else None
         if self.service.budget.take(self.host, len(data)):
             sess.pending[p.cmdsn] = (self, p, bytes(data), bytes(header), len(data), parked)
         elif p.opcode == Opcode.SCSI_CMD:

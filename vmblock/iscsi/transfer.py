@@ -63,12 +63,13 @@ class TaskState:
         self.charged = 0                # bytes of the data budget it holds
         self.read_len = 0               # READ data it will hold, charged before it executes
         # statistics (vmblock.stats.recorder): the LU's rows, None when not counted. t_arr
-        # 0.0: it waited for nothing inside the target, so it counts with its receive
+        # None: it waited for nothing inside the target, so it counts with its receive
         # buffer's group; else when it arrived, and t_grant, t_exec are set too (when it got
-        # its data budget, went to the SCSI core: ``own_times``). probe: the cache's
+        # its data budget, went to the SCSI core: ``own_times``). None, not 0.0: the test of
+        # every command is then an identity test, not a float's truth. probe: the cache's
         # capacity reads as it started, or (a worker) the class the owner found
         self.stats_rows = None
-        self.t_arr = 0.0
+        self.t_arr = None
         self.probe = None
         self.qos = None                 # its VM's key while it holds a QoS slot (vmblock.qos)
 
@@ -125,7 +126,7 @@ class ScsiTransfer:
         stats = self.stats
         if stats is not None:           # the one accounting point: vmblock.stats.recorder
             st.stats_rows = scsi.stats_rows.get(lun)
-            if self.parked_at:          # the CmdSN gap it waited for is queue
+            if self.parked_at is not None:      # the CmdSN gap it waited for is queue
                 st.t_arr, st.t_grant, st.t_exec = self.parked_at, stats.clock(), 0.0
         if not scsi.prepare(task):
             self.task_done(st)
@@ -199,7 +200,7 @@ class ScsiTransfer:
         """``st``, as it arrives, is going to wait inside the target (data budget, Data-Out,
         QoS, an executor or the owner process): it leaves its receive buffer's group and
         keeps times of its own (vmblock.stats.recorder)."""
-        if st.stats_rows is not None and not st.t_arr:
+        if st.stats_rows is not None and st.t_arr is None:
             st.t_arr = self.rx_time
             st.t_grant = st.t_exec = 0.0        # 0: at arrival, at its grant
 
@@ -391,7 +392,7 @@ class ScsiTransfer:
                                 0, residual), body)
         lr = st.stats_rows
         if lr is not None:
-            if st.t_arr or task.status or not lr.inline:
+            if st.t_arr is not None or task.status or not lr.inline:
                 self.stats.done(st, task, moved)
             else:       # StatsRecorder.done's grouped command, spelled inline
                 stats = self.stats

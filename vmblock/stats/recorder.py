@@ -31,7 +31,7 @@ the arrival before it and the first send after it. A command
 is in its buffer's group when it waited for nothing inside the target, ended GOOD and is not
 on a split LU. Waiting is what the fabric marks: a command that is going to wait (a CmdSN
 gap, the data budget, its Data-Out, QoS, an executor thread, the owner process) gets its own
-times as it arrives (``ScsiTransfer.own_times``: t_arr stops being 0.0), and every other one
+times as it arrives (``ScsiTransfer.own_times``: t_arr stops being None), and every other one
 runs to its status while its buffer is being read, so its buffer's arrival is the newest
 (``group``) and its status leaves with that buffer's answers. Every command not grouped is
 staged as a long record of the kernel's ten fields with the number of sends before it in
@@ -64,8 +64,10 @@ from vmblock.stats.rows import cdb_range
 # one as the kernel's record with the sends before it in place of t_done.
 REC = LONG = 10
 CLASS_SHIFT = OP_SHIFT + 8
-FLUSH_AT = 8192             # staged commands (of either kind) added at once
-FLUSH_DELAY = 0.05          # seconds from a batch's first buffer to its flush
+FLUSH_AT = 16384            # staged commands (of either kind) added at once
+# seconds from a batch's first buffer to its flush: readers flush first, so this only bounds
+# how often a busy worker pays a flush's fixed cost (a few hundred us, its caches cold)
+FLUSH_DELAY = 0.5
 _KIND = L.KIND_OF_OPCODE
 KINDS = np.frombuffer(_KIND, np.uint8).astype(np.int64)
 # the column numbers the kernel needs, in vmblock.native.stats's order
@@ -122,7 +124,7 @@ class StatsRecorder:
         lr = st.stats_rows
         probe = st.probe
         t_arr = st.t_arr
-        if t_arr:           # it waited inside the target: its own times
+        if t_arr is not None:       # it waited inside the target: its own times
             t_grant, t_exec = st.t_grant, st.t_exec
         elif task.status or lr.starts is not None:      # it ended as its buffer was read
             t_arr, t_grant, t_exec = self.group, 0.0, 0.0
