@@ -14,25 +14,25 @@ opcodes): the one figure here that no neighbour on the machine moves.
 
 Two servers on their own scratch pools, the same configuration but ``stats.enabled`` (and
 ``server.workers`` when given), each with one 1 GiB thin vdisk written whole first (1 MiB
-writes, so reads hit mapped data and writes overwrite in place). Two servers are not alike
-even with the same settings: with statistics off on both, the one set up first ran 0.958x
-the other's 4K QD32 write IOPS (2026-11-30, an A/A run; it was always the "on" one here
-before), and one server process against the next, restarted on the same pool, moves single
-figures by as much as a quarter on this machine. So the rounds run in ``--blocks`` blocks:
-each starts both servers (pool A first), pool A counting in even blocks and B in odd ones,
-runs its share of the rounds and stops them. What belongs to one setup (its pool's files, its place in the
-start order) lands on each side equally often, and what belongs to one process is one
-block's among many. Within a block the runs alternate workload by workload, round by round,
-and which server goes first alternates too: qemu-img bench 4K QD32 read and write (one
-session, ``--count`` commands). A block's figure is paired: the median of its rounds' on /
-off, the two runs of a round back to back, so a slow drift of the machine cancels. The figure
-issue 11 asks about (>= 0.97) is the median over blocks; the medians of the blocks where A
-and where B counts are printed too (their quotient is the setups' own difference). CPU is the
-median time the server's processes spent per command, whose ratio off / on asks the same
-question of the CPU alone. The statistics sampler runs at its default interval in the "on"
-server throughout. Numba's compile time is outside every figure (every server is started
-and warmed before its block's rounds). ``--null`` runs the same with statistics off on both
-sides, labels unchanged: the figures the method gives when nothing differs.
+writes, so reads hit mapped data and writes overwrite in place). Two servers are not alike even
+with the same settings: with statistics off on both, the one set up first ran 0.958x the
+other's 4K QD32 write IOPS (2026-11-30, an A/A run; it was always the "on" one here before),
+and one server process against the next, restarted on the same pool, moves single figures by as
+much as a quarter on this machine. So the rounds run in ``--blocks`` blocks: each starts both
+servers (pool A first), pool A counting in even blocks and B in odd ones, runs its share of the
+rounds and stops them. What belongs to one setup (its pool's files, its place in the start
+order) lands on each side equally often, and what belongs to one process is one block's among
+many. Within a block the runs alternate workload by workload, round by round, and which server
+goes first alternates too: qemu-img bench 4K QD32 read and write (one session, ``--count``
+commands). A block's figure is paired: the median of its rounds' on / off, the two runs of a
+round back to back, so a slow drift of the machine cancels. The figure issue 11 asks about
+(>= 0.97) is the median over blocks; the medians of the blocks where A and where B counts are
+printed too (their quotient is the setups' own difference). CPU is the median time the server's
+processes spent per command, whose ratio off / on asks the same question of the CPU alone. The
+statistics sampler runs at its default interval in the "on" server throughout. Numba's compile
+time is outside every figure (every server is started and warmed before its block's rounds).
+``--null`` runs the same with statistics off on both sides, labels unchanged: the figures the
+method gives when nothing differs.
 """
 
 from __future__ import annotations
